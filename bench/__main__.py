@@ -1,0 +1,28 @@
+"""Run the benchmarks named on the command line (all by default); each updates docs/PERFORMANCE.md."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> module with a main() that runs the benchmark and writes its section
+BENCHMARKS = {
+    "ssh": "bench.ssh_fanout",
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"== bench {name}", flush=True)
+        module = importlib.import_module(BENCHMARKS[name])
+        module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,54 @@
+"""Developer and CI entry points. `nox -s tests` is what .ci/run and the README run."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+PYTHON = "3.11"
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite: unit, real-sshd integration, local fleet, functions. Installs what it needs."""
+    _install(session)
+    session.run("python", "-m", "fleet.hostsetup", "tests")
+    session.run("pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy over fleet/, functions/ and fabfile.py."""
+    _install(session)
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job: bring up the local fleet and roll a release across it (see README)."""
+    _install(session)
+    session.run("python", "-m", "fleet.hostsetup", "demo")
+    session.run("python", "-m", "fleet.demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks; each writes its own section of docs/PERFORMANCE.md. Args pick benchmarks by name."""
+    _install(session)
+    session.run("python", "-m", "fleet.hostsetup", "bench")
+    session.run("python", "-m", "bench", *session.posargs)
