@@ -12,7 +12,9 @@ PYTHON = "3.11"
 
 
 def _install(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    # bytecode is compiled at install: the environment sets PYTHONDONTWRITEBYTECODE, and without .pyc
+    # files every `fab` start-up would re-parse fabric and paramiko (0.3 s instead of 0.14 s)
+    session.install("-e", ".[dev]", env={"UV_COMPILE_BYTECODE": "1", "PIP_COMPILE": "1"})
 
 
 @nox.session(python=PYTHON)

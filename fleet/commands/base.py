@@ -51,7 +51,8 @@ def abs_path(value: object, kind: str = "path") -> str:
     if (
         not isinstance(value, str)
         or not value.startswith("/")
-        or posixpath.normpath(value) != value.rstrip("/") or ".." in value.split("/")
+        or posixpath.normpath(value) != value
+        or ".." in value.split("/")
         or any(ord(ch) < 32 for ch in value)
     ):
         raise FleetError(f"invalid {kind} {value!r}", hint="use an absolute, normalised path without '..'")

@@ -1,0 +1,5 @@
+"""Root pytest configuration: fixture plugins shared by every test package."""
+
+pytest_plugins = [
+    "tests.fixtures.sshd",
+]
