@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 # name -> module with a main() that runs the benchmark and writes its section
 BENCHMARKS = {
     "ssh": "bench.ssh_fanout",
 }
+OPTIONAL = {
+    "local_fleet": "bench.local_fleet",
+    "functions": "bench.functions",
+}
+for _name, _module in OPTIONAL.items():
+    if importlib.util.find_spec(_module) is not None:
+        BENCHMARKS[_name] = _module
 
 
 def main(argv: list[str]) -> int:
