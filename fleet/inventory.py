@@ -71,6 +71,11 @@ class LBSettings(_Strict):
     stats_socket: StrictStr | None = None
     backend: StrictStr | None = None
     frontend: StrictStr | None = None
+    # the LB's health check, from which rollout waits are derived (see fleet/plan.py)
+    check_interval: float | None = Field(default=None, gt=0)
+    healthy_threshold: StrictInt | None = Field(default=None, ge=1)
+    unhealthy_threshold: StrictInt | None = Field(default=None, ge=1)
+    draining_timeout: float | None = Field(default=None, ge=0)
 
 
 class SecretSource(_Strict):
