@@ -1,0 +1,143 @@
+"""Where the local fleet keeps its state and which names/ports it uses (one place, overridable)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet.errors import FleetError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+def check_name(value: str, what: str) -> str:
+    """Names end up in docker argv and haproxy config: keep them to a safe alphabet."""
+    if not _NAME.match(value):
+        raise FleetError(
+            f"invalid {what} {value!r}",
+            where="local fleet",
+            hint="use lowercase letters, digits, '.', '_' or '-' (at most 63 characters)",
+        )
+    return value
+
+
+def check_port(value: int, what: str) -> int:
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise FleetError(f"invalid {what} {value!r}", where="local fleet", hint="a TCP port in 1..65535")
+    return value
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return check_port(int(raw), name)
+    except ValueError:
+        raise FleetError(f"{name}={raw!r} is not a number", where="environment") from None
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Everything that names a local-fleet resource. Defaults are the documented contract."""
+
+    root: Path = REPO_ROOT
+    container_prefix: str = "fleet-local"  # containers fleet-local-1, fleet-local-2, ...
+    host_prefix: str = "local"  # inventory hosts local-1, local-2, ...
+    network: str = "fleet-local"
+    subnet: str = "10.213.0.0/24"
+    ssh_base: int = 2200  # local-N -> 127.0.0.1:(2200+N)
+    http_base: int = 8100  # local-N -> 127.0.0.1:(8100+N)
+    lb_port: int = 8080
+    registry_name: str = "fleet-registry"
+    registry_host_port: int = 15000  # the host pushes to 127.0.0.1:15000, instances pull fleet-registry:5000
+    backend: str = "app"
+    project: str = "local-project"
+    zone: str = "local-zone-a"
+    labels: dict[str, str] = field(default_factory=lambda: {"fleet.local": "1"})
+
+    def __post_init__(self) -> None:
+        for value, what in (
+            (self.container_prefix, "container prefix"),
+            (self.host_prefix, "host prefix"),
+            (self.network, "network name"),
+            (self.registry_name, "registry name"),
+            (self.backend, "backend name"),
+        ):
+            check_name(value, what)
+        for port, what in (
+            (self.ssh_base, "ssh base port"),
+            (self.http_base, "http base port"),
+            (self.lb_port, "LB port"),
+            (self.registry_host_port, "registry port"),
+        ):
+            check_port(port, what)
+
+    @classmethod
+    def from_env(cls, root: Path | None = None) -> LocalConfig:
+        """Ports can be moved with FLEET_LOCAL_{SSH_BASE,HTTP_BASE,LB_PORT,REGISTRY_PORT} when taken."""
+        return cls(
+            root=root or REPO_ROOT,
+            ssh_base=_env_int("FLEET_LOCAL_SSH_BASE", 2200),
+            http_base=_env_int("FLEET_LOCAL_HTTP_BASE", 8100),
+            lb_port=_env_int("FLEET_LOCAL_LB_PORT", 8080),
+            registry_host_port=_env_int("FLEET_LOCAL_REGISTRY_PORT", 15000),
+        )
+
+    @property
+    def fleet_dir(self) -> Path:
+        return self.root / ".fleet"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".fleet" / "local"
+
+    @property
+    def inventory_dir(self) -> Path:
+        return self.root / "inventory" / "local"
+
+    @property
+    def images_src(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def tarball_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def lb_dir(self) -> Path:
+        return self.state_dir / "lb"
+
+    @property
+    def stats_socket(self) -> Path:
+        return self.lb_dir / "haproxy.sock"
+
+    @property
+    def registry_ref(self) -> str:
+        """How instances (and compose files) name the registry."""
+        return f"{self.registry_name}:5000"
+
+    def container_name(self, index: int) -> str:
+        return f"{self.container_prefix}-{index}"
+
+    def host_name(self, index: int) -> str:
+        return f"{self.host_prefix}-{index}"
+
+    def index_of(self, name: str) -> int:
+        """Accept `local-3`, `fleet-local-3` or `3`; the index is the instance's identity."""
+        text = name.strip()
+        for prefix in (self.container_prefix + "-", self.host_prefix + "-"):
+            if text.startswith(prefix):
+                text = text[len(prefix) :]
+                break
+        if not text.isdigit() or int(text) < 1:
+            raise FleetError(
+                f"no such local instance name {name!r}",
+                where="local fleet",
+                hint=f"use {self.host_prefix}-N or {self.container_prefix}-N (N >= 1)",
+            )
+        return int(text)

@@ -1,0 +1,239 @@
+"""Every image the local fleet uses, built here from the trixie base and cached by input hash.
+
+The VM image, the registry, and the stand-ins for each stack service. An image is rebuilt only
+when its inputs change (its Dockerfile, the files it copies, build args, or the base under it);
+stand-ins are then pushed to the local registry and saved as one tarball for fast `docker load`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet.local import dockercmd, execute, registry, rootfs
+from fleet.local.config import LocalConfig
+from fleet.local.progress import Progress
+
+LABEL = "fleet.inputs"
+VERSIONS = ("1.0.0", "1.1.0", "1.2.0-broken")
+VM_IMAGE = "fleet-local/vm:latest"
+REGISTRY_IMAGE = "fleet-local/registry:latest"
+TARBALL = "standins.tar"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image: where its sources are and what makes it different from its siblings."""
+
+    ref: str
+    context: str  # directory under images/
+    dockerfile: str
+    inputs: tuple[str, ...]  # files in the context whose content defines the image
+    build_args: tuple[tuple[str, str], ...] = ()
+    standin: bool = True  # pushed to the registry, saved in the tarball
+    group: str = ""  # images of one group build one after another (shared layers)
+
+    def input_hash(self, base: str, root: Path) -> str:
+        digest = hashlib.sha256()
+        digest.update(f"{base}\n{self.dockerfile}\n{sorted(self.build_args)}\n".encode())
+        for name in sorted(set((self.dockerfile, *self.inputs))):
+            digest.update(name.encode() + b"\0" + (root / self.context / name).read_bytes() + b"\0")
+        return digest.hexdigest()[:16]
+
+
+def specs(config: LocalConfig) -> list[ImageSpec]:
+    reg = config.registry_ref
+    py = ("Dockerfile", "standin.py")
+    out = [
+        ImageSpec(VM_IMAGE, "vm", "Dockerfile", ("sshd.conf", "daemon.json", "fleet-init"), standin=False),
+        ImageSpec(REGISTRY_IMAGE, "registry", "Dockerfile", ("config.yml",), standin=False),
+        ImageSpec(f"{reg}/nginx:local", "standin", "nginx.Dockerfile", ("nginx.conf", "standin.py")),
+        ImageSpec(f"{reg}/squid:local", "standin", "squid.Dockerfile", ("squid.conf", "standin.py")),
+    ]
+    for version in VERSIONS:
+        broken = "1" if version.endswith("-broken") else "0"
+        out.append(
+            ImageSpec(
+                f"{reg}/dify-api:{version}",
+                "standin",
+                "Dockerfile",
+                py,
+                (("ROLE", "api"), ("VERSION", version), ("BROKEN", broken)),
+                group="py",
+            )
+        )
+        out.append(
+            ImageSpec(
+                f"{reg}/dify-web:{version}",
+                "standin",
+                "Dockerfile",
+                py,
+                (("ROLE", "web"), ("VERSION", version)),
+                group="py",
+            )
+        )
+    out.append(
+        ImageSpec(
+            f"{reg}/dify-sandbox:local",
+            "standin",
+            "Dockerfile",
+            py,
+            (("ROLE", "sandbox"), ("VERSION", "local")),
+            group="py",
+        )
+    )
+    out.append(
+        ImageSpec(
+            f"{reg}/dify-plugin-daemon:local",
+            "standin",
+            "Dockerfile",
+            py,
+            (("ROLE", "plugin_daemon"), ("VERSION", "local")),
+            group="py",
+        )
+    )
+    return out
+
+
+def standin_refs(config: LocalConfig) -> list[str]:
+    return [s.ref for s in specs(config) if s.standin]
+
+
+def cached(ref: str, wanted: str) -> bool:
+    proc = execute.run(dockercmd.image_label(ref, LABEL), check=False)
+    return proc.returncode == 0 and proc.stdout.strip() == wanted
+
+
+@dataclass
+class BuildReport:
+    base: str = ""
+    built: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    pushed: list[str] = field(default_factory=list)
+    tarball: Path | None = None
+    tarball_written: bool = False
+
+
+def _build(spec: ImageSpec, base: str, digest: str, root: Path, note: Callable[[str], None]) -> None:
+    context = root / spec.context
+    execute.stream(
+        dockercmd.build(
+            context,
+            spec.ref,
+            dockerfile=context / spec.dockerfile,
+            build_args={"BASE": base, **dict(spec.build_args)},
+            labels={LABEL: digest, "fleet.local": "1"},
+        ),
+        note,
+        timeout=900,
+        hint="the Debian mirror must be reachable for apt inside the build",
+    )
+
+
+def build_images(config: LocalConfig, progress: Progress, *, parallel: int = 3) -> BuildReport:
+    """Build what is missing or stale (apt-heavy images in parallel); no registry involved."""
+    report = BuildReport()
+    report.base = rootfs.ensure_base(config, progress)
+    todo: dict[str, list[tuple[ImageSpec, str]]] = {}
+    for spec in specs(config):
+        digest = spec.input_hash(report.base, config.images_src)
+        if cached(spec.ref, digest):
+            report.cached.append(spec.ref)
+        else:
+            todo.setdefault(spec.group or spec.ref, []).append((spec, digest))
+    if not todo:
+        return report
+    names = [s.ref.rsplit("/", 1)[-1] for group in todo.values() for s, _ in group]
+    lock = threading.Lock()
+
+    def run_group(group: list[tuple[ImageSpec, str]]) -> None:
+        for spec, digest in group:
+            short = spec.ref.rsplit("/", 1)[-1]
+
+            def note(line: str, short: str = short) -> None:
+                progress.note(f"[{short}] {line}")
+
+            _build(spec, report.base, digest, config.images_src, note)
+            with lock:
+                report.built.append(spec.ref)
+
+    # the longest (apt-heavy) groups first, so the pool stays busy
+    ordered = sorted(todo.values(), key=lambda g: (g[0][0].group == "py", g[0][0].ref != VM_IMAGE))
+    with (
+        progress.step(f"build {len(names)} image(s): {', '.join(names)}"),
+        ThreadPoolExecutor(parallel) as pool,
+    ):
+        for future in [pool.submit(run_group, group) for group in ordered]:
+            future.result()
+    return report
+
+
+def publish(config: LocalConfig, progress: Progress, report: BuildReport) -> None:
+    """Push stand-ins the registry lacks, and refresh the tarball when any stand-in changed."""
+    registry.ensure_running(config, REGISTRY_IMAGE)
+    refs = standin_refs(config)
+    stale = [r for r in refs if not registry.is_pushed(config, r)]
+    if stale:
+        with progress.step(f"push {len(stale)} stand-in image(s) to {config.registry_ref}"):
+            for ref in stale:
+                progress.note(ref)
+                registry.push(config, ref)
+                report.pushed.append(ref)
+    config.tarball_dir.mkdir(parents=True, exist_ok=True)
+    tarball = config.tarball_dir / TARBALL
+    stamp = tarball.with_suffix(".inputs")
+    ids = {r: execute.run(dockercmd.image_exists(r)).stdout.strip() for r in refs}
+    wanted = json.dumps(ids, sort_keys=True)
+    report.tarball = tarball
+    if not tarball.exists() or not stamp.exists() or stamp.read_text() != wanted:
+        with progress.step(f"save stand-ins to {tarball}"):
+            partial = tarball.with_suffix(".tmp")
+            execute.run(dockercmd.save(refs, partial), timeout=600)
+            partial.replace(tarball)
+            stamp.write_text(wanted)
+            report.tarball_written = True
+
+
+def build_all(config: LocalConfig | None = None, progress: Progress | None = None) -> BuildReport:
+    """Everything the fleet needs, cached: base, VM, registry, stand-ins (pushed and saved)."""
+    from fleet.local.engine import ensure_engine
+
+    cfg = config or LocalConfig.from_env()
+    prog = progress or Progress()
+    ensure_engine(cfg)
+    report = build_images(cfg, prog)
+    publish(cfg, prog, report)
+    return report
+
+
+def clean(config: LocalConfig | None = None, progress: Progress | None = None) -> list[str]:
+    """Remove every image built here (and the registry data, tarball): the next build starts cold."""
+    cfg = config or LocalConfig.from_env()
+    prog = progress or Progress()
+    registry.remove(cfg, data=True)
+    refs = [
+        line
+        for line in execute.run(dockercmd.images_with_label("fleet.local")).stdout.split()
+        if line and "<none>" not in line
+    ]
+    refs += [r for r in execute.run(dockercmd.images_with_label(LABEL)).stdout.split() if r and r not in refs]
+    base_refs = [
+        line
+        for line in execute.run(
+            [dockercmd.DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}"]
+        ).stdout.split()
+        if line.startswith(("fleet-local/base:", f"127.0.0.1:{cfg.registry_host_port}/"))
+    ]
+    refs += [r for r in base_refs if r not in refs]
+    if refs:
+        with prog.step(f"remove {len(refs)} image(s)"):
+            execute.run(dockercmd.rmi(refs), check=False, timeout=300)
+    execute.run([dockercmd.DOCKER, "image", "prune", "--force"], check=False, timeout=300)
+    for path in (cfg.tarball_dir / TARBALL, cfg.tarball_dir / "standins.inputs"):
+        path.unlink(missing_ok=True)
+    return refs
