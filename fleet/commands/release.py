@@ -1,0 +1,658 @@
+"""Commands for the host layout of releases and for the compose project that runs the current one.
+
+    /opt/fleet/dify/
+      releases/<id>/     one rendered bundle per release (docker-compose.yaml, .env 0600, release.json ...)
+      current  -> releases/<id>    switched atomically (symlink renamed over the old one)
+      previous -> releases/<id>    what `current` pointed at before the last switch (rollback target)
+      volumes/           persistent data, never inside a release
+      state/drain        present = nginx answers /health with 503
+      history.jsonl      append-only audit, one JSON object per line
+
+Every builder is pure: it validates its inputs (ids, names, paths), quotes every value and returns a
+`Command` (or a parser result). Compose always runs with the release's own directory as project
+directory, so bind-mount paths name the release: a switch recreates exactly the services whose
+config or mounted files changed. See docs/compose.md for how deploy/status/rollback use these.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fleet.bundle import COMPOSE_FILE, ENV_FILE, RELEASE_FILE, files_from_tar
+from fleet.commands.base import Command, abs_path, name, q, release_id, sh
+from fleet.errors import FleetError
+
+DEFAULT_ROOT = "/opt/fleet/dify"
+DEFAULT_PROJECT = "dify"
+_SHA256_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
+_WORKING_DIR_RE = re.compile(r"com\.docker\.compose\.project\.working_dir=([^,]*)")
+_OWNER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}(?::[a-z_][a-z0-9_-]{0,31})?$")
+_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SECTION = "@@"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one host keeps its releases, and the compose project name (fixed across releases)."""
+
+    root: str = DEFAULT_ROOT
+    project: str = DEFAULT_PROJECT
+
+    def __post_init__(self) -> None:
+        abs_path(self.root, "app dir")
+        if self.root == "/":
+            raise FleetError("the app dir cannot be /", hint="use a directory such as /opt/fleet/dify")
+        if not isinstance(self.project, str) or not _PROJECT_RE.match(self.project):
+            raise FleetError(
+                f"invalid compose project {self.project!r}",
+                hint="lowercase letters, digits, '-' and '_', starting with a letter or digit",
+            )
+
+    @property
+    def releases(self) -> str:
+        return f"{self.root}/releases"
+
+    @property
+    def current(self) -> str:
+        return f"{self.root}/current"
+
+    @property
+    def previous(self) -> str:
+        return f"{self.root}/previous"
+
+    @property
+    def volumes(self) -> str:
+        return f"{self.root}/volumes"
+
+    @property
+    def state(self) -> str:
+        return f"{self.root}/state"
+
+    @property
+    def drain_flag(self) -> str:
+        return f"{self.state}/drain"
+
+    @property
+    def history(self) -> str:
+        return f"{self.root}/history.jsonl"
+
+    def release(self, rid: str) -> str:
+        return f"{self.releases}/{release_id(rid)}"
+
+
+def _script(*lines: str) -> str:
+    return "\n".join(("set -eu", *lines))
+
+
+def _owner(value: str) -> str:
+    if not _OWNER_RE.match(value):
+        raise FleetError(f"invalid owner {value!r}", hint="a user name, or user:group")
+    return value
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def prepare_layout(layout: Layout, owner: str | None = None) -> Command:
+    """Directories of the layout (idempotent). Run with sudo when `owner` is given."""
+    dirs = [layout.root, layout.releases, layout.volumes, layout.state]
+    lines = [f"mkdir -p {' '.join(q(d) for d in dirs)}", f"touch {q(layout.history)}"]
+    if owner:
+        lines.append(f"chown {q(_owner(owner))} {' '.join(q(d) for d in (*dirs, layout.history))}")
+    lines.append(f"chmod 0750 {q(layout.releases)}")
+    return Command(_script(*lines), "prepare the host layout", sudo=bool(owner))
+
+
+def release_present(layout: Layout, rid: str) -> Command:
+    """Prints `present` when releases/<id> is complete (renamed into place whole), else `absent`."""
+    path = layout.release(rid)
+    script = f"if [ -f {q(path + '/' + RELEASE_FILE)} ]; then echo present; else echo absent; fi"
+    return Command(script, f"is release {rid} staged")
+
+
+def parse_present(stdout: str) -> bool:
+    word = stdout.strip()
+    if word not in ("present", "absent"):
+        raise FleetError(f"unexpected answer {word[:80]!r} to the release check")
+    return word == "present"
+
+
+def stage(
+    layout: Layout,
+    rid: str,
+    checksums: Mapping[str, str],
+    *,
+    owner: str | None = None,
+    archive: str | None = None,
+) -> Command:
+    """Unpack the bundle tar (stdin, or an uploaded `archive` file) into releases/<id>.tmp, verify every
+    file's sha256, lock down .env, then rename to releases/<id>: a release directory is never partial.
+    If the release already exists the upload is discarded (idempotent)."""
+    final = layout.release(rid)
+    tmp = final + ".tmp"
+    source = "-" if archive is None else q(abs_path(archive, "archive path"))
+    if not checksums or ENV_FILE not in checksums:
+        raise FleetError("stage needs the bundle's checksums, including .env", hint="use Bundle.checksums()")
+    sums = []
+    for rel, digest in sorted(checksums.items()):
+        match = _SHA256_RE.match(digest)
+        if not match or rel.startswith("/") or ".." in rel.split("/") or "\n" in rel:
+            raise FleetError(f"invalid checksum entry {rel!r}: {digest!r}")
+        sums.append(f"{match.group(1)}  {rel}")
+    lines = [
+        "umask 027",
+        f"mkdir -p {q(layout.releases)}",
+        f"rm -rf {q(tmp)}",
+        f"mkdir {q(tmp)}",
+        f"tar -x --no-same-owner -f {source} -C {q(tmp)}",
+        f"(cd {q(tmp)} && printf '%s\\n' {' '.join(q(s) for s in sums)} | sha256sum -c --quiet --strict -)",
+        f"chmod 0600 {q(tmp + '/' + ENV_FILE)}",
+    ]
+    if owner:
+        lines.append(f"chown -R {q(_owner(owner))} {q(tmp)}")
+    lines.append(f"if [ -e {q(final)} ]; then rm -rf {q(tmp)}; else mv -T {q(tmp)} {q(final)}; fi")
+    if archive is not None:
+        lines.append(f"rm -f {source}")
+    return Command(_script(*lines), f"stage release {rid}", sudo=bool(owner))
+
+
+def switch(layout: Layout, rid: str) -> Command:
+    """Point `current` at releases/<id> atomically (rename of a fresh symlink); the old target becomes
+    `previous`. Refuses a release that is not staged. Relative links, so the tree can be moved."""
+    target = f"releases/{release_id(rid)}"
+    root = q(layout.root)
+    lines = [
+        f"cd {root}",
+        f"[ -f {q(target + '/' + RELEASE_FILE)} ] || {{ echo 'release {rid} is not staged' >&2; exit 3; }}",
+        "old=$(readlink current 2>/dev/null || true)",
+        f'if [ -n "$old" ] && [ "$old" != {q(target)} ]; then',
+        '  ln -sfn "$old" .previous.new && mv -T .previous.new previous',
+        "fi",
+        f"ln -sfn {q(target)} .current.new",
+        "mv -T .current.new current",
+    ]
+    return Command(_script(*lines), f"switch current to {rid}")
+
+
+def host_state(layout: Layout) -> Command:
+    """One round trip for status: current/previous ids, drain flag, current release.json, last history line.
+    Reads no secret (release.json lists secret names only)."""
+    root = q(layout.root)
+    lines = [
+        f"cd {root} 2>/dev/null || {{ echo 'missing=yes'; exit 0; }}",
+        'cur=$(readlink current 2>/dev/null || true); printf "current=%s\\n" "${cur##*/}"',
+        'prev=$(readlink previous 2>/dev/null || true); printf "previous=%s\\n" "${prev##*/}"',
+        f"if [ -e {q(layout.drain_flag)} ]; then echo drained=yes; else echo drained=no; fi",
+        f"echo {_SECTION}release",
+        f'[ -z "$cur" ] || cat current/{RELEASE_FILE} 2>/dev/null || true',
+        f"echo {_SECTION}history",
+        "tail -n 1 history.jsonl 2>/dev/null || true",
+        f"echo {_SECTION}end",
+    ]
+    return Command("\n".join(lines), "read release state")
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What `host_state` found. `record` is the current release.json (None when there is none)."""
+
+    exists: bool
+    current: str | None
+    previous: str | None
+    drained: bool
+    record: dict[str, Any] | None
+    last_history: dict[str, Any] | None
+
+    @property
+    def version(self) -> str | None:
+        value = (self.record or {}).get("version")
+        return value if isinstance(value, str) else None
+
+
+def _sections(stdout: str) -> tuple[dict[str, str], dict[str, str]]:
+    head: dict[str, str] = {}
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in stdout.splitlines():
+        if line.startswith(_SECTION):
+            current = blocks.setdefault(line[len(_SECTION) :].strip(), [])
+        elif current is not None:
+            current.append(line)
+        else:
+            key, sep, value = line.partition("=")
+            if sep:
+                head[key.strip()] = value.strip()
+    return head, {k: "\n".join(v) for k, v in blocks.items()}
+
+
+def _json_or_none(text: str) -> dict[str, Any] | None:
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_host_state(stdout: str) -> HostState:
+    head, blocks = _sections(stdout)
+    if head.get("missing") == "yes":
+        return HostState(False, None, None, False, None, None)
+    if "end" not in blocks:
+        raise FleetError(
+            "truncated answer to the release-state probe", hint="is the host's disk or shell broken?"
+        )
+    cur, prev = head.get("current") or None, head.get("previous") or None
+    return HostState(
+        exists=True,
+        current=release_id(cur) if cur else None,
+        previous=release_id(prev) if prev else None,
+        drained=head.get("drained") == "yes",
+        record=_json_or_none(blocks.get("release", "")),
+        last_history=_json_or_none(blocks.get("history", "")),
+    )
+
+
+def archive_release(layout: Layout, rid: str | None = None) -> Command:
+    """The files of releases/<id> (default: current) as base64 of a tar, for `fleet.bundle.diff`.
+    The OUTPUT holds the release's .env with its secrets: decode it, never log it."""
+    path = layout.release(rid) if rid else layout.current
+    script = f"if [ -d {q(path + '/')} ]; then tar -C {q(path + '/')} -cf - . | base64 -w0; fi; echo"
+    return Command(script, f"read files of release {rid or 'current'} (output holds secrets: never log it)")
+
+
+def decode_archive(stdout: str, where: str | None = None) -> dict[str, bytes]:
+    """Files of the release archived by `archive_release`; {} when the host has none."""
+    text = stdout.strip()
+    if not text:
+        return {}
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise FleetError("the release archive is not base64", where=where) from None
+    return files_from_tar(data, where)
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def compose_argv(layout: Layout, rid: str, *args: str) -> list[str]:
+    """`docker compose` for one release: the project name is fixed, the directory is the release's."""
+    path = layout.release(rid)
+    return [
+        "docker",
+        "compose",
+        "-p",
+        layout.project,
+        "--project-directory",
+        path,
+        "-f",
+        f"{path}/{COMPOSE_FILE}",
+        "--env-file",
+        f"{path}/{ENV_FILE}",
+        *args,
+    ]
+
+
+def compose_check(layout: Layout, rid: str) -> Command:
+    """`docker compose config --quiet`: the staged release is valid on this host's Compose."""
+    return Command(sh(*compose_argv(layout, rid, "config", "--quiet")), f"validate release {rid}")
+
+
+def compose_pull(layout: Layout, rid: str) -> Command:
+    """Pull every enabled service's image; an unknown version fails here, before anything changes."""
+    return Command(sh(*compose_argv(layout, rid, "pull", "--quiet")), f"pull images of release {rid}")
+
+
+def remove_services(layout: Layout, services: Iterable[str]) -> list[str]:
+    """Shell lines removing the project's containers of `services` (by label: works whatever release
+    created them). `up --remove-orphans` leaves containers of profile-disabled services running."""
+    lines = []
+    for svc in services:
+        filters = [
+            f"label=com.docker.compose.project={layout.project}",
+            f"label=com.docker.compose.service={name(svc, 'service name')}",
+        ]
+        ps = sh("docker", "ps", "-aq", "--filter", filters[0], "--filter", filters[1])
+        lines.append(f'ids=$({ps}); if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; fi')
+    return lines
+
+
+def compose_up(
+    layout: Layout,
+    rid: str,
+    *,
+    disabled: Sequence[str] = (),
+    wait_timeout: int | None = None,
+) -> Command:
+    """Converge the project on release <id>: drop services disabled on this host (Bundle.disabled_services,
+    e.g. worker_beat off the beat host), then `up -d --remove-orphans` (optionally `--wait`)."""
+    args = ["up", "-d", "--remove-orphans"]
+    if wait_timeout is not None:
+        if not isinstance(wait_timeout, int) or wait_timeout <= 0:
+            raise FleetError(f"invalid wait timeout {wait_timeout!r}", hint="a positive number of seconds")
+        args += ["--wait", "--wait-timeout", str(wait_timeout)]
+    lines = [*remove_services(layout, disabled), sh(*compose_argv(layout, rid, *args))]
+    return Command(_script(*lines), f"start release {rid}")
+
+
+def compose_ps(layout: Layout) -> Command:
+    """Every container of the project, whichever release made it (project-only mode: no file needed)."""
+    return Command(
+        sh("docker", "compose", "-p", layout.project, "ps", "--all", "--format", "json"), "list containers"
+    )
+
+
+def compose_down(layout: Layout) -> Command:
+    """Stop and remove the project's containers and networks (volumes are host directories: kept)."""
+    return Command(
+        sh("docker", "compose", "-p", layout.project, "down", "--remove-orphans"), "stop the stack"
+    )
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One container of the project, from `docker compose ps --format json`."""
+
+    service: str
+    container: str
+    state: str  # running, exited, restarting, created, paused, dead
+    health: str  # healthy, unhealthy, starting, or "" without healthcheck
+    image: str
+    release: str | None  # the release whose directory created it
+    exit_code: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "running" and self.health in ("", "healthy")
+
+
+def _ps_records(stdout: str) -> list[dict[str, Any]]:
+    text = stdout.strip()
+    if not text:
+        return []
+    if text.startswith("["):  # Compose before 2.21 printed one JSON array
+        data = json.loads(text)
+        return [d for d in data if isinstance(d, dict)]
+    records = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            value = json.loads(line)
+            if isinstance(value, dict):
+                records.append(value)
+    return records
+
+
+def parse_ps(stdout: str, layout: Layout, where: str | None = None) -> list[ServiceState]:
+    """Containers sorted by service; `release` read from the compose working_dir label."""
+    try:
+        records = _ps_records(stdout)
+    except ValueError:
+        raise FleetError("`docker compose ps` did not print JSON", where=where) from None
+    out = []
+    prefix = layout.releases + "/"
+    for rec in records:
+        labels = rec.get("Labels")
+        working = None
+        if isinstance(labels, dict):
+            working = labels.get("com.docker.compose.project.working_dir")
+        elif isinstance(labels, str):
+            match = _WORKING_DIR_RE.search(labels)
+            working = match.group(1) if match else None
+        rid = None
+        if isinstance(working, str) and working.startswith(prefix):
+            candidate = working[len(prefix) :].rstrip("/")
+            rid = candidate if re.fullmatch(r"[0-9a-f]{12,64}", candidate) else None
+        exit_code = rec.get("ExitCode")
+        out.append(
+            ServiceState(
+                service=str(rec.get("Service", "")),
+                container=str(rec.get("Name", "")),
+                state=str(rec.get("State", "")),
+                health=str(rec.get("Health", "") or ""),
+                image=str(rec.get("Image", "")),
+                release=rid,
+                exit_code=exit_code if isinstance(exit_code, int) else None,
+            )
+        )
+    return sorted(out, key=lambda s: (s.service, s.container))
+
+
+def drift(states: Sequence[ServiceState], current: str | None, expected: Sequence[str]) -> list[str]:
+    """Why the running containers do not match the current release (empty list = no drift).
+    `expected` is the release's enabled services (release.json "services")."""
+    problems = []
+    seen = {s.service for s in states}
+    for svc in expected:
+        if svc not in seen:
+            problems.append(f"{svc}: no container")
+    for s in states:
+        if s.service not in expected:
+            problems.append(f"{s.service}: not in the current release ({s.container} {s.state})")
+        elif current and s.release != current:
+            problems.append(f"{s.service}: from release {s.release or 'unknown'}, current is {current}")
+        elif s.state != "running":
+            problems.append(f"{s.service}: {s.state}")
+    return problems
+
+
+# --------------------------------------------------------------------------- drain, history, disk
+
+
+def drain(layout: Layout) -> Command:
+    """nginx starts answering /health with 503 (the load balancer stops sending new requests)."""
+    return Command(_script(f"mkdir -p {q(layout.state)}", f"touch {q(layout.drain_flag)}"), "drain")
+
+
+def undrain(layout: Layout) -> Command:
+    return Command(f"rm -f {q(layout.drain_flag)}", "undrain")
+
+
+def history_entry(
+    action: str,
+    result: str,
+    *,
+    operator: str,
+    release: str | None = None,
+    version: str | None = None,
+    rollout: str | None = None,
+    detail: str | None = None,
+    time: datetime | None = None,
+) -> dict[str, Any]:
+    """The audit record DESIGN.md describes. Never put a secret in `detail`."""
+    entry: dict[str, Any] = {
+        "time": (time or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "operator": operator,
+        "action": name(action, "history action"),
+        "result": name(result, "history result"),
+    }
+    if release is not None:
+        entry["release"] = release_id(release)
+    if version is not None:
+        entry["version"] = version
+    if rollout is not None:
+        entry["rollout"] = rollout
+    if detail is not None:
+        entry["detail"] = detail
+    return entry
+
+
+def history_line(entry: Mapping[str, Any]) -> str:
+    """One JSON object on one line (json escapes newlines); bounded so one append stays one write."""
+    line = json.dumps(dict(entry), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    if len(line) > 3500:
+        raise FleetError("history entry too long", hint="keep `detail` short (under 3 KB)")
+    return line
+
+
+def history_append(layout: Layout, entry: Mapping[str, Any], secrets: Sequence[str] = ()) -> Command:
+    """Append one line to history.jsonl (O_APPEND, one write)."""
+    line = history_line(entry)
+    leaked = [s for s in secrets if s and s in line]
+    if leaked:
+        raise FleetError(
+            "refusing to write a secret value into history.jsonl", hint="remove it from the entry"
+        )
+    return Command(f"printf '%s\\n' {q(line)} >> {q(layout.history)}", "record history", tuple(secrets))
+
+
+def history_read(layout: Layout, limit: int | None = None) -> Command:
+    """The last `limit` entries (all when None), oldest first as stored."""
+    if limit is None:
+        script = f"cat {q(layout.history)} 2>/dev/null || true"
+    else:
+        if not isinstance(limit, int) or limit <= 0:
+            raise FleetError(f"invalid history limit {limit!r}", hint="a positive number of entries")
+        script = f"tail -n {limit} {q(layout.history)} 2>/dev/null || true"
+    return Command(script, "read history")
+
+
+def parse_history(stdout: str) -> list[dict[str, Any]]:
+    """Entries newest first; a damaged line is kept as {"unparsed": text} rather than dropped."""
+    entries: list[dict[str, Any]] = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        value = _json_or_none(line)
+        entries.append(value if value is not None else {"unparsed": line[:500]})
+    entries.reverse()
+    return entries
+
+
+def disk_free(layout: Layout) -> Command:
+    """Free megabytes on the file systems of the layout and of Docker's data root (prints `path mb`)."""
+    probe = (
+        'root=$(docker info --format "{{.DockerRootDir}}" 2>/dev/null || echo /var/lib/docker); '
+        'for p in "$1" "$root"; do '
+        'd=$p; while [ ! -e "$d" ]; do d=$(dirname "$d"); done; '
+        'printf "%s %s\\n" "$p" "$(df -Pk "$d" | awk \'NR==2 {print int($4/1024)}\')"; done'
+    )
+    return Command(f"sh -c {q(probe)} sh {q(layout.root)}", "free disk space")
+
+
+def parse_disk_free(stdout: str) -> dict[str, int]:
+    free = {}
+    for line in stdout.splitlines():
+        path, _, mb = line.strip().rpartition(" ")
+        if path and mb.isdigit():
+            free[path] = int(mb)
+    return free
+
+
+def require_free(layout: Layout, need_mb: int) -> Command:
+    """Fails (exit 4, a message naming the path) when the layout or Docker's root has < need_mb MB free."""
+    if not isinstance(need_mb, int) or need_mb < 0:
+        raise FleetError(f"invalid free-space requirement {need_mb!r}", hint="megabytes, >= 0")
+    check = (
+        f"{disk_free(layout).script} | while read -r p mb; do "
+        f'if [ "$mb" -lt {need_mb} ]; then '
+        f'echo "disk full: $p has $mb MB free, need {need_mb} MB" >&2; exit 4; fi; '
+        "done"
+    )
+    return Command(check, f"check {need_mb} MB free")
+
+
+# --------------------------------------------------------------------------- prune
+
+
+@dataclass(frozen=True)
+class ReleaseDir:
+    id: str
+    mtime: int  # seconds since the epoch: staging time, the pruning order
+    version: str | None = None
+
+
+def list_releases(layout: Layout) -> Command:
+    """`<mtime> <id> <version>` per staged release (leftover .tmp dirs are not listed)."""
+    script = (
+        f"cd {q(layout.releases)} 2>/dev/null || exit 0; "
+        "for d in */; do d=${d%/}; case $d in *.tmp|'*') continue;; esac; "
+        f'[ -f "$d/{RELEASE_FILE}" ] || continue; '
+        f'v=$(sed -n \'s/^ *"version": *"\\([^"]*\\)".*/\\1/p\' "$d/{RELEASE_FILE}" | head -n1); '
+        'printf "%s %s %s\\n" "$(stat -c %Y "$d")" "$d" "$v"; done'
+    )
+    return Command(script, "list releases")
+
+
+def parse_releases(stdout: str) -> list[ReleaseDir]:
+    """Newest first."""
+    out = []
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit() and re.fullmatch(r"[0-9a-f]{12,64}", parts[1]):
+            out.append(ReleaseDir(parts[1], int(parts[0]), parts[2] if len(parts) > 2 else None))
+    return sorted(out, key=lambda r: (r.mtime, r.id), reverse=True)
+
+
+def prune_plan(
+    releases: Sequence[ReleaseDir], keep: int, current: str | None, previous: str | None
+) -> list[str]:
+    """Release ids to delete: all but the newest `keep`, never `current` or `previous`."""
+    if not isinstance(keep, int) or keep < 2:
+        raise FleetError(f"invalid keep {keep!r}", hint="keep at least 2 releases (current and previous)")
+    protected = {r for r in (current, previous) if r}
+    ordered = sorted(releases, key=lambda r: (r.mtime, r.id), reverse=True)
+    kept = {r.id for r in ordered[:keep]} | protected
+    return [r.id for r in ordered if r.id not in kept]
+
+
+def release_images(layout: Layout, ids: Iterable[str]) -> Command:
+    """`<id> <image>` for every image a release uses (compose interpolates its .env; no daemon needed)."""
+    lines = []
+    for rid in ids:
+        argv = compose_argv(layout, rid, "config", "--images")
+        lines.append(f"{sh(*argv)} 2>/dev/null | sed 's/^/{release_id(rid)} /' || true")
+    return Command("\n".join(lines) or "true", "list release images")
+
+
+def parse_release_images(stdout: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for line in stdout.splitlines():
+        rid, _, image = line.strip().partition(" ")
+        if image and re.fullmatch(r"[0-9a-f]{12,64}", rid):
+            found.setdefault(rid, set()).add(image.strip())
+    return found
+
+
+def unused_images(images: Mapping[str, set[str]], pruned: Iterable[str]) -> list[str]:
+    """Images used only by pruned releases (running containers still protect theirs: `docker rmi` refuses)."""
+    pruned_set = set(pruned)
+    keep = set().union(*(imgs for rid, imgs in images.items() if rid not in pruned_set)) if images else set()
+    drop = set().union(*(imgs for rid, imgs in images.items() if rid in pruned_set)) if images else set()
+    return sorted(drop - keep)
+
+
+_IMAGE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
+
+
+def prune(
+    layout: Layout, ids: Sequence[str], images: Sequence[str] = (), *, protect: Sequence[str] = ()
+) -> Command:
+    """Delete release dirs (re-checking on the host that none is current or previous) and their unused
+    images; an image still used by a container is left alone (`docker rmi` refuses, we carry on)."""
+    lines = [
+        f"cd {q(layout.root)}",
+        "cur=$(readlink current 2>/dev/null || true); prev=$(readlink previous 2>/dev/null || true)",
+    ]
+    for rid in ids:
+        if rid in protect:
+            raise FleetError(f"refusing to prune protected release {rid}")
+        rel = f"releases/{release_id(rid)}"
+        lines.append(
+            f'if [ "$cur" = {q(rel)} ] || [ "$prev" = {q(rel)} ]; then echo "kept {rid}: in use" >&2; '
+            f"else rm -rf {q(rel)} {q(rel + '.tmp')}; fi"
+        )
+    for image in images:
+        if not _IMAGE_REF_RE.match(image):
+            raise FleetError(f"invalid image reference {image!r}")
+        lines.append(f"docker image rm {q(image)} >/dev/null 2>&1 || true")
+    return Command(_script(*lines), f"prune {len(ids)} releases")
