@@ -92,9 +92,10 @@ def _script(*lines: str) -> str:
 
 
 def _owner(value: str) -> str:
-    if not _OWNER_RE.match(value):
+    """`user` (becomes `user:`, i.e. the user's login group) or `user:group`."""
+    if not isinstance(value, str) or not _OWNER_RE.match(value):
         raise FleetError(f"invalid owner {value!r}", hint="a user name, or user:group")
-    return value
+    return value if ":" in value else value + ":"
 
 
 # --------------------------------------------------------------------------- layout
@@ -529,12 +530,12 @@ def parse_history(stdout: str) -> list[dict[str, Any]]:
 
 
 def disk_free(layout: Layout) -> Command:
-    """Free megabytes on the file systems of the layout and of Docker's data root (prints `path mb`)."""
+    """Free megabytes on the file systems of the layout and of Docker's data root (prints `mb path`)."""
     probe = (
         'root=$(docker info --format "{{.DockerRootDir}}" 2>/dev/null || echo /var/lib/docker); '
         'for p in "$1" "$root"; do '
         'd=$p; while [ ! -e "$d" ]; do d=$(dirname "$d"); done; '
-        'printf "%s %s\\n" "$p" "$(df -Pk "$d" | awk \'NR==2 {print int($4/1024)}\')"; done'
+        'printf "%s %s\\n" "$(df -Pk "$d" | awk \'NR==2 {print int($4/1024)}\')" "$p"; done'
     )
     return Command(f"sh -c {q(probe)} sh {q(layout.root)}", "free disk space")
 
@@ -542,7 +543,7 @@ def disk_free(layout: Layout) -> Command:
 def parse_disk_free(stdout: str) -> dict[str, int]:
     free = {}
     for line in stdout.splitlines():
-        path, _, mb = line.strip().rpartition(" ")
+        mb, _, path = line.strip().partition(" ")
         if path and mb.isdigit():
             free[path] = int(mb)
     return free
@@ -553,7 +554,7 @@ def require_free(layout: Layout, need_mb: int) -> Command:
     if not isinstance(need_mb, int) or need_mb < 0:
         raise FleetError(f"invalid free-space requirement {need_mb!r}", hint="megabytes, >= 0")
     check = (
-        f"{disk_free(layout).script} | while read -r p mb; do "
+        f"{disk_free(layout).script} | while read -r mb p; do "
         f'if [ "$mb" -lt {need_mb} ]; then '
         f'echo "disk full: $p has $mb MB free, need {need_mb} MB" >&2; exit 4; fi; '
         "done"

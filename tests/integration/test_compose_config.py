@@ -1,0 +1,298 @@
+"""Rendered bundles against the real Compose v2 CLI (`docker compose config`: no daemon needed).
+
+The CLI comes from fleet.local.hostcompose (installed from Debian trixie's package when the machine
+has only Compose v1). Each test renders a bundle, unpacks its tar exactly as a host would, and asks
+Compose what it makes of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleet import bundle
+from fleet.commands import release as r
+from fleet.errors import FleetError
+from fleet.local import hostcompose
+
+META = bundle.ReleaseMeta(operator="ci", source_commit="f" * 40, created="2026-11-26T07:00:00Z")
+SECRETS = {
+    "SECRET_KEY": "sk-'single' \"double\" $HOME ${X} $$ `id` $(id) \\ # not a comment",
+    "DB_PASSWORD": "db'pw$1",
+    "REDIS_PASSWORD": "redis/pa:ss@word",
+    "PGVECTOR_PASSWORD": "pgv pw with spaces",
+    "SANDBOX_API_KEY": "sandbox-key",
+    "PLUGIN_DAEMON_KEY": "lYkiYYT6owG+71oLerGzA7GXCgOT++6ovaezWAjpCjf+Sjc3ZtU+qUEi",
+    "PLUGIN_DIFY_INNER_API_KEY": "QaHbTe77CtuXmsfyhR7+vRjI/+XbV1AaFy691iy+kGDv2Jvy0/eAh8Y1",
+}
+COMMON = {
+    "DB_HOST": "10.20.0.3",
+    "REDIS_HOST": "10.20.0.4",
+    "PGVECTOR_HOST": "10.20.0.5",
+    "GOOGLE_STORAGE_BUCKET_NAME": "dify-files-prod",
+}
+REGISTRY = "fleet-registry:5000"
+LOCAL = {  # the local fleet's stand-ins, through the same compose file
+    "API_IMAGE": f"{REGISTRY}/dify-api",
+    "WEB_IMAGE": f"{REGISTRY}/dify-web",
+    "SANDBOX_IMAGE": f"{REGISTRY}/dify-sandbox",
+    "SANDBOX_VERSION": "local",
+    "PLUGIN_DAEMON_IMAGE": f"{REGISTRY}/dify-plugin-daemon",
+    "PLUGIN_DAEMON_VERSION": "local",
+    "NGINX_IMAGE": f"{REGISTRY}/nginx",
+    "NGINX_VERSION": "local",
+    "SSRF_PROXY_IMAGE": f"{REGISTRY}/squid",
+    "SSRF_PROXY_VERSION": "local",
+    "HEALTHCHECK_INTERVAL": "2s",
+    "HEALTHCHECK_START_INTERVAL": "500ms",
+    "HEALTHCHECK_START_PERIOD": "20s",
+    "WORKER_STOP_GRACE_PERIOD": "2s",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> list[str]:
+    return hostcompose.compose_cli()
+
+
+@pytest.fixture(scope="module")
+def source() -> bundle.Source:
+    return bundle.load_source()
+
+
+def stage(b: bundle.Bundle, layout: r.Layout) -> Path:
+    """Unpack the bundle the way a host does (the real stage script, run by sh)."""
+    proc = subprocess.run(
+        ["sh", "-c", r.stage(layout, b.release_id, b.checksums()).shell()],
+        input=b.tar_bytes(),
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    return Path(layout.release(b.release_id))
+
+
+def config(compose: list[str], release_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    files = ["-f", str(release_dir / "docker-compose.yaml"), "--env-file", str(release_dir / ".env")]
+    argv = [*compose, "-p", "dify", "--project-directory", str(release_dir), *files, "config", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def resolved(compose: list[str], release_dir: Path) -> dict:
+    proc = config(compose, release_dir, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def unescape(value: str) -> str:
+    """`config` output is itself a compose file: it writes every literal $ as $$."""
+    return value.replace("$$", "$")
+
+
+def test_local_stand_ins_beat_host(compose: list[str], source: bundle.Source, tmp_path: Path) -> None:
+    layout = r.Layout(root=str(tmp_path / "opt/fleet/dify"))
+    values = {
+        **COMMON,
+        **LOCAL,
+        "DIFY_VERSION": "1.0.0",
+        **bundle.host_variables(layout.root, ["beat"], 8101),
+    }
+    b = bundle.render(source, values, SECRETS, META, where="local-1")
+    rel = stage(b, layout)
+
+    quiet = config(compose, rel, "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", quiet.stderr
+    services = config(compose, rel, "--services").stdout.split()
+    assert (
+        sorted(services)
+        == sorted(b.services)
+        == sorted(bundle.render(source, values, SECRETS, META).services)
+    )
+    assert "worker_beat" in services
+
+    doc = resolved(compose, rel)
+    svc = doc["services"]
+    assert (
+        svc["api"]["image"]
+        == svc["worker"]["image"]
+        == svc["worker_beat"]["image"]
+        == f"{REGISTRY}/dify-api:1.0.0"
+    )
+    assert svc["web"]["image"] == f"{REGISTRY}/dify-web:1.0.0"
+    assert svc["sandbox"]["image"] == f"{REGISTRY}/dify-sandbox:local"
+    assert svc["nginx"]["image"] == f"{REGISTRY}/nginx:local"
+    assert svc["ssrf_proxy"]["image"] == f"{REGISTRY}/squid:local"
+    assert {s["environment"]["MODE"] for n, s in svc.items() if n in ("api", "worker", "worker_beat")} == {
+        "api",
+        "worker",
+        "beat",
+    }
+    # short health timings for tests, through variables
+    assert svc["api"]["healthcheck"]["interval"] == "2s"
+    assert svc["api"]["healthcheck"]["start_interval"] == "500ms"
+    assert svc["api"]["healthcheck"]["retries"] == 3
+    assert svc["worker"]["stop_grace_period"] == "2s"
+    assert svc["nginx"]["logging"] == {"driver": "json-file", "options": {"max-file": "5", "max-size": "50m"}}
+    assert svc["nginx"]["ports"][0]["published"] == "8101" and svc["nginx"]["ports"][0]["target"] == 80
+
+    mounts = {m["target"]: m for m in svc["nginx"]["volumes"]}
+    assert mounts["/fleet/state"]["source"] == f"{layout.root}/state" and mounts["/fleet/state"]["read_only"]
+    assert mounts["/etc/nginx/conf.d"]["source"] == f"{rel}/nginx/conf.d"
+    assert svc["api"]["volumes"][0]["source"] == f"{layout.root}/volumes/app/storage"
+    assert svc["plugin_daemon"]["volumes"][0]["source"] == f"{layout.root}/volumes/plugin_daemon"
+    assert doc["networks"]["ssrf_proxy_network"]["internal"] is True
+
+
+def test_secrets_reach_the_containers_byte_for_byte(
+    compose: list[str], source: bundle.Source, tmp_path: Path
+) -> None:
+    layout = r.Layout(root=str(tmp_path / "app"))
+    values = {**COMMON, **LOCAL, "DIFY_VERSION": "1.0.0", **bundle.host_variables(layout.root)}
+    b = bundle.render(source, values, SECRETS, META)
+    env = resolved(compose, stage(b, layout))["services"]["api"]["environment"]
+    assert unescape(env["SECRET_KEY"]) == SECRETS["SECRET_KEY"]
+    assert unescape(env["DB_PASSWORD"]) == SECRETS["DB_PASSWORD"]
+    assert unescape(env["PGVECTOR_PASSWORD"]) == SECRETS["PGVECTOR_PASSWORD"]
+    assert env["CODE_EXECUTION_API_KEY"] == SECRETS["SANDBOX_API_KEY"]
+    assert env["INNER_API_KEY_FOR_PLUGIN"] == SECRETS["PLUGIN_DIFY_INNER_API_KEY"]
+    assert env["CELERY_BROKER_URL"] == "redis://:redis%2Fpa%3Ass%40word@10.20.0.4:6379/1"
+
+
+def test_worker_beat_is_off_elsewhere(compose: list[str], source: bundle.Source, tmp_path: Path) -> None:
+    layout = r.Layout(root=str(tmp_path / "app"))
+    values = {**COMMON, **LOCAL, "DIFY_VERSION": "1.1.0", **bundle.host_variables(layout.root, ["app"])}
+    b = bundle.render(source, values, SECRETS, META)
+    rel = stage(b, layout)
+    services = config(compose, rel, "--services").stdout.split()
+    assert "worker_beat" not in services and sorted(services) == sorted(b.services)
+    assert b.disabled_services == ("worker_beat",)
+
+
+def test_production_values(compose: list[str], source: bundle.Source, tmp_path: Path) -> None:
+    layout = r.Layout(root=str(tmp_path / "opt/fleet/dify"))
+    key = base64.b64encode(json.dumps({"type": "service_account", "project_id": "p"}).encode()).decode()
+    values = {
+        **COMMON,
+        "DIFY_VERSION": "1.3.1",
+        "REDIS_USE_SSL": True,
+        "DB_SSL_MODE": "require",
+        "CONSOLE_API_URL": "https://dify.example.com",
+        "APP_API_URL": "https://dify.example.com",
+        **bundle.host_variables(layout.root, ["app", "beat"], 80),
+    }
+    b = bundle.render(source, values, {**SECRETS, "GOOGLE_STORAGE_SERVICE_ACCOUNT_JSON_BASE64": key}, META)
+    rel = stage(b, layout)
+    assert config(compose, rel, "--quiet").returncode == 0
+    svc = resolved(compose, rel)["services"]
+    assert svc["api"]["image"] == "langgenius/dify-api:1.3.1"
+    assert svc["web"]["image"] == "langgenius/dify-web:1.3.1"
+    assert svc["sandbox"]["image"] == "langgenius/dify-sandbox:0.2.12"
+    assert svc["plugin_daemon"]["image"] == "langgenius/dify-plugin-daemon:0.3.0-local"
+    assert svc["nginx"]["image"] == "nginx:1.27"
+    assert svc["ssrf_proxy"]["image"] == "ubuntu/squid:latest"
+    api = svc["api"]["environment"]
+    assert api["GOOGLE_STORAGE_SERVICE_ACCOUNT_JSON_BASE64"] == key
+    assert api["STORAGE_TYPE"] == "google-storage" and api["VECTOR_STORE"] == "pgvector"
+    assert api["CELERY_BROKER_URL"].startswith("rediss://") and api["BROKER_USE_SSL"] == "true"
+    assert (
+        svc["api"]["healthcheck"]["interval"] == "30s" and svc["api"]["healthcheck"]["start_interval"] == "2s"
+    )
+    assert svc["plugin_daemon"]["environment"]["DB_SSL_MODE"] == "require"
+    assert "db" not in svc and "redis" not in svc
+
+
+def test_the_release_commands_drive_compose(
+    compose: list[str], source: bundle.Source, tmp_path: Path
+) -> None:
+    """compose_check and release_images, as built for hosts, run here against the staged release."""
+    layout = r.Layout(root=str(tmp_path / "root with space"))
+    values = {**COMMON, **LOCAL, "DIFY_VERSION": "1.0.0", **bundle.host_variables(layout.root, ["beat"])}
+    b = bundle.render(source, values, SECRETS, META)
+    stage(b, layout)
+    prefix = " ".join(compose)
+
+    def run(cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", "-c", cmd.replace("docker compose", prefix)], capture_output=True, text=True
+        )
+
+    check = run(r.compose_check(layout, b.release_id).shell())
+    assert check.returncode == 0, check.stderr
+    images = r.parse_release_images(run(r.release_images(layout, [b.release_id]).shell()).stdout)
+    assert images == {
+        b.release_id: {
+            f"{REGISTRY}/dify-api:1.0.0",
+            f"{REGISTRY}/dify-web:1.0.0",
+            f"{REGISTRY}/dify-sandbox:local",
+            f"{REGISTRY}/dify-plugin-daemon:local",
+            f"{REGISTRY}/nginx:local",
+            f"{REGISTRY}/squid:local",
+        }
+    }
+
+
+def test_a_broken_compose_is_rejected_with_a_clear_error(
+    compose: list[str], source: bundle.Source, tmp_path: Path
+) -> None:
+    layout = r.Layout(root=str(tmp_path / "app"))
+    values = {**COMMON, **LOCAL, "DIFY_VERSION": "1.0.0", **bundle.host_variables(layout.root)}
+    rel = stage(bundle.render(source, values, SECRETS, META), layout)
+
+    compose_file = rel / "docker-compose.yaml"
+    good = compose_file.read_text()
+    compose_file.write_text(good.replace("    restart: unless-stopped\n", "    restrat: unless-stopped\n", 1))
+    bad = config(compose, rel, "--quiet")
+    assert bad.returncode != 0 and "restrat" in bad.stderr
+
+    compose_file.write_text(good)
+    env_file = rel / ".env"
+    env_file.write_text(
+        "\n".join(line for line in env_file.read_text().splitlines() if not line.startswith("DB_HOST="))
+    )
+    missing = config(compose, rel, "--quiet")
+    assert missing.returncode != 0 and "DB_HOST must be set" in missing.stderr
+    for value in SECRETS.values():
+        assert value not in missing.stderr
+
+    # and the bundle refuses the same mistakes before anything reaches a host
+    with pytest.raises(FleetError, match="missing required variables DB_HOST"):
+        bundle.render(source, {k: v for k, v in values.items() if k != "DB_HOST"}, SECRETS, META)
+
+
+# --------------------------------------------------------------------------- the CLI helper itself
+
+
+def test_hostcompose_reports_v2(compose: list[str]) -> None:
+    proc = subprocess.run([*compose, "version", "--short"], capture_output=True, text=True, check=True)
+    version = hostcompose.parse_version(proc.stdout)
+    assert version is not None and version[0] >= 2
+
+
+def test_hostcompose_pure_parts(tmp_path: Path) -> None:
+    assert hostcompose.parse_version("Docker Compose version v2.26.1") == (2, 26, 1)
+    assert hostcompose.parse_version("2.26.1-4\n") == (2, 26, 1)
+    assert hostcompose.parse_version("docker-compose version 1.29.2, build unknown") == (1, 29, 2)
+    assert hostcompose.parse_version("nothing") is None
+    text = hostcompose.sources_text("http://deb.debian.org/debian")
+    assert "Suites: trixie\n" in text and "URIs: http://deb.debian.org/debian\n" in text
+    options = hostcompose.apt_options(tmp_path)
+    # every piece of apt state points into our own directory, never the system's
+    assert f"Dir::State::Lists={tmp_path}/lists" in options
+    assert f"Dir::Cache={tmp_path}/cache" in options
+    assert "Dir::Etc::SourceParts=/dev/null" in options
+    assert hostcompose.download_argv(tmp_path)[-2:] == ["download", "docker-compose"]
+
+
+def test_fetch_plugin_with_a_private_apt_state(tmp_path: Path) -> None:
+    """The download path runs even when this machine already has v2: trixie's package, our own apt dirs."""
+    before = sorted(p.name for p in Path("/var/lib/apt/lists").glob("*trixie*"))
+    plugin = hostcompose.fetch_plugin(tmp_path / "cache")
+    proc = subprocess.run([str(plugin), "version", "--short"], capture_output=True, text=True, check=True)
+    assert (hostcompose.parse_version(proc.stdout) or (0,))[0] == 2
+    # the system apt state is untouched
+    assert sorted(p.name for p in Path("/var/lib/apt/lists").glob("*trixie*")) == before
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["docker-compose"]  # lists and .deb cleaned up

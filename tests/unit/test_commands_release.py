@@ -1,0 +1,462 @@
+"""Host-layout and compose command builders: exact text, hostile values, and the layout scripts run for
+real by /bin/sh against a temporary directory (tar, sha256sum, ln, mv: the same tools a host uses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleet import bundle
+from fleet.commands import release as r
+from fleet.commands.base import Command
+from fleet.errors import FleetError
+
+RID = "0123456789abcdef"
+L = r.Layout()
+META = bundle.ReleaseMeta(operator="alice", source_commit="c0ffee", created="2026-11-26T07:00:00Z")
+SECRETS = {
+    "SECRET_KEY": "sk-'quoted' $(id)",
+    "DB_PASSWORD": "db-pw",
+    "REDIS_PASSWORD": "redis-pw",
+    "PGVECTOR_PASSWORD": "pgv-pw",
+    "SANDBOX_API_KEY": "sandbox-key",
+    "PLUGIN_DAEMON_KEY": "plugin-key",
+    "PLUGIN_DIFY_INNER_API_KEY": "inner-key",
+}
+PREFIX = (
+    "docker compose -p dify --project-directory /opt/fleet/dify/releases/0123456789abcdef "
+    "-f /opt/fleet/dify/releases/0123456789abcdef/docker-compose.yaml "
+    "--env-file /opt/fleet/dify/releases/0123456789abcdef/.env"
+)
+
+
+def make_bundle(root: str, version: str = "1.0.0", beat: bool = False) -> bundle.Bundle:
+    variables = {
+        "DIFY_VERSION": version,
+        "DB_HOST": "10.0.0.3",
+        "REDIS_HOST": "10.0.0.4",
+        "PGVECTOR_HOST": "10.0.0.5",
+        "GOOGLE_STORAGE_BUCKET_NAME": "files",
+        **bundle.host_variables(root, ["beat"] if beat else []),
+    }
+    return bundle.render(bundle.load_source(), variables, SECRETS, META)
+
+
+def run(cmd: Command, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    assert not cmd.sudo, "local runs are unprivileged"
+    return subprocess.run(
+        ["sh", "-c", cmd.shell()], input=stdin, capture_output=True, timeout=60, check=False
+    )
+
+
+def ok(cmd: Command, stdin: bytes | None = None) -> str:
+    proc = run(cmd, stdin)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode()
+
+
+# --------------------------------------------------------------------------- exact text
+
+
+def test_layout_paths() -> None:
+    assert (L.releases, L.current, L.previous, L.volumes, L.state, L.drain_flag, L.history) == (
+        "/opt/fleet/dify/releases",
+        "/opt/fleet/dify/current",
+        "/opt/fleet/dify/previous",
+        "/opt/fleet/dify/volumes",
+        "/opt/fleet/dify/state",
+        "/opt/fleet/dify/state/drain",
+        "/opt/fleet/dify/history.jsonl",
+    )
+    assert L.release(RID) == "/opt/fleet/dify/releases/0123456789abcdef"
+
+
+def test_compose_commands_exact() -> None:
+    assert r.compose_argv(L, RID, "ps")[:4] == ["docker", "compose", "-p", "dify"]
+    assert r.compose_pull(L, RID).script == f"{PREFIX} pull --quiet"
+    assert r.compose_check(L, RID).script == f"{PREFIX} config --quiet"
+    assert r.compose_up(L, RID).script == f"set -eu\n{PREFIX} up -d --remove-orphans"
+    assert r.compose_up(L, RID, disabled=["worker_beat"], wait_timeout=60).script == (
+        "set -eu\n"
+        "ids=$(docker ps -aq --filter label=com.docker.compose.project=dify "
+        "--filter label=com.docker.compose.service=worker_beat); "
+        'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; fi\n'
+        f"{PREFIX} up -d --remove-orphans --wait --wait-timeout 60"
+    )
+    assert r.compose_ps(L).script == "docker compose -p dify ps --all --format json"
+    assert r.compose_down(L).script == "docker compose -p dify down --remove-orphans"
+
+
+def test_layout_commands_exact() -> None:
+    assert r.drain(L).script == "set -eu\nmkdir -p /opt/fleet/dify/state\ntouch /opt/fleet/dify/state/drain"
+    assert r.undrain(L).script == "rm -f /opt/fleet/dify/state/drain"
+    assert r.release_present(L, RID).script == (
+        "if [ -f /opt/fleet/dify/releases/0123456789abcdef/release.json ]; "
+        "then echo present; else echo absent; fi"
+    )
+    assert r.switch(L, RID).script == (
+        "set -eu\n"
+        "cd /opt/fleet/dify\n"
+        "[ -f releases/0123456789abcdef/release.json ] || "
+        "{ echo 'release 0123456789abcdef is not staged' >&2; exit 3; }\n"
+        "old=$(readlink current 2>/dev/null || true)\n"
+        'if [ -n "$old" ] && [ "$old" != releases/0123456789abcdef ]; then\n'
+        '  ln -sfn "$old" .previous.new && mv -T .previous.new previous\n'
+        "fi\n"
+        "ln -sfn releases/0123456789abcdef .current.new\n"
+        "mv -T .current.new current"
+    )
+    assert r.history_read(L, 5).script == "tail -n 5 /opt/fleet/dify/history.jsonl 2>/dev/null || true"
+    assert r.history_read(L).script == "cat /opt/fleet/dify/history.jsonl 2>/dev/null || true"
+
+
+def test_stage_exact_with_owner_runs_under_sudo() -> None:
+    cmd = r.stage(L, RID, {".env": "a" * 64, "docker-compose.yaml": "sha256:" + "b" * 64}, owner="deploy")
+    tmp = "/opt/fleet/dify/releases/0123456789abcdef.tmp"
+    assert cmd.sudo
+    assert cmd.script == (
+        "set -eu\n"
+        "umask 027\n"
+        "mkdir -p /opt/fleet/dify/releases\n"
+        f"rm -rf {tmp}\n"
+        f"mkdir {tmp}\n"
+        f"tar -x --no-same-owner -f - -C {tmp}\n"
+        f"(cd {tmp} && printf '%s\\n' '{'a' * 64}  .env' '{'b' * 64}  docker-compose.yaml' "
+        "| sha256sum -c --quiet --strict -)\n"
+        f"chmod 0600 {tmp}/.env\n"
+        f"chown -R deploy: {tmp}\n"
+        f"if [ -e /opt/fleet/dify/releases/{RID} ]; then rm -rf {tmp}; "
+        f"else mv -T {tmp} /opt/fleet/dify/releases/{RID}; fi"
+    )
+    assert cmd.shell().startswith("sudo -n sh -c 'set -eu\n")
+
+
+def test_history_line_is_one_quoted_json_line() -> None:
+    entry = {"action": "deploy", "detail": "x'; rm -rf / #\n$(id)`id`", "n": 1}
+    cmd = r.history_append(L, entry)
+    line = r.history_line(entry)
+    assert "\n" not in line and json.loads(line) == entry
+    assert (
+        cmd.script
+        == "printf '%s\\n' " + "'" + line.replace("'", "'\"'\"'") + "'" + " >> /opt/fleet/dify/history.jsonl"
+    )
+
+
+def test_history_entry_fields() -> None:
+    from datetime import UTC, datetime
+
+    entry = r.history_entry(
+        "deploy",
+        "ok",
+        operator="alice",
+        release=RID,
+        version="1.0.0",
+        rollout="r-1",
+        time=datetime(2026, 11, 26, 7, 0, tzinfo=UTC),
+    )
+    assert entry == {
+        "time": "2026-11-26T07:00:00Z",
+        "operator": "alice",
+        "action": "deploy",
+        "result": "ok",
+        "release": RID,
+        "version": "1.0.0",
+        "rollout": "r-1",
+    }
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: r.Layout(root="relative/dir"),
+        lambda: r.Layout(root="/opt/../etc"),
+        lambda: r.Layout(root="/"),
+        lambda: r.Layout(root="/opt/x\nrm -rf /"),
+        lambda: r.Layout(project="Dify"),
+        lambda: r.Layout(project="dify; rm -rf /"),
+        lambda: r.Layout(project="a b"),
+        lambda: r.switch(L, "abc; rm -rf /"),
+        lambda: r.switch(L, "$(reboot)"),
+        lambda: r.release_present(L, "../../etc"),
+        lambda: r.compose_up(L, RID, disabled=["worker_beat; rm -rf /"]),
+        lambda: r.compose_up(L, RID, wait_timeout=0),
+        lambda: r.stage(L, RID, {".env": "a" * 64}, owner="root; id"),
+        lambda: r.stage(L, RID, {".env": "nothex"}),
+        lambda: r.stage(L, RID, {".env": "a" * 64, "x\ny": "b" * 64}),
+        lambda: r.stage(L, RID, {".env": "a" * 64, "../x": "b" * 64}),
+        lambda: r.stage(L, RID, {"docker-compose.yaml": "a" * 64}),
+        lambda: r.stage(L, RID, {".env": "a" * 64}, archive="tmp/rel.tar"),
+        lambda: r.history_entry("deploy; rm", "ok", operator="x"),
+        lambda: r.history_append(L, {"detail": "pw=hunter2"}, secrets=["hunter2"]),
+        lambda: r.history_append(L, {"detail": "x" * 4000}),
+        lambda: r.history_read(L, 0),
+        lambda: r.prune(L, [RID], ["img; rm -rf /"]),
+        lambda: r.prune(L, [RID], protect=[RID]),
+        lambda: r.prune_plan([], 1, None, None),
+        lambda: r.require_free(L, -1),
+        lambda: r.release_images(L, ["nothex"]),
+    ],
+)
+def test_hostile_values_are_refused(build) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(FleetError):
+        build()
+
+
+def test_hostile_but_valid_paths_are_quoted() -> None:
+    layout = r.Layout(root="/srv/$(reboot) `id` 'x'")
+    for cmd in (
+        r.switch(layout, RID),
+        r.drain(layout),
+        r.stage(layout, RID, {".env": "a" * 64}),
+        r.host_state(layout),
+        r.compose_pull(layout, RID),
+        r.history_append(layout, {"a": 1}),
+        r.prune(layout, [RID], ["nginx:1"]),
+    ):
+        tokens = [t for line in cmd.script.splitlines() for t in shlex.split(line)]
+        hostile = [t for t in tokens if "reboot" in t]
+        assert hostile, cmd.script
+        # every word that carries the path is the whole path (one quoted word), never split or expanded
+        assert all(t.startswith(layout.root) for t in hostile), hostile
+
+
+def test_history_append_masks_secrets_in_display() -> None:
+    cmd = r.history_append(L, {"a": 1}, secrets=["never-shown"])
+    assert cmd.secrets == ("never-shown",)
+
+
+# --------------------------------------------------------------------------- run for real
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> r.Layout:
+    # a root that needs quoting everywhere; nothing named "pwned" may ever appear
+    return r.Layout(root=str(tmp_path / "app $(touch pwned) 'q'"), project="dify")
+
+
+def test_stage_switch_and_state_for_real(layout: r.Layout, tmp_path: Path) -> None:
+    ok(r.prepare_layout(layout))
+    assert r.parse_host_state(ok(r.host_state(layout))) == r.HostState(True, None, None, False, None, None)
+    one = make_bundle(layout.root, "1.0.0")
+    assert r.parse_present(ok(r.release_present(layout, one.release_id))) is False
+    ok(r.stage(layout, one.release_id, one.checksums()), one.tar_bytes())
+    assert r.parse_present(ok(r.release_present(layout, one.release_id))) is True
+
+    staged = Path(layout.release(one.release_id))
+    assert {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()} == set(one.files)
+    for rel, f in one.files.items():
+        assert (staged / rel).read_bytes() == f.data
+    assert stat.S_IMODE((staged / ".env").stat().st_mode) == 0o600
+    assert (staged / ".env").stat().st_uid == os.getuid()
+
+    ok(r.switch(layout, one.release_id))
+    state = r.parse_host_state(ok(r.host_state(layout)))
+    assert (state.current, state.previous, state.version) == (one.release_id, None, "1.0.0")
+    assert os.readlink(layout.current) == f"releases/{one.release_id}"
+
+    two = make_bundle(layout.root, "1.1.0")
+    ok(r.stage(layout, two.release_id, two.checksums()), two.tar_bytes())
+    ok(r.switch(layout, two.release_id))
+    ok(r.switch(layout, two.release_id))  # idempotent: previous stays the real previous
+    state = r.parse_host_state(ok(r.host_state(layout)))
+    assert (state.current, state.previous, state.version) == (two.release_id, one.release_id, "1.1.0")
+    assert state.record is not None and state.record["operator"] == "alice"
+
+    # a release that is not staged is refused and `current` does not move
+    proc = run(r.switch(layout, "feedfacefeedface"))
+    assert proc.returncode == 3 and b"not staged" in proc.stderr
+    assert os.readlink(layout.current) == f"releases/{two.release_id}"
+    assert not list(tmp_path.rglob("pwned"))
+
+
+def test_a_corrupted_upload_never_becomes_a_release(layout: r.Layout) -> None:
+    b = make_bundle(layout.root)
+    sums = dict(b.checksums())
+    sums[".env"] = "0" * 64
+    proc = run(r.stage(layout, b.release_id, sums), b.tar_bytes())
+    assert proc.returncode != 0 and b".env: FAILED" in proc.stdout
+    assert not Path(layout.release(b.release_id)).exists()
+    truncated = b.tar_bytes()[:1000]
+    proc = run(r.stage(layout, b.release_id, b.checksums()), truncated)
+    assert proc.returncode != 0
+    assert not Path(layout.release(b.release_id)).exists()
+    # the leftover .tmp is cleaned by the next stage, which succeeds
+    ok(r.stage(layout, b.release_id, b.checksums()), b.tar_bytes())
+    assert r.parse_present(ok(r.release_present(layout, b.release_id)))
+    assert not Path(layout.release(b.release_id) + ".tmp").exists()
+
+
+def test_stage_is_idempotent_and_accepts_an_uploaded_archive(layout: r.Layout, tmp_path: Path) -> None:
+    b = make_bundle(layout.root)
+    archive = tmp_path / "upload.tar"
+    archive.write_bytes(b.tar_bytes())
+    ok(r.stage(layout, b.release_id, b.checksums(), archive=str(archive)))
+    assert not archive.exists()
+    env = Path(layout.release(b.release_id)) / ".env"
+    before = env.stat().st_mtime_ns
+    ok(r.stage(layout, b.release_id, b.checksums()), b.tar_bytes())
+    assert env.stat().st_mtime_ns == before  # the existing release was left alone
+
+
+def test_archive_round_trip_feeds_the_diff(layout: r.Layout) -> None:
+    assert r.decode_archive(ok(r.archive_release(layout))) == {}
+    b = make_bundle(layout.root)
+    ok(r.stage(layout, b.release_id, b.checksums()), b.tar_bytes())
+    ok(r.switch(layout, b.release_id))
+    files = r.decode_archive(ok(r.archive_release(layout)))
+    assert files == b.file_bytes()
+    assert r.decode_archive(ok(r.archive_release(layout, b.release_id))) == b.file_bytes()
+    assert bundle.diff(files, b).empty
+    newer = make_bundle(layout.root, "1.1.0")
+    text = bundle.diff(files, newer).render()
+    assert "DIFY_VERSION : '1.0.0' -> '1.1.0'" in text
+    for value in b.secret_values():
+        assert value not in text
+    with pytest.raises(FleetError, match="not base64"):
+        r.decode_archive("@@@ not base64 @@@")
+
+
+def test_history_append_and_read_for_real(layout: r.Layout) -> None:
+    ok(r.prepare_layout(layout))
+    entries = [
+        r.history_entry("deploy", "ok", operator="alice", release=RID, version="1.0.0"),
+        {"action": "note", "detail": "quote ' dq \" dollar $(id) newline \n backtick `id`"},
+        r.history_entry("rollback", "failed", operator="bob", detail="health timeout"),
+    ]
+    for entry in entries:
+        ok(r.history_append(layout, entry))
+    lines = Path(layout.history).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == entries
+    assert r.parse_history(ok(r.history_read(layout))) == entries[::-1]
+    assert r.parse_history(ok(r.history_read(layout, 1))) == [entries[-1]]
+    last = r.parse_host_state(ok(r.host_state(layout))).last_history
+    assert last == entries[-1]
+    with open(layout.history, "a") as handle:
+        handle.write("{broken\n")
+    assert r.parse_history(ok(r.history_read(layout, 1))) == [{"unparsed": "{broken"}]
+
+
+def test_drain_flag_for_real(layout: r.Layout) -> None:
+    ok(r.prepare_layout(layout))
+    ok(r.drain(layout))
+    assert Path(layout.drain_flag).exists()
+    assert r.parse_host_state(ok(r.host_state(layout))).drained
+    ok(r.undrain(layout))
+    ok(r.undrain(layout))  # idempotent
+    assert not r.parse_host_state(ok(r.host_state(layout))).drained
+
+
+def test_list_and_prune_keep_current_and_previous(layout: r.Layout) -> None:
+    bundles = [make_bundle(layout.root, v) for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0")]
+    for age, b in enumerate(bundles):
+        ok(r.stage(layout, b.release_id, b.checksums()), b.tar_bytes())
+        stamp = 1_800_000_000 + age * 60  # staging order, oldest first
+        os.utime(layout.release(b.release_id), (stamp, stamp))
+    ok(r.switch(layout, bundles[0].release_id))  # an old release is current (a rollback happened)
+    ok(r.switch(layout, bundles[1].release_id))
+    ok(r.switch(layout, bundles[0].release_id))
+    state = r.parse_host_state(ok(r.host_state(layout)))
+    listed = r.parse_releases(ok(r.list_releases(layout)))
+    assert [x.id for x in listed] == [b.release_id for b in reversed(bundles)]
+    assert [x.version for x in listed] == ["1.4.0", "1.3.0", "1.2.0", "1.1.0", "1.0.0"]
+
+    doomed = r.prune_plan(listed, 2, state.current, state.previous)
+    assert doomed == [bundles[2].release_id]  # 1.4.0, 1.3.0 newest; 1.1.0 previous; 1.0.0 current
+    ok(r.prune(layout, doomed))
+    remaining = {x.id for x in r.parse_releases(ok(r.list_releases(layout)))}
+    assert remaining == {b.release_id for b in bundles} - set(doomed)
+
+    # the host re-checks: even when asked, it keeps what current/previous point at
+    proc = run(r.prune(layout, [bundles[0].release_id]))
+    assert proc.returncode == 0 and b"in use" in proc.stderr
+    assert Path(layout.release(bundles[0].release_id)).is_dir()
+
+
+def test_prune_plan_and_unused_images() -> None:
+    rel = [r.ReleaseDir(f"{i:016x}", 100 + i) for i in range(6)]
+    assert r.prune_plan(rel, 3, None, None) == [f"{i:016x}" for i in (2, 1, 0)]
+    assert r.prune_plan(rel, 3, f"{0:016x}", f"{1:016x}") == [f"{2:016x}"]
+    images = {"a" * 16: {"api:1.0", "nginx:1"}, "b" * 16: {"api:1.1", "nginx:1"}}
+    assert r.unused_images(images, ["a" * 16]) == ["api:1.0"]
+    assert r.unused_images({}, ["a" * 16]) == []
+
+
+def test_disk_checks_for_real(layout: r.Layout) -> None:
+    ok(r.prepare_layout(layout))
+    free = r.parse_disk_free(ok(r.disk_free(layout)))
+    assert free[layout.root] > 0 and len(free) == 2
+    ok(r.require_free(layout, 0))
+    proc = run(r.require_free(layout, 10**9))
+    assert proc.returncode == 4
+    assert f"disk full: {layout.root} has".encode() in proc.stderr and b"need 1000000000 MB" in proc.stderr
+
+
+def test_host_state_of_a_host_without_the_layout(tmp_path: Path) -> None:
+    missing = r.Layout(root=str(tmp_path / "nothing-here"))
+    assert r.parse_host_state(ok(r.host_state(missing))) == r.HostState(False, None, None, False, None, None)
+    with pytest.raises(FleetError, match="truncated"):
+        r.parse_host_state("current=\nprevious=\ndrained=no\n@@release\n")
+
+
+# --------------------------------------------------------------------------- compose ps parsing
+
+PS_LINE = {
+    "Command": '"/usr/local/bin/stan…"',
+    "ExitCode": 0,
+    "Health": "healthy",
+    "Image": "fleet-registry:5000/dify-api:1.0.0",
+    "Labels": "com.docker.compose.config-hash=57,com.docker.compose.service=api,"
+    "com.docker.compose.depends_on=web:service_started:false,api:service_started:false,"
+    f"com.docker.compose.project.working_dir=/opt/fleet/dify/releases/{RID},com.docker.compose.version=2.26.1",
+    "Name": "dify-api-1",
+    "Project": "dify",
+    "Service": "api",
+    "State": "running",
+    "Status": "Up 8 seconds (healthy)",
+}
+
+
+def test_parse_ps_json_lines_and_array() -> None:
+    worker = dict(PS_LINE, Service="worker", Name="dify-worker-1", Health="")
+    old = dict(
+        PS_LINE,
+        Service="nginx",
+        Name="dify-nginx-1",
+        State="exited",
+        ExitCode=137,
+        Labels="com.docker.compose.project.working_dir=/opt/fleet/dify/releases/feedfacefeedface",
+    )
+    text = "\n".join(json.dumps(x) for x in (PS_LINE, worker, old)) + "\n"
+    states = r.parse_ps(text, L)
+    assert [(s.service, s.state, s.health, s.release) for s in states] == [
+        ("api", "running", "healthy", RID),
+        ("nginx", "exited", "healthy", "feedfacefeedface"),
+        ("worker", "running", "", RID),
+    ]
+    assert states[0].ok and not states[1].ok and states[2].ok and states[1].exit_code == 137
+    assert r.parse_ps(json.dumps([PS_LINE]), L)[0].release == RID
+    assert r.parse_ps("", L) == []
+    with pytest.raises(FleetError, match="did not print JSON"):
+        r.parse_ps("NAME IMAGE", L, where="app-1")
+
+
+def test_drift() -> None:
+    base = r.parse_ps(json.dumps(PS_LINE), L)
+    assert r.drift(base, RID, ["api"]) == []
+    assert r.drift(base, "feedfacefeedface", ["api"]) == [
+        f"api: from release {RID}, current is feedfacefeedface"
+    ]
+    assert r.drift(base, RID, ["api", "web"]) == ["web: no container"]
+    beat = r.parse_ps(json.dumps(dict(PS_LINE, Service="worker_beat", Name="dify-worker_beat-1")), L)
+    assert r.drift(base + beat, RID, ["api"]) == [
+        "worker_beat: not in the current release (dify-worker_beat-1 running)"
+    ]
