@@ -296,3 +296,100 @@ def test_fetch_plugin_with_a_private_apt_state(tmp_path: Path) -> None:
     # the system apt state is untouched
     assert sorted(p.name for p in Path("/var/lib/apt/lists").glob("*trixie*")) == before
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["docker-compose"]  # lists and .deb cleaned up
+
+
+# --------------------------------------------------------------------------- the stack, running
+
+
+@pytest.mark.localfleet
+def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> None:  # type: ignore[no-untyped-def]
+    """The rendered stack on a real local-fleet instance (Engine 26, stand-in images): every service healthy,
+    nginx routes, /health 503 while drained, squid refusing private and metadata destinations, and a switch
+    to 1.1.0 without the beat role. Its own project, root and loopback port, so a deploy of `dify` on the
+    same instance is left alone."""
+    inst = local_fleet.instances()[-1]
+    local_fleet.load_images([inst.name])
+    layout = r.Layout(root="/opt/fleet/stackcheck", project="stackcheck")
+    port = 18080
+    where = inst.name
+
+    def sh(script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return local_fleet.exec(inst.name, ["sh", "-c", script], check=check, timeout=180)
+
+    def curl(path: str) -> tuple[int, str]:
+        out = sh(f"curl -s -m 5 -w '\\n%{{http_code}}' http://127.0.0.1:{port}{path}").stdout
+        body, _, code = out.rpartition("\n")
+        return int(code), body
+
+    def deploy(version: str, roles: list[str]) -> bundle.Bundle:
+        values = {
+            **COMMON,
+            **LOCAL,
+            "DIFY_VERSION": version,
+            **bundle.host_variables(layout.root, roles, port),
+        }
+        values["EXPOSE_NGINX_ADDRESS"] = "127.0.0.1"
+        b = bundle.render(source, values, SECRETS, META, where=where)
+        data = base64.b64encode(b.tar_bytes()).decode()
+        archive = f"/tmp/stackcheck-{b.release_id}.tar"
+        sh(f"printf '%s' {data} | base64 -d > {archive}")
+        for cmd in (
+            r.prepare_layout(layout),
+            r.stage(layout, b.release_id, b.checksums(), archive=archive),
+            r.switch(layout, b.release_id),
+            r.compose_up(layout, b.release_id, disabled=b.disabled_services, wait_timeout=120),
+        ):
+            sh(cmd.shell())
+        return b
+
+    def states(b: bundle.Bundle) -> list[r.ServiceState]:
+        found = r.parse_ps(sh(r.compose_ps(layout).shell()).stdout, layout, where)
+        assert r.drift(found, b.release_id, b.services) == []
+        return found
+
+    try:
+        one = deploy("1.0.0", ["app", "beat"])
+        running = states(one)
+        assert {s.service for s in running} == EIGHT_SERVICES
+        assert all(s.ok for s in running), running
+        assert {s.service for s in running if s.health == "healthy"} == set(one.healthchecked)
+
+        code, body = curl("/health")
+        assert code == 200 and json.loads(body)["version"] == "1.0.0"
+        for path in ("/console/api/ping", "/api/x", "/v1/x", "/files/x", "/mcp/x", "/triggers/x"):
+            code, body = curl(path)
+            assert code == 200 and json.loads(body)["version"] == "1.0.0", (path, body)
+        assert json.loads(curl("/e/hook")[1])["service"] == "plugin_daemon"
+        assert "dify web stand-in" in curl("/explore")[1] and "dify web stand-in" in curl("/apps")[1]
+
+        sh(r.drain(layout).shell())
+        assert curl("/health") == (503, '{"status":"draining"}')
+        assert curl("/nginx-health") == (200, "ok")
+        sh(r.undrain(layout).shell())
+        assert curl("/health")[0] == 200
+
+        project = f"docker compose -p {layout.project} exec -T"
+        ssrf = f"{project} sandbox curl -s -o /dev/null -w '%{{http_code}}' -m 5"
+        proxy = "-x http://ssrf_proxy:3128"
+        assert sh(f"{ssrf} {proxy} http://169.254.169.254/computeMetadata/v1/").stdout == "403"
+        assert sh(f"{ssrf} {proxy} http://metadata.google.internal/").stdout == "403"
+        assert sh(f"{ssrf} {proxy} http://api:5001/health").stdout == "403"
+        assert (
+            sh(f"{ssrf} --noproxy '*' http://api:5001/health", check=False).stdout == "000"
+        )  # not on its net
+        reverse = f"{project} api curl -s -m 5 http://ssrf_proxy:8194/health"
+        assert json.loads(sh(reverse).stdout)["service"] == "sandbox"
+        direct = f"{project} api curl -s -o /dev/null -w '%{{http_code}}' -m 5 http://sandbox:8194/health"
+        assert sh(direct, check=False).stdout == "000"  # no shared network with the sandbox
+
+        two = deploy("1.1.0", ["app"])
+        running = states(two)
+        assert {s.service for s in running} == EIGHT_SERVICES - {"worker_beat"}
+        assert json.loads(curl("/health")[1])["version"] == "1.1.0"
+        state = r.parse_host_state(sh(r.host_state(layout).shell()).stdout)
+        assert (state.current, state.previous) == (two.release_id, one.release_id)
+    finally:
+        sh(f"{r.compose_down(layout).shell()}; rm -rf {layout.root} /tmp/stackcheck-*.tar", check=False)
+
+
+EIGHT_SERVICES = {"nginx", "web", "api", "worker", "worker_beat", "sandbox", "plugin_daemon", "ssrf_proxy"}

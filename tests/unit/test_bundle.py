@@ -134,8 +134,11 @@ def test_persistent_data_is_outside_the_release_and_the_drain_dir_is_mounted_rea
 def test_sandbox_egress_only_through_the_ssrf_proxy() -> None:
     doc = compose_doc()
     assert doc["networks"]["ssrf_proxy_network"]["internal"] is True
+    on_internal = {n for n, svc in doc["services"].items() if "ssrf_proxy_network" in svc.get("networks", [])}
+    assert on_internal == {"sandbox", "ssrf_proxy"}  # nothing else for sandboxed code to reach
     assert doc["services"]["sandbox"]["networks"] == ["ssrf_proxy_network"]
     assert set(doc["services"]["ssrf_proxy"]["networks"]) == {"ssrf_proxy_network", "default"}
+    assert doc["services"]["api"]["environment"]["CODE_EXECUTION_ENDPOINT"] == "http://ssrf_proxy:8194"
     env = doc["services"]["sandbox"]["environment"]
     assert env["HTTP_PROXY"] == env["HTTPS_PROXY"] == "http://ssrf_proxy:3128"
 
