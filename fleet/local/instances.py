@@ -57,7 +57,9 @@ def instance_id_of(container_id: str) -> str:
 
 
 def port_free(port: int) -> bool:
+    """Can a listener bind it? (SO_REUSEADDR like docker-proxy: old connections in TIME_WAIT don't count.)"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -198,8 +200,10 @@ class LocalFleet:
         )
 
     # ---------------------------------------------------------------- building blocks
-    def _ports(self, index: int) -> tuple[int, int]:
+    def _ports(self, index: int, prefer: tuple[int, int] | None = None) -> tuple[int, int]:
         """local-N -> (ssh_base+N, http_base+N); a taken port moves up by 100 until free."""
+        if prefer is not None and all(port_free(p) for p in prefer):
+            return prefer
         for step in range(0, 2000, 100):
             ssh, http = self.config.ssh_base + index + step, self.config.http_base + index + step
             if ssh <= 65535 and http <= 65535 and port_free(ssh) and port_free(http):
@@ -210,10 +214,10 @@ class LocalFleet:
             hint="set FLEET_LOCAL_SSH_BASE / FLEET_LOCAL_HTTP_BASE to a free range",
         )
 
-    def _spec(self, index: int, pubkey: str) -> dockercmd.InstanceSpec:
+    def _spec(self, index: int, pubkey: str, ports: tuple[int, int] | None = None) -> dockercmd.InstanceSpec:
         from fleet.local.images import VM_IMAGE
 
-        ssh, http = self._ports(index)
+        ssh, http = self._ports(index, ports)
         name = self.config.container_name(index)
         return dockercmd.InstanceSpec(
             name=name,
@@ -233,8 +237,8 @@ class LocalFleet:
             },
         )
 
-    def _create(self, index: int, pubkey: str) -> None:
-        spec = self._spec(index, pubkey)
+    def _create(self, index: int, pubkey: str, ports: tuple[int, int] | None = None) -> None:
+        spec = self._spec(index, pubkey, ports)
         self.config.tarball_dir.mkdir(parents=True, exist_ok=True)
         proc = execute.run(dockercmd.run_instance(spec), check=False, timeout=120)
         if proc.returncode != 0:
@@ -374,10 +378,10 @@ class LocalFleet:
         """A new container (new disk, NEW host key) with the same name and ports, like a MIG recreate."""
         index = self.config.index_of(name)
         with self._locked():
-            self.instance(name)
+            old = self.instance(name)
             pubkey = inventory_writer.ensure_client_key(self.config)
             self._destroy(index)
-            self._create(index, pubkey)
+            self._create(index, pubkey, (old.ssh_port, old.http_port))
             keys = self._wait_ready([index])
             return self._by_index(self._publish(keys), index)
 

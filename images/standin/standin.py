@@ -26,10 +26,11 @@ HEALTH_PATHS = {"api": {"/health"}, "sandbox": {"/health"}, "plugin_daemon": {"/
 API_PREFIXES = ("/console/api", "/api", "/v1", "/files", "/mcp", "/triggers")
 STARTED = time.monotonic()
 STOP = threading.Event()
+NAME = os.environ.get("MODE", "api") if ROLE == "api" else ROLE  # api, worker or beat for dify-api
 
 
 def log(text: str) -> None:
-    print(f"{ROLE}[{VERSION}]: {text}", flush=True)
+    print(f"{NAME}[{VERSION}]: {text}", flush=True)
 
 
 def seconds(name: str) -> float:
