@@ -532,6 +532,7 @@ def render(
         "source_commit": meta.source_commit,
         "profiles": sorted(profiles),
         "services": list(enabled),
+        "disabled_services": list(disabled),
         "secret_keys": sorted(secret_keys),
         "files": {p: "sha256:" + hashlib.sha256(f.data).hexdigest() for p, f in sorted(files.items())},
     }

@@ -290,6 +290,7 @@ def test_release_json_records_version_id_created_operator_commit(source: bundle.
     assert record["operator"] == META.operator
     assert record["source_commit"] == META.source_commit
     assert record["services"] == list(b.services)
+    assert record["disabled_services"] == ["worker_beat"]
     assert set(record["files"]) == set(b.files) - {"release.json"}
     for secret in SECRETS.values():
         assert secret not in b.files["release.json"].data.decode()
