@@ -182,8 +182,8 @@ def _publish(
     if not cfg.events_topic:
         return
     if decision.acts:
-        if decision.action == "mark-closed":
-            return
+        if decision.action == "mark-closed" or decision.reason == "replay":
+            return  # nothing new to report: a replay repeats an action already reported
         result = op.result if op is not None else "started"
     elif decision.reason in _NOTABLE_SKIPS:
         result = "refused" if decision.reason == "outside-migs" else "skipped"

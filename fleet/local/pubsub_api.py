@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -219,19 +219,31 @@ class LocalPubsub:
                 self._lock.wait(left)
         return self.messages(topic)
 
-    def wait_deliveries(self, count: int, topic: str | None = None, timeout: float = 30.0) -> list[Delivery]:
-        """Block until `count` deliveries have finished (delivered or given up), or the timeout."""
+    def wait_deliveries(
+        self,
+        count: int,
+        topic: str | None = None,
+        timeout: float = 30.0,
+        message_ids: Collection[str] | None = None,
+    ) -> list[Delivery]:
+        """Block until `count` deliveries (of `message_ids`, if given) have finished, or the timeout."""
+
+        def matching() -> list[Delivery]:
+            return [
+                d
+                for d in self._deliveries
+                if (topic is None or d.topic == topic)
+                and (message_ids is None or d.message_id in message_ids)
+            ]
+
         deadline = time.monotonic() + timeout
         with self._lock:
-            while (
-                len([d for d in self._deliveries if d.finished and (topic is None or d.topic == topic)])
-                < count
-            ):
+            while len([d for d in matching() if d.finished]) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._lock.wait(left)
-        return self.deliveries(topic)
+            return matching()
 
     def inject(self, topic: str, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
         """Publish without a client (what Monitoring's notification channel does); returns the id."""

@@ -63,7 +63,12 @@ class WebhookSink:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="webhook-sink", daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="webhook-sink",
+            daemon=True,
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -140,7 +145,7 @@ class WebhookSink:
         kept = {
             k.lower(): v
             for k, v in headers.items()
-            if k.lower() in ("content-type", "idempotency-key", "user-agent")
+            if k.lower() in ("content-type", "idempotency-key", "user-agent") or k.lower().startswith("ce-")
         }
         chat = _CHAT.fullmatch(parts.path)
         with self._lock:
