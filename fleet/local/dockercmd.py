@@ -132,8 +132,23 @@ def rmi(refs: Sequence[str]) -> list[str]:
     return [DOCKER, "rmi", "--force", *(check_ref(r) for r in refs)]
 
 
-def images_with_label(label: str) -> list[str]:
-    return [DOCKER, "images", "--filter", f"label={label}", "--format", "{{.Repository}}:{{.Tag}}"]
+def rmi_ids(ids: Sequence[str]) -> list[str]:
+    for image_id in ids:
+        if not re.match(r"^(sha256:)?[0-9a-f]{12,64}$", image_id):
+            raise FleetError(f"invalid image id {image_id!r}", where="local images")
+    return [DOCKER, "rmi", "--force", *ids]
+
+
+def image_ids(
+    *, label: str | None = None, repository: str | None = None, dangling: bool = False
+) -> list[str]:
+    """Ids of images with a label, or of one repository (only untagged ones with `dangling`)."""
+    argv = [DOCKER, "images", "--filter=dangling=true" if dangling else "--all", "--quiet", "--no-trunc"]
+    if label is not None:
+        argv += ["--filter", f"label={label}"]
+    if repository is not None:
+        argv.append(check_ref(repository))
+    return argv
 
 
 def network_inspect(name: str) -> list[str]:

@@ -7,10 +7,12 @@ stand-ins are then pushed to the local registry and saved as one tarball for fas
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +201,22 @@ def publish(config: LocalConfig, progress: Progress, report: BuildReport) -> Non
             report.tarball_written = True
 
 
+def prune_superseded() -> None:
+    """Drop our images that a rebuild left untagged, so repeated edits don't fill the disk."""
+    ids = execute.run(dockercmd.image_ids(label="fleet.local", dangling=True), check=False).stdout.split()
+    if ids:
+        execute.run(dockercmd.rmi_ids(ids), check=False, timeout=300)
+
+
+@contextlib.contextmanager
+def build_lock(config: LocalConfig) -> Iterator[None]:
+    """One builder at a time across processes: a second one then finds everything cached."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(config.state_dir / "build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def build_all(config: LocalConfig | None = None, progress: Progress | None = None) -> BuildReport:
     """Everything the fleet needs, cached: base, VM, registry, stand-ins (pushed and saved)."""
     from fleet.local.engine import ensure_engine
@@ -206,8 +224,11 @@ def build_all(config: LocalConfig | None = None, progress: Progress | None = Non
     cfg = config or LocalConfig.from_env()
     prog = progress or Progress()
     ensure_engine(cfg)
-    report = build_images(cfg, prog)
-    publish(cfg, prog, report)
+    with build_lock(cfg):
+        report = build_images(cfg, prog)
+        publish(cfg, prog, report)
+        if report.built:
+            prune_superseded()
     return report
 
 
@@ -215,25 +236,19 @@ def clean(config: LocalConfig | None = None, progress: Progress | None = None) -
     """Remove every image built here (and the registry data, tarball): the next build starts cold."""
     cfg = config or LocalConfig.from_env()
     prog = progress or Progress()
+    with build_lock(cfg):
+        return _clean(cfg, prog)
+
+
+def _clean(cfg: LocalConfig, prog: Progress) -> list[str]:
     registry.remove(cfg, data=True)
-    refs = [
-        line
-        for line in execute.run(dockercmd.images_with_label("fleet.local")).stdout.split()
-        if line and "<none>" not in line
-    ]
-    refs += [r for r in execute.run(dockercmd.images_with_label(LABEL)).stdout.split() if r and r not in refs]
-    base_refs = [
-        line
-        for line in execute.run(
-            [dockercmd.DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}"]
-        ).stdout.split()
-        if line.startswith(("fleet-local/base:", f"127.0.0.1:{cfg.registry_host_port}/"))
-    ]
-    refs += [r for r in base_refs if r not in refs]
-    if refs:
-        with prog.step(f"remove {len(refs)} image(s)"):
-            execute.run(dockercmd.rmi(refs), check=False, timeout=300)
-    execute.run([dockercmd.DOCKER, "image", "prune", "--force"], check=False, timeout=300)
-    for path in (cfg.tarball_dir / TARBALL, cfg.tarball_dir / "standins.inputs"):
+    ids: list[str] = []
+    sources = (dockercmd.image_ids(label="fleet.local"), dockercmd.image_ids(repository="fleet-local/base"))
+    for argv in sources:
+        ids += [i for i in execute.run(argv).stdout.split() if i and i not in ids]
+    if ids:
+        with prog.step(f"remove {len(ids)} image(s)"):
+            execute.run(dockercmd.rmi_ids(ids), check=False, timeout=300)
+    for path in (cfg.tarball_dir / TARBALL, (cfg.tarball_dir / TARBALL).with_suffix(".inputs")):
         path.unlink(missing_ok=True)
-    return refs
+    return ids

@@ -328,14 +328,17 @@ class LocalFleet:
         return inventory_writer.ensure_client_key(self.config)
 
     # ---------------------------------------------------------------- operations
-    def up(self, n: int = 3, *, build: bool = True) -> list[Instance]:
-        """Bring the fleet to exactly `n` running instances; returns when sshd and dockerd answer."""
+    def up(self, n: int = 3, *, build: bool = True, shrink: bool = True) -> list[Instance]:
+        """Bring the fleet to exactly `n` running instances; returns when sshd and dockerd answer.
+
+        With `shrink=False` instances beyond `n` are kept (another user of the fleet may own them).
+        """
         if not isinstance(n, int) or not 1 <= n <= 200:
             raise FleetError(f"instances must be 1..200, got {n!r}", where="local.up")
         with self._locked():
             pubkey = self._prepare(build)
             existing = self._inspect()
-            extra = sorted(existing)[n:]
+            extra = sorted(existing)[n:] if shrink else []
             keep = sorted(existing)[:n]
             for index in extra:
                 self.lb.start()

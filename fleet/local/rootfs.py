@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from fleet import hostsetup
@@ -102,10 +103,12 @@ def ensure_base(config: LocalConfig, progress: Progress) -> str:
             where="this machine",
             hint="run the first build as root (later runs use the cached image)",
         )
-    target = config.state_dir / "rootfs" / tag.split(":")[1]
-    if target.exists():
-        shutil.rmtree(target)  # a half-finished earlier attempt
-    target.parent.mkdir(parents=True, exist_ok=True)
+    workdir = config.state_dir / "rootfs"
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in workdir.iterdir():  # half-finished earlier attempts (callers hold the build lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    target = Path(tempfile.mkdtemp(prefix=tag.split(":")[1] + ".", dir=workdir))
+    os.chmod(target, 0o755)  # noqa: S103 - it becomes the image's "/"
     try:
         with progress.step(f"debootstrap {SUITE} ({VARIANT}) from {mirror}"):
             execute.stream(
