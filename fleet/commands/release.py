@@ -33,6 +33,7 @@ DEFAULT_ROOT = "/opt/fleet/dify"
 DEFAULT_PROJECT = "dify"
 _SHA256_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
 _WORKING_DIR_RE = re.compile(r"com\.docker\.compose\.project\.working_dir=([^,]*)")
+_CONFIG_HASH_RE = re.compile(r"com\.docker\.compose\.config-hash=([0-9a-f]{64})")
 _OWNER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}(?::[a-z_][a-z0-9_-]{0,31})?$")
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SECTION = "@@"
@@ -345,6 +346,21 @@ def compose_up(
     return Command(_script(*lines), f"start release {rid}")
 
 
+def compose_hashes(layout: Layout, rid: str) -> Command:
+    """`config --hash '*'`: per enabled service, the config hash Compose stamps on the containers it
+    creates from release <id>. Containers with another hash do not match that release (drift)."""
+    return Command(sh(*compose_argv(layout, rid, "config", "--hash", "*")), f"config hashes of release {rid}")
+
+
+def parse_hashes(stdout: str) -> dict[str, str]:
+    hashes = {}
+    for line in stdout.splitlines():
+        svc, _, digest = line.strip().partition(" ")
+        if svc and re.fullmatch(r"[0-9a-f]{64}", digest.strip()):
+            hashes[svc] = digest.strip()
+    return hashes
+
+
 def compose_ps(layout: Layout) -> Command:
     """Every container of the project, whichever release made it (project-only mode: no file needed)."""
     return Command(
@@ -368,8 +384,9 @@ class ServiceState:
     state: str  # running, exited, restarting, created, paused, dead
     health: str  # healthy, unhealthy, starting, or "" without healthcheck
     image: str
-    release: str | None  # the release whose directory created it
+    release: str | None  # the release whose directory created (or last recreated) it
     exit_code: int | None = None
+    config_hash: str | None = None  # Compose's com.docker.compose.config-hash label
 
     @property
     def ok(self) -> bool:
@@ -403,12 +420,15 @@ def parse_ps(stdout: str, layout: Layout, where: str | None = None) -> list[Serv
     prefix = layout.releases + "/"
     for rec in records:
         labels = rec.get("Labels")
-        working = None
+        working = config_hash = None
         if isinstance(labels, dict):
             working = labels.get("com.docker.compose.project.working_dir")
+            config_hash = labels.get("com.docker.compose.config-hash")
         elif isinstance(labels, str):
             match = _WORKING_DIR_RE.search(labels)
             working = match.group(1) if match else None
+            match = _CONFIG_HASH_RE.search(labels)
+            config_hash = match.group(1) if match else None
         rid = None
         if isinstance(working, str) and working.startswith(prefix):
             candidate = working[len(prefix) :].rstrip("/")
@@ -423,24 +443,29 @@ def parse_ps(stdout: str, layout: Layout, where: str | None = None) -> list[Serv
                 image=str(rec.get("Image", "")),
                 release=rid,
                 exit_code=exit_code if isinstance(exit_code, int) else None,
+                config_hash=config_hash if isinstance(config_hash, str) else None,
             )
         )
     return sorted(out, key=lambda s: (s.service, s.container))
 
 
-def drift(states: Sequence[ServiceState], current: str | None, expected: Sequence[str]) -> list[str]:
+def drift(states: Sequence[ServiceState], expected: Mapping[str, str]) -> list[str]:
     """Why the running containers do not match the current release (empty list = no drift).
-    `expected` is the release's enabled services (release.json "services")."""
+    `expected` is service -> config hash of the current release (`parse_hashes(compose_hashes(...))`):
+    a container matches when Compose would not recreate it. (A service whose config did not change
+    keeps the container, and its working_dir label, of an older release: that is not drift.)"""
     problems = []
     seen = {s.service for s in states}
     for svc in expected:
         if svc not in seen:
             problems.append(f"{svc}: no container")
     for s in states:
-        if s.service not in expected:
+        want = expected.get(s.service)
+        if want is None:
             problems.append(f"{s.service}: not in the current release ({s.container} {s.state})")
-        elif current and s.release != current:
-            problems.append(f"{s.service}: from release {s.release or 'unknown'}, current is {current}")
+        elif s.config_hash != want:
+            made_by = f"release {s.release}" if s.release else "an unknown release"
+            problems.append(f"{s.service}: config differs from the current release (made by {made_by})")
         elif s.state != "running":
             problems.append(f"{s.service}: {s.state}")
     return problems

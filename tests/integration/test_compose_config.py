@@ -319,7 +319,7 @@ def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> No
     def curl(path: str) -> tuple[int, str]:
         out = sh(f"curl -s -m 5 -w '\\n%{{http_code}}' http://127.0.0.1:{port}{path}").stdout
         body, _, code = out.rpartition("\n")
-        return int(code), body
+        return int(code), body.rstrip("\n")
 
     def deploy(version: str, roles: list[str]) -> bundle.Bundle:
         values = {
@@ -344,7 +344,9 @@ def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> No
 
     def states(b: bundle.Bundle) -> list[r.ServiceState]:
         found = r.parse_ps(sh(r.compose_ps(layout).shell()).stdout, layout, where)
-        assert r.drift(found, b.release_id, b.services) == []
+        expected = r.parse_hashes(sh(r.compose_hashes(layout, b.release_id).shell()).stdout)
+        assert set(expected) == set(b.services)
+        assert r.drift(found, expected) == []
         return found
 
     try:
@@ -385,6 +387,11 @@ def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> No
         two = deploy("1.1.0", ["app"])
         running = states(two)
         assert {s.service for s in running} == EIGHT_SERVICES - {"worker_beat"}
+        made_by = {s.service: s.release for s in running}
+        assert made_by["api"] == made_by["nginx"] == two.release_id  # new image / new mount paths
+        assert made_by["sandbox"] == one.release_id  # unchanged config: not recreated, and not drift
+        hashes_one = r.parse_hashes(sh(r.compose_hashes(layout, one.release_id).shell()).stdout)
+        assert r.drift(running, hashes_one)  # against the old release, the new containers are drift
         assert json.loads(curl("/health")[1])["version"] == "1.1.0"
         state = r.parse_host_state(sh(r.host_state(layout).shell()).stdout)
         assert (state.current, state.previous) == (two.release_id, one.release_id)

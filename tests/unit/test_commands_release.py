@@ -414,7 +414,7 @@ PS_LINE = {
     "ExitCode": 0,
     "Health": "healthy",
     "Image": "fleet-registry:5000/dify-api:1.0.0",
-    "Labels": "com.docker.compose.config-hash=57,com.docker.compose.service=api,"
+    "Labels": f"com.docker.compose.config-hash={'5' * 64},com.docker.compose.service=api,"
     "com.docker.compose.depends_on=web:service_started:false,api:service_started:false,"
     f"com.docker.compose.project.working_dir=/opt/fleet/dify/releases/{RID},com.docker.compose.version=2.26.1",
     "Name": "dify-api-1",
@@ -449,14 +449,23 @@ def test_parse_ps_json_lines_and_array() -> None:
         r.parse_ps("NAME IMAGE", L, where="app-1")
 
 
-def test_drift() -> None:
+def test_drift_compares_compose_config_hashes() -> None:
     base = r.parse_ps(json.dumps(PS_LINE), L)
-    assert r.drift(base, RID, ["api"]) == []
-    assert r.drift(base, "feedfacefeedface", ["api"]) == [
-        f"api: from release {RID}, current is feedfacefeedface"
+    assert base[0].config_hash == "5" * 64
+    assert r.drift(base, {"api": "5" * 64}) == []
+    assert r.drift(base, {"api": "6" * 64}) == [
+        f"api: config differs from the current release (made by release {RID})"
     ]
-    assert r.drift(base, RID, ["api", "web"]) == ["web: no container"]
+    assert r.drift(base, {"api": "5" * 64, "web": "7" * 64}) == ["web: no container"]
     beat = r.parse_ps(json.dumps(dict(PS_LINE, Service="worker_beat", Name="dify-worker_beat-1")), L)
-    assert r.drift(base + beat, RID, ["api"]) == [
+    assert r.drift(base + beat, {"api": "5" * 64}) == [
         "worker_beat: not in the current release (dify-worker_beat-1 running)"
     ]
+    stopped = r.parse_ps(json.dumps(dict(PS_LINE, State="exited")), L)
+    assert r.drift(stopped, {"api": "5" * 64}) == ["api: exited"]
+
+
+def test_compose_hashes_exact_and_parsed() -> None:
+    assert r.compose_hashes(L, RID).script == f"{PREFIX} config --hash '*'"
+    out = f"api {'a' * 64}\nnginx {'b' * 64}\nnoise\n"
+    assert r.parse_hashes(out) == {"api": "a" * 64, "nginx": "b" * 64}
