@@ -185,7 +185,7 @@ def _publish(
         if decision.action == "mark-closed" or decision.reason == "replay":
             return  # nothing new to report: a replay repeats an action already reported
         result = op.result if op is not None else "started"
-    elif decision.reason in _NOTABLE_SKIPS:
+    elif decision.reason in _NOTABLE_SKIPS and incident.state == "open":
         result = "refused" if decision.reason == "outside-migs" else "skipped"
     else:
         return
