@@ -46,6 +46,7 @@ class LocalConfig:
     """Everything that names a local-fleet resource. Defaults are the documented contract."""
 
     root: Path = REPO_ROOT
+    name: str = "local"  # a second fleet (e.g. the benchmark's) uses another name, prefix, ports
     container_prefix: str = "fleet-local"  # containers fleet-local-1, fleet-local-2, ...
     host_prefix: str = "local"  # inventory hosts local-1, local-2, ...
     network: str = "fleet-local"
@@ -62,6 +63,7 @@ class LocalConfig:
 
     def __post_init__(self) -> None:
         for value, what in (
+            (self.name, "fleet name"),
             (self.container_prefix, "container prefix"),
             (self.host_prefix, "host prefix"),
             (self.network, "network name"),
@@ -94,11 +96,14 @@ class LocalConfig:
 
     @property
     def state_dir(self) -> Path:
-        return self.root / ".fleet" / "local"
+        return self.root / ".fleet" / self.name
 
     @property
     def inventory_dir(self) -> Path:
-        return self.root / "inventory" / "local"
+        """inventory/local/ for the default fleet (git-ignored); other fleets keep theirs in state_dir."""
+        if self.name == "local":
+            return self.root / "inventory" / "local"
+        return self.state_dir / "inventory"
 
     @property
     def images_src(self) -> Path:

@@ -161,6 +161,22 @@ def network_create(name: str, subnet: str, labels: Mapping[str, str]) -> list[st
     return [DOCKER, "network", "create", "--subnet", subnet, *_labels(labels), check_container(name)]
 
 
+def network_connect(network: str, container: str, alias: str) -> list[str]:
+    return [
+        DOCKER,
+        "network",
+        "connect",
+        "--alias",
+        check_container(alias),
+        check_container(network),
+        check_container(container),
+    ]
+
+
+def network_disconnect(network: str, container: str) -> list[str]:
+    return [DOCKER, "network", "disconnect", "--force", check_container(network), check_container(container)]
+
+
 def network_rm(name: str) -> list[str]:
     return [DOCKER, "network", "rm", check_container(name)]
 

@@ -147,8 +147,7 @@ class LocalFleet:
     # ---------------------------------------------------------------- docker views
     def _inspect(self) -> dict[int, dict[str, Any]]:
         """Instance containers by index, as `docker inspect` reports them."""
-        label = f"{INDEX_LABEL}"
-        names = [n for n in execute.run(dockercmd.list_containers(label)).stdout.split() if n]
+        names = [n for n in execute.run(dockercmd.list_containers(INDEX_LABEL)).stdout.split() if n]
         if not names:
             return {}
         proc = execute.run(dockercmd.inspect_containers(names), check=False)
@@ -419,7 +418,9 @@ class LocalFleet:
             return self._publish()
 
     def down(self) -> None:
-        """Remove every instance, the LB, the registry container (its data stays) and the network."""
+        """Remove every instance, the LB, the registry container (its data stays) and the network.
+
+        The registry container stays while another fleet's instances exist (it is shared)."""
         with self._locked():
             indices = sorted(self._inspect())
             names = [self.config.container_name(i) for i in indices]
@@ -427,7 +428,11 @@ class LocalFleet:
                 execute.run(dockercmd.rm_force(names), check=False, timeout=180)
                 execute.run(dockercmd.volume_rm([f"{n}-docker" for n in names]), check=False)
             self.lb.stop()
-            registry.remove(self.config)
+            others = [n for n in execute.run(dockercmd.list_containers(INDEX_LABEL)).stdout.split() if n]
+            if others:  # another fleet (e.g. the benchmark's) still pulls from the registry
+                registry.detach(self.config)
+            else:
+                registry.remove(self.config)
             execute.run(dockercmd.network_rm(self.config.network), check=False)
             inventory_writer.remove(self.config)
             self._state_path.unlink(missing_ok=True)

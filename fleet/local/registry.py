@@ -11,6 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 from fleet.errors import FleetError
 from fleet.local import dockercmd, execute
@@ -87,12 +88,24 @@ def tags(config: LocalConfig, repo: str) -> list[str]:
         return []
 
 
-def container_state(config: LocalConfig) -> dict[str, str] | None:
+def container_state(config: LocalConfig) -> dict[str, Any] | None:
     proc = execute.run(dockercmd.inspect_containers([config.registry_name]), check=False)
     if proc.returncode != 0:
         return None
     info = json.loads(proc.stdout)[0]
-    return {"image": info["Image"], "status": info["State"]["Status"]}
+    networks = sorted(((info.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+    return {"image": info["Image"], "status": info["State"]["Status"], "networks": networks}
+
+
+def attach(config: LocalConfig) -> None:
+    """Make the registry reachable as fleet-registry:5000 on this fleet's network too."""
+    state = container_state(config)
+    if state is not None and config.network not in state["networks"]:
+        proc = execute.run(
+            dockercmd.network_connect(config.network, config.registry_name, config.registry_name), check=False
+        )
+        if proc.returncode != 0 and "already exists" not in proc.stderr:
+            raise execute.CommandError(["docker", "network", "connect"], proc.returncode, proc.stderr)
 
 
 def ensure_running(config: LocalConfig, image: str, *, wait: float = 30.0) -> None:
@@ -113,6 +126,7 @@ def ensure_running(config: LocalConfig, image: str, *, wait: float = 30.0) -> No
             ),
             hint=f"is 127.0.0.1:{config.registry_host_port} free? move it with FLEET_LOCAL_REGISTRY_PORT",
         )
+    attach(config)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if answers(config):
@@ -145,6 +159,10 @@ def push(config: LocalConfig, ref: str) -> None:
     target = push_ref(ref, config)
     execute.run(dockercmd.tag(ref, target))
     execute.run(dockercmd.push(target), timeout=600)
+
+
+def detach(config: LocalConfig) -> None:
+    execute.run(dockercmd.network_disconnect(config.network, config.registry_name), check=False)
 
 
 def remove(config: LocalConfig, *, data: bool = False) -> None:
