@@ -63,11 +63,13 @@ class AppSettings(_Strict):
     project: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     http_port: StrictInt | None = Field(default=None, ge=1, le=65535)
     keep_releases: StrictInt | None = Field(default=None, ge=2)
+    min_free_mb: StrictInt | None = Field(default=None, ge=0)
 
 
 class LBSettings(_Strict):
     kind: Literal["haproxy", "gcp", "none"] | None = None
     server: StrictStr | None = None
+    address: StrictStr | None = None  # where the LB reaches this host (informational; the local fleet)
     stats_socket: StrictStr | None = None
     backend: StrictStr | None = None
     frontend: StrictStr | None = None

@@ -144,9 +144,10 @@ def hosts_doc(hosts: Sequence[HostEntry], config: LocalConfig) -> dict[str, Any]
                     "instance": host.name,
                     "instance_id": host.instance_id,
                 },
-                "app": {"http_port": host.http_port},
                 "roles": list(host.roles),
-                "lb": {"server": host.name},
+                # app.http_port (defaults: 80) is where nginx listens INSIDE the instance; the LB
+                # reaches it through the port published on this machine:
+                "lb": {"server": host.name, "address": f"127.0.0.1:{host.http_port}"},
             },
         }
     return doc

@@ -7,12 +7,21 @@ import importlib.util
 
 from invoke import Collection
 
-from fleet.tasks import core
+from fleet.tasks import core, release
 
 
 def namespace() -> Collection:
     ns = Collection()
-    for t in (core.hosts, core.exec_, core.facts):
+    for t in (
+        core.hosts,
+        core.exec_,
+        core.facts,
+        release.bootstrap,
+        release.deploy,
+        release.diff,
+        release.status,
+        release.history,
+    ):
         ns.add_task(t)
     # sub-collections: `fab local.up`, ...
     for sub in ("local",):

@@ -126,7 +126,8 @@ def test_inventory_documents(tmp_path: Path) -> None:
     one = doc["local-1"]
     assert (one["hostname"], one["port"], one["username"]) == ("127.0.0.1", 2201, "deploy")
     assert one["data"]["gce"]["instance_id"] == "11" and one["data"]["lb"]["server"] == "local-1"
-    assert one["data"]["app"]["http_port"] == 8101 and one["data"]["roles"] == ["app", "beat"]
+    assert one["data"]["lb"]["address"] == "127.0.0.1:8101" and one["data"]["roles"] == ["app", "beat"]
+    assert "app" not in one["data"]  # app.http_port (80, inside the instance) comes from defaults
     assert inventory_writer.known_hosts_text(hosts) == (
         "[127.0.0.1]:2201 ssh-ed25519 AAAA\n[127.0.0.1]:2202 ssh-ed25519 BBBB\n"
     )
@@ -287,7 +288,7 @@ def test_inventory_matches_the_instances(local_fleet: LocalFleet) -> None:
     assert set(hosts) == set(records)
     for name, host in hosts.items():
         assert host["port"] == records[name].ssh_port
-        assert host["data"]["app"]["http_port"] == records[name].http_port
+        assert host["data"]["lb"]["address"] == f"127.0.0.1:{records[name].http_port}"
         assert host["data"]["gce"]["instance_id"] == records[name].instance_id
     assert sum("beat" in h["data"]["roles"] for h in hosts.values()) == 1
     assert Path(defaults["data"]["lb"]["stats_socket"]).is_socket()

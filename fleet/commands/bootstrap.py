@@ -1,0 +1,120 @@
+"""Idempotent host preparation, as one root shell script that reports `changed: X` / `ok: X` per item.
+
+Each item checks before it acts, so a second run prints only `ok:` lines (tested). Run with sudo.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from fleet.commands.base import Command, q
+from fleet.commands.release import Layout
+from fleet.errors import FleetError
+
+DAEMON_JSON = "/etc/docker/daemon.json"
+SYSCTL_FILE = "/etc/sysctl.d/60-compose-fleet.conf"
+# what the stack needs from the kernel: nginx/api accept queues under load, fewer port collisions
+SYSCTLS = {"net.core.somaxconn": "4096", "net.ipv4.ip_local_port_range": "10240 65000"}
+LOG_OPTS = {"log-driver": "json-file", "log-opts": {"max-size": "20m", "max-file": "5"}}
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+# merges LOG_OPTS into daemon.json, keeping every other key; prints "changed" or "ok"
+_MERGE = r"""
+import json, os, sys
+path, wanted = sys.argv[1], json.loads(sys.argv[2])
+try:
+    with open(path) as fh:
+        cur = json.load(fh)
+except FileNotFoundError:
+    cur = {}
+new = dict(cur)
+new.update(wanted)
+if new == cur:
+    print("ok")
+else:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".fleet-new", "w") as fh:
+        json.dump(new, fh, indent=2, sort_keys=True)
+    os.replace(path + ".fleet-new", path)
+    print("changed")
+"""
+
+
+def bootstrap_command(layout: Layout, user: str) -> Command:
+    if not isinstance(user, str) or not _USER_RE.match(user):
+        raise FleetError(f"invalid deploy user {user!r}", hint="a plain login name")
+    sysctl_text = "".join(f"{k} = {v}\n" for k, v in SYSCTLS.items())
+    dirs = [layout.root, layout.releases, layout.volumes, layout.state]
+    lines = [
+        "set -eu",
+        "export DEBIAN_FRONTEND=noninteractive",
+        'report() { printf \'%s: %s\\n\' "$1" "$2"; }',
+        # 1. Docker engine + Compose v2
+        "if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1; then",
+        "  command -v apt-get >/dev/null 2>&1 || "
+        "{ echo 'no Docker and no apt-get to install it' >&2; exit 20; }",
+        "  apt-get update -q >/dev/null && apt-get install -y -q docker.io >/dev/null",
+        "  report changed 'docker engine installed'",
+        "else report ok 'docker engine present'; fi",
+        "if ! docker compose version >/dev/null 2>&1; then",
+        "  command -v apt-get >/dev/null 2>&1 || { echo 'no Compose v2 and no apt-get' >&2; exit 21; }",
+        "  apt-get update -q >/dev/null",
+        "  apt-get install -y -q docker-compose-plugin >/dev/null 2>&1 || "
+        "apt-get install -y -q docker-compose >/dev/null 2>&1 || true",
+        "  docker compose version >/dev/null 2>&1 || "
+        "{ echo 'Compose v2 is not available from the apt sources of this host: "
+        "add the Docker apt repository (docker-compose-plugin)' >&2; exit 22; }",
+        "  report changed 'compose v2 installed'",
+        "else report ok 'compose v2 present'; fi",
+        "if ! docker info >/dev/null 2>&1; then",
+        "  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then"
+        " systemctl enable --now docker;"
+        " else echo 'docker engine is not running and there is no systemd to start it' >&2; exit 23; fi",
+        "  report changed 'docker engine started'",
+        "else report ok 'docker engine running'; fi",
+        # 2. deploy user may use Docker
+        f"id {q(user)} >/dev/null 2>&1 || {{ echo {q(f'user {user} does not exist')} >&2; exit 24; }}",
+        f"if id -nG {q(user)} | tr ' ' '\\n' | grep -qx docker; then report ok 'user {user} in group docker';"
+        f" else usermod -aG docker {q(user)}; report changed 'user {user} added to group docker'; fi",
+        # 3. directories
+        f"for d in {' '.join(q(d) for d in dirs)}; do",
+        f'  if [ -d "$d" ] && [ "$(stat -c %U "$d")" = {q(user)} ]; then report ok "dir $d";',
+        f'  else mkdir -p "$d"; chown {q(user)}: "$d"; report changed "dir $d"; fi',
+        "done",
+        f"if [ -f {q(layout.history)} ]; then report ok 'history file';"
+        f" else touch {q(layout.history)}; chown {q(user)}: {q(layout.history)};"
+        " report changed 'history file'; fi",
+        # 4. Docker log rotation (daemon-wide default; the stack also sets it per service)
+        "if command -v python3 >/dev/null 2>&1; then",
+        f"  r=$(python3 -c {q(_MERGE)} {q(DAEMON_JSON)} {q(json.dumps(LOG_OPTS, sort_keys=True))})",
+        '  if [ "$r" = changed ]; then',
+        "    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then"
+        " systemctl restart docker;"
+        " report changed 'docker log rotation (engine restarted)';",
+        "    else report changed 'docker log rotation (applies at the next engine restart)'; fi",
+        "  else report ok 'docker log rotation'; fi",
+        "else report ok 'docker log rotation skipped: no python3 (the stack sets rotation per service)'; fi",
+        # 5. sysctls
+        f"want={q(sysctl_text)}",
+        f'if [ -f {q(SYSCTL_FILE)} ] && [ "$(cat {q(SYSCTL_FILE)})" = "$(printf %s "$want")" ]; then',
+        "  report ok sysctls",
+        "else",
+        f'  printf %s "$want" > {q(SYSCTL_FILE)}',
+        f"  sysctl -q -p {q(SYSCTL_FILE)} >/dev/null 2>&1 || true",
+        "  report changed sysctls",
+        "fi",
+    ]
+    return Command("\n".join(lines), "bootstrap the host", sudo=True)
+
+
+def parse_bootstrap(stdout: str) -> tuple[list[str], list[str]]:
+    """(changed items, unchanged items)."""
+    changed, ok = [], []
+    for line in stdout.splitlines():
+        kind, sep, item = line.partition(": ")
+        if sep and kind == "changed":
+            changed.append(item)
+        elif sep and kind == "ok":
+            ok.append(item)
+    return changed, ok
