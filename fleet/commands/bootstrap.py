@@ -85,6 +85,10 @@ def bootstrap_command(layout: Layout, user: str) -> Command:
         f"if [ -f {q(layout.history)} ]; then report ok 'history file';"
         f" else touch {q(layout.history)}; chown {q(user)}: {q(layout.history)};"
         " report changed 'history file'; fi",
+        # the api image runs as uid 1001 (dify's "dify" user) and writes its file storage here
+        f"storage={q(layout.volumes + '/app/storage')}",
+        'if [ -d "$storage" ] && [ "$(stat -c %u "$storage")" = 1001 ]; then report ok "dir $storage";',
+        'else mkdir -p "$storage"; chown 1001:1001 "$storage"; report changed "dir $storage"; fi',
         # 4. Docker log rotation (daemon-wide default; the stack also sets it per service)
         "if command -v python3 >/dev/null 2>&1; then",
         f"  r=$(python3 -c {q(_MERGE)} {q(DAEMON_JSON)} {q(json.dumps(LOG_OPTS, sort_keys=True))})",
