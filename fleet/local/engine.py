@@ -20,12 +20,23 @@ SOCKET = "unix:///var/run/docker.sock"
 
 
 def engine_version() -> str | None:
-    """The daemon's version, or None when no daemon answers."""
+    """The daemon's version, or None when no daemon answers.
+
+    A daemon we may not talk to is not "missing": starting a second one would fail obscurely.
+    """
     if shutil.which("docker") is None:
         return None
     proc = execute.run(dockercmd.server_version(), check=False, timeout=15)
     version = proc.stdout.strip()
-    return version if proc.returncode == 0 and version else None
+    if proc.returncode == 0 and version:
+        return version
+    if "permission denied" in proc.stderr.lower():
+        raise HostSetupError(
+            "a Docker daemon runs but this user may not use its socket (/var/run/docker.sock)",
+            where="this machine",
+            hint="run as root, or add this user to the `docker` group and log in again",
+        )
+    return None
 
 
 def dockerd_argv(log_level: str = "warn") -> list[str]:

@@ -336,6 +336,28 @@ def test_images_are_cached_and_in_the_registry(local_fleet: LocalFleet) -> None:
     assert report.tarball is not None and report.tarball.stat().st_size > 0
 
 
+@pytest.mark.localfleet
+def test_engine_says_what_is_wrong_for_a_user_without_the_socket(local_fleet: LocalFleet) -> None:
+    """A daemon runs but this user may not use it: a clear error, not a second dockerd."""
+    python = Path("/usr/bin/python3")
+    if not python.exists() or shutil.which("setpriv") is None:
+        pytest.skip("needs /usr/bin/python3 and setpriv to run as another user")
+    script = (
+        "from fleet.local.engine import ensure_engine\n"
+        "from fleet.errors import FleetError\n"
+        "try:\n    ensure_engine()\nexcept FleetError as exc:\n    print(exc.render())\n"
+    )
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(python), "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO), "HOME": "/tmp", "PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )
+    assert "may not use its socket" in proc.stdout, proc.stdout + proc.stderr
+    assert "docker` group" in proc.stdout
+
+
 # --------------------------------------------------------------------------- an instance of our own
 
 
