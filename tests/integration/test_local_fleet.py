@@ -399,8 +399,13 @@ def test_stack_pulled_healthy_and_served_through_the_lb(
     client = ssh(local_fleet, inst)
     try:
         states = compose_states(client)
+        # pulled from the registry (a `docker load`ed image would carry no registry digest)
+        digests = ok(
+            client, "docker image inspect -f '{{json .RepoDigests}}' fleet-registry:5000/dify-api:1.0.0"
+        )
     finally:
         client.close()
+    assert "fleet-registry:5000/dify-api@sha256:" in digests
     assert states["api"] == ("running", "healthy")
     assert {s for s, _ in states.values()} == {"running"}
     code, _h, body = http_get(f"http://127.0.0.1:{inst.http_port}/health")
