@@ -76,7 +76,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = f"standin-{ROLE}/{VERSION}"
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         if self.path.split("?")[0] not in HEALTH_PATHS.get(ROLE, set()):
             log(f"{self.command} {self.path} -> {args[1] if len(args) > 1 else ''}")
 
@@ -166,7 +166,7 @@ def wrap(argv: list[str]) -> int:
     if START_DELAY and STOP.wait(START_DELAY):
         return 0
     if not CRASH_AFTER:
-        os.execvp(argv[0], argv)
+        os.execvp(argv[0], argv)  # noqa: S606 - the wrapped daemon becomes PID 1
     import subprocess
 
     child = subprocess.Popen(argv)
