@@ -88,11 +88,16 @@ def fingerprint() -> str:
     return base64.b64encode(random.randbytes(8)).decode()
 
 
+# The local fleet's own names (fleet/local/config.py): zone local-zone-a in region local-zone.
+_LOCAL_ZONE = re.compile(r"local-[a-z0-9]+(?:-[a-z0-9]+)*-[a-z]")
+_LOCAL_REGION = re.compile(r"local-[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
 def scope_of(location: str) -> str:
     """'zones' for a zone, 'regions' for a region (how Compute spells them in URLs)."""
-    if _ZONE.fullmatch(location):
+    if _ZONE.fullmatch(location) or _LOCAL_ZONE.fullmatch(location):
         return "zones"
-    if _REGION.fullmatch(location):
+    if _REGION.fullmatch(location) or _LOCAL_REGION.fullmatch(location):
         return "regions"
     raise invalid(f"Invalid value for field 'location': '{location}'")
 

@@ -309,7 +309,11 @@ class LocalFleet:
             for r in records
             if r.host_key
         ]
-        inventory_writer.write(self.config, entries)
+        from fleet.local import compute_docker
+
+        inventory_writer.write(
+            self.config, entries, compute_endpoint=compute_docker.endpoint_url(self.config)
+        )
         self.lb.sync([Member(r.name, r.http_port) for r in records])
         return records
 
@@ -354,7 +358,15 @@ class LocalFleet:
                         list(pool.map(lambda i: self._create(i, pubkey), free))
             with self.progress.step(f"wait for sshd and dockerd in {n} instance(s)"):
                 keys = self._wait_ready([*keep, *free])
+            self.start_compute()
             return self._publish(keys)
+
+    def start_compute(self) -> str:
+        """The fleet's Compute endpoint (fleet/local/compute_docker.py), started unless it runs; its URL."""
+        from fleet.local import compute_docker
+
+        with self.progress.step("compute endpoint"):
+            return compute_docker.ensure_endpoint(self.config)
 
     def add_instance(self) -> Instance:
         """One more instance at the lowest free index; the others are not touched."""
@@ -365,6 +377,21 @@ class LocalFleet:
             self._create(index, pubkey)
             keys = self._wait_ready([index])
             return self._by_index(self._publish(keys), index)
+
+    def add_instances(self, indices: Sequence[int]) -> list[Instance]:
+        """Instances at exactly these free numbers, created in parallel (the local MIG's resize)."""
+        wanted = sorted(set(indices))
+        if not wanted or any(not isinstance(i, int) or i < 1 for i in wanted):
+            raise FleetError(f"invalid instance numbers {list(indices)!r}", where="local fleet")
+        with self._locked():
+            pubkey = self._prepare(build=False)
+            taken = [self.config.host_name(i) for i in wanted if i in self._inspect()]
+            if taken:
+                raise FleetError(f"instance(s) {', '.join(taken)} already exist", where="local fleet")
+            with ThreadPoolExecutor(min(4, len(wanted))) as pool:
+                list(pool.map(lambda i: self._create(i, pubkey), wanted))
+            records = self._publish(self._wait_ready(wanted))
+            return [self._by_index(records, i) for i in wanted]
 
     def remove_instance(self, name: str) -> None:
         """Take one instance out of the LB, then delete it and its disk."""
@@ -418,9 +445,13 @@ class LocalFleet:
             return self._publish()
 
     def down(self) -> None:
-        """Remove every instance, the LB, the registry container (its data stays) and the network.
+        """Remove every instance, the LB, the Compute endpoint (its labels and metadata go too), the
+        registry container (its data stays) and the network.
 
         The registry container stays while another fleet's instances exist (it is shared)."""
+        from fleet.local import compute_docker
+
+        compute_docker.stop_endpoint(self.config)
         with self._locked():
             indices = sorted(self._inspect())
             names = [self.config.container_name(i) for i in indices]

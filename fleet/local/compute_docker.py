@@ -1,0 +1,967 @@
+"""The local fleet's Compute API: a `ComputeBackend` whose instances ARE the fleet's containers.
+
+One project (`local-project`), one zone (`local-zone-a`) and one zonal MIG (`<fleet>-mig`, i.e.
+`local-mig`) whose members are the instances `local-N`. Docker is the source of truth for what
+exists; this backend adds what Compute has and Docker does not: labels with their fingerprint (per
+instance id, so a recreated instance starts from the template's labels, none), the project's common
+metadata (the fleet lock), operations, and the MIG's currentAction per member while an action runs.
+Both are persisted in `.fleet/<fleet>/compute/state.json`, so an endpoint restart keeps them.
+
+Actions go through `LocalFleet` and come back the way a MIG brings them back:
+  reset              `docker restart` (a reboot: same disk, same host key)        RESTARTING
+  recreateInstances  a new container, NEW host key, same name and ports         RECREATING, VERIFYING
+  resize up          new instances at the lowest free numbers                  CREATING, VERIFYING
+  resize down        non-running members first, then the newest; out of the LB   DELETING
+VERIFYING is the instance template's startup script (fleet/local/startup.py): bootstrap, then the
+fleet's current release. As on Compute, MIG operations are DONE once the actions are scheduled; the
+members' currentAction (and the MIG's `status.isStable`) say when they have finished.
+
+The endpoint runs as its own process, started by `LocalFleet.up` and stopped by `LocalFleet.down`:
+    python -m fleet.local.compute_docker --state-dir .fleet/local/compute [--port N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fleet.errors import FleetError
+from fleet.local import execute
+from fleet.local.compute_state import (
+    BASE_URL,
+    ComputeApiError,
+    ComputeBackend,
+    Operation,
+    Operations,
+    fingerprint,
+    instance_url,
+    invalid,
+    not_found,
+    parse_instance_url,
+    rfc3339,
+    scope_of,
+)
+from fleet.local.config import LocalConfig
+
+if TYPE_CHECKING:
+    from fleet.local.instances import Instance, LocalFleet
+
+PORT_ENV = "FLEET_LOCAL_COMPUTE_PORT"
+DEFAULT_PORT = 8089  # the default fleet's endpoint; other fleets take any free port
+MAX_SIZE = 20  # what this machine can hold; a bigger resize is refused like a quota error
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+# docker state -> Compute instance status, when no action is running on the instance
+_STATUS = {
+    "running": "RUNNING",
+    "created": "STAGING",
+    "restarting": "STAGING",
+    "paused": "SUSPENDED",
+    "removing": "STOPPING",
+    "exited": "TERMINATED",
+    "dead": "TERMINATED",
+}
+_ACTION_COUNTERS = (
+    "none",
+    "creating",
+    "creatingWithoutRetries",
+    "verifying",
+    "recreating",
+    "deleting",
+    "abandoning",
+    "restarting",
+    "refreshing",
+    "suspending",
+    "resuming",
+    "stopping",
+    "starting",
+)
+
+
+def mig_name(config: LocalConfig) -> str:
+    return f"{config.name}-mig"
+
+
+def template_url(config: LocalConfig) -> str:
+    return f"{BASE_URL}/projects/{config.project}/global/instanceTemplates/{config.name}-template"
+
+
+def _stable_id(*parts: str) -> int:
+    """A Compute-like 19-digit id that does not change across endpoint restarts."""
+    return 10**18 + int(hashlib.sha256("/".join(parts).encode()).hexdigest()[:15], 16) % (8 * 10**18)
+
+
+def _initial_fingerprint(instance_id: str) -> str:
+    """The label fingerprint of an instance whose labels were never set (stable across reads)."""
+    return base64.b64encode(hashlib.sha256(f"labels/{instance_id}".encode()).digest()[:8]).decode()
+
+
+def docker_time(text: str) -> float:
+    """Docker's `Created` (RFC 3339 with nanoseconds) as epoch seconds."""
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", text.strip())
+    if not match:
+        return 0.0
+    base = datetime.fromisoformat(match.group(1) + (match.group(3) or "Z").replace("Z", "+00:00"))
+    return base.timestamp() + float("0." + (match.group(2) or "0")[:6])
+
+
+def gce_status(docker_state: str | None, action: Action | None) -> str:
+    """The instance status Compute would show, from the container's state and the running action."""
+    if action is not None:
+        if action.kind == "DELETING":
+            return "STOPPING"
+        if action.kind in ("CREATING", "RECREATING") and action.phase:
+            return action.phase
+        if docker_state is None:
+            return "PROVISIONING"
+    if docker_state is None:
+        return "TERMINATED"
+    return _STATUS.get(docker_state, "TERMINATED")
+
+
+@dataclass
+class Action:
+    """What the MIG is doing to one member right now."""
+
+    kind: str  # CREATING | RECREATING | VERIFYING | RESTARTING | DELETING
+    phase: str = ""  # instance status to show while the container is being replaced
+    started: float = field(default_factory=time.time)
+
+
+# --------------------------------------------------------------------------- persisted state
+
+
+class _Store:
+    """Labels, metadata and MIG identity in one JSON file, rewritten atomically on every change."""
+
+    def __init__(self, path: Path, config: LocalConfig) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        now = time.time()
+        self.project: dict[str, Any] = data.get("project") or {
+            "id": str(_stable_id("project", config.project)),
+            "fingerprint": fingerprint(),
+            "items": [],
+        }
+        self.labels: dict[str, dict[str, Any]] = data.get("labels") or {}
+        self.mig: dict[str, Any] = data.get("mig") or {"created": now, "fingerprint": fingerprint()}
+        self.attempts: dict[str, str] = data.get("attempts") or {}  # name -> last startup error
+        self.save()
+
+    def save(self) -> None:
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            doc = {
+                "version": 1,
+                "project": self.project,
+                "labels": self.labels,
+                "mig": self.mig,
+                "attempts": self.attempts,
+            }
+            tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+            tmp.replace(self.path)
+
+    def labels_of(self, instance_id: str) -> tuple[dict[str, str], str]:
+        with self.lock:
+            entry = self.labels.get(instance_id)
+            if entry is None:
+                return {}, _initial_fingerprint(instance_id)
+            return dict(entry["labels"]), str(entry["fingerprint"])
+
+    def set_labels(self, instance_id: str, labels: Mapping[str, str]) -> None:
+        with self.lock:
+            self.labels[instance_id] = {"labels": dict(labels), "fingerprint": fingerprint()}
+            self.save()
+
+    def forget(self, live_ids: set[str]) -> None:
+        """Drop labels of instances that no longer exist (deleted or recreated with a new id)."""
+        with self.lock:
+            gone = [i for i in self.labels if i not in live_ids]
+            for instance_id in gone:
+                del self.labels[instance_id]
+            if gone:
+                self.save()
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+Startup = Callable[[str], object]
+
+
+class DockerCompute(ComputeBackend):
+    """Compute's view of one local fleet. Reads ask Docker each time; actions run in worker threads."""
+
+    def __init__(
+        self,
+        fleet: LocalFleet,
+        state_path: Path,
+        startup: Startup | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.config = fleet.config
+        self.project_id = self.config.project
+        self.zone = self.config.zone
+        self.mig = mig_name(self.config)
+        self.ops = Operations()
+        self.startup = startup
+        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._lock = threading.RLock()
+        self._store = _Store(state_path, self.config)
+        self._actions: dict[str, Action] = {}  # instance name -> what the MIG is doing to it
+        self._pending: dict[str, int] = {}  # names being created (no container yet) -> index
+        self._pool = ThreadPoolExecutor(8, thread_name_prefix="compute-action")
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _check_project(self, project: str) -> None:
+        if project != self.project_id:
+            raise not_found(f"projects/{project}")
+
+    def _check_zone(self, project: str, zone: str) -> None:
+        self._check_project(project)
+        if zone != self.zone:
+            raise not_found(f"projects/{project}/zones/{zone}")
+
+    def _check_mig(self, project: str, location: str, name: str) -> None:
+        self._check_project(project)
+        if location != self.zone or name != self.mig:
+            scope = scope_of(location)
+            raise not_found(f"projects/{project}/{scope}/{location}/instanceGroupManagers/{name}")
+
+    def _members(self) -> dict[str, Instance]:
+        """Existing instances by name (Docker's view), lowest number first."""
+        records = self.fleet.instances()
+        self._store.forget({r.instance_id for r in records})
+        return {r.name: r for r in records}
+
+    def _instance_json(self, rec: Instance) -> dict[str, Any]:
+        labels, label_fp = self._store.labels_of(rec.instance_id)
+        with self._lock:
+            action = self._actions.get(rec.name)
+        created = docker_time(rec.created)
+        mig_path = f"projects/{self.project_id}/zones/{self.zone}/instanceGroupManagers/{self.mig}"
+        out: dict[str, Any] = {
+            "kind": "compute#instance",
+            "id": rec.instance_id,
+            "creationTimestamp": rfc3339(created),
+            "name": rec.name,
+            "zone": f"{BASE_URL}/projects/{self.project_id}/zones/{self.zone}",
+            "machineType": f"{BASE_URL}/projects/{self.project_id}/zones/{self.zone}/machineTypes/e2-medium",
+            "status": gce_status(rec.state, action),
+            "labelFingerprint": label_fp,
+            "selfLink": instance_url(self.project_id, self.zone, rec.name),
+            "networkInterfaces": [
+                {
+                    "kind": "compute#networkInterface",
+                    "name": "nic0",
+                    "network": f"{BASE_URL}/projects/{self.project_id}/global/networks/{self.config.network}",
+                    "networkIP": rec.ip,
+                }
+            ],
+            "metadata": {
+                "kind": "compute#metadata",
+                "fingerprint": _initial_fingerprint("metadata/" + rec.instance_id),
+                "items": [
+                    {"key": "created-by", "value": mig_path},
+                    {
+                        "key": "instance-template",
+                        "value": template_url(self.config).removeprefix(BASE_URL + "/"),
+                    },
+                    {"key": "enable-guest-attributes", "value": "TRUE"},
+                ],
+            },
+        }
+        if labels:
+            out["labels"] = labels
+        return out
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def project(self, project: str) -> dict[str, Any]:
+        self._check_project(project)
+        with self._store.lock:
+            proj = self._store.project
+            return {
+                "kind": "compute#project",
+                "id": proj["id"],
+                "name": project,
+                "commonInstanceMetadata": {
+                    "kind": "compute#metadata",
+                    "fingerprint": proj["fingerprint"],
+                    "items": [dict(i) for i in proj["items"]],
+                },
+                "selfLink": f"{BASE_URL}/projects/{project}",
+            }
+
+    def instance(self, project: str, zone: str, name: str) -> dict[str, Any]:
+        self._check_zone(project, zone)
+        rec = self._members().get(name)
+        if rec is None:
+            raise not_found(f"projects/{project}/zones/{zone}/instances/{name}")
+        return self._instance_json(rec)
+
+    def instances(self, project: str, zone: str) -> list[dict[str, Any]]:
+        self._check_zone(project, zone)
+        return [self._instance_json(r) for r in self._members().values()]
+
+    def guest_attributes(
+        self, project: str, zone: str, name: str, query_path: str, key: str
+    ) -> dict[str, Any]:
+        """`hostkeys/<type>` = the base64 of the instance's own host key (what the guest agent publishes)."""
+        self._check_zone(project, zone)
+        rec = self._members().get(name)
+        if rec is None:
+            raise not_found(f"projects/{project}/zones/{zone}/instances/{name}")
+        attributes: dict[str, str] = {}
+        parts = rec.host_key.split()
+        if rec.state == "running" and len(parts) >= 2:
+            attributes[f"hostkeys/{parts[0]}"] = parts[1]
+        base = {
+            "kind": "compute#guestAttributes",
+            "selfLink": instance_url(project, zone, name) + "/guestAttributes",
+        }
+        if key:
+            if key not in attributes:
+                raise not_found(f"projects/{project}/zones/{zone}/instances/{name}/guestAttributes/{key}")
+            return {**base, "variableKey": key, "variableValue": attributes[key]}
+        prefix = query_path.rstrip("/") + "/" if query_path else ""
+        items = [
+            {"namespace": k.split("/", 1)[0], "key": k.split("/", 1)[1], "value": v}
+            for k, v in sorted(attributes.items())
+            if k.startswith(prefix)
+        ]
+        return {**base, "queryPath": query_path, "queryValue": {"items": items}}
+
+    def _target_size(self, members: Mapping[str, Instance]) -> int:
+        with self._lock:
+            deleting = sum(1 for n, a in self._actions.items() if a.kind == "DELETING" and n in members)
+            pending = sum(1 for n in self._pending if n not in members)
+        return len(members) - deleting + pending
+
+    def _igm_json(self, members: Mapping[str, Instance]) -> dict[str, Any]:
+        counts = dict.fromkeys(_ACTION_COUNTERS, 0)
+        with self._lock:
+            names = set(members) | set(self._pending)
+            actions = {n: (self._actions[n].kind if n in self._actions else "NONE") for n in names}
+        for action in actions.values():
+            camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), action.lower())
+            counts[camel] = counts.get(camel, 0) + 1
+        target = self._target_size(members)
+        stable = all(a == "NONE" for a in actions.values()) and len(members) == target
+        where = f"{BASE_URL}/projects/{self.project_id}/zones/{self.zone}"
+        link = f"{where}/instanceGroupManagers/{self.mig}"
+        return {
+            "kind": "compute#instanceGroupManager",
+            "id": str(_stable_id("mig", self.project_id, self.zone, self.mig)),
+            "creationTimestamp": rfc3339(float(self._store.mig["created"])),
+            "name": self.mig,
+            "zone": where,
+            "baseInstanceName": self.config.host_prefix,
+            "instanceTemplate": template_url(self.config),
+            "instanceGroup": f"{where}/instanceGroups/{self.mig}",
+            "fingerprint": self._store.mig["fingerprint"],
+            "currentActions": counts,
+            "targetSize": target,
+            "status": {"isStable": stable, "versionTarget": {"isReached": True}},
+            "selfLink": link,
+        }
+
+    def igm(self, project: str, location: str, name: str) -> dict[str, Any]:
+        self._check_mig(project, location, name)
+        return self._igm_json(self._members())
+
+    def igms(self, project: str, location: str) -> list[dict[str, Any]]:
+        self._check_project(project)
+        return [self._igm_json(self._members())] if location == self.zone else []
+
+    def managed_instances(self, project: str, location: str, name: str) -> list[dict[str, Any]]:
+        self._check_mig(project, location, name)
+        members = self._members()
+        with self._lock:
+            pending = {n: i for n, i in self._pending.items() if n not in members}
+            actions = dict(self._actions)
+        attempts = dict(self._store.attempts)
+        out = []
+        rows: list[tuple[int, str, Instance | None]] = [(r.index, n, r) for n, r in members.items()]
+        rows += [(i, n, None) for n, i in pending.items()]
+        for _, member, rec in sorted(rows):
+            action = actions.get(member)
+            entry: dict[str, Any] = {
+                "instance": instance_url(project, self.zone, member),
+                "name": member,
+                "instanceStatus": gce_status(rec.state if rec else None, action),
+                "currentAction": action.kind if action else "NONE",
+                "version": {"instanceTemplate": template_url(self.config)},
+            }
+            if rec is not None:
+                entry["id"] = rec.instance_id
+            if member in attempts:
+                entry["lastAttempt"] = {
+                    "errors": {"errors": [{"code": "STARTUP_SCRIPT_FAILED", "message": attempts[member]}]}
+                }
+            out.append(entry)
+        return out
+
+    def autoscaler(self, project: str, location: str, name: str) -> dict[str, Any]:
+        self._check_project(project)
+        raise not_found(f"projects/{project}/zones/{location}/autoscalers/{name}")
+
+    def autoscalers(self, project: str, location: str) -> list[dict[str, Any]]:
+        self._check_project(project)
+        return []
+
+    # --- actions -----------------------------------------------------------------------------------
+
+    def set_labels(
+        self,
+        project: str,
+        zone: str,
+        name: str,
+        labels: Mapping[str, str],
+        label_fingerprint: str,
+        request_id: str,
+    ) -> Operation:
+        self._check_zone(project, zone)
+        rec = self._members().get(name)
+        if rec is None:
+            raise not_found(f"projects/{project}/zones/{zone}/instances/{name}")
+        if len(labels) > 64:
+            raise invalid("Invalid value for field 'resource.labels': at most 64 labels are allowed")
+        for key, value in labels.items():
+            if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
+                raise invalid(f"Invalid value for field 'resource.labels': '{key}'")
+            if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
+                raise invalid(f"Invalid value for field 'resource.labels': '{value}'")
+        with self._store.lock:
+            seen = self.ops.find(project, request_id)
+            if seen is not None:
+                return seen
+            _, current = self._store.labels_of(rec.instance_id)
+            if label_fingerprint != current:
+                raise ComputeApiError(
+                    412,
+                    "conditionNotMet",
+                    "Labels fingerprint either invalid or resource labels have changed",
+                )
+            op, _ = self.ops.begin(
+                project,
+                "zones",
+                zone,
+                "setLabels",
+                instance_url(project, zone, name),
+                int(rec.instance_id),
+                request_id,
+            )
+            self._store.set_labels(rec.instance_id, labels)
+            self.ops.finish(op)
+            return op
+
+    def set_common_metadata(self, project: str, body: Mapping[str, Any], request_id: str) -> Operation:
+        self._check_project(project)
+        items = body.get("items") or []
+        if not isinstance(items, list) or not all(
+            isinstance(i, Mapping) and isinstance(i.get("key"), str) and isinstance(i.get("value", ""), str)
+            for i in items
+        ):
+            raise invalid("Invalid value for field 'resource.items'")
+        keys = [i["key"] for i in items]
+        if len(set(keys)) != len(keys):
+            raise invalid("Invalid value for field 'resource.items': duplicate keys")
+        with self._store.lock:
+            seen = self.ops.find(project, request_id)
+            if seen is not None:
+                return seen
+            proj = self._store.project
+            if body.get("fingerprint") != proj["fingerprint"]:
+                raise ComputeApiError(
+                    412,
+                    "conditionNotMet",
+                    "Supplied fingerprint does not match current metadata fingerprint.",
+                )
+            op, _ = self.ops.begin(
+                project,
+                "global",
+                "",
+                "compute.projects.setCommonInstanceMetadata",
+                f"{BASE_URL}/projects/{project}",
+                int(proj["id"]),
+                request_id,
+            )
+            proj["items"] = [{"key": i["key"], "value": i.get("value", "")} for i in items]
+            proj["fingerprint"] = fingerprint()
+            self._store.save()
+            self.ops.finish(op)
+            return op
+
+    def _busy(self, name: str) -> ComputeApiError:
+        action = self._actions[name].kind
+        return ComputeApiError(
+            400,
+            "resourceNotReady",
+            f"The resource 'projects/{self.project_id}/zones/{self.zone}/instances/{name}' is not ready "
+            f"(action {action} in progress)",
+        )
+
+    def reset(self, project: str, zone: str, name: str, request_id: str) -> Operation:
+        self._check_zone(project, zone)
+        rec = self._members().get(name)
+        if rec is None:
+            raise not_found(f"projects/{project}/zones/{zone}/instances/{name}")
+        with self._lock:
+            seen = self.ops.find(project, request_id)
+            if seen is not None:
+                return seen
+            if name in self._actions:
+                raise self._busy(name)
+            if rec.state != "running":
+                raise ComputeApiError(
+                    400,
+                    "resourceNotReady",
+                    f"The resource 'projects/{project}/zones/{zone}/instances/{name}' is not ready",
+                )
+            op, _ = self.ops.begin(
+                project,
+                "zones",
+                zone,
+                "reset",
+                instance_url(project, zone, name),
+                int(rec.instance_id),
+                request_id,
+            )
+            self._actions[name] = Action("RESTARTING")
+
+        def run() -> None:
+            self.ops.running(op)
+            error = self._attempt(f"reset {name}", lambda: self.fleet.restart_instance(name))
+            with self._lock:
+                self._actions.pop(name, None)
+            self.ops.finish(op, error)
+
+        self._pool.submit(run)
+        return op
+
+    def resize(self, project: str, location: str, name: str, size: int, request_id: str) -> Operation:
+        self._check_mig(project, location, name)
+        if size < 0:
+            raise invalid(f"Invalid value for field 'size': '{size}'. Must be greater than or equal to 0.")
+        if size > MAX_SIZE:
+            raise ComputeApiError(
+                403, "quotaExceeded", f"Quota 'INSTANCES' exceeded. Limit: {MAX_SIZE}.0 in zone {self.zone}."
+            )
+        members = self._members()
+        with self._lock:
+            op, new = self.ops.begin(
+                project,
+                "zones",
+                location,
+                "compute.instanceGroupManagers.resize",
+                self._igm_json(members)["selfLink"],
+                _stable_id("mig", self.project_id, self.zone, self.mig),
+                request_id,
+            )
+            if not new:
+                return op
+            live = [n for n in members if self._actions.get(n, Action("NONE")).kind != "DELETING"]
+            live += [n for n in self._pending if n not in members]
+            create: list[tuple[str, int]] = []
+            delete: list[str] = []
+            if size > len(live):
+                used = {r.index for r in members.values()} | set(self._pending.values())
+                free = (i for i in range(1, 10000) if i not in used)
+                for _ in range(size - len(live)):
+                    index = next(free)
+                    member = self.config.host_name(index)
+                    self._pending[member] = index
+                    self._actions[member] = Action("CREATING", "PROVISIONING")
+                    create.append((member, index))
+            elif size < len(live):
+                # Like a MIG: members that are not running go first, then the newest.
+                def order(member: str) -> tuple[int, float]:
+                    rec = members.get(member)
+                    running = rec is not None and rec.state == "running" and member not in self._actions
+                    return (1 if running else 0, -(docker_time(rec.created) if rec else time.time()))
+
+                for member in sorted((n for n in live if n in members), key=order)[: len(live) - size]:
+                    self._actions[member] = Action("DELETING")
+                    delete.append(member)
+
+        def run() -> None:
+            self.ops.running(op)
+            if create:
+                self._pool.submit(self._create, create)
+            for member in delete:
+                self._pool.submit(self._delete, member)
+            self.ops.finish(op)
+
+        self._pool.submit(run)
+        return op
+
+    def _create(self, targets: list[tuple[str, int]]) -> None:
+        names = [n for n, _ in targets]
+        error = self._attempt(
+            f"create {', '.join(names)}", lambda: self.fleet.add_instances([i for _, i in targets])
+        )
+        with self._lock:
+            for member in names:
+                self._pending.pop(member, None)
+                if error:
+                    self._actions.pop(member, None)
+                else:
+                    self._actions[member] = Action("VERIFYING")
+        if error:
+            self._record_attempt(names, error)
+            return
+        list(self._pool.map(self._startup, names))
+
+    def _delete(self, member: str) -> None:
+        self._attempt(f"delete {member}", lambda: self.fleet.remove_instance(member))
+        with self._lock:
+            self._actions.pop(member, None)
+        with self._store.lock:
+            if self._store.attempts.pop(member, None) is not None:
+                self._store.save()
+
+    def recreate(
+        self, project: str, location: str, name: str, instances: list[str], request_id: str
+    ) -> Operation:
+        self._check_mig(project, location, name)
+        members = self._members()
+        targets = []
+        for url in instances:
+            p, zone, member = parse_instance_url(url)
+            if p != project or zone != self.zone or member not in members:
+                raise invalid(f"Instance '{url}' is not a member of the managed instance group '{name}'")
+            targets.append(member)
+        if not targets:
+            raise invalid("Required field 'instances' not specified")
+        with self._lock:
+            seen = self.ops.find(project, request_id)
+            if seen is not None:
+                return seen
+            busy = [m for m in targets if m in self._actions]
+            if busy:
+                raise self._busy(busy[0])
+            op, _ = self.ops.begin(
+                project,
+                "zones",
+                location,
+                "compute.instanceGroupManagers.recreateInstances",
+                self._igm_json(members)["selfLink"],
+                _stable_id("mig", self.project_id, self.zone, self.mig),
+                request_id,
+            )
+            for member in targets:
+                self._actions[member] = Action("RECREATING", "STOPPING")
+
+        def run() -> None:
+            self.ops.running(op)
+            for member in targets:
+                self._pool.submit(self._recreate, member)
+            self.ops.finish(op)
+
+        self._pool.submit(run)
+        return op
+
+    def _recreate(self, member: str) -> None:
+        def replace() -> None:
+            with self._lock:
+                self._actions[member] = Action("RECREATING", "PROVISIONING")
+            self.fleet.recreate_instance(member)
+
+        error = self._attempt(f"recreate {member}", replace)
+        with self._lock:
+            if error:
+                self._actions.pop(member, None)
+            else:
+                self._actions[member] = Action("VERIFYING")
+        if error:
+            self._record_attempt([member], error)
+            return
+        self._startup(member)
+
+    def _startup(self, member: str) -> None:
+        """The instance template's startup script; a failure shows in the member's lastAttempt."""
+        error = None
+        if self.startup is not None:
+            startup = self.startup
+            error = self._attempt(f"startup {member}", lambda: startup(member))
+        with self._lock:
+            self._actions.pop(member, None)
+        self._record_attempt([member], error)
+
+    def _record_attempt(self, members: list[str], error: str | None) -> None:
+        with self._store.lock:
+            for member in members:
+                if error:
+                    self._store.attempts[member] = error[:500]
+                else:
+                    self._store.attempts.pop(member, None)
+            self._store.save()
+
+    def _attempt(self, what: str, fn: Callable[[], object]) -> str | None:
+        """Run one action; its error (logged) becomes the operation's or the member's error."""
+        started = time.monotonic()
+        try:
+            fn()
+        except FleetError as exc:
+            self._log(f"{what}: FAILED after {time.monotonic() - started:.1f} s: {exc.render()}")
+            return exc.what
+        except Exception as exc:  # a worker thread must not die silently
+            self._log(f"{what}: FAILED: {traceback.format_exc()}")
+            return f"{type(exc).__name__}: {exc}"
+        self._log(f"{what}: done in {time.monotonic() - started:.1f} s")
+        return None
+
+    def patch_autoscaler(
+        self, project: str, location: str, name: str, body: Mapping[str, Any], request_id: str, replace: bool
+    ) -> Operation:
+        self._check_project(project)
+        raise not_found(f"projects/{project}/zones/{location}/autoscalers/{name}")
+
+    # --- inspection --------------------------------------------------------------------------------
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._actions and not self._pending
+
+    def dump(self) -> dict[str, Any]:
+        members = self._members()
+        with self._store.lock:
+            store = {"labels": dict(self._store.labels), "attempts": dict(self._store.attempts)}
+        return {
+            "projects": {self.project_id: self.project(self.project_id)},
+            "instances": [self._instance_json(r) for r in members.values()],
+            "migs": [
+                self._igm_json(members)
+                | {"members": self.managed_instances(self.project_id, self.zone, self.mig)}
+            ],
+            "operations": [op.to_json() for op in self.ops.all()],
+            "store": store,
+        }
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- the endpoint process
+
+
+def state_dir(config: LocalConfig) -> Path:
+    return config.state_dir / "compute"
+
+
+def _endpoint_file(config: LocalConfig) -> Path:
+    return state_dir(config) / "endpoint.json"
+
+
+def _config_file(config: LocalConfig) -> Path:
+    return state_dir(config) / "config.json"
+
+
+def save_config(config: LocalConfig) -> Path:
+    """The fleet's LocalConfig for the endpoint process and the IAP stand-in (they run apart from us)."""
+    path = _config_file(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = asdict(config) | {"root": str(config.root)}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def load_config(directory: Path) -> LocalConfig:
+    path = directory / "config.json"
+    try:
+        doc = json.loads(path.read_text())
+        doc["root"] = Path(doc["root"])
+        return LocalConfig(**doc)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FleetError(
+            f"cannot read the local fleet's config: {exc}",
+            where=str(path),
+            hint="is the local fleet up? `fab local.up` writes it",
+        ) from None
+
+
+def _is_endpoint(pid: int) -> bool:
+    """A live (not zombie) process running this module."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"fleet.local.compute_docker" in cmdline
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def running_endpoint(config: LocalConfig) -> dict[str, Any] | None:
+    """{pid, port, url} of this fleet's endpoint process when it runs and answers."""
+    try:
+        info = json.loads(_endpoint_file(config).read_text())
+        pid, port = int(info["pid"]), int(info["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if _is_endpoint(pid) and _answers(port):
+        return {"pid": pid, "port": port, "url": f"http://127.0.0.1:{port}"}
+    return None
+
+
+def endpoint_url(config: LocalConfig) -> str | None:
+    """The endpoint's URL as recorded (without probing: called on every inventory rewrite)."""
+    try:
+        return f"http://127.0.0.1:{int(json.loads(_endpoint_file(config).read_text())['port'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def preferred_port(config: LocalConfig) -> int:
+    raw = os.environ.get(PORT_ENV, "")
+    if raw:
+        try:
+            port = int(raw)
+        except ValueError:
+            raise FleetError(f"{PORT_ENV}={raw!r} is not a number", where="environment") from None
+        if not 0 <= port <= 65535:
+            raise FleetError(f"{PORT_ENV}={port} is not a TCP port", where="environment")
+        return port
+    return DEFAULT_PORT if config.name == "local" else 0
+
+
+def ensure_endpoint(config: LocalConfig, timeout: float = 15.0) -> str:
+    """Start this fleet's Compute endpoint process unless it runs; returns its URL."""
+    found = running_endpoint(config)
+    if found is not None:
+        return str(found["url"])
+    directory = state_dir(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_config(config)
+    _endpoint_file(config).unlink(missing_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "fleet.local.compute_docker",
+        "--state-dir",
+        str(directory),
+        "--port",
+        str(preferred_port(config)),
+    ]
+    pid = execute.spawn_detached(argv, str(directory / "compute.log"), env={"PYTHONPATH": str(config.root)})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = running_endpoint(config)
+        if found is not None and found["pid"] == pid:
+            return str(found["url"])
+        if not _is_endpoint(pid):
+            break
+        time.sleep(0.05)
+    tail = ""
+    with contextlib.suppress(OSError):
+        tail = "\n".join((directory / "compute.log").read_text().splitlines()[-10:])
+    raise FleetError(
+        f"the local Compute endpoint did not start\n{tail}".rstrip(),
+        where=str(directory),
+        hint=f"see {directory / 'compute.log'}; move it with {PORT_ENV}=PORT",
+    )
+
+
+def stop_endpoint(config: LocalConfig, *, forget: bool = True) -> None:
+    """Stop the endpoint process (by its recorded pid); with `forget`, drop labels and metadata too."""
+    try:
+        pid = int(json.loads(_endpoint_file(config).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pid = 0
+    if pid and _is_endpoint(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _is_endpoint(pid):
+            time.sleep(0.05)
+    _endpoint_file(config).unlink(missing_ok=True)
+    if forget:
+        (state_dir(config) / "state.json").unlink(missing_ok=True)
+
+
+def serve(directory: Path, port: int) -> int:
+    from fleet.local.compute_api import ComputeApi
+    from fleet.local.instances import LocalFleet
+    from fleet.local.startup import provision
+
+    config = load_config(directory)
+    fleet = LocalFleet(config)
+
+    def log(line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+    backend = DockerCompute(fleet, directory / "state.json", lambda name: provision(config, name, log), log)
+    try:
+        api = ComputeApi(backend, port=port).start()
+    except OSError as exc:
+        if port == 0:
+            raise
+        log(f"port {port} is taken ({exc}); using a free one")
+        api = ComputeApi(backend, port=0).start()
+    tmp = _endpoint_file(config).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "port": api.port, "url": api.url}))
+    tmp.replace(_endpoint_file(config))
+    log(
+        f"compute endpoint for fleet {config.name!r} on {api.url}: "
+        f"{config.project}/{config.zone}/{mig_name(config)}"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    api.stop()
+    backend.close()
+    log("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fleet.local.compute_docker", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--state-dir", type=Path, required=True, help="the fleet's compute state directory")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
+    args = parser.parse_args(argv)
+    try:
+        return serve(args.state_dir, args.port)
+    except FleetError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
