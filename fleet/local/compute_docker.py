@@ -122,15 +122,17 @@ def docker_time(text: str) -> float:
     return base.timestamp() + float("0." + (match.group(2) or "0")[:6])
 
 
-def gce_status(docker_state: str | None, action: Action | None) -> str:
+def gce_status(docker_state: str | None, action: Action | None, container_id: str = "") -> str:
     """The instance status Compute would show, from the container's state and the running action."""
     if action is not None:
         if action.kind == "DELETING":
             return "STOPPING"
-        if action.kind in ("CREATING", "RECREATING") and action.phase:
-            return action.phase
-        if docker_state is None:
-            return "PROVISIONING"
+        if action.kind in ("CREATING", "RECREATING"):
+            if docker_state is None:
+                return "PROVISIONING"
+            if action.replaces and container_id == action.replaces:
+                return "STOPPING"  # the old VM is still going away
+            return "STAGING"  # the new one boots (sshd, dockerd)
     if docker_state is None:
         return "TERMINATED"
     return _STATUS.get(docker_state, "TERMINATED")
@@ -141,7 +143,7 @@ class Action:
     """What the MIG is doing to one member right now."""
 
     kind: str  # CREATING | RECREATING | VERIFYING | RESTARTING | DELETING
-    phase: str = ""  # instance status to show while the container is being replaced
+    replaces: str = ""  # RECREATING: the container id of the instance being replaced
     started: float = field(default_factory=time.time)
 
 
@@ -234,7 +236,6 @@ class DockerCompute(ComputeBackend):
         self._lock = threading.RLock()
         self._store = _Store(state_path, self.config)
         self._actions: dict[str, Action] = {}  # instance name -> what the MIG is doing to it
-        self._pending: dict[str, int] = {}  # names being created (no container yet) -> index
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="compute-action")
 
     # --- helpers -----------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ class DockerCompute(ComputeBackend):
             "name": rec.name,
             "zone": f"{BASE_URL}/projects/{self.project_id}/zones/{self.zone}",
             "machineType": f"{BASE_URL}/projects/{self.project_id}/zones/{self.zone}/machineTypes/e2-medium",
-            "status": gce_status(rec.state, action),
+            "status": gce_status(rec.state, action, rec.container_id),
             "labelFingerprint": label_fp,
             "selfLink": instance_url(self.project_id, self.zone, rec.name),
             "networkInterfaces": [
@@ -358,16 +359,24 @@ class DockerCompute(ComputeBackend):
         ]
         return {**base, "queryPath": query_path, "queryValue": {"items": items}}
 
+    def _absent(self, members: Mapping[str, Instance]) -> dict[str, int]:
+        """Members being created or recreated whose container does not exist right now -> number."""
+        with self._lock:
+            return {
+                n: self.config.index_of(n)
+                for n, a in self._actions.items()
+                if n not in members and a.kind != "DELETING"
+            }
+
     def _target_size(self, members: Mapping[str, Instance]) -> int:
         with self._lock:
             deleting = sum(1 for n, a in self._actions.items() if a.kind == "DELETING" and n in members)
-            pending = sum(1 for n in self._pending if n not in members)
-        return len(members) - deleting + pending
+        return len(members) - deleting + len(self._absent(members))
 
     def _igm_json(self, members: Mapping[str, Instance]) -> dict[str, Any]:
         counts = dict.fromkeys(_ACTION_COUNTERS, 0)
         with self._lock:
-            names = set(members) | set(self._pending)
+            names = set(members) | set(self._absent(members))
             actions = {n: (self._actions[n].kind if n in self._actions else "NONE") for n in names}
         for action in actions.values():
             camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), action.lower())
@@ -404,7 +413,7 @@ class DockerCompute(ComputeBackend):
         self._check_mig(project, location, name)
         members = self._members()
         with self._lock:
-            pending = {n: i for n, i in self._pending.items() if n not in members}
+            pending = self._absent(members)
             actions = dict(self._actions)
         attempts = dict(self._store.attempts)
         out = []
@@ -415,7 +424,9 @@ class DockerCompute(ComputeBackend):
             entry: dict[str, Any] = {
                 "instance": instance_url(project, self.zone, member),
                 "name": member,
-                "instanceStatus": gce_status(rec.state if rec else None, action),
+                "instanceStatus": gce_status(
+                    rec.state if rec else None, action, rec.container_id if rec else ""
+                ),
                 "currentAction": action.kind if action else "NONE",
                 "version": {"instanceTemplate": template_url(self.config)},
             }
@@ -588,17 +599,16 @@ class DockerCompute(ComputeBackend):
             if not new:
                 return op
             live = [n for n in members if self._actions.get(n, Action("NONE")).kind != "DELETING"]
-            live += [n for n in self._pending if n not in members]
+            live += list(self._absent(members))
             create: list[tuple[str, int]] = []
             delete: list[str] = []
             if size > len(live):
-                used = {r.index for r in members.values()} | set(self._pending.values())
+                used = {r.index for r in members.values()} | {self.config.index_of(n) for n in self._actions}
                 free = (i for i in range(1, 10000) if i not in used)
                 for _ in range(size - len(live)):
                     index = next(free)
                     member = self.config.host_name(index)
-                    self._pending[member] = index
-                    self._actions[member] = Action("CREATING", "PROVISIONING")
+                    self._actions[member] = Action("CREATING")
                     create.append((member, index))
             elif size < len(live):
                 # Like a MIG: members that are not running go first, then the newest.
@@ -629,7 +639,6 @@ class DockerCompute(ComputeBackend):
         )
         with self._lock:
             for member in names:
-                self._pending.pop(member, None)
                 if error:
                     self._actions.pop(member, None)
                 else:
@@ -677,7 +686,7 @@ class DockerCompute(ComputeBackend):
                 request_id,
             )
             for member in targets:
-                self._actions[member] = Action("RECREATING", "STOPPING")
+                self._actions[member] = Action("RECREATING", members[member].container_id)
 
         def run() -> None:
             self.ops.running(op)
@@ -689,12 +698,7 @@ class DockerCompute(ComputeBackend):
         return op
 
     def _recreate(self, member: str) -> None:
-        def replace() -> None:
-            with self._lock:
-                self._actions[member] = Action("RECREATING", "PROVISIONING")
-            self.fleet.recreate_instance(member)
-
-        error = self._attempt(f"recreate {member}", replace)
+        error = self._attempt(f"recreate {member}", lambda: self.fleet.recreate_instance(member))
         with self._lock:
             if error:
                 self._actions.pop(member, None)
@@ -748,7 +752,7 @@ class DockerCompute(ComputeBackend):
 
     def idle(self) -> bool:
         with self._lock:
-            return not self._actions and not self._pending
+            return not self._actions
 
     def dump(self) -> dict[str, Any]:
         members = self._members()
@@ -819,6 +823,13 @@ def _is_endpoint(pid: int) -> bool:
     return state != "Z" and b"fleet.local.compute_docker" in cmdline
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0):
@@ -839,12 +850,17 @@ def running_endpoint(config: LocalConfig) -> dict[str, Any] | None:
     return None
 
 
-def endpoint_url(config: LocalConfig) -> str | None:
-    """The endpoint's URL as recorded (without probing: called on every inventory rewrite)."""
+def endpoint_port(config: LocalConfig) -> int | None:
     try:
-        return f"http://127.0.0.1:{int(json.loads(_endpoint_file(config).read_text())['port'])}"
+        return int(json.loads(_endpoint_file(config).read_text())["port"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def endpoint_url(config: LocalConfig) -> str | None:
+    """The endpoint's URL as recorded (without probing: called on every inventory rewrite)."""
+    port = endpoint_port(config)
+    return None if port is None else f"http://127.0.0.1:{port}"
 
 
 def preferred_port(config: LocalConfig) -> int:
@@ -868,6 +884,7 @@ def ensure_endpoint(config: LocalConfig, timeout: float = 15.0) -> str:
     directory = state_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
     save_config(config)
+    port = preferred_port(config) or (endpoint_port(config) or 0)  # keep the URL the inventory names
     _endpoint_file(config).unlink(missing_ok=True)
     argv = [
         sys.executable,
@@ -876,7 +893,7 @@ def ensure_endpoint(config: LocalConfig, timeout: float = 15.0) -> str:
         "--state-dir",
         str(directory),
         "--port",
-        str(preferred_port(config)),
+        str(port),
     ]
     pid = execute.spawn_detached(argv, str(directory / "compute.log"), env={"PYTHONPATH": str(config.root)})
     deadline = time.monotonic() + timeout
@@ -884,7 +901,7 @@ def ensure_endpoint(config: LocalConfig, timeout: float = 15.0) -> str:
         found = running_endpoint(config)
         if found is not None and found["pid"] == pid:
             return str(found["url"])
-        if not _is_endpoint(pid):
+        if not _alive(pid):
             break
         time.sleep(0.05)
     tail = ""
@@ -945,8 +962,9 @@ def serve(directory: Path, port: int) -> int:
     stop.wait()
     api.stop()
     backend.close()
-    log("stopped")
-    return 0
+    log("stopped (actions still running were abandoned)")
+    # Like deleting a MIG: actions in flight stop where they are, nobody waits for a startup script.
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
