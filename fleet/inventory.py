@@ -101,6 +101,84 @@ class RunSettings(_Strict):
     command_timeout: float | None = Field(default=None, gt=0)
 
 
+# data.monitoring: Cloud Monitoring wiring and the functions' deployment (fleet/monitoring.py,
+# fleet/functions_deploy.py; docs/monitoring.md). Fleet-wide, except uptime.per_instance per host.
+class MonitoringUptime(_Strict):
+    lb_url: StrictStr | None = Field(
+        default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$"
+    )
+    per_instance: bool | None = None
+    path: StrictStr | None = Field(default=None, pattern=r"^/[!-~]*$")
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    period: Literal[60, 300, 600, 900] | None = None
+    timeout: StrictInt | None = Field(default=None, ge=1, le=60)
+    failing_locations: StrictInt | None = Field(default=None, ge=1, le=6)
+    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    regions: list[Literal["USA", "EUROPE", "SOUTH_AMERICA", "ASIA_PACIFIC"]] | None = None
+
+
+class MonitoringCpu(_Strict):
+    high: float | None = Field(default=None, gt=0, le=1)
+    low: float | None = Field(default=None, ge=0, lt=1)
+    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+
+
+class MonitoringLatency(_Strict):
+    high: float | None = Field(default=None, gt=0)  # milliseconds
+    percentile: Literal[50, 95, 99] | None = None
+    url_map: StrictStr | None = Field(default=None, pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+
+
+class MonitoringQueue(_Strict):
+    metric: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9.-]+\.googleapis\.com/[A-Za-z0-9_/.-]+$")
+    resource_type: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$")
+    high: float | None = Field(default=None, ge=0)
+    low: float | None = Field(default=None, ge=0)
+    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+
+
+class MonitoringScale(_Strict):
+    migs: list[StrictStr] | None = None
+    step: StrictInt | None = Field(default=None, ge=1)
+    min: StrictInt | None = Field(default=None, ge=0)
+    max: StrictInt | None = Field(default=None, ge=1)
+    cpu: MonitoringCpu | None = None
+    latency: MonitoringLatency | None = None
+    queue_depth: MonitoringQueue | None = None
+
+
+class MonitoringFunctions(_Strict):
+    region: StrictStr | None = Field(default=None, pattern=r"^[a-z]+-[a-z]+[0-9]+$")
+    runtime: StrictStr | None = Field(default=None, pattern=r"^python3[0-9]{1,2}$")
+    service_account: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+$")
+    trigger_service_account: StrictStr | None = Field(
+        default=None, pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+$"
+    )
+    name_prefix: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    max_instances: StrictInt | None = Field(default=None, ge=1, le=1000)
+    concurrency: StrictInt | None = Field(default=None, ge=1, le=1000)
+    memory: StrictStr | None = Field(default=None, pattern=r"^[0-9]+(Mi|Gi|MB|GB)$")
+    timeout: StrictInt | None = Field(default=None, ge=1, le=540)
+    ingress: Literal["all", "internal-only", "internal-and-gclb"] | None = None
+    env: dict[StrictStr, StrictStr | StrictInt | float | bool] | None = None
+    secrets: dict[StrictStr, StrictStr] | None = None
+
+
+class MonitoringSettings(_Strict):
+    project: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+    project_number: StrictStr | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
+    fleet: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    endpoint: StrictStr | None = None  # local Monitoring stand-in (loopback host:port); unset = the real API
+    pubsub_endpoint: StrictStr | None = None  # local Pub/Sub stand-in; unset = PUBSUB_EMULATOR_HOST or real
+    alerts_topic: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
+    events_topic: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
+    auto_close: StrictInt | None = Field(default=None, ge=1800, le=604800)
+    uptime: MonitoringUptime | None = None
+    scale: MonitoringScale | None = None
+    functions: MonitoringFunctions | None = None
+
+
 class Data(_Strict):
     ssh: SSHSettings | None = None
     gce: GCESettings | None = None
@@ -111,6 +189,7 @@ class Data(_Strict):
     secrets: dict[StrictStr, SecretSource] | None = None
     rollout: RolloutSettings | None = None
     run: RunSettings | None = None
+    monitoring: MonitoringSettings | None = None
 
 
 class Defaults(_Strict):

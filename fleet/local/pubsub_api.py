@@ -1,8 +1,8 @@
 """A local gRPC Pub/Sub Publisher endpoint, plus push delivery as binary-mode CloudEvents.
 
 The real google-cloud-pubsub PublisherClient talks to it through PUBSUB_EMULATOR_HOST (the
-`emulator_host` property gives the value). Implemented: CreateTopic, GetTopic, ListTopics,
-DeleteTopic and Publish, with Pub/Sub's status codes. Published messages are recorded; with push
+`emulator_host` property gives the value). Implemented: CreateTopic, GetTopic, UpdateTopic (labels),
+ListTopics, DeleteTopic and Publish, with Pub/Sub's status codes. Published messages are recorded; with push
 targets registered for a topic, each message is POSTed to them as a
 `google.cloud.pubsub.topic.v1.messagePublished` CloudEvent in binary mode (ce-* headers), the way
 Eventarc delivers to a gen2 function, and retried with backoff on non-2xx (bounded).
@@ -139,6 +139,7 @@ class LocalPubsub:
         handlers = {
             "CreateTopic": unary(self._create_topic, types.Topic, types.Topic.serialize),
             "GetTopic": unary(self._get_topic, types.GetTopicRequest, types.Topic.serialize),
+            "UpdateTopic": unary(self._update_topic, types.UpdateTopicRequest, types.Topic.serialize),
             "ListTopics": unary(
                 self._list_topics, types.ListTopicsRequest, types.ListTopicsResponse.serialize
             ),
@@ -268,6 +269,21 @@ class LocalPubsub:
             if request.topic not in self._topics:
                 context.abort(grpc.StatusCode.NOT_FOUND, "Topic not found")
             return types.Topic(name=request.topic, labels=self._topics[request.topic])
+
+    def _update_topic(self, request: types.UpdateTopicRequest, context: grpc.ServicerContext) -> types.Topic:
+        paths = list(request.update_mask.paths)
+        if not paths:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "The update_mask in the UpdateTopicRequest must be set"
+            )
+        unsupported = [p for p in paths if p != "labels"]
+        if unsupported:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Unsupported update_mask path(s): {unsupported}")
+        with self._lock:
+            if request.topic.name not in self._topics:
+                context.abort(grpc.StatusCode.NOT_FOUND, "Topic not found")
+            self._topics[request.topic.name] = dict(request.topic.labels)
+            return types.Topic(name=request.topic.name, labels=self._topics[request.topic.name])
 
     def _list_topics(
         self, request: types.ListTopicsRequest, context: grpc.ServicerContext

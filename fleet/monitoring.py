@@ -1,0 +1,1118 @@
+"""Cloud Monitoring wiring for the fleet, derived from the inventory and applied idempotently.
+
+From `data.monitoring` this builds the objects the self-healing loop needs: the alerts and events
+Pub/Sub topics, one notification channel of type `pubsub` on the alerts topic, uptime checks (the
+load balancer's URL; each instance's /health where `uptime.per_instance` is on), and alert
+policies whose user labels tell the functions what to do (see `functions/fleet_contract.py`):
+instance health -> autoheal, CPU / latency / queue depth -> scale out and in, all of them -> the
+channel, so notify sees everything.
+
+Monitoring names objects itself, so ours are found again by two user labels
+(`fleet-managed-by: <fleet>`, `fleet-object: <key>`); topics by their name. A plan compares each
+desired object with what exists, field by field, ignoring what the server fills in, and says
+create / update / replace / unchanged (and orphan/delete for our objects no longer wanted).
+`apply` executes the same plan in dependency order (topics, channel, checks, policies; deletions
+last), so running it again changes nothing. Everything above `MonitoringClients` is pure.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from fleet.errors import FleetError, InventoryError
+from functions import fleet_contract as contract
+
+if TYPE_CHECKING:
+    from fleet.inventory import Inventory
+
+MANAGED_LABEL = "fleet-managed-by"
+OBJECT_LABEL = "fleet-object"
+KINDS = ("topic", "channel", "uptime_check", "alert_policy")
+ENDPOINT_ENV = "FLEET_MONITORING_ENDPOINT"
+PUBSUB_ENDPOINT_ENV = "FLEET_PUBSUB_ENDPOINT"
+CHECK_METRIC = "monitoring.googleapis.com/uptime_check/check_passed"
+CPU_METRIC = "compute.googleapis.com/instance/cpu/utilization"
+LATENCY_METRIC = "loadbalancing.googleapis.com/https/total_latencies"
+
+# fields each kind's update writes (a fixed list, so a field we stop setting is cleared too)
+UPDATE_FIELDS = {
+    "topic": ("labels",),
+    "channel": ("display_name", "description", "labels", "user_labels", "enabled"),
+    "uptime_check": ("display_name", "http_check", "timeout", "selected_regions"),
+    "alert_policy": (
+        "display_name",
+        "documentation",
+        "user_labels",
+        "conditions",
+        "combiner",
+        "enabled",
+        "notification_channels",
+        "alert_strategy",
+        "severity",
+    ),
+}
+# uptime-check fields the API cannot update: a change means delete + create
+IMMUTABLE = {
+    "uptime_check": ("monitored_resource", "resource_group", "period", "checker_type", "user_labels")
+}
+# maps compared whole (an extra key is a difference); other maps and messages only need ours
+EXACT_MAPS = {
+    "topic": frozenset(),
+    "channel": frozenset({"labels", "user_labels"}),
+    "uptime_check": frozenset({"monitored_resource.labels"}),
+    "alert_policy": frozenset({"user_labels"}),
+}
+
+
+class MonitoringError(FleetError):
+    """A Monitoring or Pub/Sub call failed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration: data.monitoring, validated and resolved once
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MigRef:
+    project: str
+    location: str  # zone, or region for a regional MIG
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.project}/{self.location}/{self.name}"
+
+
+@dataclass(frozen=True)
+class InstanceCheck:
+    """An uptime check of one instance's /health (uptime.per_instance on for that host)."""
+
+    host: str
+    project: str
+    zone: str
+    instance_id: str
+    port: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Threshold:
+    high: float | None = None
+    low: float | None = None
+    duration: int = 300
+    percentile: int = 99
+    url_map: str = ""
+    metric: str = ""
+    resource_type: str = ""
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    fleet: str
+    project: str
+    alerts_topic: str  # projects/P/topics/T
+    events_topic: str
+    endpoint: str | None = None
+    pubsub_endpoint: str | None = None
+    project_number: str | None = None
+    auto_close: int = 1800
+    lb_url: str | None = None
+    period: int = 60
+    timeout: int = 10
+    failing_locations: int = 2
+    failure_duration: int = 60
+    regions: tuple[str, ...] = ()
+    instance_checks: tuple[InstanceCheck, ...] = ()
+    migs: tuple[MigRef, ...] = ()
+    scale_migs: tuple[str, ...] = ()
+    scale_step: int = 1
+    scale_min: int = 1
+    scale_max: int = 10
+    cpu: Threshold | None = None
+    latency: Threshold | None = None
+    queue_depth: Threshold | None = None
+    functions: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _loopback_endpoint(value: str | None, field_name: str, where: str) -> str | None:
+    """Local stand-ins only: a loopback host:port reached without TLS or credentials."""
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    ok = bool(sep) and port.isdigit() and 0 < int(port) < 65536
+    if ok and host != "localhost":
+        try:
+            ok = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            ok = False
+    if not ok:
+        raise InventoryError(
+            f"field {field_name}: {value!r} is not a loopback host:port",
+            where=where,
+            hint="only local stand-ins are reached this way (e.g. 127.0.0.1:8095); unset it for the real API",
+        )
+    return value
+
+
+def _fleet_wide(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a host's `monitoring` that must be the same on every host."""
+    out = {k: v for k, v in raw.items() if k != "uptime"}
+    out["uptime"] = {k: v for k, v in (raw.get("uptime") or {}).items() if k != "per_instance"}
+    return out
+
+
+def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) -> MonitoringConfig:
+    """Resolve `data.monitoring` (fleet-wide; uptime.per_instance may differ per host)."""
+    env = os.environ if env is None else env
+    where = f"inventory {inv.name}"
+    hosts = list(inv.hosts.values())
+    with_mon = [h for h in hosts if h.get("monitoring")]
+    if not with_mon:
+        raise InventoryError(
+            "no data.monitoring section",
+            where=where,
+            hint="add `monitoring:` (project, topics, uptime, scale, functions) under data in "
+            "defaults.yaml; see docs/monitoring.md",
+        )
+    first = with_mon[0]
+    mon: dict[str, Any] = first.get("monitoring")
+    for h in hosts:
+        if h.get("monitoring") is None or _fleet_wide(h.get("monitoring")) != _fleet_wide(mon):
+            other = _fleet_wide(h.get("monitoring") or {})
+            keys = sorted(
+                k for k in set(other) | set(_fleet_wide(mon)) if other.get(k) != _fleet_wide(mon).get(k)
+            )
+            raise InventoryError(
+                f"data.monitoring differs between hosts {first.name!r} and {h.name!r} "
+                f"(in {', '.join(keys) or 'presence'})",
+                where=where,
+                hint="monitoring is fleet-wide: set it in defaults.yaml "
+                "(only uptime.per_instance may differ)",
+            )
+        if h.get("gce.migs") != first.get("gce.migs"):
+            raise InventoryError(
+                f"gce.migs differs between hosts {first.name!r} and {h.name!r}",
+                where=where,
+                hint="the managed instance groups are fleet-wide: set gce.migs in defaults.yaml",
+            )
+    project = mon.get("project") or first.get("gce.project")
+    if not project:
+        raise InventoryError(
+            "field monitoring.project is missing",
+            where=where,
+            hint="the project whose Monitoring holds the policies",
+        )
+    fleet = mon.get("fleet") or inv.name.lower()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", fleet):
+        raise InventoryError(
+            f"fleet name {fleet!r} (from the inventory name) is not a label value",
+            where=where,
+            hint="set monitoring.fleet to [a-z0-9_-], at most 63 characters",
+        )
+
+    migs = []
+    for i, raw in enumerate(first.get("gce.migs") or []):
+        location = raw.get("zone") or raw.get("region")
+        mig_project = raw.get("project") or project
+        if not raw.get("name") or not location or set(raw) - {"project", "zone", "region", "name"}:
+            raise InventoryError(
+                f"field gce.migs[{i}]: expected {{project, zone or region, name}}, got {raw}", where=where
+            )
+        migs.append(MigRef(mig_project, location, raw["name"]))
+
+    uptime = mon.get("uptime") or {}
+    if uptime.get("lb_url"):
+        try:
+            port = urlsplit(uptime["lb_url"]).port
+        except ValueError:
+            port = -1
+        if port is not None and not 0 < port < 65536:
+            raise InventoryError(
+                f"field monitoring.uptime.lb_url: bad port in {uptime['lb_url']!r}", where=where
+            )
+    checks = []
+    for h in hosts:
+        if not h.get("monitoring.uptime.per_instance"):
+            continue
+        missing = [f"gce.{f}" for f in ("zone", "instance_id") if not h.get(f"gce.{f}")]
+        if missing:
+            raise InventoryError(
+                f"uptime.per_instance is on but {', '.join(missing)} missing",
+                where=f"{where}: host {h.name!r}",
+                hint="a per-instance uptime check names the instance by id and zone",
+            )
+        checks.append(
+            InstanceCheck(
+                host=h.name,
+                project=h.get("gce.project") or project,
+                zone=h.get("gce.zone"),
+                instance_id=h.get("gce.instance_id"),
+                port=uptime.get("port") or h.get("app.http_port") or 80,
+                path=uptime.get("path") or "/health",
+            )
+        )
+
+    scale = mon.get("scale") or {}
+    mig_names = [g.name for g in migs]
+    scale_migs = scale.get("migs", mig_names) if scale else []
+    unknown = [n for n in scale_migs if n not in mig_names]
+    if unknown:
+        raise InventoryError(
+            f"field monitoring.scale.migs: {', '.join(unknown)} not in gce.migs",
+            where=where,
+            hint=f"known MIGs: {', '.join(mig_names) or 'none (set gce.migs)'}",
+        )
+    if scale and not scale_migs:
+        raise InventoryError(
+            "monitoring.scale is set but there is no MIG to scale",
+            where=where,
+            hint="list the managed instance groups in gce.migs",
+        )
+    smin, smax = scale.get("min", 1), scale.get("max", 10)
+    if smax < smin:
+        raise InventoryError(f"field monitoring.scale.max ({smax}) is below scale.min ({smin})", where=where)
+
+    def threshold(name: str, defaults: Mapping[str, Any]) -> Threshold | None:
+        raw = scale.get(name)
+        if not raw:
+            return None
+        merged = {**defaults, **raw}
+        if merged.get("high") is None and merged.get("low") is None:
+            raise InventoryError(f"field monitoring.scale.{name}: set high and/or low", where=where)
+        if (
+            merged.get("high") is not None
+            and merged.get("low") is not None
+            and merged["low"] >= merged["high"]
+        ):
+            raise InventoryError(f"field monitoring.scale.{name}: low must be below high", where=where)
+        return Threshold(**merged)
+
+    cpu = threshold("cpu", {"duration": 300})
+    latency = threshold("latency", {"duration": 300, "percentile": 99})
+    if latency is not None and not latency.url_map:
+        raise InventoryError(
+            "field monitoring.scale.latency.url_map is missing",
+            where=where,
+            hint="the load balancer's URL map whose latency is watched",
+        )
+    queue = threshold("queue_depth", {"duration": 300, "resource_type": "gce_instance"})
+    if queue is not None and not queue.metric:
+        raise InventoryError(
+            "field monitoring.scale.queue_depth.metric is missing",
+            where=where,
+            hint="the metric type carrying the queue length, "
+            "e.g. custom.googleapis.com/dify/celery_queue_length",
+        )
+
+    def topic(key: str, default: str) -> str:
+        name = mon.get(key) or default
+        if name.startswith("goog"):
+            raise InventoryError(
+                f"field monitoring.{key}: topic names may not start with 'goog'", where=where
+            )
+        return f"projects/{project}/topics/{name}"
+
+    return MonitoringConfig(
+        fleet=fleet,
+        project=project,
+        alerts_topic=topic("alerts_topic", "fleet-alerts"),
+        events_topic=topic("events_topic", "fleet-events"),
+        endpoint=_loopback_endpoint(
+            mon.get("endpoint") or env.get(ENDPOINT_ENV), "monitoring.endpoint", where
+        ),
+        pubsub_endpoint=_loopback_endpoint(
+            mon.get("pubsub_endpoint") or env.get(PUBSUB_ENDPOINT_ENV), "monitoring.pubsub_endpoint", where
+        ),
+        project_number=mon.get("project_number"),
+        auto_close=mon.get("auto_close", 1800),
+        lb_url=uptime.get("lb_url"),
+        period=uptime.get("period", 60),
+        timeout=uptime.get("timeout", 10),
+        failing_locations=uptime.get("failing_locations", 2),
+        failure_duration=uptime.get("duration", 60),
+        regions=tuple(uptime.get("regions") or ()),
+        instance_checks=tuple(checks),
+        migs=tuple(migs),
+        scale_migs=tuple(scale_migs),
+        scale_step=scale.get("step", 1),
+        scale_min=smin,
+        scale_max=smax,
+        cpu=cpu,
+        latency=latency,
+        queue_depth=queue,
+        functions=dict(mon.get("functions") or {}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Desired state (pure)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Desired:
+    kind: str
+    key: str  # stable identity: the fleet-object label (topics: the topic name)
+    display_name: str
+    message: Any  # proto-plus message (no server-assigned name, except topics)
+    role: str = ""  # what the object is for, in words
+
+
+def object_key(text: str) -> str:
+    """A label-safe key: lowercase [a-z0-9_-], at most 63 characters (long ones get a hash tail)."""
+    key = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-")
+    if len(key) > 63:
+        key = f"{key[:50]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return contract.validate_label_value(key)
+
+
+def _labels(config: MonitoringConfig, key: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    labels = {MANAGED_LABEL: config.fleet, OBJECT_LABEL: key, **(extra or {})}
+    for k, v in labels.items():
+        contract.validate_label_key(k)
+        contract.validate_label_value(v)
+    return labels
+
+
+def _seconds(n: int) -> dict[str, int]:
+    return {"seconds": int(n)}
+
+
+def lb_check_key() -> str:
+    return "check-lb"
+
+
+def instance_check_key(check: InstanceCheck) -> str:
+    return object_key(f"check-instance-{check.host}")
+
+
+def channel_key() -> str:
+    return "channel-alerts"
+
+
+def _quoted(values: Iterable[str]) -> str:
+    return ", ".join(f'"{v}"' for v in values)
+
+
+def desired_state(config: MonitoringConfig, refs: Mapping[str, str]) -> list[Desired]:
+    """Every object the fleet needs. `refs` maps keys of objects Monitoring names (channel, checks)
+    to their resource names; a missing one becomes a visible placeholder (it is created first)."""
+    from google.cloud import monitoring_v3 as m
+    from google.pubsub_v1 import types as pubsub
+
+    def ref(key: str) -> str:
+        return refs.get(key) or f"<new {key}>"
+
+    def check_id(key: str) -> str:
+        return ref(key).rsplit("/", 1)[-1]
+
+    out: list[Desired] = []
+    for path, role in (
+        (config.alerts_topic, "alerts from Monitoring"),
+        (config.events_topic, "fleet events"),
+    ):
+        out.append(
+            Desired(
+                "topic",
+                path.rsplit("/", 1)[-1],
+                path,
+                pubsub.Topic(name=path, labels={MANAGED_LABEL: config.fleet}),
+                role,
+            )
+        )
+
+    out.append(
+        Desired(
+            "channel",
+            channel_key(),
+            f"compose-fleet {config.fleet}: alerts",
+            m.NotificationChannel(
+                type_="pubsub",
+                display_name=f"compose-fleet {config.fleet}: alerts",
+                description=f"Alert notifications to {config.alerts_topic} "
+                "(autoheal, scale and notify subscribe to it).",
+                labels={"topic": config.alerts_topic},
+                user_labels=_labels(config, channel_key()),
+                enabled=True,
+            ),
+            f"every policy notifies {config.alerts_topic}",
+        )
+    )
+
+    regions = [getattr(m.UptimeCheckRegion, r) for r in config.regions]
+    if config.lb_url:
+        url = urlsplit(config.lb_url)
+        ssl = url.scheme == "https"
+        out.append(
+            Desired(
+                "uptime_check",
+                lb_check_key(),
+                f"compose-fleet {config.fleet}: load balancer {url.path or '/'}",
+                m.UptimeCheckConfig(
+                    display_name=f"compose-fleet {config.fleet}: load balancer {url.path or '/'}",
+                    monitored_resource={
+                        "type": "uptime_url",
+                        "labels": {"host": url.hostname or "", "project_id": config.project},
+                    },
+                    http_check=m.UptimeCheckConfig.HttpCheck(
+                        path=url.path or "/",
+                        port=url.port or (443 if ssl else 80),
+                        use_ssl=ssl,
+                        validate_ssl=ssl,
+                    ),
+                    period=_seconds(config.period),
+                    timeout=_seconds(config.timeout),
+                    selected_regions=regions,
+                    user_labels=_labels(config, lb_check_key()),
+                ),
+                f"GET {config.lb_url}",
+            )
+        )
+    for check in config.instance_checks:
+        key = instance_check_key(check)
+        out.append(
+            Desired(
+                "uptime_check",
+                key,
+                f"compose-fleet {config.fleet}: {check.host} {check.path}",
+                m.UptimeCheckConfig(
+                    display_name=f"compose-fleet {config.fleet}: {check.host} {check.path}",
+                    monitored_resource={
+                        "type": "gce_instance",
+                        "labels": {
+                            "project_id": check.project,
+                            "zone": check.zone,
+                            "instance_id": check.instance_id,
+                        },
+                    },
+                    http_check=m.UptimeCheckConfig.HttpCheck(path=check.path, port=check.port),
+                    period=_seconds(config.period),
+                    timeout=_seconds(config.timeout),
+                    selected_regions=regions,
+                    user_labels=_labels(config, key),
+                ),
+                f"GET :{check.port}{check.path} on instance {check.instance_id} ({check.zone})",
+            )
+        )
+
+    channels = [ref(channel_key())]
+    strategy = m.AlertPolicy.AlertStrategy(auto_close=_seconds(config.auto_close))
+
+    def policy(
+        key: str,
+        title: str,
+        conditions: list[Any],
+        labels: Mapping[str, str],
+        severity: str,
+        doc: str,
+        combiner: str = "OR",
+    ) -> Desired:
+        display = f"compose-fleet {config.fleet}: {title}"
+        return Desired(
+            "alert_policy",
+            key,
+            display,
+            m.AlertPolicy(
+                display_name=display,
+                documentation=m.AlertPolicy.Documentation(
+                    content=f"{doc}\n\nManaged by compose-fleet (fleet `{config.fleet}`) from the "
+                    "inventory's `data.monitoring`: change it there and run `fab monitoring.apply`.",
+                    mime_type="text/markdown",
+                ),
+                user_labels=_labels(config, key, labels),
+                conditions=conditions,
+                combiner=getattr(m.AlertPolicy.ConditionCombinerType, combiner),
+                enabled=True,
+                notification_channels=channels,
+                alert_strategy=strategy,
+                severity=getattr(m.AlertPolicy.Severity, severity),
+            ),
+            ", ".join(f"{k}={v}" for k, v in labels.items()) or "notify only",
+        )
+
+    def uptime_condition(name: str, check_ids: Sequence[str], resource: str, group_by: list[str]) -> Any:
+        return m.AlertPolicy.Condition(
+            display_name=name,
+            condition_threshold=m.AlertPolicy.Condition.MetricThreshold(
+                filter=(
+                    f'metric.type="{CHECK_METRIC}" AND resource.type="{resource}" '
+                    f"AND metric.label.check_id=one_of({_quoted(check_ids)})"
+                ),
+                aggregations=[
+                    m.Aggregation(
+                        alignment_period=_seconds(max(config.period, 60)),
+                        per_series_aligner=m.Aggregation.Aligner.ALIGN_NEXT_OLDER,
+                        cross_series_reducer=m.Aggregation.Reducer.REDUCE_COUNT_FALSE,
+                        group_by_fields=group_by,
+                    )
+                ],
+                comparison=m.ComparisonType.COMPARISON_GT,
+                threshold_value=config.failing_locations - 1,
+                duration=_seconds(config.failure_duration),
+                trigger=m.AlertPolicy.Condition.Trigger(count=1),
+            ),
+        )
+
+    if config.lb_url:
+        out.append(
+            policy(
+                "policy-lb-health",
+                "load balancer health",
+                [
+                    uptime_condition(
+                        f"{config.lb_url} failing",
+                        [check_id(lb_check_key())],
+                        "uptime_url",
+                        ["resource.label.host"],
+                    )
+                ],
+                {},
+                "CRITICAL",
+                f"The load balancer's `{config.lb_url}` fails from {config.failing_locations} or more "
+                "checker locations: the whole fleet is unreachable. Notification only.",
+            )
+        )
+    if config.instance_checks:
+        out.append(
+            policy(
+                "policy-instance-health",
+                "instance health",
+                [
+                    uptime_condition(
+                        "instance /health failing",
+                        [check_id(instance_check_key(c)) for c in config.instance_checks],
+                        "gce_instance",
+                        ["resource.label.project_id", "resource.label.zone", "resource.label.instance_id"],
+                    )
+                ],
+                {contract.POLICY_ACTION_LABEL: contract.POLICY_ACTION_HEAL},
+                "ERROR",
+                "An instance's /health fails its uptime check. The `autoheal` function resets it, then "
+                "recreates it if it fails again (grouped by instance: the incident names it).",
+            )
+        )
+
+    for mig in config.scale_migs:
+        for direction in ("out", "in"):
+            conditions = _scale_conditions(config, mig, direction)
+            if not conditions:
+                continue
+            key = object_key(f"policy-scale-{direction}-{mig}")
+            labels = {
+                contract.POLICY_ACTION_LABEL: contract.POLICY_ACTION_SCALE,
+                contract.POLICY_SCALE_DIRECTION_LABEL: direction,
+                contract.POLICY_SCALE_STEP_LABEL: str(config.scale_step),
+                contract.POLICY_SCALE_MIN_LABEL: str(config.scale_min),
+                contract.POLICY_SCALE_MAX_LABEL: str(config.scale_max),
+                contract.POLICY_MIG_LABEL: mig,
+            }
+            out.append(
+                policy(
+                    key,
+                    f"scale {direction} {mig}",
+                    conditions,
+                    labels,
+                    "WARNING",
+                    f"The `scale` function {'adds' if direction == 'out' else 'removes'} "
+                    f"{config.scale_step} instance(s) {'to' if direction == 'out' else 'from'} `{mig}` "
+                    f"(bounds {config.scale_min}..{config.scale_max}) when "
+                    + ("any condition holds." if direction == "out" else "every condition holds."),
+                    combiner="OR" if direction == "out" else "AND",
+                )
+            )
+    return out
+
+
+def _scale_conditions(config: MonitoringConfig, mig: str, direction: str) -> list[Any]:
+    """Threshold conditions for one MIG: out on any high signal, in when every signal is low."""
+    from google.cloud import monitoring_v3 as m
+
+    def condition(
+        name: str, filter_: str, aligner: str, reducer: str, value: float, duration: int, above: bool
+    ) -> Any:
+        return m.AlertPolicy.Condition(
+            display_name=name,
+            condition_threshold=m.AlertPolicy.Condition.MetricThreshold(
+                filter=filter_,
+                aggregations=[
+                    m.Aggregation(
+                        alignment_period=_seconds(60),
+                        per_series_aligner=getattr(m.Aggregation.Aligner, aligner),
+                        cross_series_reducer=getattr(m.Aggregation.Reducer, reducer),
+                    )
+                ],
+                comparison=m.ComparisonType.COMPARISON_GT if above else m.ComparisonType.COMPARISON_LT,
+                threshold_value=value,
+                duration=_seconds(duration),
+                trigger=m.AlertPolicy.Condition.Trigger(count=1),
+            ),
+        )
+
+    out = []
+    cpu, lat, queue = config.cpu, config.latency, config.queue_depth
+    bound = "high" if direction == "out" else "low"
+    above = direction == "out"
+    # MIG members are named <base instance name>-xxxx; the base name defaults to the MIG's name
+    cpu_filter = (
+        f'metric.type="{CPU_METRIC}" AND resource.type="gce_instance" '
+        f'AND metric.label.instance_name=starts_with("{mig}-")'
+    )
+    if cpu is not None and getattr(cpu, bound) is not None:
+        out.append(
+            condition(
+                f"CPU {'above' if above else 'below'} {getattr(cpu, bound):g}",
+                cpu_filter,
+                "ALIGN_MEAN",
+                "REDUCE_MEAN",
+                getattr(cpu, bound),
+                cpu.duration,
+                above,
+            )
+        )
+    if lat is not None and direction == "out" and lat.high is not None:
+        out.append(
+            condition(
+                f"p{lat.percentile} latency above {lat.high:g} ms",
+                f'metric.type="{LATENCY_METRIC}" AND resource.type="https_lb_rule" '
+                f'AND resource.label.url_map_name="{lat.url_map}"',
+                f"ALIGN_PERCENTILE_{lat.percentile:02d}",
+                "REDUCE_MAX",
+                lat.high,
+                lat.duration,
+                True,
+            )
+        )
+    if queue is not None and getattr(queue, bound) is not None:
+        out.append(
+            condition(
+                f"queue depth {'above' if above else 'below'} {getattr(queue, bound):g}",
+                f'metric.type="{queue.metric}" AND resource.type="{queue.resource_type}"',
+                "ALIGN_MEAN",
+                "REDUCE_MAX",
+                getattr(queue, bound),
+                queue.duration,
+                above,
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Diff (pure)
+# ---------------------------------------------------------------------------------------------
+def to_plain(message: Any) -> dict[str, Any]:
+    """A proto-plus or protobuf message as a dict with proto field names; defaults omitted."""
+    from google.protobuf import json_format
+
+    pb = type(message).pb(message) if hasattr(type(message), "pb") else message
+    return json_format.MessageToDict(pb, preserving_proto_field_name=True)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _label(path: str) -> str:
+    return re.sub(r"\btype_\b", "type", path)
+
+
+def diff_fields(desired: Any, actual: Any, exact: frozenset[str], path: str = "") -> list[tuple[str, str]]:
+    """(path, what changed) wherever `actual` differs from `desired`. Every desired field must
+    match; fields only the server sets are ignored, except in the maps named in `exact`, which
+    must match whole."""
+    if isinstance(desired, dict) and isinstance(actual, dict):
+        out: list[tuple[str, str]] = []
+        if path in exact:
+            for k in sorted(set(actual) - set(desired)):
+                out.append((f"{path}.{k}", f"{_label(path)}.{k}: {_show(actual[k])} -> (removed)"))
+        for key in desired:
+            sub = f"{path}.{key}" if path else key
+            if key not in actual:
+                out.append((sub, f"{_label(sub)}: (none) -> {_show(desired[key])}"))
+            else:
+                out.extend(diff_fields(desired[key], actual[key], exact, sub))
+        return out
+    if isinstance(desired, list) and isinstance(actual, list):
+        if len(desired) != len(actual):
+            return [(path, f"{_label(path)}: {len(actual)} item(s) -> {len(desired)}")]
+        return [
+            d
+            for i, (a, b) in enumerate(zip(desired, actual, strict=True))
+            for d in diff_fields(a, b, exact, f"{path}[{i}]")
+        ]
+    if desired != actual:
+        return [(path, f"{_label(path)}: {_show(actual)} -> {_show(desired)}")]
+    return []
+
+
+def _top(path: str) -> str:
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
+
+
+@dataclass
+class Change:
+    """One object's fate in a plan. `name` is the existing resource's name (or the new one after apply)."""
+
+    kind: str
+    key: str
+    display_name: str
+    action: str  # create | update | replace | unchanged | orphan | delete
+    name: str = ""
+    changes: list[str] = field(default_factory=list)
+    role: str = ""
+    desired: Desired | None = None
+    done: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "key": self.key,
+            "display_name": self.display_name,
+            "action": self.action,
+            "name": self.name,
+            "changes": self.changes,
+            "role": self.role,
+            "done": self.done,
+        }
+
+
+def owned_key(kind: str, message: Any, fleet: str) -> str | None:
+    """The object key if `message` is one of this fleet's objects, else None."""
+    if kind == "topic":
+        return str(message.name).rsplit("/", 1)[-1]
+    labels = message.user_labels
+    if labels.get(MANAGED_LABEL) != fleet:
+        return None
+    return labels.get(OBJECT_LABEL) or None
+
+
+def plan_kind(
+    kind: str, desired: Sequence[Desired], actual: Sequence[Any], fleet: str, prune: bool
+) -> list[Change]:
+    """Compare one kind's desired objects with the existing ones (already listed)."""
+    by_key: dict[str, list[Any]] = {}
+    for obj in actual:
+        key = owned_key(kind, obj, fleet)
+        if key is not None:
+            by_key.setdefault(key, []).append(obj)
+    changes: list[Change] = []
+    for want in desired:
+        found = by_key.pop(want.key, [])
+        extra = found[1:]  # duplicates of one key (e.g. two applies at once): keep the first
+        for dup in extra:
+            changes.append(_leftover(kind, dup, want.key, prune))
+        if not found:
+            changes.append(Change(kind, want.key, want.display_name, "create", role=want.role, desired=want))
+            continue
+        have = found[0]
+        if kind == "topic":  # keep others' topic labels; only ours must be there
+            message = _copy(want.message)
+            message.labels = {**dict(have.labels), **dict(want.message.labels)}
+            want = Desired(want.kind, want.key, want.display_name, message, want.role)
+        wanted = {k: v for k, v in to_plain(want.message).items() if k != "name"}
+        current = to_plain(have)
+        diffs = diff_fields(wanted, current, EXACT_MAPS[kind])
+        # a managed field we no longer set must go too
+        diffs += [
+            (f, f"{_label(f)}: {_show(current[f])} -> (removed)")
+            for f in UPDATE_FIELDS[kind]
+            if f in current and f not in wanted
+        ]
+        immutable = IMMUTABLE.get(kind, ())
+        action = "unchanged"
+        if diffs:
+            action = "replace" if any(_top(path) in immutable for path, _ in diffs) else "update"
+        changes.append(
+            Change(
+                kind, want.key, want.display_name, action, have.name, [t for _, t in diffs], want.role, want
+            )
+        )
+    if kind != "topic":
+        for key, objs in by_key.items():
+            for obj in objs:
+                changes.append(_leftover(kind, obj, key, prune))
+    return changes
+
+
+def _leftover(kind: str, obj: Any, key: str, prune: bool) -> Change:
+    return Change(
+        kind,
+        key,
+        getattr(obj, "display_name", "") or obj.name,
+        "delete" if prune else "orphan",
+        obj.name,
+        role="ours, no longer in the inventory" + ("" if prune else " (kept; --prune deletes it)"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients (the only part that talks to the network)
+# ---------------------------------------------------------------------------------------------
+class MonitoringClients:
+    """The real google-cloud-monitoring and google-cloud-pubsub clients for one project: the real
+    API by default, or local stand-ins (insecure gRPC on loopback) when endpoints are configured."""
+
+    def __init__(self, config: MonitoringConfig) -> None:
+        self.config = config
+        self._clients: dict[str, Any] = {}
+        self._channels: list[Any] = []
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
+
+    def __enter__(self) -> MonitoringClients:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _grpc(self, name: str, client_cls: Any, transport_cls: Any, endpoint: str | None) -> Any:
+        if name not in self._clients:
+            if endpoint:
+                import grpc
+
+                channel = grpc.insecure_channel(endpoint)
+                self._channels.append(channel)
+                self._clients[name] = client_cls(transport=transport_cls(channel=channel))
+            else:
+                self._clients[name] = client_cls()
+        return self._clients[name]
+
+    def client(self, kind: str) -> Any:
+        from google.cloud import monitoring_v3
+
+        if kind == "topic":
+            from google.cloud.pubsub_v1 import PublisherClient
+            from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+            return self._grpc("topic", PublisherClient, PublisherGrpcTransport, self.config.pubsub_endpoint)
+        if kind == "channel":
+            from google.cloud.monitoring_v3.services.notification_channel_service import transports as t
+
+            return self._grpc(
+                kind,
+                monitoring_v3.NotificationChannelServiceClient,
+                t.NotificationChannelServiceGrpcTransport,
+                self.config.endpoint,
+            )
+        if kind == "uptime_check":
+            from google.cloud.monitoring_v3.services.uptime_check_service import transports as u
+
+            return self._grpc(
+                kind,
+                monitoring_v3.UptimeCheckServiceClient,
+                u.UptimeCheckServiceGrpcTransport,
+                self.config.endpoint,
+            )
+        from google.cloud.monitoring_v3.services.alert_policy_service import transports as a
+
+        return self._grpc(
+            kind,
+            monitoring_v3.AlertPolicyServiceClient,
+            a.AlertPolicyServiceGrpcTransport,
+            self.config.endpoint,
+        )
+
+    def _call(self, what: str, fn: Callable[[], Any], missing_ok: bool = False) -> Any:
+        from google.api_core import exceptions
+
+        try:
+            return fn()
+        except exceptions.GoogleAPICallError as exc:
+            if missing_ok and isinstance(exc, exceptions.NotFound):
+                return None
+            raise MonitoringError(
+                f"{what} failed: {_status(exc)} {exc.message}",
+                where=f"project {self.config.project}",
+                hint=_hint(exc),
+            ) from None
+        except exceptions.RetryError as exc:
+            raise MonitoringError(
+                f"{what} failed: gave up retrying ({exc.cause})",
+                where=f"project {self.config.project}",
+                hint="is the endpoint reachable? (monitoring.endpoint / pubsub_endpoint for local stand-ins)",
+            ) from None
+
+    def list(self, kind: str, topics: Iterable[str] = ()) -> list[Any]:
+        """Existing objects of a kind in the project (topics: those of `topics` that exist)."""
+        parent = f"projects/{self.config.project}"
+        c = self.client(kind)
+        if kind == "topic":
+            found = [
+                self._call(f"get topic {name}", functools.partial(c.get_topic, topic=name), missing_ok=True)
+                for name in topics
+            ]
+            return [t for t in found if t is not None]
+        if kind == "channel":
+            return self._call(
+                "list notification channels", lambda: list(c.list_notification_channels(name=parent))
+            )
+        if kind == "uptime_check":
+            return self._call("list uptime checks", lambda: list(c.list_uptime_check_configs(parent=parent)))
+        return self._call("list alert policies", lambda: list(c.list_alert_policies(name=parent)))
+
+    def create(self, kind: str, message: Any) -> Any:
+        parent = f"projects/{self.config.project}"
+        c = self.client(kind)
+        what = f"create {kind.replace('_', ' ')} {getattr(message, 'display_name', '') or message.name}"
+        if kind == "topic":
+            return self._call(what, lambda: c.create_topic(request=message))
+        if kind == "channel":
+            return self._call(
+                what, lambda: c.create_notification_channel(name=parent, notification_channel=message)
+            )
+        if kind == "uptime_check":
+            return self._call(
+                what, lambda: c.create_uptime_check_config(parent=parent, uptime_check_config=message)
+            )
+        return self._call(what, lambda: c.create_alert_policy(name=parent, alert_policy=message))
+
+    def update(self, kind: str, message: Any, fields: Sequence[str]) -> Any:
+        from google.protobuf import field_mask_pb2
+
+        mask = field_mask_pb2.FieldMask(paths=list(fields))
+        c = self.client(kind)
+        what = f"update {kind.replace('_', ' ')} {message.name}"
+        if kind == "topic":
+            return self._call(what, lambda: c.update_topic(request={"topic": message, "update_mask": mask}))
+        if kind == "channel":
+            return self._call(
+                what,
+                lambda: c.update_notification_channel(
+                    request={"notification_channel": message, "update_mask": mask}
+                ),
+            )
+        if kind == "uptime_check":
+            return self._call(
+                what,
+                lambda: c.update_uptime_check_config(
+                    request={"uptime_check_config": message, "update_mask": mask}
+                ),
+            )
+        return self._call(
+            what, lambda: c.update_alert_policy(request={"alert_policy": message, "update_mask": mask})
+        )
+
+    def delete(self, kind: str, name: str) -> None:
+        c = self.client(kind)
+        what = f"delete {kind.replace('_', ' ')} {name}"
+        if kind == "channel":
+            self._call(what, lambda: c.delete_notification_channel(name=name))
+        elif kind == "uptime_check":
+            self._call(what, lambda: c.delete_uptime_check_config(name=name))
+        elif kind == "alert_policy":
+            self._call(what, lambda: c.delete_alert_policy(name=name))
+        else:
+            raise MonitoringError(
+                f"refusing to delete {kind} {name}", hint="topics are never deleted by the tool"
+            )
+
+
+def _status(exc: Any) -> str:
+    status = getattr(exc, "grpc_status_code", None)
+    return status.name if status is not None else str(getattr(exc, "code", "error"))
+
+
+def _copy(message: Any) -> Any:
+    cls = type(message)
+    return cls.deserialize(cls.serialize(message))
+
+
+def _hint(exc: Any) -> str:
+    code = _status(exc)
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return "the operator needs roles/monitoring.editor and roles/pubsub.editor on the project"
+    if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return "the API did not answer; run the command again (it is idempotent)"
+    return "see docs/monitoring.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan and apply: one code path; a plan is an apply that does not execute
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    fleet: str
+    project: str
+    applied: bool
+    changes: list[Change]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.changes:
+            out[c.action] = out.get(c.action, 0) + 1
+        return out
+
+    @property
+    def changed(self) -> bool:
+        return any(c.action not in ("unchanged", "orphan") for c in self.changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "fleet": self.fleet,
+            "project": self.project,
+            "applied": self.applied,
+            "counts": self.counts(),
+            "objects": [c.as_dict() for c in self.changes],
+        }
+
+
+_DELETE_ORDER = {"alert_policy": 0, "uptime_check": 1, "channel": 2}
+
+
+def reconcile(
+    config: MonitoringConfig, clients: MonitoringClients, *, execute: bool, prune: bool = False
+) -> Report:
+    """Plan (execute=False) or apply (execute=True) the fleet's Monitoring objects, kind by kind,
+    so that a policy is built with the real names of the channel and checks it references."""
+    refs: dict[str, str] = {}
+    retire: list[Change] = []
+    all_changes: list[Change] = []
+    for kind in KINDS:
+        desired = [d for d in desired_state(config, refs) if d.kind == kind]
+        topics = [d.message.name for d in desired] if kind == "topic" else ()
+        changes = plan_kind(kind, desired, clients.list(kind, topics), config.fleet, prune)
+        for ch in changes:
+            if ch.action in ("create", "replace") and ch.desired is not None:
+                old = ch.name
+                if execute:
+                    created = clients.create(kind, ch.desired.message)
+                    ch.name, ch.done = created.name, True
+                if ch.action == "replace":
+                    retire.append(Change(kind, ch.key, ch.display_name, "delete", old, role="replaced"))
+                refs[ch.key] = ch.name if execute else ""
+            elif ch.action == "update" and ch.desired is not None:
+                if execute:
+                    message = _copy(ch.desired.message)
+                    message.name = ch.name
+                    clients.update(kind, message, UPDATE_FIELDS[kind])
+                    ch.done = True
+                refs[ch.key] = ch.name
+            elif ch.action == "unchanged":
+                refs[ch.key] = ch.name
+            elif ch.action == "delete":
+                retire.append(ch)
+        all_changes.extend(changes)
+    for ch in sorted(retire, key=lambda c: _DELETE_ORDER[c.kind]):
+        if execute:
+            clients.delete(ch.kind, ch.name)
+            ch.done = True
+    # replaced objects' old copies are part of the report, after everything else
+    all_changes.extend(c for c in retire if c.role == "replaced")
+    return Report(config.fleet, config.project, execute, all_changes)
+
+
+def plan(config: MonitoringConfig, clients: MonitoringClients, prune: bool = False) -> Report:
+    return reconcile(config, clients, execute=False, prune=prune)
+
+
+def apply(config: MonitoringConfig, clients: MonitoringClients, prune: bool = False) -> Report:
+    return reconcile(config, clients, execute=True, prune=prune)
