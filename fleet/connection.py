@@ -12,6 +12,7 @@ import hashlib
 import shlex
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import fabric
     import paramiko
 
+    from fleet.hostkeys import GuestKeySource
     from fleet.inventory import FleetHost, Inventory
 
 CONNECTION_NAME = "fabric"
@@ -45,6 +47,7 @@ class SSHParams:
     connect_timeout: float
     keepalive: int
     retries: int
+    guest_keys: GuestKeySource | None = None  # host keys also from the instance's guest attributes
 
     @property
     def known_hosts_name(self) -> str:
@@ -52,13 +55,19 @@ class SSHParams:
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
 
-def iap_proxy_command(instance: str, zone: str, project: str, port: int = 22) -> str:
-    """The ProxyCommand that tunnels SSH through Identity-Aware Proxy (every value quoted)."""
+IAP_COMMAND = ("gcloud", "compute", "start-iap-tunnel")
+
+
+def iap_proxy_command(
+    instance: str, zone: str, project: str, port: int = 22, program: Sequence[str] = IAP_COMMAND
+) -> str:
+    """The ProxyCommand that tunnels SSH through Identity-Aware Proxy (every value quoted).
+
+    `program` replaces `gcloud compute start-iap-tunnel` (ssh.iap_command: the local fleet's
+    stand-in takes the same arguments)."""
     return shlex.join(
         [
-            "gcloud",
-            "compute",
-            "start-iap-tunnel",
+            *program,
             instance,
             str(port),
             "--listen-on-stdin",
@@ -88,7 +97,11 @@ def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
     if proxy == "iap":
         name = alias or f"compute.{host.get('gce.instance_id')}"
         proxy_command = iap_proxy_command(
-            host.get("gce.instance"), host.get("gce.zone"), host.get("gce.project"), port
+            host.get("gce.instance"),
+            host.get("gce.zone"),
+            host.get("gce.project"),
+            port,
+            host.get("ssh.iap_command") or IAP_COMMAND,
         )
     elif isinstance(proxy, dict) and "jump" in proxy:
         proxy_command = jump_proxy_command(proxy["jump"], host.hostname, port)
@@ -98,6 +111,19 @@ def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
         name = alias or host.hostname
     elif alias:
         name = alias
+    guest_keys = None
+    if host_keys_mode(host) == "guest_attributes":
+        from fleet.gce import endpoint_for
+        from fleet.hostkeys import GuestKeySource
+
+        guest_keys = GuestKeySource(
+            endpoint_for(host.get("gce.api_endpoint")),
+            host.get("gce.project"),
+            host.get("gce.zone"),
+            host.get("gce.instance"),
+            host.get("gce.instance_id"),
+        )
+        name = alias or guest_keys.alias
     key_file = host.get("ssh.key_file")
     return SSHParams(
         host=name,
@@ -110,7 +136,13 @@ def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
         connect_timeout=float(host.get("ssh.connect_timeout", 10)),
         keepalive=int(host.get("ssh.keepalive", 15)),
         retries=int(host.get("ssh.connect_retries", 2)),
+        guest_keys=guest_keys,
     )
+
+
+def host_keys_mode(host: FleetHost) -> str:
+    """`ssh.host_keys`: known_hosts only, or guest attributes too (the default for MIG members)."""
+    return str(host.get("ssh.host_keys") or ("guest_attributes" if host.get("gce.mig") else "known_hosts"))
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -151,7 +183,12 @@ def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Con
     import fabric
     import paramiko
 
-    if not Path(params.known_hosts).exists():
+    published: dict[str, str] = {}
+    if params.guest_keys is not None:
+        from fleet import hostkeys
+
+        published = hostkeys.resolve(params.guest_keys, params.known_hosts, params.known_hosts_name)
+    elif not Path(params.known_hosts).exists():
         raise HostKeyError(
             f"no known_hosts file at {params.known_hosts}",
             where=params.known_hosts_name,
@@ -194,7 +231,12 @@ def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Con
         # Fabric's constructor installed AutoAddPolicy and loaded ~/.ssh/known_hosts: start from a clean
         # client that trusts the inventory's pinned keys and nothing else.
         client = paramiko.SSHClient()
-        client.load_system_host_keys(params.known_hosts)
+        if params.guest_keys is None:
+            client.load_system_host_keys(params.known_hosts)
+        # with guest keys, `published` already holds this host's explicit pins (checked against them)
+        for key_type, b64 in published.items():
+            key = paramiko.PKey.from_type_string(key_type, base64.b64decode(b64))
+            client.get_host_keys().add(params.known_hosts_name, key_type, key)
         client.set_missing_host_key_policy(policy_cls(params))
         conn.client = client
         try:

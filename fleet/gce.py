@@ -1,5 +1,6 @@
 """Compute Engine calls of the operator side (google-cloud-compute, REST): project metadata with
-fingerprint compare-and-swap (the fleet lock), instance labels (rollout marks), operations.
+fingerprint compare-and-swap (the fleet lock), instance labels (rollout marks), the members of
+managed instance groups (the dynamic inventory), guest attributes (host keys), MIG actions, operations.
 
 One `Compute` object per endpoint: the real API by default, or a local endpoint
 (`gce.api_endpoint` in the inventory, or FLEET_COMPUTE_ENDPOINT) such as the local fleet's, reached
@@ -10,9 +11,10 @@ same endpoint (`.result()` would poll the real API).
 from __future__ import annotations
 
 import os
+import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import FleetError
@@ -30,6 +32,65 @@ class PreconditionFailed(ComputeError):
 
 def endpoint_for(configured: str | None = None) -> str | None:
     return configured or os.environ.get(ENDPOINT_ENV) or None
+
+
+_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_LOCATION = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)+")
+_INSTANCE_URL = re.compile(r"(?:.*/)?projects/([^/]+)/zones/([^/]+)/instances/([^/]+)$")
+
+
+def is_zone(location: str) -> bool:
+    """Zones are a region plus `-<letter>` (us-central1-a); regions end in a digit (us-central1)."""
+    return re.fullmatch(r".+-[a-z]", location) is not None
+
+
+@dataclass(frozen=True)
+class MigRef:
+    """A managed instance group: zonal when `location` is a zone, regional when it is a region."""
+
+    project: str
+    location: str
+    name: str
+
+    @property
+    def regional(self) -> bool:
+        return not is_zone(self.location)
+
+    def __str__(self) -> str:
+        return f"{self.project}/{self.location}/{self.name}"
+
+
+def mig_ref(spec: Mapping[str, Any], where: str = "gce.migs") -> MigRef:
+    """A MIG from an inventory entry {project, zone | region, name}; names checked on the way in."""
+    zone, region = spec.get("zone"), spec.get("region")
+    if bool(zone) == bool(region):
+        raise FleetError("a MIG needs exactly one of zone or region", where=where, hint="see docs/gce.md")
+    location = str(zone or region)
+    project, name = str(spec.get("project") or ""), str(spec.get("name") or "")
+    if not re.fullmatch(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]", project):
+        raise FleetError(f"invalid project {project!r}", where=where)
+    if not _NAME.fullmatch(name):
+        raise FleetError(f"invalid MIG name {name!r}", where=where, hint="lowercase letters, digits, '-'")
+    if not _LOCATION.fullmatch(location) or is_zone(location) != bool(zone):
+        kind = "zone" if zone else "region"
+        raise FleetError(f"invalid {kind} {location!r}", where=where, hint="e.g. zone europe-west1-b")
+    return MigRef(project, location, name)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One instance of a MIG as the inventory needs it (instance details merged in)."""
+
+    mig: MigRef
+    name: str
+    zone: str
+    id: str
+    status: str  # PROVISIONING | STAGING | RUNNING | STOPPING | TERMINATED | ...
+    current_action: str  # NONE | CREATING | RECREATING | VERIFYING | DELETING | RESTARTING | ...
+    internal_ip: str = ""
+    created: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    label_fingerprint: str = ""
 
 
 @dataclass
@@ -150,6 +211,158 @@ class Compute:
                 continue
         raise ComputeError(f"label {key} kept changing under us", where=where, hint="try again")
 
+    # ------------------------------------------------------------------ managed instance groups
+
+    def _igm(self, ref: MigRef) -> tuple[Any, dict[str, str]]:
+        if ref.regional:
+            return self.client("RegionInstanceGroupManagersClient"), {
+                "project": ref.project,
+                "region": ref.location,
+                "instance_group_manager": ref.name,
+            }
+        return self.client("InstanceGroupManagersClient"), {
+            "project": ref.project,
+            "zone": ref.location,
+            "instance_group_manager": ref.name,
+        }
+
+    def mig(self, ref: MigRef) -> Any:
+        client, where = self._igm(ref)
+        return self._call(lambda: client.get(**where), str(ref))
+
+    def managed_instances(self, ref: MigRef) -> list[Any]:
+        client, where = self._igm(ref)
+        return self._call(lambda: list(client.list_managed_instances(**where)), str(ref))
+
+    def zone_instances(self, project: str, zone: str) -> dict[str, Any]:
+        """Every instance of a zone by name (one list call instead of a get per member)."""
+        return self._call(
+            lambda: {i.name: i for i in self.client("InstancesClient").list(project=project, zone=zone)},
+            f"{project}/{zone}",
+        )
+
+    def mig_members(self, ref: MigRef) -> list[Member]:
+        """The MIG's members with status, current action, internal IP and labels, in name order.
+
+        A member whose instance does not exist (yet, or any more) is listed from the MIG's view."""
+        managed = self.managed_instances(ref)
+        zones: dict[str, str] = {}
+        for mi in managed:
+            match = _INSTANCE_URL.fullmatch(mi.instance)
+            if match is None:
+                raise ComputeError(f"unexpected instance URL {mi.instance!r}", where=str(ref))
+            zones[match.group(3)] = match.group(2)
+        details: dict[str, Any] = {}
+        for zone in sorted(set(zones.values())):
+            details.update(
+                {n: i for n, i in self.zone_instances(ref.project, zone).items() if zones.get(n) == zone}
+            )
+        members = []
+        for mi in managed:
+            name = _INSTANCE_URL.fullmatch(mi.instance).group(3)  # type: ignore[union-attr]
+            inst = details.get(name)
+            nics = list(inst.network_interfaces) if inst is not None else []
+            members.append(
+                Member(
+                    mig=ref,
+                    name=name,
+                    zone=zones[name],
+                    id=str(inst.id if inst is not None and inst.id else (mi.id or "")),
+                    status=(inst.status if inst is not None else mi.instance_status) or "UNKNOWN",
+                    current_action=mi.current_action or "NONE",
+                    internal_ip=nics[0].network_i_p if nics else "",
+                    created=inst.creation_timestamp if inst is not None else "",
+                    labels=dict(inst.labels) if inst is not None else {},
+                    label_fingerprint=inst.label_fingerprint if inst is not None else "",
+                )
+            )
+        return sorted(members, key=lambda m: natural_key(m.name))
+
+    def resize(self, ref: MigRef, size: int, request_id: str | None = None) -> None:
+        """Set the target size; the operation is DONE once scheduled (see wait_stable)."""
+        client, where = self._igm(ref)
+        extra = {"request_id": request_id} if request_id else {}
+        op = self._call(lambda: client.resize_unary(**where, size=size, **extra), str(ref))
+        self._wait_mig(op, ref)
+
+    def recreate(self, ref: MigRef, members: Sequence[Member], request_id: str | None = None) -> None:
+        t = self.types()
+        client, where = self._igm(ref)
+        urls = [f"projects/{ref.project}/zones/{m.zone}/instances/{m.name}" for m in members]
+        extra = {"request_id": request_id} if request_id else {}
+        if ref.regional:
+            body = {
+                "region_instance_group_managers_recreate_request_resource": (
+                    t.RegionInstanceGroupManagersRecreateRequest(instances=urls)
+                )
+            }
+        else:
+            body = {
+                "instance_group_managers_recreate_instances_request_resource": (
+                    t.InstanceGroupManagersRecreateInstancesRequest(instances=urls)
+                )
+            }
+        op = self._call(lambda: client.recreate_instances_unary(**where, **body, **extra), str(ref))
+        self._wait_mig(op, ref)
+
+    def reset(self, project: str, zone: str, name: str, request_id: str | None = None) -> None:
+        """Reset (reboot) one instance; returns when the operation is DONE."""
+        extra = {"request_id": request_id} if request_id else {}
+        op = self._call(
+            lambda: self.client("InstancesClient").reset_unary(
+                project=project, zone=zone, instance=name, **extra
+            ),
+            f"{project}/{zone}/{name}",
+        )
+        self.wait(op, project=project, zone=zone)
+
+    def _wait_mig(self, op: Any, ref: MigRef) -> None:
+        if ref.regional:
+            self.wait(op, project=ref.project, region=ref.location)
+        else:
+            self.wait(op, project=ref.project, zone=ref.location)
+
+    def wait_stable(self, ref: MigRef, timeout: float = 600.0, poll: float = 1.0) -> Any:
+        """Wait until the MIG has no action on any member and its size is its target size."""
+        deadline = time.monotonic() + timeout
+        while True:
+            igm = self.mig(ref)
+            if igm.status.is_stable:
+                return igm
+            if time.monotonic() > deadline:
+                raise ComputeError(
+                    f"MIG not stable after {timeout:.0f}s",
+                    where=str(ref),
+                    hint="see its members' currentAction",
+                )
+            time.sleep(poll)
+
+    # ------------------------------------------------------------------ guest attributes
+
+    def guest_attributes(
+        self, project: str, zone: str, name: str, query_path: str
+    ) -> list[tuple[str, str, str]]:
+        """(namespace, key, value) under `query_path` (e.g. "hostkeys/"); [] when none are published."""
+        from google.api_core import exceptions as gexc
+
+        t = self.types()
+        req = t.GetGuestAttributesInstanceRequest(
+            project=project, zone=zone, instance=name, query_path=query_path
+        )
+
+        def fetch() -> Any:
+            try:
+                return self.client("InstancesClient").get_guest_attributes(request=req)
+            except gexc.NotFound as exc:
+                if "guestattributes" not in str(exc.message).lower():
+                    raise  # the instance itself is gone
+                return None  # guest attributes disabled, or nothing published under this path
+
+        attrs = self._call(fetch, f"{project}/{zone}/{name}")
+        if attrs is None:
+            return []
+        return [(i.namespace, i.key, i.value) for i in attrs.query_value.items]
+
     # ------------------------------------------------------------------ errors
 
     def _call(self, fn: Any, where: str) -> Any:
@@ -176,3 +389,8 @@ class Compute:
                     where=where,
                 ) from None
             raise
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """local-2 before local-10."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))

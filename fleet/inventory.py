@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,10 @@ class SSHSettings(_Strict):
     connect_timeout: float | None = Field(default=None, gt=0)
     keepalive: StrictInt | None = Field(default=None, ge=0)
     connect_retries: StrictInt | None = Field(default=None, ge=0, le=10)
+    # argv replacing `gcloud compute start-iap-tunnel` (same arguments; the local fleet's stand-in)
+    iap_command: list[StrictStr] | None = Field(default=None, min_length=1)
+    # known_hosts only, or also the instance's guest attributes (default for MIG members; fleet/hostkeys.py)
+    host_keys: Literal["known_hosts", "guest_attributes"] | None = None
 
 
 class GCESettings(_Strict):
@@ -56,6 +61,10 @@ class GCESettings(_Strict):
     instance_id: StrictStr | None = Field(default=None, pattern=r"^[0-9]+$")
     migs: list[dict[str, StrictStr]] | None = None
     api_endpoint: StrictStr | None = None
+    # hosts from the MIGs' members (fleet/gce_inventory.py): auto = when hosts.yaml lists none
+    discovery: Literal["auto", "mig", "off"] | None = None
+    member_groups: list[StrictStr] | None = None  # groups every MIG member belongs to
+    beat: Literal["first", "none"] | None = None  # `first`: the first member by name gets role beat
 
 
 class AppSettings(_Strict):
@@ -249,9 +258,23 @@ class Inventory:
         return p if p.is_absolute() else self.path / p
 
     def select(
-        self, hosts: Sequence[str] | None = None, group: str | None = None, where: Sequence[str] = ()
+        self,
+        hosts: Sequence[str] | None = None,
+        group: str | None = None,
+        where: Sequence[str] = (),
+        include_unready: bool = False,
     ) -> list[FleetHost]:
-        return select_hosts(self, hosts=hosts, group=group, where=where)
+        """Matching hosts; MIG members not RUNNING or under a MIG action are left out (named on stderr)
+        unless `include_unready`."""
+        chosen = select_hosts(self, hosts=hosts, group=group, where=where)
+        if include_unready:
+            return chosen
+        from fleet.gce_inventory import partition
+
+        ready, skipped = partition(chosen)
+        for host, reason in skipped:
+            sys.stderr.write(f"skipped {host.name}: {reason}\n")
+        return ready
 
 
 def inventory_path(name: str | None) -> Path:
@@ -266,7 +289,9 @@ def inventory_path(name: str | None) -> Path:
     if candidate.is_dir():
         return candidate.resolve()
     under_root = INVENTORY_ROOT / chosen
-    if re.match(r"^[A-Za-z0-9_.-]+$", chosen) and under_root.is_dir():
+    # a name under inventory/, nested names included (local/mig: the local fleet seen through its MIG)
+    parts = chosen.split("/")
+    if all(re.match(r"^[A-Za-z0-9_.-]+$", p) and p not in (".", "..") for p in parts) and under_root.is_dir():
         return under_root
     known = sorted(p.name for p in INVENTORY_ROOT.iterdir() if p.is_dir()) if INVENTORY_ROOT.is_dir() else []
     raise InventoryError(
@@ -372,12 +397,14 @@ def _group_chain(
 
 def load(name: str | None) -> Inventory:
     """Read, validate and resolve an inventory directory."""
-    path = inventory_path(name)
-    hosts_raw = _read_yaml(path / "hosts.yaml", required=True)
-    groups_raw = _read_yaml(path / "groups.yaml", required=False)
-    defaults_raw = _read_yaml(path / "defaults.yaml", required=False)
+    from fleet import gce_inventory
 
+    path = inventory_path(name)
+    defaults_raw = _read_yaml(path / "defaults.yaml", required=False)
     defaults = _validate(Defaults, defaults_raw, f"{path / 'defaults.yaml'}")
+    has_migs = bool(defaults.get("data", {}).get("gce", {}).get("migs"))
+    hosts_raw = _read_yaml(path / "hosts.yaml", required=not has_migs)
+    groups_raw = _read_yaml(path / "groups.yaml", required=False)
     groups: dict[str, dict[str, Any]] = {}
     for gname, graw in groups_raw.items():
         where = f"{path / 'groups.yaml'}: group {gname!r}"
@@ -385,10 +412,17 @@ def load(name: str | None) -> Inventory:
             raise InventoryError(f"invalid group name {gname!r}", where=str(path / "groups.yaml"))
         groups[gname] = _validate(GroupSpec, graw, where)
 
-    if not hosts_raw:
-        raise InventoryError("no hosts defined", where=str(path / "hosts.yaml"))
+    discovered: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    if gce_inventory.wanted(defaults, hosts_raw):
+        discovered = gce_inventory.discover(defaults, groups, str(path / "defaults.yaml"))
+    if not hosts_raw and not discovered:
+        raise InventoryError(
+            "no hosts defined" + (" (and the MIGs in gce.migs have no members)" if has_migs else ""),
+            where=str(path / "hosts.yaml"),
+        )
+    beat = gce_inventory.beat_host(discovered, defaults.get("data", {}).get("gce", {}).get("beat"))
     hosts: dict[str, FleetHost] = {}
-    for hname, hraw in hosts_raw.items():
+    for hname in [*discovered, *(h for h in hosts_raw if h not in discovered)]:
         where = f"{path / 'hosts.yaml'}: host {hname!r}"
         if not isinstance(hname, str) or not re.match(HOST_NAME_RE, hname):
             raise InventoryError(
@@ -396,7 +430,10 @@ def load(name: str | None) -> Inventory:
                 where=str(path / "hosts.yaml"),
                 hint="1-63 letters, digits, '.', '_' or '-', starting alphanumeric",
             )
-        spec = _validate(HostSpec, hraw, where)
+        spec = _validate(HostSpec, hosts_raw.get(hname), where)
+        if hname in discovered:  # the MIG member, with hosts.yaml's entry of that name over it
+            where = f"{path / 'defaults.yaml'}: gce.migs member {hname!r}"
+            spec = deep_merge(_validate(HostSpec, discovered[hname][0], where), spec)
         chain: list[str] = []
         for g in spec.get("groups", []):
             for member in _group_chain(g, groups, where):
@@ -409,6 +446,10 @@ def load(name: str | None) -> Inventory:
             data = deep_merge(data, groups[g].get("data", {}))
         merged.update({k: v for k, v in spec.items() if k not in ("data", "groups")})
         data = deep_merge(data, spec.get("data", {}))
+        if hname in discovered:
+            data = deep_merge(data, {"gce": discovered[hname][1]})
+            if hname == beat and "beat" not in data.get("roles", []):
+                data["roles"] = [*data.get("roles", ["app"]), "beat"]
         hostname = merged.get("hostname") or hname
         hosts[hname] = FleetHost(
             name=hname,
@@ -424,15 +465,20 @@ def load(name: str | None) -> Inventory:
 
 def _check_host(host: FleetHost, path: Path, where: str) -> None:
     """Cross-field checks that the schema alone cannot express."""
+    from fleet.gce_inventory import skip_reason
+
     proxy = host.get("ssh.proxy", "none")
-    if proxy == "iap":
+    guest_keys = host.get("ssh.host_keys") == "guest_attributes"
+    # a MIG member being created may have no id yet: it is skipped, never connected to
+    if (proxy == "iap" or guest_keys) and skip_reason(host) is None:
         missing = [f for f in ("project", "zone", "instance", "instance_id") if not host.get(f"gce.{f}")]
         if missing:
+            what = "ssh.proxy is iap" if proxy == "iap" else "ssh.host_keys is guest_attributes"
             raise InventoryError(
-                f"ssh.proxy is iap but gce.{', gce.'.join(missing)} missing",
+                f"{what} but gce.{', gce.'.join(missing)} missing",
                 where=where,
-                hint="IAP tunnels need the instance name, zone and project; the host key is pinned "
-                "under compute.<instance_id>",
+                hint="IAP tunnels and guest attributes need the instance name, zone and project; the host "
+                "key is pinned under compute.<instance_id>",
             )
     key_file = host.get("ssh.key_file")
     if key_file:

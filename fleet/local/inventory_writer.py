@@ -159,11 +159,11 @@ def groups_doc() -> dict[str, Any]:
     return {GROUP: {"data": {}}}
 
 
-def gce_doc(config: LocalConfig, compute_endpoint: str, **mig_extra: Any) -> dict[str, Any]:
+def gce_doc(config: LocalConfig, compute_endpoint: str) -> dict[str, Any]:
     """The local Compute endpoint's project, zone and MIG (fleet/local/compute_docker.py)."""
     from fleet.local.compute_docker import mig_name
 
-    mig = {"project": config.project, "zone": config.zone, "name": mig_name(config), **mig_extra}
+    mig = {"project": config.project, "zone": config.zone, "name": mig_name(config)}
     return {"project": config.project, "zone": config.zone, "api_endpoint": compute_endpoint, "migs": [mig]}
 
 
@@ -223,7 +223,8 @@ def mig_defaults_doc(
         ],
         "host_keys": "guest_attributes",
     }
-    data["gce"] = gce_doc(config, compute_endpoint, groups=[GROUP], beat="first")
+    data["gce"] = {**gce_doc(config, compute_endpoint), "member_groups": [GROUP], "beat": "first"}
+    data["roles"] = ["app"]  # and `beat` on the first member (gce.beat)
     if "secrets" in data:
         data["secrets"] = {k: {"file": f"../{v['file']}"} for k, v in data["secrets"].items()}
     return {"port": 22, "username": "deploy", "data": data}

@@ -22,11 +22,29 @@ def hosts(
     where: list[str] | None = None,
     json_: bool = False,
 ) -> None:
-    """List the inventory's hosts (after filters) with how each is reached. Connects to nothing."""
-    from fleet import ui
-    from fleet.connection import ssh_params
+    """List the inventory's hosts (after filters) with how each is reached. Connects to no host.
 
-    inv, chosen = select(inventory, hosts, group, where)
+    With `gce.migs` the hosts are the MIGs' members, read from Compute, with their status and MIG
+    action; those not RUNNING or with an action in progress are listed with why tasks skip them."""
+    from fleet import inventory as inv_mod
+    from fleet import ui
+    from fleet.connection import host_keys_mode, ssh_params
+    from fleet.errors import FleetError
+    from fleet.gce_inventory import skip_reason
+
+    inv = inv_mod.load(inventory)
+    chosen = inv.select(
+        hosts=inv_mod.split_csv(hosts) or None,
+        group=group or None,
+        where=list(where or ()),
+        include_unready=True,
+    )
+    if not chosen:
+        raise FleetError(
+            "no host matches the selection",
+            where=f"inventory {inv.name}",
+            hint="check --hosts/--group/--where",
+        )
     rows = []
     for h in chosen:
         p = ssh_params(h, inv)
@@ -39,16 +57,26 @@ def hosts(
                 "roles": h.get("roles", []),
                 "proxy": proxy if isinstance(proxy, str) else next(iter(proxy)),
                 "host_key_name": p.known_hosts_name,
+                "host_keys": host_keys_mode(h),
                 "gce_instance": h.get("gce.instance"),
+                "instance_id": h.get("gce.instance_id"),
                 "zone": h.get("gce.zone"),
+                "mig": h.get("gce.mig"),
+                "status": h.get("gce.status"),
+                "current_action": h.get("gce.current_action"),
+                "skip_reason": skip_reason(h),
             }
         )
     if json_:
         ui.print_json({"inventory": inv.name, "hosts": rows})
         return
+    dynamic = any(r["mig"] for r in rows)
+    columns = ["host", "address", "groups", "roles", "proxy", "host key", "zone"]
+    if dynamic:
+        columns += ["status", "action", "skipped by tasks"]
     ui.table(
         f"inventory {inv.name}: {len(rows)} host(s)",
-        ["host", "address", "groups", "roles", "proxy", "host key", "zone"],
+        columns,
         [
             [
                 r["host"],
@@ -56,8 +84,13 @@ def hosts(
                 ",".join(r["groups"]),
                 ",".join(r["roles"]),
                 r["proxy"],
-                r["host_key_name"],
+                r["host_key_name"] + (" (guest attributes)" if r["host_keys"] == "guest_attributes" else ""),
                 r["zone"],
+                *(
+                    [r["status"] or "-", r["current_action"] or "-", r["skip_reason"] or ""]
+                    if dynamic
+                    else []
+                ),
             ]
             for r in rows
         ],
