@@ -186,7 +186,7 @@ def runtime_env(config: MonitoringConfig) -> dict[str, str]:
 
 def secret_refs(config: MonitoringConfig) -> dict[str, re.Match[str]]:
     out = {}
-    for key, ref in (config.functions.get("secrets") or {}).items():
+    for key, ref in sorted((config.functions.get("secrets") or {}).items()):
         match = _SECRET_REF.fullmatch(ref)
         if match is None:
             raise InventoryError(
@@ -255,7 +255,7 @@ def deploy_command(
     argv.append(f"--ingress-settings={f.get('ingress') or 'internal-only'}")
     argv.append(f"--set-env-vars={env_flag(env)}")
     if spec.secrets and f.get("secrets"):
-        argv.append("--set-secrets=" + ",".join(f"{k}={v}" for k, v in f["secrets"].items()))
+        argv.append("--set-secrets=" + ",".join(f"{k}={v}" for k, v in sorted(f["secrets"].items())))
     argv.append("--quiet")
     return Command(f"deploy {spec.name}", tuple(argv))
 

@@ -41,6 +41,8 @@ PUBSUB_ENDPOINT_ENV = "FLEET_PUBSUB_ENDPOINT"
 CHECK_METRIC = "monitoring.googleapis.com/uptime_check/check_passed"
 CPU_METRIC = "compute.googleapis.com/instance/cpu/utilization"
 LATENCY_METRIC = "loadbalancing.googleapis.com/https/total_latencies"
+MAX_UPTIME_CHECKS = 100  # Monitoring's quota of uptime checks per project
+CHECKS_PER_CONDITION = 20
 
 # fields each kind's update writes (a fixed list, so a field we stop setting is cleared too)
 UPDATE_FIELDS = {
@@ -257,6 +259,14 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
                 port=uptime.get("port") or h.get("app.http_port") or 80,
                 path=uptime.get("path") or "/health",
             )
+        )
+
+    if len(checks) + bool(uptime.get("lb_url")) > MAX_UPTIME_CHECKS:
+        raise InventoryError(
+            f"{len(checks)} per-instance uptime checks: Monitoring allows {MAX_UPTIME_CHECKS} per project",
+            where=where,
+            hint="turn uptime.per_instance on for fewer hosts (e.g. one group), or use the MIG's own "
+            "autohealing health check for the rest",
         )
 
     scale = mon.get("scale") or {}
@@ -578,17 +588,21 @@ def desired_state(config: MonitoringConfig, refs: Mapping[str, str]) -> list[Des
             )
         )
     if config.instance_checks:
+        ids = [check_id(instance_check_key(c)) for c in config.instance_checks]
+        # short filters: at most CHECKS_PER_CONDITION ids per condition (a policy has <= 6 conditions)
+        chunks = [ids[i : i + CHECKS_PER_CONDITION] for i in range(0, len(ids), CHECKS_PER_CONDITION)]
         out.append(
             policy(
                 "policy-instance-health",
                 "instance health",
                 [
                     uptime_condition(
-                        "instance /health failing",
-                        [check_id(instance_check_key(c)) for c in config.instance_checks],
+                        "instance /health failing" + (f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""),
+                        chunk,
                         "gce_instance",
                         ["resource.label.project_id", "resource.label.zone", "resource.label.instance_id"],
                     )
+                    for i, chunk in enumerate(chunks)
                 ],
                 {contract.POLICY_ACTION_LABEL: contract.POLICY_ACTION_HEAL},
                 "ERROR",
@@ -858,8 +872,9 @@ class MonitoringClients:
     """The real google-cloud-monitoring and google-cloud-pubsub clients for one project: the real
     API by default, or local stand-ins (insecure gRPC on loopback) when endpoints are configured."""
 
-    def __init__(self, config: MonitoringConfig) -> None:
+    def __init__(self, config: MonitoringConfig, timeout: float = 60.0) -> None:
         self.config = config
+        self.timeout = timeout
         self._clients: dict[str, Any] = {}
         self._channels: list[Any] = []
 
@@ -941,79 +956,94 @@ class MonitoringClients:
                 hint="is the endpoint reachable? (monitoring.endpoint / pubsub_endpoint for local stand-ins)",
             ) from None
 
+    def _opts(self, retry: bool) -> dict[str, Any]:
+        """Per-call deadline; reads, updates and deletes retry transient errors until it (not creates:
+        a create whose answer was lost would be made twice; the next apply finds it instead)."""
+        from google.api_core import retry as retries
+
+        if not retry:
+            return {"timeout": self.timeout, "retry": None}
+        policy = retries.Retry(
+            predicate=retries.if_transient_error, initial=0.2, maximum=5.0, timeout=self.timeout
+        )
+        return {"timeout": self.timeout, "retry": policy}
+
     def list(self, kind: str, topics: Iterable[str] = ()) -> list[Any]:
         """Existing objects of a kind in the project (topics: those of `topics` that exist)."""
         parent = f"projects/{self.config.project}"
-        c = self.client(kind)
+        c, opts = self.client(kind), self._opts(retry=True)
         if kind == "topic":
             found = [
-                self._call(f"get topic {name}", functools.partial(c.get_topic, topic=name), missing_ok=True)
+                self._call(
+                    f"get topic {name}", functools.partial(c.get_topic, topic=name, **opts), missing_ok=True
+                )
                 for name in topics
             ]
             return [t for t in found if t is not None]
         if kind == "channel":
             return self._call(
-                "list notification channels", lambda: list(c.list_notification_channels(name=parent))
+                "list notification channels", lambda: list(c.list_notification_channels(name=parent, **opts))
             )
         if kind == "uptime_check":
-            return self._call("list uptime checks", lambda: list(c.list_uptime_check_configs(parent=parent)))
-        return self._call("list alert policies", lambda: list(c.list_alert_policies(name=parent)))
+            return self._call(
+                "list uptime checks", lambda: list(c.list_uptime_check_configs(parent=parent, **opts))
+            )
+        return self._call("list alert policies", lambda: list(c.list_alert_policies(name=parent, **opts)))
 
     def create(self, kind: str, message: Any) -> Any:
         parent = f"projects/{self.config.project}"
-        c = self.client(kind)
+        c, opts = self.client(kind), self._opts(retry=False)
         what = f"create {kind.replace('_', ' ')} {getattr(message, 'display_name', '') or message.name}"
         if kind == "topic":
-            return self._call(what, lambda: c.create_topic(request=message))
+            return self._call(what, lambda: c.create_topic(request=message, **opts))
         if kind == "channel":
             return self._call(
-                what, lambda: c.create_notification_channel(name=parent, notification_channel=message)
+                what, lambda: c.create_notification_channel(name=parent, notification_channel=message, **opts)
             )
         if kind == "uptime_check":
             return self._call(
-                what, lambda: c.create_uptime_check_config(parent=parent, uptime_check_config=message)
+                what, lambda: c.create_uptime_check_config(parent=parent, uptime_check_config=message, **opts)
             )
-        return self._call(what, lambda: c.create_alert_policy(name=parent, alert_policy=message))
+        return self._call(what, lambda: c.create_alert_policy(name=parent, alert_policy=message, **opts))
 
     def update(self, kind: str, message: Any, fields: Sequence[str]) -> Any:
         from google.protobuf import field_mask_pb2
 
         mask = field_mask_pb2.FieldMask(paths=list(fields))
-        c = self.client(kind)
+        c, opts = self.client(kind), self._opts(retry=True)
         what = f"update {kind.replace('_', ' ')} {message.name}"
-        if kind == "topic":
-            return self._call(what, lambda: c.update_topic(request={"topic": message, "update_mask": mask}))
-        if kind == "channel":
-            return self._call(
-                what,
-                lambda: c.update_notification_channel(
-                    request={"notification_channel": message, "update_mask": mask}
-                ),
-            )
-        if kind == "uptime_check":
-            return self._call(
-                what,
-                lambda: c.update_uptime_check_config(
-                    request={"uptime_check_config": message, "update_mask": mask}
-                ),
-            )
-        return self._call(
-            what, lambda: c.update_alert_policy(request={"alert_policy": message, "update_mask": mask})
-        )
+        field_name = {
+            "topic": "topic",
+            "channel": "notification_channel",
+            "uptime_check": "uptime_check_config",
+            "alert_policy": "alert_policy",
+        }[kind]
+        method = {
+            "topic": "update_topic",
+            "channel": "update_notification_channel",
+            "uptime_check": "update_uptime_check_config",
+            "alert_policy": "update_alert_policy",
+        }[kind]
+        request = {field_name: message, "update_mask": mask}
+        return self._call(what, lambda: getattr(c, method)(request=request, **opts))
 
     def delete(self, kind: str, name: str) -> None:
-        c = self.client(kind)
-        what = f"delete {kind.replace('_', ' ')} {name}"
-        if kind == "channel":
-            self._call(what, lambda: c.delete_notification_channel(name=name))
-        elif kind == "uptime_check":
-            self._call(what, lambda: c.delete_uptime_check_config(name=name))
-        elif kind == "alert_policy":
-            self._call(what, lambda: c.delete_alert_policy(name=name))
-        else:
+        """Delete one object; already gone counts as done (a retried delete may find it so)."""
+        method = {
+            "channel": "delete_notification_channel",
+            "uptime_check": "delete_uptime_check_config",
+            "alert_policy": "delete_alert_policy",
+        }.get(kind)
+        if method is None:
             raise MonitoringError(
                 f"refusing to delete {kind} {name}", hint="topics are never deleted by the tool"
             )
+        c, opts = self.client(kind), self._opts(retry=True)
+        self._call(
+            f"delete {kind.replace('_', ' ')} {name}",
+            lambda: getattr(c, method)(name=name, **opts),
+            missing_ok=True,
+        )
 
 
 def _status(exc: Any) -> str:

@@ -168,6 +168,20 @@ def test_endpoints_must_be_loopback(tmp_path: Path) -> None:
     assert (cfg.endpoint, cfg.pubsub_endpoint) == ("localhost:9", "[::1]:7")
 
 
+def test_the_documented_example_is_valid(tmp_path: Path) -> None:
+    """docs/inventory.md's data.monitoring example loads, resolves and yields a deploy plan."""
+    from fleet.functions_deploy import deploy_plan
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "inventory.md").read_text()
+    section = doc.split("## Monitoring and the functions", 1)[1]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    data, hosts = base()
+    data["monitoring"] = example["data"]["monitoring"]
+    cfg = config_of(tmp_path, data, hosts)
+    assert cfg.fleet == "prod" and cfg.endpoint == "127.0.0.1:8095" and cfg.latency is not None
+    assert len(deploy_plan(cfg).commands) == 7  # 2 topic grants, 1 secret grant, 4 functions
+
+
 # --- desired state -----------------------------------------------------------------------------
 
 
@@ -231,6 +245,19 @@ def test_scale_policies_carry_the_contract_labels(tmp_path: Path) -> None:
     latency = out.conditions[1].condition_threshold
     assert 'url_map_name="dify-lb"' in latency.filter
     assert latency.aggregations[0].per_series_aligner == m.Aggregation.Aligner.ALIGN_PERCENTILE_99
+
+
+def test_many_instance_checks_split_into_conditions(tmp_path: Path) -> None:
+    data, _ = base()
+    hosts = {f"app-{i}": {"data": {"gce": {"zone": ZONE, "instance_id": str(1000 + i)}}} for i in range(45)}
+    policy = by_key(mon.desired_state(config_of(tmp_path, data, hosts), {}))["policy-instance-health"].message
+    assert [c.display_name for c in policy.conditions] == [
+        f"instance /health failing ({i}/3)" for i in (1, 2, 3)
+    ]
+    assert [c.condition_threshold.filter.count("<new ") for c in policy.conditions] == [20, 20, 5]
+    hosts = {f"app-{i}": {"data": {"gce": {"zone": ZONE, "instance_id": str(1000 + i)}}} for i in range(100)}
+    with pytest.raises(InventoryError, match="100 per-instance uptime checks: Monitoring allows 100"):
+        config_of(tmp_path, data, hosts)
 
 
 def test_unresolved_references_are_visible_placeholders(tmp_path: Path) -> None:
