@@ -24,7 +24,7 @@ def namespace() -> Collection:
     ):
         ns.add_task(t)
     # sub-collections: `fab local.up`, ...
-    for sub in ("local",):
+    for sub in ("local", "monitoring", "functions"):
         if importlib.util.find_spec(f"fleet.tasks.{sub}") is not None:
             ns.add_collection(Collection.from_module(importlib.import_module(f"fleet.tasks.{sub}")), name=sub)
     return ns
