@@ -576,10 +576,13 @@ class InMemoryCompute(ComputeBackend):
         status: str | None = None,
         age: float | None = None,
         current_action: str | None = None,
+        guest_attributes: Mapping[str, str] | None = None,
     ) -> None:
         """Change an instance behind the API's back (what a rollout, a crash or time would do)."""
         with self._lock:
             inst = self._get_instance(project, zone, name)
+            if guest_attributes is not None:  # what the guest agent publishes ("hostkeys/ssh-ed25519")
+                inst.guest_attributes = dict(guest_attributes)
             if labels is not None:
                 inst.labels = dict(labels)
                 inst.label_fingerprint = fingerprint()
