@@ -11,7 +11,8 @@ Actions go through `LocalFleet` and come back the way a MIG brings them back:
   reset              `docker restart` (a reboot: same disk, same host key)        RESTARTING
   recreateInstances  a new container, NEW host key, same name and ports         RECREATING, VERIFYING
   resize up          new instances at the lowest free numbers                  CREATING, VERIFYING
-  resize down        non-running members first, then the newest; out of the LB   DELETING
+  resize down        non-running members first, then the newest; drained out of   DELETING
+                     the LB (DRAIN until in-flight requests end, then MAINT) before deletion
 VERIFYING is the instance template's startup script (fleet/local/startup.py): bootstrap, then the
 fleet's current release. As on Compute, MIG operations are DONE once the actions are scheduled; the
 members' currentAction (and the MIG's `status.isStable`) say when they have finished.
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 PORT_ENV = "FLEET_LOCAL_COMPUTE_PORT"
 DEFAULT_PORT = 8089  # the default fleet's endpoint; other fleets take any free port
 MAX_SIZE = 20  # what this machine can hold; a bigger resize is refused like a quota error
+DRAIN_TIMEOUT = 10.0  # seconds a deleted member's in-flight requests may take (connection draining)
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 # docker state -> Compute instance status, when no action is running on the instance
@@ -649,12 +651,20 @@ class DockerCompute(ComputeBackend):
         list(self._pool.map(self._startup, names))
 
     def _delete(self, member: str) -> None:
+        # As a backend service does with connection draining: no new requests, the ones in flight
+        # finish, and only then does the VM go away (a scale-in must not fail a single request).
+        self._attempt(f"drain {member}", lambda: self._drain(member))
         self._attempt(f"delete {member}", lambda: self.fleet.remove_instance(member))
         with self._lock:
             self._actions.pop(member, None)
         with self._store.lock:
             if self._store.attempts.pop(member, None) is not None:
                 self._store.save()
+
+    def _drain(self, member: str) -> None:
+        lb = self.fleet.lb
+        if lb.running() and not lb.drain(member, timeout=DRAIN_TIMEOUT):
+            self._log(f"drain {member}: requests still in flight after {DRAIN_TIMEOUT:g} s")
 
     def recreate(
         self, project: str, location: str, name: str, instances: list[str], request_id: str

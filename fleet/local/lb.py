@@ -49,6 +49,7 @@ class ServerState:
     check: str
     address: str
     weight: int
+    sessions: int = 0  # requests in flight to it now (haproxy's scur)
 
     @property
     def serving(self) -> bool:
@@ -130,6 +131,7 @@ def parse_stat(text: str, backend: str) -> dict[str, ServerState]:
             check=(row.get("check_status") or "").strip(),
             address=row.get("addr", ""),
             weight=int(row.get("weight") or 0),
+            sessions=int(row.get("scur") or 0),
         )
     return out
 
@@ -239,6 +241,28 @@ class LoadBalancer:
     def set_state(self, name: str, state: str) -> None:
         """ready / drain / maint: the LB-side levers (drain keeps sessions, takes no new traffic)."""
         self._expect(self.command(set_state_command(self.config.backend, name, state)), f"set {name} {state}")
+
+    def drain(self, name: str, timeout: float = 10.0, poll: float = 0.1) -> bool:
+        """Take `name` out of rotation without cutting a request: DRAIN (no new requests), wait until
+        its in-flight requests have finished (at most `timeout`, the backend's connection draining),
+        then MAINT. True when nothing was left in flight; a server the LB does not have is True."""
+        servers = self.servers()
+        if name not in servers:
+            return True
+        self.set_state(name, "drain")
+        deadline = time.monotonic() + timeout
+        drained = False
+        while True:
+            state = self.servers().get(name)
+            if state is None or state.sessions == 0:
+                drained = True
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+        if name in self.servers():
+            self.set_state(name, "maint")
+        return drained
 
     def sync(self, members: list[Member]) -> None:
         """Make the backend hold exactly `members`, touching only servers that differ."""
