@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 _PROJECT = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _ZONE = re.compile(r"[a-z]+-[a-z]+\d+-[a-z]")
 _REGION = re.compile(r"[a-z]+-[a-z]+\d+")
+# The local fleet's stand-in names (fleet/local/config.py): zone local-zone-a in region local-zone.
+_LOCAL_ZONE = re.compile(r"local-[a-z0-9]+(?:-[a-z0-9]+)*-[a-z]")
+_LOCAL_REGION = re.compile(r"local-[a-z0-9]+(?:-[a-z0-9]+)*")
 _RESOURCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _TOPIC = re.compile(r"projects/(?P<project>[^/]+)/topics/(?P<topic>[A-Za-z][\w.~+%-]{2,254})")
 
@@ -62,7 +65,7 @@ class MigRef:
 
     @property
     def regional(self) -> bool:
-        return _REGION.fullmatch(self.location) is not None
+        return _is_region(self.location)
 
     def __str__(self) -> str:
         return f"{self.project}/{self.location}/{self.name}"
@@ -94,6 +97,15 @@ class Settings:
     webhook_timeout: float
 
 
+def _is_zone(location: str) -> bool:
+    return bool(_ZONE.fullmatch(location) or _LOCAL_ZONE.fullmatch(location))
+
+
+def _is_region(location: str) -> bool:
+    """A zone is never a region (local-zone-a would also read as a local region name)."""
+    return not _is_zone(location) and bool(_REGION.fullmatch(location) or _LOCAL_REGION.fullmatch(location))
+
+
 def parse_mig(text: str, variable: str = "FLEET_MIGS") -> MigRef:
     """`project/zone/name` or `project/region/name`."""
     parts = text.strip().split("/")
@@ -102,7 +114,7 @@ def parse_mig(text: str, variable: str = "FLEET_MIGS") -> MigRef:
     project, location, name = parts
     if not _PROJECT.fullmatch(project):
         raise ConfigError(variable, f"{project!r} is not a GCP project id")
-    if not (_ZONE.fullmatch(location) or _REGION.fullmatch(location)):
+    if not (_is_zone(location) or _is_region(location)):
         raise ConfigError(
             variable, f"{location!r} is neither a zone (us-central1-a) nor a region (us-central1)"
         )
