@@ -280,39 +280,46 @@ class Compute:
 
     def resize(self, ref: MigRef, size: int, request_id: str | None = None) -> None:
         """Set the target size; the operation is DONE once scheduled (see wait_stable)."""
+        t = self.types()
         client, where = self._igm(ref)
-        extra = {"request_id": request_id} if request_id else {}
-        op = self._call(lambda: client.resize_unary(**where, size=size, **extra), str(ref))
+        kind = (
+            t.ResizeRegionInstanceGroupManagerRequest if ref.regional else t.ResizeInstanceGroupManagerRequest
+        )
+        req = kind(**where, size=size, request_id=request_id or None)
+        op = self._call(lambda: client.resize_unary(request=req), str(ref))
         self._wait_mig(op, ref)
 
     def recreate(self, ref: MigRef, members: Sequence[Member], request_id: str | None = None) -> None:
+        """Replace members with new VMs of the same names; DONE once scheduled (see wait_stable)."""
         t = self.types()
         client, where = self._igm(ref)
         urls = [f"projects/{ref.project}/zones/{m.zone}/instances/{m.name}" for m in members]
-        extra = {"request_id": request_id} if request_id else {}
         if ref.regional:
-            body = {
-                "region_instance_group_managers_recreate_request_resource": (
+            req = t.RecreateInstancesRegionInstanceGroupManagerRequest(
+                **where,
+                region_instance_group_managers_recreate_request_resource=(
                     t.RegionInstanceGroupManagersRecreateRequest(instances=urls)
-                )
-            }
+                ),
+                request_id=request_id or None,
+            )
         else:
-            body = {
-                "instance_group_managers_recreate_instances_request_resource": (
+            req = t.RecreateInstancesInstanceGroupManagerRequest(
+                **where,
+                instance_group_managers_recreate_instances_request_resource=(
                     t.InstanceGroupManagersRecreateInstancesRequest(instances=urls)
-                )
-            }
-        op = self._call(lambda: client.recreate_instances_unary(**where, **body, **extra), str(ref))
+                ),
+                request_id=request_id or None,
+            )
+        op = self._call(lambda: client.recreate_instances_unary(request=req), str(ref))
         self._wait_mig(op, ref)
 
     def reset(self, project: str, zone: str, name: str, request_id: str | None = None) -> None:
         """Reset (reboot) one instance; returns when the operation is DONE."""
-        extra = {"request_id": request_id} if request_id else {}
+        req = self.types().ResetInstanceRequest(
+            project=project, zone=zone, instance=name, request_id=request_id or None
+        )
         op = self._call(
-            lambda: self.client("InstancesClient").reset_unary(
-                project=project, zone=zone, instance=name, **extra
-            ),
-            f"{project}/{zone}/{name}",
+            lambda: self.client("InstancesClient").reset_unary(request=req), f"{project}/{zone}/{name}"
         )
         self.wait(op, project=project, zone=zone)
 

@@ -362,18 +362,15 @@ class DockerCompute(ComputeBackend):
         return {**base, "queryPath": query_path, "queryValue": {"items": items}}
 
     def _absent(self, members: Mapping[str, Instance]) -> dict[str, int]:
-        """Members being created or recreated whose container does not exist right now -> number."""
+        """Members under an action whose container does not exist right now -> number (being created,
+        replaced, or deleted: Compute lists them until the action ends)."""
         with self._lock:
-            return {
-                n: self.config.index_of(n)
-                for n, a in self._actions.items()
-                if n not in members and a.kind != "DELETING"
-            }
+            return {n: self.config.index_of(n) for n in self._actions if n not in members}
 
     def _target_size(self, members: Mapping[str, Instance]) -> int:
         with self._lock:
-            deleting = sum(1 for n, a in self._actions.items() if a.kind == "DELETING" and n in members)
-        return len(members) - deleting + len(self._absent(members))
+            deleting = sum(1 for a in self._actions.values() if a.kind == "DELETING")
+        return len(members) + len(self._absent(members)) - deleting
 
     def _igm_json(self, members: Mapping[str, Instance]) -> dict[str, Any]:
         counts = dict.fromkeys(_ACTION_COUNTERS, 0)
@@ -601,7 +598,7 @@ class DockerCompute(ComputeBackend):
             if not new:
                 return op
             live = [n for n in members if self._actions.get(n, Action("NONE")).kind != "DELETING"]
-            live += list(self._absent(members))
+            live += [n for n in self._absent(members) if self._actions[n].kind != "DELETING"]
             create: list[tuple[str, int]] = []
             delete: list[str] = []
             if size > len(live):
@@ -891,11 +888,11 @@ def ensure_endpoint(config: LocalConfig, timeout: float = 15.0) -> str:
     found = running_endpoint(config)
     if found is not None:
         return str(found["url"])
+    port = preferred_port(config) or (endpoint_port(config) or 0)  # keep the URL the inventory names
+    stop_endpoint(config, forget=False)  # one that runs but does not answer
     directory = state_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
     save_config(config)
-    port = preferred_port(config) or (endpoint_port(config) or 0)  # keep the URL the inventory names
-    _endpoint_file(config).unlink(missing_ok=True)
     argv = [
         sys.executable,
         "-m",
@@ -925,18 +922,23 @@ def ensure_endpoint(config: LocalConfig, timeout: float = 15.0) -> str:
 
 
 def stop_endpoint(config: LocalConfig, *, forget: bool = True) -> None:
-    """Stop the endpoint process (by its recorded pid); with `forget`, drop labels and metadata too."""
+    """Stop the endpoint process (by its recorded pid); with `forget`, drop its port, labels and metadata."""
     try:
         pid = int(json.loads(_endpoint_file(config).read_text())["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         pid = 0
     if pid and _is_endpoint(pid):
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline and _is_endpoint(pid):
             time.sleep(0.05)
-    _endpoint_file(config).unlink(missing_ok=True)
-    if forget:
+        if _is_endpoint(pid):
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and _is_endpoint(pid):
+                time.sleep(0.05)
+    if forget:  # else the record stays: a restart takes the same port, the inventory stays right
+        _endpoint_file(config).unlink(missing_ok=True)
         (state_dir(config) / "state.json").unlink(missing_ok=True)
 
 

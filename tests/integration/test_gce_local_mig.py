@@ -1,0 +1,370 @@
+"""The local fleet's Compute endpoint, driven only by the real google-cloud-compute client (through
+fleet/gce.py and the Cloud Functions' functions/gce.py): its MIG IS the fleet's containers.
+
+A fleet of its own (so the session fleet other modules use is never resized or recreated) comes up
+with its endpoint, and is deployed through its MIG inventory (IAP stand-in, keys from guest
+attributes). Then, in file order: the endpoint's view matches Docker's; labels and metadata
+survive an endpoint restart; autoheal reads the rollout mark and otherwise resets for real; resize
+up brings an instance up deployed to the fleet's release; recreate gives it a new host key that the
+tool follows through guest attributes while a stale pin is refused; resize down deletes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from fleet.errors import FleetError
+from fleet.gce import Compute, ComputeError, Member, MigRef, PreconditionFailed
+from fleet.local import compute_docker
+from fleet.local.config import LocalConfig
+from fleet.local.instances import LocalFleet
+from fleet.local.progress import Progress
+from functions.fleet_contract import ROLLOUT_LABEL
+from tests.fixtures.sshd import fab
+
+pytestmark = pytest.mark.localfleet
+
+CFG = LocalConfig(
+    name="gcemig",
+    container_prefix="fleet-gcemig",
+    host_prefix="gcemig",
+    network="fleet-gcemig",
+    subnet="10.219.0.0/24",
+    ssh_base=2900,
+    http_base=8900,
+    lb_port=18380,
+)
+REF = MigRef(CFG.project, CFG.zone, compute_docker.mig_name(CFG))
+VERSION = "1.0.0"
+FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[LocalFleet]:
+    """Two instances, deployed to 1.0.0 through the MIG inventory; removed at the end."""
+    fleet = LocalFleet(CFG, progress=Progress(rich=False))
+    fleet.down()  # leftovers of an interrupted run
+    try:
+        fleet.up(2)
+        mig_inv = str(fleet.inventory_dir / "mig")
+        r = fab("bootstrap", "--inventory", mig_inv, "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = fab("deploy", "--inventory", mig_inv, "--version", VERSION, "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        yield fleet
+    finally:
+        if os.environ.get("FLEET_LOCAL_KEEP") != "1":
+            fleet.down()
+
+
+@pytest.fixture
+def compute(fleet: LocalFleet) -> Compute:
+    url = compute_docker.endpoint_url(fleet.config)
+    assert url is not None
+    return Compute(url, op_timeout=60)
+
+
+def mig_inv(fleet: LocalFleet) -> str:
+    return str(fleet.inventory_dir / "mig")
+
+
+def exec_json(fleet: LocalFleet, cmd: str, hosts: str | None = None) -> dict[str, dict[str, Any]]:
+    args = ["exec", "--inventory", mig_inv(fleet), "--cmd", cmd, "--json"]
+    if hosts:
+        args += ["--hosts", hosts]
+    r = fab(*args)
+    try:
+        return {x["host"]: x for x in json.loads(r.stdout)["results"]}
+    except ValueError:
+        pytest.fail(f"fab exec: {r.stdout[-1000:]} {r.stderr[-1000:]}")
+
+
+def host_key(fleet: LocalFleet, name: str) -> str:
+    """The key as the instance itself has it (docker exec: the console, not SSH)."""
+    return fleet.exec(name, ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[1]
+
+
+def guest_key(compute: Compute, name: str) -> str:
+    items = compute.guest_attributes(CFG.project, CFG.zone, name, "hostkeys/")
+    return {key: value for ns, key, value in items if ns == "hostkeys"}["ssh-ed25519"]
+
+
+def watch(
+    compute: Compute, until: Callable[[list[Member]], bool], timeout: float = 150
+) -> set[tuple[str, str, str]]:
+    """Poll the MIG until `until(members)` and the MIG is stable; every (name, status, action) seen."""
+    seen: set[tuple[str, str, str]] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        members = compute.mig_members(REF)
+        seen |= {(m.name, m.status, m.current_action) for m in members}
+        if until(members) and compute.mig(REF).status.is_stable:
+            return seen
+        time.sleep(0.2)
+    pytest.fail(f"MIG did not settle in {timeout}s; seen {sorted(seen)}")
+
+
+def test_the_endpoint_is_the_fleet(fleet: LocalFleet, compute: Compute) -> None:
+    defaults = yaml.safe_load((fleet.inventory_dir / "defaults.yaml").read_text())["data"]["gce"]
+    assert defaults["api_endpoint"] == compute.endpoint
+    assert defaults["migs"] == [{"project": REF.project, "zone": REF.location, "name": REF.name}]
+    docker = {r.name: r for r in fleet.instances()}
+    members = compute.mig_members(REF)
+    assert [m.name for m in members] == sorted(docker)
+    for m in members:
+        rec = docker[m.name]
+        assert (m.id, m.internal_ip, m.status, m.current_action) == (
+            rec.instance_id,
+            rec.ip,
+            "RUNNING",
+            "NONE",
+        )
+        assert guest_key(compute, m.name) == host_key(fleet, m.name)
+    igm = compute.mig(REF)
+    assert igm.target_size == 2 and igm.status.is_stable
+    with pytest.raises(ComputeError, match="not found"):
+        compute.instance(CFG.project, CFG.zone, "gcemig-99")
+    with pytest.raises(ComputeError, match="not found"):
+        compute.instance(CFG.project, "europe-west1-b", members[0].name)
+
+
+def test_labels_and_metadata_survive_an_endpoint_restart(fleet: LocalFleet, compute: Compute) -> None:
+    name = compute.mig_members(REF)[0].name
+    compute.set_label(CFG.project, CFG.zone, name, "team", "ops")
+    before = compute.instance(CFG.project, CFG.zone, name)
+    compute.set_label(CFG.project, CFG.zone, name, "fleet-rollout", "r1")
+    t = compute.types()
+    stale = t.InstancesSetLabelsRequest(labels={"x": "y"}, label_fingerprint=before.label_fingerprint)
+    with pytest.raises(PreconditionFailed):
+        compute._call(
+            lambda: compute.client("InstancesClient").set_labels_unary(
+                project=CFG.project, zone=CFG.zone, instance=name, instances_set_labels_request_resource=stale
+            ),
+            name,
+        )
+    _, fp = compute.project_metadata(CFG.project)
+    compute.set_project_metadata(CFG.project, {"compose-fleet-lock": "held"}, fp)
+
+    compute_docker.stop_endpoint(fleet.config, forget=False)
+    assert compute_docker.ensure_endpoint(fleet.config) == compute.endpoint  # same port, same URL
+    assert dict(compute.instance(CFG.project, CFG.zone, name).labels) == {
+        "team": "ops",
+        "fleet-rollout": "r1",
+    }
+    assert compute.project_metadata(CFG.project)[0] == {"compose-fleet-lock": "held"}
+    compute.set_label(CFG.project, CFG.zone, name, "fleet-rollout", None)
+    compute.set_label(CFG.project, CFG.zone, name, "team", None)
+    _, fp = compute.project_metadata(CFG.project)
+    compute.set_project_metadata(CFG.project, {}, fp)
+
+
+def test_inventory_from_the_local_mig(fleet: LocalFleet, compute: Compute) -> None:
+    r = fab("hosts", "--inventory", mig_inv(fleet), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["hosts"]
+    members = {m.name: m for m in compute.mig_members(REF)}
+    assert [row["host"] for row in rows] == list(members)
+    for row in rows:
+        m = members[row["host"]]
+        assert row["host_key_name"] == f"compute.{m.id}" and row["proxy"] == "iap"
+        assert (row["status"], row["current_action"], row["skip_reason"]) == ("RUNNING", "NONE", None)
+    assert [row["roles"] for row in rows] == [["app", "beat"], ["app"]]
+    assert (fleet.inventory_dir / "mig" / "known_hosts").read_text().strip().startswith("#")  # no pins
+    results = exec_json(fleet, "readlink /opt/fleet/dify/current")
+    assert {h: x["status"] for h, x in results.items()} == dict.fromkeys(members, "ok")
+
+
+def autoheal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], compute: Compute, member: Member
+) -> dict[str, Any]:
+    """Deliver one Monitoring incident about `member` to the real autoheal function; its decision."""
+    import functions_framework
+
+    from fleet.local.pubsub_api import binary_cloudevent
+
+    if str(FUNCTIONS_DIR) not in sys.path:
+        sys.path.append(str(FUNCTIONS_DIR))
+    env = {
+        "FLEET_NAME": "gcemig",
+        "FLEET_MIGS": str(REF),
+        "FLEET_HEAL_INITIAL_DELAY": "0",
+        "FLEET_HEAL_SETTLE": "60",
+        "FLEET_HEAL_WINDOW": "600",
+        "COMPUTE_API_ENDPOINT": compute.endpoint or "",
+        "FLEET_API_TIMEOUT": "30",
+        "FUNCTION_TARGET": "autoheal",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in (
+        "FLEET_EVENTS_TOPIC",
+        "FLEET_SLACK_WEBHOOK_URL",
+        "FLEET_CHAT_WEBHOOK_URL",
+        "FLEET_GENERIC_WEBHOOK_URL",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    app = functions_framework.create_app(target="autoheal", source=str(FUNCTIONS_DIR / "main.py"))
+    incident = {
+        "version": "1.2",
+        "incident": {
+            "incident_id": f"0.{uuid.uuid4().hex}",
+            "scoping_project_id": CFG.project,
+            "started_at": int(time.time()),
+            "ended_at": None,
+            "state": "open",
+            "resource_id": member.id,
+            "resource_name": member.name,
+            "resource": {
+                "type": "gce_instance",
+                "labels": {"project_id": CFG.project, "zone": CFG.zone, "instance_id": member.id},
+            },
+            "metric": {"type": "compute.googleapis.com/instance/uptime_check", "labels": {}},
+            "metadata": {"system_labels": {}, "user_labels": {}},
+            "policy_name": "instance-unhealthy",
+            "policy_user_labels": {"fleet-action": "autoheal"},
+            "condition": {"name": "c", "displayName": "health failing"},
+            "condition_name": "health failing",
+            "threshold_value": "1",
+            "observed_value": "0",
+            "summary": "Health check failing.",
+        },
+    }
+    capsys.readouterr()
+    headers, body = binary_cloudevent(
+        "projects/local-project/topics/alerts", uuid.uuid4().hex, json.dumps(incident).encode(), None
+    )
+    response = app.test_client().post("/", headers=headers, data=body)
+    assert response.status_code == 200
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    decisions = [r for r in records if "decision" in r]
+    assert decisions, records
+    return decisions[-1]
+
+
+def test_autoheal_respects_the_rollout_mark_and_resets_for_real(
+    fleet: LocalFleet, compute: Compute, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    member = compute.mig_members(REF)[1]
+    started = fleet.exec(member.name, ["cat", "/proc/1/stat"]).stdout.split()[21]  # PID 1's start time
+    key = host_key(fleet, member.name)
+    calls_url = f"{compute.endpoint}/_local/calls"
+
+    compute.set_label(CFG.project, CFG.zone, member.name, ROLLOUT_LABEL, "r-gce-test")  # the rollout's mark
+    requests.delete(calls_url, timeout=5)
+    decision = autoheal(monkeypatch, capsys, compute, member)
+    assert decision["reason"] == "under-rollout", decision
+    methods = {c["method"] for c in requests.get(calls_url, timeout=5).json()["calls"]}
+    assert "instanceGroupManagers.listManagedInstances" in methods  # it looked...
+    assert not methods & {"instances.reset", "instances.setLabels", "instanceGroupManagers.recreateInstances"}
+
+    compute.set_label(CFG.project, CFG.zone, member.name, ROLLOUT_LABEL, None)
+    decision = autoheal(monkeypatch, capsys, compute, member)
+    assert decision["reason"] == "first-step", decision
+    seen = watch(compute, lambda ms: all(m.current_action == "NONE" for m in ms), timeout=90)
+    assert (member.name, "RUNNING", "RESTARTING") in seen
+    after = compute.instance(CFG.project, CFG.zone, member.name)
+    assert str(after.id) == member.id  # a reset is a reboot of the same VM...
+    assert host_key(fleet, member.name) == key  # ...same disk, same host key
+    assert fleet.exec(member.name, ["cat", "/proc/1/stat"]).stdout.split()[21] != started  # it did reboot
+    ops = [c for c in requests.get(calls_url, timeout=5).json()["calls"] if c["method"] == "instances.reset"]
+    assert len(ops) == 1 and ops[0]["request_id"]  # exactly one, with the function's requestId
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # the stack comes back by its restart policy
+        health = exec_json(
+            fleet, "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/health", member.name
+        )
+        if health[member.name]["status"] == "ok" and health[member.name]["stdout"].strip() == "200":
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"{member.name} not healthy after the reset")
+
+
+def test_resize_up_comes_up_deployed(fleet: LocalFleet, compute: Compute) -> None:
+    before = {m.name for m in compute.mig_members(REF)}
+    request_id = str(uuid.uuid4())
+    compute.resize(REF, 3, request_id=request_id)
+    compute.resize(REF, 3, request_id=request_id)  # a retry with the same id: the same operation
+    seen = watch(compute, lambda ms: len(ms) == 3 and all(m.current_action == "NONE" for m in ms))
+    members = compute.mig_members(REF)
+    (new,) = [m for m in members if m.name not in before]
+    assert {(new.name, "CREATING"), (new.name, "VERIFYING")} <= {(n, a) for n, _, a in seen}
+    assert compute.mig(REF).target_size == 3
+    # deployed by the template's startup script to the fleet's release: the same release id as its
+    # peer of the same roles (gcemig-2), serving that version, recorded as `startup`
+    results = exec_json(fleet, "readlink /opt/fleet/dify/current; tail -n1 /opt/fleet/dify/history.jsonl")
+    peer = sorted(before)[-1]
+    assert results[new.name]["stdout"].splitlines()[0] == results[peer]["stdout"].splitlines()[0]
+    entry = json.loads(results[new.name]["stdout"].splitlines()[1])
+    assert (entry["action"], entry["result"], entry["version"]) == ("startup", "ok", VERSION)
+    health = exec_json(fleet, "curl -s http://127.0.0.1/health", new.name)
+    assert json.loads(health[new.name]["stdout"])["version"] == VERSION
+    assert fleet.lb.wait_for(new.name, ("UP",), timeout=30)  # the LB follows the membership
+
+
+def test_recreate_new_key_followed_through_guest_attributes_stale_pin_refused(
+    fleet: LocalFleet, compute: Compute
+) -> None:
+    target = compute.mig_members(REF)[-1]
+    old_key = guest_key(compute, target.name)
+    assert old_key == host_key(fleet, target.name)
+    compute.recreate(REF, [target])
+    seen = watch(
+        compute,
+        lambda ms: all(m.current_action == "NONE" for m in ms) and target.name in {m.name for m in ms},
+    )
+    assert (target.name, "RECREATING") in {(n, a) for n, _, a in seen}
+    after = next(m for m in compute.mig_members(REF) if m.name == target.name)
+    assert after.id != target.id  # a new VM of the same name
+    new_key = guest_key(compute, target.name)
+    assert new_key != old_key and new_key == host_key(fleet, target.name)
+
+    results = exec_json(fleet, "curl -s http://127.0.0.1/health", target.name)
+    assert results[target.name]["status"] == "ok", results
+    assert json.loads(results[target.name]["stdout"])["version"] == VERSION  # startup deployed it again
+
+    pins = fleet.inventory_dir / "mig" / "known_hosts"
+    saved = pins.read_text()
+    try:
+        pins.write_text(saved + f"compute.{after.id} ssh-ed25519 {old_key}\n")  # the key from before
+        refused = exec_json(fleet, "true", target.name)[target.name]
+        assert refused["status"] == "unreachable"
+        assert "not the one the instance publishes in its guest attributes" in refused["error"]
+    finally:
+        pins.write_text(saved)
+    assert exec_json(fleet, "true", target.name)[target.name]["status"] == "ok"
+
+
+def test_resize_down_deletes_the_newest(fleet: LocalFleet, compute: Compute) -> None:
+    members = compute.mig_members(REF)
+    newest = max(members, key=lambda m: m.created)
+    compute.resize(REF, 2)
+    seen = watch(compute, lambda ms: len(ms) == 2)
+    assert (newest.name, "STOPPING", "DELETING") in seen
+    assert {m.name for m in compute.mig_members(REF)} == {m.name for m in members} - {newest.name}
+    assert newest.name not in fleet.lb.servers()
+    assert newest.name not in yaml.safe_load((fleet.inventory_dir / "hosts.yaml").read_text())
+
+
+def test_refusals_look_like_compute(fleet: LocalFleet, compute: Compute) -> None:
+    with pytest.raises(ComputeError, match="not found"):
+        compute.reset(CFG.project, CFG.zone, "gcemig-42")
+    with pytest.raises(ComputeError, match="400"):
+        compute.resize(REF, -1)
+    with pytest.raises(ComputeError, match="Quota"):
+        compute.resize(REF, compute_docker.MAX_SIZE + 1)
+    ghost = Member(REF, "gcemig-42", CFG.zone, "1", "RUNNING", "NONE")
+    with pytest.raises(FleetError, match="not a member"):
+        compute.recreate(REF, [ghost])
+    assert compute.mig(REF).target_size == 2
