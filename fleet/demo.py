@@ -1,16 +1,28 @@
-"""The main job on the embedded local fleet: bring it up, bootstrap, deploy 1.0.0, show the status.
+"""The demos on the embedded local fleet. `nox -s demo` runs this; everything it does is also a `fab`
+task (or `python -m fleet.local.alertpath`) the user can run next.
 
-`nox -s demo` runs this; everything it does is also a `fab` task the user can run next.
+    python -m fleet.demo          bring the fleet up, bootstrap, deploy 1.0.0, show the status
+    python -m fleet.demo heal     the same, then break an instance and watch it heal (with timings)
+    python -m fleet.demo scale    the same, then load the fleet: scale out, then in (with timings)
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleet.local.alertpath import AlertPath
 
 REPO = Path(__file__).resolve().parent.parent
 INSTANCES = 4
+SCENARIOS = ("heal", "scale")
+LOAD_HIGH, LOAD_LOW = 3.0, 1.0  # requests/s per serving instance (scale demo)
+LOW_RATE = 2.0
 
 
 def fab(*args: str) -> int:
@@ -20,7 +32,7 @@ def fab(*args: str) -> int:
     return subprocess.run([str(fab_bin), *args], cwd=REPO, check=False).returncode
 
 
-def main(argv: list[str] | None = None) -> int:
+def deploy_steps() -> int:
     steps = [
         ("local.up", "--instances", str(INSTANCES)),
         ("bootstrap", "--inventory", "local"),
@@ -32,11 +44,119 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0:
             print(f"demo stopped: `fab {' '.join(step)}` exited {code}", file=sys.stderr)
             return code
+    return 0
+
+
+def _timings(title: str, rows: list[tuple[str, float | None]]) -> None:
+    print(f"\n{title}")
+    for label, seconds in rows:
+        print(f"  {label:<48} {'-' if seconds is None else f'{seconds:6.1f} s'}")
+
+
+def _with_alert_path(load: bool, body: Callable[[AlertPath, float], int]) -> int:
+    from dataclasses import replace
+
+    from fleet.errors import FleetError
+    from fleet.local.alertpath import AlertPath, AlertPathSettings, print_line
+    from fleet.local.monitor import MonitorSettings
+    from fleet.local.selfheal import wait_stable
+
+    monitor = MonitorSettings(load_high=LOAD_HIGH, load_low=LOAD_LOW) if load else MonitorSettings()
+    settings = replace(AlertPathSettings(), monitor=monitor)
+    print(
+        "\n== the local alert path: monitor -> Pub/Sub -> functions-framework (autoheal, scale, notify)"
+        " -> Compute endpoint; notify -> webhook sink",
+        flush=True,
+    )
+    t0 = time.time()
+    try:
+        with AlertPath(settings=settings) as path:
+            print(
+                f"started in {time.time() - t0:.1f} s; uptime checks every {monitor.period:g} s, "
+                f"incident after {monitor.fail_after} failures, second incident after "
+                f"{monitor.escalate_after}; function logs in {path.workdir}",
+                flush=True,
+            )
+            wait_stable(path, emit=print_line(t0))
+            code = body(path, t0)
+            sink = path.sink
+            if sink is not None:
+                counts = {f: len(sink.messages(f)) for f in ("slack", "chat", "generic")}
+                print(f"\nwebhook sink received: {counts}")
+            return code
+    except FleetError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+
+
+def heal_scenario(path: AlertPath, t0: float) -> int:
+    from fleet.local.alertpath import print_line
+    from fleet.local.instances import LocalFleet
+    from fleet.local.selfheal import run_heal
+
+    fleet = LocalFleet(path.config)
+    victim = path.config.host_name(INSTANCES)
+    print(
+        f"\n== breaking {victim}: its api container stopped, set not to come back on a reboot\n"
+        f"   (reset = reboot will not fix it; recreate = new disk + startup script will)",
+        flush=True,
+    )
+    report = run_heal(path, fleet, victim, emit=print_line(t0))
+    _timings(f"{victim} healed; seconds from the break:", report.timings())
+    print(
+        f"  autoheal: {', '.join(f'{d} ({r})' for d, r in report.decisions)}; "
+        f"instance id {report.old_id} -> {report.new_id}; /health version {report.version}; "
+        f"release {report.release} (was {report.release_before})"
+    )
+    return 0
+
+
+def scale_scenario(path: AlertPath, t0: float) -> int:
+    from fleet.local.alertpath import print_line
+    from fleet.local.instances import LocalFleet
+    from fleet.local.selfheal import run_scale
+
+    fleet = LocalFleet(path.config)
+    high_rate = LOAD_HIGH * (INSTANCES + 2)
+    low, high = path.scale_bounds
+    print(
+        f"\n== load through the LB: {high_rate:g} requests/s (scale out above {LOAD_HIGH:g}/s per "
+        f"instance), then {LOW_RATE:g}/s (scale in below {LOAD_LOW:g}/s); MIG bounds [{low}, {high}]",
+        flush=True,
+    )
+    report = run_scale(path, fleet, high_rate=high_rate, low_rate=LOW_RATE, emit=print_line(t0))
+    _timings("scaled out and in; seconds:", report.timings())
+    print(
+        f"  added {report.added} (release {report.added_release}, /health {report.added_version}); "
+        f"removed {report.removed}"
+    )
+    print(f"  high load: {report.high_load.summary() if report.high_load else '-'}")
+    print(f"  light load during the scale-in: {report.low_load.summary() if report.low_load else '-'}")
+    failed = (report.high_load.failed if report.high_load else 0) + (
+        report.low_load.failed if report.low_load else 0
+    )
+    return 0 if failed == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(argv or [])
+    scenario = args[0] if args else ""
+    if scenario and scenario not in SCENARIOS:
+        print(f"unknown demo {scenario!r}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    code = deploy_steps()
+    if code != 0:
+        return code
+    if scenario == "heal":
+        return _with_alert_path(load=False, body=heal_scenario)
+    if scenario == "scale":
+        return _with_alert_path(load=True, body=scale_scenario)
     print(
         "\nThe local fleet is running (haproxy on http://127.0.0.1:8080). Try next:\n"
         "  fab deploy --inventory local --version 1.1.0\n"
         "  fab history --inventory local\n"
         "  fab local.status\n"
+        "  python -m fleet.demo heal      (break an instance, watch it heal)\n"
         "  fab local.down"
     )
     return 0

@@ -173,3 +173,42 @@ def clean(c: Any) -> None:
     fleet.down()
     removed = clean_images(fleet.config, fleet.progress)
     print(f"removed {len(removed)} image(s)")
+
+
+@task(
+    help={
+        "load_high": "scale out above N requests/s per serving instance (default: no scale-out condition)",
+        "load_low": "scale in below N requests/s per serving instance (default: no scale-in condition)",
+    }
+)
+@fleet_errors
+def alerts(c: Any, load_high: str = "", load_low: str = "") -> None:
+    """Run the local alert path in the foreground until Ctrl-C: monitor, Pub/Sub, autoheal/scale/notify
+    (functions-framework) and the webhook sink, printing incidents, decisions and notifications.
+
+    Break an instance meanwhile (e.g. stop its api container) and watch it heal; see docs/selfheal.md.
+    """
+    from invoke.exceptions import Exit
+
+    from fleet.local import alertpath
+
+    args = []
+    for flag, value in (("--load-high", load_high), ("--load-low", load_low)):
+        if value:
+            args += [flag, value]
+    code = alertpath.main(args)
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"name": "instance, e.g. local-3"})
+@fleet_errors
+def break_api(c: Any, name: str) -> None:
+    """Stop one instance's api container so that a reboot does not bring it back (a heal rehearsal:
+    with `fab local.alerts` running, autoheal resets it, then recreates it)."""
+    from fleet.local.selfheal import break_api as do_break
+
+    fleet = _fleet()
+    fleet.instance(name)  # a clear error for an unknown instance
+    do_break(fleet, name)
+    print(f"{name}: api stopped (restart policy no); its /health now fails")
