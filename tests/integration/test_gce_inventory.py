@@ -14,6 +14,7 @@ import yaml
 
 from fleet import inventory
 from fleet.errors import FleetError, InventoryError
+from fleet.gce import natural_key
 from fleet.local.compute_api import ComputeApi
 from fleet.local.compute_state import InMemoryCompute
 from tests.fixtures.sshd import fab
@@ -84,7 +85,7 @@ def test_members_of_zonal_and_regional_migs_become_hosts(
         assert inv.hosts[name].get("gce.mig") == f"{PROJECT}/{REGION}/dify-r"
         assert inv.hosts[name].get("vars.TIER") == "r"
     assert {inv.hosts[n].get("gce.zone") for n in regional} == {f"{REGION}-c", f"{REGION}-d"}
-    first = sorted(inv.hosts)[0]
+    first = min(inv.hosts, key=natural_key)
     assert [n for n, h in inv.hosts.items() if "beat" in h.get("roles")] == [first]
     calls = {c.method for c in server.calls()}
     assert {
@@ -177,3 +178,45 @@ def test_empty_migs_and_no_hosts(api: tuple[ComputeApi, InMemoryCompute], tmp_pa
     )
     with pytest.raises(InventoryError, match="no hosts defined"):
         inventory.load(str(path))
+
+
+def test_example_production_inventory_loads_and_renders(
+    api: tuple[ComputeApi, InMemoryCompute], tmp_path: Path
+) -> None:
+    """inventory/example-production, copied as the README says, against a MIG of that name."""
+    import shutil
+
+    from fleet import bundle
+    from fleet import hosttasks as ht
+    from fleet.connection import ssh_params
+
+    server, backend = api
+    backend.add_mig("my-dify-project", ZONE, "dify-mig", size=3, base_instance_name="dify")
+    prod = tmp_path / "prod"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "inventory" / "example-production", prod)
+    doc = yaml.safe_load((prod / "defaults.yaml").read_text())
+    (prod / "deploy_key").write_text("placeholder\n")
+    doc["data"]["ssh"]["key_file"] = "deploy_key"  # the operator's own key
+    doc["data"]["gce"]["api_endpoint"] = server.url  # instead of compute.googleapis.com
+    (prod / "defaults.yaml").write_text(yaml.safe_dump(doc))
+
+    inv = inventory.load(str(prod))
+    members = backend.member_names("my-dify-project", ZONE, "dify-mig")
+    assert sorted(inv.hosts) == sorted(members)
+    first = sorted(members, key=natural_key)[0]  # local-2 before local-10
+    for name, h in inv.hosts.items():
+        p = ssh_params(h, inv)
+        assert p.proxy_command is not None and p.proxy_command.startswith(
+            f"gcloud compute start-iap-tunnel {name} 22 --listen-on-stdin --zone={ZONE} "
+            "--project=my-dify-project"
+        )
+        assert p.known_hosts_name == f"compute.{h.get('gce.instance_id')}" and p.guest_keys is not None
+        assert h.groups == ("dify-mig", "dify") and h.get("app.min_free_mb") == 2048
+        assert h.get("roles") == (["app", "beat"] if name == first else ["app"])
+    secrets = {f"DIFY_{k}": f"test-{k.lower()}" for k in doc["data"]["secrets"]}
+    environ = {v["env"]: secrets[f"DIFY_{k}"] for k, v in doc["data"]["secrets"].items()}
+    source, meta = bundle.load_source(), bundle.local_meta(operator="test")
+    bundles = {n: ht.bundle_for(inv, h, source, meta, environ=environ) for n, h in inv.hosts.items()}
+    assert {b.version for b in bundles.values()} == {doc["data"]["vars"]["DIFY_VERSION"]}
+    others = {bundles[n].release_id for n in members if n != first}
+    assert len(others) == 1 and bundles[first].release_id not in others  # only the beat host differs
