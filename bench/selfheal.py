@@ -96,11 +96,13 @@ def main() -> None:
     healthy = [r.healthy_at - r.broken_at for r in runs]
     scale_rows = "\n".join(f"| {label} | {_fmt(v)} |" for label, v in scale.timings())
     high, low = scale.high_load, scale.low_load
+    load = os.getloadavg()[0]
     body = f"""A local fleet of {INSTANCES} instances on release {VERSION}, its own alert path running
 (`fleet/local/alertpath.py`). Settings: uptime check every {m.period:g} s (timeout {m.timeout:g} s),
 incident after {m.fail_after} failed checks, second incident after {m.escalate_after}, closed after
 {m.pass_after} passes, renotify every {m.renotify:g} s; autoheal initial delay {s.heal_initial_delay} s,
-settle {s.heal_settle} s; the LB checks every 1 s (rise 2, fall 2).
+settle {s.heal_settle} s; the LB checks every 1 s (rise 2, fall 2). Load average when it ended:
+{load:.1f} (the machine is shared; a new instance's startup script dominates and slows down with it).
 
 **Failure to healthy: {statistics.median(healthy):.1f} s** (median of {len(runs)} runs; each: the api
 stopped so that a reboot does not bring it back, autoheal's ladder was {ladder}).

@@ -193,7 +193,7 @@ class HealReport:
             ("second incident (still failing)", since(self.opened(STILL_FAILING))),
             ("recreate started", since(self.first("RECREATING"))),
             ("new instance provisioning (startup script)", since(self.first("VERIFYING"))),
-            ("healthy: UP in the load balancer", since(self.healthy_at)),
+            ("healthy: startup done, UP in the load balancer", since(self.healthy_at)),
             ("incidents closed", since(self.closed_at)),
             ("notifications posted (open and closed)", since(self.notified_at)),
         ]
