@@ -97,6 +97,7 @@ class HostJob:
     batch: int
     source: Release | None  # what the host ran before: where a failure puts it back
     target: Release
+    previous: str | None = None  # its `previous` link before: a revert restores it too
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +105,7 @@ class HostJob:
             "batch": self.batch,
             "source": self.source.as_dict() if self.source else None,
             "target": self.target.as_dict(),
+            "previous": self.previous,
         }
 
 
@@ -150,8 +152,9 @@ class Plan:
                 target = Release.from_dict(j["target"])
                 if target is None:
                     raise KeyError("target")
+                previous = release_id(j["previous"]) if j.get("previous") else None
                 jobs[j["host"]] = HostJob(
-                    j["host"], int(j["batch"]), Release.from_dict(j.get("source")), target
+                    j["host"], int(j["batch"]), Release.from_dict(j.get("source")), target, previous
                 )
             unchanged = {h: r for h, v in (raw.get("unchanged") or {}).items() if (r := Release.from_dict(v))}
             return cls(
@@ -179,7 +182,8 @@ class Plan:
 class HostOutcome:
     host: str
     batch: int
-    result: str = "pending"  # updated unchanged rolled-back reverted failed unreachable interrupted pending
+    # updated unchanged rolled-back reverted failed unreachable interrupted not-started
+    result: str = "not-started"
     from_release: str | None = None
     from_version: str | None = None
     to_release: str | None = None
@@ -314,6 +318,7 @@ def make_plan(
     operator: str,
     message: str = "",
     beat_host: str | None = None,
+    previous: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """Hosts already on their target (and not drained) are left out; the others are batched in
     inventory order, canary first."""
@@ -325,11 +330,11 @@ def make_plan(
 
     todo = [h for h in order if not settled(h)]
     unchanged = {h: targets[h] for h in order if h not in todo}
-    batches = make_batches(todo, canary, steps)
+    batches = cap_batches(make_batches(todo, canary, steps), len(order))
     jobs = {}
     for index, names in enumerate(batches):
         for h in names:
-            jobs[h] = HostJob(h, index, sources.get(h), targets[h])
+            jobs[h] = HostJob(h, index, sources.get(h), targets[h], (previous or {}).get(h))
     return Plan(
         rollout_id=rollout_id,
         action=action,
@@ -345,6 +350,16 @@ def make_plan(
         message=message,
         beat_host=beat_host,
     )
+
+
+def cap_batches(batches: list[list[str]], fleet_size: int) -> list[list[str]]:
+    """Split batches so that one host of the fleet always stays in the LB: a batch that drains every
+    host is an outage, whatever the batch size asked for (a one-host fleet cannot avoid it)."""
+    cap = max(1, fleet_size - 1)
+    out: list[list[str]] = []
+    for batch in batches:
+        out += [batch[i : i + cap] for i in range(0, len(batch), cap)]
+    return out
 
 
 def decide(failures: int, budget: int, on_failure: str) -> str | None:
@@ -406,6 +421,39 @@ def beat_start(layout: rc.Layout, rid: str) -> Command:
     return Command(
         sh(*rc.compose_argv(layout, rid, "up", "-d", "--no-deps", BEAT)), f"start worker_beat of {rid}"
     )
+
+
+def compose_idle(layout: rc.Layout, seconds: int = 60) -> Command:
+    """Wait until no other `docker compose` runs for the project: an operator killed mid-`up` may have
+    left one running on the host, and two at once fight over the same containers. ([c] keeps pgrep
+    from matching this very script.)"""
+    if not isinstance(seconds, int) or seconds <= 0:
+        raise FleetError(f"invalid wait {seconds!r}")
+    pattern = q(f"[c]ompose -p {layout.project} ")
+    script = (
+        f"i=0; while pgrep -f -- {pattern} >/dev/null 2>&1; do i=$((i+1)); "
+        f"if [ $i -gt {seconds * 2} ]; then echo 'another docker compose for this project still runs' >&2; "
+        "exit 1; fi; sleep 0.5; done"
+    )
+    return Command(script, "wait for other docker compose runs to end")
+
+
+def set_previous(layout: rc.Layout, rid: str | None) -> Command:
+    """Point `previous` at releases/<id> again (or remove it): a reverted host is left exactly as it
+    was before the rollout, so a later `fab rollback` does not go to the release that failed."""
+    if rid is None:
+        return Command(f"rm -f {q(layout.previous)}", "clear the previous link")
+    target = f"releases/{release_id(rid)}"
+    script = "\n".join(
+        (
+            "set -eu",
+            f"cd {q(layout.root)}",
+            f"[ -d {q(target)} ] || {{ echo 'release {rid} is gone' >&2; exit 3; }}",
+            f"ln -sfn {q(target)} .previous.new",
+            "mv -T .previous.new previous",
+        )
+    )
+    return Command(script, f"set previous to {rid}")
 
 
 def release_record(layout: rc.Layout, rid: str) -> Command:
@@ -483,7 +531,9 @@ class Engine:
         inventory_arg: str | None = None,
     ) -> None:
         self.inv = inv
-        self.nr = nr
+        self.nr = nr  # every host of the inventory: worker_beat is fleet-wide (connections open lazily)
+        # where worker_beat may run: the hosts of the plan, the beat host, and wherever a scan finds it
+        self.beat_scope = list(dict.fromkeys([*plan.jobs, *([plan.beat_host] if plan.beat_host else [])]))
         self.plan = plan
         self.journal = journal
         self.lb_for = lb
@@ -562,6 +612,7 @@ class Engine:
                     time.monotonic() - t0,
                 )
             stage_seconds = time.monotonic() - t0
+        self._beat_scan()
         if phase == "rollback":
             outcome = self._fleet_rollback(list(revert_hosts))
             self._beat_settle()
@@ -681,7 +732,9 @@ class Engine:
         job = self.plan.jobs[ctx.host.name]
         out = self.outcomes[ctx.host.name]
         started = time.monotonic()
-        self._move(ctx, out, job.target, job.source, action=self.plan.action, bounce=True)
+        self._move(
+            ctx, out, job.target, job.source, action=self.plan.action, bounce=True, previous=job.previous
+        )
         out.duration = time.monotonic() - started
         return HostResult(ctx.host.name, "ok", data={"outcome": out})
 
@@ -700,6 +753,7 @@ class Engine:
             out.drained = probe.drained
             if probe.result in ("updated", "unchanged"):
                 out.result = "reverted"
+                self._restore_previous(ctx, out, job.previous)
             else:
                 out.result = probe.result
                 out.error = probe.error
@@ -715,8 +769,10 @@ class Engine:
         *,
         action: str,
         bounce: bool,
+        previous: str | None = None,
     ) -> None:
-        """Take one host to `target` through every gate; on failure back to `source` when `bounce`."""
+        """Take one host to `target` through every gate; on failure back to `source` when `bounce`
+        (and its `previous` link back to `previous`)."""
         host = ctx.host
         drained = False
         switched = False
@@ -750,6 +806,7 @@ class Engine:
                 # from here a failure means going back (also when a killed run had switched already)
                 switched = source is not None and source.id != target.id
             with self.step(out, "up"):
+                ht.run(ctx, compose_idle(ht.layout_of(host)), "up", timeout=90)
                 ht.up(ctx, target.id, target.disabled, timeout=self.plan.timings.health_timeout + 120)
             with self.step(out, "verify"):
                 self._verified(ctx, target, drained=True)
@@ -787,7 +844,7 @@ class Engine:
             out.result = "updated"
         except Interrupted:
             out.result = "interrupted"
-            drained = self._let_go(ctx, out, drained)
+            drained = self._let_go(ctx, out, drained, healthy=True)
         except Exception as exc:
             out.error = _text(exc)
             if _unreachable(exc):
@@ -801,6 +858,8 @@ class Engine:
                 return
             if switched and bounce and source is not None:
                 drained = self._bounce(ctx, out, source, target, drained, exc)
+                if out.result == "rolled-back":
+                    self._restore_previous(ctx, out, previous)
             else:
                 out.result = "failed"
                 drained = self._let_go(ctx, out, drained)
@@ -928,16 +987,27 @@ class Engine:
                 drained = self._let_go(ctx, out, drained)
         return drained
 
-    def _let_go(self, ctx: HostContext, out: HostOutcome, drained: bool) -> bool:
-        """Undrain before letting go of a host (the LB's own health check keeps a broken one out)."""
+    def _restore_previous(self, ctx: HostContext, out: HostOutcome, previous: str | None) -> None:
+        try:
+            ht.run(ctx, set_previous(ht.layout_of(ctx.host), previous), "previous")
+        except Exception as exc:
+            out.problems.append(f"`previous` link not restored: {_text(exc)}")
+
+    def _let_go(self, ctx: HostContext, out: HostOutcome, drained: bool, *, healthy: bool = False) -> bool:
+        """Undrain before letting go of a host: the LB's own health check keeps a broken one out. A
+        `healthy` one (interrupted before it switched) is waited for until the LB sends it traffic."""
         if not drained:
             return False
         try:
             with self.step(out, "undrain"):
                 ht.undrain(ctx)
             try:
-                with self.step(out, "lb-in"):
-                    self.lb_for(ctx.host).wait_in(ctx.host, min(self.plan.timings.health_timeout, 30.0))
+                lb = self.lb_for(ctx.host)
+                if healthy:
+                    with self.step(out, "lb-in"):
+                        lb.wait_in(ctx.host, self.plan.timings.health_timeout)
+                elif (seen := lb.look(ctx.host)) is not None and not seen.serving:
+                    out.problems.append(f"undrained; the LB keeps it out while it fails ({seen.raw})")
             except FleetError as exc:
                 out.problems.append(f"undrained, but the LB does not send it traffic: {exc.what}")
             return False
@@ -1015,12 +1085,30 @@ class Engine:
 
     # ------------------------------------------------------------------ worker_beat singleton
 
+    def _beat_scan(self) -> None:
+        """Once, over the whole inventory: who runs worker_beat now (hosts outside the selection too)."""
+
+        def probe(ctx: HostContext) -> HostResult:
+            r = ht.run(ctx, beat_running(ht.layout_of(ctx.host)), "beat")
+            return HostResult(ctx.host.name, "ok", data={"running": bool(r.stdout.strip())})
+
+        outside = [h for h in self.nr.inventory.hosts if h not in self.beat_scope]
+        if not outside:
+            return
+        for r in self._on(outside, probe):
+            if r.ok and r.data.get("running"):
+                self.beat_scope.append(r.host)
+            elif not r.ok:
+                self.problems.append(
+                    f"could not check worker_beat on {r.host} (outside the rollout): {r.error}"
+                )
+
     def _beat_running(self) -> list[str]:
         def probe(ctx: HostContext) -> HostResult:
             r = ht.run(ctx, beat_running(ht.layout_of(ctx.host)), "beat")
             return HostResult(ctx.host.name, "ok", data={"running": bool(r.stdout.strip())})
 
-        results = run_step(self.nr, probe)
+        results = self._on(self.beat_scope, probe)
         running = [r.host for r in results if r.ok and r.data.get("running")]
         self.beat_seen.append(running)
         return running
@@ -1058,7 +1146,7 @@ class Engine:
         """At the end: worker_beat on exactly one host, the one whose current release enables it
         (preferring the inventory's beat host); started again if a guard stopped it."""
         try:
-            states = {r.host: r.data["state"] for r in run_step(self.nr, _state_step) if r.ok}
+            states = {r.host: r.data["state"] for r in self._on(self.beat_scope, _state_step) if r.ok}
             running = self._beat_running()
             enabled = [h for h, st in states.items() if (rel := Release.from_state(st)) and rel.runs_beat]
             preferred = sorted(enabled, key=lambda h: (h != self.plan.beat_host, h))

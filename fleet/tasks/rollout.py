@@ -171,7 +171,21 @@ def rollback(
 # --------------------------------------------------------------------------- shared body
 
 
+def _preload() -> None:
+    """google-cloud-compute takes seconds to import: do it while SSH connects and the bundle renders."""
+    import contextlib
+    import importlib
+
+    def load() -> None:
+        with contextlib.suppress(ImportError):
+            importlib.import_module("google.cloud.compute_v1")
+
+    threading.Thread(target=load, name="preload-compute", daemon=True).start()
+
+
 def _main(action: str, **o: Any) -> int:
+    if not o["dry_run"]:
+        _preload()
     from fleet import journal as jr
     from fleet import lock as lk
     from fleet import rollout as ro
@@ -211,11 +225,14 @@ def _main(action: str, **o: Any) -> int:
             )
         chosen = [inv.hosts[h] for h in plan.jobs]
     ro.check_beat_singleton(inv)
-    nr = build_nornir(inv, chosen, o["workers"] or None)
+    # every inventory host (connections open lazily): worker_beat is checked fleet-wide
+    nr = build_nornir(inv, list(inv.hosts.values()), o["workers"] or None)
+    names = {h.name for h in chosen}
+    selected = nr.filter(filter_func=lambda h: h.name in names)
     try:
         bundles = None
         if replay is None:
-            plan, bundles = _plan(action, inv, chosen, nr, o, warn)
+            plan, bundles = _plan(action, inv, chosen, selected, o, warn)
         elif plan.action == "rollout":
             bundles = _rerender(inv, chosen, plan, warn)
         if not plan.jobs:
@@ -227,7 +244,7 @@ def _main(action: str, **o: Any) -> int:
         from fleet.rollout_view import RolloutView, print_plan, print_summary
 
         if o["dry_run"]:
-            _dry_run(plan, nr, bundles, o["json_"])
+            _dry_run(plan, selected, bundles, o["json_"])
             return 0
         if not o["json_"]:
             print_plan(plan)
@@ -309,6 +326,7 @@ def _plan(action: str, inv: Any, chosen: list[Any], nr: Any, o: dict[str, Any], 
         sources={h: ro.Release.from_state(s) for h, s in states.items()},
         targets=targets,
         drained={h: s.drained for h, s in states.items()},
+        previous={h: s.previous for h, s in states.items()},
         canary=opts["canary"],
         batch=opts["batch"],
         max_failures=opts["max_failures"],

@@ -68,6 +68,14 @@ def test_hosts_on_target_are_left_out_and_the_rest_batched_canary_first() -> Non
     assert plan.jobs["h5"].source is None and plan.jobs["h3"].batch == 1
 
 
+def test_a_batch_never_takes_the_whole_fleet_out() -> None:
+    plan = plan_for({f"h{i}": OLD for i in range(4)}, canary=0, batch="100%")
+    assert plan.batches == [["h0", "h1", "h2"], ["h3"]]
+    plan = plan_for({"h0": OLD, "h1": NEW}, canary=5, batch="1")  # h1 serves while h0 changes
+    assert plan.batches == [["h0"]]
+    assert plan_for({"h0": OLD}, canary=0, batch="1").batches == [["h0"]]  # one host: no way around it
+
+
 def test_a_drained_host_on_target_is_still_worked_on() -> None:
     plan = plan_for({"h1": NEW, "h2": NEW}, drained={"h2": True})
     assert plan.batches == [["h2"]] and list(plan.unchanged) == ["h1"]

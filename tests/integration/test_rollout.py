@@ -1,0 +1,461 @@
+"""`fab rollout` / `fab rollback` on a local fleet of 4 instances behind haproxy, under load.
+
+A load generator sends requests through the LB during every operation and counts each non-2xx and
+each connection error; the rollouts must not fail a single one. The fleet is this module's own
+(named `rollout-test`: its own instances, LB, Compute endpoint and inventory), so these rollouts
+never race a deploy that another test session runs on the shared fleet. Tests run in file order,
+each starting from the versions the previous one left:
+
+  1.0.0 -> rollout 1.1.0 -> broken canary rolled back -> rollback to 1.0.0 (SIGINT + resume)
+  -> rollout 1.1.0 (SIGKILL + resume) -> rollout 1.0.0 with an instance stopped (pause + resume)
+  -> the worker_beat role moves -> the lock refuses a second operator
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fleet.gce import Compute
+from fleet.loadgen import LoadGen, LoadReport
+from fleet.local.config import LocalConfig
+from fleet.local.instances import LocalFleet
+from fleet.local.progress import Progress
+from fleet.lock import FleetLock
+from functions.fleet_contract import ROLLOUT_LABEL, Lock, lock_to_json
+
+pytestmark = pytest.mark.localfleet
+
+FLEET = LocalConfig(
+    name="rollout-test",
+    container_prefix="fleet-rt",
+    host_prefix="rt",
+    network="fleet-rt",
+    subnet="10.215.0.0/24",
+    ssh_base=2700,
+    http_base=8700,
+    lb_port=18180,
+)
+REPO = Path(__file__).resolve().parents[2]
+FAB = str(Path(sys.executable).with_name("fab"))
+HOSTS = ["rt-1", "rt-2", "rt-3", "rt-4"]
+STEPS = ["state", "mark", "drain", "lb-out", "switch", "up", "verify", "undrain", "serve", "lb-in", "soak"]
+STEPS += ["record", "unmark"]
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+
+
+class Ctx:
+    def __init__(self, fleet: LocalFleet, journal_dir: Path) -> None:
+        self.fleet = fleet
+        self.inv = str(fleet.inventory_dir)
+        self.env = {**os.environ, "FLEET_JOURNAL_DIR": str(journal_dir), "FLEET_OPERATOR": "tester@ci"}
+        self.journal_dir = journal_dir
+        defaults = yaml.safe_load((fleet.inventory_dir / "defaults.yaml").read_text())
+        self.compute = Compute(defaults["data"]["gce"]["api_endpoint"])
+
+    def fab(self, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [FAB, *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [FAB, *args], cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def json(self, *args: str, inventory: str | None = None) -> tuple[int, Any, str]:
+        r = self.fab(*args, "--inventory", inventory or self.inv, "--json")
+        try:
+            payload = json.loads(r.stdout) if r.stdout.strip() else None
+        except ValueError:
+            pytest.fail(f"not JSON (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        return r.returncode, payload, r.stdout + r.stderr
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        _code, payload, out = self.json("status")
+        assert payload is not None, out
+        return {h["host"]: h for h in payload["hosts"]}
+
+    def ensure(self, version: str) -> None:
+        """Start from `version` everywhere (a no-op in file order; lets a single test run alone)."""
+        if {s["version"] for s in self.status().values()} != {version}:
+            code, _payload, out = self.json("deploy", "--version", version)
+            assert code == 0, out
+
+    def load(self) -> LoadGen:
+        return LoadGen(f"http://127.0.0.1:{FLEET.lb_port}", threads=4, rate=20, max_seconds=900)
+
+    def labels(self) -> dict[str, dict[str, str]]:
+        return {h: dict(self.compute.instance("local-project", "local-zone-a", h).labels) for h in HOSTS}
+
+    def lock_store(self) -> FleetLock:
+        return FleetLock(self.compute, "local-project", "inventory")
+
+    def newest_journal(self) -> list[dict[str, Any]]:
+        paths = sorted(self.journal_dir.rglob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+        return [json.loads(line) for line in paths[-1].read_text().splitlines() if line.strip()]
+
+    def wait_for_step(self, proc: subprocess.Popen[str], host: str, step: str, timeout: float = 240) -> None:
+        """Block until the running rollout's journal says `host` started `step`."""
+        marker = f'"host":"{host}","step":"{step}","status":"start"'
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"fab ended early: {proc.communicate()}"
+            for path in self.journal_dir.rglob("*.jsonl"):
+                if path.stat().st_mtime > self.started and marker in path.read_text():
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"{host} never reached {step}")
+
+    started = 0.0
+
+    def beat_running_now(self) -> set[str]:
+        running = set()
+        for h in HOSTS:
+            r = self.fleet.exec(
+                h,
+                ["docker", "ps", "-q", "--filter", "label=com.docker.compose.service=worker_beat"],
+                check=False,
+            )
+            if r.stdout.strip():
+                running.add(h)
+        return running
+
+    def watch(self) -> Events:
+        return Events(self.fleet, HOSTS)
+
+
+class Events:
+    """Each instance's own Docker container start/die events, streamed while a test runs (the daemon
+    keeps only a short history, and healthchecks fill it within a minute)."""
+
+    FORMAT = '{{.TimeNano}} {{.Action}} {{index .Actor.Attributes "com.docker.compose.service"}} '
+    FORMAT += '{{index .Actor.Attributes "exitCode"}}'
+
+    def __init__(self, fleet: LocalFleet, hosts: list[str]) -> None:
+        self.procs = {}
+        for h in hosts:
+            container = fleet.config.container_name(fleet.config.index_of(h))
+            argv = ["docker", "exec", container, "docker", "events", "--filter", "type=container"]
+            argv += ["--filter", "event=start", "--filter", "event=die", "--format", self.FORMAT]
+            self.procs[h] = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
+        time.sleep(1)  # `docker events` subscribes asynchronously
+        self.lines: dict[str, list[list[str]]] = {}
+
+    def stop(self) -> Events:
+        time.sleep(1)
+        for h, proc in self.procs.items():
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
+            self.lines[h] = [line.split() for line in out.splitlines() if line.strip()]
+        return self
+
+    def of(self, service: str) -> list[tuple[int, str, str, str]]:
+        """(time ns, host, action, exit code) for `service`, in time order."""
+        found = []
+        for h, rows in self.lines.items():
+            for row in rows:
+                if len(row) >= 3 and row[2] == service:
+                    found.append((int(row[0]), h, row[1], row[3] if len(row) > 3 else ""))
+        return sorted(found)
+
+    def most_at_once(self, service: str, running_before: set[str]) -> int:
+        running = dict.fromkeys(running_before, 1)
+        most = len(running_before)
+        for _t, h, action, _code in self.of(service):
+            running[h] = running.get(h, 0) + (1 if action == "start" else -1)
+            most = max(most, sum(1 for v in running.values() if v > 0))
+        return most
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
+    fleet = LocalFleet(FLEET, progress=Progress(rich=False))
+    fleet.up(len(HOSTS))
+    c = Ctx(fleet, tmp_path_factory.mktemp("journal"))
+    try:
+        for args in (("bootstrap",), ("deploy", "--version", "1.0.0")):
+            code, _payload, out = c.json(*args)
+            assert code == 0, out
+        yield c
+    finally:
+        if os.environ.get("FLEET_LOCAL_KEEP") != "1":
+            fleet.down()
+
+
+def assert_no_failed_requests(report: LoadReport, at_least: int = 200) -> None:
+    assert report.failed == 0, f"{report.summary()}\n" + "\n".join(report.first_failures)
+    assert report.requests >= at_least, report.summary()  # the load really ran
+
+
+def assert_fleet_on(c: Ctx, version: str) -> dict[str, dict[str, Any]]:
+    st = c.status()
+    for h in HOSTS:
+        assert st[h]["version"] == version and st[h]["drained"] is False, st[h]
+        assert st[h]["health"] == {"code": 200, "version": version} and st[h]["drift"] == [], st[h]
+    return st
+
+
+def assert_settled(c: Ctx) -> None:
+    """Nothing drained (status), no rollout label left, the lock free."""
+    code, lock, out = c.json("lock.status")
+    assert code == 0 and lock["held"] is False and lock["lock"] is None, out
+    assert all(ROLLOUT_LABEL not in labels for labels in c.labels().values())
+
+
+# --------------------------------------------------------------------------- the proof tests
+
+
+def test_rollout_under_load_with_zero_failed_requests(ctx: Ctx) -> None:
+    beats_before = ctx.beat_running_now()
+    assert beats_before == {"rt-1"}
+    events = ctx.watch()
+    with ctx.load() as load:
+        code, report, out = ctx.json(
+            "rollout", "--version", "1.1.0", "--yes", "--canary", "1", "--batch", "50%"
+        )
+    events.stop()
+    assert code == 0, out
+    assert_no_failed_requests(load.report())
+    assert set(load.report().versions) == {"1.0.0", "1.1.0"}
+
+    assert report["outcome"] == "succeeded" and report["exit_code"] == 0
+    assert [h["result"] for h in report["hosts"]] == ["updated"] * 4
+    assert [h["batch"] for h in report["hosts"]] == [0, 1, 1, 2]  # canary, 50% of 4, the rest
+    st = assert_fleet_on(ctx, "1.1.0")
+    for h in HOSTS:
+        last = st[h]["last"]
+        assert (last["action"], last["result"], last["rollout"]) == ("rollout", "ok", report["rollout_id"])
+    assert_settled(ctx)
+
+    # every host went through every gate, in order, and a batch started only after the last one ended
+    journal = ctx.newest_journal()
+    steps: dict[str, list[str]] = {}
+    for e in journal:
+        if e["event"] == "step" and e["status"] == "start" and e["step"] != "stage":
+            steps.setdefault(e["host"], []).append(e["step"])
+    assert steps == dict.fromkeys(HOSTS, STEPS)
+    order = [(e["host"], e["step"]) for e in journal if e["event"] == "step" and e["status"] == "start"]
+    assert order.index(("rt-1", "unmark")) < order.index(("rt-2", "mark"))
+    assert order.index(("rt-3", "unmark")) < order.index(("rt-4", "mark"))
+    assert max(order.index((h, "stage")) for h in HOSTS) < order.index(("rt-1", "drain"))  # staged first
+
+    # worker_beat never ran on two hosts at once; workers stopped gracefully (exit 0, not killed)
+    assert [(h, a) for _t, h, a, _c in events.of("worker_beat")] == [("rt-1", "die"), ("rt-1", "start")]
+    assert events.most_at_once("worker_beat", beats_before) == 1
+    assert ctx.beat_running_now() == {"rt-1"}
+    died = [(h, code) for _t, h, a, code in events.of("worker") if a == "die"]
+    assert sorted(died) == [(h, "0") for h in HOSTS], events.of("worker")
+
+
+def test_broken_canary_is_rolled_back_and_the_rollout_stops(ctx: Ctx) -> None:
+    ctx.ensure("1.1.0")
+    before = ctx.status()
+    previous = {h: ctx.fleet.exec(h, ["readlink", "/opt/fleet/dify/previous"]).stdout.strip() for h in HOSTS}
+    with ctx.load() as load:
+        code, report, out = ctx.json(
+            "rollout", "--version", "1.2.0-broken", "--yes", "--health-timeout", "10"
+        )
+    assert code == 3, out
+    assert_no_failed_requests(load.report(), at_least=100)
+    assert set(load.report().versions) == {"1.1.0"}
+    assert report["outcome"] == "rolled-back"
+    results = {h["host"]: h for h in report["hosts"]}
+    assert (
+        results["rt-1"]["result"] == "rolled-back" and "1.2.0-broken not healthy" in results["rt-1"]["error"]
+    )
+    assert [results[h]["result"] for h in HOSTS[1:]] == ["not-started"] * 3
+    st = assert_fleet_on(ctx, "1.1.0")
+    assert {h: st[h]["release"] for h in HOSTS} == {h: before[h]["release"] for h in HOSTS}
+    assert st["rt-1"]["last"]["action"] == "rollback" and st["rt-1"]["last"]["result"] == "ok"
+    # the canary is left exactly as before: even its `previous` link (a later rollback goes to 1.0.0)
+    assert {
+        h: ctx.fleet.exec(h, ["readlink", "/opt/fleet/dify/previous"]).stdout.strip() for h in HOSTS
+    } == previous
+    assert_settled(ctx)
+
+
+def test_sigint_mid_batch_then_resume(ctx: Ctx) -> None:
+    ctx.ensure("1.1.0")
+    with ctx.load() as load:
+        ctx.started = time.time() - 1
+        proc = ctx.start(
+            "rollback", "--inventory", ctx.inv, "--yes", "--json", "--canary", "0", "--batch", "2"
+        )
+        ctx.wait_for_step(proc, "rt-1", "up")
+        ctx.wait_for_step(proc, "rt-2", "up")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 4, stdout + stderr
+        report = json.loads(stdout)
+        assert report["outcome"] == "interrupted"
+        results = {h["host"]: h["result"] for h in report["hosts"]}
+        # the batch in flight finished its hosts (they had switched); the next batch never started
+        assert results == {"rt-1": "updated", "rt-2": "updated", "rt-3": "not-started", "rt-4": "not-started"}
+        assert "fab rollback --inventory" in stderr and "--resume" in stderr
+        st = ctx.status()
+        assert not any(st[h]["drained"] for h in HOSTS)
+        assert_settled(ctx)
+
+        code, resumed, out = ctx.json("rollback", "--resume")
+    assert code == 0, out
+    assert resumed["rollout_id"] == report["rollout_id"] and resumed["outcome"] == "succeeded"
+    assert {h["host"]: h["result"] for h in resumed["hosts"]} == dict.fromkeys(HOSTS, "updated")
+    assert_no_failed_requests(load.report())
+    assert_fleet_on(ctx, "1.0.0")
+    assert_settled(ctx)
+
+
+def test_sigkill_mid_step_then_resume(ctx: Ctx) -> None:
+    ctx.ensure("1.0.0")
+    with ctx.load() as load:
+        ctx.started = time.time() - 1
+        proc = ctx.start(
+            "rollout", "--inventory", ctx.inv, "--version", "1.1.0", "--yes", "--canary", "0", "--batch", "2"
+        )
+        ctx.wait_for_step(proc, "rt-2", "up")
+        proc.kill()
+        proc.communicate(timeout=30)
+        # killed with a host drained: the fleet still says so, and the lock still holds the fleet
+        st = ctx.status()
+        assert st["rt-2"]["drained"] is True
+        code, lock, _ = ctx.json("lock.status")
+        assert lock["held"] is True and lock["lock"]["owner"] == "tester@ci"
+        killed_id = lock["lock"]["rollout_id"]
+        assert ctx.labels()["rt-2"].get(ROLLOUT_LABEL) == killed_id  # autoheal keeps away meanwhile
+
+        code, resumed, out = ctx.json("rollout", "--resume")
+    assert code == 0, out
+    assert resumed["rollout_id"] == killed_id and resumed["outcome"] == "succeeded"
+    assert_no_failed_requests(load.report())
+    st = assert_fleet_on(ctx, "1.1.0")
+    assert all(st[h]["last"]["rollout"] == killed_id for h in HOSTS)
+    assert_settled(ctx)
+
+
+def test_instance_stopped_mid_batch_pauses_then_resume(ctx: Ctx) -> None:
+    ctx.ensure("1.1.0")
+    with ctx.load() as load:
+        ctx.started = time.time() - 1
+        proc = ctx.start(
+            "rollout",
+            "--inventory",
+            ctx.inv,
+            "--version",
+            "1.0.0",
+            "--yes",
+            "--json",
+            "--canary",
+            "0",
+            "--batch",
+            "4",
+            "--on-failure",
+            "pause",
+        )
+        ctx.wait_for_step(proc, "rt-2", "up")
+        ctx.fleet.stop_instance("rt-2")
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 4, stdout + stderr
+        report = json.loads(stdout)
+        assert report["outcome"] == "paused" and report["failures"] == 1 and report["resume_command"]
+        hosts = {h["host"]: h for h in report["hosts"]}
+        # --batch 4 asked for the whole fleet at once: one host stays in the LB (the next batch)
+        assert [hosts[h]["batch"] for h in HOSTS] == [0, 0, 0, 1]
+        assert hosts["rt-4"]["result"] == "not-started"
+        # whatever the stop hit first (sshd or the host's dockerd), the host is reported as failed
+        assert hosts["rt-2"]["result"] in ("unreachable", "failed") and hosts["rt-2"]["error"]
+        assert [hosts[h]["result"] for h in ("rt-1", "rt-3")] == ["updated"] * 2
+        code, lock, _ = ctx.json("lock.status")
+        assert lock["held"] is False  # paused: the lock is released, the operator decides
+
+        ctx.fleet.start_instance("rt-2")
+        code, resumed, out = ctx.json("rollout", "--resume")
+    assert code == 0, out
+    results = {h["host"]: h["result"] for h in resumed["hosts"]}
+    assert results["rt-2"] == "updated" and results["rt-4"] == "updated"
+    assert_no_failed_requests(load.report())
+    assert_fleet_on(ctx, "1.0.0")
+    assert_settled(ctx)
+
+
+def test_beat_role_moves_without_two_beats_and_takes_over_an_expired_lock(ctx: Ctx, tmp_path: Path) -> None:
+    ctx.ensure("1.0.0")
+    moved = tmp_path / "inventory"
+    shutil.copytree(ctx.fleet.inventory_dir, moved, symlinks=True)
+    hosts = yaml.safe_load((moved / "hosts.yaml").read_text())
+    hosts["rt-1"]["data"]["roles"] = ["app"]
+    hosts["rt-3"]["data"]["roles"] = ["app", "beat"]
+    (moved / "hosts.yaml").write_text(yaml.safe_dump(hosts))
+    # a rollout that died an hour ago left its lock behind: it has expired, so it is taken over
+    old = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    dead = Lock("inventory", "ghost@gone", "", "ro-20200101-000000-dead", old, old + timedelta(minutes=5))
+    items, fp = ctx.compute.project_metadata("local-project")
+    ctx.compute.set_project_metadata("local-project", {**items, "compose-fleet-lock": lock_to_json(dead)}, fp)
+
+    before = ctx.beat_running_now()
+    assert before == {"rt-1"}
+    events = ctx.watch()
+    with ctx.load() as load:
+        # the new beat host goes first, while the old one still runs its release with beat enabled
+        code, report, out = ctx.json(
+            "rollout", "--hosts", "rt-3", "--yes", "--version", "1.0.0", inventory=str(moved)
+        )
+        assert code == 0, out
+        assert "taking over an expired lock" in out and "ghost@gone" in out
+        assert [(h["host"], h["result"]) for h in report["hosts"]] == [("rt-3", "updated")]
+        assert ctx.beat_running_now() == {"rt-3"}
+        code, _report, out = ctx.json(
+            "rollout", "--hosts", "rt-1", "--yes", "--version", "1.0.0", inventory=str(moved)
+        )
+        assert code == 0, out
+    events.stop()
+    assert_no_failed_requests(load.report(), at_least=100)
+    # stopped on the old host before the new host started it
+    assert [(h, a) for _t, h, a, _c in events.of("worker_beat")] == [("rt-1", "die"), ("rt-3", "start")]
+    assert events.most_at_once("worker_beat", before) == 1
+    assert ctx.beat_running_now() == {"rt-3"}
+    assert_settled(ctx)
+
+
+def test_a_held_lock_refuses_a_second_operator(ctx: Ctx) -> None:
+    store = ctx.lock_store()
+    store.acquire("alice@elsewhere", "hotfix in progress", "ro-20261126-000000-beef", ttl=600)
+    try:
+        before = {h: s["release"] for h, s in ctx.status().items()}
+        r = ctx.fab("rollout", "--inventory", ctx.inv, "--version", "1.1.0", "--yes")
+        assert r.returncode == 2, r.stdout + r.stderr
+        for word in (
+            "alice@elsewhere",
+            "hotfix in progress",
+            "ro-20261126-000000-beef",
+            "lock.release --force",
+        ):
+            assert word in r.stderr
+        assert {h: s["release"] for h, s in ctx.status().items()} == before
+        assert not any(s["drained"] for s in ctx.status().values())
+
+        _code, lock, _ = ctx.json("lock.status")
+        assert lock["held"] and lock["lock"]["owner"] == "alice@elsewhere"
+        r = ctx.fab("lock.release", "--inventory", ctx.inv)
+        assert r.returncode == 2 and "not yours" in r.stderr
+        r = ctx.fab("lock.release", "--inventory", ctx.inv, "--force")
+        assert r.returncode == 0 and "alice@elsewhere" in r.stdout + r.stderr
+    finally:
+        store.release(owner="alice@elsewhere", force=True)
+    assert_settled(ctx)
