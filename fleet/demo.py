@@ -1,7 +1,8 @@
 """The demos on the embedded local fleet. `nox -s demo` runs this; everything it does is also a `fab`
 task (or `python -m fleet.local.alertpath`) the user can run next.
 
-    python -m fleet.demo          bring the fleet up, bootstrap, deploy 1.0.0, show the status
+    python -m fleet.demo          bring the fleet up, bootstrap, deploy 1.0.0, then roll out 1.1.0
+                                  under load and count the failed requests (the main job)
     python -m fleet.demo heal     the same, then break an instance and watch it heal (with timings)
     python -m fleet.demo scale    the same, then load the fleet: scale out, then in (with timings)
 """
@@ -138,6 +139,33 @@ def scale_scenario(path: AlertPath, t0: float) -> int:
     return 0 if failed == 0 else 1
 
 
+def rollout_under_load(version: str = "1.1.0", inventory_name: str = "local") -> int:
+    """`fab rollout` exactly as an operator runs it, while a load generator sends requests through the
+    LB and counts every non-2xx answer and connection error."""
+    from fleet import inventory
+    from fleet.loadgen import LoadGen
+
+    frontend = str(inventory.load(inventory_name).defaults["data"]["lb"]["frontend"])
+    print(
+        f"\n== rolling out {version} while 4 clients send ~80 requests/s through the LB ({frontend})",
+        flush=True,
+    )
+    load = LoadGen(frontend, threads=4, rate=20, max_seconds=1500).start()
+    try:
+        code = fab(
+            "rollout", "--inventory", inventory_name, "--version", version, "--yes", "--message", "demo"
+        )
+    finally:
+        report = load.stop()
+    print(f"\nload through the LB during the rollout: {report.summary()}")
+    for line in report.first_failures[:10]:
+        print(f"  {line}")
+    print(f"FAILED REQUESTS: {report.failed}", flush=True)
+    if code != 0:
+        print(f"demo: `fab rollout` exited {code}", file=sys.stderr)
+    return code or (1 if report.failed else 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(argv or [])
     scenario = args[0] if args else ""
@@ -151,15 +179,19 @@ def main(argv: list[str] | None = None) -> int:
         return _with_alert_path(load=False, body=heal_scenario)
     if scenario == "scale":
         return _with_alert_path(load=True, body=scale_scenario)
+    code = rollout_under_load()
     print(
         "\nThe local fleet is running (haproxy on http://127.0.0.1:8080). Try next:\n"
-        "  fab deploy --inventory local --version 1.1.0\n"
+        "  fab status --inventory local\n"
         "  fab history --inventory local\n"
-        "  fab local.status\n"
+        "  fab rollout --inventory local --version 1.2.0-broken --yes   (the canary fails, is rolled back)\n"
+        "  fab rollback --inventory local --yes                          (back to 1.0.0, same gates)\n"
+        "  fab rollout --inventory local --version 1.1.0 --dry-run       (plan and per-host diff)\n"
+        "  fab lock.status --inventory local\n"
         "  python -m fleet.demo heal      (break an instance, watch it heal)\n"
         "  fab local.down"
     )
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -107,9 +107,9 @@ class RolloutView:
                 what = "stopped on" if event.get("stopped") else "started on"
                 line = f"worker_beat {what} {event.get('stopped') or event.get('started')}"
         elif kind == "step" and row is not None:
-            if row.started is None:
-                row.started = now
             step = str(event.get("step"))
+            if row.started is None and step != "stage":
+                row.started = now
             if event.get("status") == "start":
                 row.step = step
                 line = f"{row.host}: {step}"
