@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -548,6 +549,8 @@ class Engine:
         self.problems: list[str] = []
         self.beat_seen: list[list[str]] = []
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="unmark")
+        self._unmarks: list[Future[None]] = []
         for name, job in plan.jobs.items():
             self.outcomes[name] = HostOutcome(
                 name,
@@ -595,6 +598,12 @@ class Engine:
 
     def run(self, *, stage: bool = True, phase: str = "forward", revert_hosts: Sequence[str] = ()) -> Report:
         """`phase` forward: the plan's batches; rollback: undo `revert_hosts` (a resumed fleet rollback)."""
+        try:
+            return self._run(stage=stage, phase=phase, revert_hosts=revert_hosts)
+        finally:
+            self._pool.shutdown(wait=True)  # every rollout label removal has finished (or failed)
+
+    def _run(self, *, stage: bool, phase: str, revert_hosts: Sequence[str]) -> Report:
         started = time.monotonic()
         outcome: str | None = None
         failures = 0
@@ -694,13 +703,11 @@ class Engine:
             job = self.plan.jobs[ctx.host.name]
             bundle = self.bundles.get(ctx.host.name)
             out = self.outcomes[ctx.host.name]
+            layout = ht.layout_of(ctx.host)
             with self.step(out, "stage"):
                 if bundle is not None and bundle.release_id == job.target.id:
-                    from fleet.deploy import preflight
-
-                    preflight(ctx, bundle)
+                    _prepare(ctx, bundle)
                 else:
-                    layout = ht.layout_of(ctx.host)
                     present = rc.parse_present(
                         ht.run(ctx, rc.release_present(layout, job.target.id), "stage").stdout
                     )
@@ -711,8 +718,15 @@ class Engine:
                             f"release {job.target.id} is not staged here any more",
                             hint="start a new rollout with --version (it re-renders and uploads)",
                         )
-                    ht.run(ctx, rc.compose_check(layout, job.target.id), "validate")
-                    ht.run(ctx, rc.compose_pull(layout, job.target.id), "pull", timeout=900)
+                ht.run(ctx, rc.compose_check(layout, job.target.id), "validate")
+            with self.step(out, "pull"):  # timed on its own: Docker's time, not the engine's
+                ht.run(
+                    ctx,
+                    rc.compose_pull(layout, job.target.id),
+                    "pull",
+                    timeout=900,
+                    hint="is the version right, and can the host reach the registry?",
+                )
             return HostResult(ctx.host.name, "ok")
 
         results = self._on(names, stage_step)
@@ -868,11 +882,15 @@ class Engine:
             if out.result != "unreachable":
                 out.drained = drained
             if marked:
-                try:
-                    with self.step(out, "unmark"):
-                        self.marks.set(host, None)
-                except FleetError as exc:
-                    out.problems.append(f"could not remove the rollout label: {exc.what}")
+                # off the critical path: the next batch need not wait for Compute (run() waits for it)
+                self._unmarks.append(self._pool.submit(self._unmark, host, out))
+
+    def _unmark(self, host: FleetHost, out: HostOutcome) -> None:
+        try:
+            with self.step(out, "unmark"):
+                self.marks.set(host, None)
+        except Exception as exc:
+            self.problems.append(f"{host.name}: could not remove the rollout label: {_text(exc)}")
 
     def _resume_hint(self) -> str:
         return resume_command(self.inventory_arg, self.plan.rollout_id, self.plan.action)
@@ -1122,12 +1140,12 @@ class Engine:
             return job.source if revert else job.target
 
         starters = [h for h in names if (rel := release_of(h)) is not None and rel.runs_beat]
+        if not starters:
+            return  # this batch's `up` can only remove worker_beat, never add a second one
         running = self._beat_running()
         self.emit("beat", running=running, starting=starters)
         if len(running) > 1:
             self.problems.append(f"worker_beat was running on {len(running)} hosts: {', '.join(running)}")
-        if not starters:
-            return
         others = [h for h in running if h not in starters]
         if others:
             self._beat_stop(others)
@@ -1146,8 +1164,11 @@ class Engine:
         """At the end: worker_beat on exactly one host, the one whose current release enables it
         (preferring the inventory's beat host); started again if a guard stopped it."""
         try:
-            states = {r.host: r.data["state"] for r in self._on(self.beat_scope, _state_step) if r.ok}
             running = self._beat_running()
+            if len(running) == 1:  # the usual end: one, started by a release that enables it
+                self.emit("beat", settled=running[0])
+                return
+            states = {r.host: r.data["state"] for r in self._on(self.beat_scope, _state_step) if r.ok}
             enabled = [h for h, st in states.items() if (rel := Release.from_state(st)) and rel.runs_beat]
             preferred = sorted(enabled, key=lambda h: (h != self.plan.beat_host, h))
             keep = next((h for h in preferred if h in running), running[0] if running else None)
@@ -1173,6 +1194,24 @@ class Engine:
             self.emit("beat", settled=keep or (preferred[0] if preferred else None))
         except FleetError as exc:
             self.problems.append(f"worker_beat check: {exc.what}")
+
+
+def _prepare(ctx: HostContext, bundle: Bundle) -> None:
+    """fleet.deploy.preflight without the pull (timed apart): Docker, layout, disk, upload."""
+    from fleet.deploy import DOCKER_PROBE
+
+    ht.run(
+        ctx, DOCKER_PROBE, "docker", hint="run `fab bootstrap` to install and start Docker with Compose v2"
+    )
+    if not ht.read_state(ctx).exists:
+        raise ht.StepError(
+            ctx.host.name,
+            "layout",
+            f"{ht.layout_of(ctx.host).root} does not exist",
+            hint="run `fab bootstrap` on this host first",
+        )
+    ht.check_free_disk(ctx, int(ctx.host.get("app.min_free_mb", ht.NEED_FREE_MB)))
+    ht.stage(ctx, bundle)
 
 
 def _state_step(ctx: HostContext) -> HostResult:

@@ -108,7 +108,7 @@ class RolloutView:
                 line = f"worker_beat {what} {event.get('stopped') or event.get('started')}"
         elif kind == "step" and row is not None:
             step = str(event.get("step"))
-            if row.started is None and step != "stage":
+            if row.started is None and step not in ("stage", "pull"):
                 row.started = now
             if event.get("status") == "start":
                 row.step = step

@@ -248,13 +248,15 @@ def test_rollout_under_load_with_zero_failed_requests(ctx: Ctx) -> None:
     journal = ctx.newest_journal()
     steps: dict[str, list[str]] = {}
     for e in journal:
-        if e["event"] == "step" and e["status"] == "start" and e["step"] != "stage":
+        if e["event"] == "step" and e["status"] == "start" and e["step"] not in ("stage", "pull"):
             steps.setdefault(e["host"], []).append(e["step"])
     assert steps == dict.fromkeys(HOSTS, STEPS)
     order = [(e["host"], e["step"]) for e in journal if e["event"] == "step" and e["status"] == "start"]
-    assert order.index(("rt-1", "unmark")) < order.index(("rt-2", "mark"))
-    assert order.index(("rt-3", "unmark")) < order.index(("rt-4", "mark"))
-    assert max(order.index((h, "stage")) for h in HOSTS) < order.index(("rt-1", "drain"))  # staged first
+    assert order.index(("rt-1", "record")) < order.index(("rt-2", "mark"))
+    assert max(order.index(("rt-2", "record")), order.index(("rt-3", "record"))) < order.index(
+        ("rt-4", "mark")
+    )
+    assert max(order.index((h, "pull")) for h in HOSTS) < order.index(("rt-1", "drain"))  # staged first
 
     # worker_beat never ran on two hosts at once; workers stopped gracefully (exit 0, not killed)
     assert [(h, a) for _t, h, a, _c in events.of("worker_beat")] == [("rt-1", "die"), ("rt-1", "start")]
