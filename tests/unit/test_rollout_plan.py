@@ -21,6 +21,7 @@ from fleet.rollout import (
     beat_start,
     beat_stop,
     check_beat_singleton,
+    compose_idle,
     decide,
     final_outcome,
     make_plan,
@@ -29,6 +30,7 @@ from fleet.rollout import (
     release_record,
     resolve_options,
     resume_command,
+    set_previous,
 )
 from functions.fleet_contract import validate_label_value
 
@@ -178,6 +180,23 @@ def test_beat_commands_are_quoted_and_scoped_to_the_project() -> None:
         beat_start(layout, "../etc")
     with pytest.raises(FleetError):
         release_record(layout, "nothex; rm -rf /")
+
+
+def test_previous_link_and_compose_wait_commands() -> None:
+    layout = rc.Layout("/opt/fleet/dify", "dify")
+    script = set_previous(layout, "e" * 16).script
+    assert (
+        "ln -sfn releases/eeeeeeeeeeeeeeee .previous.new" in script
+        and "mv -T .previous.new previous" in script
+    )
+    assert set_previous(layout, None).script == "rm -f /opt/fleet/dify/previous"
+    wait = compose_idle(layout, 5).script
+    # the bracket keeps pgrep from matching the shell that runs this very script
+    assert "pgrep -f -- '[c]ompose -p dify '" in wait and "-gt 10" in wait
+    with pytest.raises(FleetError):
+        set_previous(layout, "../../etc")
+    with pytest.raises(FleetError):
+        compose_idle(layout, 0)
 
 
 def test_pick_release_by_id_prefix_or_version() -> None:
