@@ -358,6 +358,15 @@ class AlertPath:
         _channel, client = self._publisher
         return str(client.publish(self.alerts_topic, data).result(timeout=15))
 
+    def publish_event(self, event: contract.FleetEvent) -> str:
+        """Publish a fleet event (e.g. a rollout's result) to the events topic, as fleet/ tools do;
+        notify posts it. Returns the message id."""
+        if self._publisher is None:
+            raise FleetError("the alert path is not started", where="alert path")
+        _channel, client = self._publisher
+        data, attributes = event.to_message()
+        return str(client.publish(self.events_topic, data, **attributes).result(timeout=15))
+
     def stop(self) -> None:
         """Stop everything this path started (safe to call twice, and after a failed start)."""
         if self.monitor is not None:
@@ -498,6 +507,11 @@ def main(argv: list[str] | None = None) -> int:
         f"webhook sink {path.sink.url('') if path.sink else '-'}; Ctrl-C stops",
         flush=True,
     )
+    if path.pubsub is not None:
+        print(
+            f"fleet events: PUBSUB_EMULATOR_HOST={path.pubsub.emulator_host} topic {path.events_topic}",
+            flush=True,
+        )
     try:
         path.follow(print_line(time.time()), until=stop.is_set)
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +167,19 @@ def test_load_scales_out_then_in_without_a_failed_request(path: AlertPath, fleet
     scale_events = [e for e in path.fleet_events() if e.kind == "scale" and e.action == "resize"]
     assert len(scale_events) >= 2
     wait_stable(path)
+
+
+def test_rollout_events_on_the_events_topic_reach_the_webhooks(path: AlertPath) -> None:
+    event = contract.FleetEvent(
+        kind="rollout", action="rollout", result="done", fleet=CONFIG.name, rollout_id="r-e2e-1", detail="3/3"
+    )
+    path.publish_event(event)
+    assert path.sink is not None
+    key = f"event|{event.event_id}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(m.body.get("key") == key for m in path.notifications()):
+        time.sleep(0.2)
+    (posted,) = [m for m in path.notifications() if m.body.get("key") == key]
+    assert posted.body["title"] == f"[ROLLOUT DONE] rollout {CONFIG.name}"
+    chat = [m for m in path.sink.messages("chat") if "r-e2e-1" in str(m.body.get("text"))]
+    assert chat and chat[0].body["thread"]["threadKey"] == "rollout-r-e2e-1"
