@@ -123,6 +123,8 @@ class MonitoringUptime(_Strict):
     timeout: StrictInt | None = Field(default=None, ge=1, le=60)
     failing_locations: StrictInt | None = Field(default=None, ge=1, le=6)
     duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    # an instance still failing this long opens a second incident: autoheal escalates reset -> recreate
+    escalate_after: StrictInt | None = Field(default=None, ge=60, le=86400)
     regions: list[Literal["USA", "EUROPE", "SOUTH_AMERICA", "ASIA_PACIFIC"]] | None = None
 
 

@@ -129,6 +129,7 @@ class MonitoringConfig:
     timeout: int = 10
     failing_locations: int = 2
     failure_duration: int = 60
+    escalate_after: int = 300
     regions: tuple[str, ...] = ()
     instance_checks: tuple[InstanceCheck, ...] = ()
     migs: tuple[MigRef, ...] = ()
@@ -347,6 +348,7 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
         timeout=uptime.get("timeout", 10),
         failing_locations=uptime.get("failing_locations", 2),
         failure_duration=uptime.get("duration", 60),
+        escalate_after=uptime.get("escalate_after", 300),
         regions=tuple(uptime.get("regions") or ()),
         instance_checks=tuple(checks),
         migs=tuple(migs),
@@ -545,7 +547,9 @@ def desired_state(config: MonitoringConfig, refs: Mapping[str, str]) -> list[Des
             ", ".join(f"{k}={v}" for k, v in labels.items()) or "notify only",
         )
 
-    def uptime_condition(name: str, check_ids: Sequence[str], resource: str, group_by: list[str]) -> Any:
+    def uptime_condition(
+        name: str, check_ids: Sequence[str], resource: str, group_by: list[str], duration: int | None = None
+    ) -> Any:
         return m.AlertPolicy.Condition(
             display_name=name,
             condition_threshold=m.AlertPolicy.Condition.MetricThreshold(
@@ -563,7 +567,7 @@ def desired_state(config: MonitoringConfig, refs: Mapping[str, str]) -> list[Des
                 ],
                 comparison=m.ComparisonType.COMPARISON_GT,
                 threshold_value=config.failing_locations - 1,
-                duration=_seconds(config.failure_duration),
+                duration=_seconds(config.failure_duration if duration is None else duration),
                 trigger=m.AlertPolicy.Condition.Trigger(count=1),
             ),
         )
@@ -608,6 +612,31 @@ def desired_state(config: MonitoringConfig, refs: Mapping[str, str]) -> list[Des
                 "ERROR",
                 "An instance's /health fails its uptime check. The `autoheal` function resets it, then "
                 "recreates it if it fails again (grouped by instance: the incident names it).",
+            )
+        )
+        # A reset that did not help leaves the first incident open, and autoheal escalates only on a
+        # NEW incident for the same instance: this policy opens one when the failure outlasts
+        # `escalate_after` (a separate policy: a policy holds at most 6 conditions).
+        group = ["resource.label.project_id", "resource.label.zone", "resource.label.instance_id"]
+        out.append(
+            policy(
+                "policy-instance-health-escalation",
+                "instance health: still failing",
+                [
+                    uptime_condition(
+                        f"instance /health still failing after {config.escalate_after}s"
+                        + (f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""),
+                        chunk,
+                        "gce_instance",
+                        group,
+                        duration=config.escalate_after,
+                    )
+                    for i, chunk in enumerate(chunks)
+                ],
+                {contract.POLICY_ACTION_LABEL: contract.POLICY_ACTION_HEAL},
+                "ERROR",
+                f"An instance's /health has failed for {config.escalate_after}s, a reset did not fix it: "
+                "the `autoheal` function recreates it (a new incident within its escalation window).",
             )
         )
 

@@ -113,7 +113,7 @@ def test_apply_creates_everything_and_twice_changes_nothing(env: Env) -> None:
 
     first = env.apply()
     assert actions(first) == actions(planned) and all(c.done for c in first.changes)
-    assert len(env.api.alert_policies(PROJECT)) == 4  # lb, instances, scale out, scale in
+    assert len(env.api.alert_policies(PROJECT)) == 5  # lb, instances, instances escalation, scale out, in
     assert len(env.api.uptime_checks(PROJECT)) == 3  # lb + 2 instances
     assert len(env.api.notification_channels(PROJECT)) == 1
 
@@ -214,6 +214,7 @@ def test_a_new_instance_id_replaces_its_check_and_repoints_the_policy(env: Env) 
     assert planned == [
         ("check-instance-app-1", "replace"),
         ("policy-instance-health", "update"),
+        ("policy-instance-health-escalation", "update"),
         ("check-instance-app-1", "delete"),
     ]
     env.api.clear_calls()
@@ -221,6 +222,7 @@ def test_a_new_instance_id_replaces_its_check_and_repoints_the_policy(env: Env) 
     # the server refuses to delete a check a policy still uses: the order is create, repoint, delete
     assert [c.method for c in env.api.mutations()] == [
         "CreateUptimeCheckConfig",
+        "UpdateAlertPolicy",
         "UpdateAlertPolicy",
         "DeleteUptimeCheckConfig",
     ]
@@ -257,12 +259,13 @@ def test_objects_no_longer_wanted_are_orphans_until_pruned(env: Env) -> None:
         ("check-instance-app-1", "orphan"),
         ("check-instance-app-2", "orphan"),
         ("policy-instance-health", "orphan"),
+        ("policy-instance-health-escalation", "orphan"),
     ]
     env.api.clear_calls()
     env.apply()
     assert env.api.mutations() == []
     env.apply(prune=True)
-    assert [c.method for c in env.api.mutations()] == ["DeleteAlertPolicy"] + ["DeleteUptimeCheckConfig"] * 2
+    assert [c.method for c in env.api.mutations()] == ["DeleteAlertPolicy"] * 2 + ["DeleteUptimeCheckConfig"] * 2
     assert len(env.api.uptime_checks(PROJECT)) == 1 and len(env.api.alert_policies(PROJECT)) == 3
     assert {a for _, _, a in actions(env.plan(prune=True))} == {"unchanged"}
 
@@ -302,13 +305,14 @@ def test_an_interrupted_apply_resumes_without_duplicates(env: Env) -> None:
         for k in (
             "policy-lb-health",
             "policy-instance-health",
+            "policy-instance-health-escalation",
             "policy-scale-out-dify-mig",
             "policy-scale-in-dify-mig",
         )
     ]
     env.api.clear_calls()
     env.apply()
-    assert env.api.mutations() == [] and len(env.api.alert_policies(PROJECT)) == 4
+    assert env.api.mutations() == [] and len(env.api.alert_policies(PROJECT)) == 5
 
 
 def test_an_unreachable_endpoint_is_a_clear_error(env: Env) -> None:
@@ -405,14 +409,14 @@ def test_fab_plan_and_apply(env: Env) -> None:
     proc = fab("monitoring.plan", "--inventory", inv, "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["applied"] is False and doc["counts"] == {"create": 10}
+    assert doc["applied"] is False and doc["counts"] == {"create": 11}
     assert env.api.mutations() == []
     proc = fab("monitoring.apply", "--inventory", inv, "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["counts"] == {"create": 10}
+    assert json.loads(proc.stdout)["counts"] == {"create": 11}
     proc = fab("monitoring.apply", "--inventory", inv)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.rstrip().endswith("10 unchanged")
+    assert proc.stdout.rstrip().endswith("11 unchanged")
     assert (
         "alert policy\tcompose-fleet prod: instance health\tunchanged\tfleet-action=autoheal" in proc.stdout
     )
