@@ -13,6 +13,9 @@ BENCHMARKS = {
 OPTIONAL = {
     "local_fleet": "bench.local_fleet",
     "functions": "bench.functions",
+    "rollout": "bench.rollout",
+    "gce": "bench.gce",
+    "selfheal": "bench.selfheal",
 }
 for _name, _module in OPTIONAL.items():
     if importlib.util.find_spec(_module) is not None:
