@@ -4,9 +4,10 @@ fleet/gce.py and the Cloud Functions' functions/gce.py): its MIG IS the fleet's 
 A fleet of its own (so the session fleet other modules use is never resized or recreated) comes up
 with its endpoint, and is deployed through its MIG inventory (IAP stand-in, keys from guest
 attributes). Then, in file order: the endpoint's view matches Docker's; labels and metadata
-survive an endpoint restart; autoheal reads the rollout mark and otherwise resets for real; resize
-up brings an instance up deployed to the fleet's release; recreate gives it a new host key that the
-tool follows through guest attributes while a stale pin is refused; resize down deletes it.
+survive an endpoint restart; autoheal reads the rollout mark and otherwise resets for real; a
+resize up and a recreate (at once, to keep the test short) come back deployed to the fleet's
+release, and the recreated VM's new host key is followed through guest attributes while a stale pin
+is refused; resize down deletes the newest.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import requests
 import yaml
 
 from fleet.errors import FleetError
-from fleet.gce import Compute, ComputeError, Member, MigRef, PreconditionFailed
+from fleet.gce import Compute, ComputeError, Member, MigRef, PreconditionFailed, natural_key
 from fleet.local import compute_docker
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
@@ -271,14 +272,28 @@ def test_autoheal_respects_the_rollout_mark_and_resets_for_real(
     compute.set_label(CFG.project, CFG.zone, member.name, ROLLOUT_LABEL, None)
     decision = autoheal(monkeypatch, capsys, compute, member)
     assert decision["reason"] == "first-step", decision
-    seen = watch(compute, lambda ms: all(m.current_action == "NONE" for m in ms), timeout=90)
-    assert (member.name, "RUNNING", "RESTARTING") in seen
+    # the reset's operation as Compute reports it (RUNNING until the reboot is done), and the member's
+    # currentAction meanwhile
+    statuses: list[str] = []
+    actions: set[str] = set()
+    zone_ops = compute.client("ZoneOperationsClient")
+    deadline = time.monotonic() + 90
+    while not statuses or statuses[-1] != "DONE":
+        actions |= {m.current_action for m in compute.mig_members(REF) if m.name == member.name}
+        op = zone_ops.get(project=CFG.project, zone=CFG.zone, operation=decision["operation"])
+        statuses.append(op.status.name)
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.2)
+    assert "RUNNING" in statuses and "RESTARTING" in actions and not op.error.errors
+    watch(compute, lambda ms: all(m.current_action == "NONE" for m in ms), timeout=30)
     after = compute.instance(CFG.project, CFG.zone, member.name)
     assert str(after.id) == member.id  # a reset is a reboot of the same VM...
     assert host_key(fleet, member.name) == key  # ...same disk, same host key
     assert fleet.exec(member.name, ["cat", "/proc/1/stat"]).stdout.split()[21] != started  # it did reboot
-    ops = [c for c in requests.get(calls_url, timeout=5).json()["calls"] if c["method"] == "instances.reset"]
-    assert len(ops) == 1 and ops[0]["request_id"]  # exactly one, with the function's requestId
+    resets = [
+        c for c in requests.get(calls_url, timeout=5).json()["calls"] if c["method"] == "instances.reset"
+    ]
+    assert len(resets) == 1 and resets[0]["request_id"]  # exactly one, with the function's requestId
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # the stack comes back by its restart policy
         health = exec_json(
@@ -291,49 +306,48 @@ def test_autoheal_respects_the_rollout_mark_and_resets_for_real(
         pytest.fail(f"{member.name} not healthy after the reset")
 
 
-def test_resize_up_comes_up_deployed(fleet: LocalFleet, compute: Compute) -> None:
-    before = {m.name for m in compute.mig_members(REF)}
+def test_resize_up_and_recreate_come_back_deployed_and_keys_follow(
+    fleet: LocalFleet, compute: Compute
+) -> None:
+    """Both at once (as a MIG may): a new member, and a member replaced by a new VM of its name."""
+    before = {m.name: m for m in compute.mig_members(REF)}
+    target = before[sorted(before, key=natural_key)[-1]]  # gcemig-2 (role app, not beat)
+    old_key = guest_key(compute, target.name)
+    assert old_key == host_key(fleet, target.name)
+    release = exec_json(fleet, "readlink /opt/fleet/dify/current", target.name)[target.name]["stdout"].strip()
+
     request_id = str(uuid.uuid4())
     compute.resize(REF, 3, request_id=request_id)
     compute.resize(REF, 3, request_id=request_id)  # a retry with the same id: the same operation
-    seen = watch(compute, lambda ms: len(ms) == 3 and all(m.current_action == "NONE" for m in ms))
-    members = compute.mig_members(REF)
-    (new,) = [m for m in members if m.name not in before]
-    assert {(new.name, "CREATING"), (new.name, "VERIFYING")} <= {(n, a) for n, _, a in seen}
-    assert compute.mig(REF).target_size == 3
-    # deployed by the template's startup script to the fleet's release: the same release id as its
-    # peer of the same roles (gcemig-2), serving that version, recorded as `startup`
-    results = exec_json(fleet, "readlink /opt/fleet/dify/current; tail -n1 /opt/fleet/dify/history.jsonl")
-    peer = sorted(before)[-1]
-    assert results[new.name]["stdout"].splitlines()[0] == results[peer]["stdout"].splitlines()[0]
-    entry = json.loads(results[new.name]["stdout"].splitlines()[1])
-    assert (entry["action"], entry["result"], entry["version"]) == ("startup", "ok", VERSION)
-    health = exec_json(fleet, "curl -s http://127.0.0.1/health", new.name)
-    assert json.loads(health[new.name]["stdout"])["version"] == VERSION
-    assert fleet.lb.wait_for(new.name, ("UP",), timeout=30)  # the LB follows the membership
-
-
-def test_recreate_new_key_followed_through_guest_attributes_stale_pin_refused(
-    fleet: LocalFleet, compute: Compute
-) -> None:
-    target = compute.mig_members(REF)[-1]
-    old_key = guest_key(compute, target.name)
-    assert old_key == host_key(fleet, target.name)
     compute.recreate(REF, [target])
-    seen = watch(
-        compute,
-        lambda ms: all(m.current_action == "NONE" for m in ms) and target.name in {m.name for m in ms},
+    seen = watch(compute, lambda ms: len(ms) == 3 and all(m.current_action == "NONE" for m in ms))
+    members = {m.name: m for m in compute.mig_members(REF)}
+    (new,) = [m for m in members.values() if m.name not in before]
+    actions = {(n, a) for n, _, a in seen}
+    assert {(new.name, "CREATING"), (new.name, "VERIFYING"), (target.name, "RECREATING")} <= actions
+    assert compute.mig(REF).target_size == 3
+
+    # both ran the template's startup script: the fleet's release (the same release id their peers of
+    # the same roles run), serving it, recorded as `startup`; the LB follows the membership
+    results = exec_json(
+        fleet,
+        "readlink /opt/fleet/dify/current; tail -n1 /opt/fleet/dify/history.jsonl; curl -s http://127.0.0.1/health",
     )
-    assert (target.name, "RECREATING") in {(n, a) for n, _, a in seen}
-    after = next(m for m in compute.mig_members(REF) if m.name == target.name)
-    assert after.id != target.id  # a new VM of the same name
+    for name in (new.name, target.name):
+        assert results[name]["status"] == "ok", results[name]
+        current, history, health = results[name]["stdout"].splitlines()[:3]
+        assert current == release
+        entry = json.loads(history)
+        assert (entry["action"], entry["result"], entry["version"]) == ("startup", "ok", VERSION)
+        assert json.loads(health)["version"] == VERSION
+    assert fleet.lb.wait_for(new.name, ("UP",), timeout=30)
+
+    # the recreated member: a new VM (id) with a new host key, published in guest attributes, which
+    # the tool used above to connect (mig/known_hosts pins nothing)
+    after = members[target.name]
+    assert after.id != target.id
     new_key = guest_key(compute, target.name)
     assert new_key != old_key and new_key == host_key(fleet, target.name)
-
-    results = exec_json(fleet, "curl -s http://127.0.0.1/health", target.name)
-    assert results[target.name]["status"] == "ok", results
-    assert json.loads(results[target.name]["stdout"])["version"] == VERSION  # startup deployed it again
-
     pins = fleet.inventory_dir / "mig" / "known_hosts"
     saved = pins.read_text()
     try:
