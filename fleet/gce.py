@@ -10,8 +10,11 @@ same endpoint (`.result()` would poll the real API).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import re
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +31,45 @@ class ComputeError(FleetError):
 
 class PreconditionFailed(ComputeError):
     """A fingerprint was stale: somebody else changed the object first (412 conditionNotMet)."""
+
+
+def _register_compute_v1() -> None:
+    """Make `google.cloud.compute_v1` importable without running its __init__.
+
+    That __init__ imports all ~100 API clients (about a second of every `fab` start with a GCE
+    inventory); we import the few service modules we use. The first lookup of any other attribute
+    runs the real __init__ (PEP 562), so other code in the process still sees the whole package.
+    (functions/gce.py does the same for the Cloud Functions' cold start; whichever runs first wins.)
+    """
+    name = "google.cloud.compute_v1"
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ComputeError("google-cloud-compute is not installed", hint="pip install google-cloud-compute")
+    package = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def complete(attr: str) -> Any:
+        if not attr.startswith("__") and importlib.util.find_spec(f"{name}.{attr}") is not None:
+            raise AttributeError(attr)  # a submodule: the import system loads it
+        package.__dict__.pop("__getattr__", None)
+        loader.exec_module(package)
+        return getattr(package, attr)
+
+    package.__dict__["__getattr__"] = complete
+    sys.modules[name] = package
+    setattr(sys.modules["google.cloud"], "compute_v1", package)  # noqa: B010
+
+
+def _client_class(name: str) -> Any:
+    """InstanceGroupManagersClient -> google.cloud.compute_v1.services.instance_group_managers."""
+    import google.cloud  # noqa: F401 - the namespace package the registration hangs off
+
+    _register_compute_v1()
+    service = re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Client")).lower()
+    module = importlib.import_module(f"google.cloud.compute_v1.services.{service}")
+    return getattr(module, name)
 
 
 def endpoint_for(configured: str | None = None) -> str | None:
@@ -106,8 +148,6 @@ class Compute:
     def client(self, name: str) -> Any:
         """`name` is a compute_v1 client class name, e.g. "InstancesClient"."""
         if name not in self._clients:
-            from google.cloud import compute_v1
-
             kwargs: dict[str, Any] = {}
             if self.endpoint:
                 from google.auth.credentials import AnonymousCredentials
@@ -115,14 +155,14 @@ class Compute:
                 kwargs["client_options"] = {"api_endpoint": self.endpoint}
                 if self.endpoint.startswith("http://"):
                     kwargs["credentials"] = AnonymousCredentials()
-            self._clients[name] = getattr(compute_v1, name)(**kwargs)
+            self._clients[name] = _client_class(name)(**kwargs)
         return self._clients[name]
 
     @staticmethod
     def types() -> Any:
-        from google.cloud import compute_v1
-
-        return compute_v1
+        """The request/resource types (google.cloud.compute_v1.types)."""
+        _register_compute_v1()
+        return importlib.import_module("google.cloud.compute_v1.types")
 
     # ------------------------------------------------------------------ operations
 
