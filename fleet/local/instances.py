@@ -525,5 +525,17 @@ class LocalFleet:
                 "running": bool(reg and reg["status"] == "running"),
                 "ref": self.config.registry_ref,
             },
+            "compute": self.compute_status(),
             "inventory": str(self.config.inventory_dir),
+        }
+
+    def compute_status(self) -> dict[str, Any]:
+        """The Compute endpoint: URL, whether it answers, the MIG it serves (docs/gce.md)."""
+        from fleet.local import compute_docker
+
+        running = compute_docker.running_endpoint(self.config)
+        return {
+            "running": running is not None,
+            "url": compute_docker.endpoint_url(self.config),
+            "mig": f"{self.config.project}/{self.config.zone}/{compute_docker.mig_name(self.config)}",
         }

@@ -59,22 +59,34 @@ def _lb_view(fleet: LocalFleet) -> dict[str, str]:
 @task(help={"instances": "number of instances (default 3)"})
 @fleet_errors
 def up(c: Any, instances: int = 3) -> None:
-    """Bring up the local fleet: N "VMs" (sshd + Docker + Compose), registry, haproxy on 127.0.0.1:8080.
+    """Bring up the local fleet: N "VMs" (sshd + Docker + Compose), registry, haproxy on 127.0.0.1:8080,
+    and its Compute API on 127.0.0.1:8089 (MIG local-mig; docs/gce.md).
 
     Builds the images first when their inputs changed (cached otherwise), then writes
-    inventory/local/ (hosts, known_hosts with each instance's real host key) for `--inventory local`.
+    inventory/local/ (hosts, known_hosts with each instance's real host key) for `--inventory local`,
+    and inventory/local/mig/ (the same fleet as MIG members) for `--inventory local/mig`.
     """
 
     fleet = _fleet()
     records = fleet.up(int(instances))
     _print_instances(records, _lb_view(fleet))
     print(f"inventory: {fleet.inventory_dir}   LB: {fleet.lb.frontend}")
+    _print_compute(fleet)
+
+
+def _print_compute(fleet: LocalFleet) -> None:
+    info = fleet.compute_status()
+    state = "running" if info["running"] else "not running"
+    print(
+        f"Compute API: {info['url'] or '-'} ({state}; MIG {info['mig']}; "
+        f"the MIG's view: --inventory {fleet.inventory_dir / 'mig'})"
+    )
 
 
 @task
 @fleet_errors
 def down(c: Any) -> None:
-    """Remove every instance, the LB and the registry container (built images stay cached)."""
+    """Remove every instance, the LB, the Compute API and the registry container (images stay cached)."""
 
     _fleet().down()
     print("local fleet removed")
@@ -96,6 +108,7 @@ def status(c: Any, json_: bool = False) -> None:
         return
     _print_instances(records, lb)
     print(f"LB: {fleet.lb.frontend} ({'running' if fleet.lb.running() else 'stopped'})")
+    _print_compute(fleet)
 
 
 def _one(action: str, name: str) -> None:
