@@ -171,8 +171,10 @@ def rollback(
 # --------------------------------------------------------------------------- shared body
 
 
-def _preload() -> None:
-    """google-cloud-compute takes seconds to import: do it while SSH connects and the bundle renders."""
+def _preload() -> threading.Thread:
+    """google-cloud-compute takes seconds to import: do it while SSH connects and the bundle renders.
+    Join the thread before anything else imports it: two threads importing that package at once can
+    see it half-initialised."""
     import contextlib
     import importlib
 
@@ -180,12 +182,13 @@ def _preload() -> None:
         with contextlib.suppress(ImportError):
             importlib.import_module("google.cloud.compute_v1")
 
-    threading.Thread(target=load, name="preload-compute", daemon=True).start()
+    thread = threading.Thread(target=load, name="preload-compute", daemon=True)
+    thread.start()
+    return thread
 
 
 def _main(action: str, **o: Any) -> int:
-    if not o["dry_run"]:
-        _preload()
+    preload = _preload() if not o["dry_run"] else None
     from fleet import journal as jr
     from fleet import lock as lk
     from fleet import rollout as ro
@@ -250,6 +253,8 @@ def _main(action: str, **o: Any) -> int:
             print_plan(plan)
         if replay is None and not o["yes"]:
             _confirm(action)
+        if preload is not None:
+            preload.join()
         store = lk.for_inventory(inv, chosen, warn=warn)
         compute = store.compute
         from fleet import lbview
