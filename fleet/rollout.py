@@ -439,6 +439,13 @@ def compose_idle(layout: rc.Layout, seconds: int = 60) -> Command:
     return Command(script, "wait for other docker compose runs to end")
 
 
+def switch_when_idle(layout: rc.Layout, rid: str) -> Command:
+    """`compose_idle` then the atomic switch of `current`, in one round trip."""
+    return Command(
+        f"{compose_idle(layout).script}\n{rc.switch(layout, rid).script}", f"switch current to {rid}"
+    )
+
+
 def set_previous(layout: rc.Layout, rid: str | None) -> Command:
     """Point `previous` at releases/<id> again (or remove it): a reverted host is left exactly as it
     was before the rollout, so a later `fab rollback` does not go to the release that failed."""
@@ -550,6 +557,7 @@ class Engine:
         self.beat_seen: list[list[str]] = []
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="unmark")
+        self._staged_state: dict[str, rc.HostState] = {}
         self._unmarks: list[Future[None]] = []
         for name, job in plan.jobs.items():
             self.outcomes[name] = HostOutcome(
@@ -706,8 +714,9 @@ class Engine:
             layout = ht.layout_of(ctx.host)
             with self.step(out, "stage"):
                 if bundle is not None and bundle.release_id == job.target.id:
-                    _prepare(ctx, bundle)
+                    self._staged_state[ctx.host.name] = _prepare(ctx, bundle)
                 else:
+                    self._staged_state[ctx.host.name] = ht.read_state(ctx)
                     present = rc.parse_present(
                         ht.run(ctx, rc.release_present(layout, job.target.id), "stage").stdout
                     )
@@ -793,7 +802,8 @@ class Engine:
         marked = False
         try:
             with self.step(out, "state"):
-                state = ht.read_state(ctx)
+                # read while staging moments ago (under our lock nothing else changes it), else now
+                state = self._staged_state.pop(host.name, None) or ht.read_state(ctx)
             drained = state.drained
             if state.current == target.id and not state.drained:
                 verdict = ht.check(ctx, target.version, target.id)
@@ -816,11 +826,10 @@ class Engine:
             if self.stopping():
                 raise Interrupted
             with self.step(out, "switch"):
-                ht.switch(ctx, target.id)
+                ht.run(ctx, switch_when_idle(ht.layout_of(host), target.id), "switch", timeout=90)
                 # from here a failure means going back (also when a killed run had switched already)
                 switched = source is not None and source.id != target.id
             with self.step(out, "up"):
-                ht.run(ctx, compose_idle(ht.layout_of(host)), "up", timeout=90)
                 ht.up(ctx, target.id, target.disabled, timeout=self.plan.timings.health_timeout + 120)
             with self.step(out, "verify"):
                 self._verified(ctx, target, drained=True)
@@ -1191,19 +1200,26 @@ class Engine:
                     self.emit("beat", started=r.host, ok=r.ok, error=r.error)
                     if not r.ok:
                         self.problems.append(f"could not start worker_beat on {r.host}: {r.error}")
-            self.emit("beat", settled=keep or (preferred[0] if preferred else None))
+            settled = keep or (preferred[0] if preferred else None)
+            if settled is None and self.plan.beat_host:
+                self.problems.append(
+                    f"worker_beat runs on no host: the current release of {self.plan.beat_host} (the beat "
+                    "host) does not enable it; roll out that host"
+                )
+            self.emit("beat", settled=settled)
         except FleetError as exc:
             self.problems.append(f"worker_beat check: {exc.what}")
 
 
-def _prepare(ctx: HostContext, bundle: Bundle) -> None:
+def _prepare(ctx: HostContext, bundle: Bundle) -> rc.HostState:
     """fleet.deploy.preflight without the pull (timed apart): Docker, layout, disk, upload."""
     from fleet.deploy import DOCKER_PROBE
 
     ht.run(
         ctx, DOCKER_PROBE, "docker", hint="run `fab bootstrap` to install and start Docker with Compose v2"
     )
-    if not ht.read_state(ctx).exists:
+    state = ht.read_state(ctx)
+    if not state.exists:
         raise ht.StepError(
             ctx.host.name,
             "layout",
@@ -1212,6 +1228,7 @@ def _prepare(ctx: HostContext, bundle: Bundle) -> None:
         )
     ht.check_free_disk(ctx, int(ctx.host.get("app.min_free_mb", ht.NEED_FREE_MB)))
     ht.stage(ctx, bundle)
+    return state
 
 
 def _state_step(ctx: HostContext) -> HostResult:

@@ -31,6 +31,7 @@ from fleet.rollout import (
     resolve_options,
     resume_command,
     set_previous,
+    switch_when_idle,
 )
 from functions.fleet_contract import validate_label_value
 
@@ -197,6 +198,8 @@ def test_previous_link_and_compose_wait_commands() -> None:
         set_previous(layout, "../../etc")
     with pytest.raises(FleetError):
         compose_idle(layout, 0)
+    both = switch_when_idle(layout, "f" * 16).script
+    assert both.index("pgrep") < both.index("mv -T .current.new current")
 
 
 def test_pick_release_by_id_prefix_or_version() -> None:
