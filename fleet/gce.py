@@ -15,6 +15,7 @@ import importlib.util
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ class PreconditionFailed(ComputeError):
     """A fingerprint was stale: somebody else changed the object first (412 conditionNotMet)."""
 
 
+_REGISTER_LOCK = threading.Lock()
+
+
 def _register_compute_v1() -> None:
     """Make `google.cloud.compute_v1` importable without running its __init__.
 
@@ -42,8 +46,12 @@ def _register_compute_v1() -> None:
     (functions/gce.py does the same for the Cloud Functions' cold start; whichever runs first wins.)
     """
     name = "google.cloud.compute_v1"
-    if name in sys.modules:
-        return
+    with _REGISTER_LOCK:  # connections resolve host keys from many threads at once
+        if name not in sys.modules:
+            _register(name)
+
+
+def _register(name: str) -> None:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.loader is None:
         raise ComputeError("google-cloud-compute is not installed", hint="pip install google-cloud-compute")
