@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 from invoke import Collection
 
-from fleet.tasks import core, release
+from fleet.tasks import core, functions, local, lock, monitoring, release, rollout
 
 
 def namespace() -> Collection:
@@ -21,10 +19,16 @@ def namespace() -> Collection:
         release.diff,
         release.status,
         release.history,
+        rollout.rollout,
+        rollout.rollback,
     ):
         ns.add_task(t)
     # sub-collections: `fab local.up`, ...
-    for sub in ("local", "monitoring", "functions"):
-        if importlib.util.find_spec(f"fleet.tasks.{sub}") is not None:
-            ns.add_collection(Collection.from_module(importlib.import_module(f"fleet.tasks.{sub}")), name=sub)
+    for name, module in (
+        ("local", local),
+        ("monitoring", monitoring),
+        ("functions", functions),
+        ("lock", lock),
+    ):
+        ns.add_collection(Collection.from_module(module), name=name)
     return ns
