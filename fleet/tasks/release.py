@@ -32,8 +32,11 @@ def bootstrap(
     json_: bool = False,
     workers: int = 0,
 ) -> None:
-    """Prepare hosts (idempotent): Docker engine and Compose v2, deploy user in group docker, the
-    release layout, Docker log rotation, sysctls. Reports changed / unchanged per host; needs sudo."""
+    """Prepare hosts, idempotently: Docker + Compose v2, deploy user, layout, log rotation, sysctls.
+
+    One root script per host through `sudo -n`; each item is checked before it is changed and
+    reported as changed or unchanged, so a second run reports no changes.
+    """
     from fleet import hosttasks as ht
     from fleet import ui
     from fleet.commands.bootstrap import bootstrap_command, parse_bootstrap
@@ -219,8 +222,11 @@ def diff(
     json_: bool = False,
     workers: int = 0,
 ) -> None:
-    """Per host: compose and .env differences between the current release and the one a deploy of
-    VERSION would install. Secret values are masked. Changes nothing."""
+    """Per host, what a deploy of VERSION would change: compose and .env diff, secrets masked.
+
+    Compares each host's current release with the one `fab deploy --version VERSION` would install.
+    Changes nothing.
+    """
     from fleet import deploy as dp
 
     inv, chosen = select(inventory, hosts, group, where)
@@ -238,8 +244,11 @@ def status(
     json_: bool = False,
     workers: int = 0,
 ) -> None:
-    """One table for the fleet: release and version, each service's state/health, /health answer,
-    drain flag, drift (containers that do not match the current release), last history entry."""
+    """One table for the fleet: release, services, /health, drain flag, drift, last history entry.
+
+    Drift is a container missing, one not in the current release, or one whose configuration differs
+    from what the current release would create.
+    """
     from fleet import deploy as dp
     from fleet import ui
     from fleet.runner import run_on
