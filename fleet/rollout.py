@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -556,8 +556,9 @@ class Engine:
         self.problems: list[str] = []
         self.beat_seen: list[list[str]] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="unmark")
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="labels")
         self._staged_state: dict[str, rc.HostState] = {}
+        self._premarks: dict[str, Future[bool]] = {}
         self._unmarks: list[Future[None]] = []
         for name, job in plan.jobs.items():
             self.outcomes[name] = HostOutcome(
@@ -609,6 +610,13 @@ class Engine:
         try:
             return self._run(stage=stage, phase=phase, revert_hosts=revert_hosts)
         finally:
+            for name, future in list(self._premarks.items()):  # marked ahead for a batch that never ran
+                with suppress(Exception):
+                    if future.result():
+                        self._unmarks.append(
+                            self._pool.submit(self._unmark, self._host(name), self.outcomes[name])
+                        )
+            self._premarks.clear()
             self._pool.shutdown(wait=True)  # every rollout label removal has finished (or failed)
 
     def _run(self, *, stage: bool, phase: str, revert_hosts: Sequence[str]) -> Report:
@@ -644,6 +652,8 @@ class Engine:
                 break
             self.emit("batch", index=index, hosts=names, status="start")
             self._beat_guard(names)
+            if index + 1 < len(self.plan.batches):
+                self._mark_ahead(self.plan.batches[index + 1])
             results = self._on(names, self._forward_step)
             self._collect(results)
             failures += sum(1 for n in names if self.outcomes[n].result in FAILED_RESULTS)
@@ -800,6 +810,7 @@ class Engine:
         drained = False
         switched = False
         marked = False
+        premark = self._premarks.pop(host.name, None)
         try:
             with self.step(out, "state"):
                 # read while staging moments ago (under our lock nothing else changes it), else now
@@ -817,7 +828,11 @@ class Engine:
             if self.stopping():
                 raise Interrupted
             with self.step(out, "mark"):
-                marked = self.marks.set(host, self.plan.rollout_id)
+                # usually set while the previous batch ran: only waited for here
+                marked = (
+                    premark.result() if premark is not None else self.marks.set(host, self.plan.rollout_id)
+                )
+                premark = None
             with self.step(out, "drain"):
                 ht.drain(ctx)
                 drained = True
@@ -890,9 +905,29 @@ class Engine:
         finally:
             if out.result != "unreachable":
                 out.drained = drained
+            if premark is not None:  # marked ahead, but it never got to its mark step
+                with suppress(Exception):
+                    marked = premark.result()
             if marked:
                 # off the critical path: the next batch need not wait for Compute (run() waits for it)
                 self._unmarks.append(self._pool.submit(self._unmark, host, out))
+
+    def _host(self, name: str) -> FleetHost:
+        host: FleetHost = self.nr.inventory.hosts[name].data["fleet_host"]
+        return host
+
+    def _mark_ahead(self, names: Sequence[str]) -> None:
+        """Label the next batch's instances while this batch runs (Compute operations take seconds);
+        its hosts only wait for that in their own mark step, before they are drained."""
+
+        def mark(name: str) -> bool:
+            done = self.marks.set(self._host(name), self.plan.rollout_id)
+            self.emit("premark", host=name, ok=done)
+            return done
+
+        for name in names:
+            if name not in self._premarks:
+                self._premarks[name] = self._pool.submit(mark, name)
 
     def _unmark(self, host: FleetHost, out: HostOutcome) -> None:
         try:
