@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,10 @@ def checked(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
     return r
 
 
+def _epoch(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
 def analyse(events: list[dict[str, Any]], min_ready: float) -> dict[str, Any]:
     steps: dict[str, dict[str, float]] = defaultdict(dict)
     for e in events:
@@ -85,6 +90,8 @@ def main() -> None:
         checked(fab(env, "deploy", "--inventory", inv, "--version", "1.0.0"))
         frontend = f"http://127.0.0.1:{BENCH.lb_port}"
         load = LoadGen(frontend, threads=4, rate=20, max_seconds=900).start()
+        loadavg_before = os.getloadavg()[0]
+        started_at = time.time()
         t0 = time.monotonic()
         r = fab(
             env,
@@ -101,6 +108,8 @@ def main() -> None:
             "1",
         )
         wall = time.monotonic() - t0
+        ended_at = time.time()
+        loadavg_after = os.getloadavg()[0]
         traffic = load.stop()
         checked(r)
         report = json.loads(r.stdout)
@@ -109,6 +118,7 @@ def main() -> None:
         plan = next(e for e in events if e["event"] == "plan")
         min_ready = float(plan["timings"]["min_ready"])
         a = analyse(events, min_ready)
+        first, last = _epoch(events[0]["t"]), _epoch(events[-1]["t"])
     finally:
         fleet.down()
 
@@ -130,6 +140,18 @@ def main() -> None:
         ),
         ("floor total", f"{floor:.1f}"),
         ("**engine overhead** (wall - floor)", f"**{overhead:.1f} ({pct:.1f}%)**"),
+        (
+            "  of which: process start, plan, lock (before the journal's first line)",
+            f"{first - started_at:.1f}",
+        ),
+        (
+            "  of which: unlock, summary, process exit (after the journal's last line)",
+            f"{ended_at - last:.1f}",
+        ),
+        (
+            "  of which: inside the run (stage checks and upload, per-host commands, beat checks)",
+            f"{overhead - (first - started_at) - (ended_at - last):.1f}",
+        ),
     ]
     body = [
         f"Rollout 1.0.0 -> 1.1.0 of {N} local instances, `--canary 0 --batch 1` ({N} batches), "
@@ -140,7 +162,9 @@ def main() -> None:
         *[f"| {label} | {value} |" for label, value in rows],
         "",
         f"Target: overhead <= 10% of the floor: **{'met' if pct <= 10 else 'NOT met'}** ({pct:.1f}%). "
-        f"Outcome `{report['outcome']}`; load: {traffic.summary()}.",
+        f"Outcome `{report['outcome']}`; load: {traffic.summary()}. "
+        f"Machine load average (1 min) {loadavg_before:.1f} before, {loadavg_after:.1f} after: the 2 cores "
+        "are shared, and the CPU-bound parts (process start-up, imports) stretch with it.",
         "",
         "Mean seconds per host and step (floor steps first, then the engine's own):",
         "",
