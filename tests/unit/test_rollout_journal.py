@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,10 @@ def test_pid_alive_only_for_live_fleet_processes() -> None:
     assert not jr.pid_alive(os.getpid())  # ourselves: we are the resumer
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)  # fleet"])
     try:
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while b"fleet" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # between fork and exec the child still shows our own command line
         assert jr.pid_alive(proc.pid)
     finally:
         proc.kill()
