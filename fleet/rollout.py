@@ -537,6 +537,7 @@ class Engine:
         lock_lost: Callable[[], str | None] | None = None,
         touched: Sequence[str] = (),
         inventory_arg: str | None = None,
+        resumed: bool = False,
     ) -> None:
         self.inv = inv
         self.nr = nr  # every host of the inventory: worker_beat is fleet-wide (connections open lazily)
@@ -551,6 +552,7 @@ class Engine:
         self.stop = stop or threading.Event()
         self.lock_lost = lock_lost or (lambda: None)
         self.touched = set(touched)  # hosts an earlier run of this rollout (resumed) worked on
+        self.resumed = resumed
         self.inventory_arg = inventory_arg or inv.name
         self.outcomes: dict[str, HostOutcome] = {}
         self.problems: list[str] = []
@@ -723,10 +725,19 @@ class Engine:
             out = self.outcomes[ctx.host.name]
             layout = ht.layout_of(ctx.host)
             with self.step(out, "stage"):
+                state = ht.read_state(ctx)  # under the lock: what the host really runs now
+                if not state.exists:
+                    raise ht.StepError(
+                        ctx.host.name,
+                        "layout",
+                        f"{layout.root} does not exist",
+                        hint="run `fab bootstrap` on this host first",
+                    )
+                self._staged_state[ctx.host.name] = state
+                self._unchanged_since_plan(ctx.host.name)
                 if bundle is not None and bundle.release_id == job.target.id:
-                    self._staged_state[ctx.host.name] = _prepare(ctx, bundle)
+                    ht.stage(ctx, bundle)  # uploads only when the host lacks the release
                 else:
-                    self._staged_state[ctx.host.name] = ht.read_state(ctx)
                     present = rc.parse_present(
                         ht.run(ctx, rc.release_present(layout, job.target.id), "stage").stdout
                     )
@@ -758,6 +769,20 @@ class Engine:
         if bad:
             self.problems.append("staging failed: nothing was switched on any host")
         return not bad
+
+    def _unchanged_since_plan(self, host: str) -> None:
+        """A first run plans from states read before the lock: if a host changed meanwhile (another
+        rollout finished in between), its planned way back is wrong. Stop before anything switches."""
+        if self.resumed:
+            return
+        state = self._staged_state.get(host)
+        source = self.plan.jobs[host].source
+        if state is not None and state.current != (source.id if source else None):
+            raise FleetError(
+                f"now runs {state.current or 'nothing'}, planned from {source.id if source else 'nothing'}",
+                where=host,
+                hint="the fleet changed between plan and lock (another rollout?): run the command again",
+            )
 
     # ------------------------------------------------------------------ one host forward
 
@@ -1246,26 +1271,6 @@ class Engine:
             self.problems.append(f"worker_beat check: {exc.what}")
 
 
-def _prepare(ctx: HostContext, bundle: Bundle) -> rc.HostState:
-    """fleet.deploy.preflight without the pull (timed apart): Docker, layout, disk, upload."""
-    from fleet.deploy import DOCKER_PROBE
-
-    ht.run(
-        ctx, DOCKER_PROBE, "docker", hint="run `fab bootstrap` to install and start Docker with Compose v2"
-    )
-    state = ht.read_state(ctx)
-    if not state.exists:
-        raise ht.StepError(
-            ctx.host.name,
-            "layout",
-            f"{ht.layout_of(ctx.host).root} does not exist",
-            hint="run `fab bootstrap` on this host first",
-        )
-    ht.check_free_disk(ctx, int(ctx.host.get("app.min_free_mb", ht.NEED_FREE_MB)))
-    ht.stage(ctx, bundle)
-    return state
-
-
 def _state_step(ctx: HostContext) -> HostResult:
     return HostResult(ctx.host.name, "ok", data={"state": ht.read_state(ctx)})
 
@@ -1290,9 +1295,11 @@ def _text(exc: BaseException) -> str:
 # =========================================================================== planning over SSH
 
 
-def read_states(nr: Nornir) -> dict[str, rc.HostState]:
-    """Every host's release state, or one FleetError naming each host that could not be read."""
-    results = run_step(nr, _state_step)
+def read_states(nr: Nornir, *, preflight: bool = False) -> dict[str, rc.HostState]:
+    """Every host's release state, or one FleetError naming each host that could not be read. With
+    `preflight`, also what a rollout needs and only reads: Docker and Compose v2 answer, the layout
+    exists, enough free disk (so a bad host is refused before the lock is even taken)."""
+    results = run_step(nr, _ready_step if preflight else _state_step)
     bad = [f"{r.host}: {r.status}: {r.error}" for r in results if not r.ok]
     if bad:
         raise FleetError(
@@ -1300,6 +1307,24 @@ def read_states(nr: Nornir) -> dict[str, rc.HostState]:
             hint="nothing was changed; fix or leave out those hosts (--hosts)",
         )
     return {r.host: r.data["state"] for r in results}
+
+
+def _ready_step(ctx: HostContext) -> HostResult:
+    from fleet.deploy import DOCKER_PROBE
+
+    ht.run(
+        ctx, DOCKER_PROBE, "docker", hint="run `fab bootstrap` to install and start Docker with Compose v2"
+    )
+    state = ht.read_state(ctx)
+    if not state.exists:
+        raise ht.StepError(
+            ctx.host.name,
+            "layout",
+            f"{ht.layout_of(ctx.host).root} does not exist",
+            hint="run `fab bootstrap` on this host first",
+        )
+    ht.check_free_disk(ctx, int(ctx.host.get("app.min_free_mb", ht.NEED_FREE_MB)))
+    return HostResult(ctx.host.name, "ok", data={"state": state})
 
 
 def staged_targets(nr: Nornir, states: Mapping[str, rc.HostState], spec: str | None) -> dict[str, Release]:
@@ -1392,6 +1417,7 @@ def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
             lock_lost=lost,
             touched=resume.touched if resume is not None else (),
             inventory_arg=run.inventory_arg,
+            resumed=resume is not None,
         )
         if resume is not None and resume.reverting is not None:
             report = engine.run(stage=False, phase="rollback", revert_hosts=resume.reverting)

@@ -315,7 +315,7 @@ def _plan(action: str, inv: Any, chosen: list[Any], nr: Any, o: dict[str, Any], 
     bundles = None
     if action == "rollout" and not o["spec"]:
         bundles = dp.render_all(inv, chosen, version=o["version"] or None)
-    states = ro.read_states(nr)
+    states = ro.read_states(nr, preflight=not o["dry_run"])
     if bundles is not None:
         targets = {h: ro.Release.from_bundle(b) for h, b in bundles.items()}
         label = next(iter(bundles.values())).version
