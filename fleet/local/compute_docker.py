@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from fleet.errors import FleetError
 from fleet.local import execute
 from fleet.local.compute_state import (
+    ACTION_COUNTERS,
     BASE_URL,
     ComputeApiError,
     ComputeBackend,
@@ -80,21 +81,6 @@ _STATUS = {
     "exited": "TERMINATED",
     "dead": "TERMINATED",
 }
-_ACTION_COUNTERS = (
-    "none",
-    "creating",
-    "creatingWithoutRetries",
-    "verifying",
-    "recreating",
-    "deleting",
-    "abandoning",
-    "restarting",
-    "refreshing",
-    "suspending",
-    "resuming",
-    "stopping",
-    "starting",
-)
 
 
 def mig_name(config: LocalConfig) -> str:
@@ -373,7 +359,7 @@ class DockerCompute(ComputeBackend):
         return len(members) + len(self._absent(members)) - deleting
 
     def _igm_json(self, members: Mapping[str, Instance]) -> dict[str, Any]:
-        counts = dict.fromkeys(_ACTION_COUNTERS, 0)
+        counts = dict.fromkeys(ACTION_COUNTERS, 0)
         with self._lock:
             names = set(members) | set(self._absent(members))
             actions = {n: (self._actions[n].kind if n in self._actions else "NONE") for n in names}

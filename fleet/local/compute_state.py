@@ -35,7 +35,8 @@ _NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 _INSTANCE_URL = re.compile(r"(?:.*/)?projects/([^/]+)/zones/([^/]+)/instances/([^/]+)")
-_ACTION_COUNTERS = (
+# currentAction counters of a MIG (instanceGroupManagers.get): shared by every backend
+ACTION_COUNTERS = (
     "none",
     "creating",
     "creatingWithoutRetries",
@@ -768,7 +769,7 @@ class InMemoryCompute(ComputeBackend):
             return {**base, "queryPath": query_path, "queryValue": {"items": items}}
 
     def _igm_json(self, mig: _Mig) -> dict[str, Any]:
-        counts = dict.fromkeys(_ACTION_COUNTERS, 0)
+        counts = dict.fromkeys(ACTION_COUNTERS, 0)
         for action in mig.actions.values():
             camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), action.lower())
             counts[camel] = counts.get(camel, 0) + 1
