@@ -446,6 +446,17 @@ def switch_when_idle(layout: rc.Layout, rid: str) -> Command:
     )
 
 
+UNDRAIN_FAILED = 97
+
+
+def undrain_then_probe(layout: rc.Layout, port: int) -> Command:
+    """Remove the drain flag (exit 97 if that fails), then probe /health through nginx: one round trip."""
+    probe = ht.health_command(port)
+    return Command(
+        f"{rc.undrain(layout).script} || exit {UNDRAIN_FAILED}\n{probe.script}", "undrain and probe"
+    )
+
+
 def set_previous(layout: rc.Layout, rid: str | None) -> Command:
     """Point `previous` at releases/<id> again (or remove it): a reverted host is left exactly as it
     was before the rollout, so a later `fab rollback` does not go to the release that failed."""
@@ -874,11 +885,12 @@ class Engine:
             with self.step(out, "verify"):
                 self._verified(ctx, target, drained=True)
             with self.step(out, "undrain"):
-                ht.undrain(ctx)
+                first = self._undrain_and_probe(ctx, target)
                 drained = False
             try:
                 with self.step(out, "serve"):
-                    self._serving(ctx, target)
+                    if first is not None:
+                        self._serving(ctx, target)
                 with self.step(out, "lb-in"):
                     self.lb_for(host).wait_in(host, self.plan.timings.health_timeout)
                 with self.step(out, "soak"):
@@ -1013,15 +1025,31 @@ class Engine:
                 raise HostFailed(ctx.host.name, "serve", why)
             time.sleep(0.2)
 
+    def _undrain_and_probe(self, ctx: HostContext, rel: Release) -> str | None:
+        """Remove the drain flag and probe /health through nginx in one round trip: None when it
+        already answers 200 with the version (else why not: `serve` keeps probing)."""
+        layout = ht.layout_of(ctx.host)
+        r = ctx.run(undrain_then_probe(layout, ht.http_port_of(ctx.host)).shell(), timeout=15)
+        if r.exited == UNDRAIN_FAILED:
+            raise ht.StepError(
+                ctx.host.name, "undrain", f"could not remove {layout.drain_flag}: {r.stderr.strip()}"
+            )
+        code, seen = ht.parse_health(r.stdout)
+        if code != 200:
+            return f"/health answered {code or 'nothing'}"
+        return None if seen == rel.version else f"/health reports version {seen!r}, want {rel.version!r}"
+
     def _soak(self, ctx: HostContext, rel: Release) -> None:
-        """Stay in service for min-ready seconds, then check it still answers right and is still in the LB."""
+        """Stay in service for min-ready seconds, then check the LB still sends it traffic: its health
+        check has kept probing /health through nginx meanwhile. Without an LB to ask, probe it here."""
         if self.plan.timings.min_ready:
             time.sleep(self.plan.timings.min_ready)
-        why = self._probe(ctx, rel)
-        if why is not None:
-            raise HostFailed(ctx.host.name, "soak", why)
         seen = self.lb_for(ctx.host).look(ctx.host)
-        if seen is not None and not seen.serving:
+        if seen is None:
+            why = self._probe(ctx, rel)
+            if why is not None:
+                raise HostFailed(ctx.host.name, "soak", why)
+        elif not seen.serving:
             raise HostFailed(ctx.host.name, "soak", f"the load balancer dropped it again ({seen.raw})")
 
     def _bounce(

@@ -32,6 +32,7 @@ from fleet.rollout import (
     resume_command,
     set_previous,
     switch_when_idle,
+    undrain_then_probe,
 )
 from functions.fleet_contract import validate_label_value
 
@@ -198,6 +199,10 @@ def test_previous_link_and_compose_wait_commands() -> None:
         set_previous(layout, "../../etc")
     with pytest.raises(FleetError):
         compose_idle(layout, 0)
+    probe = undrain_then_probe(layout, 80).script
+    assert (
+        probe.startswith("rm -f /opt/fleet/dify/state/drain || exit 97\n") and "127.0.0.1:80/health" in probe
+    )
     both = switch_when_idle(layout, "f" * 16).script
     assert both.index("pgrep") < both.index("mv -T .current.new current")
 
