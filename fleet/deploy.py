@@ -71,8 +71,8 @@ DOCKER_PROBE = Command(
 )
 
 
-def preflight(ctx: HostContext, bundle: Bundle, pull_timeout: float | None = None) -> dict[str, Any]:
-    """Make the host ready to switch to `bundle` without changing what runs. Returns what it found."""
+def check_ready(ctx: HostContext) -> rc.HostState:
+    """Read-only: Docker and Compose v2 usable, the layout exists, enough free disk. The host's state."""
     ht.run(
         ctx, DOCKER_PROBE, "docker", hint="run `fab bootstrap` to install and start Docker with Compose v2"
     )
@@ -85,6 +85,12 @@ def preflight(ctx: HostContext, bundle: Bundle, pull_timeout: float | None = Non
             hint="run `fab bootstrap` on this host first",
         )
     ht.check_free_disk(ctx, int(ctx.host.get("app.min_free_mb", ht.NEED_FREE_MB)))
+    return state
+
+
+def preflight(ctx: HostContext, bundle: Bundle, pull_timeout: float | None = None) -> dict[str, Any]:
+    """Make the host ready to switch to `bundle` without changing what runs. Returns what it found."""
+    state = check_ready(ctx)
     sent = ht.stage(ctx, bundle)
     ht.check_and_pull(ctx, bundle, timeout=pull_timeout)
     return {"state": state, "bytes_sent": sent}

@@ -1338,21 +1338,9 @@ def read_states(nr: Nornir, *, preflight: bool = False) -> dict[str, rc.HostStat
 
 
 def _ready_step(ctx: HostContext) -> HostResult:
-    from fleet.deploy import DOCKER_PROBE
+    from fleet.deploy import check_ready
 
-    ht.run(
-        ctx, DOCKER_PROBE, "docker", hint="run `fab bootstrap` to install and start Docker with Compose v2"
-    )
-    state = ht.read_state(ctx)
-    if not state.exists:
-        raise ht.StepError(
-            ctx.host.name,
-            "layout",
-            f"{ht.layout_of(ctx.host).root} does not exist",
-            hint="run `fab bootstrap` on this host first",
-        )
-    ht.check_free_disk(ctx, int(ctx.host.get("app.min_free_mb", ht.NEED_FREE_MB)))
-    return HostResult(ctx.host.name, "ok", data={"state": state})
+    return HostResult(ctx.host.name, "ok", data={"state": check_ready(ctx)})
 
 
 def staged_targets(nr: Nornir, states: Mapping[str, rc.HostState], spec: str | None) -> dict[str, Release]:

@@ -139,8 +139,11 @@ def rollback(
     rollout_id: str = "",
     workers: int = 0,
 ) -> None:
-    """Put every selected host back on its previous release (or --to a staged one), with the same
-    batches, drain and health gates as `fab rollout`. Same exit codes."""
+    """Put every selected host back on its previous release, batch by batch behind the LB.
+
+    Or `--to` a staged release. The same batches, drain and health gates as `fab rollout`; the same
+    exit codes.
+    """
     code = _main(
         "rollback",
         version="",

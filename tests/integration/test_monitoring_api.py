@@ -265,7 +265,9 @@ def test_objects_no_longer_wanted_are_orphans_until_pruned(env: Env) -> None:
     env.apply()
     assert env.api.mutations() == []
     env.apply(prune=True)
-    assert [c.method for c in env.api.mutations()] == ["DeleteAlertPolicy"] * 2 + ["DeleteUptimeCheckConfig"] * 2
+    assert [c.method for c in env.api.mutations()] == ["DeleteAlertPolicy"] * 2 + [
+        "DeleteUptimeCheckConfig"
+    ] * 2
     assert len(env.api.uptime_checks(PROJECT)) == 1 and len(env.api.alert_policies(PROJECT)) == 3
     assert {a for _, _, a in actions(env.plan(prune=True))} == {"unchanged"}
 
