@@ -108,6 +108,10 @@ def _str(raw: Mapping[str, Any], key: str, where: str, default: str = "") -> str
     return str(value)
 
 
+# 9999-12-31T23:59:59Z: a later time cannot be a datetime, so it cannot be a real incident's either
+MAX_EPOCH = 253402300799
+
+
 def _epoch(raw: Mapping[str, Any], key: str) -> int | None:
     value = raw.get(key)
     if value is None:
@@ -115,12 +119,16 @@ def _epoch(raw: Mapping[str, Any], key: str) -> int | None:
     if isinstance(value, bool):
         raise MalformedEvent(f"incident.{key} is not epoch seconds")
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    raise MalformedEvent(f"incident.{key} is not epoch seconds")
+        seconds = value
+    elif isinstance(value, float) and value.is_integer():
+        seconds = int(value)
+    elif isinstance(value, str) and value.isdigit():
+        seconds = int(value)
+    else:
+        raise MalformedEvent(f"incident.{key} is not epoch seconds")
+    if not 0 <= seconds <= MAX_EPOCH:
+        raise MalformedEvent(f"incident.{key} is out of range ({seconds})")
+    return seconds
 
 
 def _labels(raw: Mapping[str, Any], key: str, where: str) -> dict[str, str]:

@@ -342,8 +342,51 @@ def compose_up(
         if not isinstance(wait_timeout, int) or wait_timeout <= 0:
             raise FleetError(f"invalid wait timeout {wait_timeout!r}", hint="a positive number of seconds")
         args += ["--wait", "--wait-timeout", str(wait_timeout)]
-    lines = [*remove_services(layout, disabled), sh(*compose_argv(layout, rid, *args))]
+    lines = [
+        *compose_lock(layout),
+        *remove_interrupted(layout),
+        *remove_services(layout, disabled),
+        sh(*compose_argv(layout, rid, *args)),
+    ]
     return Command(_script(*lines), f"start release {rid}")
+
+
+COMPOSE_LOCK_WAIT = 300
+
+
+def compose_lock(layout: Layout) -> list[str]:
+    """Shell lines taking the host's compose lock on fd 9 (held until the script and the compose it
+    starts exit). An operator killed mid-`up` can leave that compose running on the host; a second `up`
+    at the same time races it over the same containers, so the second one waits here instead."""
+    lock = q(f"{layout.state}/compose.lock")
+    return [
+        f"mkdir -p {q(layout.state)}",
+        f"exec 9>>{lock}",
+        f"flock -w {COMPOSE_LOCK_WAIT} 9 || {{ echo 'another compose operation on this host holds "
+        f"{layout.state}/compose.lock' >&2; exit 5; }}",
+    ]
+
+
+_HEX12 = "[0-9a-f]" * 12  # spelled out: mawk has no {12} interval
+
+
+def remove_interrupted(layout: Layout) -> list[str]:
+    """Shell lines removing containers an interrupted recreate left behind: Compose renames the old
+    container to `<id12>_<name>` before it creates the new one, and a killed run leaves that name
+    taken, which makes the next `up` fail with a name conflict."""
+    ps = sh(
+        "docker",
+        "ps",
+        "-a",
+        "--filter",
+        f"label=com.docker.compose.project={layout.project}",
+        "--format",
+        "{{.ID}} {{.Names}}",
+    )
+    return [
+        f"ids=$({ps} | awk '$2 ~ /^{_HEX12}_/ {{print $1}}'); "
+        'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; fi'
+    ]
 
 
 def compose_hashes(layout: Layout, rid: str) -> Command:

@@ -81,9 +81,19 @@ def test_compose_commands_exact() -> None:
     assert r.compose_argv(L, RID, "ps")[:4] == ["docker", "compose", "-p", "dify"]
     assert r.compose_pull(L, RID).script == f"{PREFIX} pull --quiet"
     assert r.compose_check(L, RID).script == f"{PREFIX} config --quiet"
-    assert r.compose_up(L, RID).script == f"set -eu\n{PREFIX} up -d --remove-orphans"
+    lock_and_cleanup = (
+        "mkdir -p /opt/fleet/dify/state\n"
+        "exec 9>>/opt/fleet/dify/state/compose.lock\n"
+        "flock -w 300 9 || { echo 'another compose operation on this host holds "
+        "/opt/fleet/dify/state/compose.lock' >&2; exit 5; }\n"
+        "ids=$(docker ps -a --filter label=com.docker.compose.project=dify --format '{{.ID}} {{.Names}}' "
+        "| awk '$2 ~ /^" + "[0-9a-f]" * 12 + "_/ {print $1}'); "
+        'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; fi\n'
+    )
+    assert r.compose_up(L, RID).script == f"set -eu\n{lock_and_cleanup}{PREFIX} up -d --remove-orphans"
     assert r.compose_up(L, RID, disabled=["worker_beat"], wait_timeout=60).script == (
         "set -eu\n"
+        f"{lock_and_cleanup}"
         "ids=$(docker ps -aq --filter label=com.docker.compose.project=dify "
         "--filter label=com.docker.compose.service=worker_beat); "
         'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; fi\n'

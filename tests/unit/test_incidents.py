@@ -164,3 +164,11 @@ def test_envelope_never_raises_anything_but_malformed(data):
 
 def test_known_versions_are_explicit():
     assert incidents.KNOWN_VERSIONS == ("1.2",)
+
+
+
+def test_epoch_out_of_range_is_malformed_not_a_crash() -> None:
+    """Found by the fuzzer: year 10000 cannot be formatted by notify; it is a malformed event."""
+    incident = {"incident_id": "x", "state": "open", "started_at": 253402300800.0}
+    with pytest.raises(MalformedEvent, match="out of range"):
+        parse_incident(json.dumps({"version": "1.2", "incident": incident}).encode())
