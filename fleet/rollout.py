@@ -419,9 +419,8 @@ def beat_stop(layout: rc.Layout) -> Command:
 
 def beat_start(layout: rc.Layout, rid: str) -> Command:
     """Start only worker_beat of release `rid` (the rest of the project is left as it runs)."""
-    return Command(
-        sh(*rc.compose_argv(layout, rid, "up", "-d", "--no-deps", BEAT)), f"start worker_beat of {rid}"
-    )
+    lines = [*rc.compose_lock(layout), sh(*rc.compose_argv(layout, rid, "up", "-d", "--no-deps", BEAT))]
+    return Command("\n".join(lines), f"start worker_beat of {rid}")
 
 
 def compose_idle(layout: rc.Layout, seconds: int = 60) -> Command:
