@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -380,7 +381,11 @@ def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> No
             sh(f"{ssrf} --noproxy '*' http://api:5001/health", check=False).stdout == "000"
         )  # not on its net
         reverse = f"{project} api curl -s -m 5 http://ssrf_proxy:8194/health"
-        assert json.loads(sh(reverse).stdout)["service"] == "sandbox"
+        # squid's reverse-proxy peer can lag the container's start on a loaded machine: poll briefly
+        deadline = time.monotonic() + 30
+        while not (out := sh(reverse, check=False).stdout).strip() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert json.loads(out)["service"] == "sandbox"
         direct = f"{project} api curl -s -o /dev/null -w '%{{http_code}}' -m 5 http://sandbox:8194/health"
         assert sh(direct, check=False).stdout == "000"  # no shared network with the sandbox
 
