@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet.commands import release as rc
@@ -309,7 +308,3 @@ def disabled_services(record: Mapping[str, Any] | None, bundle: Bundle | None = 
         return list(bundle.disabled_services)
     disabled = (record or {}).get("disabled_services")
     return [str(s) for s in disabled] if isinstance(disabled, list) else []
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
