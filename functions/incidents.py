@@ -118,14 +118,14 @@ def _epoch(raw: Mapping[str, Any], key: str) -> int | None:
         return None
     if isinstance(value, bool):
         raise MalformedEvent(f"incident.{key} is not epoch seconds")
-    if isinstance(value, int):
-        seconds = value
-    elif isinstance(value, float) and value.is_integer():
-        seconds = int(value)
-    elif isinstance(value, str) and value.isdigit():
-        seconds = int(value)
-    else:
+    whole_number = (
+        isinstance(value, int)
+        or (isinstance(value, float) and value.is_integer())
+        or (isinstance(value, str) and value.isdigit())
+    )
+    if not whole_number:
         raise MalformedEvent(f"incident.{key} is not epoch seconds")
+    seconds = int(value)
     if not 0 <= seconds <= MAX_EPOCH:
         raise MalformedEvent(f"incident.{key} is out of range ({seconds})")
     return seconds

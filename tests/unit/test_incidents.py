@@ -166,7 +166,6 @@ def test_known_versions_are_explicit():
     assert incidents.KNOWN_VERSIONS == ("1.2",)
 
 
-
 def test_epoch_out_of_range_is_malformed_not_a_crash() -> None:
     """Found by the fuzzer: year 10000 cannot be formatted by notify; it is a malformed event."""
     incident = {"incident_id": "x", "state": "open", "started_at": 253402300800.0}
