@@ -11,10 +11,16 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 PYTHON = "3.11"
 
 
+# every tool environment installs exactly these versions (the tested set); `nox -s lock` renews it
+LOCK = "requirements-dev.lock"
+COMPILE = {"UV_COMPILE_BYTECODE": "1", "PIP_COMPILE": "1"}
+
+
 def _install(session: nox.Session) -> None:
     # bytecode is compiled at install: the environment sets PYTHONDONTWRITEBYTECODE, and without .pyc
     # files every `fab` start-up would re-parse fabric and paramiko (0.3 s instead of 0.14 s)
-    session.install("-e", ".[dev]", env={"UV_COMPILE_BYTECODE": "1", "PIP_COMPILE": "1"})
+    session.install("-r", LOCK, env=COMPILE)
+    session.install("--no-deps", "-e", ".", env=COMPILE)
 
 
 @nox.session(python=PYTHON)
@@ -28,7 +34,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
-    session.install("ruff>=0.6")
+    session.install("-c", LOCK, "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -57,3 +63,23 @@ def bench(session: nox.Session) -> None:
     _install(session)
     session.run("python", "-m", "fleet.hostsetup", "bench")
     session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session(python=False)
+def lock(session: nox.Session) -> None:
+    """Re-resolve the pinned tool environment (requirements-dev.lock) from pyproject.toml's ranges."""
+    session.run(
+        "uv",
+        "pip",
+        "compile",
+        "pyproject.toml",
+        "--extra",
+        "dev",
+        "--python-version",
+        PYTHON,
+        "--upgrade",
+        "--quiet",
+        "--output-file",
+        LOCK,
+        *session.posargs,
+    )
