@@ -11,15 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from fleet import hosttasks as ht
 from fleet.commands import release as rc
-from fleet.commands.rollout import (
-    UNDRAIN_FAILED,
-    beat_running,
-    beat_start,
-    beat_stop,
-    set_previous,
-    switch_when_idle,
-    undrain_then_probe,
-)
 from fleet.errors import FleetError
 from fleet.rollout.marks import Marks
 from fleet.rollout.model import (
@@ -32,15 +23,14 @@ from fleet.rollout.model import (
     Report,
 )
 from fleet.rollout.planning import decide, final_outcome, resume_command
-from fleet.runner import HostContext, HostResult, run_step
+from fleet.runner import HostResult
 
 if TYPE_CHECKING:
-    from nornir.core import Nornir
-
     from fleet.bundle import Bundle
-    from fleet.inventory import FleetHost, Inventory
+    from fleet.inventory import FleetHost
     from fleet.journal import Journal
     from fleet.lbview import LBView
+    from fleet.rollout.hostops import HostOps
 
 POLL = 0.5
 SERVE_TIMEOUT = 15.0  # after undrain, nginx -> api must answer at once: the api is already healthy
@@ -49,12 +39,12 @@ Observer = Callable[[dict[str, Any]], None]
 
 
 class Engine:
-    """Runs one plan on one Nornir object (one SSH connection per host for the whole run)."""
+    """Runs one plan through `ops` (fleet.rollout.hostops): the batch loop, budget, fleet rollback,
+    worker_beat and the per-host state machine never touch Nornir or SSH themselves."""
 
     def __init__(
         self,
-        inv: Inventory,
-        nr: Nornir,
+        ops: HostOps,
         plan: Plan,
         *,
         journal: Journal,
@@ -68,8 +58,7 @@ class Engine:
         inventory_arg: str | None = None,
         resumed: bool = False,
     ) -> None:
-        self.inv = inv
-        self.nr = nr  # every host of the inventory: worker_beat is fleet-wide (connections open lazily)
+        self.ops = ops  # every host of the inventory: worker_beat is fleet-wide
         # where worker_beat may run: the hosts of the plan, the beat host, and wherever a scan finds it
         self.beat_scope = list(dict.fromkeys([*plan.jobs, *([plan.beat_host] if plan.beat_host else [])]))
         self.plan = plan
@@ -82,7 +71,7 @@ class Engine:
         self.lock_lost = lock_lost or (lambda: None)
         self.touched = set(touched)  # hosts an earlier run of this rollout (resumed) worked on
         self.resumed = resumed
-        self.inventory_arg = inventory_arg or inv.name
+        self.inventory_arg = inventory_arg or plan.inventory
         self.outcomes: dict[str, HostOutcome] = {}
         self.problems: list[str] = []
         self.beat_seen: list[list[str]] = []
@@ -228,9 +217,8 @@ class Engine:
             beat_seen=self.beat_seen,
         )
 
-    def _on(self, names: Sequence[str], step: Callable[[HostContext], HostResult]) -> list[HostResult]:
-        wanted = set(names)
-        return run_step(self.nr.filter(filter_func=lambda h: h.name in wanted), step)
+    def _on(self, names: Sequence[str], step: Callable[[str], HostResult]) -> list[HostResult]:
+        return self.ops.each(names, step)
 
     def _collect(self, results: Sequence[HostResult]) -> None:
         for r in results:
@@ -248,45 +236,37 @@ class Engine:
     def _stage(self, names: Sequence[str]) -> bool:
         self.emit("stage", status="start", hosts=list(names))
 
-        def stage_step(ctx: HostContext) -> HostResult:
-            job = self.plan.jobs[ctx.host.name]
-            bundle = self.bundles.get(ctx.host.name)
-            out = self.outcomes[ctx.host.name]
-            layout = ht.layout_of(ctx.host)
+        def stage_step(name: str) -> HostResult:
+            job = self.plan.jobs[name]
+            bundle = self.bundles.get(name)
+            out = self.outcomes[name]
+            layout = self.ops.layout(name)
             with self.step(out, "stage"):
-                state = ht.read_state(ctx)  # under the lock: what the host really runs now
+                state = self.ops.read_state(name)  # under the lock: what the host really runs now
                 if not state.exists:
                     raise ht.StepError(
-                        ctx.host.name,
+                        name,
                         "layout",
                         f"{layout.root} does not exist",
                         hint="run `fab bootstrap` on this host first",
                     )
-                self._staged_state[ctx.host.name] = state
-                self._unchanged_since_plan(ctx.host.name)
+                self._staged_state[name] = state
+                self._unchanged_since_plan(name)
                 if bundle is not None and bundle.release_id == job.target.id:
-                    ht.stage(ctx, bundle)  # uploads only when the host lacks the release
+                    self.ops.stage(name, bundle)  # uploads only when the host lacks the release
                 else:
-                    present = rc.parse_present(
-                        ht.run(ctx, rc.release_present(layout, job.target.id), "stage").stdout
-                    )
+                    present = self.ops.release_present(name, job.target.id)
                     if not present:
                         raise ht.StepError(
-                            ctx.host.name,
+                            name,
                             "stage",
                             f"release {job.target.id} is not staged here any more",
                             hint="start a new rollout with --version (it re-renders and uploads)",
                         )
-                ht.run(ctx, rc.compose_check(layout, job.target.id), "validate")
+                self.ops.compose_check(name, job.target.id)
             with self.step(out, "pull"):  # timed on its own: Docker's time, not the engine's
-                ht.run(
-                    ctx,
-                    rc.compose_pull(layout, job.target.id),
-                    "pull",
-                    timeout=900,
-                    hint="is the version right, and can the host reach the registry?",
-                )
-            return HostResult(ctx.host.name, "ok")
+                self.ops.pull(name, job.target.id)
+            return HostResult(name, "ok")
 
         results = self._on(names, stage_step)
         bad = [r for r in results if not r.ok]
@@ -315,41 +295,41 @@ class Engine:
 
     # ------------------------------------------------------------------ one host forward
 
-    def _forward_step(self, ctx: HostContext) -> HostResult:
-        job = self.plan.jobs[ctx.host.name]
-        out = self.outcomes[ctx.host.name]
+    def _forward_step(self, name: str) -> HostResult:
+        job = self.plan.jobs[name]
+        out = self.outcomes[name]
         started = time.monotonic()
         self._move(
-            ctx, out, job.target, job.source, action=self.plan.action, bounce=True, previous=job.previous
+            name, out, job.target, job.source, action=self.plan.action, bounce=True, previous=job.previous
         )
         out.duration = time.monotonic() - started
-        return HostResult(ctx.host.name, "ok", data={"outcome": out})
+        return HostResult(name, "ok", data={"outcome": out})
 
-    def _revert_step(self, ctx: HostContext) -> HostResult:
-        job = self.plan.jobs[ctx.host.name]
-        out = self.outcomes[ctx.host.name]
+    def _revert_step(self, name: str) -> HostResult:
+        job = self.plan.jobs[name]
+        out = self.outcomes[name]
         started = time.monotonic()
         if job.source is None:
             out.problems.append("no previous release to go back to: left on the new one")
             out.result = "failed"
         else:
             probe = HostOutcome(out.host, out.batch)
-            self._move(ctx, probe, job.source, None, action="rollback", bounce=False)
+            self._move(name, probe, job.source, None, action="rollback", bounce=False)
             out.steps.update({f"revert-{k}": v for k, v in probe.steps.items()})
             out.problems += probe.problems
             out.drained = probe.drained
             if probe.result in ("updated", "unchanged"):
                 out.result = "reverted"
-                self._restore_previous(ctx, out, job.previous)
+                self._restore_previous(name, out, job.previous)
             else:
                 out.result = probe.result
                 out.error = probe.error
         out.duration += time.monotonic() - started
-        return HostResult(ctx.host.name, "ok", data={"outcome": out})
+        return HostResult(name, "ok", data={"outcome": out})
 
     def _move(
         self,
-        ctx: HostContext,
+        name: str,
         out: HostOutcome,
         target: Release,
         source: Release | None,
@@ -360,7 +340,7 @@ class Engine:
     ) -> None:
         """Take one host to `target` through every gate; on failure back to `source` when `bounce`
         (and its `previous` link back to `previous`)."""
-        host = ctx.host
+        host = self.ops.host(name)
         drained = False
         switched = False
         marked = False
@@ -368,13 +348,13 @@ class Engine:
         try:
             with self.step(out, "state"):
                 # read while staging moments ago (under our lock nothing else changes it), else now
-                state = self._staged_state.pop(host.name, None) or ht.read_state(ctx)
+                state = self._staged_state.pop(host.name, None) or self.ops.read_state(name)
             drained = state.drained
             if state.current == target.id and not state.drained:
-                verdict = ht.check(ctx, target.version, target.id)
+                verdict = self.ops.check(name, target.version, target.id)
                 if verdict.ok:
                     if out.host in self.touched:  # a killed or interrupted run of this rollout got it there
-                        self._reconcile_record(ctx, state, target, action)
+                        self._reconcile_record(name, state, target, action)
                         out.result = "updated"
                     else:
                         out.result = "unchanged"
@@ -388,34 +368,34 @@ class Engine:
                 )
                 premark = None
             with self.step(out, "drain"):
-                ht.drain(ctx)
+                self.ops.drain(name)
                 drained = True
             with self.step(out, "lb-out"):
                 self.lb_for(host).wait_out(host, self.plan.timings.drain_wait)
             if self.stopping():
                 raise Interrupted
             with self.step(out, "switch"):
-                ht.run(ctx, switch_when_idle(ht.layout_of(host), target.id), "switch", timeout=90)
+                self.ops.switch_when_idle(name, target.id)
                 # from here a failure means going back (also when a killed run had switched already)
                 switched = source is not None and source.id != target.id
             with self.step(out, "up"):
-                ht.up(ctx, target.id, target.disabled, timeout=self.plan.timings.health_timeout + 120)
+                self.ops.up(name, target.id, target.disabled, timeout=self.plan.timings.health_timeout + 120)
             with self.step(out, "verify"):
-                self._verified(ctx, target, drained=True)
+                self._verified(name, target, drained=True)
             with self.step(out, "undrain"):
-                first = self._undrain_and_probe(ctx, target)
+                first = self._undrain_and_probe(name, target)
                 drained = False
             try:
                 with self.step(out, "serve"):
                     if first is not None:
-                        self._serving(ctx, target)
+                        self._serving(name, target)
                 with self.step(out, "lb-in"):
                     self.lb_for(host).wait_in(host, self.plan.timings.health_timeout)
                 with self.step(out, "soak"):
-                    self._soak(ctx, target)
+                    self._soak(name, target)
             except FleetError as exc:
                 # traffic may have reached it: take it out again before going back
-                ht.drain(ctx)
+                self.ops.drain(name)
                 drained = True
                 try:
                     self.lb_for(host).wait_out(host, self.plan.timings.drain_wait)
@@ -423,8 +403,8 @@ class Engine:
                     out.problems.append(f"re-drained after {exc.what}, but {lb_exc.what}")
                 raise
             with self.step(out, "record"):
-                ht.record(
-                    ctx,
+                self.ops.record(
+                    name,
                     rc.history_entry(
                         action,
                         "ok",
@@ -437,10 +417,10 @@ class Engine:
             out.result = "updated"
         except Interrupted:
             out.result = "interrupted"
-            drained = self._let_go(ctx, out, drained, healthy=True)
+            drained = self._let_go(name, out, drained, healthy=True)
         except Exception as exc:
             out.error = _text(exc)
-            if _unreachable(exc):
+            if self.ops.unreachable(exc):
                 out.result = "unreachable"
                 out.drained = None if drained or switched else False
                 out.problems.append(
@@ -450,13 +430,13 @@ class Engine:
                 marked = False  # leave the label: autoheal must keep away from a host in this state
                 return
             if switched and bounce and source is not None:
-                drained = self._bounce(ctx, out, source, target, drained, exc)
+                drained = self._bounce(name, out, source, target, drained, exc)
                 if out.result == "rolled-back":
-                    self._restore_previous(ctx, out, previous)
+                    self._restore_previous(name, out, previous)
             else:
                 out.result = "failed"
-                drained = self._let_go(ctx, out, drained)
-                self._record_failure(ctx, out, target, action, exc)
+                drained = self._let_go(name, out, drained)
+                self._record_failure(name, out, target, action, exc)
         finally:
             if out.result != "unreachable":
                 out.drained = drained
@@ -468,8 +448,7 @@ class Engine:
                 self._unmarks.append(self._pool.submit(self._unmark, host, out))
 
     def _host(self, name: str) -> FleetHost:
-        host: FleetHost = self.nr.inventory.hosts[name].data["fleet_host"]
-        return host
+        return self.ops.host(name)
 
     def _mark_ahead(self, names: Sequence[str]) -> None:
         """Label the next batch's instances while this batch runs (Compute operations take seconds);
@@ -491,20 +470,21 @@ class Engine:
         except Exception as exc:
             self.problems.append(f"{host.name}: could not remove the rollout label: {_text(exc)}")
 
+    def _lb(self, name: str) -> LBView:
+        return self.lb_for(self.ops.host(name))
+
     def _resume_hint(self) -> str:
         return resume_command(self.inventory_arg, self.plan.rollout_id, self.plan.action)
 
-    def _verified(
-        self, ctx: HostContext, rel: Release, *, drained: bool, timeout: float | None = None
-    ) -> None:
+    def _verified(self, name: str, rel: Release, *, drained: bool, timeout: float | None = None) -> None:
         """Poll until every service of `rel` runs with its config (healthy where checked) and /health
         through nginx says 503 (drained) or 200 with the version. An `unhealthy` verdict from Docker
         is final: no need to wait out the timeout."""
         limit = timeout if timeout is not None else self.plan.timings.health_timeout
         deadline = time.monotonic() + limit
-        hashes = ht.config_hashes(ctx, rel.id)
+        hashes = self.ops.config_hashes(name, rel.id)
         while True:
-            verdict = ht.check(ctx, rel.version, rel.id, expect_drained=drained, hashes=hashes)
+            verdict = self.ops.check(name, rel.version, rel.id, expect_drained=drained, hashes=hashes)
             if verdict.ok:
                 return
             fatal = [
@@ -516,63 +496,54 @@ class Engine:
                 why = "; ".join(verdict.problems)
                 if fatal:
                     why = f"unhealthy: {', '.join(fatal)}; {why}"
-                raise HostFailed(
-                    ctx.host.name, "verify", f"{rel.version} not healthy after {limit:.0f}s: {why}"
-                )
+                raise HostFailed(name, "verify", f"{rel.version} not healthy after {limit:.0f}s: {why}")
             time.sleep(POLL)
 
-    def _probe(self, ctx: HostContext, rel: Release) -> str | None:
+    def _probe(self, name: str, rel: Release) -> str | None:
         """/health through the host's nginx: None when it answers 200 with `rel`'s version, else why not."""
-        r = ctx.run(ht.health_command(ht.http_port_of(ctx.host)).shell(), timeout=10)
-        code, seen = ht.parse_health(r.stdout)
+        code, seen = self.ops.probe(name)
         if code != 200:
             return f"/health answered {code or 'nothing'}"
         if seen != rel.version:
             return f"/health reports version {seen!r}, want {rel.version!r}"
         return None
 
-    def _serving(self, ctx: HostContext, rel: Release) -> None:
+    def _serving(self, name: str, rel: Release) -> None:
         """Just undrained: the stack was verified while drained, so only the path through nginx is left
         to prove (it must answer at once; a short grace covers nginx re-resolving the new api)."""
         deadline = time.monotonic() + SERVE_TIMEOUT
         while True:
-            why = self._probe(ctx, rel)
+            why = self._probe(name, rel)
             if why is None:
                 return
             if time.monotonic() >= deadline:
-                raise HostFailed(ctx.host.name, "serve", why)
+                raise HostFailed(name, "serve", why)
             time.sleep(0.2)
 
-    def _undrain_and_probe(self, ctx: HostContext, rel: Release) -> str | None:
+    def _undrain_and_probe(self, name: str, rel: Release) -> str | None:
         """Remove the drain flag and probe /health through nginx in one round trip: None when it
         already answers 200 with the version (else why not: `serve` keeps probing)."""
-        layout = ht.layout_of(ctx.host)
-        r = ctx.run(undrain_then_probe(layout, ht.http_port_of(ctx.host)).shell(), timeout=15)
-        if r.exited == UNDRAIN_FAILED:
-            raise ht.StepError(
-                ctx.host.name, "undrain", f"could not remove {layout.drain_flag}: {r.stderr.strip()}"
-            )
-        code, seen = ht.parse_health(r.stdout)
+        code, seen = self.ops.undrain_and_probe(name)
         if code != 200:
             return f"/health answered {code or 'nothing'}"
         return None if seen == rel.version else f"/health reports version {seen!r}, want {rel.version!r}"
 
-    def _soak(self, ctx: HostContext, rel: Release) -> None:
+    def _soak(self, name: str, rel: Release) -> None:
         """Stay in service for min-ready seconds, then check the LB still sends it traffic: its health
         check has kept probing /health through nginx meanwhile. Without an LB to ask, probe it here."""
         if self.plan.timings.min_ready:
             time.sleep(self.plan.timings.min_ready)
-        seen = self.lb_for(ctx.host).look(ctx.host)
+        seen = self._lb(name).look(self.ops.host(name))
         if seen is None:
-            why = self._probe(ctx, rel)
+            why = self._probe(name, rel)
             if why is not None:
-                raise HostFailed(ctx.host.name, "soak", why)
+                raise HostFailed(name, "soak", why)
         elif not seen.serving:
-            raise HostFailed(ctx.host.name, "soak", f"the load balancer dropped it again ({seen.raw})")
+            raise HostFailed(name, "soak", f"the load balancer dropped it again ({seen.raw})")
 
     def _bounce(
         self,
-        ctx: HostContext,
+        name: str,
         out: HostOutcome,
         source: Release,
         target: Release,
@@ -580,28 +551,28 @@ class Engine:
         exc: BaseException,
     ) -> bool:
         """The host failed after switching: put it back on `source` and verify that, still drained."""
-        self._record_failure(ctx, out, target, self.plan.action, exc)
+        self._record_failure(name, out, target, self.plan.action, exc)
         try:
             if not drained:
                 with self.step(out, "revert-drain"):
-                    ht.drain(ctx)
+                    self.ops.drain(name)
                     drained = True
-                    self.lb_for(ctx.host).wait_out(ctx.host, self.plan.timings.drain_wait)
+                    self._lb(name).wait_out(self.ops.host(name), self.plan.timings.drain_wait)
             with self.step(out, "revert-switch"):
-                ht.switch(ctx, source.id)
+                self.ops.switch(name, source.id)
             with self.step(out, "revert-up"):
-                ht.up(ctx, source.id, source.disabled, timeout=self.plan.timings.health_timeout + 120)
+                self.ops.up(name, source.id, source.disabled, timeout=self.plan.timings.health_timeout + 120)
             with self.step(out, "revert-verify"):
-                self._verified(ctx, source, drained=True)
+                self._verified(name, source, drained=True)
             with self.step(out, "revert-undrain"):
-                ht.undrain(ctx)
+                self.ops.undrain(name)
                 drained = False
             with self.step(out, "revert-serve"):
-                self._serving(ctx, source)
+                self._serving(name, source)
             with self.step(out, "revert-lb-in"):
-                self.lb_for(ctx.host).wait_in(ctx.host, self.plan.timings.health_timeout)
-            ht.record(
-                ctx,
+                self._lb(name).wait_in(self.ops.host(name), self.plan.timings.health_timeout)
+            self.ops.record(
+                name,
                 rc.history_entry(
                     "rollback",
                     "ok",
@@ -614,32 +585,32 @@ class Engine:
             )
             out.result = "rolled-back"
         except Exception as again:
-            out.result = "unreachable" if _unreachable(again) else "failed"
+            out.result = "unreachable" if self.ops.unreachable(again) else "failed"
             out.problems.append(f"going back to {source.label()} failed too: {_text(again)}")
             if out.result != "unreachable":
-                drained = self._let_go(ctx, out, drained)
+                drained = self._let_go(name, out, drained)
         return drained
 
-    def _restore_previous(self, ctx: HostContext, out: HostOutcome, previous: str | None) -> None:
+    def _restore_previous(self, name: str, out: HostOutcome, previous: str | None) -> None:
         try:
-            ht.run(ctx, set_previous(ht.layout_of(ctx.host), previous), "previous")
+            self.ops.set_previous(name, previous)
         except Exception as exc:
             out.problems.append(f"`previous` link not restored: {_text(exc)}")
 
-    def _let_go(self, ctx: HostContext, out: HostOutcome, drained: bool, *, healthy: bool = False) -> bool:
+    def _let_go(self, name: str, out: HostOutcome, drained: bool, *, healthy: bool = False) -> bool:
         """Undrain before letting go of a host: the LB's own health check keeps a broken one out. A
         `healthy` one (interrupted before it switched) is waited for until the LB sends it traffic."""
         if not drained:
             return False
         try:
             with self.step(out, "undrain"):
-                ht.undrain(ctx)
+                self.ops.undrain(name)
             try:
-                lb = self.lb_for(ctx.host)
+                lb = self._lb(name)
                 if healthy:
                     with self.step(out, "lb-in"):
-                        lb.wait_in(ctx.host, self.plan.timings.health_timeout)
-                elif (seen := lb.look(ctx.host)) is not None and not seen.serving:
+                        lb.wait_in(self.ops.host(name), self.plan.timings.health_timeout)
+                elif (seen := lb.look(self.ops.host(name))) is not None and not seen.serving:
                     out.problems.append(f"undrained; the LB keeps it out while it fails ({seen.raw})")
             except FleetError as exc:
                 out.problems.append(f"undrained, but the LB does not send it traffic: {exc.what}")
@@ -651,11 +622,11 @@ class Engine:
             return True
 
     def _record_failure(
-        self, ctx: HostContext, out: HostOutcome, target: Release, action: str, exc: BaseException
+        self, name: str, out: HostOutcome, target: Release, action: str, exc: BaseException
     ) -> None:
         try:
-            ht.record(
-                ctx,
+            self.ops.record(
+                name,
                 rc.history_entry(
                     action,
                     "failed",
@@ -669,7 +640,7 @@ class Engine:
         except Exception as again:
             out.problems.append(f"history not written: {_text(again)}")
 
-    def _reconcile_record(self, ctx: HostContext, state: rc.HostState, target: Release, action: str) -> None:
+    def _reconcile_record(self, name: str, state: rc.HostState, target: Release, action: str) -> None:
         """A resumed host already on its target: write the history line a killed run never wrote."""
         last = state.last_history or {}
         if (
@@ -678,8 +649,8 @@ class Engine:
             and last.get("result") == "ok"
         ):
             return
-        ht.record(
-            ctx,
+        self.ops.record(
+            name,
             rc.history_entry(
                 action,
                 "ok",
@@ -721,11 +692,10 @@ class Engine:
     def _beat_scan(self) -> None:
         """Once, over the whole inventory: who runs worker_beat now (hosts outside the selection too)."""
 
-        def probe(ctx: HostContext) -> HostResult:
-            r = ht.run(ctx, beat_running(ht.layout_of(ctx.host)), "beat")
-            return HostResult(ctx.host.name, "ok", data={"running": bool(r.stdout.strip())})
+        def probe(name: str) -> HostResult:
+            return HostResult(name, "ok", data={"running": self.ops.beat_running(name)})
 
-        outside = [h for h in self.nr.inventory.hosts if h not in self.beat_scope]
+        outside = [h for h in self.ops.names() if h not in self.beat_scope]
         if not outside:
             return
         for r in self._on(outside, probe):
@@ -737,9 +707,8 @@ class Engine:
                 )
 
     def _beat_running(self) -> list[str]:
-        def probe(ctx: HostContext) -> HostResult:
-            r = ht.run(ctx, beat_running(ht.layout_of(ctx.host)), "beat")
-            return HostResult(ctx.host.name, "ok", data={"running": bool(r.stdout.strip())})
+        def probe(name: str) -> HostResult:
+            return HostResult(name, "ok", data={"running": self.ops.beat_running(name)})
 
         results = self._on(self.beat_scope, probe)
         running = [r.host for r in results if r.ok and r.data.get("running")]
@@ -766,14 +735,17 @@ class Engine:
             self._beat_stop(others)
 
     def _beat_stop(self, hosts: Sequence[str]) -> None:
-        def stop(ctx: HostContext) -> HostResult:
-            ht.run(ctx, beat_stop(ht.layout_of(ctx.host)), "beat")
-            return HostResult(ctx.host.name, "ok")
+        def stop(name: str) -> HostResult:
+            self.ops.beat_stop(name)
+            return HostResult(name, "ok")
 
         for r in self._on(hosts, stop):
             self.emit("beat", stopped=r.host, ok=r.ok, error=r.error)
             if not r.ok:
                 self.problems.append(f"could not stop worker_beat on {r.host}: {r.error}")
+
+    def _state_step(self, name: str) -> HostResult:
+        return HostResult(name, "ok", data={"state": self.ops.read_state(name)})
 
     def _beat_settle(self) -> None:
         """At the end: worker_beat on exactly one host, the one whose current release enables it
@@ -783,7 +755,7 @@ class Engine:
             if len(running) == 1:  # the usual end: one, started by a release that enables it
                 self.emit("beat", settled=running[0])
                 return
-            states = {r.host: r.data["state"] for r in self._on(self.beat_scope, _state_step) if r.ok}
+            states = {r.host: r.data["state"] for r in self._on(self.beat_scope, self._state_step) if r.ok}
             enabled = [h for h, st in states.items() if (rel := Release.from_state(st)) and rel.runs_beat]
             preferred = sorted(enabled, key=lambda h: (h != self.plan.beat_host, h))
             keep = next((h for h in preferred if h in running), running[0] if running else None)
@@ -798,9 +770,9 @@ class Engine:
                 rid = states[target].current
                 assert rid is not None
 
-                def start(ctx: HostContext) -> HostResult:
-                    ht.run(ctx, beat_start(ht.layout_of(ctx.host), rid), "beat", timeout=300)
-                    return HostResult(ctx.host.name, "ok")
+                def start(name: str) -> HostResult:
+                    self.ops.beat_start(name, rid)
+                    return HostResult(name, "ok")
 
                 for r in self._on([target], start):
                     self.emit("beat", started=r.host, ok=r.ok, error=r.error)
@@ -815,19 +787,6 @@ class Engine:
             self.emit("beat", settled=settled)
         except FleetError as exc:
             self.problems.append(f"worker_beat check: {exc.what}")
-
-
-def _state_step(ctx: HostContext) -> HostResult:
-    return HostResult(ctx.host.name, "ok", data={"state": ht.read_state(ctx)})
-
-
-def _unreachable(exc: BaseException) -> bool:
-    import paramiko
-
-    from fleet.connection import UnreachableError
-    from fleet.errors import HostKeyError
-
-    return isinstance(exc, (UnreachableError, HostKeyError, OSError, EOFError, paramiko.SSHException))
 
 
 def _text(exc: BaseException) -> str:

@@ -11,7 +11,8 @@ from fleet import hosttasks as ht
 from fleet.commands import release as rc
 from fleet.commands.rollout import release_record
 from fleet.errors import FleetError
-from fleet.rollout.engine import Engine, Observer, _state_step, _text
+from fleet.rollout.engine import Engine, Observer, _text
+from fleet.rollout.hostops import SshHostOps
 from fleet.rollout.marks import Marks
 from fleet.rollout.model import Plan, Release, Report
 from fleet.rollout.planning import pick_release
@@ -38,6 +39,10 @@ def read_states(nr: Nornir, *, preflight: bool = False) -> dict[str, rc.HostStat
             hint="nothing was changed; fix or leave out those hosts (--hosts)",
         )
     return {r.host: r.data["state"] for r in results}
+
+
+def _state_step(ctx: HostContext) -> HostResult:
+    return HostResult(ctx.host.name, "ok", data={"state": ht.read_state(ctx)})
 
 
 def _ready_step(ctx: HostContext) -> HostResult:
@@ -124,8 +129,7 @@ def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
             return heartbeat.lost.what if heartbeat.lost else None
 
         engine = Engine(
-            run.inv,
-            run.nr,
+            SshHostOps(run.nr),
             plan,
             journal=journal,
             lb=run.lb,
