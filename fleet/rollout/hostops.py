@@ -77,6 +77,14 @@ class HostOps(Protocol):
         ...
 
     def record(self, name: str, entry: Mapping[str, Any]) -> None: ...
+    def releases(self, name: str) -> list[rc.ReleaseDir]:
+        """The releases staged on the host, newest first."""
+        ...
+
+    def release_record(self, name: str, rid: str) -> str:
+        """The text of a staged release's release.json."""
+        ...
+
     def set_previous(self, name: str, rid: str | None) -> None: ...
     def beat_running(self, name: str) -> bool: ...
     def beat_stop(self, name: str) -> None: ...
@@ -190,6 +198,15 @@ class SshHostOps:
 
     def record(self, name: str, entry: Mapping[str, Any]) -> None:
         ht.record(self.ctx(name), entry)
+
+    def releases(self, name: str) -> list[rc.ReleaseDir]:
+        return rc.parse_releases(
+            ht.run(self.ctx(name), rc.list_releases(self.layout(name)), "releases").stdout
+        )
+
+    def release_record(self, name: str, rid: str) -> str:
+        out: str = ht.run(self.ctx(name), cr.release_record(self.layout(name), rid), "releases").stdout
+        return out
 
     def set_previous(self, name: str, rid: str | None) -> None:
         ht.run(self.ctx(name), cr.set_previous(self.layout(name), rid), "previous")

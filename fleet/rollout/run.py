@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from fleet import hosttasks as ht
 from fleet.commands import release as rc
-from fleet.commands.rollout import release_record
 from fleet.errors import FleetError
 from fleet.rollout.engine import Engine, Observer, _text
-from fleet.rollout.hostops import SshHostOps
+from fleet.rollout.hostops import HostOps, SshHostOps
 from fleet.rollout.marks import Marks
 from fleet.rollout.model import Plan, Release, Report
 from fleet.rollout.planning import pick_release
@@ -51,32 +50,31 @@ def _ready_step(ctx: HostContext) -> HostResult:
     return HostResult(ctx.host.name, "ok", data={"state": check_ready(ctx)})
 
 
-def staged_targets(nr: Nornir, states: Mapping[str, rc.HostState], spec: str | None) -> dict[str, Release]:
-    """Per host, the staged release to go to: `previous` (spec None), else an id/prefix or a version."""
+def staged_targets(ops: HostOps, states: Mapping[str, rc.HostState], spec: str | None) -> dict[str, Release]:
+    """Per host of `states`, the staged release to go to: `previous` (spec None), else an id/prefix or
+    a version (`fab rollout --release`, `fab rollback --to`)."""
 
-    def find(ctx: HostContext) -> HostResult:
-        layout = ht.layout_of(ctx.host)
-        state = states[ctx.host.name]
+    def find(name: str) -> HostResult:
+        state = states[name]
         if spec is None:
             if not state.previous:
-                raise FleetError("no previous release to roll back to", where=ctx.host.name)
+                raise FleetError("no previous release to roll back to", where=name)
             rid = state.previous
         else:
-            rels = rc.parse_releases(ht.run(ctx, rc.list_releases(layout), "releases").stdout)
-            rid = pick_release(rels, spec, ctx.host.name)
-        record = ht.run(ctx, release_record(layout, rid), "releases").stdout
+            rid = pick_release(ops.releases(name), spec, name)
+        record = ops.release_record(name, rid)
         try:
             import json
 
             meta = json.loads(record)
         except ValueError:
-            raise FleetError(f"release {rid} has no readable release.json", where=ctx.host.name) from None
+            raise FleetError(f"release {rid} has no readable release.json", where=name) from None
         version = meta.get("version") if isinstance(meta, dict) else None
         disabled = meta.get("disabled_services") if isinstance(meta, dict) else None
         rel = Release(rid, str(version or ""), tuple(str(s) for s in disabled or ()))
-        return HostResult(ctx.host.name, "ok", data={"release": rel})
+        return HostResult(name, "ok", data={"release": rel})
 
-    results = run_step(nr, find)
+    results = ops.each(list(states), find)
     bad = [r.error or r.status for r in results if not r.ok]
     if bad:
         raise FleetError(

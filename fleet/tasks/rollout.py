@@ -304,6 +304,7 @@ def _plan(action: str, inv: Any, chosen: list[Any], nr: Any, o: dict[str, Any], 
     from fleet import deploy as dp
     from fleet import lock as lk
     from fleet import rollout as ro
+    from fleet.rollout.hostops import SshHostOps
 
     opts = ro.resolve_options(
         chosen[0],
@@ -323,7 +324,7 @@ def _plan(action: str, inv: Any, chosen: list[Any], nr: Any, o: dict[str, Any], 
         targets = {h: ro.Release.from_bundle(b) for h, b in bundles.items()}
         label = next(iter(bundles.values())).version
     else:
-        targets = ro.staged_targets(nr, states, o["spec"])
+        targets = ro.staged_targets(SshHostOps(nr), states, o["spec"])
         label = o["spec"] or "previous"
     plan = ro.make_plan(
         rollout_id=ro.new_rollout_id(action),
