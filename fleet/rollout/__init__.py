@@ -27,6 +27,8 @@ from fleet.commands.rollout import (
     undrain_then_probe,
 )
 from fleet.rollout.engine import POLL, SERVE_TIMEOUT, Engine, Observer
+from fleet.rollout.hostops import HostOps, SshHostOps
+from fleet.rollout.inplace import InPlace
 from fleet.rollout.marks import Marks
 from fleet.rollout.model import (
     BEAT_ROLE,
@@ -69,7 +71,9 @@ __all__ = [
     "Engine",
     "HostFailed",
     "HostJob",
+    "HostOps",
     "HostOutcome",
+    "InPlace",
     "Interrupted",
     "Marks",
     "Observer",
@@ -77,6 +81,7 @@ __all__ = [
     "Release",
     "Report",
     "Run",
+    "SshHostOps",
     "beat_hosts",
     "beat_running",
     "beat_start",

@@ -12,6 +12,7 @@ from fleet.commands import release as rc
 from fleet.errors import FleetError
 from fleet.rollout.engine import Engine, Observer, _text
 from fleet.rollout.hostops import HostOps, SshHostOps
+from fleet.rollout.inplace import InPlace
 from fleet.rollout.marks import Marks
 from fleet.rollout.model import Plan, Release, Report
 from fleet.rollout.planning import pick_release
@@ -103,6 +104,7 @@ class Run:
     inventory_arg: str | None = None
     ttl: float = 300.0
     warn: Callable[[str], None] | None = None
+    strategy: type[Engine] = InPlace  # how one host moves: in place over SSH (MIG replacement later)
 
 
 def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
@@ -126,7 +128,7 @@ def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
         def lost() -> str | None:
             return heartbeat.lost.what if heartbeat.lost else None
 
-        engine = Engine(
+        engine = run.strategy(
             SshHostOps(run.nr),
             plan,
             journal=journal,

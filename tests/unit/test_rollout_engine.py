@@ -18,7 +18,7 @@ from fleet.commands import release as rc
 from fleet.errors import FleetError
 from fleet.journal import Journal, read
 from fleet.plan import Timings
-from fleet.rollout import Engine, Plan, Release, Report, make_plan, new_rollout_id, staged_targets
+from fleet.rollout import InPlace, Plan, Release, Report, make_plan, new_rollout_id, staged_targets
 from fleet.runner import HostResult
 
 NOBEAT = ("worker_beat",)
@@ -314,7 +314,7 @@ def run(
     bundles = {h: FakeBundle(j.target.id) for h, j in plan.jobs.items()} if upload else None
     journal = Journal.create(tmp_path, plan.rollout_id)
     marks = FakeMarks()
-    engine = Engine(
+    engine = InPlace(
         ops,
         plan,
         journal=journal,
@@ -470,7 +470,7 @@ def test_lock_lost_pauses_before_the_next_batch(tmp_path: Path) -> None:
     lost: list[str] = []
     journal = Journal.create(tmp_path, (plan := plan_for(ops.sims)).rollout_id)
     ops.hooks[("h1", "record")] = lambda: lost.append("the lock was removed")
-    engine = Engine(
+    engine = InPlace(
         ops,
         plan,
         journal=journal,
@@ -624,3 +624,42 @@ def test_rollback_without_previous_release_is_refused(tmp_path: Path) -> None:
     ops = FakeOps({"h1": Sim(current=NEW.id)})
     with pytest.raises(FleetError, match="cannot find the release to go to"):
         staged_targets(ops, {"h1": ops.read_state("h1")}, None)
+
+
+# --------------------------------------------------------------------------- the strategy seam
+
+
+def test_a_second_strategy_reuses_the_batch_loop_budget_and_fleet_rollback(tmp_path: Path) -> None:
+    """What a MIG-replacement strategy would do: its own per-host steps, the same batch loop."""
+    from fleet.rollout import Engine
+
+    done: list[str] = []
+
+    class Replace(Engine):
+        def stage_host(self, name: str) -> HostResult:
+            return HostResult(name, "ok")
+
+        def forward_host(self, name: str) -> HostResult:
+            out = self.outcomes[name]
+            out.result = "failed" if name == "h3" else "updated"
+            done.append(f"replace {name}")
+            return HostResult(name, "ok", data={"outcome": out})
+
+        def revert_host(self, name: str) -> HostResult:
+            out = self.outcomes[name]
+            out.result = "reverted"
+            done.append(f"restore {name}")
+            return HostResult(name, "ok", data={"outcome": out})
+
+    ops = FakeOps(fleet(4))
+    plan = plan_for(ops.sims)
+    engine = Replace(
+        ops,
+        plan,
+        journal=Journal.create(tmp_path, plan.rollout_id),
+        lb=lambda host: FakeLB(),  # type: ignore[arg-type,return-value]
+        marks=FakeMarks(),  # type: ignore[arg-type]
+    )
+    report = engine.run()
+    assert done == ["replace h1", "replace h2", "replace h3", "restore h2", "restore h1"]
+    assert report.outcome == "rolled-back" and ops.did("switch") == []
