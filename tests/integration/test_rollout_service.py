@@ -83,3 +83,41 @@ def test_cli_rollback_dry_run_renders_the_services_plan(staged: str) -> None:
     payload: dict[str, Any] = json.loads(r.stdout)
     assert payload["dry_run"] is True and payload["action"] == "rollback"
     assert {j["target"]["id"] for j in payload["jobs"]} == {OLD[0]}
+
+
+def test_ssh_host_ops_drive_one_host_through_the_engine_seam(layout_fleet: SshdFleet) -> None:
+    """SshHostOps over real SSH: each() hands every host its connection; drain, switch and the
+    `previous` link are the remote commands of fleet/commands/rollout.py (no Docker needed)."""
+    from fleet import inventory
+    from fleet.rollout.hostops import SshHostOps
+    from fleet.runner import HostResult, build_nornir
+
+    inv = inventory.load(str(layout_fleet.inventory_dir))
+    first = sorted(inv.hosts)[0]
+    nr = build_nornir(inv, list(inv.hosts.values()))
+    ops = SshHostOps(nr)
+    seen: dict[str, Any] = {}
+
+    def steps(name: str) -> HostResult:
+        ops.drain(name)
+        seen["drained"] = ops.read_state(name).drained
+        ops.switch_when_idle(name, OLD[0])
+        ops.set_previous(name, OLDER[0])
+        seen["moved"] = ops.read_state(name)
+        ops.switch_when_idle(name, NEW[0])
+        ops.set_previous(name, OLD[0])
+        ops.undrain(name)
+        seen["back"] = ops.read_state(name)
+        return HostResult(name, "ok")
+
+    try:
+        assert ops.names() == sorted(inv.hosts) and ops.host(first).name == first
+        [result] = ops.each([first], steps)
+        assert result.ok, result.error
+        assert seen["drained"] is True
+        assert (seen["moved"].current, seen["moved"].previous) == (OLD[0], OLDER[0])
+        back = seen["back"]
+        assert (back.current, back.previous, back.drained) == (NEW[0], OLD[0], False)
+        assert ops.unreachable(ConnectionResetError()) and not ops.unreachable(ValueError())
+    finally:
+        nr.close_connections(on_good=True, on_failed=True)
