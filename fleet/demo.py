@@ -1,5 +1,6 @@
 """The demos on the embedded local fleet. `nox -s demo` runs this; everything it does is also a `fab`
-task (or `python -m fleet.local.alertpath`) the user can run next.
+task (or `python -m fleet.local.alertpath`) the user can run next. Deploy and rollout are the same
+library calls the tasks make (fleet.deploy.deploy_release, fleet.rollout.service), not subprocesses.
 
     python -m fleet.demo          bring the fleet up, bootstrap, deploy 1.0.0, then roll out 1.1.0
                                   under load and count the failed requests (the main job)
@@ -12,9 +13,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fleet.local.alertpath import AlertPath
@@ -33,17 +34,36 @@ def fab(*args: str) -> int:
     return subprocess.run([str(fab_bin), *args], cwd=REPO, check=False).returncode
 
 
+def deploy(version: str, inventory_name: str = "local") -> int:
+    """What `fab deploy --inventory local --version VERSION` does, as the library call it makes."""
+    from fleet import deploy as dp
+    from fleet.errors import FleetError
+
+    print(
+        f"\n== deploy {version} (as `fab deploy --inventory {inventory_name} --version {version}`)",
+        flush=True,
+    )
+    try:
+        report = dp.deploy_release(inventory_name, version=version)
+    except FleetError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    for o in report.outcomes:
+        print(f"  {o.host:<12} {o.result:<12} {o.to_version or '?'} ({o.to_release}) {o.error or ''}")
+    return 0 if report.ok else 1
+
+
 def deploy_steps() -> int:
-    steps = [
-        ("local.up", "--instances", str(INSTANCES)),
-        ("bootstrap", "--inventory", "local"),
-        ("deploy", "--inventory", "local", "--version", "1.0.0"),
-        ("status", "--inventory", "local"),
+    steps: list[tuple[str, Callable[[], int]]] = [
+        (f"fab local.up --instances {INSTANCES}", lambda: fab("local.up", "--instances", str(INSTANCES))),
+        ("fab bootstrap --inventory local", lambda: fab("bootstrap", "--inventory", "local")),
+        ("deploy 1.0.0", lambda: deploy("1.0.0")),
+        ("fab status --inventory local", lambda: fab("status", "--inventory", "local")),
     ]
-    for step in steps:
-        code = fab(*step)
+    for label, step in steps:
+        code = step()
         if code != 0:
-            print(f"demo stopped: `fab {' '.join(step)}` exited {code}", file=sys.stderr)
+            print(f"demo stopped: `{label}` exited {code}", file=sys.stderr)
             return code
     return 0
 
@@ -139,8 +159,42 @@ def scale_scenario(path: AlertPath, t0: float) -> int:
     return 0 if failed == 0 else 1
 
 
+def rollout(version: str, inventory_name: str = "local", message: str = "demo") -> int:
+    """`fab rollout --yes` as the library call it makes, with the same plan, progress and summary."""
+    import threading
+    from contextlib import contextmanager
+
+    from fleet.errors import FleetError
+    from fleet.rollout import service
+    from fleet.rollout_view import RolloutView, print_plan, print_summary
+
+    print(f"\n$ fab rollout --inventory {inventory_name} --version {version} --yes  (as a library call)")
+
+    def warn(text: str) -> None:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+
+    @contextmanager
+    def watch(plan: Any) -> Iterator[Any]:
+        with service.StopOnSignals(stop, warn), RolloutView(plan) as view:
+            yield view
+
+    hooks = service.Hooks(warn=warn, planned=lambda plan, resumed: print_plan(plan), watch=watch, stop=stop)
+    try:
+        outcome = service.rollout(inventory_name, version=version, message=message, hooks=hooks)
+    except FleetError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    if outcome.report is None:
+        print(f"nothing to do: every host already runs {outcome.plan.label}")
+        return 0
+    print_summary(outcome.report)
+    return outcome.exit_code
+
+
 def rollout_under_load(version: str = "1.1.0", inventory_name: str = "local") -> int:
-    """`fab rollout` exactly as an operator runs it, while a load generator sends requests through the
+    """A rollout exactly as an operator runs it, while a load generator sends requests through the
     LB and counts every non-2xx answer and connection error."""
     from fleet import inventory
     from fleet.loadgen import LoadGen
@@ -152,9 +206,7 @@ def rollout_under_load(version: str = "1.1.0", inventory_name: str = "local") ->
     )
     load = LoadGen(frontend, threads=4, rate=20, max_seconds=1500).start()
     try:
-        code = fab(
-            "rollout", "--inventory", inventory_name, "--version", version, "--yes", "--message", "demo"
-        )
+        code = rollout(version, inventory_name)
     finally:
         report = load.stop()
     print(f"\nload through the LB during the rollout: {report.summary()}")
@@ -162,7 +214,7 @@ def rollout_under_load(version: str = "1.1.0", inventory_name: str = "local") ->
         print(f"  {line}")
     print(f"FAILED REQUESTS: {report.failed}", flush=True)
     if code != 0:
-        print(f"demo: `fab rollout` exited {code}", file=sys.stderr)
+        print(f"demo: the rollout ended with exit code {code}", file=sys.stderr)
     return code or (1 if report.failed else 0)
 
 

@@ -382,3 +382,40 @@ def diff_step(bundles: Mapping[str, Bundle]) -> Callable[[HostContext], HostResu
         return HostResult(ctx.host.name, "ok", data={"diff": d})
 
     return compare
+
+
+def deploy_release(
+    inv: Inventory | str | None,
+    hosts: Sequence[FleetHost] | None = None,
+    *,
+    version: str | None = None,
+    bundles: Mapping[str, Bundle] | None = None,
+    health_timeout: float | None = None,
+    keep: int | None = None,
+    workers: int | None = None,
+    on_done: Callable[[HostResult], None] | None = None,
+) -> DeployReport:
+    """`fab deploy` as a library call: render `version` (default: the inventory's; or pass the
+    `bundles` already rendered) for `hosts` (default: every host of the inventory) and deploy it.
+    Health timeout: the inventory's rollout timings."""
+    from fleet import inventory as inv_mod
+    from fleet.bundle import local_meta
+    from fleet.plan import default_timings
+
+    inventory = inv if isinstance(inv, inv_mod.Inventory) else inv_mod.load(inv)
+    chosen = list(hosts) if hosts is not None else list(inventory.hosts.values())
+    if bundles is None:
+        bundles = render_all(inventory, chosen, version=version)
+    if not health_timeout:
+        first = chosen[0]
+        health_timeout = default_timings(first.get("lb"), first.get("rollout")).health_timeout
+    return deploy(
+        inventory,
+        chosen,
+        bundles,
+        operator=local_meta().operator,
+        health_timeout=health_timeout,
+        keep=keep,
+        workers=workers,
+        on_done=on_done,
+    )

@@ -124,20 +124,17 @@ def deploy(
     """
     from fleet import deploy as dp
     from fleet import ui
-    from fleet.bundle import local_meta
 
     inv, chosen = select(inventory, hosts, group, where)
     bundles = dp.render_all(inv, chosen, version=version or None)
     if dry_run:
         _print_diff(inv, chosen, bundles, json_)
         return
-    meta = local_meta()
     with ui.host_progress("deploy", 2 * len(chosen), enabled=not json_) as advance:
-        report = dp.deploy(
+        report = dp.deploy_release(
             inv,
             chosen,
-            bundles,
-            operator=meta.operator,
+            bundles=bundles,
             health_timeout=_health_timeout(chosen, health_timeout),
             keep=keep or None,
             workers=workers or None,

@@ -1,19 +1,20 @@
 """`fab rollout` and `fab rollback`: batches behind the load balancer, health gates, fleet rollback,
-lock, journal and resume (fleet/rollout.py). Exit codes: 0 succeeded, 1 failed, 2 bad input,
-3 rolled back, 4 paused or interrupted (resumable)."""
+lock, journal and resume. These tasks parse options, call fleet.rollout.service and render its
+outcome. Exit codes: 0 succeeded, 1 failed, 2 bad input, 3 rolled back, 4 paused or interrupted
+(resumable)."""
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from fabric import task
 from invoke.exceptions import Exit
 
 from fleet.errors import FleetError
-from fleet.tasks.common import fleet_errors, select, task_help
+from fleet.tasks.common import fleet_errors, task_help
 
 SELECTION = ("inventory", "hosts", "group", "where", "json")
 RUN_HELP = {
@@ -174,139 +175,40 @@ def rollback(
 # --------------------------------------------------------------------------- shared body
 
 
-def _preload() -> threading.Thread:
-    """google-cloud-compute takes seconds to import: do it while SSH connects and the bundle renders.
-    Join the thread before anything else imports it: two threads importing that package at once can
-    see it half-initialised."""
-    import contextlib
-    import importlib
-
-    def load() -> None:
-        with contextlib.suppress(ImportError):
-            importlib.import_module("google.cloud.compute_v1")
-
-    thread = threading.Thread(target=load, name="preload-compute", daemon=True)
-    thread.start()
-    return thread
-
-
 def _main(action: str, **o: Any) -> int:
-    preload = _preload() if not o["dry_run"] else None
-    from fleet import journal as jr
-    from fleet import lock as lk
-    from fleet import rollout as ro
-    from fleet import ui
-    from fleet.runner import build_nornir
+    """Options in, the rollout service (fleet/rollout/service.py) called, its outcome rendered."""
+    from contextlib import contextmanager
 
-    inv, chosen = select(o["inventory"], o["hosts"], o["group"], o["where"])
-    inventory_arg = o["inventory"] or inv.name
-    journal_dir = jr.fleet_dir(inv)
+    from fleet import ui
+    from fleet.rollout import service
+    from fleet.rollout_view import RolloutView, print_plan, print_summary
 
     def warn(text: str) -> None:
         sys.stderr.write(f"warning: {text}\n")
         sys.stderr.flush()
 
-    replay = None
-    if o["resume"]:
-        path = jr.find(journal_dir, o["rollout_id"] or None)
-        replay = jr.load(path)
-        if replay.plan is None:
-            raise FleetError(f"journal {path} has no plan", hint="it cannot be resumed")
-        if replay.finished:
-            raise FleetError(
-                f"nothing to resume: rollout {replay.rollout_id} ended: {replay.outcome}",
-                where=str(path),
-            )
-        if jr.pid_alive(replay.pid):
-            raise FleetError(
-                f"rollout {replay.rollout_id} is still running (pid {replay.pid})",
-                hint="stop it with Ctrl-C (it undrains and releases the lock), then resume",
-            )
-        plan = ro.Plan.from_dict(replay.plan)
-        missing = [h for h in plan.jobs if h not in inv.hosts]
-        if missing:
-            raise FleetError(
-                f"hosts of rollout {plan.rollout_id} are no longer in the inventory: {', '.join(missing)}",
-                hint="put them back, or start a new rollout",
-            )
-        chosen = [inv.hosts[h] for h in plan.jobs]
-    ro.check_beat_singleton(inv)
-    # every inventory host (connections open lazily): worker_beat is checked fleet-wide
-    nr = build_nornir(inv, list(inv.hosts.values()), o["workers"] or None)
-    names = {h.name for h in chosen}
-    selected = nr.filter(filter_func=lambda h: h.name in names)
-    try:
-        bundles = None
-        if replay is None:
-            plan, bundles = _plan(action, inv, chosen, selected, o, warn)
-        elif plan.action == "rollout":
-            bundles = _rerender(inv, chosen, plan, warn)
-        if not plan.jobs:
-            if o["json_"]:
-                ui.print_json({"rollout_id": None, "outcome": "succeeded", "exit_code": 0, "hosts": []})
-            else:
-                print(f"nothing to do: every selected host already runs {plan.label}")
-            return 0
-        from fleet.rollout_view import RolloutView, print_plan, print_summary
-
-        if o["dry_run"]:
-            _dry_run(plan, selected, bundles, o["json_"])
-            return 0
+    def planned(plan: Any, resumed: bool) -> None:
         if not o["json_"]:
             print_plan(plan)
-        if replay is None and not o["yes"]:
+        if not resumed and not o["yes"]:
             _confirm(action)
-        if preload is not None:
-            preload.join()
-        store = lk.for_inventory(inv, chosen, warn=warn)
-        compute = store.compute
-        from fleet import lbview
 
-        views: dict[str, Any] = {}
+    stop = threading.Event()
 
-        def lb_for(host: Any) -> Any:
-            if host.name not in views:
-                views[host.name] = lbview.for_host(host, lambda: compute, plan.timings.drain_wait)
-            return views[host.name]
-
-        for h in chosen:
-            lb_for(h)  # bad LB settings are input errors: refuse before anything runs
-        stop = threading.Event()
-        run = ro.Run(
-            inv=inv,
-            nr=nr,
-            lock=store,
-            lb=lb_for,
-            marks=ro.Marks(compute),
-            journal_dir=journal_dir,
-            bundles=bundles,
-            stop=stop,
-            inventory_arg=inventory_arg,
-            ttl=lk.ttl_of(chosen),
-            warn=warn,
-        )
+    @contextmanager
+    def watch(plan: Any) -> Iterator[Any]:
         view = RolloutView(plan)
-        run.observer = view
-        with _signals(stop, warn), view:
-            report = ro.execute(run, plan, resume=replay)
-        if o["json_"]:
-            ui.print_json(report.as_dict())
-        else:
-            print_summary(report)
-        if report.resume_command and stop.is_set():
-            warn(f"interrupted; hosts undrained, lock released. Resume with: {report.resume_command}")
-        return report.exit_code
-    finally:
-        nr.close_connections(on_good=True, on_failed=True)
+        with service.StopOnSignals(stop, warn), view:
+            yield view
 
-
-def _plan(action: str, inv: Any, chosen: list[Any], nr: Any, o: dict[str, Any], warn: Any) -> tuple[Any, Any]:
-    from fleet import deploy as dp
-    from fleet import lock as lk
-    from fleet import rollout as ro
-
-    opts = ro.resolve_options(
-        chosen[0],
+    request = service.Request(
+        action,
+        o["inventory"],
+        o["hosts"],
+        o["group"],
+        tuple(o["where"] or ()),
+        version=o["version"],
+        spec=o["spec"],
         canary=o["canary"],
         batch=o["batch"],
         max_failures=o["max_failures"],
@@ -314,62 +216,36 @@ def _plan(action: str, inv: Any, chosen: list[Any], nr: Any, o: dict[str, Any], 
         drain_wait=o["drain_wait"],
         min_ready=o["min_ready"],
         health_timeout=o["health_timeout"],
-    )
-    bundles = None
-    if action == "rollout" and not o["spec"]:
-        bundles = dp.render_all(inv, chosen, version=o["version"] or None)
-    states = ro.read_states(nr, preflight=not o["dry_run"])
-    if bundles is not None:
-        targets = {h: ro.Release.from_bundle(b) for h, b in bundles.items()}
-        label = next(iter(bundles.values())).version
-    else:
-        targets = ro.staged_targets(nr, states, o["spec"])
-        label = o["spec"] or "previous"
-    plan = ro.make_plan(
-        rollout_id=ro.new_rollout_id(action),
-        action=action,
-        inventory=inv.name,
-        label=label,
-        order=[h.name for h in chosen],
-        sources={h: ro.Release.from_state(s) for h, s in states.items()},
-        targets=targets,
-        drained={h: s.drained for h, s in states.items()},
-        previous={h: s.previous for h, s in states.items()},
-        canary=opts["canary"],
-        batch=opts["batch"],
-        max_failures=opts["max_failures"],
-        on_failure=opts["on_failure"],
-        timings=opts["timings"],
-        operator=lk.operator(),
+        dry_run=o["dry_run"],
         message=o["message"],
-        beat_host=next(iter(ro.beat_hosts(inv)), None),
+        resume=o["resume"],
+        rollout_id=o["rollout_id"],
+        workers=o["workers"],
     )
-    return plan, bundles
+    result = service.perform(request, service.Hooks(warn=warn, planned=planned, watch=watch, stop=stop))
+    plan, report = result.plan, result.report
+    if not plan.jobs:
+        if o["json_"]:
+            ui.print_json({"rollout_id": None, "outcome": "succeeded", "exit_code": 0, "hosts": []})
+        else:
+            print(f"nothing to do: every selected host already runs {plan.label}")
+        return 0
+    if result.dry_run or report is None:
+        _dry_run(plan, result.diffs, o["json_"])
+        return 0
+    if o["json_"]:
+        ui.print_json(report.as_dict())
+    else:
+        print_summary(report)
+    if report.resume_command and result.interrupted:
+        warn(f"interrupted; hosts undrained, lock released. Resume with: {report.resume_command}")
+    return report.exit_code
 
 
-def _rerender(inv: Any, chosen: list[Any], plan: Any, warn: Any) -> Any:
-    """Bundles for a resumed rollout, used only where they still render to the planned release."""
-    from fleet import deploy as dp
-
-    version = next(iter(plan.jobs.values())).target.version
-    try:
-        bundles = dp.render_all(inv, chosen, version=version or None)
-    except FleetError as exc:
-        warn(f"cannot re-render the release ({exc.what}); resuming with what is staged on the hosts")
-        return None
-    return {h: b for h, b in bundles.items() if h in plan.jobs and b.release_id == plan.jobs[h].target.id}
-
-
-def _dry_run(plan: Any, nr: Any, bundles: Any, json_: bool) -> None:
-    from fleet import deploy as dp
+def _dry_run(plan: Any, diffs: dict[str, Any], json_: bool) -> None:
     from fleet import ui
     from fleet.rollout_view import print_plan
-    from fleet.runner import run_step
 
-    diffs: dict[str, Any] = {}
-    if bundles is not None:
-        for r in run_step(nr, dp.diff_step(bundles)):
-            diffs[r.host] = r.data["diff"] if r.ok else None
     if json_:
         payload = plan.as_dict()
         payload["dry_run"] = True
@@ -391,31 +267,3 @@ def _confirm(action: str) -> None:
     answer = input(f"Proceed with the {action}? [y/N] ").strip().lower()
     if answer not in ("y", "yes"):
         raise FleetError(f"{action} cancelled", hint="nothing was changed")
-
-
-class _signals:
-    """SIGINT/SIGTERM set `stop`: the engine finishes the current host step, undrains, and stops."""
-
-    def __init__(self, stop: threading.Event, warn: Any) -> None:
-        self.stop = stop
-        self.warn = warn
-        self.saved: dict[int, Any] = {}
-
-    def _handler(self, signum: int, _frame: Any) -> None:
-        if self.stop.is_set():
-            self.warn("still finishing the current host step so that no host stays drained; please wait")
-            return
-        self.stop.set()
-        self.warn(
-            f"{signal.Signals(signum).name}: stopping after the current host step "
-            "(hosts are undrained and the lock released first)"
-        )
-
-    def __enter__(self) -> _signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.saved[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)

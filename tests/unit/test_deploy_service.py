@@ -1,0 +1,44 @@
+"""`fab deploy` as a library call (fleet.deploy.deploy_release): what the task, the demo and the
+benchmark call. The SSH part (fleet.deploy.deploy) is stubbed here; it runs for real in
+tests/integration/test_deploy.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fleet import deploy as dp
+
+
+@pytest.fixture
+def inv(tmp_path: Path) -> str:
+    root = tmp_path / "inv"
+    root.mkdir()
+    hosts = {name: {"hostname": "127.0.0.1", "port": 2200 + i} for i, name in enumerate(("w1", "w2", "w3"))}
+    (root / "hosts.yaml").write_text(yaml.safe_dump(hosts))
+    (root / "defaults.yaml").write_text(yaml.safe_dump({"data": {"rollout": {"health_timeout": 42}}}))
+    return str(root)
+
+
+def test_deploy_release_renders_and_deploys_every_host_with_the_inventorys_timeout(
+    inv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def render_all(inventory: Any, hosts: Any, *, version: str | None = None) -> dict[str, str]:
+        seen["rendered"] = ([h.name for h in hosts], version)
+        return {h.name: f"bundle-{h.name}" for h in hosts}
+
+    def deploy(inventory: Any, hosts: Any, bundles: Any, **kw: Any) -> dp.DeployReport:
+        seen["deployed"] = ([h.name for h in hosts], dict(bundles), kw["health_timeout"])
+        return dp.DeployReport("1.2.3", [])
+
+    monkeypatch.setattr(dp, "render_all", render_all)
+    monkeypatch.setattr(dp, "deploy", deploy)
+    report = dp.deploy_release(inv, version="1.2.3")
+    assert isinstance(report, dp.DeployReport) and report.release_version == "1.2.3"
+    assert seen["rendered"] == (["w1", "w2", "w3"], "1.2.3")
+    assert seen["deployed"] == (["w1", "w2", "w3"], {h: f"bundle-{h}" for h in ("w1", "w2", "w3")}, 42.0)
