@@ -379,7 +379,7 @@ def _dry_run(plan: Any, nr: Any, bundles: Any, json_: bool) -> None:
     print_plan(plan)
     for host, d in diffs.items():
         print(f"== {host}")
-        print(d.render() if d is not None else "   (could not read the current release)")
+        print(ui.safe(d.render()) if d is not None else "   (could not read the current release)")
     print("dry run: nothing was changed")
 
 
