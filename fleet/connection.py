@@ -58,6 +58,18 @@ class SSHParams:
 IAP_COMMAND = ("gcloud", "compute", "start-iap-tunnel")
 
 
+def _argv_value(value: object, what: str) -> str:
+    """A value placed in an ssh/gcloud argv: one that starts with '-' would be read as an option
+    whatever the quoting (and a newline has no business there); the inventory refuses these already."""
+    text = str(value)
+    if not text or text.startswith("-") or any(ord(ch) < 32 for ch in text):
+        raise FleetError(
+            f"invalid {what} {text!r}: it would be read as an option",
+            hint="check the inventory (docs/inventory.md): names and addresses never start with '-'",
+        )
+    return text
+
+
 def iap_proxy_command(
     instance: str, zone: str, project: str, port: int = 22, program: Sequence[str] = IAP_COMMAND
 ) -> str:
@@ -68,23 +80,26 @@ def iap_proxy_command(
     return shlex.join(
         [
             *program,
-            instance,
+            _argv_value(instance, "instance name"),
             str(port),
             "--listen-on-stdin",
-            f"--zone={zone}",
-            f"--project={project}",
+            f"--zone={_argv_value(zone, 'zone')}",  # flag=value: a value cannot become a flag of its own
+            f"--project={_argv_value(project, 'project')}",
             "--verbosity=warning",
         ]
     )
 
 
 def jump_proxy_command(jump: str, target: str, port: int) -> str:
-    """`ssh -W` through a jump host; the jump host's own key is checked by OpenSSH as usual."""
-    userhost, _, jport = jump.partition(":")
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-W", f"{target}:{port}"]
+    """`ssh -W` through a jump host; the jump host's own key is checked by OpenSSH as usual. The
+    destination comes after `--`, so it can never be read as an option."""
+    userhost, _, jport = _argv_value(jump, "jump host").partition(":")
+    _argv_value(userhost.rpartition("@")[2], "jump host")
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    argv += ["-W", f"{_argv_value(target, 'host name')}:{int(port)}"]
     if jport:
-        argv += ["-p", jport]
-    return shlex.join([*argv, userhost])
+        argv += ["-p", str(int(jport))]
+    return shlex.join([*argv, "--", userhost])
 
 
 def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:

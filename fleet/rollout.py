@@ -485,7 +485,7 @@ _RID_RE = re.compile(r"^[0-9a-f]{4,64}$")
 def pick_release(releases: Sequence[rc.ReleaseDir], spec: str, where: str) -> str:
     """The staged release `spec` names: an id or id prefix, else the newest one of that version."""
     spec = spec.strip()
-    if _RID_RE.match(spec):
+    if _RID_RE.fullmatch(spec):
         hits = [r.id for r in releases if r.id.startswith(spec)]
         if len(hits) == 1:
             return hits[0]

@@ -42,7 +42,7 @@ else:
 
 
 def bootstrap_command(layout: Layout, user: str) -> Command:
-    if not isinstance(user, str) or not _USER_RE.match(user):
+    if not isinstance(user, str) or not _USER_RE.fullmatch(user):
         raise FleetError(f"invalid deploy user {user!r}", hint="a plain login name")
     sysctl_text = "".join(f"{k} = {v}\n" for k, v in SYSCTLS.items())
     dirs = [layout.root, layout.releases, layout.volumes, layout.state]
