@@ -103,3 +103,48 @@ def test_escape_sequences_kept_raw_but_json_escaped(fresh_sshd: SshdFleet) -> No
     (res,) = json.loads(r.stdout)["results"]
     assert res["stdout"] == "a\x1b]0;pwned\x07b\x1b[2J\x1b[31mred\x9bc"  # raw
     assert res["stderr"] == "e\x1b[1mrr"
+
+
+def test_health_probe_on_a_real_host_uses_a_private_temp_file(fresh_sshd: SshdFleet) -> None:
+    """The /health probe (its body goes to a mktemp file, not /tmp/.fleet-health.$$) against a real
+    shell and curl: status and version parsed, the temp file removed."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from fleet import hosttasks
+    from fleet.inventory import load
+    from fleet.runner import command_step, run_on
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"status": "ok", "version": "9.9.9"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None: ...
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        inv = load(str(fresh_sshd.inventory_dir))
+        tmpdir, shim = fresh_sshd.root / "tmp", fresh_sshd.root / "bin"
+        tmpdir.mkdir()
+        shim.mkdir()
+        # a curl that records where it was told to write the body, then runs the real one
+        (shim / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {shim}/args\nexec /usr/bin/curl "$@"\n')
+        (shim / "curl").chmod(0o755)
+        script = (
+            f"export TMPDIR={tmpdir} PATH={shim}:$PATH\n"
+            + hosttasks.health_command(server.server_address[1]).script
+        )
+        (res,) = run_on(inv, inv.select(hosts=["h01"]), command_step(script))
+    finally:
+        server.shutdown()
+    assert res.ok, res
+    assert hosttasks.parse_health(res.stdout) == (200, "9.9.9")
+    args = (shim / "args").read_text().splitlines()
+    body_file = args[args.index("-o") + 1]
+    assert body_file.startswith(f"{tmpdir}/")  # mktemp's name (in TMPDIR), not a fixed /tmp one
+    assert list(tmpdir.iterdir()) == []  # and removed
