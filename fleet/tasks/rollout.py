@@ -203,7 +203,7 @@ def _main(action: str, **o: Any) -> int:
     journal_dir = jr.fleet_dir(inv)
 
     def warn(text: str) -> None:
-        sys.stderr.write(f"warning: {text}\n")
+        sys.stderr.write(f"warning: {ui.safe(text)}\n")
         sys.stderr.flush()
 
     replay = None
