@@ -62,7 +62,7 @@ _SOURCE_SKIP = (SCHEMA_FILE,)
 
 def _pattern(regex: str, rule: str) -> Callable[[str], str | None]:
     compiled = re.compile(regex)
-    return lambda value: None if compiled.match(value) else rule
+    return lambda value: None if compiled.fullmatch(value) else rule
 
 
 def _port(value: str) -> str | None:
@@ -70,7 +70,7 @@ def _port(value: str) -> str | None:
 
 
 def _version(value: str) -> str | None:
-    return None if base.VERSION_RE.match(value) else "a Docker tag: letters, digits, '.', '_', '-', '+'"
+    return None if base.VERSION_RE.fullmatch(value) else "a Docker tag: letters, digits, '.', '_', '-', '+'"
 
 
 def _path(value: str) -> str | None:

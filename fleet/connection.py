@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import fabric
     import paramiko
 
-    from fleet.hostkeys import GuestKeySource
+    from fleet.hostkeys import GuestKeySource, HostTrust
     from fleet.inventory import FleetHost, Inventory
 
 CONNECTION_NAME = "fabric"
@@ -58,6 +58,18 @@ class SSHParams:
 IAP_COMMAND = ("gcloud", "compute", "start-iap-tunnel")
 
 
+def _argv_value(value: object, what: str) -> str:
+    """A value placed in an ssh/gcloud argv: one that starts with '-' would be read as an option
+    whatever the quoting (and a newline has no business there); the inventory refuses these already."""
+    text = str(value)
+    if not text or text.startswith("-") or any(ord(ch) < 32 for ch in text):
+        raise FleetError(
+            f"invalid {what} {text!r}: it would be read as an option",
+            hint="check the inventory (docs/inventory.md): names and addresses never start with '-'",
+        )
+    return text
+
+
 def iap_proxy_command(
     instance: str, zone: str, project: str, port: int = 22, program: Sequence[str] = IAP_COMMAND
 ) -> str:
@@ -68,23 +80,26 @@ def iap_proxy_command(
     return shlex.join(
         [
             *program,
-            instance,
+            _argv_value(instance, "instance name"),
             str(port),
             "--listen-on-stdin",
-            f"--zone={zone}",
-            f"--project={project}",
+            f"--zone={_argv_value(zone, 'zone')}",  # flag=value: a value cannot become a flag of its own
+            f"--project={_argv_value(project, 'project')}",
             "--verbosity=warning",
         ]
     )
 
 
 def jump_proxy_command(jump: str, target: str, port: int) -> str:
-    """`ssh -W` through a jump host; the jump host's own key is checked by OpenSSH as usual."""
-    userhost, _, jport = jump.partition(":")
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-W", f"{target}:{port}"]
+    """`ssh -W` through a jump host; the jump host's own key is checked by OpenSSH as usual. The
+    destination comes after `--`, so it can never be read as an option."""
+    userhost, _, jport = _argv_value(jump, "jump host").partition(":")
+    _argv_value(userhost.rpartition("@")[2], "jump host")
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    argv += ["-W", f"{_argv_value(target, 'host name')}:{int(port)}"]
     if jport:
-        argv += ["-p", jport]
-    return shlex.join([*argv, userhost])
+        argv += ["-p", str(int(jport))]
+    return shlex.join([*argv, "--", userhost])
 
 
 def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
@@ -163,12 +178,19 @@ def _reject_policy() -> Any:
     import paramiko
 
     class RejectUnknown(paramiko.MissingHostKeyPolicy):
-        """Never trust on first use."""
+        """Never trust on first use; a revoked key, or one only a CA line vouches for, says so."""
 
-        def __init__(self, params: SSHParams) -> None:
+        def __init__(self, params: SSHParams, trust: HostTrust) -> None:
             self.params = params
+            self.trust = trust
 
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+            revoked = self.trust.revoked_by(key.get_base64())
+            if revoked is not None:
+                raise self.trust.revoked_error(revoked, key.get_name(), fingerprint(key))
+            if self.trust.authorities:
+                hint = _pin_hint(self.params, key)
+                raise self.trust.authority_error(key.get_name(), fingerprint(key), hint)
             raise HostKeyError(
                 f"unknown host key {key.get_name()} {fingerprint(key)} (not in {self.params.known_hosts})",
                 where=hostname,
@@ -183,17 +205,19 @@ def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Con
     import fabric
     import paramiko
 
-    published: dict[str, str] = {}
-    if params.guest_keys is not None:
-        from fleet import hostkeys
+    from fleet import hostkeys
 
-        published = hostkeys.resolve(params.guest_keys, params.known_hosts, params.known_hosts_name)
+    resolved: dict[str, str] | None = None
+    if params.guest_keys is not None:
+        resolved = hostkeys.resolve(params.guest_keys, params.known_hosts, params.known_hosts_name)
     elif not Path(params.known_hosts).exists():
         raise HostKeyError(
             f"no known_hosts file at {params.known_hosts}",
             where=params.known_hosts_name,
             hint="pin the fleet's host keys there (the local fleet writes it for you: `fab local.up`)",
         )
+    # read known_hosts ourselves: paramiko's parser fails on @revoked / @cert-authority lines
+    trust = hostkeys.host_trust(params.known_hosts, params.known_hosts_name, resolved)
     policy_cls = _reject_policy()
     attempts = params.retries + 1
     last: Exception | None = None
@@ -231,13 +255,14 @@ def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Con
         # Fabric's constructor installed AutoAddPolicy and loaded ~/.ssh/known_hosts: start from a clean
         # client that trusts the inventory's pinned keys and nothing else.
         client = paramiko.SSHClient()
-        if params.guest_keys is None:
-            client.load_system_host_keys(params.known_hosts)
-        # with guest keys, `published` already holds this host's explicit pins (checked against them)
-        for key_type, b64 in published.items():
-            key = paramiko.PKey.from_type_string(key_type, base64.b64decode(b64))
+        # the pinned keys (with guest keys: the published ones plus explicit pins, checked against them)
+        for key_type, b64 in trust.keys.items():
+            try:
+                key = paramiko.PKey.from_type_string(key_type, base64.b64decode(b64))
+            except (paramiko.SSHException, ValueError):
+                continue  # a key type paramiko cannot use (as its own known_hosts parser skips them)
             client.get_host_keys().add(params.known_hosts_name, key_type, key)
-        client.set_missing_host_key_policy(policy_cls(params))
+        client.set_missing_host_key_policy(policy_cls(params, trust))
         conn.client = client
         try:
             conn.open()
@@ -246,6 +271,9 @@ def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Con
             raise
         except paramiko.BadHostKeyException as exc:
             conn.close()
+            revoked = trust.revoked_by(exc.key.get_base64())
+            if revoked is not None:
+                raise trust.revoked_error(revoked, exc.key.get_name(), fingerprint(exc.key)) from None
             raise HostKeyError(
                 f"host key MISMATCH: offered {exc.key.get_name()} {fingerprint(exc.key)}, "
                 f"pinned {exc.expected_key.get_name()} {fingerprint(exc.expected_key)}",

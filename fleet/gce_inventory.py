@@ -106,7 +106,7 @@ def discover(
     for ref in mig_refs(gce, where):
         groups = ([ref.name] if ref.name in known else []) + [g for g in common if g != ref.name]
         for member in api.mig_members(ref):
-            if not _HOST_NAME.match(member.name):
+            if not _HOST_NAME.fullmatch(member.name):
                 raise InventoryError(f"member {member.name!r} of {ref} is not a valid host name", where=where)
             if member.name in found:
                 raise InventoryError(

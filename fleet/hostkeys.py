@@ -9,12 +9,20 @@ The inventory's `known_hosts` still wins where it speaks: a key pinned there und
 `compute.<instance-id>` must agree with what the instance publishes (a disagreement is refused: it
 is either a stale pin or somebody in the middle), and with nothing published, an explicit pin is
 the only way in. With neither, the connection is refused with how to fix it.
+
+OpenSSH's markers are read here too (paramiko's own parser fails on them, for every host): a key on an
+`@revoked` line is never trusted, and a host offering it is refused naming the line. `@cert-authority`
+lines are not supported (paramiko cannot verify host certificates): they are ignored, and a host that
+only such a line could vouch for is refused with how to pin its own key instead.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import re
 import struct
 import threading
 from collections.abc import Iterable, Mapping
@@ -108,6 +116,140 @@ def pinned(known_hosts: str | Path, name: str) -> dict[str, str]:
         return parse_known_hosts(Path(known_hosts).read_text(), name)
     except FileNotFoundError:
         return {}
+
+
+# --------------------------------------------------------------------------- known_hosts markers
+
+
+@dataclass(frozen=True)
+class KnownHostsLine:
+    """One key line of a known_hosts file, with its marker (`revoked`, `cert-authority`) if any."""
+
+    lineno: int
+    marker: str | None
+    hosts: str
+    key_type: str
+    b64: str
+
+
+def parse_lines(text: str) -> list[KnownHostsLine]:
+    """Every key line (comments, blank and short lines skipped), markers included."""
+    lines = []
+    for n, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        marker = None
+        if words[0].startswith("@"):
+            marker, words = words[0][1:], words[1:]
+        if len(words) >= 3:
+            lines.append(KnownHostsLine(n, marker, words[0], words[1], words[2]))
+    return lines
+
+
+def _hashed_matches(entry: str, name: str) -> bool:
+    """`|1|salt|hmac`: OpenSSH's HashKnownHosts form (HMAC-SHA1 of the name keyed by the salt)."""
+    parts = entry.split("|")
+    if len(parts) != 4 or parts[1] != "1":
+        return False
+    try:
+        salt, digest = base64.b64decode(parts[2], validate=True), base64.b64decode(parts[3], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return hmac.compare_digest(hmac.new(salt, name.encode(), hashlib.sha1).digest(), digest)
+
+
+def _glob(pattern: str, name: str) -> bool:
+    """OpenSSH host patterns: `*` and `?` only (`[` is literal: `[host]:port`), case-insensitive."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower())
+    return re.fullmatch(regex, name.lower(), flags=re.DOTALL) is not None
+
+
+def host_matches(hosts: str, name: str, *, patterns: bool) -> bool:
+    """Does a line's host field name `name`? Exact names and hashed entries always; with `patterns`,
+    OpenSSH wildcards and `!` negation too (used for the marker lines, which are usually wildcards)."""
+    if hosts.startswith("|"):
+        return _hashed_matches(hosts, name)
+    hit = False
+    for pattern in hosts.split(","):
+        negated = pattern.startswith("!")
+        pattern = pattern[1:] if negated else pattern
+        if pattern == name or (patterns and _glob(pattern, name)):
+            if negated:
+                return False
+            hit = True
+    return hit
+
+
+def _blob(b64: str) -> bytes | None:
+    try:
+        return base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class HostTrust:
+    """What known_hosts says about one host: the keys to trust, revoked keys, certificate authorities."""
+
+    name: str
+    known_hosts: str
+    keys: dict[str, str]  # {key type: base64}, revoked ones removed
+    revoked: tuple[KnownHostsLine, ...] = ()
+    authorities: tuple[KnownHostsLine, ...] = ()
+
+    def revoked_by(self, b64: str) -> KnownHostsLine | None:
+        """The @revoked line naming this key, if any."""
+        blob = _blob(b64)
+        return next((r for r in self.revoked if blob is not None and _blob(r.b64) == blob), None)
+
+    def revoked_error(self, line: KnownHostsLine, key_type: str, fingerprint: str) -> HostKeyError:
+        return HostKeyError(
+            f"host key {key_type} {fingerprint} is REVOKED by {self.known_hosts}:{line.lineno} "
+            "(@revoked): refusing to connect",
+            where=self.name,
+            hint="the host still offers a key that was revoked: give it a new host key and pin that one; "
+            f"if the revocation is a mistake, remove line {line.lineno} from {self.known_hosts}",
+        )
+
+    def authority_error(self, key_type: str, fingerprint: str, pin_hint: str) -> HostKeyError:
+        line = self.authorities[0]
+        return HostKeyError(
+            f"host key {key_type} {fingerprint} is not pinned; the @cert-authority line at "
+            f"{self.known_hosts}:{line.lineno} matches this host, but host certificates are not supported "
+            "(@cert-authority lines are ignored)",
+            where=self.name,
+            hint=pin_hint,
+        )
+
+
+def host_trust(known_hosts: str | Path, name: str, keys: Mapping[str, str] | None = None) -> HostTrust:
+    """Keys to trust for `name` from known_hosts (or `keys` already resolved, e.g. from guest
+    attributes), minus any an @revoked line names. A malformed pin for this host is an error naming
+    its line; lines for other hosts are not this host's business."""
+    path = str(known_hosts)
+    try:
+        lines = parse_lines(Path(known_hosts).read_text())
+    except FileNotFoundError:
+        lines = []
+    revoked = tuple(x for x in lines if x.marker == "revoked" and host_matches(x.hosts, name, patterns=True))
+    authorities = tuple(
+        x for x in lines if x.marker == "cert-authority" and host_matches(x.hosts, name, patterns=True)
+    )
+    if keys is None:
+        keys = {}
+        for x in lines:
+            if x.marker is None and host_matches(x.hosts, name, patterns=False):
+                if _blob(x.b64) is None:
+                    raise HostKeyError(
+                        f"the {x.key_type} key pinned at {path}:{x.lineno} is not valid base64",
+                        where=name,
+                        hint=f"fix or remove line {x.lineno} of {path}",
+                    )
+                keys.setdefault(x.key_type, x.b64)
+    trust = HostTrust(name, path, {}, revoked, authorities)
+    kept = {t: b for t, b in keys.items() if trust.revoked_by(b) is None}
+    return HostTrust(name, path, kept, revoked, authorities)
 
 
 def trusted(

@@ -208,10 +208,11 @@ def prune(ctx: HostContext, keep: int) -> list[str]:
 # --------------------------------------------------------------------------- verification
 
 
+# the body goes to a file mktemp creates (never a predictable /tmp name another user could pre-create)
 HEALTH_PROBE = (
-    "code=$(curl -s -o /tmp/.fleet-health.$$ -w '%{{http_code}}' -m 3 "
+    "f=$(mktemp) || exit 1; code=$(curl -s -o \"$f\" -w '%{{http_code}}' -m 3 "
     "http://127.0.0.1:{port}/health || true); "
-    'printf "%s\\n" "$code"; cat /tmp/.fleet-health.$$ 2>/dev/null; rm -f /tmp/.fleet-health.$$'
+    'printf "%s\\n" "$code"; cat "$f" 2>/dev/null; rm -f "$f"'
 )
 
 

@@ -22,7 +22,15 @@ from fleet.errors import InventoryError
 
 INVENTORY_ROOT = Path(__file__).resolve().parent.parent / "inventory"
 ENV_VAR = "FLEET_INVENTORY"
-HOST_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+HOST_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+# Values that reach an ssh or gcloud argv never start with '-' (they would be read as options) and
+# hold no whitespace or newline. pydantic's patterns match whole strings (no trailing newline).
+HOSTNAME_PATTERN = r"^[A-Za-z0-9_:][A-Za-z0-9_.:%-]{0,252}$"  # a DNS name, IPv4 or IPv6 address
+USERNAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+ALIAS_PATTERN = r"^[A-Za-z0-9_:\[][A-Za-z0-9_.:%\[\]-]{0,254}$"  # a known_hosts name, `[host]:port` too
+GCE_PROJECT_PATTERN = r"^(?:[a-z0-9][a-z0-9.-]*:)?[a-z0-9][a-z0-9-]{0,62}$"
+GCE_LOCATION_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+GCE_NAME_PATTERN = r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -33,7 +41,9 @@ class _Strict(BaseModel):
 
 
 class JumpProxy(_Strict):
-    jump: StrictStr = Field(pattern=r"^([A-Za-z0-9_.-]+@)?[A-Za-z0-9_.-]+(:[0-9]{1,5})?$")
+    jump: StrictStr = Field(
+        pattern=r"^([A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9_][A-Za-z0-9_.-]*(:[0-9]{1,5})?$"
+    )
 
 
 class CommandProxy(_Strict):
@@ -43,7 +53,7 @@ class CommandProxy(_Strict):
 class SSHSettings(_Strict):
     key_file: StrictStr | None = None
     proxy: Literal["none", "iap"] | JumpProxy | CommandProxy | None = None
-    host_key_alias: StrictStr | None = None
+    host_key_alias: StrictStr | None = Field(default=None, pattern=ALIAS_PATTERN)
     connect_timeout: float | None = Field(default=None, gt=0)
     keepalive: StrictInt | None = Field(default=None, ge=0)
     connect_retries: StrictInt | None = Field(default=None, ge=0, le=10)
@@ -54,10 +64,10 @@ class SSHSettings(_Strict):
 
 
 class GCESettings(_Strict):
-    project: StrictStr | None = None
-    zone: StrictStr | None = None
-    region: StrictStr | None = None
-    instance: StrictStr | None = None
+    project: StrictStr | None = Field(default=None, pattern=GCE_PROJECT_PATTERN)
+    zone: StrictStr | None = Field(default=None, pattern=GCE_LOCATION_PATTERN)
+    region: StrictStr | None = Field(default=None, pattern=GCE_LOCATION_PATTERN)
+    instance: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
     instance_id: StrictStr | None = Field(default=None, pattern=r"^[0-9]+$")
     migs: list[dict[str, StrictStr]] | None = None
     api_endpoint: StrictStr | None = None
@@ -204,9 +214,9 @@ class Data(_Strict):
 
 
 class Defaults(_Strict):
-    hostname: StrictStr | None = None
+    hostname: StrictStr | None = Field(default=None, pattern=HOSTNAME_PATTERN)
     port: StrictInt | None = Field(default=None, ge=1, le=65535)
-    username: StrictStr | None = None
+    username: StrictStr | None = Field(default=None, pattern=USERNAME_PATTERN)
     data: Data | None = None
 
 
@@ -293,7 +303,10 @@ def inventory_path(name: str | None) -> Path:
     under_root = INVENTORY_ROOT / chosen
     # a name under inventory/, nested names included (local/mig: the local fleet seen through its MIG)
     parts = chosen.split("/")
-    if all(re.match(r"^[A-Za-z0-9_.-]+$", p) and p not in (".", "..") for p in parts) and under_root.is_dir():
+    if (
+        all(re.fullmatch(r"[A-Za-z0-9_.-]+", p) and p not in (".", "..") for p in parts)
+        and under_root.is_dir()
+    ):
         return under_root
     known = sorted(p.name for p in INVENTORY_ROOT.iterdir() if p.is_dir()) if INVENTORY_ROOT.is_dir() else []
     raise InventoryError(
@@ -410,7 +423,7 @@ def load(name: str | None) -> Inventory:
     groups: dict[str, dict[str, Any]] = {}
     for gname, graw in groups_raw.items():
         where = f"{path / 'groups.yaml'}: group {gname!r}"
-        if not isinstance(gname, str) or not re.match(HOST_NAME_RE, gname):
+        if not isinstance(gname, str) or not re.fullmatch(HOST_NAME_RE, gname):
             raise InventoryError(f"invalid group name {gname!r}", where=str(path / "groups.yaml"))
         groups[gname] = _validate(GroupSpec, graw, where)
 
@@ -426,7 +439,7 @@ def load(name: str | None) -> Inventory:
     hosts: dict[str, FleetHost] = {}
     for hname in [*discovered, *(h for h in hosts_raw if h not in discovered)]:
         where = f"{path / 'hosts.yaml'}: host {hname!r}"
-        if not isinstance(hname, str) or not re.match(HOST_NAME_RE, hname):
+        if not isinstance(hname, str) or not re.fullmatch(HOST_NAME_RE, hname):
             raise InventoryError(
                 f"invalid host name {hname!r}",
                 where=str(path / "hosts.yaml"),

@@ -48,7 +48,7 @@ def fleet_dir(inv: Inventory, base: Path | None = None) -> Path:
 
 def check_id(rollout_id: str) -> str:
     """Rollout ids are file names and GCE label values: [a-z0-9_-], at most 63 characters."""
-    if not isinstance(rollout_id, str) or not _ID_RE.match(rollout_id):
+    if not isinstance(rollout_id, str) or not _ID_RE.fullmatch(rollout_id):
         raise FleetError(
             f"invalid rollout id {rollout_id!r}",
             hint="ids look like ro-20261126-071330-3f9a (see `fab rollout --resume` output)",

@@ -37,7 +37,7 @@ def parse_batches(spec: str | int) -> list[Step]:
     """`3`, `25%`, or a list `1,25%,50%` whose last entry repeats until every host is covered."""
     steps = []
     for part in str(spec).split(","):
-        m = _STEP_RE.match(part)
+        m = _STEP_RE.fullmatch(part)
         if not m:
             raise FleetError(
                 f"invalid batch size {part.strip()!r} in {spec!r}", hint="use N, P% or a list: 1,25%,50%"
@@ -73,7 +73,7 @@ def make_batches(hosts: Sequence[T], canary: int, steps: Sequence[Step]) -> list
 def failure_budget(spec: str | int, total: int) -> int:
     """How many hosts may fail before the rollout stops: `N` or `P%` of the fleet (rounded down)."""
     text = str(spec).strip()
-    m = _STEP_RE.match(text)
+    m = _STEP_RE.fullmatch(text)
     if not m:
         raise FleetError(f"invalid --max-failures {spec!r}", hint="a count (0 = stop at the first) or P%")
     value = float(m.group(1))

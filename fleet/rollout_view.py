@@ -125,7 +125,7 @@ class RolloutView:
         if self._live is not None:
             self._live.update(self._render())
         elif line is not None:
-            self.stream.write(f"[{now - self.started:7.1f}s] {line}\n")
+            self.stream.write(f"[{now - self.started:7.1f}s] {ui.safe(line)}\n")
             self.stream.flush()
 
     # ------------------------------------------------------------------ rendering
@@ -150,7 +150,9 @@ class RolloutView:
                 elapsed = f"{(row.ended or now) - row.started:.1f}s"
             style = RESULT_STYLE.get(row.result)
             result = f"[{style}]{escape(row.result)}[/]" if style else escape(row.result)
-            table.add_row(str(row.batch + 1), row.host, escape(row.change), escape(row.step), elapsed, result)
+            table.add_row(
+                str(row.batch + 1), row.host, escape(row.change), escape(ui.safe(row.step)), elapsed, result
+            )
         return Group(head, table)
 
 
@@ -202,7 +204,7 @@ def print_summary(report: Report) -> None:
         rows,
     )
     for problem in report.problems:
-        print(f"note: {problem}")
+        print(f"note: {ui.safe(problem)}")
     if report.resume_command:
         print(f"resume with: {report.resume_command}")
     sys.stdout.flush()

@@ -6,6 +6,7 @@ rich is imported only when something is printed, so `fab --list` stays fast.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,6 +16,24 @@ if TYPE_CHECKING:
     from fleet.runner import HostResult
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "unreachable": "yellow"}
+
+# C0 controls (ESC starts every escape sequence), DEL, C1 controls (CSI, OSC as one character) and the
+# bidirectional overrides that make text display differently from what it is
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: str, keep: str = "\n\t") -> str:
+    """Text from a host made harmless for a terminal: control characters (other than `keep`) are
+    shown as `\\xNN` / `\\uNNNN` instead of being interpreted (a host's output could otherwise set
+    the title, clear the screen, forge lines or hyperlinks). --json stays raw (JSON escapes them)."""
+
+    def visible(match: re.Match[str]) -> str:
+        ch = match.group()
+        if ch in keep:
+            return ch
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+    return _CONTROL.sub(visible, text)
 
 
 def is_tty() -> bool:
@@ -33,26 +52,33 @@ def print_json(payload: Any) -> None:
 
 
 def error(message: str) -> None:
-    """An operator-facing error on stderr (red on a terminal)."""
+    """An operator-facing error on stderr (red on a terminal); host output in it is neutralised."""
+    message = safe(message)
     if sys.stderr.isatty():
-        console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True)
+        from rich.markup import escape
+
+        console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", markup=True)
     else:
         sys.stderr.write(f"error: {message}\n")
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """A table on a terminal; tab-separated plain text otherwise (easy to grep and cut)."""
-    rows = [[("" if v is None else str(v)) for v in row] for row in rows]
+    """A table on a terminal; tab-separated plain text otherwise (easy to grep and cut). Cells often
+    hold host output: control characters are neutralised (and tabs too in plain text: one per column)."""
+    title = safe(title) if title else title
     if is_tty():
+        from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=title, show_lines=False)
+        rows = [[safe("" if v is None else str(v)) for v in row] for row in rows]
+        t = Table(title=escape(title) if title else title, show_lines=False)
         for col in columns:
             t.add_column(col, overflow="fold")
         for row in rows:
             t.add_row(*[_styled(col, v) for col, v in zip(columns, row, strict=False)])
         console().print(t)
     else:
+        rows = [[safe("" if v is None else str(v), keep="\n") for v in row] for row in rows]
         if title:
             print(f"# {title}")
         print("\t".join(columns))
@@ -89,13 +115,13 @@ def host_progress(description: str, total: int, *, enabled: bool = True) -> Iter
             task_id = progress.add_task(description, total=total, last="")
 
             def advance(result: HostResult) -> None:
-                progress.update(task_id, advance=1, last=f"{result.host}: {result.status}")
+                progress.update(task_id, advance=1, last=safe(f"{result.host}: {result.status}"))
 
             yield advance
     else:
 
         def line(result: HostResult) -> None:
-            sys.stderr.write(f"{description}: {result.host} {result.status} ({result.duration:.2f}s)\n")
+            sys.stderr.write(safe(f"{description}: {result.host} {result.status} ({result.duration:.2f}s)\n"))
             sys.stderr.flush()
 
         yield line

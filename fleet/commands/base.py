@@ -22,7 +22,7 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _check(kind: str, value: object, pattern: re.Pattern[str], rule: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):  # `$` would allow a trailing newline
         raise FleetError(f"invalid {kind} {value!r}", hint=f"a {kind} must be {rule}")
     return value
 

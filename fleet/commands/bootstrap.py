@@ -42,7 +42,7 @@ else:
 
 
 def bootstrap_command(layout: Layout, user: str) -> Command:
-    if not isinstance(user, str) or not _USER_RE.match(user):
+    if not isinstance(user, str) or not _USER_RE.fullmatch(user):
         raise FleetError(f"invalid deploy user {user!r}", hint="a plain login name")
     sysctl_text = "".join(f"{k} = {v}\n" for k, v in SYSCTLS.items())
     dirs = [layout.root, layout.releases, layout.volumes, layout.state]
@@ -75,8 +75,9 @@ def bootstrap_command(layout: Layout, user: str) -> Command:
         "else report ok 'docker engine running'; fi",
         # 2. deploy user may use Docker
         f"id {q(user)} >/dev/null 2>&1 || {{ echo {q(f'user {user} does not exist')} >&2; exit 24; }}",
-        f"if id -nG {q(user)} | tr ' ' '\\n' | grep -qx docker; then report ok 'user {user} in group docker';"
-        f" else usermod -aG docker {q(user)}; report changed 'user {user} added to group docker'; fi",
+        f"if id -nG {q(user)} | tr ' ' '\\n' | grep -qx docker; then"
+        f" report ok {q(f'user {user} in group docker')};"
+        f" else usermod -aG docker {q(user)}; report changed {q(f'user {user} added to group docker')}; fi",
         # 3. directories
         f"for d in {' '.join(q(d) for d in dirs)}; do",
         f'  if [ -d "$d" ] && [ "$(stat -c %U "$d")" = {q(user)} ]; then report ok "dir $d";',

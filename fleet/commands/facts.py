@@ -21,7 +21,7 @@ FACT_KEYS = (
 
 def facts_command(app_dir: str = "/opt/fleet/dify") -> Command:
     """Reads only; every probe tolerates a missing tool (prints an empty value)."""
-    root = q(abs_path(app_dir, "app dir"))
+    root = abs_path(app_dir, "app dir")
     script = "\n".join(
         [
             "export LC_ALL=C",
@@ -33,8 +33,10 @@ def facts_command(app_dir: str = "/opt/fleet/dify") -> Command:
             'printf "disk_free_mb=%s\\n" "$(df -Pk / | awk \'NR==2 {print int($4/1024)}\')"',
             'printf "mem_available_mb=%s\\n" '
             "\"$(awk '/^MemAvailable:/ {print int($2/1024)}' /proc/meminfo)\"",
-            f'cur=$(readlink {root}/current 2>/dev/null || true); printf "release=%s\\n" "${{cur##*/}}"',
-            f'ver=$(sed -n \'s/.*"version": *"\\([^"]*\\)".*/\\1/p\' {root}/current/release.json 2>/dev/null '
+            f"cur=$(readlink {q(root + '/current')} 2>/dev/null || true); "
+            'printf "release=%s\\n" "${cur##*/}"',
+            f'ver=$(sed -n \'s/.*"version": *"\\([^"]*\\)".*/\\1/p\' {q(root + "/current/release.json")} '
+            "2>/dev/null "
             "| head -n1); "
             'printf "release_version=%s\\n" "$ver"',
         ]

@@ -50,7 +50,7 @@ class Layout:
         abs_path(self.root, "app dir")
         if self.root == "/":
             raise FleetError("the app dir cannot be /", hint="use a directory such as /opt/fleet/dify")
-        if not isinstance(self.project, str) or not _PROJECT_RE.match(self.project):
+        if not isinstance(self.project, str) or not _PROJECT_RE.fullmatch(self.project):
             raise FleetError(
                 f"invalid compose project {self.project!r}",
                 hint="lowercase letters, digits, '-' and '_', starting with a letter or digit",
@@ -94,7 +94,7 @@ def _script(*lines: str) -> str:
 
 def _owner(value: str) -> str:
     """`user` (becomes `user:`, i.e. the user's login group) or `user:group`."""
-    if not isinstance(value, str) or not _OWNER_RE.match(value):
+    if not isinstance(value, str) or not _OWNER_RE.fullmatch(value):
         raise FleetError(f"invalid owner {value!r}", hint="a user name, or user:group")
     return value if ":" in value else value + ":"
 
@@ -144,7 +144,7 @@ def stage(
         raise FleetError("stage needs the bundle's checksums, including .env", hint="use Bundle.checksums()")
     sums = []
     for rel, digest in sorted(checksums.items()):
-        match = _SHA256_RE.match(digest)
+        match = _SHA256_RE.fullmatch(digest)
         if not match or rel.startswith("/") or ".." in rel.split("/") or "\n" in rel:
             raise FleetError(f"invalid checksum entry {rel!r}: {digest!r}")
         sums.append(f"{match.group(1)}  {rel}")
@@ -358,12 +358,12 @@ def compose_lock(layout: Layout) -> list[str]:
     """Shell lines taking the host's compose lock on fd 9 (held until the script and the compose it
     starts exit). An operator killed mid-`up` can leave that compose running on the host; a second `up`
     at the same time races it over the same containers, so the second one waits here instead."""
-    lock = q(f"{layout.state}/compose.lock")
+    lock = f"{layout.state}/compose.lock"
+    busy = q(f"another compose operation on this host holds {lock}")
     return [
         f"mkdir -p {q(layout.state)}",
-        f"exec 9>>{lock}",
-        f"flock -w {COMPOSE_LOCK_WAIT} 9 || {{ echo 'another compose operation on this host holds "
-        f"{layout.state}/compose.lock' >&2; exit 5; }}",
+        f"exec 9>>{q(lock)}",
+        f"flock -w {COMPOSE_LOCK_WAIT} 9 || {{ echo {busy} >&2; exit 5; }}",
     ]
 
 
@@ -721,7 +721,7 @@ def prune(
             f"else rm -rf {q(rel)} {q(rel + '.tmp')}; fi"
         )
     for image in images:
-        if not _IMAGE_REF_RE.match(image):
+        if not _IMAGE_REF_RE.fullmatch(image):
             raise FleetError(f"invalid image reference {image!r}")
         lines.append(f"docker image rm {q(image)} >/dev/null 2>&1 || true")
     return Command(_script(*lines), f"prune {len(ids)} releases")

@@ -103,7 +103,7 @@ def _initial_fingerprint(instance_id: str) -> str:
 
 def docker_time(text: str) -> float:
     """Docker's `Created` (RFC 3339 with nanoseconds) as epoch seconds."""
-    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", text.strip())
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", text.strip())
     if not match:
         return 0.0
     base = datetime.fromisoformat(match.group(1) + (match.group(3) or "Z").replace("Z", "+00:00"))

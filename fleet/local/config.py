@@ -16,7 +16,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 def check_name(value: str, what: str) -> str:
     """Names end up in docker argv and haproxy config: keep them to a safe alphabet."""
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise FleetError(
             f"invalid {what} {value!r}",
             where="local fleet",

@@ -37,13 +37,13 @@ INSTANCE_SECURITY = (
 
 
 def check_ref(ref: str) -> str:
-    if not _REF.match(ref) or ".." in ref:
+    if not _REF.fullmatch(ref) or ".." in ref:
         raise FleetError(f"invalid image reference {ref!r}", where="local images")
     return ref
 
 
 def check_container(name: str) -> str:
-    if not _CONTAINER.match(name):
+    if not _CONTAINER.fullmatch(name):
         raise FleetError(f"invalid container/volume/network name {name!r}", where="local fleet")
     return name
 
@@ -51,7 +51,7 @@ def check_container(name: str) -> str:
 def _labels(labels: Mapping[str, str]) -> list[str]:
     out: list[str] = []
     for key, value in labels.items():
-        if not _LABEL_KEY.match(key) or "\n" in value:
+        if not _LABEL_KEY.fullmatch(key) or "\n" in value:
             raise FleetError(f"invalid label {key!r}={value!r}", where="local fleet")
         out += ["--label", f"{key}={value}"]
     return out
@@ -60,7 +60,7 @@ def _labels(labels: Mapping[str, str]) -> list[str]:
 def _env(env: Mapping[str, str]) -> list[str]:
     out: list[str] = []
     for key, value in env.items():
-        if not _ENV_KEY.match(key) or "\n" in value:
+        if not _ENV_KEY.fullmatch(key) or "\n" in value:
             raise FleetError(f"invalid environment variable {key!r}", where="local fleet")
         out += ["-e", f"{key}={value}"]
     return out
@@ -96,7 +96,7 @@ def build(
     if dockerfile is not None:
         argv += ["-f", str(dockerfile)]
     for key, value in (build_args or {}).items():
-        if not _ENV_KEY.match(key):
+        if not _ENV_KEY.fullmatch(key):
             raise FleetError(f"invalid build arg {key!r}", where="local images")
         argv += ["--build-arg", f"{key}={value}"]
     argv += _labels(labels or {})
@@ -134,7 +134,7 @@ def rmi(refs: Sequence[str]) -> list[str]:
 
 def rmi_ids(ids: Sequence[str]) -> list[str]:
     for image_id in ids:
-        if not re.match(r"^(sha256:)?[0-9a-f]{12,64}$", image_id):
+        if not re.fullmatch(r"^(sha256:)?[0-9a-f]{12,64}$", image_id):
             raise FleetError(f"invalid image id {image_id!r}", where="local images")
     return [DOCKER, "rmi", "--force", *ids]
 
@@ -156,7 +156,7 @@ def network_inspect(name: str) -> list[str]:
 
 
 def network_create(name: str, subnet: str, labels: Mapping[str, str]) -> list[str]:
-    if not re.match(r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$", subnet):
+    if not re.fullmatch(r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$", subnet):
         raise FleetError(f"invalid subnet {subnet!r}", where="local fleet")
     return [DOCKER, "network", "create", "--subnet", subnet, *_labels(labels), check_container(name)]
 

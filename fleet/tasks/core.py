@@ -119,8 +119,9 @@ def exec_(
     """Run a shell command on the selected hosts in parallel; exits 1 if any host failed or was unreachable.
 
     The command is run as given by the remote user's shell (it is the operator's own command); every
-    other value is validated and quoted. Output: a summary table, or --json with each host's exit code,
-    stdout/stderr tail and duration.
+    other value is validated and quoted. Output: a summary table (control characters in host output
+    shown as \\xNN, never interpreted by your terminal), or --json with each host's exit code,
+    stdout/stderr tail (raw, JSON-escaped) and duration.
     """
     from fleet import ui
     from fleet.runner import command_step, run_on

@@ -199,7 +199,7 @@ def _print_diff(inv: Any, chosen: list[Any], bundles: dict[str, Any], json_: boo
         for r in results:
             b = bundles[r.host]
             print(f"== {r.host}: -> {b.version} ({b.release_id})")
-            print(r.data["diff"].render() if r.ok else f"   {r.status}: {r.error}")
+            print(ui.safe(r.data["diff"].render() if r.ok else f"   {r.status}: {r.error}"))
     if not all(r.ok for r in results):
         raise Exit(code=EXIT_FAILED)
 

@@ -184,7 +184,7 @@ def _main(action: str, **o: Any) -> int:
     from fleet.rollout_view import RolloutView, print_plan, print_summary
 
     def warn(text: str) -> None:
-        sys.stderr.write(f"warning: {text}\n")
+        sys.stderr.write(f"warning: {ui.safe(text)}\n")
         sys.stderr.flush()
 
     def planned(plan: Any, resumed: bool) -> None:
@@ -255,7 +255,7 @@ def _dry_run(plan: Any, diffs: dict[str, Any], json_: bool) -> None:
     print_plan(plan)
     for host, d in diffs.items():
         print(f"== {host}")
-        print(d.render() if d is not None else "   (could not read the current release)")
+        print(ui.safe(d.render()) if d is not None else "   (could not read the current release)")
     print("dry run: nothing was changed")
 
 
