@@ -3,13 +3,17 @@ the local Compute REST endpoint (fingerprint compare-and-swap as Compute does it
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fleet.gce import Compute
+from fleet.gce import Compute, ComputeError
 from fleet.local.compute_api import ComputeApi
 from fleet.local.compute_state import InMemoryCompute
 from fleet.lock import FleetLock, Heartbeat, LockHeld, LockLost
@@ -167,3 +171,116 @@ def test_heartbeat_renews_and_notices_a_lost_lock(endpoint: tuple[ComputeApi, In
     assert isinstance(hb.lost, LockLost)
     hb.stop()
     assert not is_held(parse_lock(stored(api)), datetime.now(UTC))
+
+
+# --------------------------------------------------------------------------- one process per rollout
+
+
+def test_the_same_rollout_from_another_live_process_is_refused(
+    endpoint: tuple[ComputeApi, InMemoryCompute],
+) -> None:
+    """Resume on the same rollout id from a second process (same operator) while the first one still
+    holds the lock: refused with the holder's details, not taken over (both would renew it)."""
+    api, _ = endpoint
+    mine = FleetLock(Compute(api.url), "p", "prod").acquire("alice@box", "", "ro-a", ttl=300)
+    script = (
+        "import sys\nfrom fleet.gce import Compute\nfrom fleet.lock import FleetLock, LockHeld\n"
+        f"try:\n    FleetLock(Compute({api.url!r}), 'p', 'prod').acquire('alice@box', '', 'ro-a')\n"
+        "except LockHeld as exc:\n    print(exc.render()); sys.exit(3)\n"
+    )
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 3, other.stdout + other.stderr
+    assert (
+        "ro-a" in other.stdout
+        and f"pid {os.getpid()}" in other.stdout
+        and socket.gethostname() in other.stdout
+    )
+    assert parse_lock(stored(api)) == mine  # untouched
+
+
+def test_a_dead_holder_of_our_rollout_is_taken_over_and_can_no_longer_renew(
+    endpoint: tuple[ComputeApi, InMemoryCompute],
+) -> None:
+    """A killed run of this rollout on this machine: its resume takes the live lock back at once."""
+    api, _ = endpoint
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = FleetLock(Compute(api.url), "p", "prod", holder=f"{socket.gethostname()}:{proc.pid}:dead")
+    old = dead.acquire("alice@box", "", "ro-a", ttl=300)
+    warnings: list[str] = []
+    new = FleetLock(Compute(api.url), "p", "prod", warn=warnings.append).acquire("alice@box", "", "ro-a")
+    assert new.holder != old.holder and warnings and str(proc.pid) in warnings[0]
+    with pytest.raises(LockLost):
+        dead.renew(old)
+
+
+# --------------------------------------------------------------------------- heartbeat faults
+
+
+def test_heartbeat_survives_any_renewal_error(endpoint: tuple[ComputeApi, InMemoryCompute]) -> None:
+    """A garbled answer (not a FleetError inside the client) used to kill the renewal thread silently."""
+    api, _ = endpoint
+    s = FleetLock(Compute(api.url), "p", "prod")
+    lock = s.acquire("alice@box", "", "ro-a", ttl=4)
+    api.inject("projects.setCommonInstanceMetadata", status=200, times=2, raw="<html>proxy error</html>")
+    warnings: list[str] = []
+    hb = Heartbeat(s, lock, ttl=4, interval=0.2, warn=warnings.append).start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now_stored = parse_lock(stored(api))
+            if now_stored is not None and now_stored.expires > lock.expires:
+                break
+            time.sleep(0.05)
+        assert now_stored is not None and now_stored.expires > lock.expires, (hb.errors, warnings)
+        assert hb.lost is None and hb.problem() is None
+        assert len(hb.errors) == 2 and len(warnings) == 2 and "retry" in warnings[0]
+    finally:
+        hb.stop()
+
+
+def test_heartbeat_gives_up_before_the_lock_expires(endpoint: tuple[ComputeApi, InMemoryCompute]) -> None:
+    """Compute refuses every renewal: the rollout is told while the lock is still ours, not after."""
+    api, _ = endpoint
+    s = FleetLock(Compute(api.url), "p", "prod")
+    lock = s.acquire("alice@box", "", "ro-a", ttl=3)
+    api.inject("projects.setCommonInstanceMetadata", status=503, times=1000)
+    hb = Heartbeat(s, lock, ttl=3, interval=0.2).start()
+    try:
+        deadline = time.monotonic() + 10
+        while hb.problem() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert hb.problem() is not None and "renew" in str(hb.problem())
+        assert datetime.now(UTC) < lock.expires  # noticed with time to spare
+    finally:
+        hb.stop()
+
+
+def test_a_hanging_compute_call_is_cut_short_of_the_ttl(endpoint: tuple[ComputeApi, InMemoryCompute]) -> None:
+    """Renewal calls are bounded well below the TTL: a Compute front end that stops answering
+    cannot keep the heartbeat stuck past the lock's expiry."""
+    api, _ = endpoint
+    s = FleetLock(Compute(api.url), "p", "prod")
+    lock = s.acquire("alice@box", "", "ro-a", ttl=3)
+    api.inject("projects.get", status=200, times=1000, delay=20)
+    hb = Heartbeat(s, lock, ttl=3, interval=0.2).start()
+    try:
+        deadline = time.monotonic() + 10
+        while hb.problem() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert hb.problem() is not None and datetime.now(UTC) < lock.expires
+        time.sleep(3)
+        assert any("cannot reach" in e or "timed out" in e.lower() for e in hb.errors), hb.errors
+    finally:
+        started = time.monotonic()
+        hb.stop()
+        assert time.monotonic() - started < 5
+
+
+def test_compute_calls_have_a_timeout(endpoint: tuple[ComputeApi, InMemoryCompute]) -> None:
+    api, _ = endpoint
+    api.inject("projects.get", status=200, times=1, delay=10)
+    started = time.monotonic()
+    with pytest.raises(ComputeError):
+        Compute(api.url, call_timeout=0.5).project_metadata("p")
+    assert time.monotonic() - started < 5
