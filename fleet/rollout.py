@@ -252,11 +252,11 @@ class Interrupted(Exception):
 
 
 def new_rollout_id(action: str, now: datetime | None = None, suffix: str | None = None) -> str:
-    """`ro-20261126-071330-3f9a` (rb- for a rollback): sortable, a valid GCE label value."""
+    """`ro-20261126-071330-3f9a` (rb- for a rollback, dp- for a deploy): sortable, a valid GCE label value."""
     import secrets
 
     moment = (now or datetime.now(UTC)).astimezone(UTC)
-    prefix = "rb" if action == "rollback" else "ro"
+    prefix = {"rollback": "rb", "deploy": "dp"}.get(action, "ro")
     return f"{prefix}-{moment:%Y%m%d-%H%M%S}-{suffix or secrets.token_hex(2)}"
 
 
