@@ -8,10 +8,10 @@ contract in functions/fleet_contract.py. A lock expires; the rollout renews it f
 thread, so a killed operator blocks the fleet for one TTL at most, and an expired lock can be taken
 over (with a warning).
 
-The lock names the process holding it (`holder`: host:pid:token). The same rollout id from another
-process is refused with the holder's details while that process may be alive, so a rollout never
-runs twice at once (and two heartbeats never renew one lock); a resume on the machine of a run that
-died takes the lock back at once. `fab deploy` takes the same lock as a rollout (with a dp- id).
+The lock names the process holding it (`holder`: host:pid:process start time). The same rollout id
+from another process is refused with the holder's details while that process may be alive, so a
+rollout never runs twice at once (and two heartbeats never renew one lock); a resume on the machine
+of a run that died takes the lock back at once. `fab deploy` takes the same lock as a rollout (with a dp- id).
 
 Renewal never dies quietly: every failure is logged and retried, and when the lock cannot be renewed
 in time the heartbeat reports it lost *before* it expires, so the rollout pauses while still holding
@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleet.errors import FleetError
@@ -54,7 +55,7 @@ Clock = Callable[[], datetime]
 def _start_time(pid: int) -> str | None:
     """When process `pid` started (clock ticks since boot): tells it from a later one with the same pid."""
     try:
-        stat = open(f"/proc/{pid}/stat", encoding="ascii", errors="replace").read()  # noqa: SIM115
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
     fields = stat.rpartition(")")[2].split()
@@ -104,9 +105,9 @@ def _holder_dead(holder: str) -> bool:
         return False  # another machine: we cannot tell
     token = holder.split(":", 2)[2] if holder.count(":") >= 2 else ""
     started = _start_time(pid)
-    if token.isdigit() and started is not None:
-        return started != token
-    return started is None if token.isdigit() else not pid_alive(pid)
+    if started is None:
+        return True  # no such process here
+    return started != token if token.isdigit() else not pid_alive(pid)
 
 
 def describe(lock: Lock, now: datetime | None = None) -> str:
