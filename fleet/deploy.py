@@ -4,12 +4,18 @@ Two phases so that bad input changes nothing: first every host is prepared (Dock
 bundle staged, compose validated, images pulled) while `current` stays where it is; only when all
 hosts are ready does any host switch. A host that then fails its health check goes back to its
 previous release. (The careful path, batch by batch behind the load balancer, is fleet/rollout.py.)
+
+A deploy changes the fleet as a rollout does, so it runs under the same fleet lock (a `dp-` id; a
+deploy during a rollout, or a rollout during a deploy, is refused naming the holder) and marks each
+host with the rollout label while it switches, so autoheal leaves it alone. An inventory without a
+Compute project (plain SSH hosts) has no lock backend: it deploys without a lock, as before.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -222,6 +228,36 @@ def restore(
     return verdict
 
 
+# --------------------------------------------------------------------------- the fleet lock
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What a deploy holds while it runs: its id, how to mark a host, whether the lock is still ours."""
+
+    rollout_id: str
+    mark: Callable[[FleetHost, str | None], bool] | None = None  # rollout.Marks.set
+    lost: Callable[[], str | None] | None = None  # lock.Heartbeat.problem
+
+
+@contextmanager
+def under_lock(
+    inv: Inventory, hosts: Sequence[FleetHost], reason: str, warn: Callable[[str], None] | None = None
+) -> Iterator[Guard]:
+    """The fleet lock and rollout marks, taken exactly as a rollout takes them (LockHeld names the
+    holder); without a Compute project (no lock backend) a bare id, as before."""
+    from fleet import lock as lk
+    from fleet.rollout import Marks, new_rollout_id
+
+    rollout_id = new_rollout_id("deploy")
+    if not lk.has_backend(inv, hosts):
+        yield Guard(rollout_id)
+        return
+    store = lk.for_inventory(inv, hosts, warn=warn)
+    with lk.holding(store, lk.operator(), reason, rollout_id, lk.ttl_of(hosts), warn) as heartbeat:
+        yield Guard(rollout_id, Marks(store.compute).set, heartbeat.problem)
+
+
 # --------------------------------------------------------------------------- the whole deploy
 
 
@@ -265,8 +301,11 @@ def deploy(
     keep: int | None = None,
     workers: int | None = None,
     on_done: Callable[[HostResult], None] | None = None,
+    guard: Guard | None = None,
 ) -> DeployReport:
+    """`guard` (under_lock): no host switches once the lock is lost; each is marked while it switches."""
     version = next(iter(bundles.values())).version if bundles else ""
+    guard = guard or Guard("")
     started = time.monotonic()
     pre = run_on(
         inv, hosts, lambda ctx: _preflight_step(ctx, bundles[ctx.host.name]), workers=workers, on_done=on_done
@@ -296,13 +335,33 @@ def deploy(
     sent = {r.host: r.data["bytes_sent"] for r in pre}
 
     def activate_step(ctx: HostContext) -> HostResult:
-        outcome = activate(
-            ctx,
-            bundles[ctx.host.name],
-            states[ctx.host.name],
-            operator=operator,
-            health_timeout=health_timeout,
-        )
+        lost = guard.lost() if guard.lost is not None else None
+        if lost:
+            bundle, state = bundles[ctx.host.name], states[ctx.host.name]
+            out = HostOutcome(
+                ctx.host.name, "not-started", state.current, state.version, bundle.release_id, bundle.version
+            )
+            out.error = f"not switched: fleet lock lost: {lost}"
+            return HostResult(ctx.host.name, "failed", error=out.error, data={"outcome": out})
+        marked = guard.mark(ctx.host, guard.rollout_id) if guard.mark is not None else False
+        unmark_problem = None
+        try:
+            outcome = activate(
+                ctx,
+                bundles[ctx.host.name],
+                states[ctx.host.name],
+                operator=operator,
+                health_timeout=health_timeout,
+                rollout_id=guard.rollout_id or None,
+            )
+        finally:
+            if marked and guard.mark is not None:
+                try:
+                    guard.mark(ctx.host, None)
+                except Exception as exc:
+                    unmark_problem = f"rollout label left on the instance: {exc}"
+        if unmark_problem:
+            outcome.problems.append(unmark_problem)
         try:
             ht.prune(ctx, keep or int(ctx.host.get("app.keep_releases", ht.DEFAULT_KEEP)))
         except FleetError as exc:  # pruning is housekeeping: report, do not fail the deploy
@@ -394,10 +453,12 @@ def deploy_release(
     keep: int | None = None,
     workers: int | None = None,
     on_done: Callable[[HostResult], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> DeployReport:
     """`fab deploy` as a library call: render `version` (default: the inventory's; or pass the
-    `bundles` already rendered) for `hosts` (default: every host of the inventory) and deploy it.
-    Health timeout: the inventory's rollout timings."""
+    `bundles` already rendered) for `hosts` (default: every host of the inventory) and deploy it,
+    under the fleet lock with the rollout marks (`under_lock`). Health timeout: the inventory's
+    rollout timings."""
     from fleet import inventory as inv_mod
     from fleet.bundle import local_meta
     from fleet.plan import default_timings
@@ -409,13 +470,16 @@ def deploy_release(
     if not health_timeout:
         first = chosen[0]
         health_timeout = default_timings(first.get("lb"), first.get("rollout")).health_timeout
-    return deploy(
-        inventory,
-        chosen,
-        bundles,
-        operator=local_meta().operator,
-        health_timeout=health_timeout,
-        keep=keep,
-        workers=workers,
-        on_done=on_done,
-    )
+    label = next(iter(bundles.values())).version if bundles else ""
+    with under_lock(inventory, chosen, f"deploy {label}", warn=warn) as guard:
+        return deploy(
+            inventory,
+            chosen,
+            bundles,
+            operator=local_meta().operator,
+            health_timeout=health_timeout,
+            keep=keep,
+            workers=workers,
+            on_done=on_done,
+            guard=guard,
+        )

@@ -6,6 +6,9 @@ One `Compute` object per endpoint: the real API by default, or a local endpoint
 (`gce.api_endpoint` in the inventory, or FLEET_COMPUTE_ENDPOINT) such as the local fleet's, reached
 with anonymous credentials. Operations are waited on with our own operations clients pointed at the
 same endpoint (`.result()` would poll the real API).
+
+Every call carries a timeout (`call_timeout`, operation waits `op_timeout` in all): the client's own
+default lets one call hang for 600 s, longer than the fleet lock lives (fleet/lock.py).
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ class Compute:
     """Lazily created Compute clients for one endpoint (None = the real API)."""
 
     endpoint: str | None = None
-    op_timeout: float = 120.0
+    op_timeout: float = 120.0  # waiting for one operation, in all
+    call_timeout: float = 30.0  # one API request
 
     def __post_init__(self) -> None:
         self._clients: dict[str, Any] = {}
@@ -178,19 +182,32 @@ class Compute:
         """Wait until a (zonal/regional/global) operation is DONE; raise ComputeError on its error."""
         done = self.types().Operation.Status.DONE
         deadline = time.monotonic() + self.op_timeout
+
+        def _poll(name: str, limit: float) -> Any:
+            """The operation after one server-side wait; None when the wait timed out on our side."""
+            if zone:
+                fetch = lambda: self.client("ZoneOperationsClient").wait(  # noqa: E731
+                    project=project, zone=zone, operation=name, timeout=limit
+                )
+            elif region:
+                fetch = lambda: self.client("RegionOperationsClient").wait(  # noqa: E731
+                    project=project, region=region, operation=name, timeout=limit
+                )
+            else:
+                fetch = lambda: self.client("GlobalOperationsClient").wait(  # noqa: E731
+                    project=project, operation=name, timeout=limit
+                )
+            return _timed_out_is_none(fetch)
+
         while op.status != done:
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise ComputeError(
                     f"operation {op.name} did not finish in {self.op_timeout:.0f}s", where=project
                 )
-            if zone:
-                op = self.client("ZoneOperationsClient").wait(project=project, zone=zone, operation=op.name)
-            elif region:
-                op = self.client("RegionOperationsClient").wait(
-                    project=project, region=region, operation=op.name
-                )
-            else:
-                op = self.client("GlobalOperationsClient").wait(project=project, operation=op.name)
+            limit = max(1.0, min(left, self.call_timeout))
+            polled = self._call(lambda op=op, limit=limit: _poll(op.name, limit), project)
+            op = polled if polled is not None else op  # None: this wait timed out, wait again
         if op.error and op.error.errors:
             first = op.error.errors[0]
             if first.code in ("CONDITION_NOT_MET", "conditionNotMet"):
@@ -201,7 +218,9 @@ class Compute:
 
     def project_metadata(self, project: str) -> tuple[dict[str, str], str]:
         """(items, fingerprint) of the project's common instance metadata."""
-        proj = self._call(lambda: self.client("ProjectsClient").get(project=project), project)
+        proj = self._call(
+            lambda: self.client("ProjectsClient").get(project=project, timeout=self.call_timeout), project
+        )
         md = proj.common_instance_metadata
         items = {i.key: i.value for i in md.items}
         return items, md.fingerprint
@@ -214,7 +233,7 @@ class Compute:
         )
         op = self._call(
             lambda: self.client("ProjectsClient").set_common_instance_metadata_unary(
-                project=project, metadata_resource=md
+                project=project, metadata_resource=md, timeout=self.call_timeout
             ),
             project,
         )
@@ -224,7 +243,9 @@ class Compute:
 
     def instance(self, project: str, zone: str, name: str) -> Any:
         return self._call(
-            lambda: self.client("InstancesClient").get(project=project, zone=zone, instance=name),
+            lambda: self.client("InstancesClient").get(
+                project=project, zone=zone, instance=name, timeout=self.call_timeout
+            ),
             f"{project}/{zone}/{name}",
         )
 
@@ -249,7 +270,11 @@ class Compute:
             try:
                 op = self._call(
                     lambda req=req: self.client("InstancesClient").set_labels_unary(
-                        project=project, zone=zone, instance=name, instances_set_labels_request_resource=req
+                        project=project,
+                        zone=zone,
+                        instance=name,
+                        instances_set_labels_request_resource=req,
+                        timeout=self.call_timeout,
                     ),
                     where,
                 )
@@ -276,16 +301,23 @@ class Compute:
 
     def mig(self, ref: MigRef) -> Any:
         client, where = self._igm(ref)
-        return self._call(lambda: client.get(**where), str(ref))
+        return self._call(lambda: client.get(**where, timeout=self.call_timeout), str(ref))
 
     def managed_instances(self, ref: MigRef) -> list[Any]:
         client, where = self._igm(ref)
-        return self._call(lambda: list(client.list_managed_instances(**where)), str(ref))
+        return self._call(
+            lambda: list(client.list_managed_instances(**where, timeout=self.call_timeout)), str(ref)
+        )
 
     def zone_instances(self, project: str, zone: str) -> dict[str, Any]:
         """Every instance of a zone by name (one list call instead of a get per member)."""
         return self._call(
-            lambda: {i.name: i for i in self.client("InstancesClient").list(project=project, zone=zone)},
+            lambda: {
+                i.name: i
+                for i in self.client("InstancesClient").list(
+                    project=project, zone=zone, timeout=self.call_timeout
+                )
+            },
             f"{project}/{zone}",
         )
 
@@ -334,7 +366,7 @@ class Compute:
             t.ResizeRegionInstanceGroupManagerRequest if ref.regional else t.ResizeInstanceGroupManagerRequest
         )
         req = kind(**where, size=size, request_id=request_id or None)
-        op = self._call(lambda: client.resize_unary(request=req), str(ref))
+        op = self._call(lambda: client.resize_unary(request=req, timeout=self.call_timeout), str(ref))
         self._wait_mig(op, ref)
 
     def recreate(self, ref: MigRef, members: Sequence[Member], request_id: str | None = None) -> None:
@@ -358,7 +390,9 @@ class Compute:
                 ),
                 request_id=request_id or None,
             )
-        op = self._call(lambda: client.recreate_instances_unary(request=req), str(ref))
+        op = self._call(
+            lambda: client.recreate_instances_unary(request=req, timeout=self.call_timeout), str(ref)
+        )
         self._wait_mig(op, ref)
 
     def reset(self, project: str, zone: str, name: str, request_id: str | None = None) -> None:
@@ -367,7 +401,8 @@ class Compute:
             project=project, zone=zone, instance=name, request_id=request_id or None
         )
         op = self._call(
-            lambda: self.client("InstancesClient").reset_unary(request=req), f"{project}/{zone}/{name}"
+            lambda: self.client("InstancesClient").reset_unary(request=req, timeout=self.call_timeout),
+            f"{project}/{zone}/{name}",
         )
         self.wait(op, project=project, zone=zone)
 
@@ -407,7 +442,9 @@ class Compute:
 
         def fetch() -> Any:
             try:
-                return self.client("InstancesClient").get_guest_attributes(request=req)
+                return self.client("InstancesClient").get_guest_attributes(
+                    request=req, timeout=self.call_timeout
+                )
             except gexc.NotFound as exc:
                 if "guestattributes" not in str(exc.message).lower():
                     raise  # the instance itself is gone
@@ -444,6 +481,17 @@ class Compute:
                     where=where,
                 ) from None
             raise
+
+
+def _timed_out_is_none(fn: Any) -> Any:
+    """Run `fn`; None when the request timed out on our side (an operation wait simply waits again)."""
+    import requests
+    from google.api_core import exceptions as gexc
+
+    try:
+        return fn()
+    except (requests.exceptions.Timeout, gexc.DeadlineExceeded):
+        return None
 
 
 def natural_key(name: str) -> tuple[Any, ...]:

@@ -2,8 +2,14 @@
 
 It is what `fab rollout --resume` starts from (the plan, which hosts were done, where each host
 stopped) and an audit of what the operator's machine did. Each line is flushed and fsync'ed, so a
-SIGKILL loses at most the line being written; `read` drops a torn last line. The journal never
-decides on its own: resume reconciles it with each host's real state (fleet/rollout.py).
+SIGKILL loses at most the line being written. A torn last line is cut off when a run claims the
+journal (and journaled as `repair`), and `append` never glues a record onto an unterminated line, so
+the records after a crash are never lost with it. The journal never decides on its own: resume
+reconciles it with each host's real state (fleet/rollout.py).
+
+One process runs a rollout at a time: the run holds an exclusive flock on its journal (`claim`), so
+a second `--resume` of the same rollout on this machine is refused while the first one lives (the
+kernel drops the flock when a process dies, however it dies).
 
 Layout: `.fleet/journal/<inventory name>-<hash of its path>/<rollout id>.jsonl` under the checkout
 (FLEET_JOURNAL_DIR moves the root), so two inventories with the same directory name never mix.
@@ -11,6 +17,7 @@ Layout: `.fleet/journal/<inventory name>-<hash of its path>/<rollout id>.jsonl` 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -66,15 +73,55 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._claim: int | None = None  # the fd holding the flock while this process runs the rollout
 
     @classmethod
     def create(cls, directory: Path, rollout_id: str) -> Journal:
+        """A new journal, claimed by this process."""
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{check_id(rollout_id)}{SUFFIX}"
-        if path.exists():
-            raise FleetError(f"journal {path} already exists", hint="rollout ids are unique: try again")
-        path.touch()
-        return cls(path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise FleetError(
+                f"journal {path} already exists", hint="rollout ids are unique: try again"
+            ) from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else can know the file yet
+        journal = cls(path)
+        journal._claim = fd
+        return journal
+
+    @classmethod
+    def claim(cls, path: Path) -> Journal:
+        """Take the journal of a rollout to run it (resume): refused while another process has it.
+        Cuts off a torn last line (journaled as `repair`)."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as exc:
+            raise FleetError(f"cannot open the journal: {exc}", where=str(path)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = load(path).pid
+            raise FleetError(
+                f"rollout {path.name[: -len(SUFFIX)]} is already running in another process"
+                + (f" (pid {pid})" if pid else ""),
+                where=str(path),
+                hint="let it finish, or stop it with Ctrl-C (it undrains and releases the lock), then resume",
+            ) from None
+        journal = cls(path)
+        journal._claim = fd
+        dropped = _cut_torn_tail(fd)
+        if dropped:
+            journal.append("repair", dropped_bytes=dropped, why="torn last line (a crash mid-write)")
+        return journal
+
+    def close(self) -> None:
+        """Let go of the claim (another process may run the rollout from now on)."""
+        fd, self._claim = self._claim, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor of the open file drops the flock
 
     @property
     def rollout_id(self) -> str:
@@ -84,11 +131,33 @@ class Journal:
         """Write one event durably (flush + fsync) and return it."""
         entry = {"t": now_text(), "event": event, **fields}
         line = json.dumps(entry, sort_keys=False, separators=(",", ":"), default=str) + "\n"
-        with self._lock, open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
+        with self._lock, open(self.path, "a+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size and os.pread(handle.fileno(), 1, size - 1) != b"\n":
+                line = "\n" + line  # terminate a torn line rather than glue this record onto it
+            handle.write(line.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
         return entry
+
+
+def _cut_torn_tail(fd: int) -> int:
+    """Truncate `fd`'s file after its last newline; the number of bytes cut (0 when it was whole)."""
+    size = os.fstat(fd).st_size
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            end = start + cut + 1
+            break
+        end = start
+    if end == size:
+        return 0
+    os.ftruncate(fd, end)
+    os.fsync(fd)
+    return size - end
 
 
 def read(path: Path) -> list[dict[str, Any]]:

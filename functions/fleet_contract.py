@@ -111,6 +111,9 @@ class Lock:
     rollout_id: str
     created: datetime
     expires: datetime
+    # which process holds it (host:pid:token), so that the same rollout id run from a second process
+    # is refused; optional (locks written before it existed have none)
+    holder: str = ""
 
 
 _LOCK_FIELDS = ("fleet", "owner", "reason", "rollout_id", "created", "expires")
@@ -118,15 +121,18 @@ _LOCK_FIELDS = ("fleet", "owner", "reason", "rollout_id", "created", "expires")
 
 def lock_to_json(lock: Lock) -> str:
     """The metadata value for `lock` (compact JSON, stable key order)."""
+    value = {
+        "fleet": lock.fleet,
+        "owner": lock.owner,
+        "reason": lock.reason,
+        "rollout_id": lock.rollout_id,
+        "created": format_time(lock.created),
+        "expires": format_time(lock.expires),
+    }
+    if lock.holder:
+        value["holder"] = lock.holder
     return json.dumps(
-        {
-            "fleet": lock.fleet,
-            "owner": lock.owner,
-            "reason": lock.reason,
-            "rollout_id": lock.rollout_id,
-            "created": format_time(lock.created),
-            "expires": format_time(lock.expires),
-        },
+        value,
         separators=(",", ":"),
         sort_keys=True,
     )
@@ -159,7 +165,10 @@ def _parse_lock(text: str | None) -> tuple[Lock | None, str | None]:
             validate_label_value(raw["rollout_id"])
         except ContractError as exc:
             return None, f"lock rollout_id: {exc}"
-    lock = Lock(raw["fleet"], raw["owner"], raw["reason"], raw["rollout_id"], created, expires)
+    holder = raw.get("holder", "")
+    if not isinstance(holder, str):
+        return None, "lock field holder is not a string"
+    lock = Lock(raw["fleet"], raw["owner"], raw["reason"], raw["rollout_id"], created, expires, holder)
     return lock, None
 
 

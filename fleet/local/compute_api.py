@@ -4,8 +4,9 @@ Point the real client at it:
     compute_v1.InstancesClient(credentials=AnonymousCredentials(),
                                client_options={"api_endpoint": api.url})
 Real URL paths, camelCase JSON, Compute's error format and status codes, requestId idempotency and
-operations that really go PENDING -> RUNNING -> DONE. Every call is recorded, and faults (a status
-code for the next N calls of a method) can be injected, in-process or over HTTP under /_local/.
+operations that really go PENDING -> RUNNING -> DONE. Every call is recorded, and faults (for the next
+N calls of a method: an error status, a garbled body, or a late answer) can be injected, in-process or
+over HTTP under /_local/.
 
 CLI:  python -m fleet.local.compute_api --state STATE.json [--port N]   (binds 127.0.0.1 only)
 """
@@ -57,6 +58,15 @@ class Fault:
     times: int
     reason: str
     message: str
+    raw: str | None = None  # answer this body verbatim (e.g. a proxy's HTML page) instead
+    delay: float = 0.0  # seconds to wait before answering (a status < 400 then answers normally)
+
+
+@dataclass(frozen=True)
+class RawBody:
+    """A response body sent as is, not as JSON."""
+
+    text: str
 
 
 Handler = Callable[[dict[str, str], dict[str, str], Any], tuple[int, Any]]
@@ -123,10 +133,14 @@ class ComputeApi:
         times: int = 1,
         reason: str = "backendError",
         message: str = "injected fault",
+        *,
+        raw: str | None = None,
+        delay: float = 0.0,
     ) -> None:
-        """Answer the next `times` calls of `method` with `status` (before touching the backend)."""
+        """Answer the next `times` calls of `method` with `status` (before touching the backend), or
+        with `raw` as the body; `delay` first waits that long (status < 400: then answers normally)."""
         with self._lock:
-            self._faults.append(Fault(method, status, times, reason, message))
+            self._faults.append(Fault(method, status, times, reason, message, raw, delay))
 
     def calls(self, method: str | None = None) -> list[Call]:
         with self._lock:
@@ -292,9 +306,14 @@ class ComputeApi:
                 ):
                     raise invalid(f"Invalid value for field '{params['scope'][:-1]}': '{params['location']}'")
                 fault = self._take_fault(name)
-                if fault is not None:
+                if fault is not None and fault.delay > 0:
+                    time.sleep(fault.delay)
+                if fault is not None and fault.raw is not None:
+                    status, result = fault.status, RawBody(fault.raw)
+                elif fault is not None and fault.status >= 400:
                     raise ComputeApiError(fault.status, fault.reason, fault.message)
-                status, result = fn(params, query, body)
+                else:
+                    status, result = fn(params, query, body)
                 break
             else:
                 raise ComputeApiError(404, "notFound", f"Not Found: {http_method} {parts.path}")
@@ -326,7 +345,13 @@ class ComputeApi:
         if http_method == "POST" and path == "/_local/faults":
             try:
                 spec = json.loads(raw_body or b"{}")
-                self.inject(spec["method"], int(spec.get("status", 503)), int(spec.get("times", 1)))
+                self.inject(
+                    spec["method"],
+                    int(spec.get("status", 503)),
+                    int(spec.get("times", 1)),
+                    raw=None if spec.get("raw") is None else str(spec["raw"]),
+                    delay=float(spec.get("delay", 0.0)),
+                )
             except (ValueError, KeyError, TypeError) as exc:
                 return 400, {"error": {"code": 400, "message": f"bad fault: {exc}"}}
             return 200, {}
@@ -459,9 +484,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._reply(status, result)
 
     def _reply(self, status: int, result: Any) -> None:
-        data = json.dumps(result).encode()
+        raw = isinstance(result, RawBody)
+        data = result.text.encode() if raw else json.dumps(result).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Type", "text/html" if raw else "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -18,11 +18,11 @@ if TYPE_CHECKING:
 
 
 def new_rollout_id(action: str, now: datetime | None = None, suffix: str | None = None) -> str:
-    """`ro-20261126-071330-3f9a` (rb- for a rollback): sortable, a valid GCE label value."""
+    """`ro-20261126-071330-3f9a` (rb- for a rollback, dp- for a deploy): sortable, a valid GCE label value."""
     import secrets
 
     moment = (now or datetime.now(UTC)).astimezone(UTC)
-    prefix = "rb" if action == "rollback" else "ro"
+    prefix = {"rollback": "rb", "deploy": "dp"}.get(action, "ro")
     return f"{prefix}-{moment:%Y%m%d-%H%M%S}-{suffix or secrets.token_hex(2)}"
 
 
@@ -151,7 +151,7 @@ _RID_RE = re.compile(r"^[0-9a-f]{4,64}$")
 def pick_release(releases: Sequence[rc.ReleaseDir], spec: str, where: str) -> str:
     """The staged release `spec` names: an id or id prefix, else the newest one of that version."""
     spec = spec.strip()
-    if _RID_RE.match(spec):
+    if _RID_RE.fullmatch(spec):
         hits = [r.id for r in releases if r.id.startswith(spec)]
         if len(hits) == 1:
             return hits[0]

@@ -108,25 +108,50 @@ class Run:
 
 
 def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
-    """Lock, journal, engine, unlock. `resume` is a fleet.journal.Replay of the rollout to continue."""
+    """Lock, journal, engine, unlock. `resume` is a fleet.journal.Replay of the rollout to continue.
+
+    A resume claims the journal first (one process per rollout: a second `--resume` is refused), then
+    takes the lock (refused while another process holds this rollout). A lock that is lost, or that
+    cannot be renewed in time, stops the engine at its next step (hosts undrained) and is journaled."""
     import os
 
     from fleet import journal as jr
     from fleet import lock as lk
 
-    held = run.lock.acquire(plan.operator, plan.message or plan.label, plan.rollout_id, run.ttl)
-    heartbeat = lk.Heartbeat(run.lock, held, run.ttl).start()
     journal: Journal | None = None
+    if resume is not None:
+        journal = jr.Journal.claim(jr.find(run.journal_dir, plan.rollout_id))
+        resume = jr.load(journal.path)  # what the journal says now that no other process can add to it
+        if resume.finished:
+            journal.close()
+            raise FleetError(
+                f"nothing to resume: rollout {plan.rollout_id} ended: {resume.outcome}",
+                where=str(journal.path),
+            )
+    try:
+        held = run.lock.acquire(plan.operator, plan.message or plan.label, plan.rollout_id, run.ttl)
+    except BaseException:
+        if journal is not None:
+            journal.close()
+        raise
+
+    def journal_lost(exc: FleetError) -> None:
+        if journal is not None:
+            journal.append("lock", status="lost", error=exc.what)
+
+    heartbeat = lk.Heartbeat(run.lock, held, run.ttl, warn=run.warn, on_lost=journal_lost).start()
     try:
         if resume is None:
             journal = jr.Journal.create(run.journal_dir, plan.rollout_id)
-            journal.append("plan", pid=os.getpid(), lock=held.owner, **plan.as_dict())
+            journal.append("plan", pid=os.getpid(), lock=held.owner, holder=held.holder, **plan.as_dict())
         else:
-            journal = jr.Journal(jr.find(run.journal_dir, plan.rollout_id))
-            journal.append("resume", pid=os.getpid(), lock=held.owner, touched=resume.touched)
+            assert journal is not None
+            journal.append(
+                "resume", pid=os.getpid(), lock=held.owner, holder=held.holder, touched=resume.touched
+            )
 
         def lost() -> str | None:
-            return heartbeat.lost.what if heartbeat.lost else None
+            return heartbeat.problem()
 
         engine = run.strategy(
             SshHostOps(run.nr),
@@ -161,3 +186,5 @@ def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
         except FleetError as exc:
             if run.warn:
                 run.warn(f"could not release the fleet lock: {exc.what} (it expires on its own)")
+        if journal is not None:
+            journal.close()

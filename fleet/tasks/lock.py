@@ -39,6 +39,7 @@ def status(c: Any, inventory: str | None = None, json_: bool = False) -> None:
                     "rollout_id": lock.rollout_id,
                     "created": format_time(lock.created),
                     "expires": format_time(lock.expires),
+                    "holder": lock.holder or None,
                 },
             }
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from fabric import task
@@ -121,6 +122,8 @@ def deploy(
     validated, images pulled) without touching what runs; if any host fails that, nothing switches
     anywhere. Then each host switches `current`, starts the stack and must become healthy with the
     new version, or goes back to its previous release. Exit 1 if any host did not end on the release.
+    With a Compute project (gce.project) it holds the fleet lock and marks each host while it
+    switches, as `fab rollout` does: refused (exit 2, naming the holder) while a rollout runs.
     """
     from fleet import deploy as dp
     from fleet import ui
@@ -139,6 +142,7 @@ def deploy(
             keep=keep or None,
             workers=workers or None,
             on_done=advance,
+            warn=_warn,
         )
     if json_:
         ui.print_json(report.as_dict())
@@ -166,6 +170,11 @@ def deploy(
             print("nothing was switched on any host: fix the errors above and deploy again")
     if not report.ok:
         raise Exit(code=EXIT_FAILED)
+
+
+def _warn(text: str) -> None:
+    sys.stderr.write(f"warning: {text}\n")
+    sys.stderr.flush()
 
 
 def _rel(rid: str | None, version: str | None) -> str:

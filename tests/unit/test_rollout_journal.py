@@ -93,3 +93,58 @@ def test_pid_alive_only_for_live_fleet_processes() -> None:
         proc.kill()
         proc.wait()
     assert not jr.pid_alive(proc.pid)
+
+
+def test_a_torn_tail_does_not_swallow_the_next_record(tmp_path: Path) -> None:
+    """A SIGKILL mid-write leaves a line without its newline; the record the resume writes next must
+    not be glued onto it (and lost with it): the resumer's pid is what refuses a second resume."""
+    j = jr.Journal.create(tmp_path, "ro-3")
+    j.append("plan", pid=1)
+    j.append("step", host="a", step="drain", status="start")
+    with open(j.path, "a") as handle:
+        handle.write('{"t":"x","event":"step","host":"a","st')  # killed in the middle of a write
+    again = jr.Journal(j.path)
+    again.append("resume", pid=2, touched=["a"])
+    again.append("step", host="a", step="lb-out", status="start")
+    events = jr.read(j.path)
+    assert [e["event"] for e in events] == ["plan", "step", "resume", "step"]
+    r = jr.load(j.path)
+    assert r.resumes == 1 and r.pid == 2 and r.steps == {"a": "lb-out"}
+    assert j.path.read_text().endswith("}\n")
+
+
+def test_claim_repairs_the_torn_tail_and_journals_it(tmp_path: Path) -> None:
+    j = jr.Journal.create(tmp_path, "ro-4")
+    j.append("plan", pid=1)
+    j.close()
+    with open(j.path, "a") as handle:
+        handle.write('{"t":"x","ev')
+    claimed = jr.Journal.claim(j.path)
+    try:
+        claimed.append("resume", pid=2)
+        lines = j.path.read_text().splitlines()
+        assert [jr.json.loads(line)["event"] for line in lines] == ["plan", "repair", "resume"]
+        assert jr.json.loads(lines[1])["dropped_bytes"] == len('{"t":"x","ev')
+    finally:
+        claimed.close()
+
+
+def test_only_one_process_claims_a_journal(tmp_path: Path) -> None:
+    """Two `--resume` of the same rollout at once: the second is refused, naming the first's pid."""
+    j = jr.Journal.create(tmp_path, "ro-5")
+    j.append("plan", pid=1)
+    j.close()
+    first = jr.Journal.claim(j.path)
+    first.append("resume", pid=4242)
+    try:
+        script = (
+            "import sys; from fleet import journal as jr; from fleet.errors import FleetError\n"
+            f"try:\n    jr.Journal.claim(jr.Path({str(j.path)!r}))\n"
+            "except FleetError as exc:\n    print(exc.render()); sys.exit(3)\n"
+        )
+        other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert other.returncode == 3, other.stdout + other.stderr
+        assert "already running" in other.stdout and "4242" in other.stdout
+    finally:
+        first.close()
+    jr.Journal.claim(j.path).close()  # free again once the first one let go

@@ -3,16 +3,29 @@ the local Compute REST endpoint (fingerprint compare-and-swap as Compute does it
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fleet.gce import Compute
+from fleet import journal as jr
+from fleet import rollout as ro
+from fleet.errors import FleetError
+from fleet.gce import Compute, ComputeError
+from fleet.inventory import Inventory
 from fleet.local.compute_api import ComputeApi
 from fleet.local.compute_state import InMemoryCompute
 from fleet.lock import FleetLock, Heartbeat, LockHeld, LockLost
+from fleet.plan import Timings
 from functions.fleet_contract import LOCK_METADATA_KEY, is_held, lock_to_json, parse_lock
 
 T0 = datetime(2026, 11, 26, 7, 0, 0, tzinfo=UTC)
@@ -167,3 +180,241 @@ def test_heartbeat_renews_and_notices_a_lost_lock(endpoint: tuple[ComputeApi, In
     assert isinstance(hb.lost, LockLost)
     hb.stop()
     assert not is_held(parse_lock(stored(api)), datetime.now(UTC))
+
+
+# --------------------------------------------------------------------------- one process per rollout
+
+
+def test_the_same_rollout_from_another_live_process_is_refused(
+    endpoint: tuple[ComputeApi, InMemoryCompute],
+) -> None:
+    """Resume on the same rollout id from a second process (same operator) while the first one still
+    holds the lock: refused with the holder's details, not taken over (both would renew it)."""
+    api, _ = endpoint
+    mine = FleetLock(Compute(api.url), "p", "prod").acquire("alice@box", "", "ro-a", ttl=300)
+    script = (
+        "import sys\nfrom fleet.gce import Compute\nfrom fleet.lock import FleetLock, LockHeld\n"
+        f"try:\n    FleetLock(Compute({api.url!r}), 'p', 'prod').acquire('alice@box', '', 'ro-a')\n"
+        "except LockHeld as exc:\n    print(exc.render()); sys.exit(3)\n"
+    )
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 3, other.stdout + other.stderr
+    assert (
+        "ro-a" in other.stdout
+        and f"pid {os.getpid()}" in other.stdout
+        and socket.gethostname() in other.stdout
+    )
+    assert parse_lock(stored(api)) == mine  # untouched
+
+
+def test_a_dead_holder_of_our_rollout_is_taken_over_and_can_no_longer_renew(
+    endpoint: tuple[ComputeApi, InMemoryCompute],
+) -> None:
+    """A killed run of this rollout on this machine: its resume takes the live lock back at once."""
+    api, _ = endpoint
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = FleetLock(Compute(api.url), "p", "prod", holder=f"{socket.gethostname()}:{proc.pid}:dead")
+    old = dead.acquire("alice@box", "", "ro-a", ttl=300)
+    warnings: list[str] = []
+    new = FleetLock(Compute(api.url), "p", "prod", warn=warnings.append).acquire("alice@box", "", "ro-a")
+    assert new.holder != old.holder and warnings and str(proc.pid) in warnings[0]
+    with pytest.raises(LockLost):
+        dead.renew(old)
+
+
+# --------------------------------------------------------------------------- heartbeat faults
+
+
+def test_heartbeat_survives_any_renewal_error(endpoint: tuple[ComputeApi, InMemoryCompute]) -> None:
+    """A garbled answer (not a FleetError inside the client) used to kill the renewal thread silently."""
+    api, _ = endpoint
+    s = FleetLock(Compute(api.url), "p", "prod")
+    lock = s.acquire("alice@box", "", "ro-a", ttl=4)
+    api.inject("projects.setCommonInstanceMetadata", status=200, times=2, raw="<html>proxy error</html>")
+    warnings: list[str] = []
+    hb = Heartbeat(s, lock, ttl=4, interval=0.2, warn=warnings.append).start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now_stored = parse_lock(stored(api))
+            if now_stored is not None and now_stored.expires > lock.expires:
+                break
+            time.sleep(0.05)
+        assert now_stored is not None and now_stored.expires > lock.expires, (hb.errors, warnings)
+        assert hb.lost is None and hb.problem() is None
+        assert len(hb.errors) == 2 and len(warnings) == 2 and "retry" in warnings[0]
+    finally:
+        hb.stop()
+
+
+def test_heartbeat_gives_up_before_the_lock_expires(endpoint: tuple[ComputeApi, InMemoryCompute]) -> None:
+    """Compute refuses every renewal: the rollout is told while the lock is still ours, not after."""
+    api, _ = endpoint
+    s = FleetLock(Compute(api.url), "p", "prod")
+    lock = s.acquire("alice@box", "", "ro-a", ttl=3)
+    api.inject("projects.setCommonInstanceMetadata", status=503, times=1000)
+    hb = Heartbeat(s, lock, ttl=3, interval=0.2).start()
+    try:
+        deadline = time.monotonic() + 10
+        while hb.problem() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert hb.problem() is not None and "renew" in str(hb.problem())
+        assert datetime.now(UTC) < lock.expires  # noticed with time to spare
+    finally:
+        hb.stop()
+
+
+def test_a_hanging_compute_call_is_cut_short_of_the_ttl(endpoint: tuple[ComputeApi, InMemoryCompute]) -> None:
+    """Renewal calls are bounded well below the TTL: a Compute front end that stops answering
+    cannot keep the heartbeat stuck past the lock's expiry."""
+    api, _ = endpoint
+    s = FleetLock(Compute(api.url), "p", "prod")
+    lock = s.acquire("alice@box", "", "ro-a", ttl=3)
+    api.inject("projects.get", status=200, times=1000, delay=20)
+    hb = Heartbeat(s, lock, ttl=3, interval=0.2).start()
+    try:
+        deadline = time.monotonic() + 10
+        while hb.problem() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert hb.problem() is not None and datetime.now(UTC) < lock.expires
+        time.sleep(3)
+        assert any("cannot reach" in e or "timed out" in e.lower() for e in hb.errors), hb.errors
+    finally:
+        started = time.monotonic()
+        hb.stop()
+        assert time.monotonic() - started < 5
+
+
+def test_compute_calls_have_a_timeout(endpoint: tuple[ComputeApi, InMemoryCompute]) -> None:
+    api, _ = endpoint
+    api.inject("projects.get", status=200, times=1, delay=10)
+    started = time.monotonic()
+    with pytest.raises(ComputeError):
+        Compute(api.url, call_timeout=0.5).project_metadata("p")
+    assert time.monotonic() - started < 5
+
+
+# --------------------------------------------------------------------------- execute: resume and lock loss
+
+
+def _resumable(directory: Path) -> ro.Plan:
+    """The journal of an interrupted rollout with nothing left to do on hosts (the engine is stubbed)."""
+    plan = ro.Plan(
+        "ro-20261126-000000-abcd",
+        "rollout",
+        "inv",
+        "1.1.0",
+        {},
+        [],
+        {},
+        0,
+        "pause",
+        Timings(1, 1, 1),
+        "alice@box",
+    )
+    j = jr.Journal.create(directory, plan.rollout_id)
+    j.append("plan", pid=1, **plan.as_dict())
+    j.append("end", outcome="interrupted")
+    j.close()
+    return plan
+
+
+def _run(api: ComputeApi, directory: Path, holder: str | None = None, ttl: float = 300, **kw: Any) -> ro.Run:
+    inv = Inventory("inv", directory / "inventory", {}, {}, {})
+    lock = FleetLock(Compute(api.url), "p", "prod", holder=holder)
+    return ro.Run(
+        inv=inv,
+        nr=None,
+        lock=lock,
+        lb=lambda h: None,
+        marks=ro.Marks(None),
+        journal_dir=directory,
+        ttl=ttl,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def test_two_concurrent_resumes_of_one_rollout(
+    endpoint: tuple[ComputeApi, InMemoryCompute], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one `--resume` runs, a second one of the same rollout is refused: on this machine by the
+    journal's flock (naming the first one's pid), from a copy of the journal elsewhere by the lock
+    (naming the holder process)."""
+    api, _ = endpoint
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    plan = _resumable(here)
+    path = jr.find(here, plan.rollout_id)
+    elsewhere.mkdir()
+    shutil.copy(path, elsewhere / path.name)
+    running, finish = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def engine_run(self: ro.Engine, **_kw: Any) -> ro.Report:
+        calls.append(1)
+        if len(calls) == 1:
+            running.set()
+            finish.wait(30)
+        return self._report("succeeded", 0, time.monotonic(), 0.0)
+
+    monkeypatch.setattr(ro.Engine, "run", engine_run)
+    first: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: first.append(ro.execute(_run(api, here), plan, resume=jr.load(path))), daemon=True
+    )
+    thread.start()
+    try:
+        assert running.wait(30)
+        writes = len(api.calls("projects.setCommonInstanceMetadata"))
+        with pytest.raises(FleetError) as same_machine:
+            ro.execute(_run(api, here, holder="box:99999:1"), plan, resume=jr.load(path))
+        assert (
+            "already running" in same_machine.value.what and f"pid {os.getpid()}" in same_machine.value.what
+        )
+        assert same_machine.value.where == str(path)  # the journal refused it: the lock was not even asked
+        assert len(api.calls("projects.setCommonInstanceMetadata")) == writes
+        with pytest.raises(LockHeld) as other_machine:
+            ro.execute(
+                _run(api, elsewhere, holder="elsewhere:77:1"), plan, resume=jr.load(elsewhere / path.name)
+            )
+        text = other_machine.value.render()
+        assert "already running" in text and f"pid {os.getpid()} on {socket.gethostname()}" in text
+    finally:
+        finish.set()
+        thread.join(30)
+    assert len(calls) == 1 and first and first[0].outcome == "succeeded"
+    events = [e["event"] for e in jr.read(path)]
+    assert events == ["plan", "end", "resume", "end"]  # the refused resume wrote nothing
+    assert jr.load(path).finished
+
+
+def test_a_lock_that_cannot_be_renewed_pauses_the_rollout_before_it_expires(
+    endpoint: tuple[ComputeApi, InMemoryCompute], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, _ = endpoint
+    plan = _resumable(tmp_path)
+    path = jr.find(tmp_path, plan.rollout_id)
+    seen: list[tuple[str | None, datetime]] = []
+
+    def engine_run(self: ro.Engine, **_kw: Any) -> ro.Report:
+        api.inject("projects.setCommonInstanceMetadata", status=503, times=1000)  # renewals fail from now on
+        deadline = time.monotonic() + 20
+        while self.stopping() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # a host step
+        seen.append((self.stopping(), datetime.now(UTC)))
+        self.problems.append(str(self.stopping()))
+        return self._report("paused", 0, time.monotonic(), 0.0)
+
+    monkeypatch.setattr(ro.Engine, "run", engine_run)
+    warnings: list[str] = []
+    report = ro.execute(_run(api, tmp_path, ttl=3, warn=warnings.append), plan, resume=jr.load(path))
+    reason, when = seen[0]
+    assert reason is not None and reason.startswith("lock lost") and "renew" in reason
+    held = parse_lock(stored(api))
+    assert held is not None and when < held.expires  # paused while the lock was still ours
+    assert report.outcome == "paused" and report.resume_command
+    events = jr.read(path)
+    lost = [e for e in events if e["event"] == "lock"]
+    assert lost and lost[0]["status"] == "lost" and "renew" in lost[0]["error"]
+    assert events[-1]["event"] == "end" and events[-1]["outcome"] == "paused"
+    assert any("could not renew" in w for w in warnings)
