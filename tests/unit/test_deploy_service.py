@@ -5,6 +5,7 @@ tests/integration/test_deploy.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,12 +29,13 @@ def test_deploy_release_renders_and_deploys_every_host_with_the_inventorys_timeo
 ) -> None:
     seen: dict[str, Any] = {}
 
-    def render_all(inventory: Any, hosts: Any, *, version: str | None = None) -> dict[str, str]:
+    def render_all(inventory: Any, hosts: Any, *, version: str | None = None) -> dict[str, Any]:
         seen["rendered"] = ([h.name for h in hosts], version)
-        return {h.name: f"bundle-{h.name}" for h in hosts}
+        return {h.name: SimpleNamespace(version=version, name=f"bundle-{h.name}") for h in hosts}
 
     def deploy(inventory: Any, hosts: Any, bundles: Any, **kw: Any) -> dp.DeployReport:
-        seen["deployed"] = ([h.name for h in hosts], dict(bundles), kw["health_timeout"])
+        names = {h: b.name for h, b in bundles.items()}
+        seen["deployed"] = ([h.name for h in hosts], names, kw["health_timeout"], kw["guard"].rollout_id)
         return dp.DeployReport("1.2.3", [])
 
     monkeypatch.setattr(dp, "render_all", render_all)
@@ -41,4 +43,6 @@ def test_deploy_release_renders_and_deploys_every_host_with_the_inventorys_timeo
     report = dp.deploy_release(inv, version="1.2.3")
     assert isinstance(report, dp.DeployReport) and report.release_version == "1.2.3"
     assert seen["rendered"] == (["w1", "w2", "w3"], "1.2.3")
-    assert seen["deployed"] == (["w1", "w2", "w3"], {h: f"bundle-{h}" for h in ("w1", "w2", "w3")}, 42.0)
+    hosts, bundles, timeout, deploy_id = seen["deployed"]
+    assert (hosts, bundles, timeout) == (["w1", "w2", "w3"], {h: f"bundle-{h}" for h in hosts}, 42.0)
+    assert deploy_id.startswith("dp-")  # under_lock's id: without a Compute project, no lock but an id

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from fleet import hosttasks, rollout
+from fleet.rollout import planning
 from fleet.commands import base, bootstrap, facts
 from fleet.commands import release as rc
 from fleet.connection import iap_proxy_command, jump_proxy_command, ssh_params
@@ -123,7 +124,7 @@ def test_validators_refuse_a_trailing_newline(check: Any, value: str) -> None:
 def test_pick_release_id_full_match() -> None:
     rels = [rc.ReleaseDir("0123456789ab", 1, "1.0")]
     assert rollout.pick_release(rels, "0123", "h") == "0123456789ab"
-    assert rollout._RID_RE.fullmatch("0123\n") is None
+    assert planning._RID_RE.fullmatch("0123\n") is None
 
 
 def test_compose_lock_message_path_quoted() -> None:
