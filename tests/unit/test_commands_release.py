@@ -130,19 +130,27 @@ def test_stage_exact_with_owner_runs_under_sudo() -> None:
     cmd = r.stage(L, RID, {".env": "a" * 64, "docker-compose.yaml": "sha256:" + "b" * 64}, owner="deploy")
     tmp = "/opt/fleet/dify/releases/0123456789abcdef.tmp"
     assert cmd.sudo
+    rels = "/opt/fleet/dify/releases"
     assert cmd.script == (
         "set -eu\n"
         "umask 027\n"
-        "mkdir -p /opt/fleet/dify/releases\n"
+        f"mkdir -p {rels}\n"
+        f"chmod 0750 {rels} || "
+        "{ echo 'cannot make releases/ private (chmod 0750): does the deploy user own it?' >&2; exit 6; }\n"
+        f"cleanup() {{ rm -rf {tmp}; }}\n"
+        "trap cleanup EXIT\n"
+        "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n"
+        f"find {rels} -mindepth 1 -maxdepth 1 \\( -name '.upload-*' -o -name '*.tmp' \\) "
+        f"! -name .upload-{RID} -mmin +10 -exec rm -rf {{}} + 2>/dev/null || true\n"
         f"rm -rf {tmp}\n"
-        f"mkdir {tmp}\n"
+        f"mkdir -m 0700 {tmp}\n"
         f"tar -x --no-same-owner -f - -C {tmp}\n"
         f"(cd {tmp} && printf '%s\\n' '{'a' * 64}  .env' '{'b' * 64}  docker-compose.yaml' "
         "| sha256sum -c --quiet --strict -)\n"
         f"chmod 0600 {tmp}/.env\n"
+        f"chmod 0750 {tmp}\n"
         f"chown -R deploy: {tmp}\n"
-        f"if [ -e /opt/fleet/dify/releases/{RID} ]; then rm -rf {tmp}; "
-        f"else mv -T {tmp} /opt/fleet/dify/releases/{RID}; fi"
+        f"if [ ! -e {rels}/{RID} ]; then mv -T {tmp} {rels}/{RID}; fi"
     )
     assert cmd.shell().startswith("sudo -n sh -c 'set -eu\n")
 
