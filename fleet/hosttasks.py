@@ -83,8 +83,9 @@ def run(
     r = ctx.run(cmd.shell(), timeout=timeout)
     if r.exited != 0:
         # any secret this process has seen, not only the command's own: compose and the host's tools
-        # echo .env values (and URLs derived from them) in their errors
-        detail = mask((r.stderr.strip() or r.stdout.strip())[-600:], (*cmd.secrets, *secrets.known()))
+        # echo .env values (and URLs derived from them) in their errors. Masked before it is cut to
+        # its tail, so the cut cannot leave part of a secret that no longer matches.
+        detail = mask(r.stderr.strip() or r.stdout.strip(), (*cmd.secrets, *secrets.known()))[-600:]
         raise StepError(ctx.host.name, step, f"{cmd.purpose} failed (exit {r.exited}): {detail}", hint)
     return r
 

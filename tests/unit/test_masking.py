@@ -147,3 +147,12 @@ def test_step_errors_mask_old_release_secrets_seen_in_a_diff() -> None:
             "rollback",
         )
     assert "old-release-only-v4lue" not in info.value.render()
+
+
+def test_step_error_tail_never_cuts_a_secret_in_half() -> None:
+    secrets.remember(["tail-cut-s3cret-abcdefghij"])
+    for pad in range(0, 30):  # wherever the 600-character tail starts, no fragment survives
+        ctx = FakeCtx("x" * 100 + "url=redis://:tail-cut-s3cret-abcdefghij@h" + "y" * (575 - pad))
+        with pytest.raises(hosttasks.StepError) as info:
+            hosttasks.run(ctx, Command("true", "x"), "up")  # type: ignore[arg-type]
+        assert "s3cret" not in info.value.render() and "ghij@" not in info.value.render(), pad
