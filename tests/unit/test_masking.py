@@ -156,3 +156,14 @@ def test_step_error_tail_never_cuts_a_secret_in_half() -> None:
         with pytest.raises(hosttasks.StepError) as info:
             hosttasks.run(ctx, Command("true", "x"), "up")  # type: ignore[arg-type]
         assert "s3cret" not in info.value.render() and "ghij@" not in info.value.render(), pad
+
+
+def test_deploy_report_masks_errors_the_runner_made_from_any_exception() -> None:
+    from fleet import deploy
+    from fleet.runner import HostResult
+
+    secrets.remember(["runner-s3cret/x y"])
+    res = HostResult("h1", "failed", error="TimeoutError: redis://:runner-s3cret%2Fx%20y@10.0.0.4 hung")
+    outcome = deploy._outcome_from_failure(res, None, "failed")
+    assert outcome.error is not None and "runner-s3cret" not in outcome.error and "hung" in outcome.error
+    assert deploy.mask_known(None) is None
