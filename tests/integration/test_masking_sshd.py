@@ -1,7 +1,7 @@
-"""No secret, in any form, in anything the tool prints or writes: `fab diff`, `fab deploy --dry-run`
-(text and --json) against real OpenSSH hosts whose current release holds old secrets, old .env keys the
-schema no longer knows, and values that need escaping; plus a failing host step whose error output
-echoes the release's .env line."""
+"""No secret, in any form, in anything the tool prints or writes: `fab diff`, `fab deploy --dry-run`,
+`fab rollout --dry-run` (text and --json) against real OpenSSH hosts whose current release holds old
+secrets, old .env keys the schema no longer knows, and values that need escaping; plus a failing host
+step whose error output echoes the release's .env line."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def assert_clean(where: str, text: str) -> None:
 
 @pytest.fixture
 def seeded(tmp_path: Path) -> Iterator[tuple[SshdFleet, dict[str, str]]]:
-    fleet = SshdFleet(tmp_path / "fleet").create(2)
+    fleet = SshdFleet(tmp_path / "fleet").create(2)  # both hosts are this machine: one app dir
     defaults_path = fleet.inventory_dir / "defaults.yaml"
     defaults = yaml.safe_load(defaults_path.read_text())
     defaults["data"]["vars"] = VARS
@@ -144,6 +144,8 @@ def test_diff_and_dry_run_print_and_write_no_secret(seeded: tuple[SshdFleet, dic
         "diff --json": fab("diff", *inv, "--json", env=env),
         "deploy --dry-run": fab("deploy", "--dry-run", *inv, env=env),
         "deploy --dry-run --json": fab("deploy", "--dry-run", *inv, "--json", env=env),
+        "rollout --dry-run": fab("rollout", "--dry-run", *inv, env=env),
+        "rollout --dry-run --json": fab("rollout", "--dry-run", *inv, "--json", env=env),
     }
     for name, r in runs.items():
         assert r.returncode == 0, (name, r.stdout[-2000:], r.stderr[-2000:])
@@ -190,3 +192,4 @@ def test_failing_step_output_with_the_env_line_is_masked(seeded: tuple[SshdFleet
     assert result.status == "failed" and result.error, result
     assert "validate release failed" in result.error and "CELERY_BROKER_URL=" in result.error
     assert_clean("step error", result.error)
+
