@@ -192,4 +192,3 @@ def test_failing_step_output_with_the_env_line_is_masked(seeded: tuple[SshdFleet
     assert result.status == "failed" and result.error, result
     assert "validate release failed" in result.error and "CELERY_BROKER_URL=" in result.error
     assert_clean("step error", result.error)
-
