@@ -19,6 +19,7 @@ from fleet import secrets
 from fleet.commands import release as rc
 from fleet.commands.base import Command, mask
 from fleet.errors import FleetError
+from fleet.secrets import known as known_secrets
 
 if TYPE_CHECKING:
     from fleet.bundle import Bundle, ReleaseMeta, Source
@@ -184,7 +185,11 @@ def undrain(ctx: HostContext) -> None:
 
 
 def record(ctx: HostContext, entry: Mapping[str, Any], secrets: Sequence[str] = ()) -> None:
-    run(ctx, rc.history_append(layout_of(ctx.host), entry, secrets), "history")
+    """Append to the host's history, the text fields (`detail` quotes host output) masked with `secrets`
+    and every secret this process has seen, so an audit line is never refused or leaky."""
+    hidden = (*secrets, *known_secrets())
+    masked = {k: mask(v, hidden) if isinstance(v, str) else v for k, v in entry.items()}
+    run(ctx, rc.history_append(layout_of(ctx.host), masked, secrets), "history")
 
 
 def history(ctx: HostContext, limit: int | None = None) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleet.bundle import COMPOSE_FILE, ENV_FILE, RELEASE_FILE, files_from_tar
-from fleet.commands.base import Command, abs_path, name, q, release_id, sh
+from fleet.commands.base import Command, abs_path, name, q, release_id, secret_forms, sh
 from fleet.errors import FleetError
 
 DEFAULT_ROOT = "/opt/fleet/dify"
@@ -632,9 +632,10 @@ def history_line(entry: Mapping[str, Any]) -> str:
 
 
 def history_append(layout: Layout, entry: Mapping[str, Any], secrets: Sequence[str] = ()) -> Command:
-    """Append one line to history.jsonl (O_APPEND, one write)."""
+    """Append one line to history.jsonl (O_APPEND, one write). Refuses an entry holding any of `secrets`
+    in any form (the JSON line escapes quotes and backslashes, so the raw value alone is not enough)."""
     line = history_line(entry)
-    leaked = [s for s in secrets if s and s in line]
+    leaked = [s for s in secrets if s and any(form in line for form in secret_forms(s))]
     if leaked:
         raise FleetError(
             "refusing to write a secret value into history.jsonl", hint="remove it from the entry"

@@ -14,6 +14,7 @@ import pytest
 
 from fleet import bundle, envfile, hosttasks, secrets
 from fleet.commands.base import Command, mask
+from fleet.errors import FleetError
 from tests.unit.test_bundle import META, SECRETS, host_vars, render
 
 # distinctive, and full of characters every encoding changes
@@ -167,3 +168,29 @@ def test_deploy_report_masks_errors_the_runner_made_from_any_exception() -> None
     outcome = deploy._outcome_from_failure(res, None, "failed")
     assert outcome.error is not None and "runner-s3cret" not in outcome.error and "hung" in outcome.error
     assert deploy.mask_known(None) is None
+
+
+def test_history_refuses_a_secret_in_any_form_and_record_masks_the_detail() -> None:
+    from fleet.commands import release as rc
+
+    layout = rc.Layout()
+    entry = {"action": "deploy", "detail": "compose said: " + NASTY}
+    with pytest.raises(FleetError):  # the JSON line holds NASTY escaped (\\", \\\\), not as is
+        rc.history_append(layout, entry, secrets=[NASTY])
+    with pytest.raises(FleetError):
+        rc.history_append(layout, {"detail": urllib.parse.quote(NASTY, safe="")}, secrets=[NASTY])
+
+    secrets.remember([NASTY])
+    sent: list[str] = []
+
+    class Ctx(FakeCtx):
+        def run(self, script: str, **_: Any) -> Any:
+            sent.append(script)
+            return SimpleNamespace(exited=0, stdout="", stderr="")
+
+    ctx = Ctx("")
+    ctx.host = SimpleNamespace(name="h1", get=lambda key, default=None: default)
+    hosttasks.record(ctx, entry)  # type: ignore[arg-type]
+    assert len(sent) == 1 and "******" in sent[0]
+    for form in forms(NASTY).values():
+        assert form not in sent[0]
