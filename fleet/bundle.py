@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from fleet import envfile
+from fleet import secrets as secret_store
 from fleet.commands import base
 from fleet.errors import FleetError
 
@@ -347,8 +348,12 @@ class Bundle:
         return f"Bundle(release_id={self.release_id!r}, version={self.version!r}, files={sorted(self.files)})"
 
     def masked_env(self) -> dict[str, str]:
-        """The .env values for plans and logs: secret values replaced by ******."""
-        return {k: (MASK if k in self.secret_keys and v else v) for k, v in self.env.items()}
+        """The .env values for plans and logs: secret values replaced by ******, and any secret inside a
+        plain value (in any form `base.secret_forms` knows) masked too."""
+        hidden = self.secret_values()
+        return {
+            k: (MASK if k in self.secret_keys and v else base.mask(v, hidden)) for k, v in self.env.items()
+        }
 
     def secret_values(self) -> tuple[str, ...]:
         """For `Command(secrets=...)` and `base.mask`: the values that must never be printed."""
@@ -513,6 +518,7 @@ def render(
     ordered = {var.name: values[var.name] for var in source.schema}
 
     secret_keys = frozenset(v.name for v in source.schema if v.secret)
+    secret_store.remember(ordered[k] for k in secret_keys)
     header = (
         "Rendered by compose-fleet (fleet/bundle.py) from compose/env.schema.yaml and the inventory.\n"
         "Do not edit on the host: the next deploy replaces the whole release directory."
@@ -680,12 +686,15 @@ class ReleaseDiff:
         }
 
 
-def _is_secret(key: str, secret_keys: frozenset[str]) -> bool:
-    return key in secret_keys or bool(_SECRETISH.search(key))
+def _is_secret(key: str, secret_keys: frozenset[str], schema_keys: frozenset[str]) -> bool:
+    """Secret when the schema (or the old release's record) says so, when the name looks secret, and
+    when the schema does not know the key at all: an old .env's retired keys (SENTRY_DSN, SMTP_PASS,
+    DATABASE_URL...) are masked by default. Only keys the schema declares `secret: false` are shown."""
+    return key in secret_keys or key not in schema_keys or bool(_SECRETISH.search(key))
 
 
-def _shown(key: str, value: str, secret_keys: frozenset[str]) -> str:
-    if _is_secret(key, secret_keys) and value:
+def _shown(key: str, value: str, secret_keys: frozenset[str], schema_keys: frozenset[str]) -> str:
+    if _is_secret(key, secret_keys, schema_keys) and value:
         return MASK
     return repr(value)
 
@@ -704,7 +713,11 @@ def diff(old: Bundle | Mapping[str, bytes] | None, new: Bundle) -> ReleaseDiff:
     secret_keys = new.secret_keys | frozenset(old_secret_keys if isinstance(old_secret_keys, list) else ())
     old_env = envfile.parse(old_files[ENV_FILE], where=f"current {ENV_FILE}") if ENV_FILE in old_files else {}
     new_env = dict(new.env)
-    secret_values = [v for k, v in (*old_env.items(), *new_env.items()) if _is_secret(k, secret_keys) and v]
+    schema_keys = frozenset(new_env)  # a bundle's env holds every variable of its schema
+    secret_values = [
+        v for k, v in (*old_env.items(), *new_env.items()) if _is_secret(k, secret_keys, schema_keys) and v
+    ]
+    secret_store.remember(secret_values)  # so later step errors on this host mask the old values too
 
     env_changes: list[EnvChange] = []
     for key in [*new_env, *(k for k in old_env if k not in new_env)]:
@@ -712,15 +725,15 @@ def diff(old: Bundle | Mapping[str, bytes] | None, new: Bundle) -> ReleaseDiff:
         if before == after:
             continue
         change = "added" if before is None else "removed" if after is None else "changed"
-        if change == "changed" and _is_secret(key, secret_keys):
+        if change == "changed" and _is_secret(key, secret_keys, schema_keys):
             env_changes.append(EnvChange(key, change, MASK, MASK + " (changed)"))
             continue
         env_changes.append(
             EnvChange(
                 key,
                 change,
-                None if before is None else _shown(key, before, secret_keys),
-                None if after is None else _shown(key, after, secret_keys),
+                None if before is None else _shown(key, before, secret_keys, schema_keys),
+                None if after is None else _shown(key, after, secret_keys, schema_keys),
             )
         )
 

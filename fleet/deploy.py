@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fleet import hosttasks as ht
+from fleet import secrets
 from fleet.commands import release as rc
-from fleet.commands.base import Command
+from fleet.commands.base import Command, mask
 from fleet.errors import FleetError
 from fleet.runner import HostContext, HostResult, run_on
 
@@ -281,14 +282,21 @@ class DeployReport:
 
 
 def _outcome_from_failure(res: HostResult, bundle: Bundle | None, result: str) -> HostOutcome:
+    """The report row of a host whose step raised. The runner turns ANY exception into `res.error`
+    (not only a StepError, whose text hosttasks.run has masked), so mask it here as well."""
     return HostOutcome(
         res.host,
         "unreachable" if res.status == "unreachable" else result,
         to_release=bundle.release_id if bundle else None,
         to_version=bundle.version if bundle else None,
         duration=res.duration,
-        error=res.error,
+        error=mask_known(res.error),
     )
+
+
+def mask_known(text: str | None) -> str | None:
+    """`text` with every secret this process has resolved, rendered or read masked (None stays None)."""
+    return None if text is None else mask(text, secrets.known())
 
 
 def deploy(

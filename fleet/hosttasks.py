@@ -15,9 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fleet import secrets
 from fleet.commands import release as rc
 from fleet.commands.base import Command, mask
 from fleet.errors import FleetError
+from fleet.secrets import known as known_secrets
 
 if TYPE_CHECKING:
     from fleet.bundle import Bundle, ReleaseMeta, Source
@@ -59,7 +61,7 @@ def bundle_for(
 ) -> Bundle:
     """One host's release: inventory vars (defaults -> groups -> host) + overrides + per-host layout
     variables + resolved secrets. Raises before anything touches a host when something is missing."""
-    from fleet import bundle, secrets
+    from fleet import bundle
 
     layout = layout_of(host)
     variables: dict[str, Any] = dict(host.get("vars", {}) or {})
@@ -81,7 +83,10 @@ def run(
     """Run one command; a non-zero exit becomes a StepError with the (masked) stderr tail."""
     r = ctx.run(cmd.shell(), timeout=timeout)
     if r.exited != 0:
-        detail = mask((r.stderr.strip() or r.stdout.strip())[-600:], cmd.secrets)
+        # any secret this process has seen, not only the command's own: compose and the host's tools
+        # echo .env values (and URLs derived from them) in their errors. Masked before it is cut to
+        # its tail, so the cut cannot leave part of a secret that no longer matches.
+        detail = mask(r.stderr.strip() or r.stdout.strip(), (*cmd.secrets, *secrets.known()))[-600:]
         raise StepError(ctx.host.name, step, f"{cmd.purpose} failed (exit {r.exited}): {detail}", hint)
     return r
 
@@ -114,18 +119,27 @@ def ensure_layout(ctx: HostContext) -> None:
 
 
 def stage(ctx: HostContext, bundle: Bundle) -> int:
-    """Upload the bundle unless the host already has it; returns the bundle bytes sent (0 = skipped)."""
+    """Upload the bundle unless the host already has it; returns the bundle bytes sent (0 = skipped).
+    The archive holds the .env: it is written into a 0600 file in a 0700 directory under the 0750
+    releases/ (see `rc.upload_slot`) and removed by the stage script on every exit."""
     layout = layout_of(ctx.host)
     rid = bundle.release_id
     r = run(ctx, rc.release_present(layout, rid), "stage")
     if rc.parse_present(r.stdout):
         return 0
     data = bundle.tar_bytes()
-    remote = f"{layout.releases}/.upload-{rid}.tar"
+    run(
+        ctx,
+        rc.upload_slot(layout, rid),
+        "stage",
+        hint="does the deploy user own the app dir? `fab bootstrap`",
+    )
+    remote = rc.upload_path(layout, rid)
     try:
         sftp = ctx.conn.sftp()
         sftp.putfo(io.BytesIO(data), remote, file_size=len(data), confirm=True)
     except OSError as exc:
+        ctx.run(rc.discard_upload(layout, rid).shell(), timeout=60)
         raise StepError(
             ctx.host.name,
             "stage",
@@ -171,7 +185,11 @@ def undrain(ctx: HostContext) -> None:
 
 
 def record(ctx: HostContext, entry: Mapping[str, Any], secrets: Sequence[str] = ()) -> None:
-    run(ctx, rc.history_append(layout_of(ctx.host), entry, secrets), "history")
+    """Append to the host's history, the text fields (`detail` quotes host output) masked with `secrets`
+    and every secret this process has seen, so an audit line is never refused or leaky."""
+    hidden = (*secrets, *known_secrets())
+    masked = {k: mask(v, hidden) if isinstance(v, str) else v for k, v in entry.items()}
+    run(ctx, rc.history_append(layout_of(ctx.host), masked, secrets), "history")
 
 
 def history(ctx: HostContext, limit: int | None = None) -> list[dict[str, Any]]:
@@ -192,6 +210,7 @@ def prune(ctx: HostContext, keep: int) -> list[str]:
     rels = rc.parse_releases(run(ctx, rc.list_releases(layout), "prune").stdout)
     doomed = rc.prune_plan(rels, keep, state.current, state.previous)
     if not doomed:
+        run(ctx, rc.sweep(layout), "prune")
         return []
     images = rc.parse_release_images(
         run(ctx, rc.release_images(layout, [r.id for r in rels]), "prune").stdout

@@ -14,13 +14,30 @@ A missing source is an error that names the secret and the source, never the val
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from fleet.commands.base import env_key
 from fleet.errors import FleetError
 
 FORMS = "{env: VARIABLE} or {file: PATH}"
+
+_known: set[str] = set()
+_known_lock = threading.Lock()
+
+
+def remember(values: Iterable[str]) -> None:
+    """Add secret values this process has seen (resolved, rendered, read from a host's old .env), so
+    that any error text from any host step can be masked with them (`fleet.hosttasks.run`)."""
+    with _known_lock:
+        _known.update(v for v in values if v)
+
+
+def known() -> tuple[str, ...]:
+    """Every secret value remembered so far (never print these: pass them to `base.mask`)."""
+    with _known_lock:
+        return tuple(_known)
 
 
 def resolve(
@@ -69,4 +86,5 @@ def resolve(
                     f"{label}: file {path} is empty", where=where, hint="write the secret into it"
                 )
         values[key] = value
+    remember(values.values())
     return values

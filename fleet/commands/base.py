@@ -6,9 +6,11 @@ never formats an unvalidated, unquoted value into a shell string.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 import shlex
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -94,8 +96,33 @@ class Command:
         return mask(self.shell(), self.secrets)
 
 
+def secret_forms(secret: str) -> set[str]:
+    """The ways a secret value shows up in text: as is, escaped inside a double-quoted `.env` value
+    (fleet/envfile.py: `\\`, `"`, `$`), URL-encoded (derived URLs such as the Celery broker URL, path
+    and form style) and JSON-escaped (`--json` output, logs)."""
+    dq = secret.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    forms = {
+        secret,
+        dq,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(secret),
+        urllib.parse.quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
+    forms |= {json.dumps(form)[1:-1] for form in (dq, shlex.quote(secret))}
+    return {f for f in forms if f}
+
+
 def mask(text: str, secrets: Sequence[str]) -> str:
-    """Replace every secret value (and its shell-quoted form) with ******."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(shlex.quote(secret), "'******'").replace(secret, "******")
+    """Replace every secret value, in every form `secret_forms` knows (and shell-quoted), with ******."""
+    quoted: set[str] = set()
+    plain: set[str] = set()
+    for secret in (s for s in secrets if s):
+        quoted.add(shlex.quote(secret))
+        plain |= secret_forms(secret)
+    for form in sorted(quoted - {s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(form, "'******'")
+    for form in sorted(plain, key=len, reverse=True):
+        text = text.replace(form, "******")
     return text

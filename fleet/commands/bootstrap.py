@@ -41,11 +41,37 @@ else:
 """
 
 
-def bootstrap_command(layout: Layout, user: str) -> Command:
+def _user(user: str) -> str:
     if not isinstance(user, str) or not _USER_RE.fullmatch(user):
         raise FleetError(f"invalid deploy user {user!r}", hint="a plain login name")
+    return user
+
+
+def layout_script(layout: Layout, user: str) -> str:
+    """The layout part of bootstrap (also runnable alone): the app directories owned by `user`, and
+    releases/ 0750 (every release below it carries the .env; staging re-asserts the mode too)."""
+    _user(user)
+    dirs = [(layout.root, ""), (layout.releases, "750"), (layout.volumes, ""), (layout.state, "")]
+    lines = [
+        "set -eu",
+        'report() { printf \'%s: %s\\n\' "$1" "$2"; }',
+        "ensure_dir() {",
+        f'  if [ -d "$1" ] && [ "$(stat -c %U "$1")" = {q(user)} ]'
+        ' && { [ -z "$2" ] || [ "$(stat -c %a "$1")" = "$2" ]; }; then report ok "dir $1";',
+        f'  else mkdir -p "$1"; chown {q(user)}: "$1"; [ -z "$2" ] || chmod "$2" "$1";',
+        '    report changed "dir $1"; fi',
+        "}",
+        *(f"ensure_dir {q(d)} {q(mode)}" for d, mode in dirs),
+        f"if [ -f {q(layout.history)} ]; then report ok 'history file';"
+        f" else touch {q(layout.history)}; chown {q(user)}: {q(layout.history)};"
+        " report changed 'history file'; fi",
+    ]
+    return "\n".join(lines)
+
+
+def bootstrap_command(layout: Layout, user: str) -> Command:
+    _user(user)
     sysctl_text = "".join(f"{k} = {v}\n" for k, v in SYSCTLS.items())
-    dirs = [layout.root, layout.releases, layout.volumes, layout.state]
     lines = [
         "set -eu",
         "export DEBIAN_FRONTEND=noninteractive",
@@ -79,13 +105,7 @@ def bootstrap_command(layout: Layout, user: str) -> Command:
         f" report ok {q(f'user {user} in group docker')};"
         f" else usermod -aG docker {q(user)}; report changed {q(f'user {user} added to group docker')}; fi",
         # 3. directories
-        f"for d in {' '.join(q(d) for d in dirs)}; do",
-        f'  if [ -d "$d" ] && [ "$(stat -c %U "$d")" = {q(user)} ]; then report ok "dir $d";',
-        f'  else mkdir -p "$d"; chown {q(user)}: "$d"; report changed "dir $d"; fi',
-        "done",
-        f"if [ -f {q(layout.history)} ]; then report ok 'history file';"
-        f" else touch {q(layout.history)}; chown {q(user)}: {q(layout.history)};"
-        " report changed 'history file'; fi",
+        layout_script(layout, user),
         # the api image runs as uid 1001 (dify's "dify" user) and writes its file storage here
         f"storage={q(layout.volumes + '/app/storage')}",
         'if [ -d "$storage" ] && [ "$(stat -c %u "$storage")" = 1001 ]; then report ok "dir $storage";',

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleet.bundle import COMPOSE_FILE, ENV_FILE, RELEASE_FILE, files_from_tar
-from fleet.commands.base import Command, abs_path, name, q, release_id, sh
+from fleet.commands.base import Command, abs_path, name, q, release_id, secret_forms, sh
 from fleet.errors import FleetError
 
 DEFAULT_ROOT = "/opt/fleet/dify"
@@ -126,6 +126,66 @@ def parse_present(stdout: str) -> bool:
     return word == "present"
 
 
+LEFTOVER_MINUTES = 10
+_UPLOAD_PREFIX = ".upload-"
+_UPLOAD_FILE = "bundle.tar"
+
+
+def upload_dir(layout: Layout, rid: str) -> str:
+    """Where the bundle tar of release <id> is uploaded: a private (0700) directory inside releases/."""
+    return f"{layout.releases}/{_UPLOAD_PREFIX}{release_id(rid)}"
+
+
+def upload_path(layout: Layout, rid: str) -> str:
+    return f"{upload_dir(layout, rid)}/{_UPLOAD_FILE}"
+
+
+def private_releases(layout: Layout) -> list[str]:
+    """Shell lines making releases/ exist and private (0750): a host bootstrapped by an older version
+    has it 0755, and everything staged below it carries the release's secrets."""
+    return [
+        f"mkdir -p {q(layout.releases)}",
+        f"chmod 0750 {q(layout.releases)} || "
+        "{ echo 'cannot make releases/ private (chmod 0750): does the deploy user own it?' >&2; exit 6; }",
+    ]
+
+
+def sweep_lines(layout: Layout, keep: str | None = None) -> list[str]:
+    """Shell lines deleting what an interrupted stage left in releases/: uploaded archives (`.upload-*`)
+    and half-unpacked `<id>.tmp` dirs older than LEFTOVER_MINUTES (a younger one may belong to a stage
+    still running). `keep` (a release id) spares that release's own upload."""
+    spare = f" ! -name {q(_UPLOAD_PREFIX + release_id(keep))}" if keep else ""
+    return [
+        f"find {q(layout.releases)} -mindepth 1 -maxdepth 1 \\( -name {q(_UPLOAD_PREFIX + '*')} "
+        f"-o -name '*.tmp' \\){spare} -mmin +{LEFTOVER_MINUTES} -exec rm -rf {{}} + 2>/dev/null || true",
+    ]
+
+
+def sweep(layout: Layout) -> Command:
+    """Delete leftovers of interrupted stages (see `sweep_lines`); prune runs it on every host."""
+    return Command(_script(*sweep_lines(layout)), "sweep leftover uploads")
+
+
+def upload_slot(layout: Layout, rid: str) -> Command:
+    """Before an sftp upload: releases/ private, old leftovers swept, and an empty 0600 file in a fresh
+    0700 directory for the upload to write into (sftp keeps an existing file's mode), so the archive,
+    which holds the .env, is never readable by another user of the host."""
+    slot = upload_dir(layout, rid)
+    lines = [
+        "umask 077",
+        *private_releases(layout),
+        *sweep_lines(layout, keep=rid),
+        f"rm -rf {q(slot)}",
+        f"mkdir -m 0700 {q(slot)}",
+        f": > {q(upload_path(layout, rid))}",
+    ]
+    return Command(_script(*lines), f"prepare the upload of release {rid}")
+
+
+def discard_upload(layout: Layout, rid: str) -> Command:
+    return Command(f"rm -rf {q(upload_dir(layout, rid))}", f"discard the upload of release {rid}")
+
+
 def stage(
     layout: Layout,
     rid: str,
@@ -134,9 +194,11 @@ def stage(
     owner: str | None = None,
     archive: str | None = None,
 ) -> Command:
-    """Unpack the bundle tar (stdin, or an uploaded `archive` file) into releases/<id>.tmp, verify every
-    file's sha256, lock down .env, then rename to releases/<id>: a release directory is never partial.
-    If the release already exists the upload is discarded (idempotent)."""
+    """Unpack the bundle tar (stdin, or an uploaded `archive` file) into a private releases/<id>.tmp,
+    verify every file's sha256, lock down .env, then rename to releases/<id>: a release directory is
+    never partial. If the release already exists the upload is discarded (idempotent). On every exit
+    (failure, signal) the .tmp and the archive (its upload directory when it is `upload_path`) are
+    removed; older leftovers are swept first."""
     final = layout.release(rid)
     tmp = final + ".tmp"
     source = "-" if archive is None else q(abs_path(archive, "archive path"))
@@ -148,20 +210,26 @@ def stage(
         if not match or rel.startswith("/") or ".." in rel.split("/") or "\n" in rel:
             raise FleetError(f"invalid checksum entry {rel!r}: {digest!r}")
         sums.append(f"{match.group(1)}  {rel}")
+    cleanup = [q(tmp)]
+    if archive is not None:
+        cleanup.append(q(upload_dir(layout, rid)) if archive == upload_path(layout, rid) else source)
     lines = [
         "umask 027",
-        f"mkdir -p {q(layout.releases)}",
+        *private_releases(layout),
+        f"cleanup() {{ rm -rf {' '.join(cleanup)}; }}",
+        "trap cleanup EXIT",
+        "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM",
+        *sweep_lines(layout, keep=rid),
         f"rm -rf {q(tmp)}",
-        f"mkdir {q(tmp)}",
+        f"mkdir -m 0700 {q(tmp)}",
         f"tar -x --no-same-owner -f {source} -C {q(tmp)}",
         f"(cd {q(tmp)} && printf '%s\\n' {' '.join(q(s) for s in sums)} | sha256sum -c --quiet --strict -)",
         f"chmod 0600 {q(tmp + '/' + ENV_FILE)}",
+        f"chmod 0750 {q(tmp)}",
     ]
     if owner:
         lines.append(f"chown -R {q(_owner(owner))} {q(tmp)}")
-    lines.append(f"if [ -e {q(final)} ]; then rm -rf {q(tmp)}; else mv -T {q(tmp)} {q(final)}; fi")
-    if archive is not None:
-        lines.append(f"rm -f {source}")
+    lines.append(f"if [ ! -e {q(final)} ]; then mv -T {q(tmp)} {q(final)}; fi")
     return Command(_script(*lines), f"stage release {rid}", sudo=bool(owner))
 
 
@@ -564,9 +632,10 @@ def history_line(entry: Mapping[str, Any]) -> str:
 
 
 def history_append(layout: Layout, entry: Mapping[str, Any], secrets: Sequence[str] = ()) -> Command:
-    """Append one line to history.jsonl (O_APPEND, one write)."""
+    """Append one line to history.jsonl (O_APPEND, one write). Refuses an entry holding any of `secrets`
+    in any form (the JSON line escapes quotes and backslashes, so the raw value alone is not enough)."""
     line = history_line(entry)
-    leaked = [s for s in secrets if s and s in line]
+    leaked = [s for s in secrets if s and any(form in line for form in secret_forms(s))]
     if leaked:
         raise FleetError(
             "refusing to write a secret value into history.jsonl", hint="remove it from the entry"
@@ -706,10 +775,12 @@ _IMAGE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
 def prune(
     layout: Layout, ids: Sequence[str], images: Sequence[str] = (), *, protect: Sequence[str] = ()
 ) -> Command:
-    """Delete release dirs (re-checking on the host that none is current or previous) and their unused
-    images; an image still used by a container is left alone (`docker rmi` refuses, we carry on)."""
+    """Delete release dirs (re-checking on the host that none is current or previous), leftovers of
+    interrupted stages, and unused images; an image still used by a container is left alone (`docker
+    rmi` refuses, we carry on)."""
     lines = [
         f"cd {q(layout.root)}",
+        *sweep_lines(layout),
         "cur=$(readlink current 2>/dev/null || true); prev=$(readlink previous 2>/dev/null || true)",
     ]
     for rid in ids:

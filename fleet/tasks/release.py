@@ -33,7 +33,8 @@ def bootstrap(
     json_: bool = False,
     workers: int = 0,
 ) -> None:
-    """Prepare hosts, idempotently: Docker + Compose v2, deploy user, layout, log rotation, sysctls.
+    """Prepare hosts, idempotently: Docker + Compose v2, deploy user, layout (releases/ private), log
+    rotation, sysctls.
 
     One root script per host through `sudo -n`; each item is checked before it is changed and
     reported as changed or unchanged, so a second run reports no changes.
@@ -194,7 +195,7 @@ def _print_diff(inv: Any, chosen: list[Any], bundles: dict[str, Any], json_: boo
                     {
                         "host": r.host,
                         "status": r.status,
-                        "error": r.error,
+                        "error": dp.mask_known(r.error),
                         "release": bundles[r.host].release_id,
                         "version": bundles[r.host].version,
                         "env": bundles[r.host].masked_env(),
@@ -208,7 +209,7 @@ def _print_diff(inv: Any, chosen: list[Any], bundles: dict[str, Any], json_: boo
         for r in results:
             b = bundles[r.host]
             print(f"== {r.host}: -> {b.version} ({b.release_id})")
-            print(ui.safe(r.data["diff"].render() if r.ok else f"   {r.status}: {r.error}"))
+            print(ui.safe(r.data["diff"].render() if r.ok else f"   {r.status}: {dp.mask_known(r.error)}"))
     if not all(r.ok for r in results):
         raise Exit(code=EXIT_FAILED)
 

@@ -130,19 +130,27 @@ def test_stage_exact_with_owner_runs_under_sudo() -> None:
     cmd = r.stage(L, RID, {".env": "a" * 64, "docker-compose.yaml": "sha256:" + "b" * 64}, owner="deploy")
     tmp = "/opt/fleet/dify/releases/0123456789abcdef.tmp"
     assert cmd.sudo
+    rels = "/opt/fleet/dify/releases"
     assert cmd.script == (
         "set -eu\n"
         "umask 027\n"
-        "mkdir -p /opt/fleet/dify/releases\n"
+        f"mkdir -p {rels}\n"
+        f"chmod 0750 {rels} || "
+        "{ echo 'cannot make releases/ private (chmod 0750): does the deploy user own it?' >&2; exit 6; }\n"
+        f"cleanup() {{ rm -rf {tmp}; }}\n"
+        "trap cleanup EXIT\n"
+        "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n"
+        f"find {rels} -mindepth 1 -maxdepth 1 \\( -name '.upload-*' -o -name '*.tmp' \\) "
+        f"! -name .upload-{RID} -mmin +10 -exec rm -rf {{}} + 2>/dev/null || true\n"
         f"rm -rf {tmp}\n"
-        f"mkdir {tmp}\n"
+        f"mkdir -m 0700 {tmp}\n"
         f"tar -x --no-same-owner -f - -C {tmp}\n"
         f"(cd {tmp} && printf '%s\\n' '{'a' * 64}  .env' '{'b' * 64}  docker-compose.yaml' "
         "| sha256sum -c --quiet --strict -)\n"
         f"chmod 0600 {tmp}/.env\n"
+        f"chmod 0750 {tmp}\n"
         f"chown -R deploy: {tmp}\n"
-        f"if [ -e /opt/fleet/dify/releases/{RID} ]; then rm -rf {tmp}; "
-        f"else mv -T {tmp} /opt/fleet/dify/releases/{RID}; fi"
+        f"if [ ! -e {rels}/{RID} ]; then mv -T {tmp} {rels}/{RID}; fi"
     )
     assert cmd.shell().startswith("sudo -n sh -c 'set -eu\n")
 
@@ -479,3 +487,58 @@ def test_compose_hashes_exact_and_parsed() -> None:
     assert r.compose_hashes(L, RID).script == f"{PREFIX} config --hash '*'"
     out = f"api {'a' * 64}\nnginx {'b' * 64}\nnoise\n"
     assert r.parse_hashes(out) == {"api": "a" * 64, "nginx": "b" * 64}
+
+
+def test_upload_slot_is_private_and_stage_removes_it_on_every_exit(layout: r.Layout) -> None:
+    b = make_bundle(layout.root)
+    releases = Path(layout.releases)
+    releases.mkdir(parents=True)
+    releases.chmod(0o755)  # as older bootstraps left it
+    slot = Path(r.upload_dir(layout, b.release_id))
+    upload = Path(r.upload_path(layout, b.release_id))
+    assert upload.parent == slot and slot.parent == releases
+
+    ok(r.upload_slot(layout, b.release_id))
+    assert stat.S_IMODE(releases.stat().st_mode) == 0o750
+    assert stat.S_IMODE(slot.stat().st_mode) == 0o700
+    assert stat.S_IMODE(upload.stat().st_mode) == 0o600 and upload.stat().st_size == 0
+    upload.write_bytes(b.tar_bytes())  # what the sftp upload does: the existing file keeps its mode
+    assert stat.S_IMODE(upload.stat().st_mode) == 0o600
+
+    bad = {**b.checksums(), ".env": "0" * 64}
+    proc = run(r.stage(layout, b.release_id, bad, archive=str(upload)))
+    assert proc.returncode != 0
+    assert sorted(p.name for p in releases.iterdir()) == []  # no release, no .tmp, no upload
+
+    ok(r.upload_slot(layout, b.release_id))
+    upload.write_bytes(b.tar_bytes())
+    ok(r.stage(layout, b.release_id, b.checksums(), archive=str(upload)))
+    assert sorted(p.name for p in releases.iterdir()) == [b.release_id]
+
+
+def test_a_killed_stage_removes_its_tmp(layout: r.Layout) -> None:
+    """SSH going away signals the remote shell and its children: the traps still clean up."""
+    import signal
+    import time
+
+    b = make_bundle(layout.root)
+    tmp = Path(layout.release(b.release_id) + ".tmp")
+    proc = subprocess.Popen(
+        ["sh", "-c", r.stage(layout, b.release_id, b.checksums()).shell()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b.tar_bytes()[:2048])  # tar is now blocked, mid-archive
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not tmp.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tmp.exists()
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    proc.stdin.close()
+    assert not tmp.exists()
+    assert not Path(layout.release(b.release_id)).exists()
