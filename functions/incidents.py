@@ -18,6 +18,7 @@ PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 _PUBSUB_SOURCE = re.compile(r"//pubsub\.googleapis\.com/projects/[^/]+/topics/[^/]+")
 KNOWN_VERSIONS = ("1.2",)
 STATES = ("open", "closed")
+_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: "²" and "١٢" pass str.isdigit(), then int() fails
 
 
 class MalformedEvent(ValueError):
@@ -121,7 +122,7 @@ def _epoch(raw: Mapping[str, Any], key: str) -> int | None:
     whole_number = (
         isinstance(value, int)
         or (isinstance(value, float) and value.is_integer())
-        or (isinstance(value, str) and value.isdigit())
+        or (isinstance(value, str) and _DIGITS.fullmatch(value) is not None)
     )
     if not whole_number:
         raise MalformedEvent(f"incident.{key} is not epoch seconds")

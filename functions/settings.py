@@ -67,6 +67,12 @@ class MigRef:
     def regional(self) -> bool:
         return _is_region(self.location)
 
+    def covers(self, location: str) -> bool:
+        """`location` (a zone or region an incident names) is this MIG's zone, region, or a zone in it."""
+        if location == self.location:
+            return True
+        return self.regional and _is_zone(location) and location.rsplit("-", 1)[0] == self.location
+
     def __str__(self) -> str:
         return f"{self.project}/{self.location}/{self.name}"
 
