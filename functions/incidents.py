@@ -67,9 +67,9 @@ class Incident:
 def pubsub_message(event_type: str, event_source: str, data: object) -> PubsubMessage:
     """Check the CloudEvent is a Pub/Sub messagePublished event and return its message."""
     if event_type != PUBSUB_EVENT_TYPE:
-        raise MalformedEvent(f"event type {event_type!r} is not {PUBSUB_EVENT_TYPE}")
+        raise MalformedEvent(f"event type {event_type[:100]!r} is not {PUBSUB_EVENT_TYPE}")
     if not isinstance(event_source, str) or not _PUBSUB_SOURCE.fullmatch(event_source):
-        raise MalformedEvent(f"event source {event_source!r} is not a Pub/Sub topic")
+        raise MalformedEvent(f"event source {str(event_source)[:200]!r} is not a Pub/Sub topic")
     if not isinstance(data, Mapping):
         raise MalformedEvent("event data is not a JSON object")
     message = data.get("message")
@@ -167,7 +167,9 @@ def parse_incident(data: bytes) -> Incident:
     if not isinstance(version, str):
         raise MalformedEvent("payload has no version string (not a Monitoring notification)")
     if version not in KNOWN_VERSIONS:
-        raise MalformedEvent(f"unknown notification version {version!r} (know {', '.join(KNOWN_VERSIONS)})")
+        raise MalformedEvent(
+            f"unknown notification version {version[:40]!r} (know {', '.join(KNOWN_VERSIONS)})"
+        )
     raw = doc.get("incident")
     if not isinstance(raw, Mapping):
         raise MalformedEvent("payload has no incident object")
@@ -176,7 +178,7 @@ def parse_incident(data: bytes) -> Incident:
         raise MalformedEvent("incident.incident_id is missing or empty")
     state = raw.get("state")
     if not isinstance(state, str) or state.lower() not in STATES:
-        raise MalformedEvent(f"incident.state {state!r} is not open or closed")
+        raise MalformedEvent(f"incident.state {str(state)[:40]!r} is not open or closed")
     resource_type, resource_labels = _typed(raw, "resource")
     metric_type, metric_labels = _typed(raw, "metric")
     condition_name = _str(raw, "condition_name", "incident")
