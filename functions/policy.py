@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import fleet_contract as contract
+from fleet_contract import MigRef
 from incidents import Incident
-from settings import MigRef, Settings
+from settings import Settings
 
 # Fixed namespace: the same incident always yields the same request ids, in every function instance.
 _REQUEST_NS = uuid.UUID("4c0f2d4e-3b7a-5e1c-9a56-0c8f1e2d3b4a")
