@@ -41,6 +41,87 @@ POLICY_MIG_LABEL = "fleet-mig"  # name of the managed instance group a policy is
 # metadata fingerprint (setCommonInstanceMetadata with a stale fingerprint fails with 412).
 LOCK_METADATA_KEY = "compose-fleet-lock"
 
+# --- managed instance groups ----------------------------------------------------------------------
+
+# A region is lowercase words joined by "-", the last one may end in digits (us-central1,
+# northamerica-northeast1, and the local stand-in's local-zone); a zone is a region plus "-<letter>"
+# (us-central1-a, local-zone-a). One rule for every name: nothing knows the local names specially.
+_REGION = re.compile(r"[a-z]+(?:-[a-z]+)+[0-9]*")
+_ZONE = re.compile(r"(?P<region>[a-z]+(?:-[a-z]+)+[0-9]*)-[a-z]")
+_PROJECT = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_RESOURCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def is_zone(location: str) -> bool:
+    """A zone: a region plus `-<letter>` (us-central1-a)."""
+    return isinstance(location, str) and len(location) <= 63 and _ZONE.fullmatch(location) is not None
+
+
+def is_region(location: str) -> bool:
+    """A region (us-central1); a zone is never a region, though local-zone-a reads like one."""
+    return (
+        isinstance(location, str)
+        and len(location) <= 63
+        and not is_zone(location)
+        and _REGION.fullmatch(location) is not None
+    )
+
+
+def region_of(location: str) -> str:
+    """The region of a zone, or the region itself."""
+    match = _ZONE.fullmatch(location)
+    return match.group("region") if match else location
+
+
+@dataclass(frozen=True, order=True)
+class MigRef:
+    """A managed instance group: zonal when `location` is a zone, regional when it is a region.
+
+    Written `project/location/name` (FLEET_MIGS, events, logs); both sides build it with `parse`
+    or `make`, which validate every part.
+    """
+
+    project: str
+    location: str
+    name: str
+
+    @property
+    def regional(self) -> bool:
+        return is_region(self.location)
+
+    @property
+    def region(self) -> str:
+        return region_of(self.location)
+
+    def covers(self, location: str) -> bool:
+        """`location` (a zone or region an incident names) is this MIG's zone, or a zone of its region."""
+        if location == self.location:
+            return True
+        return self.regional and is_zone(location) and region_of(location) == self.location
+
+    def __str__(self) -> str:
+        return f"{self.project}/{self.location}/{self.name}"
+
+    @classmethod
+    def make(cls, project: str, location: str, name: str) -> MigRef:
+        """A checked reference; ContractError says which part is wrong."""
+        if not isinstance(project, str) or not _PROJECT.fullmatch(project):
+            raise ContractError(f"{project!r} is not a GCP project id")
+        if not (is_zone(location) or is_region(location)):
+            raise ContractError(f"{location!r} is neither a zone (us-central1-a) nor a region (us-central1)")
+        if not isinstance(name, str) or not _RESOURCE_NAME.fullmatch(name):
+            raise ContractError(f"{name!r} is not a valid managed instance group name")
+        return cls(project, location, name)
+
+    @classmethod
+    def parse(cls, text: str) -> MigRef:
+        """`project/zone/name` or `project/region/name`."""
+        parts = text.strip().split("/") if isinstance(text, str) else []
+        if len(parts) != 3:
+            raise ContractError(f"{text!r} is not project/zone/name or project/region/name")
+        return cls.make(*parts)
+
+
 # --- fleet events ----------------------------------------------------------------------------------
 
 EVENT_SCHEMA_VERSION = "1"

@@ -18,8 +18,8 @@ from types import ModuleType
 from typing import Any
 
 import fleet_contract as contract
+from fleet_contract import MigRef
 from policy import Autoscaler, Member, MigState
-from settings import MigRef
 
 _URL_ZONE = re.compile(r"/projects/[^/]+/zones/([^/]+)/instances/([^/]+)$")
 _URL_NAME = re.compile(r"/([^/]+)$")

@@ -18,6 +18,7 @@ PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 _PUBSUB_SOURCE = re.compile(r"//pubsub\.googleapis\.com/projects/[^/]+/topics/[^/]+")
 KNOWN_VERSIONS = ("1.2",)
 STATES = ("open", "closed")
+_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: "²" and "١٢" pass str.isdigit(), then int() fails
 
 
 class MalformedEvent(ValueError):
@@ -66,9 +67,9 @@ class Incident:
 def pubsub_message(event_type: str, event_source: str, data: object) -> PubsubMessage:
     """Check the CloudEvent is a Pub/Sub messagePublished event and return its message."""
     if event_type != PUBSUB_EVENT_TYPE:
-        raise MalformedEvent(f"event type {event_type!r} is not {PUBSUB_EVENT_TYPE}")
+        raise MalformedEvent(f"event type {event_type[:100]!r} is not {PUBSUB_EVENT_TYPE}")
     if not isinstance(event_source, str) or not _PUBSUB_SOURCE.fullmatch(event_source):
-        raise MalformedEvent(f"event source {event_source!r} is not a Pub/Sub topic")
+        raise MalformedEvent(f"event source {str(event_source)[:200]!r} is not a Pub/Sub topic")
     if not isinstance(data, Mapping):
         raise MalformedEvent("event data is not a JSON object")
     message = data.get("message")
@@ -121,7 +122,7 @@ def _epoch(raw: Mapping[str, Any], key: str) -> int | None:
     whole_number = (
         isinstance(value, int)
         or (isinstance(value, float) and value.is_integer())
-        or (isinstance(value, str) and value.isdigit())
+        or (isinstance(value, str) and _DIGITS.fullmatch(value) is not None)
     )
     if not whole_number:
         raise MalformedEvent(f"incident.{key} is not epoch seconds")
@@ -166,7 +167,9 @@ def parse_incident(data: bytes) -> Incident:
     if not isinstance(version, str):
         raise MalformedEvent("payload has no version string (not a Monitoring notification)")
     if version not in KNOWN_VERSIONS:
-        raise MalformedEvent(f"unknown notification version {version!r} (know {', '.join(KNOWN_VERSIONS)})")
+        raise MalformedEvent(
+            f"unknown notification version {version[:40]!r} (know {', '.join(KNOWN_VERSIONS)})"
+        )
     raw = doc.get("incident")
     if not isinstance(raw, Mapping):
         raise MalformedEvent("payload has no incident object")
@@ -175,7 +178,7 @@ def parse_incident(data: bytes) -> Incident:
         raise MalformedEvent("incident.incident_id is missing or empty")
     state = raw.get("state")
     if not isinstance(state, str) or state.lower() not in STATES:
-        raise MalformedEvent(f"incident.state {state!r} is not open or closed")
+        raise MalformedEvent(f"incident.state {str(state)[:40]!r} is not open or closed")
     resource_type, resource_labels = _typed(raw, "resource")
     metric_type, metric_labels = _typed(raw, "metric")
     condition_name = _str(raw, "condition_name", "incident")

@@ -17,10 +17,20 @@ def record(severity: str, message: str, **fields: Any) -> dict[str, Any]:
     """The log record as a dict (fields cannot override severity or message)."""
     if severity not in SEVERITIES:
         raise ValueError(f"unknown severity {severity!r}")
-    out: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    out: dict[str, Any] = {k: _clip(v) for k, v in fields.items() if v is not None}
     out["severity"] = severity
-    out["message"] = message
+    out["message"] = _clip(message)
     return out
+
+
+# Incident fields are attacker-sized (a 1 MB summary or policy name): no log field may carry all of it.
+FIELD_MAX = 8000
+
+
+def _clip(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > FIELD_MAX:
+        return value[: FIELD_MAX - 1] + "…"
+    return value
 
 
 def log(severity: str, message: str, stream: TextIO | None = None, **fields: Any) -> None:

@@ -211,14 +211,19 @@ def _publish(
     logs.log("DEBUG", "fleet event published", published_message_id=message_id, event_kind=kind, **fields)
 
 
-def _lock_held(compute: gce.Compute, project: str, fields: dict[str, Any]) -> bool:
+def _read_lock(compute: gce.Compute, project: str, fields: dict[str, Any]) -> contract.Lock | None:
+    """The fleet lock in `project`; an unreadable one is logged and treated as absent."""
     text = compute.lock_text(project)
     problem = contract.lock_problem(text)
     if problem:
         logs.log(
             "WARNING", f"fleet lock in {project} is unreadable, treated as not held: {problem}", **fields
         )
-    return contract.is_held(contract.parse_lock(text), datetime.now(UTC))
+    return contract.parse_lock(text)
+
+
+def _lock_held(compute: gce.Compute, project: str, fields: dict[str, Any]) -> bool:
+    return contract.is_held(_read_lock(compute, project, fields), datetime.now(UTC))
 
 
 # --- autoheal ---------------------------------------------------------------------------------------
@@ -237,10 +242,12 @@ def _autoheal(cfg: Settings, message: incidents.PubsubMessage, base: dict[str, A
     compute = _compute(cfg)
     fleet = compute.fleet_state(cfg.migs)
     found = policy.locate(target, fleet)
-    lock_held = (
-        incident.state == "open" and found is not None and _lock_held(compute, found[0].ref.project, fields)
+    lock = (
+        _read_lock(compute, found[0].ref.project, fields)
+        if incident.state == "open" and found is not None
+        else None
     )
-    decision = policy.decide_heal(incident, target, fleet, lock_held, time.time(), cfg)
+    decision = policy.decide_heal(incident, target, fleet, lock, time.time(), cfg)
     op = None
     if decision.acts:
         assert decision.mig is not None and decision.member is not None
@@ -275,6 +282,8 @@ def _scale(cfg: Settings, message: incidents.PubsubMessage, base: dict[str, Any]
     if isinstance(intent, policy.Decision):
         _log_decision("scale", intent, fields)
         return
+    for note in intent.notes:
+        logs.log("WARNING", f"scale: policy label clamped: {note}", reason="label-clamped", **fields)
     ref = policy.choose_mig(incident, cfg.migs)
     if isinstance(ref, policy.Decision):
         _log_decision("scale", ref, fields)

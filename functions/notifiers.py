@@ -7,6 +7,7 @@ they stay inside settings.Secret and no error built here ever contains one.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -14,13 +15,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from fleet_contract import FleetEvent
 from incidents import Incident
 from settings import Secret, Settings
 
 USER_AGENT = "compose-fleet-notify/1"
+
+# Every field posted is bounded: Slack refuses a section over 3000 characters, Chat a message over
+# 4096, and an unbounded summary must not turn into a 1 MB POST that the receiver cuts off.
+TITLE_MAX = 150
+SUMMARY_MAX = 1000
+LINE_MAX = 200
+LINK_MAX = 800
+ID_MAX = 128  # incident ids and thread keys; longer ones are replaced by a hash
+DATA_STR_MAX = 1000
+DATA_ITEMS_MAX = 32
+ELLIPSIS = "…"
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,30 @@ class DeliveryError(Exception):
         super().__init__(f"{target} webhook: {what}")
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+
+
+def _ident(text: str) -> str:
+    """An id fit for keys and thread names: itself when short, else a stable hash of it."""
+    return text if len(text) <= ID_MAX else "h-" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _bounded(value: Any, limit: int = DATA_STR_MAX) -> Any:
+    """A JSON value with every string, list and map cut to size (the generic webhook's `data`);
+    strings nested in a map or list (labels) get a fifth of the room."""
+    if isinstance(value, str):
+        return clip(value, limit)
+    inner = max(64, limit // 5)
+    if isinstance(value, Mapping):
+        items = list(value.items())[:DATA_ITEMS_MAX]
+        return {clip(str(k), inner): _bounded(v, inner) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [_bounded(v, inner) for v in value[:DATA_ITEMS_MAX]]
+    return value
+
+
 def _when(epoch: int | None) -> str:
     if epoch is None:
         return ""
@@ -56,27 +92,31 @@ def incident_note(incident: Incident) -> Note:
     firing = incident.state == "open"
     where = incident.resource_labels.get("instance_id") or incident.metric_labels.get("instance_name") or ""
     zone = incident.resource_labels.get("zone", "")
-    lines = [incident.summary] if incident.summary else []
+    lines = [clip(incident.summary, SUMMARY_MAX)] if incident.summary else []
     if incident.condition_name:
-        lines.append(f"Condition: {incident.condition_name}")
+        lines.append(clip(f"Condition: {incident.condition_name}", LINE_MAX))
     if incident.resource_type:
-        lines.append(f"Resource: {incident.resource_type} {where} {zone}".rstrip())
+        lines.append(clip(f"Resource: {incident.resource_type} {where} {zone}".rstrip(), LINE_MAX))
     if incident.observed_value or incident.threshold_value:
         lines.append(
-            f"Observed {incident.observed_value or '?'} (threshold {incident.threshold_value or '?'})"
+            clip(
+                f"Observed {incident.observed_value or '?'} (threshold {incident.threshold_value or '?'})",
+                LINE_MAX,
+            )
         )
     if firing and incident.started_at is not None:
         lines.append(f"Started {_when(incident.started_at)}")
     if not firing and incident.ended_at is not None:
         lines.append(f"Ended {_when(incident.ended_at)}")
+    ident = _ident(incident.incident_id)
     return Note(
-        key=f"incident|{incident.incident_id}|{incident.state}",
+        key=f"incident|{ident}|{incident.state}",
         kind="incident",
         status="firing" if firing else "resolved",
-        title=f"[{'FIRING' if firing else 'RESOLVED'}] {incident.policy_name or 'alert'}",
+        title=clip(f"[{'FIRING' if firing else 'RESOLVED'}] {incident.policy_name or 'alert'}", TITLE_MAX),
         lines=tuple(lines),
-        thread=f"incident-{incident.incident_id}",
-        link=incident.url,
+        thread=f"incident-{ident}",
+        link=safe_link(incident.url),
         data={
             "incident_id": incident.incident_id,
             "state": incident.state,
@@ -95,21 +135,21 @@ def incident_note(incident: Incident) -> Note:
 
 def event_note(event: FleetEvent) -> Note:
     target = event.instance or event.mig or event.fleet
-    title = f"[{event.kind.upper()} {event.result.upper()}] {event.action} {target}"
-    lines = [event.detail] if event.detail else []
+    title = clip(f"[{event.kind.upper()} {event.result.upper()}] {event.action} {target}", TITLE_MAX)
+    lines = [clip(event.detail, SUMMARY_MAX)] if event.detail else []
     place = "/".join(p for p in (event.project, event.zone, event.mig) if p)
     if place:
-        lines.append(f"MIG: {place}")
+        lines.append(clip(f"MIG: {place}", LINE_MAX))
     if event.rollout_id:
-        lines.append(f"Rollout: {event.rollout_id}")
+        lines.append(clip(f"Rollout: {event.rollout_id}", LINE_MAX))
     if event.incident_id:
-        lines.append(f"Incident: {event.incident_id}")
+        lines.append(clip(f"Incident: {event.incident_id}", LINE_MAX))
     if event.time:
-        lines.append(f"At {event.time}")
+        lines.append(clip(f"At {event.time}", LINE_MAX))
     if event.incident_id:
-        thread = f"incident-{event.incident_id}"
+        thread = f"incident-{_ident(event.incident_id)}"
     elif event.rollout_id:
-        thread = f"rollout-{event.rollout_id}"
+        thread = f"rollout-{_ident(event.rollout_id)}"
     else:
         thread = ""
     data = {k: v for k, v in event.__dict__.items()}
@@ -126,22 +166,32 @@ def event_note(event: FleetEvent) -> Note:
 
 
 def _escape(text: str) -> str:
-    """Slack and Chat both treat &, < and > as markup."""
+    """Slack and Chat both treat &, < and > as markup: `<!channel>`, `<users/all>`, `<url|text>`."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def safe_link(url: str) -> str:
+    """An http(s) link that cannot break out of `<url|text>` markup (|, <, > and spaces encoded),
+    or "" when it is not one or too long to be a real console link."""
+    if not url.startswith(("https://", "http://")):
+        return ""
+    encoded = quote(url, safe=":/?#[]@$&'()*+,;=%~-._")
+    return encoded if len(encoded) <= LINK_MAX else ""
 
 
 def _text(note: Note) -> str:
     body = "\n".join(_escape(line) for line in note.lines)
     text = f"*{_escape(note.title)}*" + (f"\n{body}" if body else "")
-    if note.link:
-        text += f"\n<{note.link}|Open in Cloud Console>"
+    link = safe_link(note.link)
+    if link:
+        text += f"\n<{link}|Open in Cloud Console>"
     return text
 
 
 def slack_body(note: Note) -> dict[str, Any]:
     """An incoming-webhook message: `text` is the notification fallback, blocks the display."""
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": _text(note)}}]
-    return {"text": f"{note.title}", "blocks": blocks}
+    return {"text": _escape(note.title), "blocks": blocks}
 
 
 def chat_body(note: Note) -> dict[str, Any]:
@@ -159,7 +209,7 @@ def generic_body(note: Note) -> dict[str, Any]:
         "status": note.status,
         "title": note.title,
         "text": "\n".join(note.lines),
-        "data": dict(note.data),
+        "data": {clip(str(k), LINE_MAX): _bounded(v) for k, v in list(note.data.items())[:DATA_ITEMS_MAX]},
     }
 
 
@@ -223,4 +273,8 @@ def deliver(kind: str, url: Secret, note: Note, timeout: float) -> int:
         raise DeliveryError(kind, f"HTTP {status}", transient=status == 429 or status >= 500) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DeliveryError(kind, f"{type(reason).__name__}", transient=True) from None
+        # The receiver cut the connection after reading (part of) the request: it refuses this
+        # message, and sending it again will not change that (seen with oversized bodies).
+        closed = isinstance(reason, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError)
+        what = f"{type(reason).__name__}" + (" (connection closed by the receiver)" if closed else "")
+        raise DeliveryError(kind, what, transient=not closed) from None

@@ -13,10 +13,12 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import fleet_contract as contract
+from fleet_contract import MigRef
 from incidents import Incident
-from settings import MigRef, Settings
+from settings import Settings
 
 # Fixed namespace: the same incident always yields the same request ids, in every function instance.
 _REQUEST_NS = uuid.UUID("4c0f2d4e-3b7a-5e1c-9a56-0c8f1e2d3b4a")
@@ -24,7 +26,10 @@ _REQUEST_NS = uuid.UUID("4c0f2d4e-3b7a-5e1c-9a56-0c8f1e2d3b4a")
 HEALING_ACTIONS = frozenset({"RECREATING", "RESTARTING", "REFRESHING"})
 TRANSITIONAL_STATUS = frozenset({"PROVISIONING", "STAGING", "STOPPING", "SUSPENDING", "REPAIRING"})
 STOPPED_STATUS = frozenset({"TERMINATED", "STOPPED", "SUSPENDED"})
-_HEAL_MARK = re.compile(r"(reset|recreate)-(\d{1,12})-([0-9a-f]{12})")
+_HEAL_MARK = re.compile(r"(reset|recreate)-([0-9]{1,12})-([0-9a-f]{12})")
+_WHOLE = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²" and "١٢" pass str.isdigit()
+# Compute keeps a requestId for at least this long; a replay older than that is not deduplicated.
+REQUEST_ID_MEMORY = 3600
 
 
 def request_id(*parts: str) -> str:
@@ -118,7 +123,11 @@ def heal_target(incident: Incident) -> InstanceTarget | Decision:
     """The instance an autoheal incident is about, or a no-op decision saying why there is none."""
     if incident.policy_user_labels.get(contract.POLICY_ACTION_LABEL) != contract.POLICY_ACTION_HEAL:
         return Decision(
-            "none", "not-heal-policy", f"policy {incident.policy_name!r} is not labelled for healing"
+            "none",
+            "not-heal-policy",
+            f"policy {incident.policy_name!r} is not labelled for healing: it needs the user label "
+            f"{contract.POLICY_ACTION_LABEL}={contract.POLICY_ACTION_HEAL} "
+            f"(has {_shown(incident.policy_user_labels, contract.POLICY_ACTION_LABEL)})",
         )
     res, met = incident.resource_labels, incident.metric_labels
     target = InstanceTarget(
@@ -137,19 +146,36 @@ def heal_target(incident: Incident) -> InstanceTarget | Decision:
     return target
 
 
+def _shown(labels: Mapping[str, str], key: str) -> str:
+    """How a label appears on the policy, for a log line that says what was expected instead."""
+    return f"{key}={labels[key][:64]!r}" if key in labels else f"no {key}"
+
+
+def _member_matches(member: Member, zone: str, instance_id: str, name: str) -> bool:
+    if zone and member.zone != zone:
+        return False
+    if instance_id and member.id == instance_id:
+        return True
+    return bool(name) and member.name == name and (not instance_id or not member.id)
+
+
 def locate(target: InstanceTarget, fleet: Sequence[MigState]) -> tuple[MigState, Member] | None:
     """The configured MIG and member the target is, or None when it is not in any of them."""
     for mig in fleet:
         if target.project and mig.ref.project != target.project:
             continue
         for member in mig.members:
-            if target.zone and member.zone != target.zone:
-                continue
-            if target.instance_id and member.id == target.instance_id:
-                return mig, member
-            if target.name and member.name == target.name and (not target.instance_id or not member.id):
+            if _member_matches(member, target.zone, target.instance_id, target.name):
                 return mig, member
     return None
+
+
+def rollout_mark_holds(member: Member, lock: contract.Lock | None, now: float) -> bool:
+    """A rollout mark counts only while its rollout holds the fleet lock; a killed rollout's mark is stale."""
+    mark = member.labels.get(contract.ROLLOUT_LABEL)
+    if not mark or lock is None:
+        return False
+    return lock.rollout_id == mark and contract.is_held(lock, datetime.fromtimestamp(now, UTC))
 
 
 def is_healing(member: Member, now: float, settle: int) -> bool:
@@ -182,15 +208,24 @@ def _budget_left(fleet: Sequence[MigState], mig: MigState, target: Member, now: 
     return ""
 
 
+def _heal_request(incident: Incident, step: str, at: int, ref: MigRef, member: Member) -> str:
+    """The requestId of one heal attempt; its time is the mark's, so a replay of it repeats the id
+    and a later attempt (past the window) is a new request that Compute does not deduplicate away."""
+    return request_id("heal", incident.incident_id, step, str(at), str(ref), member.name)
+
+
 def decide_heal(
     incident: Incident,
     target: InstanceTarget,
     fleet: Sequence[MigState],
-    lock_held: bool,
+    lock: contract.Lock | None,
     now: float,
     cfg: Settings,
 ) -> Decision:
-    """The autoheal ladder for one incident: reset, then recreate if a reset did not help."""
+    """The autoheal ladder for one incident: reset, then recreate if a reset did not help.
+
+    `lock` is the fleet lock as read from the MIG's project (None: absent or unreadable).
+    """
     found = locate(target, fleet)
     if found is None:
         where = target.instance_id or target.name
@@ -222,24 +257,20 @@ def decide_heal(
         )
 
     rollout = member.labels.get(contract.ROLLOUT_LABEL)
+    stale = ""
     if rollout:
-        return none("under-rollout", f"{member.name} is being updated by rollout {rollout}")
-    if lock_held:
-        return none("fleet-locked", "the fleet lock is held (a rollout or maintenance is running)")
+        if rollout_mark_holds(member, lock, now):
+            return none("under-rollout", f"{member.name} is being updated by rollout {rollout}")
+        stale = f"; ignoring the stale {contract.ROLLOUT_LABEL}={rollout} mark (that rollout holds no lock)"
+    if contract.is_held(lock, datetime.fromtimestamp(now, UTC)):
+        assert lock is not None
+        holder = f" by {lock.owner}" + (f" for rollout {lock.rollout_id}" if lock.rollout_id else "")
+        return none("fleet-locked", f"the fleet lock is held{holder} (a rollout or maintenance is running)")
     if member.current_action != "NONE":
         return none("action-running", f"the MIG is already {member.current_action} {member.name}")
     if member.labels.get(contract.HEAL_CLOSED_LABEL) == key:
         return none("closed-before-open", "this incident's close arrived before its open")
-    if mark is not None and mark.key == key:
-        # Our own earlier delivery wrote the mark; send the same request again (Compute runs it once).
-        return Decision(
-            mark.step,
-            "replay",
-            f"redelivery: repeating {mark.step} with the same request id",
-            mig=mig.ref,
-            member=member,
-            request_id=request_id("heal", incident.incident_id, mark.step, str(mig.ref), member.name),
-        )
+    # A redelivery passes the same checks as a first delivery: nothing below trusts the mark alone.
     if member.status in TRANSITIONAL_STATUS:
         return none("transitioning", f"{member.name} is {member.status}")
     if member.created is None:
@@ -250,11 +281,33 @@ def decide_heal(
             "too-young",
             f"{member.name} is {age:.0f}s old, FLEET_HEAL_INITIAL_DELAY={cfg.heal_initial_delay}s",
         )
-    if mark is not None and now - mark.at < cfg.heal_settle:
+    own = mark is not None and mark.key == key
+    if mark is not None and not own and now - mark.at < cfg.heal_settle:
         return none("settling", f"{mark.step} of {member.name} {now - mark.at:.0f}s ago is still settling")
     budget = _budget_left(fleet, mig, member, now, cfg)
     if budget:
         return none("budget-exhausted", budget)
+    if own and mark is not None:
+        since = now - mark.at
+        if since < min(cfg.heal_settle, REQUEST_ID_MEMORY):
+            # Our own delivery wrote the mark moments ago (and may have died before acting): send the
+            # same request again while Compute surely still remembers its id, so it runs at most once.
+            return Decision(
+                mark.step,
+                "replay",
+                f"redelivery: repeating {mark.step} with the same request id{stale}",
+                mig=mig.ref,
+                member=member,
+                request_id=_heal_request(incident, mark.step, mark.at, mig.ref, member),
+            )
+        if since < cfg.heal_window:
+            # A late redelivery or a renotification of the same incident: its step ran and has
+            # settled. Escalation comes with a new incident (the escalation policy), not a repeat.
+            return none(
+                "already-handled",
+                f"{mark.step} of {member.name} for this incident {since:.0f}s ago; a new incident "
+                f"within FLEET_HEAL_WINDOW={cfg.heal_window}s escalates",
+            )
 
     if member.status in STOPPED_STATUS:
         step, reason, detail = (
@@ -270,10 +323,10 @@ def decide_heal(
     return Decision(
         step,
         reason,
-        detail,
+        detail + stale,
         mig=mig.ref,
         member=member,
-        request_id=request_id("heal", incident.incident_id, step, str(mig.ref), member.name),
+        request_id=_heal_request(incident, step, int(now), mig.ref, member),
         labels={**member.labels, contract.HEAL_LABEL: heal_mark(step, now, key)},
     )
 
@@ -287,23 +340,37 @@ class ScaleIntent:
     step: int
     minimum: int
     maximum: int
+    notes: tuple[str, ...] = ()  # policy labels clamped to the configured bounds (logged as warnings)
+
+
+_DIRECTION = f"{contract.POLICY_SCALE_DIRECTION_LABEL}=out or {contract.POLICY_SCALE_DIRECTION_LABEL}=in"
 
 
 def _label_int(labels: Mapping[str, str], key: str, default: int) -> int:
     raw = labels.get(key)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
-        raise ValueError(f"policy label {key}={raw!r} is not a non-negative integer")
+    if not _WHOLE.fullmatch(raw):
+        raise ValueError(
+            f"policy label {key}={raw[:64]!r} is not a whole number (ASCII digits, e.g. {key}=2)"
+        )
     return int(raw)
 
 
 def scale_intent(incident: Incident, cfg: Settings) -> ScaleIntent | Decision:
-    """Direction, step and bounds from the policy's labels (configuration fills the gaps)."""
+    """Direction, step and bounds from the policy's labels, inside the configured bounds.
+
+    Labels may narrow FLEET_SCALE_MIN/MAX, never widen them: whoever can label an alert policy must
+    not be able to resize a MIG beyond what the function was deployed to allow.
+    """
     labels = incident.policy_user_labels
     if labels.get(contract.POLICY_ACTION_LABEL) != contract.POLICY_ACTION_SCALE:
         return Decision(
-            "none", "not-scale-policy", f"policy {incident.policy_name!r} is not labelled for scaling"
+            "none",
+            "not-scale-policy",
+            f"policy {incident.policy_name!r} is not labelled for scaling: it needs the user label "
+            f"{contract.POLICY_ACTION_LABEL}={contract.POLICY_ACTION_SCALE} "
+            f"(has {_shown(labels, contract.POLICY_ACTION_LABEL)})",
         )
     if incident.state != "open":
         return Decision("none", "closed", "scaling acts on open incidents only")
@@ -312,7 +379,8 @@ def scale_intent(incident: Incident, cfg: Settings) -> ScaleIntent | Decision:
         return Decision(
             "none",
             "bad-policy-labels",
-            f"{contract.POLICY_SCALE_DIRECTION_LABEL}={direction!r} is not out or in",
+            f"policy {incident.policy_name!r} needs the user label {_DIRECTION} "
+            f"(has {_shown(labels, contract.POLICY_SCALE_DIRECTION_LABEL)})",
         )
     try:
         step = _label_int(labels, contract.POLICY_SCALE_STEP_LABEL, cfg.scale_step)
@@ -320,36 +388,94 @@ def scale_intent(incident: Incident, cfg: Settings) -> ScaleIntent | Decision:
         maximum = _label_int(labels, contract.POLICY_SCALE_MAX_LABEL, cfg.scale_max)
     except ValueError as exc:
         return Decision("none", "bad-policy-labels", str(exc))
+    notes = []
+    if minimum < cfg.scale_min:
+        notes.append(
+            f"{contract.POLICY_SCALE_MIN_LABEL}={minimum} is below FLEET_SCALE_MIN={cfg.scale_min}: "
+            f"using {cfg.scale_min}"
+        )
+        minimum = cfg.scale_min
+    if maximum > cfg.scale_max:
+        notes.append(
+            f"{contract.POLICY_SCALE_MAX_LABEL}={maximum} is above FLEET_SCALE_MAX={cfg.scale_max}: "
+            f"using {cfg.scale_max}"
+        )
+        maximum = cfg.scale_max
     if step < 1 or maximum < minimum:
         return Decision(
-            "none", "bad-policy-labels", f"step {step}, bounds [{minimum}, {maximum}] make no sense"
+            "none",
+            "bad-policy-labels",
+            f"{contract.POLICY_SCALE_STEP_LABEL}={step}, bounds [{minimum}, {maximum}] within "
+            f"FLEET_SCALE_MIN/MAX [{cfg.scale_min}, {cfg.scale_max}] make no sense: labels may only "
+            f"narrow the configured bounds, with a step >= 1",
         )
-    return ScaleIntent(direction, step, minimum, maximum)
+    return ScaleIntent(direction, step, minimum, maximum, tuple(notes))
+
+
+def _present(*values: str) -> set[str]:
+    return {v for v in values if v}
 
 
 def choose_mig(incident: Incident, migs: Sequence[MigRef]) -> MigRef | Decision:
-    """The configured MIG a scaling incident is about: policy label, resource labels, or the only one."""
+    """The configured MIG a scaling incident is about, or outside-migs.
+
+    Every project, location and MIG name the incident carries (policy label, resource and metric
+    labels) must agree with one configured MIG; an incident naming none of them falls back to the
+    only configured MIG. Whether a named instance is a member is checked on live state (decide_scale).
+    """
     res, met = incident.resource_labels, incident.metric_labels
-    hint = (
-        incident.policy_user_labels.get(contract.POLICY_MIG_LABEL)
-        or res.get("instance_group_manager_name")
-        or res.get("instance_group_name")
-        or met.get("instance_group_name")
-        or ""
+    names = _present(
+        incident.policy_user_labels.get(contract.POLICY_MIG_LABEL, ""),
+        res.get("instance_group_manager_name", ""),
+        res.get("instance_group_name", ""),
+        met.get("instance_group_name", ""),
+        met.get("instance_group_manager_name", ""),
     )
-    location = res.get("location") or res.get("zone") or res.get("region") or ""
-    if hint:
-        matches = [m for m in migs if m.name == hint and (not location or m.location == location)]
-        if not matches:
-            return Decision("none", "outside-migs", f"MIG {hint!r} is not one of the managed MIGs")
-        if len(matches) > 1:
-            return Decision("none", "ambiguous-mig", f"{hint!r} matches {len(matches)} managed MIGs")
+    projects = _present(res.get("project_id", ""))
+    locations = _present(res.get("location", ""), res.get("zone", ""), res.get("region", ""))
+    described = ", ".join(
+        f"{what} {'/'.join(sorted(v))}"
+        for what, v in (("project", projects), ("location", locations), ("MIG", names))
+        if v
+    )
+    if len(names) > 1:
+        return Decision("none", "outside-migs", f"incident names several MIGs ({described})")
+    matches = [
+        m
+        for m in migs
+        if all(p == m.project for p in projects)
+        and all(m.covers(loc) for loc in locations)
+        and all(n == m.name for n in names)
+    ]
+    if len(matches) == 1 and (names or len(migs) == 1):
         return matches[0]
-    if len(migs) == 1:
-        return migs[0]
+    managed = ", ".join(str(m) for m in migs) or "none configured"
+    if not matches:
+        return Decision(
+            "none",
+            "outside-migs",
+            f"incident ({described or 'no MIG named'}) is not one of the managed MIGs ({managed})",
+        )
+    labels = " or ".join(f"{contract.POLICY_MIG_LABEL}={m.name}" for m in matches)
     return Decision(
-        "none", "ambiguous-mig", f"incident names no MIG; label the policy {contract.POLICY_MIG_LABEL}=NAME"
+        "none",
+        "ambiguous-mig",
+        f"incident ({described or 'no MIG named'}) matches {len(matches)} managed MIGs; "
+        f"label the policy {labels}",
     )
+
+
+def _scale_instance_outside(incident: Incident, mig: MigState) -> str:
+    """Why the instance a scaling incident names is not a member of `mig` ("" when none is named)."""
+    res, met = incident.resource_labels, incident.metric_labels
+    instance_id = res.get("instance_id", "")
+    name = met.get("instance_name", "") or res.get("instance_name", "")
+    if not instance_id and not name:
+        return ""
+    zone = res.get("zone", "")
+    if any(_member_matches(m, zone, instance_id, name) for m in mig.members):
+        return ""
+    return f"instance {instance_id or name} is not a member of {mig.ref}"
 
 
 def decide_scale(
@@ -360,6 +486,10 @@ def decide_scale(
 
     def none(reason: str, detail: str) -> Decision:
         return Decision("none", reason, detail, mig=ref)
+
+    outside = _scale_instance_outside(incident, mig)
+    if outside:
+        return none("outside-migs", outside)
 
     if intent.direction == "in" and lock_held:
         return none("fleet-locked", "never scale in while the fleet lock is held")

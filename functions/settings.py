@@ -10,15 +10,19 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-_PROJECT = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
-_ZONE = re.compile(r"[a-z]+-[a-z]+\d+-[a-z]")
-_REGION = re.compile(r"[a-z]+-[a-z]+\d+")
-# The local fleet's stand-in names (fleet/local/config.py): zone local-zone-a in region local-zone.
-_LOCAL_ZONE = re.compile(r"local-[a-z0-9]+(?:-[a-z0-9]+)*-[a-z]")
-_LOCAL_REGION = re.compile(r"local-[a-z0-9]+(?:-[a-z0-9]+)*")
-_RESOURCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+if TYPE_CHECKING:
+    from fleet_contract import ContractError, MigRef
+else:
+    try:
+        from fleet_contract import ContractError, MigRef
+    except ModuleNotFoundError:  # the operator side imports this module as functions.settings
+        from functions.fleet_contract import ContractError, MigRef
+
+__all__ = ["ConfigError", "MigRef", "Secret", "Settings", "load", "parse_mig"]
+
 _TOPIC = re.compile(r"projects/(?P<project>[^/]+)/topics/(?P<topic>[A-Za-z][\w.~+%-]{2,254})")
 
 
@@ -55,22 +59,6 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True, order=True)
-class MigRef:
-    """A managed instance group: zonal when `location` is a zone, regional when it is a region."""
-
-    project: str
-    location: str
-    name: str
-
-    @property
-    def regional(self) -> bool:
-        return _is_region(self.location)
-
-    def __str__(self) -> str:
-        return f"{self.project}/{self.location}/{self.name}"
-
-
 @dataclass(frozen=True)
 class Settings:
     """Everything the three entry points read from the environment."""
@@ -97,30 +85,12 @@ class Settings:
     webhook_timeout: float
 
 
-def _is_zone(location: str) -> bool:
-    return bool(_ZONE.fullmatch(location) or _LOCAL_ZONE.fullmatch(location))
-
-
-def _is_region(location: str) -> bool:
-    """A zone is never a region (local-zone-a would also read as a local region name)."""
-    return not _is_zone(location) and bool(_REGION.fullmatch(location) or _LOCAL_REGION.fullmatch(location))
-
-
 def parse_mig(text: str, variable: str = "FLEET_MIGS") -> MigRef:
-    """`project/zone/name` or `project/region/name`."""
-    parts = text.strip().split("/")
-    if len(parts) != 3:
-        raise ConfigError(variable, f"{text!r} is not project/zone/name or project/region/name")
-    project, location, name = parts
-    if not _PROJECT.fullmatch(project):
-        raise ConfigError(variable, f"{project!r} is not a GCP project id")
-    if not (_is_zone(location) or _is_region(location)):
-        raise ConfigError(
-            variable, f"{location!r} is neither a zone (us-central1-a) nor a region (us-central1)"
-        )
-    if not _RESOURCE_NAME.fullmatch(name):
-        raise ConfigError(variable, f"{name!r} is not a valid managed instance group name")
-    return MigRef(project, location, name)
+    """`project/zone/name` or `project/region/name` (the rule is the contract's)."""
+    try:
+        return MigRef.parse(text)
+    except ContractError as exc:
+        raise ConfigError(variable, str(exc)) from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

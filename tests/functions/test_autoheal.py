@@ -160,6 +160,9 @@ def test_budget_as_percentage_of_the_mig(compute, load_function):
 def test_instance_under_rollout_is_left_alone(compute, load_function):
     name = compute.member(1)["name"]
     compute.backend.update_instance(PROJECT, ZONE, name, labels={ROLLOUT_LABEL: "r-20261126-1"})
+    now = datetime.now(UTC)
+    held = Lock("local", "ops@example.com", "rollout", "r-20261126-1", now, now + timedelta(minutes=5))
+    compute.backend.add_project(PROJECT, {LOCK_METADATA_KEY: lock_to_json(held)})
     fn = load_function("autoheal")
     fn.post(heal_payload(compute, 1, "0.inc-rollout"))
     assert compute.mutations() == []
@@ -326,3 +329,51 @@ def test_regional_mig(load_function, compute):
     (reset,) = compute.ops("reset")
     assert reset.location == "us-central1-c"
     assert any(c.method == "regionInstanceGroupManagers.listManagedInstances" for c in compute.api.calls())
+
+
+def test_stale_rollout_mark_does_not_block_healing(compute, load_function):
+    """A killed rollout leaves its mark: it blocks only while that rollout holds the fleet lock."""
+    name = compute.member(1)["name"]
+    compute.backend.update_instance(PROJECT, ZONE, name, labels={ROLLOUT_LABEL: "r-killed"})
+    now = datetime.now(UTC)
+    live = Lock("local", "ops@example.com", "rollout", "r-killed", now, now + timedelta(minutes=5))
+    compute.backend.add_project(PROJECT, {LOCK_METADATA_KEY: lock_to_json(live)})
+    fn = load_function("autoheal")
+    fn.post(heal_payload(compute, 1, "0.inc-stale"))
+    assert compute.mutations() == []
+    assert fn.decisions()[-1]["reason"] == "under-rollout"
+
+    expired = Lock("local", "ops@example.com", "rollout", "r-killed", now - timedelta(hours=1), now)
+    compute.backend.add_project(PROJECT, {LOCK_METADATA_KEY: lock_to_json(expired)})
+    fn.post(heal_payload(compute, 1, "0.inc-stale"))
+    last = fn.decisions()[-1]
+    assert (last["decision"], last["reason"]) == ("reset", "first-step")
+    assert "stale" in last["detail"] and "r-killed" in last["detail"]
+    assert len(compute.ops("reset")) == 1
+
+
+def test_stale_rollout_mark_without_any_lock(compute, load_function):
+    name = compute.member(2)["name"]
+    compute.backend.update_instance(PROJECT, ZONE, name, labels={ROLLOUT_LABEL: "r-gone"})
+    fn = load_function("autoheal")
+    fn.post(heal_payload(compute, 2, "0.inc-nolock"))
+    assert len(compute.ops("reset")) == 1
+
+
+def test_late_redelivery_passes_the_same_checks(compute, load_function):
+    """A redelivery whose instance became young (recreated) or busy is not replayed blindly."""
+    fn = load_function("autoheal")
+    data = heal_payload(compute, 1, "0.inc-late")
+    fn.post(data)
+    assert len(compute.ops("reset")) == 1
+    wait_idle(compute)
+    name = compute.member(1)["name"]
+    compute.backend.update_instance(PROJECT, ZONE, name, age=5)
+    fn.post(data)
+    assert fn.decisions()[-1]["reason"] == "too-young"
+    compute.backend.update_instance(PROJECT, ZONE, name, age=3600)
+    other = compute.member(2)["name"]
+    compute.backend.update_instance(PROJECT, ZONE, other, current_action="RECREATING")
+    fn.post(data)
+    assert fn.decisions()[-1]["reason"] == "budget-exhausted"
+    assert len(compute.api.calls("instances.reset")) == 1, "no second reset request at all"

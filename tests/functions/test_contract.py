@@ -188,3 +188,49 @@ def test_webhook_urls_are_secrets():
         with pytest.raises(fn_settings.ConfigError) as info:
             fn_settings.load({"FLEET_CHAT_WEBHOOK_URL": bad})
         assert "topsecret" not in str(info.value)
+
+
+# --- the MIG reference (issue 11 req. 3): one definition, one zone/region rule --------------------
+
+
+@pytest.mark.parametrize(
+    ("location", "zone", "region"),
+    [
+        ("us-central1-a", True, "us-central1"),
+        ("us-central1", False, "us-central1"),
+        ("northamerica-northeast1-b", True, "northamerica-northeast1"),
+        ("europe-west1", False, "europe-west1"),
+        ("local-zone-a", True, "local-zone"),  # the local stand-in follows the same rule, no special case
+        ("local-zone", False, "local-zone"),
+    ],
+)
+def test_zone_and_region_rule(location, zone, region):
+    assert contract.is_zone(location) is zone
+    assert contract.is_region(location) is (not zone)
+    assert contract.region_of(location) == region
+
+
+@pytest.mark.parametrize(
+    "location", ["mars-1", "us", "US-central1", "us-central1-", "us-central1-ab1", "a/b"]
+)
+def test_not_a_location(location):
+    assert not contract.is_zone(location) and not contract.is_region(location)
+    with pytest.raises(ContractError, match="zone"):
+        contract.MigRef.parse(f"proj-a1/{location}/web")
+
+
+def test_mig_ref_parse_covers_and_is_the_one_the_functions_use():
+    zonal = contract.MigRef.parse("proj-a1/us-central1-a/web")
+    regional = contract.MigRef.parse("proj-a1/us-central1/web")
+    assert (zonal.regional, regional.regional, str(regional)) == (False, True, "proj-a1/us-central1/web")
+    assert zonal.covers("us-central1-a") and not zonal.covers("us-central1-b")
+    assert not zonal.covers("us-central1"), "a region-wide incident is not about one zonal MIG"
+    assert regional.covers("us-central1-c") and regional.covers("us-central1")
+    assert not regional.covers("us-east1-b")
+    for bad in ("web", "P/us-central1-a/web", "proj-a1/us-central1-a/Web", "a/b/c/d"):
+        with pytest.raises(ContractError):
+            contract.MigRef.parse(bad)
+    assert (fn_settings.MigRef.__module__, fn_settings.MigRef.__qualname__) == ("fleet_contract", "MigRef")
+    assert [str(m) for m in fn_settings.load({"FLEET_MIGS": str(zonal)}).migs] == [str(zonal)]
+    source = "\n".join(p.read_text() for p in FUNCTIONS_DIR.glob("*.py"))
+    assert "_LOCAL" not in source and 'r"local-' not in source, "no special case for local names"

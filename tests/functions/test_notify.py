@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from functions.fleet_contract import FleetEvent
@@ -140,3 +142,111 @@ def test_plain_http_webhook_outside_loopback_is_refused(load_function, capsys):
     records = fn.records()
     assert records[0]["severity"] == "CRITICAL" and records[0]["variable"] == "FLEET_SLACK_WEBHOOK_URL"
     assert "supersecret" not in "\n".join(str(r) for r in records)
+
+
+# --- issue 12: input edges ---------------------------------------------------------------------------
+
+
+class ClosingWebhook:
+    """A webhook that answers `status`, or (status None) reads the headers and closes the connection."""
+
+    def __init__(self, status: int | None) -> None:
+        import socket
+        import threading
+
+        self.status = status
+        self.accepted = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                conn.recv(4096)
+                if self.status is not None:
+                    conn.sendall(f"HTTP/1.1 {self.status} Too Large\r\nContent-Length: 0\r\n\r\n".encode())
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize("status", [None, 413])
+def test_a_webhook_that_refuses_a_big_message_is_a_permanent_failure(load_function, status):
+    """A 1 MB summary to a webhook that closes the connection (or says 413): acked, logged, no retry."""
+    hook = ClosingWebhook(status)
+    try:
+        fn = load_function(
+            "notify",
+            FLEET_SLACK_WEBHOOK_URL=None,
+            FLEET_CHAT_WEBHOOK_URL=None,
+            FLEET_GENERIC_WEBHOOK_URL=hook.url,
+        )
+        doc = incident("0.n-big", instance_id="1234567890", labels={"team": "web"})
+        doc["incident"]["summary"] = "x" * 1_000_000
+        response = fn.post(encode(doc))
+    finally:
+        hook.close()
+    assert hook.accepted == 1
+    assert response.status_code == 200, "a permanent failure is acknowledged, not redelivered until expiry"
+    records = fn.records()
+    (decision,) = [r for r in records if "decision" in r]
+    assert (decision["severity"], decision["reason"]) == ("ERROR", "delivery-failed")
+    assert "stack_trace" not in decision
+    assert all(len(json.dumps(r)) < 20_000 for r in records), "log lines are bounded too"
+
+
+def test_every_posted_field_is_bounded(load_function, sink):
+    fn = load_function("notify")
+    doc = incident("0.n-bounded", instance_id="1234567890", labels={"team": "web"})
+    raw = doc["incident"]
+    raw["summary"] = "s" * 1_000_000
+    raw["policy_name"] = "p" * 100_000
+    raw["condition_name"] = "c" * 100_000
+    raw["observed_value"] = "9" * 100_000
+    raw["url"] = "https://console.cloud.google.com/" + "u" * 100_000
+    raw["resource"]["labels"].update({f"k{i}": "v" * 1000 for i in range(500)})
+    assert fn.post(encode(doc)).status_code == 200
+    messages = sink.messages()
+    assert sorted(m.flavour for m in messages) == ["chat", "generic", "slack"]
+    for message in messages:
+        assert len(json.dumps(message.body)) < 16_000, message.flavour
+    generic = sink.messages("generic")[0].body
+    assert generic["data"]["summary"].startswith("sss") and generic["data"]["summary"].endswith("…")
+
+
+def test_markup_from_incident_fields_is_escaped(load_function, sink):
+    fn = load_function("notify")
+    doc = incident("0.n-markup", instance_id="1234567890", labels={"team": "web"})
+    raw = doc["incident"]
+    raw["policy_name"] = "<!channel> <users/all> wake up"
+    raw["summary"] = "see <https://evil.example|the console> & <@U123>"
+    raw["url"] = "https://console.cloud.google.com/x|<!here>"
+    assert fn.post(encode(doc)).status_code == 200
+    for flavour in ("slack", "chat"):
+        body = json.dumps(sink.messages(flavour)[0].body)
+        for markup in ("<!channel>", "<users/all>", "<https://evil.example|", "<@U123>", "<!here>", "|<"):
+            assert markup not in body, (flavour, markup)
+    slack = sink.messages("slack")[0].body
+    assert "&lt;!channel&gt;" in slack["text"]
+    assert (
+        "<https://console.cloud.google.com/x%7C%3C%21here%3E|Open in Cloud Console>"
+        in (slack["blocks"][0]["text"]["text"])
+    )
+
+
+@pytest.mark.parametrize("value", ["²", "١٢"])
+def test_a_unicode_digit_epoch_is_malformed_and_acknowledged(load_function, sink, value):
+    fn = load_function("notify")
+    doc = incident("0.n-digit", instance_id="1234567890", labels={"team": "web"})
+    doc["incident"]["started_at"] = value
+    assert fn.post(encode(doc)).status_code == 200
+    (decision,) = fn.decisions()
+    assert (decision["reason"], decision["severity"]) == ("malformed", "WARNING")
+    assert sink.attempts == 0

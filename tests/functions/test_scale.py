@@ -181,3 +181,49 @@ def test_transient_error_is_retried_and_resizes_once(compute, load_function):
     assert fn.post(data).status_code == 200
     assert len(compute.ops("compute.instanceGroupManagers.resize")) == 1
     assert target_size(compute) == 5
+
+
+def test_policy_labels_cannot_widen_the_configured_bounds(compute, load_function):
+    """FLEET_SCALE_MIN/MAX are 1/6: a label max of 50 stops at 6, a label min of 0 stops at 1; both logged."""
+    fn = load_function("scale", FLEET_SCALE_COOLDOWN="0", FLEET_SCALE_IN_STABILIZATION="0")
+    fn.post(scale_payload("0.scale-wide", "out", **{"fleet-scale-max": "50", "fleet-scale-step": "46"}))
+    assert target_size(compute) == 6
+    wait_idle(compute)
+    fn.post(scale_payload("0.scale-low", "in", **{"fleet-scale-min": "0", "fleet-scale-step": "6"}))
+    assert target_size(compute) == 1
+    clamped = [r for r in fn.records() if r.get("reason") == "label-clamped"]
+    assert [r["severity"] for r in clamped] == ["WARNING", "WARNING"]
+    assert "fleet-scale-max=50" in clamped[0]["message"] and "FLEET_SCALE_MAX=6" in clamped[0]["message"]
+    assert "fleet-scale-min=0" in clamped[1]["message"] and "FLEET_SCALE_MIN=1" in clamped[1]["message"]
+
+
+def instance_scale_payload(incident_id: str, **res: str) -> bytes:
+    doc = incident(incident_id, labels={"fleet-action": "scale", "fleet-scale-direction": "out"})
+    doc["incident"]["resource"]["labels"] = res
+    return encode(doc)
+
+
+def test_scale_refuses_incidents_about_other_things(compute, load_function):
+    """One configured MIG: incidents about anything else resize nothing (autoheal's outside-migs)."""
+    compute.backend.add_mig(PROJECT, "us-central1-b", MIG, size=2, age=3600)
+    member = compute.member(0)
+    other = compute.member(0, mig="other-mig")
+    fn = load_function("scale")
+    payloads = [
+        instance_scale_payload("0.o-project", project_id="other-proj", zone=ZONE, instance_id=member["id"]),
+        instance_scale_payload(
+            "0.o-zone", project_id=PROJECT, zone="us-central1-b", instance_id=member["id"]
+        ),
+        instance_scale_payload("0.o-unmanaged", project_id=PROJECT, zone=ZONE, instance_id=other["id"]),
+        instance_scale_payload(
+            "0.o-samename", project_id=PROJECT, location="us-central1-b", instance_group_name=MIG
+        ),
+        instance_scale_payload("0.o-unknown", project_id=PROJECT, zone=ZONE, instance_id="424242"),
+        scale_payload("0.o-contradict", "out", **{"fleet-mig": "other-mig"}),
+    ]
+    for data in payloads:
+        assert fn.post(data).status_code == 200
+    assert compute.mutations() == []
+    assert [d["reason"] for d in fn.decisions()] == ["outside-migs"] * len(payloads)
+    fn.post(instance_scale_payload("0.o-member", project_id=PROJECT, zone=ZONE, instance_id=member["id"]))
+    assert target_size(compute) == 5, "an incident about a member of the configured MIG still scales it"

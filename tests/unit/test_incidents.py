@@ -171,3 +171,11 @@ def test_epoch_out_of_range_is_malformed_not_a_crash() -> None:
     incident = {"incident_id": "x", "state": "open", "started_at": 253402300800.0}
     with pytest.raises(MalformedEvent, match="out of range"):
         parse_incident(json.dumps({"version": "1.2", "incident": incident}).encode())
+
+
+@pytest.mark.parametrize("raw", ["²", "١٢", "1764140000 ", "+1764140000", "1_764_140_000"])
+def test_epoch_strings_are_parsed_strictly(raw):
+    """ "²" passes str.isdigit() and then int() raises: it must be malformed, not a crash."""
+    doc = {"version": "1.2", "incident": {"incident_id": "0.x", "state": "open", "started_at": raw}}
+    with pytest.raises(incidents.MalformedEvent, match="started_at"):
+        incidents.parse_incident(json.dumps(doc).encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -63,17 +64,25 @@ def heal_incident(state: str = "open", incident_id: str = "0.abc", **labels: str
     )
 
 
+def live_lock(rollout_id: str, expires_in: float = 300) -> contract.Lock:
+    now = datetime.fromtimestamp(NOW, UTC)
+    return contract.Lock(
+        "f", "ops", "rollout", rollout_id, now - timedelta(seconds=60), now + timedelta(seconds=expires_in)
+    )
+
+
 def decide(inc: Incident, snapshot: list[MigState], lock: bool = False, cfg=CFG) -> Decision:
+    """`lock`: the fleet lock is held by some rollout (not one that marked these instances)."""
     target = policy.heal_target(inc)
     assert isinstance(target, InstanceTarget)
-    return policy.decide_heal(inc, target, snapshot, lock, NOW, cfg)
+    return policy.decide_heal(inc, target, snapshot, live_lock("r-other") if lock else None, NOW, cfg)
 
 
 def test_first_step_is_a_reset_with_a_claim_label():
     d = decide(heal_incident(), fleet(member(1), member(2)))
     assert (d.action, d.reason, d.member.name) == ("reset", "first-step", "web-1")
     assert d.labels[contract.HEAL_LABEL] == f"reset-{int(NOW)}-{contract.incident_key('0.abc')}"
-    assert d.request_id == policy.request_id("heal", "0.abc", "reset", str(REF), "web-1")
+    assert d.request_id == policy.request_id("heal", "0.abc", "reset", str(int(NOW)), str(REF), "web-1")
 
 
 def test_request_ids_are_stable_uuids():
@@ -86,7 +95,7 @@ def test_redelivery_replays_the_same_request():
     mark = policy.heal_mark("reset", NOW - 5, contract.incident_key("0.abc"))
     d = decide(heal_incident(), fleet(member(1, labels={contract.HEAL_LABEL: mark})))
     assert (d.action, d.reason, d.labels) == ("reset", "replay", None)
-    assert d.request_id == policy.request_id("heal", "0.abc", "reset", str(REF), "web-1")
+    assert d.request_id == policy.request_id("heal", "0.abc", "reset", str(int(NOW - 5)), str(REF), "web-1")
 
 
 def test_escalates_to_recreate_when_a_reset_did_not_help():
@@ -108,7 +117,8 @@ def test_settling_after_a_recent_heal_of_another_incident():
 @pytest.mark.parametrize(
     ("changes", "lock", "reason"),
     [
-        ({"labels": {contract.ROLLOUT_LABEL: "r-1"}}, False, "under-rollout"),
+        ({"labels": {contract.ROLLOUT_LABEL: "r-other"}}, True, "under-rollout"),
+        ({"labels": {contract.ROLLOUT_LABEL: "r-1"}}, True, "fleet-locked"),
         ({}, True, "fleet-locked"),
         ({"current_action": "RECREATING"}, False, "action-running"),
         ({"created": NOW - 60}, False, "too-young"),
@@ -143,12 +153,12 @@ def test_budget_percentage_of_the_mig():
     members = [member(i) for i in range(1, 11)]
     members[4] = member(5, current_action="RECREATING")
     d = policy.decide_heal(
-        heal_incident(), InstanceTarget("", "", "1001", ""), fleet(*members), False, NOW, cfg
+        heal_incident(), InstanceTarget("", "", "1001", ""), fleet(*members), None, NOW, cfg
     )
     assert d.action == "reset", "20% of 10 allows 2 at once"
     members[5] = member(6, current_action="RECREATING")
     d = policy.decide_heal(
-        heal_incident(), InstanceTarget("", "", "1001", ""), fleet(*members), False, NOW, cfg
+        heal_incident(), InstanceTarget("", "", "1001", ""), fleet(*members), None, NOW, cfg
     )
     assert d.reason == "budget-exhausted"
 
@@ -270,7 +280,7 @@ def test_autoscaler_bounds():
 def test_choose_mig():
     migs = [REF, OTHER]
     assert policy.choose_mig(scale_incident(), migs) == REF
-    named = scale_incident(**{"fleet-mig": "batch"})
+    named = Incident("0.s", "open", "1.2", policy_user_labels={"fleet-action": "scale", "fleet-mig": "batch"})
     assert policy.choose_mig(named, migs) == OTHER
     unknown = scale_incident(**{"fleet-mig": "nope"})
     assert policy.choose_mig(unknown, migs).reason == "outside-migs"
@@ -282,3 +292,146 @@ def test_choose_mig():
 def test_scale_ignores_other_policies_and_closed_incidents():
     assert policy.scale_intent(heal_incident(), CFG).reason == "not-scale-policy"
     assert policy.scale_intent(scale_incident(state="closed"), CFG).reason == "closed"
+
+
+# --- issue 12: scale bounds, scale scoping, stale rollout marks, replays, strict numbers ------------
+
+
+def test_policy_labels_narrow_the_configured_bounds_never_widen_them():
+    """Configured [2, 6]: a label max of 50 or min of 0 is clamped back into it (and said so)."""
+    wide = policy.scale_intent(
+        scale_incident("out", **{"fleet-scale-max": "50", "fleet-scale-step": "46"}), CFG
+    )
+    assert isinstance(wide, ScaleIntent) and (wide.minimum, wide.maximum) == (2, 6)
+    assert any("fleet-scale-max=50" in note and "FLEET_SCALE_MAX=6" in note for note in wide.notes)
+    d = scale(
+        scale_incident("out", **{"fleet-scale-max": "50", "fleet-scale-step": "46"}), mig(4, (3600,) * 4)
+    )
+    assert (d.action, d.new_size) == ("resize", 6)
+    d = scale(scale_incident("in", **{"fleet-scale-min": "0", "fleet-scale-step": "4"}), mig(4, (3600,) * 4))
+    assert (d.action, d.new_size) == ("resize", 2)
+    narrow = policy.scale_intent(
+        scale_incident("out", **{"fleet-scale-min": "3", "fleet-scale-max": "4"}), CFG
+    )
+    assert isinstance(narrow, ScaleIntent) and (narrow.minimum, narrow.maximum, narrow.notes) == (3, 4, ())
+    outside = policy.scale_intent(scale_incident("out", **{"fleet-scale-min": "8"}), CFG)
+    assert isinstance(outside, Decision) and outside.reason == "bad-policy-labels"
+    auto = Autoscaler("web-as", 2, 4, "ON")
+    d = scale(
+        scale_incident("out", **{"fleet-scale-max": "50", "fleet-scale-step": "40"}), mig(autoscaler=auto)
+    )
+    assert (d.action, d.new_min, d.new_max) == ("autoscaler", 6, 6)
+
+
+def scale_on(resource: dict[str, str], **labels: str) -> Incident:
+    user = {"fleet-action": "scale", "fleet-scale-direction": "out", **labels}
+    return Incident("0.s", "open", "1.2", policy_user_labels=user, resource_labels=resource)
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        {"project_id": "proj-b2", "zone": "us-central1-a", "instance_id": "1001"},  # another project
+        {"project_id": "proj-a1", "zone": "us-central1-b", "instance_id": "1001"},  # another zone
+        {"project_id": "proj-a1", "location": "us-central1-a", "instance_group_name": "batch"},  # unmanaged
+        {"project_id": "proj-a1", "location": "us-central1-b", "instance_group_name": "web"},  # same name
+        {"project_id": "proj-a1", "zone": "us-central1-b", "location": "us-central1-a"},  # conflicting
+        {"project_id": "proj-a1", "region": "europe-west1"},
+    ],
+)
+def test_scale_refuses_incidents_about_other_things(resource):
+    assert policy.choose_mig(scale_on(resource), [REF]).reason == "outside-migs"
+
+
+def test_scale_refuses_a_policy_label_that_contradicts_the_resource():
+    named = scale_on({"instance_group_name": "batch", "location": "us-central1-a"}, **{"fleet-mig": "web"})
+    assert policy.choose_mig(named, [REF, OTHER]).reason == "outside-migs"
+
+
+def test_scale_accepts_what_matches_and_checks_the_instance_is_a_member():
+    inc = scale_on({"project_id": "proj-a1", "zone": "us-central1-a", "instance_id": "1001"})
+    assert policy.choose_mig(inc, [REF]) == REF
+    assert scale(inc, MigState(REF, 2, (member(1), member(2)))).action == "resize"
+    unknown = scale_on({"project_id": "proj-a1", "zone": "us-central1-a", "instance_id": "777"})
+    d = scale(unknown, MigState(REF, 2, (member(1), member(2))))
+    assert (d.action, d.reason) == ("none", "outside-migs")
+    by_name = scale_on({"project_id": "proj-a1", "zone": "us-central1-a"}, **{"fleet-mig": "web"})
+    by_name = Incident(**{**by_name.__dict__, "metric_labels": {"instance_name": "web-9"}})
+    assert scale(by_name, MigState(REF, 2, (member(1), member(2)))).reason == "outside-migs"
+    regional = MigRef("proj-a1", "us-central1", "web")
+    zoned = scale_on({"project_id": "proj-a1", "zone": "us-central1-c", "instance_group_name": "web"})
+    assert policy.choose_mig(zoned, [regional]) == regional
+    assert policy.choose_mig(scale_on({"zone": "us-east1-b"}), [regional]).reason == "outside-migs"
+
+
+def test_stale_rollout_mark_does_not_block_healing():
+    marked = member(1, labels={contract.ROLLOUT_LABEL: "r-dead"})
+    d = policy.decide_heal(heal_incident(), InstanceTarget("", "", "1001", ""), fleet(marked), None, NOW, CFG)
+    assert (d.action, d.reason) == ("reset", "first-step")
+    assert "stale" in d.detail and "r-dead" in d.detail
+    expired = live_lock("r-dead", expires_in=-1)
+    d = policy.decide_heal(
+        heal_incident(), InstanceTarget("", "", "1001", ""), fleet(marked), expired, NOW, CFG
+    )
+    assert d.action == "reset"
+    held = live_lock("r-dead")
+    d = policy.decide_heal(heal_incident(), InstanceTarget("", "", "1001", ""), fleet(marked), held, NOW, CFG)
+    assert (d.action, d.reason) == ("none", "under-rollout")
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"status": "STAGING"}, "transitioning"),
+        ({"created": NOW - 60}, "too-young"),
+        ({"created": None}, "action-running"),
+    ],
+)
+def test_a_redelivery_passes_the_same_checks_as_a_first_delivery(changes, reason):
+    mark = policy.heal_mark("reset", NOW - 5, contract.incident_key("0.abc"))
+    d = decide(heal_incident(), fleet(member(1, labels={contract.HEAL_LABEL: mark}, **changes)))
+    assert (d.action, d.reason) == ("none", reason)
+
+
+def test_a_redelivery_respects_the_budget():
+    mark = policy.heal_mark("reset", NOW - 5, contract.incident_key("0.abc"))
+    busy = [member(2, current_action="RECREATING"), member(3, current_action="RESTARTING")]
+    d = decide(heal_incident(), fleet(member(1, labels={contract.HEAL_LABEL: mark}), *busy))
+    assert (d.action, d.reason) == ("none", "budget-exhausted")
+
+
+def test_a_late_redelivery_is_not_replayed():
+    """Past the settle time Compute's requestId dedupe is not relied on: no blind repeat."""
+    key = contract.incident_key("0.abc")
+    late = member(1, labels={contract.HEAL_LABEL: policy.heal_mark("reset", NOW - 600, key)})
+    d = decide(heal_incident(), fleet(late))
+    assert (d.action, d.reason) == ("none", "already-handled")
+    very_late = member(1, labels={contract.HEAL_LABEL: policy.heal_mark("recreate", NOW - 4000, key)})
+    d = decide(heal_incident(), fleet(very_late))
+    assert (d.action, d.reason) == ("reset", "first-step")
+    first = policy.request_id("heal", "0.abc", "recreate", str(int(NOW - 4000)), str(REF), "web-1")
+    assert d.request_id != first, "a new attempt is a new request, not one Compute may still dedupe"
+
+
+@pytest.mark.parametrize("raw", ["²", "١٢", "3 ", "+3", "-1", "0x3", "3.0", "٣"])
+def test_scale_labels_are_parsed_strictly(raw):
+    d = policy.scale_intent(scale_incident("out", **{"fleet-scale-step": raw}), CFG)
+    assert isinstance(d, Decision) and d.reason == "bad-policy-labels"
+    assert "fleet-scale-step" in d.detail and "whole number" in d.detail
+
+
+def test_missing_policy_labels_name_the_keys_and_values_expected():
+    heal = policy.heal_target(Incident("0.a", "open", "1.2", policy_name="p", policy_user_labels={}))
+    assert "fleet-action=autoheal" in heal.detail
+    no_scale = policy.scale_intent(Incident("0.a", "open", "1.2", policy_name="p"), CFG)
+    assert "fleet-action=scale" in no_scale.detail
+    no_direction = policy.scale_intent(
+        Incident("0.a", "open", "1.2", policy_user_labels={"fleet-action": "scale"}), CFG
+    )
+    assert (
+        "fleet-scale-direction=out" in no_direction.detail
+        and "fleet-scale-direction=in" in no_direction.detail
+    )
+    anonymous = Incident("0.s", "open", "1.2", policy_user_labels={"fleet-action": "scale"})
+    ambiguous = policy.choose_mig(anonymous, [REF, OTHER])
+    assert "fleet-mig=web" in ambiguous.detail and "fleet-mig=batch" in ambiguous.detail
