@@ -31,6 +31,7 @@ from fleet.local import compute_docker
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
+from fleet.lock import FleetLock
 from functions.fleet_contract import ROLLOUT_LABEL
 from tests.fixtures.sshd import fab
 
@@ -261,9 +262,15 @@ def test_autoheal_respects_the_rollout_mark_and_resets_for_real(
     key = host_key(fleet, member.name)
     calls_url = f"{compute.endpoint}/_local/calls"
 
+    # a live rollout: it holds the fleet lock and has marked the member
+    fleet_lock = FleetLock(compute, CFG.project, CFG.name)
+    held = fleet_lock.acquire("ci", "gce test rollout", "r-gce-test", ttl=300)
     compute.set_label(CFG.project, CFG.zone, member.name, ROLLOUT_LABEL, "r-gce-test")  # the rollout's mark
     requests.delete(calls_url, timeout=5)
-    decision = autoheal(monkeypatch, capsys, compute, member)
+    try:
+        decision = autoheal(monkeypatch, capsys, compute, member)
+    finally:
+        fleet_lock.release(held)
     assert decision["reason"] == "under-rollout", decision
     methods = {c["method"] for c in requests.get(calls_url, timeout=5).json()["calls"]}
     assert "instanceGroupManagers.listManagedInstances" in methods  # it looked...
