@@ -1,5 +1,5 @@
-"""`fab` entry point: tasks live in fleet/tasks; `fab --list` shows them, `fab --help TASK` explains one."""
+"""`fab` entry point: tasks live in fleet/cli; `fab --list` shows them, `fab --help TASK` explains one."""
 
-from fleet.tasks import namespace
+from fleet.cli import namespace
 
 ns = namespace()

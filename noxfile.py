@@ -54,7 +54,7 @@ def demo(session: nox.Session) -> None:
     """The main job: bring up the local fleet and roll a release across it (see README)."""
     _install(session)
     session.run("python", "-m", "fleet.hostsetup", "demo")
-    session.run("python", "-m", "fleet.demo", *session.posargs)
+    session.run("python", "-m", "fleet.scenarios.demo", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -9,6 +9,7 @@ import sys
 # name -> module with a main() that runs the benchmark and writes its section
 BENCHMARKS = {
     "ssh": "bench.ssh_fanout",
+    "startup": "bench.startup",
 }
 OPTIONAL = {
     "local_fleet": "bench.local_fleet",

@@ -160,9 +160,9 @@ def handler_times(count: int = 200) -> list[float]:
     """Milliseconds per delivery through functions-framework's app to the local Compute endpoint."""
     import functions_framework
 
-    from fleet.local.compute_api import ComputeApi
-    from fleet.local.compute_state import InMemoryCompute
-    from fleet.local.pubsub_api import binary_cloudevent
+    from standins.compute_api import ComputeApi
+    from standins.compute_state import InMemoryCompute
+    from standins.pubsub_api import binary_cloudevent
 
     backend = InMemoryCompute(action_seconds=0.05, op_seconds=0.01)
     names = backend.add_mig(PROJECT, ZONE, "web", size=20, age=7200)

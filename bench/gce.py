@@ -56,8 +56,8 @@ def _inventory(path: Path, url: str, extra: dict[str, object] | None = None) -> 
 
 def inventory_rows(tmp: Path) -> list[tuple[str, str, str]]:
     from fleet import inventory
-    from fleet.local.compute_api import ComputeApi
-    from fleet.local.compute_state import InMemoryCompute
+    from standins.compute_api import ComputeApi
+    from standins.compute_state import InMemoryCompute
 
     backend = InMemoryCompute()
     backend.add_mig("bench-project", "europe-west1-b", "dify-mig", size=MEMBERS)
@@ -89,10 +89,10 @@ def inventory_rows(tmp: Path) -> list[tuple[str, str, str]]:
 
 def hostkey_rows(tmp: Path) -> list[tuple[str, str, str]]:
     from fleet import inventory
-    from fleet.local.compute_api import ComputeApi
-    from fleet.local.compute_state import InMemoryCompute
     from fleet.local.sshd_hosts import SshdFleet
-    from fleet.runner import command_step, run_on
+    from fleet.ssh.runner import command_step, run_on
+    from standins.compute_api import ComputeApi
+    from standins.compute_state import InMemoryCompute
 
     fleet = SshdFleet(tmp / "sshd").create(SSHD_HOSTS).start()
     backend = InMemoryCompute()
@@ -152,8 +152,8 @@ def hostkey_rows(tmp: Path) -> list[tuple[str, str, str]]:
 
 def docker_rows() -> list[tuple[str, str, str]]:
     """The local MIG: one fleet of its own (the test module's names), 2 instances on 1.0.0."""
-    from fleet.gce import Compute, MigRef
-    from fleet.local import compute_docker
+    from fleet.gcp.compute import Compute, MigRef
+    from fleet.local import compute_endpoint
     from fleet.local.config import LocalConfig
     from fleet.local.instances import LocalFleet
     from fleet.local.progress import Progress
@@ -178,8 +178,8 @@ def docker_rows() -> list[tuple[str, str, str]]:
             subprocess.run(
                 [fab, *task, "--inventory", str(cfg.inventory_dir)], capture_output=True, check=True
             )
-        compute = Compute(compute_docker.endpoint_url(cfg), op_timeout=120)
-        ref = MigRef(cfg.project, cfg.zone, compute_docker.mig_name(cfg))
+        compute = Compute(compute_endpoint.endpoint_url(cfg), op_timeout=120)
+        ref = MigRef(cfg.project, cfg.zone, compute_endpoint.mig_name(cfg))
 
         def until_stable(start: float) -> float:
             compute.wait_stable(ref, timeout=300, poll=0.2)

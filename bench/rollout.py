@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import write_section
-from fleet.loadgen import LoadGen, LoadReport
 from fleet.local.config import LocalConfig
 from fleet.local.engine import ensure_engine
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
 from fleet.rollout import Report
+from fleet.scenarios.loadgen import LoadGen, LoadReport
 
 COMMAND = "python -m bench rollout"
 N = 4
@@ -77,7 +77,7 @@ def rollout(inv: str, version: str) -> Report:
 
 
 def deploy(inv: str, version: str) -> None:
-    from fleet import deploy as dp
+    from fleet.rollout import deploy as dp
 
     report = dp.deploy_release(inv, version=version)
     if not report.ok:

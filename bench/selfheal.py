@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 from bench.report import write_section
-from fleet.local.alertpath import AlertPath, AlertPathSettings
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
-from fleet.local.monitor import MonitorSettings
 from fleet.local.progress import Progress
-from fleet.local.selfheal import HealReport, run_heal, run_scale, wait_stable
+from fleet.scenarios.alertpath import AlertPath, AlertPathSettings
+from fleet.scenarios.monitor import MonitorSettings
+from fleet.scenarios.selfheal import HealReport, run_heal, run_scale, wait_stable
 
 COMMAND = "python -m bench selfheal"
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def main() -> None:
     high, low = scale.high_load, scale.low_load
     load = os.getloadavg()[0]
     body = f"""A local fleet of {INSTANCES} instances on release {VERSION}, its own alert path running
-(`fleet/local/alertpath.py`). Settings: uptime check every {m.period:g} s (timeout {m.timeout:g} s),
+(`fleet/scenarios/alertpath.py`). Settings: uptime check every {m.period:g} s (timeout {m.timeout:g} s),
 incident after {m.fail_after} failed checks, second incident after {m.escalate_after}, closed after
 {m.pass_after} passes, renotify every {m.renotify:g} s; autoheal initial delay {s.heal_initial_delay} s,
 settle {s.heal_settle} s; the LB checks every 1 s (rise 2, fall 2). Load average when it ended:

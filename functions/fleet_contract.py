@@ -24,7 +24,7 @@ HEAL_LABEL = "fleet-heal"
 # Written by autoheal when an incident's "closed" arrives before any action: "<incident key>".
 HEAL_CLOSED_LABEL = "fleet-heal-closed"
 
-# --- alert policy user labels the functions act on (fleet/monitoring.py sets them) ------------------
+# --- alert policy user labels the functions act on (fleet/alerting/policies.py sets them) ------------------
 
 POLICY_ACTION_LABEL = "fleet-action"  # "autoheal" | "scale"
 POLICY_ACTION_HEAL = "autoheal"

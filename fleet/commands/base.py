@@ -98,7 +98,7 @@ class Command:
 
 def secret_forms(secret: str) -> set[str]:
     """The ways a secret value shows up in text: as is, escaped inside a double-quoted `.env` value
-    (fleet/envfile.py: `\\`, `"`, `$`), URL-encoded (derived URLs such as the Celery broker URL, path
+    (fleet/release/envfile.py: `\\`, `"`, `$`), URL-encoded (derived URLs such as the Celery broker URL, path
     and form style) and JSON-escaped (`--json` output, logs)."""
     dq = secret.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
     forms = {

@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import re
+import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
-from fleet.bundle import COMPOSE_FILE, ENV_FILE, RELEASE_FILE, files_from_tar
 from fleet.commands.base import Command, abs_path, name, q, release_id, secret_forms, sh
 from fleet.errors import FleetError
 
 DEFAULT_ROOT = "/opt/fleet/dify"
+COMPOSE_FILE = "docker-compose.yaml"
+ENV_FILE = ".env"
+RELEASE_FILE = "release.json"
 DEFAULT_PROJECT = "dify"
 _SHA256_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
 _WORKING_DIR_RE = re.compile(r"com\.docker\.compose\.project\.working_dir=([^,]*)")
@@ -332,7 +337,7 @@ def parse_host_state(stdout: str) -> HostState:
 
 
 def archive_release(layout: Layout, rid: str | None = None) -> Command:
-    """The files of releases/<id> (default: current) as base64 of a tar, for `fleet.bundle.diff`.
+    """The files of releases/<id> (default: current) as base64 of a tar, for `fleet.release.bundle.diff`.
     The OUTPUT holds the release's .env with its secrets: decode it, never log it."""
     path = layout.release(rid) if rid else layout.current
     script = f"if [ -d {q(path + '/')} ]; then tar -C {q(path + '/')} -cf - . | base64 -w0; fi; echo"
@@ -796,3 +801,21 @@ def prune(
             raise FleetError(f"invalid image reference {image!r}")
         lines.append(f"docker image rm {q(image)} >/dev/null 2>&1 || true")
     return Command(_script(*lines), f"prune {len(ids)} releases")
+
+
+def files_from_tar(data: bytes, where: str | None = None) -> dict[str, bytes]:
+    """Regular files of a release tar (e.g. a host's current release), refusing unsafe names."""
+    out: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if not member.isfile() or not name:
+                    continue
+                if name.startswith("/") or ".." in PurePosixPath(name).parts:
+                    raise FleetError(f"unsafe path {member.name!r} in release archive", where=where)
+                extracted = tar.extractfile(member)
+                out[name] = extracted.read() if extracted else b""
+    except tarfile.TarError as exc:
+        raise FleetError(f"not a release archive: {exc}", where=where) from None
+    return out

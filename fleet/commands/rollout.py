@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fleet import hosttasks as ht
 from fleet.commands import release as rc
 from fleet.commands.base import Command, q, release_id, sh
+from fleet.commands.health import health_command
 from fleet.errors import FleetError
 
 BEAT = "worker_beat"
@@ -78,7 +78,7 @@ UNDRAIN_FAILED = 97
 
 def undrain_then_probe(layout: rc.Layout, port: int) -> Command:
     """Remove the drain flag (exit 97 if that fails), then probe /health through nginx: one round trip."""
-    probe = ht.health_command(port)
+    probe = health_command(port)
     return Command(
         f"{rc.undrain(layout).script} || exit {UNDRAIN_FAILED}\n{probe.script}", "undrain and probe"
     )

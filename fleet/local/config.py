@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.errors import FleetError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+from fleet.paths import REPO_ROOT
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 

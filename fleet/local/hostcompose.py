@@ -20,9 +20,9 @@ from pathlib import Path
 
 from fleet.errors import HostSetupError
 from fleet.local.rootfs import configured_mirror
+from fleet.paths import STATE_DIR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-CACHE_DIR = REPO_ROOT / ".fleet" / "hostcompose"
+CACHE_DIR = STATE_DIR / "hostcompose"
 PLUGIN_DIR = Path("/usr/local/lib/docker/cli-plugins")
 SUITE = "trixie"
 PACKAGE = "docker-compose"

@@ -23,7 +23,7 @@ from fleet.local import dockercmd, execute
 
 def published_port(state_dir: Path, project: str, zone: str, instance: str, port: int) -> int:
     """The 127.0.0.1 port that reaches `port` of the instance (what IAP would connect to)."""
-    from fleet.local.compute_docker import load_config
+    from fleet.local.compute_endpoint import load_config
 
     config = load_config(state_dir)
     if project != config.project or zone != config.zone:

@@ -122,7 +122,7 @@ class LocalFleet:
                     self._depth -= 1
                 return
             self.config.state_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.config.state_dir / "fleet.lock", "w") as handle:
+            with open(self.config.state_dir / "fleet.rollout.lock", "w") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 self._depth = 1
                 try:
@@ -309,10 +309,10 @@ class LocalFleet:
             for r in records
             if r.host_key
         ]
-        from fleet.local import compute_docker
+        from fleet.local import compute_endpoint
 
         inventory_writer.write(
-            self.config, entries, compute_endpoint=compute_docker.endpoint_url(self.config)
+            self.config, entries, compute_endpoint=compute_endpoint.endpoint_url(self.config)
         )
         self.lb.sync([Member(r.name, r.http_port) for r in records])
         return records
@@ -363,10 +363,10 @@ class LocalFleet:
 
     def start_compute(self) -> str:
         """The fleet's Compute endpoint (fleet/local/compute_docker.py), started unless it runs; its URL."""
-        from fleet.local import compute_docker
+        from fleet.local import compute_endpoint
 
         with self.progress.step("compute endpoint"):
-            return compute_docker.ensure_endpoint(self.config)
+            return compute_endpoint.ensure_endpoint(self.config)
 
     def add_instance(self) -> Instance:
         """One more instance at the lowest free index; the others are not touched."""
@@ -449,9 +449,9 @@ class LocalFleet:
         registry container (its data stays) and the network.
 
         The registry container stays while another fleet's instances exist (it is shared)."""
-        from fleet.local import compute_docker
+        from fleet.local import compute_endpoint
 
-        compute_docker.stop_endpoint(self.config)
+        compute_endpoint.stop_endpoint(self.config)
         with self._locked():
             indices = sorted(self._inspect())
             names = [self.config.container_name(i) for i in indices]
@@ -531,11 +531,11 @@ class LocalFleet:
 
     def compute_status(self) -> dict[str, Any]:
         """The Compute endpoint: URL, whether it answers, the MIG it serves (docs/gce.md)."""
-        from fleet.local import compute_docker
+        from fleet.local import compute_endpoint
 
-        running = compute_docker.running_endpoint(self.config)
+        running = compute_endpoint.running_endpoint(self.config)
         return {
             "running": running is not None,
-            "url": compute_docker.endpoint_url(self.config),
-            "mig": f"{self.config.project}/{self.config.zone}/{compute_docker.mig_name(self.config)}",
+            "url": compute_endpoint.endpoint_url(self.config),
+            "mig": f"{self.config.project}/{self.config.zone}/{compute_endpoint.mig_name(self.config)}",
         }

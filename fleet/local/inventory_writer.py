@@ -164,7 +164,7 @@ def groups_doc() -> dict[str, Any]:
 
 def gce_doc(config: LocalConfig, compute_endpoint: str) -> dict[str, Any]:
     """The local Compute endpoint's project, zone and MIG (fleet/local/compute_docker.py)."""
-    from fleet.local.compute_docker import mig_name
+    from fleet.local.compute_endpoint import mig_name
 
     mig = {"project": config.project, "zone": config.zone, "name": mig_name(config)}
     return {"project": config.project, "zone": config.zone, "api_endpoint": compute_endpoint, "migs": [mig]}
@@ -210,7 +210,7 @@ def mig_defaults_doc(
     """`inventory/local/mig/`: the same fleet seen the production way. Hosts are the MIG's members,
     reached through the IAP stand-in (fleet/local/iap_tunnel.py) under `compute.<instance-id>`, with
     host keys from guest attributes only (its known_hosts pins nothing)."""
-    from fleet.local.compute_docker import state_dir
+    from fleet.local.compute_endpoint import state_dir
 
     data = dict(static_defaults["data"])
     data["ssh"] = {

@@ -36,11 +36,12 @@ def fleet_version(versions: list[str]) -> str | None:
 
 def provision(config: LocalConfig, name: str, log: Callable[[str], None] = print) -> str:
     """Bootstrap `name` and start the fleet's current release on it; returns a one-line summary."""
-    from fleet import deploy, inventory
-    from fleet import hosttasks as ht
+    from fleet import inventory
     from fleet.commands.bootstrap import bootstrap_command
-    from fleet.plan import default_timings
-    from fleet.runner import HostContext, HostResult, run_on
+    from fleet.release import hoststeps as ht
+    from fleet.rollout import deploy
+    from fleet.rollout.plan import default_timings
+    from fleet.ssh.runner import HostContext, HostResult, run_on
 
     inv = inventory.load(str(config.inventory_dir))
     if name not in inv.hosts:

@@ -27,14 +27,14 @@ from fleet.rollout.model import (
     Report,
 )
 from fleet.rollout.planning import decide, final_outcome, resume_command
-from fleet.runner import HostResult
+from fleet.ssh.runner import HostResult
 
 if TYPE_CHECKING:
-    from fleet.bundle import Bundle
     from fleet.inventory import FleetHost
-    from fleet.journal import Journal
-    from fleet.lbview import LBView
+    from fleet.release.bundle import Bundle
     from fleet.rollout.hostops import HostOps
+    from fleet.rollout.journal import Journal
+    from fleet.rollout.lbview import LBView
 
 POLL = 0.5
 SERVE_TIMEOUT = 15.0  # after undrain, nginx -> api must answer at once: the api is already healthy

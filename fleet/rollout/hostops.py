@@ -4,7 +4,7 @@ reused connection per host).
 
 The engine never sees Nornir, a connection or a shell command: unit tests drive it with a fake
 `HostOps` (tests/unit/test_rollout_engine.py). Every method raises on failure, as the host steps of
-fleet.hosttasks do (`StepError`, or a connection error that `unreachable()` recognises).
+fleet.release.hoststeps do (`StepError`, or a connection error that `unreachable()` recognises).
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fleet import hosttasks as ht
 from fleet.commands import release as rc
 from fleet.commands import rollout as cr
-from fleet.runner import HostContext, HostResult, run_step
+from fleet.release import hoststeps as ht
+from fleet.ssh.runner import HostContext, HostResult, run_step
 
 if TYPE_CHECKING:
     from nornir.core import Nornir
 
-    from fleet.bundle import Bundle
     from fleet.inventory import FleetHost
+    from fleet.release.bundle import Bundle
 
 HostFn = Callable[[str], HostResult]
 
@@ -92,7 +92,7 @@ class HostOps(Protocol):
 
 
 class SshHostOps:
-    """`HostOps` over SSH: fleet.hosttasks steps and fleet.commands builders on the Nornir runner."""
+    """`HostOps` over SSH: fleet.release.hoststeps steps and fleet.commands builders on the Nornir runner."""
 
     def __init__(self, nr: Nornir) -> None:
         self.nr = nr  # every host of the inventory (connections open lazily)
@@ -118,8 +118,8 @@ class SshHostOps:
     def unreachable(self, exc: BaseException) -> bool:
         import paramiko
 
-        from fleet.connection import UnreachableError
         from fleet.errors import HostKeyError
+        from fleet.ssh.connection import UnreachableError
 
         return isinstance(exc, (UnreachableError, HostKeyError, OSError, EOFError, paramiko.SSHException))
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from contextlib import suppress
 
-from fleet import hosttasks as ht
 from fleet.commands import release as rc
 from fleet.errors import FleetError
+from fleet.release import hoststeps as ht
 from fleet.rollout.engine import POLL, SERVE_TIMEOUT, Engine, _text
 from fleet.rollout.model import HostFailed, HostOutcome, Interrupted, Release
-from fleet.runner import HostResult
+from fleet.ssh.runner import HostResult
 
 
 class InPlace(Engine):

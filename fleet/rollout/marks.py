@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fleet.gce import Compute
+    from fleet.gcp.compute import Compute
     from fleet.inventory import FleetHost
 
 

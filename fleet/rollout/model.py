@@ -6,15 +6,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fleet import hosttasks as ht
 from fleet.commands import release as rc
 from fleet.commands.base import release_id
 from fleet.commands.rollout import BEAT
 from fleet.errors import FleetError
-from fleet.plan import Timings
+from fleet.release import hoststeps as ht
+from fleet.rollout.plan import Timings
 
 if TYPE_CHECKING:
-    from fleet.bundle import Bundle
+    from fleet.release.bundle import Bundle
 
 ON_FAILURE = ("rollback", "pause", "continue")
 EXIT_CODES = {"succeeded": 0, "failed": 1, "rolled-back": 3, "paused": 4, "interrupted": 4}

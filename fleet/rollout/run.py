@@ -7,24 +7,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fleet import hosttasks as ht
 from fleet.commands import release as rc
 from fleet.errors import FleetError
+from fleet.release import hoststeps as ht
 from fleet.rollout.engine import Engine, Observer, _text
 from fleet.rollout.hostops import HostOps, SshHostOps
 from fleet.rollout.inplace import InPlace
 from fleet.rollout.marks import Marks
 from fleet.rollout.model import Plan, Release, Report
 from fleet.rollout.planning import pick_release
-from fleet.runner import HostContext, HostResult, run_step
+from fleet.ssh.runner import HostContext, HostResult, run_step
 
 if TYPE_CHECKING:
     from nornir.core import Nornir
 
-    from fleet.bundle import Bundle
     from fleet.inventory import FleetHost, Inventory
-    from fleet.journal import Journal
-    from fleet.lbview import LBView
+    from fleet.release.bundle import Bundle
+    from fleet.rollout.journal import Journal
+    from fleet.rollout.lbview import LBView
 
 
 def read_states(nr: Nornir, *, preflight: bool = False) -> dict[str, rc.HostState]:
@@ -46,7 +46,7 @@ def _state_step(ctx: HostContext) -> HostResult:
 
 
 def _ready_step(ctx: HostContext) -> HostResult:
-    from fleet.deploy import check_ready
+    from fleet.rollout.deploy import check_ready
 
     return HostResult(ctx.host.name, "ok", data={"state": check_ready(ctx)})
 
@@ -94,7 +94,7 @@ class Run:
 
     inv: Inventory
     nr: Nornir
-    lock: Any  # fleet.lock.FleetLock
+    lock: Any  # fleet.rollout.lock.FleetLock
     lb: Callable[[FleetHost], LBView]
     marks: Marks
     journal_dir: Any  # pathlib.Path
@@ -108,15 +108,15 @@ class Run:
 
 
 def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
-    """Lock, journal, engine, unlock. `resume` is a fleet.journal.Replay of the rollout to continue.
+    """Lock, journal, engine, unlock. `resume` is a fleet.rollout.journal.Replay of the rollout to continue.
 
     A resume claims the journal first (one process per rollout: a second `--resume` is refused), then
     takes the lock (refused while another process holds this rollout). A lock that is lost, or that
     cannot be renewed in time, stops the engine at its next step (hosts undrained) and is journaled."""
     import os
 
-    from fleet import journal as jr
-    from fleet import lock as lk
+    from fleet.rollout import journal as jr
+    from fleet.rollout import lock as lk
 
     journal: Journal | None = None
     if resume is not None:

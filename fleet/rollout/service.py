@@ -3,7 +3,7 @@ journal, engine, unlock, and a typed `Outcome` back. `fab rollout`/`fab rollback
 benchmark all call `perform`; only how they show it differs (the `Hooks`).
 
 Nothing here prints or asks: a caller that wants the plan shown, a confirmation, a progress display
-or Ctrl-C handling passes hooks (fleet/tasks/rollout.py does all four).
+or Ctrl-C handling passes hooks (fleet/cli/rollout.py does all four).
 """
 
 from __future__ import annotations
@@ -114,10 +114,10 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
     hooks = hooks or Hooks()
     warn = hooks.warn
     preload = _preload() if not req.dry_run else None
-    from fleet import journal as jr
-    from fleet import lock as lk
     from fleet import rollout as ro
-    from fleet.runner import build_nornir
+    from fleet.rollout import journal as jr
+    from fleet.rollout import lock as lk
+    from fleet.ssh.runner import build_nornir
 
     inv, chosen = select_hosts(req)
     inventory_arg = req.inventory or inv.name
@@ -168,7 +168,7 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             preload.join()
         store = lk.for_inventory(inv, chosen, warn=warn)
         compute = store.compute
-        from fleet import lbview
+        from fleet.rollout import lbview
 
         views: dict[str, Any] = {}
 
@@ -219,9 +219,9 @@ def _preload() -> threading.Thread:
 
 
 def _plan(req: Request, inv: Any, chosen: list[Any], nr: Any) -> tuple[Any, Any]:
-    from fleet import deploy as dp
-    from fleet import lock as lk
     from fleet import rollout as ro
+    from fleet.rollout import deploy as dp
+    from fleet.rollout import lock as lk
     from fleet.rollout.hostops import SshHostOps
 
     opts = ro.resolve_options(
@@ -268,7 +268,7 @@ def _plan(req: Request, inv: Any, chosen: list[Any], nr: Any) -> tuple[Any, Any]
 
 def _rerender(inv: Any, chosen: list[Any], plan: Any, warn: Any) -> Any:
     """Bundles for a resumed rollout, used only where they still render to the planned release."""
-    from fleet import deploy as dp
+    from fleet.rollout import deploy as dp
 
     version = next(iter(plan.jobs.values())).target.version
     try:
@@ -281,8 +281,8 @@ def _rerender(inv: Any, chosen: list[Any], plan: Any, warn: Any) -> Any:
 
 def _diffs(nr: Any, bundles: Any) -> dict[str, Any]:
     """Per host, what the rollout would change (only when it renders a release: `--version`)."""
-    from fleet import deploy as dp
-    from fleet.runner import run_step
+    from fleet.rollout import deploy as dp
+    from fleet.ssh.runner import run_step
 
     diffs: dict[str, Any] = {}
     if bundles is not None:

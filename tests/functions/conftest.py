@@ -18,10 +18,10 @@ from typing import Any
 import functions_framework
 import pytest
 
-from fleet.local.compute_api import ComputeApi
-from fleet.local.compute_state import InMemoryCompute
-from fleet.local.pubsub_api import LocalPubsub, binary_cloudevent, source_of
-from fleet.local.webhook_sink import WebhookSink
+from standins.compute_api import ComputeApi
+from standins.compute_state import InMemoryCompute
+from standins.pubsub_api import LocalPubsub, binary_cloudevent, source_of
+from standins.webhook_sink import WebhookSink
 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
 if str(FUNCTIONS_DIR) not in sys.path:

@@ -15,9 +15,9 @@ from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
-from fleet.local.compute_api import ComputeApi
-from fleet.local.compute_state import InMemoryCompute
 from functions import fleet_contract as contract
+from standins.compute_api import ComputeApi
+from standins.compute_state import InMemoryCompute
 from tests.functions.conftest import MIG, PROJECT, ZONE
 
 pytestmark = pytest.mark.functions
@@ -260,7 +260,7 @@ def test_cli_serves_a_state_file(tmp_path):
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"migs": [{"project": PROJECT, "zone": ZONE, "name": MIG, "size": 2}]}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.local.compute_api", "--state", str(state)],
+        [sys.executable, "-m", "standins.compute_api", "--state", str(state)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -285,7 +285,7 @@ def test_cli_refuses_a_bad_state_file(tmp_path):
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"migs": [{"zone": ZONE}]}))
     proc = subprocess.run(
-        [sys.executable, "-m", "fleet.local.compute_api", "--state", str(state)],
+        [sys.executable, "-m", "standins.compute_api", "--state", str(state)],
         capture_output=True,
         text=True,
     )

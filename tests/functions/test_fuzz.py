@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.local.pubsub_api import binary_cloudevent
+from standins.pubsub_api import binary_cloudevent
 from tests.functions.conftest import ALERTS, encode, incident
 
 pytestmark = pytest.mark.functions

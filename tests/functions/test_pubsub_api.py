@@ -8,7 +8,7 @@ import pytest
 from google.api_core import exceptions
 from google.cloud import pubsub_v1
 
-from fleet.local.pubsub_api import LocalPubsub
+from standins.pubsub_api import LocalPubsub
 from tests.functions.conftest import PROJECT, PUBSUB_TYPE
 
 pytestmark = pytest.mark.functions

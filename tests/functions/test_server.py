@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1
 
-from fleet.local.compute_api import ComputeApi
-from fleet.local.compute_state import InMemoryCompute
-from fleet.local.pubsub_api import LocalPubsub, source_of
-from fleet.local.webhook_sink import WebhookSink
+from standins.compute_api import ComputeApi
+from standins.compute_state import InMemoryCompute
+from standins.pubsub_api import LocalPubsub, source_of
+from standins.webhook_sink import WebhookSink
 from tests.functions.conftest import (
     ALERTS,
     EVENTS,

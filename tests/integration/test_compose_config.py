@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet import bundle
 from fleet.commands import release as r
 from fleet.errors import FleetError
 from fleet.local import hostcompose
+from fleet.release import bundle
 
 META = bundle.ReleaseMeta(operator="ci", source_commit="f" * 40, created="2026-11-26T07:00:00Z")
 SECRETS = {

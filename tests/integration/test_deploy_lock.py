@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet.gce import Compute
-from fleet.local.compute_api import ComputeApi
-from fleet.local.compute_state import InMemoryCompute
+from fleet.gcp.compute import Compute
 from fleet.local.sshd_hosts import SshdFleet
-from fleet.lock import FleetLock
+from fleet.rollout.lock import FleetLock
 from functions.fleet_contract import LOCK_METADATA_KEY, parse_lock
+from standins.compute_api import ComputeApi
+from standins.compute_state import InMemoryCompute
 from tests.fixtures.sshd import fab
 
 pytestmark = pytest.mark.sshd

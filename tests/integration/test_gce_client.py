@@ -1,4 +1,4 @@
-"""fleet/gce.py with the real google-cloud-compute client against the local Compute endpoint."""
+"""fleet/gcp/compute.py with the real google-cloud-compute client against the local Compute endpoint."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleet.gce import Compute, ComputeError, PreconditionFailed
-from fleet.local.compute_api import ComputeApi
-from fleet.local.compute_state import InMemoryCompute
+from fleet.gcp.compute import Compute, ComputeError, PreconditionFailed
+from standins.compute_api import ComputeApi
+from standins.compute_state import InMemoryCompute
 
 ZONE = "europe-west1-b"
 

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from fleet import inventory
-from fleet.local.compute_api import ComputeApi
-from fleet.local.compute_state import InMemoryCompute
 from fleet.local.sshd_hosts import SshdFleet
-from fleet.runner import command_step, run_on
+from fleet.ssh.runner import command_step, run_on
+from standins.compute_api import ComputeApi
+from standins.compute_state import InMemoryCompute
 from tests.fixtures.sshd import fab
 
 pytestmark = pytest.mark.sshd

@@ -14,9 +14,9 @@ import yaml
 
 from fleet import inventory
 from fleet.errors import FleetError, InventoryError
-from fleet.gce import natural_key
-from fleet.local.compute_api import ComputeApi
-from fleet.local.compute_state import InMemoryCompute
+from fleet.gcp.compute import natural_key
+from standins.compute_api import ComputeApi
+from standins.compute_state import InMemoryCompute
 from tests.fixtures.sshd import fab
 
 PROJECT = "my-project"
@@ -186,9 +186,9 @@ def test_example_production_inventory_loads_and_renders(
     """inventory/example-production, copied as the README says, against a MIG of that name."""
     import shutil
 
-    from fleet import bundle
-    from fleet import hosttasks as ht
-    from fleet.connection import ssh_params
+    from fleet.release import bundle
+    from fleet.release import hoststeps as ht
+    from fleet.ssh.connection import ssh_params
 
     server, backend = api
     backend.add_mig("my-dify-project", ZONE, "dify-mig", size=3, base_instance_name="dify")

@@ -1,5 +1,5 @@
 """The local fleet's Compute endpoint, driven only by the real google-cloud-compute client (through
-fleet/gce.py and the Cloud Functions' functions/gce.py): its MIG IS the fleet's containers.
+fleet/gcp/compute.py and the Cloud Functions' functions/gce.py): its MIG IS the fleet's containers.
 
 A fleet of its own (so the session fleet other modules use is never resized or recreated) comes up
 with its endpoint, and is deployed through its MIG inventory (IAP stand-in, keys from guest
@@ -26,12 +26,12 @@ import requests
 import yaml
 
 from fleet.errors import FleetError
-from fleet.gce import Compute, ComputeError, Member, MigRef, PreconditionFailed, natural_key
-from fleet.local import compute_docker
+from fleet.gcp.compute import Compute, ComputeError, Member, MigRef, PreconditionFailed, natural_key
+from fleet.local import compute_docker, compute_endpoint
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
-from fleet.lock import FleetLock
+from fleet.rollout.lock import FleetLock
 from functions.fleet_contract import ROLLOUT_LABEL
 from tests.fixtures.sshd import fab
 
@@ -47,7 +47,7 @@ CFG = LocalConfig(
     http_base=8900,
     lb_port=18380,
 )
-REF = MigRef(CFG.project, CFG.zone, compute_docker.mig_name(CFG))
+REF = MigRef(CFG.project, CFG.zone, compute_endpoint.mig_name(CFG))
 VERSION = "1.0.0"
 FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
 
@@ -72,7 +72,7 @@ def fleet() -> Iterator[LocalFleet]:
 
 @pytest.fixture
 def compute(fleet: LocalFleet) -> Compute:
-    url = compute_docker.endpoint_url(fleet.config)
+    url = compute_endpoint.endpoint_url(fleet.config)
     assert url is not None
     return Compute(url, op_timeout=60)
 
@@ -158,8 +158,8 @@ def test_labels_and_metadata_survive_an_endpoint_restart(fleet: LocalFleet, comp
     _, fp = compute.project_metadata(CFG.project)
     compute.set_project_metadata(CFG.project, {"compose-fleet-lock": "held"}, fp)
 
-    compute_docker.stop_endpoint(fleet.config, forget=False)
-    assert compute_docker.ensure_endpoint(fleet.config) == compute.endpoint  # same port, same URL
+    compute_endpoint.stop_endpoint(fleet.config, forget=False)
+    assert compute_endpoint.ensure_endpoint(fleet.config) == compute.endpoint  # same port, same URL
     assert dict(compute.instance(CFG.project, CFG.zone, name).labels) == {
         "team": "ops",
         "fleet-rollout": "r1",
@@ -193,7 +193,7 @@ def autoheal(
     """Deliver one Monitoring incident about `member` to the real autoheal function; its decision."""
     import functions_framework
 
-    from fleet.local.pubsub_api import binary_cloudevent
+    from standins.pubsub_api import binary_cloudevent
 
     if str(FUNCTIONS_DIR) not in sys.path:
         sys.path.append(str(FUNCTIONS_DIR))

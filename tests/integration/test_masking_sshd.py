@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import bundle, envfile
-from fleet import hosttasks as ht
 from fleet.commands import release as rc
 from fleet.commands.base import Command
 from fleet.inventory import load
 from fleet.local.sshd_hosts import SshdFleet
-from fleet.runner import HostContext, HostResult, run_on
+from fleet.release import bundle, envfile
+from fleet.release import hoststeps as ht
+from fleet.ssh.runner import HostContext, HostResult, run_on
 from tests.fixtures.sshd import fab
 
 pytestmark = pytest.mark.sshd

@@ -1,5 +1,5 @@
 """`monitoring.plan/apply` with the real google-cloud-monitoring and google-cloud-pubsub clients
-against the local gRPC endpoints (fleet/local/monitoring_api.py, fleet/local/pubsub_api.py), and
+against the local gRPC endpoints (standins/monitoring_api.py, standins/pubsub_api.py), and
 `functions.deploy` run for real (a recording gcloud, and the real gcloud without an account)."""
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from google.cloud.monitoring_v3.services.uptime_check_service.transports import 
 )
 from google.protobuf import field_mask_pb2
 
-from fleet import functions_deploy as fd
 from fleet import inventory
-from fleet import monitoring as mon
-from fleet.local.monitoring_api import LocalMonitoring
-from fleet.local.pubsub_api import LocalPubsub
+from fleet.alerting import functions_deploy as fd
+from fleet.alerting import policies as mon
 from functions import fleet_contract as contract
+from standins.monitoring_api import LocalMonitoring
+from standins.pubsub_api import LocalPubsub
 from tests.unit.test_monitoring import PROJECT, base, write_inventory
 
 REPO = Path(__file__).resolve().parents[2]

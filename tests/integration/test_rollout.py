@@ -28,12 +28,12 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet.gce import Compute
-from fleet.loadgen import LoadGen, LoadReport
+from fleet.gcp.compute import Compute
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
-from fleet.lock import FleetLock
+from fleet.rollout.lock import FleetLock
+from fleet.scenarios.loadgen import LoadGen, LoadReport
 from functions.fleet_contract import ROLLOUT_LABEL, Lock, lock_to_json
 
 pytestmark = pytest.mark.localfleet

@@ -90,7 +90,7 @@ def test_ssh_host_ops_drive_one_host_through_the_engine_seam(layout_fleet: SshdF
     `previous` link are the remote commands of fleet/commands/rollout.py (no Docker needed)."""
     from fleet import inventory
     from fleet.rollout.hostops import SshHostOps
-    from fleet.runner import HostResult, build_nornir
+    from fleet.ssh.runner import HostResult, build_nornir
 
     inv = inventory.load(str(layout_fleet.inventory_dir))
     first = sorted(inv.hosts)[0]

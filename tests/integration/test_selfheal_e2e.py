@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from fleet.local.alertpath import AlertPath, AlertPathSettings
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.local.lb import LoadBalancer
-from fleet.local.monitor import FAILING, STILL_FAILING, MonitorSettings
 from fleet.local.progress import Progress
-from fleet.local.selfheal import health, run_heal, run_scale, wait_stable
+from fleet.scenarios.alertpath import AlertPath, AlertPathSettings
+from fleet.scenarios.monitor import FAILING, STILL_FAILING, MonitorSettings
+from fleet.scenarios.selfheal import health, run_heal, run_scale, wait_stable
 from functions import fleet_contract as contract
 
 pytestmark = [pytest.mark.localfleet, pytest.mark.functions]

@@ -111,9 +111,9 @@ def test_health_probe_on_a_real_host_uses_a_private_temp_file(fresh_sshd: SshdFl
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from fleet import hosttasks
     from fleet.inventory import load
-    from fleet.runner import command_step, run_on
+    from fleet.release import hoststeps as hosttasks
+    from fleet.ssh.runner import command_step, run_on
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from fleet.commands.facts import facts_command
-from fleet.connection import ssh_params
 from fleet.inventory import load
 from fleet.local.sshd_hosts import SshdFleet, keygen
-from fleet.runner import HostContext, HostResult, build_nornir, command_step, run_on, run_step
+from fleet.ssh.connection import ssh_params
+from fleet.ssh.runner import HostContext, HostResult, build_nornir, command_step, run_on, run_step
 from tests.fixtures.sshd import fab
 
 pytestmark = pytest.mark.sshd

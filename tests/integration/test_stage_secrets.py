@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import bundle
-from fleet import hosttasks as ht
 from fleet.commands import bootstrap as bc
 from fleet.commands import release as rc
 from fleet.inventory import load
 from fleet.local.sshd_hosts import SshdFleet
-from fleet.runner import HostContext, HostResult, command_step, run_on
+from fleet.release import bundle
+from fleet.release import hoststeps as ht
+from fleet.ssh.runner import HostContext, HostResult, command_step, run_on
 from tests.unit.test_commands_release import META, SECRETS
 
 pytestmark = pytest.mark.sshd

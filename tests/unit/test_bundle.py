@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import bundle, envfile, secrets
+from fleet.commands.release import files_from_tar
 from fleet.errors import FleetError
+from fleet.release import bundle, envfile, secrets
 
 COMPOSE = bundle.COMPOSE_DIR
 META = bundle.ReleaseMeta(operator="alice@laptop", source_commit="0" * 40, created="2026-11-26T07:00:00Z")
@@ -443,7 +444,7 @@ def test_tar_is_deterministic_and_round_trips(source: bundle.Source) -> None:
     data = b.tar_bytes()
     assert data == render(source).tar_bytes()
     assert b.size == len(data) and data
-    assert bundle.files_from_tar(data) == b.file_bytes()
+    assert files_from_tar(data) == b.file_bytes()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
     assert members[".env"].mode == 0o600 and members["docker-compose.yaml"].mode == 0o644
@@ -466,9 +467,9 @@ def test_files_from_tar_refuses_escaping_paths() -> None:
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(FleetError, match="unsafe path"):
-        bundle.files_from_tar(buf.getvalue(), where="app-1")
+        files_from_tar(buf.getvalue(), where="app-1")
     with pytest.raises(FleetError, match="not a release archive"):
-        bundle.files_from_tar(b"garbage" * 100)
+        files_from_tar(b"garbage" * 100)
 
 
 # --------------------------------------------------------------------------- diff

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet import bundle
 from fleet.commands import release as r
 from fleet.commands.base import Command
 from fleet.errors import FleetError
+from fleet.release import bundle
 
 RID = "0123456789abcdef"
 L = r.Layout()

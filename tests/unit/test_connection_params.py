@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from fleet.connection import iap_proxy_command, ssh_params
 from fleet.inventory import load
+from fleet.ssh.connection import iap_proxy_command, ssh_params
 
 
 def inv_with(tmp_path: Path, data: dict, port: int = 22) -> object:

@@ -1,4 +1,4 @@
-"""`fab deploy` under the fleet lock (fleet/deploy.py under_lock + deploy): the lock and the rollout
+"""`fab deploy` under the fleet lock (fleet/rollout/deploy.py under_lock + deploy): the lock and the rollout
 marks through the real Compute client against the local Compute REST stand-in; the per-host SSH work
 is stubbed (tests/integration/test_deploy_lock.py runs the real CLI over sshd)."""
 
@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet import deploy as dp
 from fleet import inventory
 from fleet.commands import release as rc
-from fleet.gce import Compute
-from fleet.local.compute_api import ComputeApi
-from fleet.local.compute_state import InMemoryCompute
-from fleet.lock import FleetLock, LockHeld
-from fleet.runner import HostResult
+from fleet.gcp.compute import Compute
+from fleet.rollout import deploy as dp
+from fleet.rollout.lock import FleetLock, LockHeld
+from fleet.ssh.runner import HostResult
 from functions.fleet_contract import LOCK_METADATA_KEY, ROLLOUT_LABEL, parse_lock
+from standins.compute_api import ComputeApi
+from standins.compute_state import InMemoryCompute
 
 PROJECT, ZONE = "fleet-test", "europe-west1-b"
 

@@ -1,5 +1,5 @@
-"""`fab deploy` as a library call (fleet.deploy.deploy_release): what the task, the demo and the
-benchmark call. The SSH part (fleet.deploy.deploy) is stubbed here; it runs for real in
+"""`fab deploy` as a library call (fleet.rollout.deploy.deploy_release): what the task, the demo and the
+benchmark call. The SSH part (fleet.rollout.deploy.deploy) is stubbed here; it runs for real in
 tests/integration/test_deploy.py."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet import deploy as dp
+from fleet.rollout import deploy as dp
 
 
 @pytest.fixture

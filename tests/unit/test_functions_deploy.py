@@ -1,4 +1,4 @@
-"""fleet/functions_deploy.py: the exact gcloud commands, checked as data, by the `fab` CLI's
+"""fleet/alerting/functions_deploy.py: the exact gcloud commands, checked as data, by the `fab` CLI's
 --dry-run, and against the real gcloud's argument parser (offline: it parses, then stops at auth)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from fleet import functions_deploy as fd
 from fleet import inventory
-from fleet import monitoring as mon
+from fleet.alerting import functions_deploy as fd
+from fleet.alerting import policies as mon
 from fleet.errors import FleetError, HostSetupError, InventoryError
 from tests.unit.test_monitoring import PROJECT, ZONE, base, write_inventory
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from fleet.connection import iap_proxy_command, ssh_params
 from fleet.errors import FleetError, HostKeyError
-from fleet.gce import is_zone, mig_ref, natural_key
-from fleet.gce_inventory import beat_host, partition, skip_reason, wanted
-from fleet.hostkeys import known_hosts_lines, parse_known_hosts, parse_published, trusted
-from fleet.inventory import FleetHost, Inventory
+from fleet.gcp.compute import is_zone, mig_ref, natural_key
+from fleet.inventory import FleetHost, Inventory, partition, skip_reason
+from fleet.inventory.mig import beat_host, wanted
 from fleet.local.compute_docker import Action, docker_time, gce_status
 from fleet.local.startup import fleet_version
+from fleet.ssh.connection import iap_proxy_command, ssh_params
+from fleet.ssh.hostkeys import known_hosts_lines, parse_known_hosts, parse_published, trusted
 
 
 def blob(key_type: str, payload: bytes = b"\x01" * 32) -> str:

@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet import hosttasks, rollout
+from fleet import rollout
 from fleet.commands import base, bootstrap, facts
 from fleet.commands import release as rc
-from fleet.connection import iap_proxy_command, jump_proxy_command, ssh_params
 from fleet.errors import FleetError, InventoryError
 from fleet.inventory import load
+from fleet.release import hoststeps as hosttasks
 from fleet.rollout import planning
+from fleet.ssh.connection import iap_proxy_command, jump_proxy_command, ssh_params
 
 GCE = {"project": "p-123456", "zone": "europe-west1-b", "instance": "web-1", "instance_id": "42"}
 

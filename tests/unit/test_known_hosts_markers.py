@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import HostKeyError
-from fleet.hostkeys import host_matches, host_trust, parse_lines
+from fleet.ssh.hostkeys import host_matches, host_trust, parse_lines
 
 
 def blob(key_type: str, fill: int) -> str:

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from fleet.errors import FleetError
-from fleet.local.alertpath import AlertPathSettings, function_env, server_argv
 from fleet.local.config import LocalConfig
-from fleet.local.monitor import (
+from fleet.scenarios.alertpath import AlertPathSettings, function_env, server_argv
+from fleet.scenarios.monitor import (
     FAILING,
     LOAD_HIGH,
     LOAD_LOW,
@@ -35,7 +35,7 @@ from fleet.local.monitor import (
     parse_backend,
     probe,
 )
-from fleet.local.selfheal import break_api_script
+from fleet.scenarios.selfheal import break_api_script
 from functions import fleet_contract as contract
 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from fleet import bundle, envfile, hosttasks, secrets
 from fleet.commands.base import Command, mask
 from fleet.errors import FleetError
+from fleet.release import bundle, envfile, secrets
+from fleet.release import hoststeps as hosttasks
 from tests.unit.test_bundle import META, SECRETS, host_vars, render
 
 # distinctive, and full of characters every encoding changes
@@ -160,8 +161,8 @@ def test_step_error_tail_never_cuts_a_secret_in_half() -> None:
 
 
 def test_deploy_report_masks_errors_the_runner_made_from_any_exception() -> None:
-    from fleet import deploy
-    from fleet.runner import HostResult
+    from fleet.rollout import deploy
+    from fleet.ssh.runner import HostResult
 
     secrets.remember(["runner-s3cret/x y"])
     res = HostResult("h1", "failed", error="TimeoutError: redis://:runner-s3cret%2Fx%20y@10.0.0.4 hung")

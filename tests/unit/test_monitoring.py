@@ -1,4 +1,4 @@
-"""fleet/monitoring.py, the pure parts: configuration from the inventory, desired objects, the diff."""
+"""fleet/alerting/policies.py, the pure parts: configuration from the inventory, desired objects, the diff."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from google.cloud import monitoring_v3 as m
 
 from fleet import inventory
-from fleet import monitoring as mon
+from fleet.alerting import policies as mon
 from fleet.errors import InventoryError
 from functions import fleet_contract as contract
 
@@ -170,7 +170,7 @@ def test_endpoints_must_be_loopback(tmp_path: Path) -> None:
 
 def test_the_documented_example_is_valid(tmp_path: Path) -> None:
     """docs/inventory.md's data.monitoring example loads, resolves and yields a deploy plan."""
-    from fleet.functions_deploy import deploy_plan
+    from fleet.alerting.functions_deploy import deploy_plan
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "inventory.md").read_text()
     section = doc.split("## Monitoring and the functions", 1)[1]
@@ -411,7 +411,7 @@ def test_topics_keep_foreign_labels_and_are_never_orphaned(tmp_path: Path) -> No
 
 
 def test_missing_prerequisites_for_the_functions(tmp_path: Path) -> None:
-    from fleet.functions_deploy import missing_prerequisites
+    from fleet.alerting.functions_deploy import missing_prerequisites
 
     cfg = dataclasses.replace(config_of(tmp_path))
     changes = [

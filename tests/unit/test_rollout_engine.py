@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from fleet import hosttasks as ht
 from fleet.commands import release as rc
 from fleet.errors import FleetError
-from fleet.journal import Journal, read
-from fleet.plan import Timings
+from fleet.release import hoststeps as ht
 from fleet.rollout import InPlace, Plan, Release, Report, make_plan, new_rollout_id, staged_targets
-from fleet.runner import HostResult
+from fleet.rollout.journal import Journal, read
+from fleet.rollout.plan import Timings
+from fleet.ssh.runner import HostResult
 
 NOBEAT = ("worker_beat",)
 OLD = Release("a" * 16, "1.0.0", NOBEAT)
@@ -245,7 +245,7 @@ class FakeMarks:
 @pytest.fixture(autouse=True)
 def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
     """The journal fsyncs every event: durable, but slow on a busy disk, and not what is tested here."""
-    monkeypatch.setattr("fleet.journal.os.fsync", lambda fd: None)
+    monkeypatch.setattr("fleet.rollout.journal.os.fsync", lambda fd: None)
 
 
 def fleet(n: int = 3, **sim: Any) -> dict[str, Sim]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import journal as jr
 from fleet.errors import FleetError
 from fleet.inventory import Inventory
+from fleet.rollout import journal as jr
 
 
 def test_append_read_and_replay(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_only_one_process_claims_a_journal(tmp_path: Path) -> None:
     first.append("resume", pid=4242)
     try:
         script = (
-            "import sys; from fleet import journal as jr; from fleet.errors import FleetError\n"
+            "import sys; from fleet.rollout import journal as jr; from fleet.errors import FleetError\n"
             f"try:\n    jr.Journal.claim(jr.Path({str(j.path)!r}))\n"
             "except FleetError as exc:\n    print(exc.render()); sys.exit(3)\n"
         )

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from fleet.errors import FleetError
-from fleet.gce import Compute
+from fleet.gcp.compute import Compute
 from fleet.inventory import FleetHost
-from fleet.lbview import (
+from fleet.local.config import LocalConfig
+from fleet.local.lb import LoadBalancer, Member
+from fleet.rollout.lbview import (
     BlindView,
     GcpView,
     HaproxyView,
@@ -28,8 +30,6 @@ from fleet.lbview import (
     parse_backend_health,
     parse_haproxy_stat,
 )
-from fleet.local.config import LocalConfig
-from fleet.local.lb import LoadBalancer, Member
 
 HEADER = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis"
 STAT = (

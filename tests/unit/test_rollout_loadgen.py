@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fleet.errors import FleetError
-from fleet.loadgen import LoadGen, check_url
+from fleet.scenarios.loadgen import LoadGen, check_url
 
 
 class App:

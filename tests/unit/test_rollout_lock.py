@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 
-from fleet import journal as jr
 from fleet import rollout as ro
 from fleet.errors import FleetError
-from fleet.gce import Compute, ComputeError
+from fleet.gcp.compute import Compute, ComputeError
 from fleet.inventory import Inventory
-from fleet.local.compute_api import ComputeApi
-from fleet.local.compute_state import InMemoryCompute
-from fleet.lock import FleetLock, Heartbeat, LockHeld, LockLost
-from fleet.plan import Timings
+from fleet.rollout import journal as jr
+from fleet.rollout.lock import FleetLock, Heartbeat, LockHeld, LockLost
+from fleet.rollout.plan import Timings
 from functions.fleet_contract import LOCK_METADATA_KEY, is_held, lock_to_json, parse_lock
+from standins.compute_api import ComputeApi
+from standins.compute_state import InMemoryCompute
 
 T0 = datetime(2026, 11, 26, 7, 0, 0, tzinfo=UTC)
 
@@ -193,7 +193,8 @@ def test_the_same_rollout_from_another_live_process_is_refused(
     api, _ = endpoint
     mine = FleetLock(Compute(api.url), "p", "prod").acquire("alice@box", "", "ro-a", ttl=300)
     script = (
-        "import sys\nfrom fleet.gce import Compute\nfrom fleet.lock import FleetLock, LockHeld\n"
+        "import sys\nfrom fleet.gcp.compute import Compute\n"
+        "from fleet.rollout.lock import FleetLock, LockHeld\n"
         f"try:\n    FleetLock(Compute({api.url!r}), 'p', 'prod').acquire('alice@box', '', 'ro-a')\n"
         "except LockHeld as exc:\n    print(exc.render()); sys.exit(3)\n"
     )

@@ -11,7 +11,6 @@ import pytest
 from fleet.commands import release as rc
 from fleet.errors import FleetError
 from fleet.inventory import FleetHost, Inventory
-from fleet.plan import Timings
 from fleet.rollout import (
     EXIT_CODES,
     HostOutcome,
@@ -34,6 +33,7 @@ from fleet.rollout import (
     switch_when_idle,
     undrain_then_probe,
 )
+from fleet.rollout.plan import Timings
 from functions.fleet_contract import validate_label_value
 
 OLD = Release("a" * 16, "1.0.0", ("worker_beat",))

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from fleet import ui
-from fleet.runner import HostResult
+from fleet.ssh.runner import HostResult
+from fleet.view import console as ui
 
 HOSTILE = "ok\x1b]0;title\x07\x1b[2J\x9b31m\u202eevil\r\x00\x7f"
 

@@ -1,0 +1,34 @@
+"""The `fab` task namespace. Task modules import their heavy dependencies inside the task bodies, so
+`fab --list` only pays for Fabric itself."""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+from fleet.cli import core, functions, local, lock, monitoring, release, rollout
+
+
+def namespace() -> Collection:
+    ns = Collection()
+    for t in (
+        core.hosts,
+        core.exec_,
+        core.facts,
+        release.bootstrap,
+        release.deploy,
+        release.diff,
+        release.status,
+        release.history,
+        rollout.rollout,
+        rollout.rollback,
+    ):
+        ns.add_task(t)
+    # sub-collections: `fab local.up`, ...
+    for name, module in (
+        ("local", local),
+        ("monitoring", monitoring),
+        ("functions", functions),
+        ("lock", lock),
+    ):
+        ns.add_collection(Collection.from_module(module), name=name)
+    return ns

@@ -1,0 +1,212 @@
+"""The inventory's schema: one strict pydantic model per section, defaults in one place.
+
+Every section forbids unknown keys so that a typo is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+# Values that reach an ssh or gcloud argv never start with '-' (they would be read as options) and
+# hold no whitespace or newline. pydantic's patterns match whole strings (no trailing newline).
+HOSTNAME_PATTERN = r"^[A-Za-z0-9_:][A-Za-z0-9_.:%-]{0,252}$"  # a DNS name, IPv4 or IPv6 address
+USERNAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+ALIAS_PATTERN = r"^[A-Za-z0-9_:\[][A-Za-z0-9_.:%\[\]-]{0,254}$"  # a known_hosts name, `[host]:port` too
+GCE_PROJECT_PATTERN = r"^(?:[a-z0-9][a-z0-9.-]*:)?[a-z0-9][a-z0-9-]{0,62}$"
+GCE_LOCATION_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+GCE_NAME_PATTERN = r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class JumpProxy(_Strict):
+    jump: StrictStr = Field(
+        pattern=r"^([A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9_][A-Za-z0-9_.-]*(:[0-9]{1,5})?$"
+    )
+
+
+class CommandProxy(_Strict):
+    command: StrictStr = Field(min_length=1)
+
+
+class SSHSettings(_Strict):
+    key_file: StrictStr | None = None
+    proxy: Literal["none", "iap"] | JumpProxy | CommandProxy | None = None
+    host_key_alias: StrictStr | None = Field(default=None, pattern=ALIAS_PATTERN)
+    connect_timeout: float | None = Field(default=None, gt=0)
+    keepalive: StrictInt | None = Field(default=None, ge=0)
+    connect_retries: StrictInt | None = Field(default=None, ge=0, le=10)
+    # argv replacing `gcloud compute start-iap-tunnel` (same arguments; the local fleet's stand-in)
+    iap_command: list[StrictStr] | None = Field(default=None, min_length=1)
+    # known_hosts only, or also the instance's guest attributes (default for MIG members;
+    # fleet/ssh/hostkeys.py)
+    host_keys: Literal["known_hosts", "guest_attributes"] | None = None
+
+
+class GCESettings(_Strict):
+    project: StrictStr | None = Field(default=None, pattern=GCE_PROJECT_PATTERN)
+    zone: StrictStr | None = Field(default=None, pattern=GCE_LOCATION_PATTERN)
+    region: StrictStr | None = Field(default=None, pattern=GCE_LOCATION_PATTERN)
+    instance: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
+    instance_id: StrictStr | None = Field(default=None, pattern=r"^[0-9]+$")
+    migs: list[dict[str, StrictStr]] | None = None
+    api_endpoint: StrictStr | None = None
+    # hosts from the MIGs' members (fleet/inventory/mig.py): auto = when hosts.yaml lists none
+    discovery: Literal["auto", "mig", "off"] | None = None
+    member_groups: list[StrictStr] | None = None  # groups every MIG member belongs to
+    beat: Literal["first", "none"] | None = None  # `first`: the first member by name gets role beat
+
+
+class AppSettings(_Strict):
+    dir: StrictStr | None = Field(default=None, pattern=r"^/[A-Za-z0-9_./-]*$")
+    project: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    http_port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    keep_releases: StrictInt | None = Field(default=None, ge=2)
+    min_free_mb: StrictInt | None = Field(default=None, ge=0)
+
+
+class LBSettings(_Strict):
+    kind: Literal["haproxy", "gcp", "none"] | None = None
+    server: StrictStr | None = None
+    address: StrictStr | None = None  # where the LB reaches this host (informational; the local fleet)
+    stats_socket: StrictStr | None = None
+    backend: StrictStr | None = None
+    frontend: StrictStr | None = None
+    # the LB's health check, from which rollout waits are derived (see fleet/rollout/plan.py)
+    check_interval: float | None = Field(default=None, gt=0)
+    healthy_threshold: StrictInt | None = Field(default=None, ge=1)
+    unhealthy_threshold: StrictInt | None = Field(default=None, ge=1)
+    draining_timeout: float | None = Field(default=None, ge=0)
+
+
+class SecretSource(_Strict):
+    env: StrictStr | None = None
+    file: StrictStr | None = None
+
+
+class RolloutSettings(_Strict):
+    canary: StrictInt | None = Field(default=None, ge=0)
+    batch: StrictStr | StrictInt | None = None
+    max_failures: StrictStr | StrictInt | None = None
+    on_failure: Literal["rollback", "pause", "continue"] | None = None
+    drain_wait: float | None = Field(default=None, ge=0)
+    min_ready: float | None = Field(default=None, ge=0)
+    health_timeout: float | None = Field(default=None, gt=0)
+    lock_ttl: float | None = Field(default=None, gt=0)
+
+
+class RunSettings(_Strict):
+    workers: StrictInt | None = Field(default=None, ge=1, le=1000)
+    command_timeout: float | None = Field(default=None, gt=0)
+
+
+# data.monitoring: Cloud Monitoring wiring and the functions' deployment (fleet/alerting/policies.py,
+# fleet/alerting/functions_deploy.py; docs/monitoring.md). Fleet-wide, except uptime.per_instance per host.
+class MonitoringUptime(_Strict):
+    lb_url: StrictStr | None = Field(
+        default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$"
+    )
+    per_instance: bool | None = None
+    path: StrictStr | None = Field(default=None, pattern=r"^/[!-~]*$")
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    period: Literal[60, 300, 600, 900] | None = None
+    timeout: StrictInt | None = Field(default=None, ge=1, le=60)
+    failing_locations: StrictInt | None = Field(default=None, ge=1, le=6)
+    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    # an instance still failing this long opens a second incident: autoheal escalates reset -> recreate
+    escalate_after: StrictInt | None = Field(default=None, ge=60, le=86400)
+    regions: list[Literal["USA", "EUROPE", "SOUTH_AMERICA", "ASIA_PACIFIC"]] | None = None
+
+
+class MonitoringCpu(_Strict):
+    high: float | None = Field(default=None, gt=0, le=1)
+    low: float | None = Field(default=None, ge=0, lt=1)
+    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+
+
+class MonitoringLatency(_Strict):
+    high: float | None = Field(default=None, gt=0)  # milliseconds
+    percentile: Literal[50, 95, 99] | None = None
+    url_map: StrictStr | None = Field(default=None, pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+
+
+class MonitoringQueue(_Strict):
+    metric: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9.-]+\.googleapis\.com/[A-Za-z0-9_/.-]+$")
+    resource_type: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$")
+    high: float | None = Field(default=None, ge=0)
+    low: float | None = Field(default=None, ge=0)
+    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+
+
+class MonitoringScale(_Strict):
+    migs: list[StrictStr] | None = None
+    step: StrictInt | None = Field(default=None, ge=1)
+    min: StrictInt | None = Field(default=None, ge=0)
+    max: StrictInt | None = Field(default=None, ge=1)
+    cpu: MonitoringCpu | None = None
+    latency: MonitoringLatency | None = None
+    queue_depth: MonitoringQueue | None = None
+
+
+class MonitoringFunctions(_Strict):
+    region: StrictStr | None = Field(default=None, pattern=r"^[a-z]+-[a-z]+[0-9]+$")
+    runtime: StrictStr | None = Field(default=None, pattern=r"^python3[0-9]{1,2}$")
+    service_account: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+$")
+    trigger_service_account: StrictStr | None = Field(
+        default=None, pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+$"
+    )
+    name_prefix: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    max_instances: StrictInt | None = Field(default=None, ge=1, le=1000)
+    concurrency: StrictInt | None = Field(default=None, ge=1, le=1000)
+    memory: StrictStr | None = Field(default=None, pattern=r"^[0-9]+(Mi|Gi|MB|GB)$")
+    timeout: StrictInt | None = Field(default=None, ge=1, le=540)
+    ingress: Literal["all", "internal-only", "internal-and-gclb"] | None = None
+    env: dict[StrictStr, StrictStr | StrictInt | float | bool] | None = None
+    secrets: dict[StrictStr, StrictStr] | None = None
+
+
+class MonitoringSettings(_Strict):
+    project: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+    project_number: StrictStr | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
+    fleet: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    endpoint: StrictStr | None = None  # local Monitoring stand-in (loopback host:port); unset = the real API
+    pubsub_endpoint: StrictStr | None = None  # local Pub/Sub stand-in; unset = PUBSUB_EMULATOR_HOST or real
+    alerts_topic: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
+    events_topic: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
+    auto_close: StrictInt | None = Field(default=None, ge=1800, le=604800)
+    uptime: MonitoringUptime | None = None
+    scale: MonitoringScale | None = None
+    functions: MonitoringFunctions | None = None
+
+
+class Data(_Strict):
+    ssh: SSHSettings | None = None
+    gce: GCESettings | None = None
+    app: AppSettings | None = None
+    roles: list[StrictStr] | None = None
+    lb: LBSettings | None = None
+    vars: dict[StrictStr, StrictStr | StrictInt | float | bool] | None = None
+    secrets: dict[StrictStr, SecretSource] | None = None
+    rollout: RolloutSettings | None = None
+    run: RunSettings | None = None
+    monitoring: MonitoringSettings | None = None
+
+
+class Defaults(_Strict):
+    hostname: StrictStr | None = Field(default=None, pattern=HOSTNAME_PATTERN)
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    username: StrictStr | None = Field(default=None, pattern=USERNAME_PATTERN)
+    data: Data | None = None
+
+
+class GroupSpec(Defaults):
+    groups: list[StrictStr] | None = None
+
+
+class HostSpec(GroupSpec):
+    pass

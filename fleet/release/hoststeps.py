@@ -1,0 +1,302 @@
+"""Steps over ONE host, on its reused SSH connection: read state, stage, pull, switch, start, verify,
+drain, record. Deploy, rollout and rollback are sequences of these; commands come from
+fleet/commands/release.py, so this module only runs them and interprets the answers.
+
+Every function raises `StepError` (a FleetError naming the host and the step) when the host says no,
+so a caller can record exactly where a host stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fleet.commands import release as rc
+from fleet.commands.base import Command, mask
+from fleet.commands.health import health_command, parse_health
+from fleet.errors import FleetError
+from fleet.release import secrets
+from fleet.release.secrets import known as known_secrets
+
+if TYPE_CHECKING:
+    from fleet.inventory import FleetHost, Inventory
+    from fleet.release.bundle import Bundle, ReleaseMeta, Source
+    from fleet.ssh.runner import HostContext
+
+DEFAULT_KEEP = 5
+NEED_FREE_MB = 512
+
+
+class StepError(FleetError):
+    """A step failed on a host: `step` says which (stage, pull, switch, up, verify, ...)."""
+
+    def __init__(self, host: str, step: str, what: str, hint: str | None = None) -> None:
+        self.host = host
+        self.step = step
+        super().__init__(f"{step}: {what}", where=host, hint=hint)
+
+
+def layout_of(host: FleetHost) -> rc.Layout:
+    return rc.Layout(host.get("app.dir", rc.DEFAULT_ROOT), host.get("app.project", rc.DEFAULT_PROJECT))
+
+
+def http_port_of(host: FleetHost) -> int:
+    """The port the host's own nginx listens on (inside the host)."""
+    return int(host.get("app.http_port", 80))
+
+
+# --------------------------------------------------------------------------- rendering (pure)
+
+
+def bundle_for(
+    inv: Inventory,
+    host: FleetHost,
+    source: Source,
+    meta: ReleaseMeta,
+    overrides: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Bundle:
+    """One host's release: inventory vars (defaults -> groups -> host) + overrides + per-host layout
+    variables + resolved secrets. Raises before anything touches a host when something is missing."""
+    from fleet.release import bundle
+
+    layout = layout_of(host)
+    variables: dict[str, Any] = dict(host.get("vars", {}) or {})
+    variables.update(overrides or {})
+    # inside the host, nginx publishes on app.http_port (the inventory's view of that host's HTTP port
+    # may differ: the local fleet maps it to a loopback port on the machine running the tool)
+    variables.update(bundle.host_variables(layout.root, host.get("roles", []) or [], None))
+    secret_refs = host.get("secrets", {}) or {}
+    values = secrets.resolve(secret_refs, base_dir=inv.path, environ=environ, where=host.name)
+    return bundle.render(source, variables, values, meta, where=host.name)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run(
+    ctx: HostContext, cmd: Command, step: str, *, timeout: float | None = None, hint: str | None = None
+) -> Any:
+    """Run one command; a non-zero exit becomes a StepError with the (masked) stderr tail."""
+    r = ctx.run(cmd.shell(), timeout=timeout)
+    if r.exited != 0:
+        # any secret this process has seen, not only the command's own: compose and the host's tools
+        # echo .env values (and URLs derived from them) in their errors. Masked before it is cut to
+        # its tail, so the cut cannot leave part of a secret that no longer matches.
+        detail = mask(r.stderr.strip() or r.stdout.strip(), (*cmd.secrets, *secrets.known()))[-600:]
+        raise StepError(ctx.host.name, step, f"{cmd.purpose} failed (exit {r.exited}): {detail}", hint)
+    return r
+
+
+def read_state(ctx: HostContext) -> rc.HostState:
+    r = run(ctx, rc.host_state(layout_of(ctx.host)), "state")
+    try:
+        return rc.parse_host_state(r.stdout)
+    except FleetError as exc:
+        raise StepError(ctx.host.name, "state", exc.what) from None
+
+
+def services(ctx: HostContext) -> list[rc.ServiceState]:
+    layout = layout_of(ctx.host)
+    r = run(ctx, rc.compose_ps(layout), "status")
+    return rc.parse_ps(r.stdout, layout, where=ctx.host.name)
+
+
+def check_free_disk(ctx: HostContext, need_mb: int = NEED_FREE_MB) -> None:
+    run(
+        ctx,
+        rc.require_free(layout_of(ctx.host), need_mb),
+        "disk",
+        hint="free space on the host (old images: `docker image prune`), or lower the requirement",
+    )
+
+
+def ensure_layout(ctx: HostContext) -> None:
+    run(ctx, rc.prepare_layout(layout_of(ctx.host)), "layout", hint="run `fab bootstrap` on this host first")
+
+
+def stage(ctx: HostContext, bundle: Bundle) -> int:
+    """Upload the bundle unless the host already has it; returns the bundle bytes sent (0 = skipped).
+    The archive holds the .env: it is written into a 0600 file in a 0700 directory under the 0750
+    releases/ (see `rc.upload_slot`) and removed by the stage script on every exit."""
+    layout = layout_of(ctx.host)
+    rid = bundle.release_id
+    r = run(ctx, rc.release_present(layout, rid), "stage")
+    if rc.parse_present(r.stdout):
+        return 0
+    data = bundle.tar_bytes()
+    run(
+        ctx,
+        rc.upload_slot(layout, rid),
+        "stage",
+        hint="does the deploy user own the app dir? `fab bootstrap`",
+    )
+    remote = rc.upload_path(layout, rid)
+    try:
+        sftp = ctx.conn.sftp()
+        sftp.putfo(io.BytesIO(data), remote, file_size=len(data), confirm=True)
+    except OSError as exc:
+        ctx.run(rc.discard_upload(layout, rid).shell(), timeout=60)
+        raise StepError(
+            ctx.host.name,
+            "stage",
+            f"upload to {remote} failed: {exc}",
+            hint="does the deploy user own the app dir? `fab bootstrap` prepares it",
+        ) from None
+    run(ctx, rc.stage(layout, rid, bundle.checksums(), archive=remote), "stage")
+    return len(data)
+
+
+def check_and_pull(ctx: HostContext, bundle: Bundle, timeout: float | None = None) -> None:
+    """Validate the staged release with the host's Compose and pull its images (nothing switches)."""
+    layout = layout_of(ctx.host)
+    run(
+        ctx,
+        rc.compose_check(layout, bundle.release_id),
+        "validate",
+        hint="the rendered compose file is invalid",
+    )
+    run(
+        ctx,
+        rc.compose_pull(layout, bundle.release_id),
+        "pull",
+        timeout=timeout,
+        hint="is the version right, and can the host reach the registry?",
+    )
+
+
+def switch(ctx: HostContext, rid: str) -> None:
+    run(ctx, rc.switch(layout_of(ctx.host), rid), "switch")
+
+
+def up(ctx: HostContext, rid: str, disabled: Sequence[str] = (), timeout: float | None = None) -> None:
+    run(ctx, rc.compose_up(layout_of(ctx.host), rid, disabled=disabled), "up", timeout=timeout)
+
+
+def drain(ctx: HostContext) -> None:
+    run(ctx, rc.drain(layout_of(ctx.host)), "drain")
+
+
+def undrain(ctx: HostContext) -> None:
+    run(ctx, rc.undrain(layout_of(ctx.host)), "undrain")
+
+
+def record(ctx: HostContext, entry: Mapping[str, Any], secrets: Sequence[str] = ()) -> None:
+    """Append to the host's history, the text fields (`detail` quotes host output) masked with `secrets`
+    and every secret this process has seen, so an audit line is never refused or leaky."""
+    hidden = (*secrets, *known_secrets())
+    masked = {k: mask(v, hidden) if isinstance(v, str) else v for k, v in entry.items()}
+    run(ctx, rc.history_append(layout_of(ctx.host), masked, secrets), "history")
+
+
+def history(ctx: HostContext, limit: int | None = None) -> list[dict[str, Any]]:
+    r = run(ctx, rc.history_read(layout_of(ctx.host), limit), "history")
+    return rc.parse_history(r.stdout)
+
+
+def current_files(ctx: HostContext, rid: str | None = None) -> dict[str, bytes]:
+    """The files of the host's current (or given) release. They hold secrets: only for bundle.diff."""
+    r = run(ctx, rc.archive_release(layout_of(ctx.host), rid), "read release")
+    return rc.decode_archive(r.stdout, where=ctx.host.name)
+
+
+def prune(ctx: HostContext, keep: int) -> list[str]:
+    """Delete releases beyond the newest `keep` (never current/previous) and images only they used."""
+    layout = layout_of(ctx.host)
+    state = read_state(ctx)
+    rels = rc.parse_releases(run(ctx, rc.list_releases(layout), "prune").stdout)
+    doomed = rc.prune_plan(rels, keep, state.current, state.previous)
+    if not doomed:
+        run(ctx, rc.sweep(layout), "prune")
+        return []
+    images = rc.parse_release_images(
+        run(ctx, rc.release_images(layout, [r.id for r in rels]), "prune").stdout
+    )
+    unused = rc.unused_images(images, doomed)
+    run(
+        ctx,
+        rc.prune(layout, doomed, unused, protect=[r for r in (state.current, state.previous) if r]),
+        "prune",
+    )
+    return doomed
+
+
+# --------------------------------------------------------------------------- verification
+
+
+@dataclass
+class Verdict:
+    """Is the host serving the expected release? `problems` says why not."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    health_code: int = 0
+    version: str | None = None
+    services: list[rc.ServiceState] = field(default_factory=list)
+
+
+def config_hashes(ctx: HostContext, rid: str) -> dict[str, str]:
+    """Service -> the config hash Compose stamps on containers of release `rid` (enabled services only)."""
+    r = run(ctx, rc.compose_hashes(layout_of(ctx.host), rid), "status")
+    return rc.parse_hashes(r.stdout)
+
+
+def check(
+    ctx: HostContext,
+    version: str,
+    rid: str,
+    *,
+    expect_drained: bool = False,
+    hashes: Mapping[str, str] | None = None,
+) -> Verdict:
+    """One look: every enabled service of release `rid` running with that release's config (healthy
+    where it has a healthcheck), and /health through nginx answering 200 with `version` (503 while
+    drained)."""
+    if hashes is None:
+        hashes = config_hashes(ctx, rid)
+    states = services(ctx)
+    problems = rc.drift(states, hashes)
+    problems += [
+        f"{s.service}: {s.health}" for s in states if s.state == "running" and s.health not in ("", "healthy")
+    ]
+    r = ctx.run(health_command(http_port_of(ctx.host)).shell(), timeout=10)
+    code, seen = parse_health(r.stdout)
+    if expect_drained:
+        if code != 503:
+            problems.append(f"/health answered {code or 'nothing'} while drained (want 503)")
+    elif code != 200:
+        problems.append(f"/health answered {code or 'nothing'}")
+    elif seen != version:
+        problems.append(f"/health reports version {seen!r}, want {version!r}")
+    return Verdict(ok=not problems, problems=problems, health_code=code, version=seen, services=states)
+
+
+def wait_healthy(
+    ctx: HostContext,
+    version: str,
+    rid: str,
+    *,
+    timeout: float,
+    poll: float = 1.0,
+    expect_drained: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Verdict:
+    """Poll `check` until it passes or `timeout` runs out; the last verdict explains a failure."""
+    deadline = clock() + timeout
+    hashes = config_hashes(ctx, rid)
+    while True:
+        verdict = check(ctx, version, rid, expect_drained=expect_drained, hashes=hashes)
+        if verdict.ok or clock() >= deadline:
+            return verdict
+        sleep(poll)
+
+
+def disabled_services(record: Mapping[str, Any] | None, bundle: Bundle | None = None) -> list[str]:
+    if bundle is not None:
+        return list(bundle.disabled_services)
+    disabled = (record or {}).get("disabled_services")
+    return [str(s) for s in disabled] if isinstance(disabled, list) else []

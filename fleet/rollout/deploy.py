@@ -1,0 +1,486 @@
+"""Deploy a release to every selected host at once, and read the fleet's release state.
+
+Two phases so that bad input changes nothing: first every host is prepared (Docker present, disk,
+bundle staged, compose validated, images pulled) while `current` stays where it is; only when all
+hosts are ready does any host switch. A host that then fails its health check goes back to its
+previous release. (The careful path, batch by batch behind the load balancer, is fleet/rollout.py.)
+
+A deploy changes the fleet as a rollout does, so it runs under the same fleet lock (a `dp-` id; a
+deploy during a rollout, or a rollout during a deploy, is refused naming the holder) and marks each
+host with the rollout label while it switches, so autoheal leaves it alone. An inventory without a
+Compute project (plain SSH hosts) has no lock backend: it deploys without a lock, as before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fleet.commands import health
+from fleet.commands import release as rc
+from fleet.commands.base import mask
+from fleet.errors import FleetError
+from fleet.release import hoststeps as ht
+from fleet.release import secrets
+from fleet.ssh.runner import HostContext, HostResult, run_on
+
+if TYPE_CHECKING:
+    from fleet.inventory import FleetHost, Inventory
+    from fleet.release.bundle import Bundle, ReleaseMeta, Source
+
+
+# --------------------------------------------------------------------------- rendering for many hosts
+
+
+def render_all(
+    inv: Inventory,
+    hosts: Sequence[FleetHost],
+    *,
+    version: str | None = None,
+    source: Source | None = None,
+    meta: ReleaseMeta | None = None,
+) -> dict[str, Bundle]:
+    """Every host's bundle, or one FleetError listing every host that cannot be rendered."""
+    from fleet.commands.base import version as check_version
+    from fleet.release import bundle
+
+    source = source or bundle.load_source()
+    meta = meta or bundle.local_meta()
+    overrides = {"DIFY_VERSION": check_version(version)} if version else {}
+    bundles: dict[str, Bundle] = {}
+    errors: list[str] = []
+    for h in hosts:
+        try:
+            bundles[h.name] = ht.bundle_for(inv, h, source, meta, overrides)
+        except FleetError as exc:
+            errors.append(exc.render())
+    if errors:
+        raise FleetError(
+            f"cannot render the release for {len(errors)} host(s):\n  " + "\n  ".join(errors),
+            hint="nothing was changed on any host",
+        )
+    return bundles
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def check_ready(ctx: HostContext) -> rc.HostState:
+    """Read-only: Docker and Compose v2 usable, the layout exists, enough free disk. The host's state."""
+    ht.run(
+        ctx,
+        health.DOCKER_PROBE,
+        "docker",
+        hint="run `fab bootstrap` to install and start Docker with Compose v2",
+    )
+    state = ht.read_state(ctx)
+    if not state.exists:
+        raise ht.StepError(
+            ctx.host.name,
+            "layout",
+            f"{ht.layout_of(ctx.host).root} does not exist",
+            hint="run `fab bootstrap` on this host first",
+        )
+    ht.check_free_disk(ctx, int(ctx.host.get("app.min_free_mb", ht.NEED_FREE_MB)))
+    return state
+
+
+def preflight(ctx: HostContext, bundle: Bundle, pull_timeout: float | None = None) -> dict[str, Any]:
+    """Make the host ready to switch to `bundle` without changing what runs. Returns what it found."""
+    state = check_ready(ctx)
+    sent = ht.stage(ctx, bundle)
+    ht.check_and_pull(ctx, bundle, timeout=pull_timeout)
+    return {"state": state, "bytes_sent": sent}
+
+
+# --------------------------------------------------------------------------- activation
+
+
+@dataclass
+class HostOutcome:
+    host: str
+    result: str  # deployed | unchanged | rolled-back | failed | not-started | unreachable
+    from_release: str | None = None
+    from_version: str | None = None
+    to_release: str | None = None
+    to_version: str | None = None
+    bytes_sent: int = 0
+    duration: float = 0.0
+    error: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def activate(
+    ctx: HostContext,
+    bundle: Bundle,
+    state: rc.HostState,
+    *,
+    operator: str,
+    health_timeout: float,
+    rollout_id: str | None = None,
+    action: str = "deploy",
+) -> HostOutcome:
+    """Switch and start `bundle`, verify, and go back to the previous release if it does not pass."""
+    out = HostOutcome(
+        ctx.host.name, "deployed", state.current, state.version, bundle.release_id, bundle.version
+    )
+    secrets = bundle.secret_values()
+    if state.current == bundle.release_id:
+        verdict = ht.check(ctx, bundle.version, bundle.release_id, expect_drained=state.drained)
+        if verdict.ok:
+            out.result = "unchanged"
+            return out
+    ht.switch(ctx, bundle.release_id)
+    ht.up(ctx, bundle.release_id, bundle.disabled_services, timeout=health_timeout + 60)
+    verdict = ht.wait_healthy(
+        ctx, bundle.version, bundle.release_id, timeout=health_timeout, expect_drained=state.drained
+    )
+    if verdict.ok:
+        ht.record(
+            ctx,
+            rc.history_entry(
+                action,
+                "ok",
+                operator=operator,
+                release=bundle.release_id,
+                version=bundle.version,
+                rollout=rollout_id,
+            ),
+            secrets,
+        )
+        return out
+    out.problems = verdict.problems
+    ht.record(
+        ctx,
+        rc.history_entry(
+            action,
+            "failed",
+            operator=operator,
+            release=bundle.release_id,
+            version=bundle.version,
+            rollout=rollout_id,
+            detail="; ".join(verdict.problems)[:500],
+        ),
+        secrets,
+    )
+    if state.current and state.current != bundle.release_id:
+        restore(ctx, state, operator=operator, health_timeout=health_timeout, rollout_id=rollout_id)
+        out.result = "rolled-back"
+    else:
+        out.result = "failed"
+    out.error = "unhealthy after switch: " + "; ".join(verdict.problems)
+    return out
+
+
+def restore(
+    ctx: HostContext,
+    state: rc.HostState,
+    *,
+    operator: str,
+    health_timeout: float,
+    rollout_id: str | None = None,
+) -> ht.Verdict:
+    """Put the host back on `state.current` (the release it ran before) and verify it."""
+    if state.current is None:
+        raise FleetError("no previous release to go back to", where=ctx.host.name)
+    record = state.record or {}
+    ht.switch(ctx, state.current)
+    ht.up(ctx, state.current, ht.disabled_services(record), timeout=health_timeout + 60)
+    version = state.version or ""
+    verdict = ht.wait_healthy(
+        ctx,
+        version,
+        state.current,
+        timeout=health_timeout,
+        expect_drained=state.drained,
+    )
+    ht.record(
+        ctx,
+        rc.history_entry(
+            "rollback",
+            "ok" if verdict.ok else "failed",
+            operator=operator,
+            release=state.current,
+            version=version or None,
+            rollout=rollout_id,
+            detail=None if verdict.ok else "; ".join(verdict.problems)[:500],
+        ),
+    )
+    if not verdict.ok:
+        raise ht.StepError(
+            ctx.host.name,
+            "rollback",
+            f"previous release {state.current} is not healthy either: {'; '.join(verdict.problems)}",
+            hint="inspect the host (`fab status`, `fab exec --cmd 'docker compose -p dify logs'`)",
+        )
+    return verdict
+
+
+# --------------------------------------------------------------------------- the fleet lock
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What a deploy holds while it runs: its id, how to mark a host, whether the lock is still ours."""
+
+    rollout_id: str
+    mark: Callable[[FleetHost, str | None], bool] | None = None  # rollout.Marks.set
+    lost: Callable[[], str | None] | None = None  # lock.Heartbeat.problem
+
+
+@contextmanager
+def under_lock(
+    inv: Inventory, hosts: Sequence[FleetHost], reason: str, warn: Callable[[str], None] | None = None
+) -> Iterator[Guard]:
+    """The fleet lock and rollout marks, taken exactly as a rollout takes them (LockHeld names the
+    holder); without a Compute project (no lock backend) a bare id, as before."""
+    from fleet.rollout import Marks, new_rollout_id
+    from fleet.rollout import lock as lk
+
+    rollout_id = new_rollout_id("deploy")
+    if not lk.has_backend(inv, hosts):
+        yield Guard(rollout_id)
+        return
+    store = lk.for_inventory(inv, hosts, warn=warn)
+    with lk.holding(store, lk.operator(), reason, rollout_id, lk.ttl_of(hosts), warn) as heartbeat:
+        yield Guard(rollout_id, Marks(store.compute).set, heartbeat.problem)
+
+
+# --------------------------------------------------------------------------- the whole deploy
+
+
+@dataclass
+class DeployReport:
+    release_version: str
+    outcomes: list[HostOutcome]
+    stopped_at: str | None = None  # "preflight" when nothing was switched
+
+    @property
+    def ok(self) -> bool:
+        return self.stopped_at is None and all(o.result in ("deployed", "unchanged") for o in self.outcomes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.release_version,
+            "ok": self.ok,
+            "stopped_at": self.stopped_at,
+            "hosts": [o.as_dict() for o in self.outcomes],
+        }
+
+
+def _outcome_from_failure(res: HostResult, bundle: Bundle | None, result: str) -> HostOutcome:
+    """The report row of a host whose step raised. The runner turns ANY exception into `res.error`
+    (not only a StepError, whose text hosttasks.run has masked), so mask it here as well."""
+    return HostOutcome(
+        res.host,
+        "unreachable" if res.status == "unreachable" else result,
+        to_release=bundle.release_id if bundle else None,
+        to_version=bundle.version if bundle else None,
+        duration=res.duration,
+        error=mask_known(res.error),
+    )
+
+
+def mask_known(text: str | None) -> str | None:
+    """`text` with every secret this process has resolved, rendered or read masked (None stays None)."""
+    return None if text is None else mask(text, secrets.known())
+
+
+def deploy(
+    inv: Inventory,
+    hosts: Sequence[FleetHost],
+    bundles: Mapping[str, Bundle],
+    *,
+    operator: str,
+    health_timeout: float,
+    keep: int | None = None,
+    workers: int | None = None,
+    on_done: Callable[[HostResult], None] | None = None,
+    guard: Guard | None = None,
+) -> DeployReport:
+    """`guard` (under_lock): no host switches once the lock is lost; each is marked while it switches."""
+    version = next(iter(bundles.values())).version if bundles else ""
+    guard = guard or Guard("")
+    started = time.monotonic()
+    pre = run_on(
+        inv, hosts, lambda ctx: _preflight_step(ctx, bundles[ctx.host.name]), workers=workers, on_done=on_done
+    )
+    failed = [r for r in pre if not r.ok]
+    if failed:
+        outcomes = []
+        for r in pre:
+            if r.ok:
+                st: rc.HostState = r.data["state"]
+                outcomes.append(
+                    HostOutcome(
+                        r.host,
+                        "not-started",
+                        st.current,
+                        st.version,
+                        bundles[r.host].release_id,
+                        bundles[r.host].version,
+                        r.data["bytes_sent"],
+                        r.duration,
+                    )
+                )
+            else:
+                outcomes.append(_outcome_from_failure(r, bundles[r.host], "failed"))
+        return DeployReport(version, outcomes, stopped_at="preflight")
+    states = {r.host: r.data["state"] for r in pre}
+    sent = {r.host: r.data["bytes_sent"] for r in pre}
+
+    def activate_step(ctx: HostContext) -> HostResult:
+        lost = guard.lost() if guard.lost is not None else None
+        if lost:
+            bundle, state = bundles[ctx.host.name], states[ctx.host.name]
+            out = HostOutcome(
+                ctx.host.name, "not-started", state.current, state.version, bundle.release_id, bundle.version
+            )
+            out.error = f"not switched: fleet lock lost: {lost}"
+            return HostResult(ctx.host.name, "failed", error=out.error, data={"outcome": out})
+        marked = guard.mark(ctx.host, guard.rollout_id) if guard.mark is not None else False
+        unmark_problem = None
+        try:
+            outcome = activate(
+                ctx,
+                bundles[ctx.host.name],
+                states[ctx.host.name],
+                operator=operator,
+                health_timeout=health_timeout,
+                rollout_id=guard.rollout_id or None,
+            )
+        finally:
+            if marked and guard.mark is not None:
+                try:
+                    guard.mark(ctx.host, None)
+                except Exception as exc:
+                    unmark_problem = f"rollout label left on the instance: {exc}"
+        if unmark_problem:
+            outcome.problems.append(unmark_problem)
+        try:
+            ht.prune(ctx, keep or int(ctx.host.get("app.keep_releases", ht.DEFAULT_KEEP)))
+        except FleetError as exc:  # pruning is housekeeping: report, do not fail the deploy
+            outcome.problems.append(f"prune: {exc.what}")
+        ok = outcome.result in ("deployed", "unchanged")
+        return HostResult(
+            ctx.host.name, "ok" if ok else "failed", error=outcome.error, data={"outcome": outcome}
+        )
+
+    act = run_on(inv, hosts, activate_step, workers=workers, on_done=on_done)
+    outcomes = []
+    for r in act:
+        o = r.data.get("outcome") or _outcome_from_failure(r, bundles[r.host], "failed")
+        o.bytes_sent = sent.get(r.host, 0)
+        o.duration = time.monotonic() - started
+        outcomes.append(o)
+    return DeployReport(version, outcomes)
+
+
+def _preflight_step(ctx: HostContext, bundle: Bundle) -> HostResult:
+    found = preflight(ctx, bundle)
+    return HostResult(ctx.host.name, "ok", data=found)
+
+
+# --------------------------------------------------------------------------- status, history, diff
+
+
+def status_step(ctx: HostContext) -> HostResult:
+    state = ht.read_state(ctx)
+    data: dict[str, Any] = {"state": state, "services": [], "drift": [], "health": None}
+    if state.exists:
+        try:
+            states = ht.services(ctx)
+        except FleetError as exc:
+            return HostResult(ctx.host.name, "failed", error=exc.render(), data=data)
+        data["services"] = states
+        data["drift"] = rc.drift(states, ht.config_hashes(ctx, state.current)) if state.current else []
+        r = ctx.run(ht.health_command(ht.http_port_of(ctx.host)).shell(), timeout=10)
+        data["health"] = ht.parse_health(r.stdout)
+    return HostResult(ctx.host.name, "ok", data=data)
+
+
+def status_row(r: HostResult) -> dict[str, Any]:
+    if not r.ok:
+        return {"host": r.host, "status": r.status, "error": r.error}
+    st: rc.HostState = r.data["state"]
+    svcs: list[rc.ServiceState] = r.data["services"]
+    health = r.data["health"]
+    return {
+        "host": r.host,
+        "status": r.status,
+        "release": st.current,
+        "version": st.version,
+        "previous": st.previous,
+        "drained": st.drained,
+        "health": {"code": health[0], "version": health[1]} if health else None,
+        "services": {s.service: (s.state if not s.health else f"{s.state}/{s.health}") for s in svcs},
+        "drift": r.data["drift"],
+        "last": st.last_history,
+        "layout": st.exists,
+    }
+
+
+def history_step(limit: int | None) -> Callable[[HostContext], HostResult]:
+    def read(ctx: HostContext) -> HostResult:
+        return HostResult(ctx.host.name, "ok", data={"entries": ht.history(ctx, limit)})
+
+    return read
+
+
+def diff_step(bundles: Mapping[str, Bundle]) -> Callable[[HostContext], HostResult]:
+    def compare(ctx: HostContext) -> HostResult:
+        from fleet.release import bundle as bundle_mod
+
+        files = ht.current_files(ctx)
+        d = bundle_mod.diff(files or None, bundles[ctx.host.name])
+        return HostResult(ctx.host.name, "ok", data={"diff": d})
+
+    return compare
+
+
+def deploy_release(
+    inv: Inventory | str | None,
+    hosts: Sequence[FleetHost] | None = None,
+    *,
+    version: str | None = None,
+    bundles: Mapping[str, Bundle] | None = None,
+    health_timeout: float | None = None,
+    keep: int | None = None,
+    workers: int | None = None,
+    on_done: Callable[[HostResult], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> DeployReport:
+    """`fab deploy` as a library call: render `version` (default: the inventory's; or pass the
+    `bundles` already rendered) for `hosts` (default: every host of the inventory) and deploy it,
+    under the fleet lock with the rollout marks (`under_lock`). Health timeout: the inventory's
+    rollout timings."""
+    from fleet import inventory as inv_mod
+    from fleet.release.bundle import local_meta
+    from fleet.rollout.plan import default_timings
+
+    inventory = inv if isinstance(inv, inv_mod.Inventory) else inv_mod.load(inv)
+    chosen = list(hosts) if hosts is not None else list(inventory.hosts.values())
+    if bundles is None:
+        bundles = render_all(inventory, chosen, version=version)
+    if not health_timeout:
+        first = chosen[0]
+        health_timeout = default_timings(first.get("lb"), first.get("rollout")).health_timeout
+    label = next(iter(bundles.values())).version if bundles else ""
+    with under_lock(inventory, chosen, f"deploy {label}", warn=warn) as guard:
+        return deploy(
+            inventory,
+            chosen,
+            bundles,
+            operator=local_meta().operator,
+            health_timeout=health_timeout,
+            keep=keep,
+            workers=workers,
+            on_done=on_done,
+            guard=guard,
+        )

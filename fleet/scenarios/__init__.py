@@ -1,0 +1,1 @@
+"""Rehearsals on the local fleet: the demo, the load generator, the alert path, self-heal."""

@@ -1,0 +1,339 @@
+"""SSH transport: a Nornir connection plugin around fabric.Connection with pinned host keys.
+
+Fabric accepts unknown host keys by default (paramiko AutoAddPolicy) and reads ~/.ssh/known_hosts;
+here the only trusted keys are the inventory's `known_hosts`, an unknown or changed key is refused
+with the fingerprint and how to pin it, and connect failures (never commands) are retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fleet.errors import FleetError, HostKeyError
+
+if TYPE_CHECKING:
+    import fabric
+    import paramiko
+
+    from fleet.inventory import FleetHost, Inventory
+    from fleet.ssh.hostkeys import GuestKeySource, HostTrust
+
+CONNECTION_NAME = "fabric"
+
+
+class UnreachableError(FleetError):
+    """The host could not be connected to (network, auth, proxy) after the configured retries."""
+
+
+@dataclass(frozen=True)
+class SSHParams:
+    """Everything needed to open one SSH connection, derived purely from the inventory."""
+
+    host: str  # the name paramiko connects to and looks up in known_hosts (may be an alias)
+    address: str  # where a direct TCP connection goes
+    port: int
+    user: str
+    key_file: str | None
+    proxy_command: str | None
+    known_hosts: str
+    connect_timeout: float
+    keepalive: int
+    retries: int
+    guest_keys: GuestKeySource | None = None  # host keys also from the instance's guest attributes
+
+    @property
+    def known_hosts_name(self) -> str:
+        """How OpenSSH and paramiko name this host in known_hosts."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+IAP_COMMAND = ("gcloud", "compute", "start-iap-tunnel")
+
+
+def _argv_value(value: object, what: str) -> str:
+    """A value placed in an ssh/gcloud argv: one that starts with '-' would be read as an option
+    whatever the quoting (and a newline has no business there); the inventory refuses these already."""
+    text = str(value)
+    if not text or text.startswith("-") or any(ord(ch) < 32 for ch in text):
+        raise FleetError(
+            f"invalid {what} {text!r}: it would be read as an option",
+            hint="check the inventory (docs/inventory.md): names and addresses never start with '-'",
+        )
+    return text
+
+
+def iap_proxy_command(
+    instance: str, zone: str, project: str, port: int = 22, program: Sequence[str] = IAP_COMMAND
+) -> str:
+    """The ProxyCommand that tunnels SSH through Identity-Aware Proxy (every value quoted).
+
+    `program` replaces `gcloud compute start-iap-tunnel` (ssh.iap_command: the local fleet's
+    stand-in takes the same arguments)."""
+    return shlex.join(
+        [
+            *program,
+            _argv_value(instance, "instance name"),
+            str(port),
+            "--listen-on-stdin",
+            f"--zone={_argv_value(zone, 'zone')}",  # flag=value: a value cannot become a flag of its own
+            f"--project={_argv_value(project, 'project')}",
+            "--verbosity=warning",
+        ]
+    )
+
+
+def jump_proxy_command(jump: str, target: str, port: int) -> str:
+    """`ssh -W` through a jump host; the jump host's own key is checked by OpenSSH as usual. The
+    destination comes after `--`, so it can never be read as an option."""
+    userhost, _, jport = _argv_value(jump, "jump host").partition(":")
+    _argv_value(userhost.rpartition("@")[2], "jump host")
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    argv += ["-W", f"{_argv_value(target, 'host name')}:{int(port)}"]
+    if jport:
+        argv += ["-p", str(int(jport))]
+    return shlex.join([*argv, "--", userhost])
+
+
+def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
+    """Pure mapping from an inventory host to connection parameters."""
+    proxy = host.get("ssh.proxy", "none")
+    alias = host.get("ssh.host_key_alias")
+    port = host.port
+    proxy_command: str | None = None
+    name = host.hostname
+    if proxy == "iap":
+        name = alias or f"compute.{host.get('gce.instance_id')}"
+        proxy_command = iap_proxy_command(
+            host.get("gce.instance"),
+            host.get("gce.zone"),
+            host.get("gce.project"),
+            port,
+            host.get("ssh.iap_command") or IAP_COMMAND,
+        )
+    elif isinstance(proxy, dict) and "jump" in proxy:
+        proxy_command = jump_proxy_command(proxy["jump"], host.hostname, port)
+        name = alias or host.hostname
+    elif isinstance(proxy, dict) and "command" in proxy:
+        proxy_command = proxy["command"].replace("%h", shlex.quote(host.hostname)).replace("%p", str(port))
+        name = alias or host.hostname
+    elif alias:
+        name = alias
+    guest_keys = None
+    if host_keys_mode(host) == "guest_attributes":
+        from fleet.gcp.compute import endpoint_for
+        from fleet.ssh.hostkeys import GuestKeySource
+
+        guest_keys = GuestKeySource(
+            endpoint_for(host.get("gce.api_endpoint")),
+            host.get("gce.project"),
+            host.get("gce.zone"),
+            host.get("gce.instance"),
+            host.get("gce.instance_id"),
+        )
+        name = alias or guest_keys.alias
+    key_file = host.get("ssh.key_file")
+    return SSHParams(
+        host=name,
+        address=host.hostname,
+        port=port,
+        user=host.username,
+        key_file=str(inv.resolve_path(key_file)) if key_file else None,
+        proxy_command=proxy_command,
+        known_hosts=str(inv.known_hosts),
+        connect_timeout=float(host.get("ssh.connect_timeout", 10)),
+        keepalive=int(host.get("ssh.keepalive", 15)),
+        retries=int(host.get("ssh.connect_retries", 2)),
+        guest_keys=guest_keys,
+    )
+
+
+def host_keys_mode(host: FleetHost) -> str:
+    """`ssh.host_keys`: known_hosts only, or guest attributes too (the default for MIG members)."""
+    return str(host.get("ssh.host_keys") or ("guest_attributes" if host.get("gce.mig") else "known_hosts"))
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style SHA256 fingerprint."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _pin_hint(params: SSHParams, key: paramiko.PKey) -> str:
+    line = f"{params.known_hosts_name} {key.get_name()} {key.get_base64()}"
+    return (
+        f"verify the fingerprint out of band (the instance's console or guest attributes), then pin it "
+        f"by adding this line to {params.known_hosts}:\n    {line}"
+    )
+
+
+def _reject_policy() -> Any:
+    import paramiko
+
+    class RejectUnknown(paramiko.MissingHostKeyPolicy):
+        """Never trust on first use; a revoked key, or one only a CA line vouches for, says so."""
+
+        def __init__(self, params: SSHParams, trust: HostTrust) -> None:
+            self.params = params
+            self.trust = trust
+
+        def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+            revoked = self.trust.revoked_by(key.get_base64())
+            if revoked is not None:
+                raise self.trust.revoked_error(revoked, key.get_name(), fingerprint(key))
+            if self.trust.authorities:
+                hint = _pin_hint(self.params, key)
+                raise self.trust.authority_error(key.get_name(), fingerprint(key), hint)
+            raise HostKeyError(
+                f"unknown host key {key.get_name()} {fingerprint(key)} (not in {self.params.known_hosts})",
+                where=hostname,
+                hint=_pin_hint(self.params, key),
+            )
+
+    return RejectUnknown
+
+
+def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Connection:
+    """Open (with bounded retries on connect failures only) a Fabric connection with pinned keys."""
+    import fabric
+    import paramiko
+
+    from fleet.ssh import hostkeys
+
+    resolved: dict[str, str] | None = None
+    if params.guest_keys is not None:
+        resolved = hostkeys.resolve(params.guest_keys, params.known_hosts, params.known_hosts_name)
+    elif not Path(params.known_hosts).exists():
+        raise HostKeyError(
+            f"no known_hosts file at {params.known_hosts}",
+            where=params.known_hosts_name,
+            hint="pin the fleet's host keys there (the local fleet writes it for you: `fab local.up`)",
+        )
+    # read known_hosts ourselves: paramiko's parser fails on @revoked / @cert-authority lines
+    trust = hostkeys.host_trust(params.known_hosts, params.known_hosts_name, resolved)
+    policy_cls = _reject_policy()
+    attempts = params.retries + 1
+    last: Exception | None = None
+    for attempt in range(attempts):
+        config = fabric.Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
+        connect_kwargs: dict[str, Any] = {
+            "allow_agent": False,
+            "look_for_keys": False,
+            "banner_timeout": params.connect_timeout,
+            "auth_timeout": params.connect_timeout,
+        }
+        if params.key_file:
+            connect_kwargs["key_filename"] = [params.key_file]
+        if params.proxy_command is None and params.host != params.address:
+            # key pinned under an alias: connect the socket ourselves so paramiko looks up the alias
+            try:
+                connect_kwargs["sock"] = socket.create_connection(
+                    (params.address, params.port), timeout=params.connect_timeout
+                )
+            except OSError as exc:
+                last = exc
+                if attempt + 1 < attempts:
+                    sleep(min(0.5 * 2**attempt, 5.0))
+                continue
+        conn = fabric.Connection(
+            host=params.host,
+            user=params.user,
+            port=params.port,
+            config=config,
+            gateway=params.proxy_command,
+            connect_timeout=params.connect_timeout,
+            connect_kwargs=connect_kwargs,
+            forward_agent=False,
+        )
+        # Fabric's constructor installed AutoAddPolicy and loaded ~/.ssh/known_hosts: start from a clean
+        # client that trusts the inventory's pinned keys and nothing else.
+        client = paramiko.SSHClient()
+        # the pinned keys (with guest keys: the published ones plus explicit pins, checked against them)
+        for key_type, b64 in trust.keys.items():
+            try:
+                key = paramiko.PKey.from_type_string(key_type, base64.b64decode(b64))
+            except (paramiko.SSHException, ValueError):
+                continue  # a key type paramiko cannot use (as its own known_hosts parser skips them)
+            client.get_host_keys().add(params.known_hosts_name, key_type, key)
+        client.set_missing_host_key_policy(policy_cls(params, trust))
+        conn.client = client
+        try:
+            conn.open()
+        except HostKeyError:
+            conn.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            conn.close()
+            revoked = trust.revoked_by(exc.key.get_base64())
+            if revoked is not None:
+                raise trust.revoked_error(revoked, exc.key.get_name(), fingerprint(exc.key)) from None
+            raise HostKeyError(
+                f"host key MISMATCH: offered {exc.key.get_name()} {fingerprint(exc.key)}, "
+                f"pinned {exc.expected_key.get_name()} {fingerprint(exc.expected_key)}",
+                where=params.known_hosts_name,
+                hint="the host was rebuilt, or someone is in the middle: verify the new key out of band, "
+                f"then replace the line for {params.known_hosts_name} in {params.known_hosts}",
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            conn.close()
+            raise UnreachableError(
+                f"authentication failed for user {params.user}: {exc}",
+                where=params.known_hosts_name,
+                hint=f"check ssh.key_file ({params.key_file}) and that its public key is authorized",
+            ) from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            conn.close()
+            last = exc
+            if attempt + 1 < attempts:
+                sleep(min(0.5 * 2**attempt, 5.0))
+            continue
+        if params.keepalive:
+            transport = conn.client.get_transport()
+            if transport is not None:
+                transport.set_keepalive(params.keepalive)
+        return conn
+    raise UnreachableError(
+        f"cannot connect to {params.address}:{params.port} after {attempts} attempt(s): "
+        f"{type(last).__name__}: {last}",
+        where=params.known_hosts_name,
+        hint="check that the host is up and reachable (proxy, firewall, sshd), or leave it out with --hosts",
+    )
+
+
+class FabricConnection:
+    """Nornir connection plugin: one Fabric connection per host, reused by every task of a run."""
+
+    def __init__(self) -> None:
+        self.connection: fabric.Connection | None = None
+
+    def open(
+        self,
+        hostname: str | None,
+        username: str | None,
+        password: str | None,
+        port: int | None,
+        platform: str | None,
+        extras: dict[str, Any] | None = None,
+        configuration: Any = None,
+    ) -> None:
+        params: SSHParams = (extras or {})["params"]
+        self.connection = open_connection(params)
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
+def register() -> None:
+    from nornir.core.plugins.connections import ConnectionPluginRegister
+
+    if CONNECTION_NAME not in ConnectionPluginRegister.available:
+        ConnectionPluginRegister.register(CONNECTION_NAME, FabricConnection)

@@ -1,0 +1,221 @@
+"""Run a per-host task on many hosts in parallel (Nornir's threaded runner); results as data.
+
+Every host ends with exactly one `HostResult`: ok, failed (the command ran and failed) or unreachable
+(no command ran). A task never raises out of the runner, so one bad host cannot hide the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from fleet.errors import FleetError, HostKeyError
+from fleet.ssh.connection import CONNECTION_NAME, UnreachableError, register, ssh_params
+
+if TYPE_CHECKING:
+    import fabric
+    from nornir.core import Nornir
+    from nornir.core.task import Task
+
+    from fleet.inventory import FleetHost, Inventory
+
+Status = Literal["ok", "failed", "unreachable"]
+TAIL_LINES = 20
+MAX_WORKERS = 100
+
+
+@dataclass
+class HostResult:
+    host: str
+    status: Status
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    duration: float = 0.0
+    error: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def as_dict(self, tail: int | None = TAIL_LINES) -> dict[str, Any]:
+        out = asdict(self)
+        if tail is not None:
+            out["stdout"] = tail_lines(self.stdout, tail)
+            out["stderr"] = tail_lines(self.stderr, tail)
+        return out
+
+
+def tail_lines(text: str, n: int) -> str:
+    lines = text.splitlines()
+    return "\n".join(lines[-n:])
+
+
+class HostContext:
+    """What a per-host step gets: the host's settings and its (lazily opened, reused) connection."""
+
+    def __init__(self, task: Task, host: FleetHost) -> None:
+        self._task = task
+        self.host = host
+
+    @property
+    def conn(self) -> fabric.Connection:
+        return self._task.host.get_connection(CONNECTION_NAME, self._task.nornir.config)
+
+    def run(self, script: str, *, timeout: float | None = None, stdin: str | None = None) -> Any:
+        """Run a shell script on the host; never raises on a non-zero exit (the caller decides)."""
+        kwargs: dict[str, Any] = {"hide": True, "warn": True, "timeout": timeout}
+        if stdin is not None:
+            import io
+
+            kwargs["in_stream"] = io.StringIO(stdin)
+        else:
+            kwargs["in_stream"] = False
+        return self.conn.run(script, **kwargs)
+
+
+StepFn = Callable[[HostContext], HostResult]
+
+
+def build_nornir(inv: Inventory, hosts: Sequence[FleetHost], workers: int | None = None) -> Nornir:
+    """A Nornir object whose inventory holds exactly `hosts` (already merged) and our SSH plugin."""
+    from nornir.core import Nornir
+    from nornir.core.configuration import Config
+    from nornir.core.inventory import (
+        ConnectionOptions,
+        Defaults,
+        Group,
+        Groups,
+        Host,
+        Hosts,
+        ParentGroups,
+    )
+    from nornir.core.inventory import Inventory as NornirInventory
+    from nornir.plugins.runners import ThreadedRunner
+
+    register()
+    defaults = Defaults()
+    groups = Groups(
+        {name: Group(name=name, data=dict(spec.get("data", {}))) for name, spec in inv.groups.items()}
+    )
+    nhosts = Hosts()
+    for h in hosts:
+        params = ssh_params(h, inv)
+        nhosts[h.name] = Host(
+            name=h.name,
+            hostname=h.hostname,
+            port=h.port,
+            username=h.username,
+            groups=ParentGroups([groups[g] for g in h.groups if g in groups]),
+            data={**h.data, "fleet_host": h},
+            connection_options={CONNECTION_NAME: ConnectionOptions(extras={"params": params})},
+            defaults=defaults,
+        )
+    configured = inv.defaults.get("data", {}).get("run", {}).get("workers")
+    num_workers = workers or configured or max(1, min(len(hosts), MAX_WORKERS))
+    return Nornir(
+        inventory=NornirInventory(hosts=nhosts, groups=groups, defaults=defaults),
+        runner=ThreadedRunner(num_workers=num_workers),
+        config=Config(),
+    )
+
+
+def _wrap(step: StepFn) -> Callable[[Task], HostResult]:
+    def nornir_task(task: Task) -> HostResult:
+        fleet_host: FleetHost = task.host.data["fleet_host"]
+        started = time.monotonic()
+        try:
+            result = step(HostContext(task, fleet_host))
+        except (UnreachableError, HostKeyError) as exc:
+            result = HostResult(host=fleet_host.name, status="unreachable", error=exc.render())
+        except FleetError as exc:
+            result = HostResult(host=fleet_host.name, status="failed", error=exc.render())
+        except Exception as exc:  # an unexpected error on one host must not hide the others
+            status: Status = "failed"
+            import paramiko
+
+            if isinstance(exc, (OSError, EOFError, paramiko.SSHException)):
+                status = "unreachable"  # the connection broke mid-run
+            result = HostResult(host=fleet_host.name, status=status, error=f"{type(exc).__name__}: {exc}")
+        result.duration = time.monotonic() - started
+        return result
+
+    nornir_task.__name__ = getattr(step, "__name__", "fleet_step")
+    return nornir_task
+
+
+def run_step(
+    nr: Nornir, step: StepFn, *, on_done: Callable[[HostResult], None] | None = None
+) -> list[HostResult]:
+    """Run `step` on every host of `nr` in parallel; results in inventory order."""
+    from nornir.core.processor import Processor
+
+    processors: list[Processor] = []
+    if on_done is not None:
+        processors.append(_DoneCallback(on_done))
+    agg = nr.with_processors(processors).run(task=_wrap(step), on_failed=True)
+    results = []
+    for name in nr.inventory.hosts:
+        multi = agg[name]
+        value = multi[0].result if multi and isinstance(multi[0].result, HostResult) else None
+        if value is None:
+            exc = multi[0].exception if multi else None
+            value = HostResult(host=name, status="failed", error=f"internal error: {exc!r}")
+        results.append(value)
+    return results
+
+
+class _DoneCallback:
+    """Nornir processor that reports each host as it finishes (for progress display)."""
+
+    def __init__(self, callback: Callable[[HostResult], None]) -> None:
+        self.callback = callback
+
+    def task_started(self, task: Any) -> None: ...
+    def task_completed(self, task: Any, result: Any) -> None: ...
+    def task_instance_started(self, task: Any, host: Any) -> None: ...
+
+    def task_instance_completed(self, task: Any, host: Any, result: Any) -> None:
+        value = result[0].result if result else None
+        if isinstance(value, HostResult):
+            self.callback(value)
+
+    def subtask_instance_started(self, task: Any, host: Any) -> None: ...
+    def subtask_instance_completed(self, task: Any, host: Any, result: Any) -> None: ...
+
+
+def run_on(
+    inv: Inventory,
+    hosts: Sequence[FleetHost],
+    step: StepFn,
+    *,
+    workers: int | None = None,
+    on_done: Callable[[HostResult], None] | None = None,
+) -> list[HostResult]:
+    """Convenience: build Nornir for `hosts`, run one step, close every connection."""
+    if not hosts:
+        return []
+    nr = build_nornir(inv, hosts, workers)
+    try:
+        return run_step(nr, step, on_done=on_done)
+    finally:
+        nr.close_connections(on_good=True, on_failed=True)
+
+
+def command_step(script: str, timeout: float | None = None) -> StepFn:
+    """A step that runs one shell script and classifies the result by exit code."""
+
+    def run_command(ctx: HostContext) -> HostResult:
+        r = ctx.run(script, timeout=timeout)
+        return HostResult(
+            host=ctx.host.name,
+            status="ok" if r.exited == 0 else "failed",
+            exit_code=r.exited,
+            stdout=r.stdout,
+            stderr=r.stderr,
+        )
+
+    return run_command
