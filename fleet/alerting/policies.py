@@ -20,13 +20,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from fleet import settings
 from fleet.errors import FleetError, InventoryError
 from functions import fleet_contract as contract
 
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 MANAGED_LABEL = "fleet-managed-by"
 OBJECT_LABEL = "fleet-object"
 KINDS = ("topic", "channel", "uptime_check", "alert_policy")
-ENDPOINT_ENV = "FLEET_MONITORING_ENDPOINT"
-PUBSUB_ENDPOINT_ENV = "FLEET_PUBSUB_ENDPOINT"
+ENDPOINT_ENV = settings.MONITORING_ENDPOINT_ENV
+PUBSUB_ENDPOINT_ENV = settings.PUBSUB_ENDPOINT_ENV
 CHECK_METRIC = "monitoring.googleapis.com/uptime_check/check_passed"
 CPU_METRIC = "compute.googleapis.com/instance/cpu/utilization"
 LATENCY_METRIC = "loadbalancing.googleapis.com/https/total_latencies"
@@ -173,7 +173,7 @@ def _fleet_wide(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) -> MonitoringConfig:
     """Resolve `data.monitoring` (fleet-wide; uptime.per_instance may differ per host)."""
-    env = os.environ if env is None else env
+    conf = settings.load(env)
     where = f"inventory {inv.name}"
     hosts = list(inv.hosts.values())
     with_mon = [h for h in hosts if h.get("monitoring")]
@@ -336,10 +336,10 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
         alerts_topic=topic("alerts_topic", "fleet-alerts"),
         events_topic=topic("events_topic", "fleet-events"),
         endpoint=_loopback_endpoint(
-            mon.get("endpoint") or env.get(ENDPOINT_ENV), "monitoring.endpoint", where
+            conf.monitoring_endpoint_for(mon.get("endpoint")), "monitoring.endpoint", where
         ),
         pubsub_endpoint=_loopback_endpoint(
-            mon.get("pubsub_endpoint") or env.get(PUBSUB_ENDPOINT_ENV), "monitoring.pubsub_endpoint", where
+            conf.pubsub_endpoint_for(mon.get("pubsub_endpoint")), "monitoring.pubsub_endpoint", where
         ),
         project_number=mon.get("project_number"),
         auto_close=mon.get("auto_close", 1800),

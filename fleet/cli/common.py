@@ -18,6 +18,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1  # some host failed or was unreachable
 EXIT_USAGE = 2  # bad input: inventory, options, host setup
+EXIT_WOULD_CHANGE = 3  # a dry run found something to change (bootstrap --dry-run)
 
 SELECT_HELP = {
     "inventory": "inventory name under inventory/ or a directory (default: $FLEET_INVENTORY)",

@@ -8,7 +8,7 @@ from typing import Any
 from fabric import task
 from invoke.exceptions import Exit
 
-from fleet.cli.common import EXIT_FAILED, fleet_errors, select, task_help
+from fleet.cli.common import EXIT_FAILED, EXIT_WOULD_CHANGE, fleet_errors, select, task_help
 
 SELECTION = ("inventory", "hosts", "group", "where", "json")
 
@@ -22,7 +22,12 @@ def _health_timeout(hosts: list[Any], given: float) -> float:
     return default_timings(h.get("lb"), h.get("rollout")).health_timeout
 
 
-@task(help=task_help(*SELECTION, "workers"), iterable=["where"])
+@task(
+    help=task_help(
+        *SELECTION, "workers", dry_run="show what would change (facts, then a diff); change nothing"
+    ),
+    iterable=["where"],
+)
 @fleet_errors
 def bootstrap(
     c: Any,
@@ -32,17 +37,27 @@ def bootstrap(
     where: list[str] | None = None,
     json_: bool = False,
     workers: int = 0,
+    dry_run: bool = False,
 ) -> None:
     """Prepare hosts, idempotently: Docker + Compose v2, deploy user, layout (releases/ private), log
     rotation, sysctls.
 
     One root script per host through `sudo -n`; each item is checked before it is changed and
     reported as changed or unchanged, so a second run reports no changes.
+
+    --dry-run changes nothing: it reads each host's facts (as the deploy user, no sudo), then shows
+    per item ok / would change / would fail with the current and the wanted value. Exit 0: nothing
+    would change; 3: something would change; 1: a host was unreachable, its probe failed or
+    bootstrap would fail on it (a missing deploy user, no apt-get to install Docker).
     """
     from fleet.commands.bootstrap import bootstrap_command, parse_bootstrap
     from fleet.release import hoststeps as ht
     from fleet.ssh.runner import HostContext, HostResult, run_on
     from fleet.view import console as ui
+
+    if dry_run:
+        _bootstrap_dry_run(inventory, hosts, group, where, json_, workers)
+        return
 
     def step(ctx: HostContext) -> HostResult:
         cmd = bootstrap_command(ht.layout_of(ctx.host), ctx.host.username)
@@ -90,6 +105,75 @@ def bootstrap(
         )
     if not all(r.ok for r in results):
         raise Exit(code=EXIT_FAILED)
+
+
+def _bootstrap_dry_run(
+    inventory: str | None,
+    hosts: str | None,
+    group: str | None,
+    where: list[str] | None,
+    json_: bool,
+    workers: int,
+) -> None:
+    """Facts first, then the diff (as pyinfra does); nothing on the host changes."""
+    from dataclasses import asdict
+
+    from fleet.commands.bootstrap import bootstrap_facts_command, diff_bootstrap, parse_bootstrap_facts
+    from fleet.commands.facts import facts_command, parse_facts
+    from fleet.release import hoststeps as ht
+    from fleet.ssh.runner import HostContext, HostResult, run_on
+    from fleet.view import console as ui
+
+    def step(ctx: HostContext) -> HostResult:
+        layout = ht.layout_of(ctx.host)
+        r = ctx.run(bootstrap_facts_command(layout, ctx.host.username).shell(), timeout=120)
+        if r.exited != 0:
+            return HostResult(ctx.host.name, "failed", exit_code=r.exited, stdout=r.stdout, stderr=r.stderr)
+        system = ctx.run(facts_command(layout.root).shell(), timeout=60)
+        host_facts = parse_facts(system.stdout) if system.exited == 0 else {}
+        facts = {k: v for k, v in host_facts.items() if k not in ("docker", "compose")}
+        facts.update(parse_bootstrap_facts(r.stdout))
+        items = [asdict(c) for c in diff_bootstrap(facts, layout, ctx.host.username)]
+        return HostResult(ctx.host.name, "ok", exit_code=0, data={"facts": facts, "items": items})
+
+    inv, chosen = select(inventory, hosts, group, where)
+    with ui.host_progress("bootstrap --dry-run", len(chosen), enabled=not json_) as advance:
+        results = run_on(inv, chosen, step, workers=workers or None, on_done=advance)
+    reports = []
+    for r in results:
+        items = r.data.get("items", [])
+        reports.append(
+            {
+                "host": r.host,
+                "status": r.status,
+                "error": r.error or r.stderr.strip()[-500:],
+                "would_change": sum(i["state"] == "would change" for i in items),
+                "would_fail": sum(i["state"] == "would fail" for i in items),
+                **r.data,
+            }
+        )
+    if json_:
+        ui.print_json({"dry_run": True, "hosts": reports})
+    else:
+        for rep in reports:
+            if rep["status"] != "ok":
+                ui.table(f"{rep['host']}: {rep['status']}", ["error"], [[rep["error"]]])
+                continue
+            facts = rep["facts"]
+            ui.table(
+                f"{rep['host']}: facts",
+                ["fact", "value"],
+                [[k, v] for k, v in facts.items() if not isinstance(v, (dict, list))],
+            )
+            ui.table(
+                f"{rep['host']}: bootstrap would",
+                ["item", "state", "current", "wanted"],
+                [[i["item"], i["state"], i["current"], i["wanted"]] for i in rep["items"]],
+            )
+    if any(rep["status"] != "ok" or rep["would_fail"] for rep in reports):
+        raise Exit(code=EXIT_FAILED)
+    if any(rep["would_change"] for rep in reports):
+        raise Exit(code=EXIT_WOULD_CHANGE)
 
 
 @task(

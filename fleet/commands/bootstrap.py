@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from fleet.commands.base import Command, q
 from fleet.commands.release import Layout
@@ -143,3 +145,202 @@ def parse_bootstrap(stdout: str) -> tuple[list[str], list[str]]:
         elif sep and kind == "ok":
             ok.append(item)
     return changed, ok
+
+
+# --------------------------------------------------------------------------- dry run: facts, then a diff
+
+STORAGE_UID = "1001"  # the api image's user, owner of volumes/app/storage (see bootstrap_command)
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"  # dockerd lives there; a login user's PATH may lack it
+
+
+def _layout_dirs(layout: Layout) -> list[tuple[str, str]]:
+    """(directory, mode or "" for any) in the order `layout_script` ensures them."""
+    return [(layout.root, ""), (layout.releases, "750"), (layout.volumes, ""), (layout.state, "")]
+
+
+def bootstrap_facts_command(layout: Layout, user: str) -> Command:
+    """Reads what `bootstrap_command` checks, as the deploy user without sudo, and changes nothing.
+
+    One `key<TAB>value…` line per fact, so values with spaces survive; a missing tool prints an empty
+    value. The diff against what bootstrap wants is `diff_bootstrap` (pure)."""
+    _user(user)
+    log_probe = (
+        "import json, sys\n"
+        "try:\n"
+        "    cur = json.load(open(sys.argv[1]))\n"
+        "except FileNotFoundError:\n"
+        "    cur = {}\n"
+        "except Exception as exc:\n"
+        "    print('error: %s' % type(exc).__name__); sys.exit()\n"
+        "print(json.dumps({k: cur.get(k) for k in sys.argv[2:]}, sort_keys=True))\n"
+    )
+    storage = layout.volumes + "/app/storage"
+    lines = [
+        "export LC_ALL=C",
+        f'PATH="$PATH:{_SBIN}"',
+        'fact() { k=$1; shift; printf \'%s\' "$k"; for v in "$@"; do printf \'\\t%s\' "$v"; done; echo; }',
+        'fact docker_cli "$(command -v docker)"',
+        'fact dockerd "$(command -v dockerd)"',
+        "fact docker_version \"$(docker version --format '{{.Server.Version}}' 2>/dev/null"
+        " || docker --version 2>/dev/null | sed -n 's/^Docker version \\([^,]*\\).*/\\1/p')\"",
+        'fact compose_version "$(docker compose version --short 2>/dev/null)"',
+        "if docker info >/dev/null 2>&1 || [ -S /var/run/docker.sock ]; then fact engine_running yes;"
+        " else fact engine_running no; fi",
+        'fact apt_get "$(command -v apt-get)"',
+        "if [ -d /run/systemd/system ]; then fact systemd yes; else fact systemd no; fi",
+        f'fact user_id "$(id -u {q(user)} 2>/dev/null)"',
+        f'fact user_groups "$(id -nG {q(user)} 2>/dev/null)"',
+        *(
+            f"fact dir {q(d)} \"$(stat -c '%U %u %a' {q(d)} 2>/dev/null)\""
+            for d in [*(d for d, _ in _layout_dirs(layout)), storage]
+        ),
+        f"if [ -f {q(layout.history)} ]; then fact history yes; else fact history no; fi",
+        'fact python3 "$(command -v python3)"',
+        "if command -v python3 >/dev/null 2>&1; then"
+        f' fact log_config "$(python3 -c {q(log_probe)} {q(DAEMON_JSON)} {" ".join(q(k) for k in LOG_OPTS)}'
+        ' 2>/dev/null)"; fi',
+        f"if [ -f {q(SYSCTL_FILE)} ]; then fact sysctl_file yes;"
+        f' while IFS= read -r line || [ -n "$line" ]; do fact sysctl_line "$line"; done < {q(SYSCTL_FILE)};'
+        " else fact sysctl_file no; fi",
+        *(
+            f'fact sysctl {q(key)} "$(cat {q("/proc/sys/" + key.replace(".", "/"))} 2>/dev/null'
+            " | tr '\\t' ' ')\""
+            for key in SYSCTLS
+        ),
+    ]
+    return Command("\n".join(lines), "read what bootstrap would change")
+
+
+def parse_bootstrap_facts(stdout: str) -> dict[str, Any]:
+    """The probe's lines as data: scalars by key, `dirs` {path: (owner, uid, mode) or None},
+    `sysctl_lines` (the file's lines) and `sysctls` {key: live value}."""
+    facts: dict[str, Any] = {}
+    dirs: dict[str, tuple[str, str, str] | None] = {}
+    sysctl_lines: list[str] = []
+    live: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, *values = line.split("\t")
+        if key == "dir" and len(values) == 2:
+            parts = values[1].split()
+            dirs[values[0]] = (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+        elif key == "sysctl_line" and values:
+            sysctl_lines.append("\t".join(values))
+        elif key == "sysctl" and len(values) == 2:
+            live[values[0]] = values[1]
+        elif len(values) == 1:
+            facts[key] = values[0]
+    facts["dirs"] = dirs
+    facts["sysctl_lines"] = sysctl_lines
+    facts["sysctls"] = live
+    return facts
+
+
+@dataclass(frozen=True)
+class Change:
+    """One bootstrap item on one host: `ok`, `would change` or `would fail` (bootstrap would stop)."""
+
+    item: str
+    state: str
+    current: str
+    wanted: str
+
+
+def _dir_change(item: str, seen: tuple[str, str, str] | None, owner: str, mode: str, by_uid: bool) -> Change:
+    wanted = f"owner {owner}" + (f", mode {mode}" if mode else "")
+    if seen is None:
+        return Change(item, "would change", "absent", wanted)
+    name, uid, cur_mode = seen
+    current = f"owner {uid if by_uid else name}, mode {cur_mode}"
+    fine = (uid if by_uid else name) == owner and (not mode or cur_mode == mode)
+    return Change(item, "ok" if fine else "would change", current, wanted)
+
+
+def diff_bootstrap(facts: dict[str, Any], layout: Layout, user: str) -> list[Change]:
+    """What `bootstrap_command` would do on a host with these facts, item by item, in its order."""
+    _user(user)
+    out: list[Change] = []
+    has_docker = bool(facts.get("docker_cli")) and bool(facts.get("dockerd"))
+    apt = bool(facts.get("apt_get"))
+    version = facts.get("docker_version") or ""
+    if has_docker:
+        out.append(Change("docker engine", "ok", version or "present", "installed"))
+    else:
+        state = "would change" if apt else "would fail"
+        out.append(Change("docker engine", state, "absent", "installed (apt-get install docker.io)"))
+    compose = facts.get("compose_version") or ""
+    out.append(
+        Change("compose v2", "ok", compose, "v2")
+        if compose
+        else Change(
+            "compose v2", "would change" if apt else "would fail", "absent", "v2 (docker-compose-plugin)"
+        )
+    )
+    running = facts.get("engine_running") == "yes"
+    if running:
+        out.append(Change("docker engine running", "ok", "running", "running"))
+    else:
+        can_start = facts.get("systemd") == "yes"
+        out.append(
+            Change(
+                "docker engine running",
+                "would change" if can_start else "would fail",
+                "not running" if has_docker else "not installed",
+                "running (systemctl enable --now docker)"
+                if can_start
+                else "running (no systemd to start it)",
+            )
+        )
+    groups = str(facts.get("user_groups") or "").split()
+    if not facts.get("user_id"):
+        out.append(
+            Change(f"user {user} in group docker", "would fail", f"no user {user}", "an existing user")
+        )
+    else:
+        fine = "docker" in groups
+        out.append(
+            Change(
+                f"user {user} in group docker",
+                "ok" if fine else "would change",
+                "groups " + (" ".join(groups) or "-"),
+                "in group docker",
+            )
+        )
+    dirs: dict[str, Any] = facts.get("dirs") or {}
+    for path, mode in _layout_dirs(layout):
+        out.append(_dir_change(f"dir {path}", dirs.get(path), user, mode, by_uid=False))
+    history = facts.get("history") == "yes"
+    out.append(
+        Change(
+            "history file", "ok" if history else "would change", "present" if history else "absent", "present"
+        )
+    )
+    storage = layout.volumes + "/app/storage"
+    out.append(_dir_change(f"dir {storage}", dirs.get(storage), STORAGE_UID, "", by_uid=True))
+    wanted_log = json.dumps(LOG_OPTS, sort_keys=True)
+    if not facts.get("python3"):
+        out.append(Change("docker log rotation", "ok", "skipped: no python3", "per service in the stack"))
+    else:
+        current = str(facts.get("log_config") or "")
+        try:
+            fine = json.loads(current) == LOG_OPTS
+        except ValueError:
+            fine = False
+        out.append(
+            Change("docker log rotation", "ok" if fine else "would change", current or "unknown", wanted_log)
+        )
+    lines: list[str] = facts.get("sysctl_lines") or []
+    want_text = "".join(f"{k} = {v}\n" for k, v in SYSCTLS.items())
+    fine = facts.get("sysctl_file") == "yes" and "\n".join(lines).rstrip("\n") == want_text.rstrip("\n")
+    live: dict[str, str] = facts.get("sysctls") or {}
+    out.append(
+        Change(
+            "sysctls",
+            "ok" if fine else "would change",
+            ("file " if facts.get("sysctl_file") == "yes" else "no file ")
+            + SYSCTL_FILE
+            + "; live "
+            + ", ".join(f"{k}={live.get(k, '?')}" for k in SYSCTLS),
+            ", ".join(f"{k}={v}" for k, v in SYSCTLS.items()),
+        )
+    )
+    return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import re
 import sys
 import threading
@@ -24,9 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet import settings
 from fleet.errors import FleetError
 
-ENDPOINT_ENV = "FLEET_COMPUTE_ENDPOINT"
+ENDPOINT_ENV = settings.COMPUTE_ENDPOINT_ENV
 
 
 class ComputeError(FleetError):
@@ -84,7 +84,8 @@ def _client_class(name: str) -> Any:
 
 
 def endpoint_for(configured: str | None = None) -> str | None:
-    return configured or os.environ.get(ENDPOINT_ENV) or None
+    """FLEET_COMPUTE_ENDPOINT, else the inventory's gce.api_endpoint (`configured`), else None."""
+    return settings.load().compute_endpoint_for(configured)
 
 
 _NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fleet import settings
 from fleet.errors import InventoryError
 from fleet.inventory.schema import (
     Defaults,
@@ -26,7 +27,7 @@ from fleet.inventory.schema import (
 )
 from fleet.paths import INVENTORY_ROOT
 
-ENV_VAR = "FLEET_INVENTORY"
+ENV_VAR = settings.INVENTORY_ENV
 HOST_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 
 
@@ -115,7 +116,7 @@ def partition(hosts: Iterable[FleetHost]) -> tuple[list[FleetHost], list[tuple[F
 
 def inventory_path(name: str | None) -> Path:
     """Where inventory NAME lives: a directory path, or a name under inventory/. No implicit default."""
-    chosen = name or os.environ.get(ENV_VAR)
+    chosen = settings.load().inventory_for(name)
     if not chosen:
         raise InventoryError(
             "no inventory selected",

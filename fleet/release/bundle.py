@@ -17,13 +17,10 @@ See docs/bundle.md.
 from __future__ import annotations
 
 import difflib
-import getpass
 import hashlib
 import io
 import json
-import os
 import re
-import socket
 import subprocess
 import tarfile
 import urllib.parse
@@ -35,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from fleet import settings
 from fleet.commands import base
 from fleet.commands.release import COMPOSE_FILE, ENV_FILE, RELEASE_FILE
 from fleet.errors import FleetError
@@ -560,7 +558,7 @@ def local_meta(
     operator: str | None = None, repo: Path = REPO_ROOT, now: datetime | None = None
 ) -> ReleaseMeta:
     """Metadata from this machine: operator (FLEET_OPERATOR or user@host), git commit of compose/."""
-    who = operator or os.environ.get("FLEET_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+    who = settings.load().operator_for(operator)
     commit = "unknown"
     try:
         head = subprocess.run(

@@ -13,11 +13,11 @@ A missing source is an error that names the secret and the source, never the val
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from fleet import settings
 from fleet.commands.base import env_key
 from fleet.errors import FleetError
 
@@ -47,8 +47,9 @@ def resolve(
     environ: Mapping[str, str] | None = None,
     where: str | None = None,
 ) -> dict[str, str]:
-    """Secret name -> value. `environ` defaults to os.environ; relative files are under `base_dir`."""
-    env = os.environ if environ is None else environ
+    """Secret name -> value. `environ` defaults to the environment (fleet.settings); relative files are
+    under `base_dir`."""
+    env = settings.load().environ if environ is None else environ
     values: dict[str, str] = {}
     for name, ref in refs.items():
         key = env_key(name)

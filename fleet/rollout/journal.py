@@ -29,13 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fleet import settings
 from fleet.errors import FleetError
-from fleet.paths import STATE_DIR
 
 if TYPE_CHECKING:
     from fleet.inventory import Inventory
 
-JOURNAL_ENV = "FLEET_JOURNAL_DIR"
+JOURNAL_ENV = settings.JOURNAL_ENV
 SUFFIX = ".jsonl"
 # outcomes after which there is nothing left to resume
 FINAL = ("succeeded", "rolled-back")
@@ -43,8 +43,8 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 def root() -> Path:
-    configured = os.environ.get(JOURNAL_ENV)
-    return Path(configured) if configured else STATE_DIR / "journal"
+    """FLEET_JOURNAL_DIR, else .fleet/journal in the project directory."""
+    return settings.load().journal_dir
 
 
 def fleet_dir(inv: Inventory, base: Path | None = None) -> Path:

@@ -20,7 +20,6 @@ it. Its Compute calls are bounded well below the TTL.
 
 from __future__ import annotations
 
-import getpass
 import os
 import secrets
 import socket
@@ -32,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fleet import settings
 from fleet.errors import FleetError
 from fleet.gcp.compute import Compute, PreconditionFailed, endpoint_for
 from fleet.rollout.journal import pid_alive
@@ -47,7 +47,7 @@ from functions.fleet_contract import (
 if TYPE_CHECKING:
     from fleet.inventory import FleetHost, Inventory
 
-DEFAULT_TTL = 300.0
+DEFAULT_TTL = settings.DEFAULT_LOCK_TTL
 CAS_ATTEMPTS = 8
 Clock = Callable[[], datetime]
 
@@ -79,7 +79,7 @@ def utcnow() -> datetime:
 
 def operator() -> str:
     """user@machine (FLEET_OPERATOR overrides): who holds a lock."""
-    return os.environ.get("FLEET_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+    return settings.load().operator_for()
 
 
 def process_holder() -> str:
@@ -444,8 +444,5 @@ def for_inventory(
 
 
 def ttl_of(hosts: Sequence[FleetHost]) -> float:
-    for h in hosts:
-        value = h.get("rollout.lock_ttl")
-        if value:
-            return float(value)
-    return DEFAULT_TTL
+    configured = next((h.get("rollout.lock_ttl") for h in hosts if h.get("rollout.lock_ttl")), None)
+    return settings.load().lock_ttl_for(configured)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from fleet import settings
 from fleet.errors import FleetError, HostKeyError
 from fleet.ssh.connection import CONNECTION_NAME, UnreachableError, register, ssh_params
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 Status = Literal["ok", "failed", "unreachable"]
 TAIL_LINES = 20
-MAX_WORKERS = 100
+MAX_WORKERS = settings.MAX_WORKERS
 
 
 @dataclass
@@ -115,7 +116,7 @@ def build_nornir(inv: Inventory, hosts: Sequence[FleetHost], workers: int | None
             defaults=defaults,
         )
     configured = inv.defaults.get("data", {}).get("run", {}).get("workers")
-    num_workers = workers or configured or max(1, min(len(hosts), MAX_WORKERS))
+    num_workers = settings.load().workers_for(len(hosts), inventory=configured, flag=workers)
     return Nornir(
         inventory=NornirInventory(hosts=nhosts, groups=groups, defaults=defaults),
         runner=ThreadedRunner(num_workers=num_workers),
