@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from fleet.errors import FleetError, InventoryError
+from fleet.gcp.compute import mig_ref
 from functions import fleet_contract as contract
 
 if TYPE_CHECKING:
@@ -82,16 +83,6 @@ class MonitoringError(FleetError):
 # Configuration: data.monitoring, validated and resolved once
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class MigRef:
-    project: str
-    location: str  # zone, or region for a regional MIG
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.project}/{self.location}/{self.name}"
-
-
-@dataclass(frozen=True)
 class InstanceCheck:
     """An uptime check of one instance's /health (uptime.per_instance on for that host)."""
 
@@ -132,7 +123,7 @@ class MonitoringConfig:
     escalate_after: int = 300
     regions: tuple[str, ...] = ()
     instance_checks: tuple[InstanceCheck, ...] = ()
-    migs: tuple[MigRef, ...] = ()
+    migs: tuple[contract.MigRef, ...] = ()
     scale_migs: tuple[str, ...] = ()
     scale_step: int = 1
     scale_min: int = 1
@@ -228,7 +219,10 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
             raise InventoryError(
                 f"field gce.migs[{i}]: expected {{project, zone or region, name}}, got {raw}", where=where
             )
-        migs.append(MigRef(mig_project, location, raw["name"]))
+        try:
+            migs.append(mig_ref({**raw, "project": mig_project}, where=where))
+        except FleetError as exc:
+            raise InventoryError(f"field gce.migs[{i}]: {exc.what}", where=where, hint=exc.hint) from None
 
     uptime = mon.get("uptime") or {}
     if uptime.get("lb_url"):

@@ -464,7 +464,7 @@ def test_functions_deploy_runs_exactly_what_dry_run_prints(env: Env, tmp_path: P
     ran = [["gcloud", *json.loads(line)] for line in log.read_text().splitlines()]
     assert ran == planned
     assert [line.removeprefix("+ ") for line in proc.stdout.splitlines() if line.startswith("+ ")] == [
-        fd.Command("", tuple(a)).shell() for a in planned
+        fd.GcloudCommand("", tuple(a)).shell() for a in planned
     ]
 
 
