@@ -101,7 +101,8 @@ def mig_ref(spec: Mapping[str, Any], where: str = "gce.migs") -> contract.MigRef
     try:
         ref = contract.MigRef.make(str(spec.get("project") or ""), location, str(spec.get("name") or ""))
     except contract.ContractError as exc:
-        raise FleetError(str(exc), where=where, hint="e.g. project my-project, zone europe-west1-b") from None
+        hint = "names are lowercase letters, digits and '-'; e.g. project my-project, zone europe-west1-b"
+        raise FleetError(str(exc), where=where, hint=hint) from None
     if ref.regional == bool(zone):
         kind = "zone" if zone else "region"
         raise FleetError(f"invalid {kind} {location!r}", where=where, hint="e.g. zone europe-west1-b")
