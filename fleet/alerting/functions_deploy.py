@@ -26,7 +26,7 @@ from fleet.errors import FleetError, HostSetupError, InventoryError
 from fleet.paths import FUNCTIONS_DIR
 
 if TYPE_CHECKING:
-    from fleet.alerting.policies import MonitoringConfig, Report
+    from fleet.alerting.policies import MonitoringConfig, MonitoringReport
 
 GCLOUD = "gcloud"
 SOURCE_DIR = FUNCTIONS_DIR
@@ -347,7 +347,7 @@ def deploy_plan(config: MonitoringConfig, source: Path = SOURCE_DIR) -> DeployPl
     return DeployPlan(tuple(specs), tuple(commands), tuple(relies))
 
 
-def missing_prerequisites(report: Report) -> list[str]:
+def missing_prerequisites(report: MonitoringReport) -> list[str]:
     """Objects the functions rely on that a Monitoring plan says do not exist yet."""
     return [
         f"{c.kind.replace('_', ' ')} {c.display_name}"

@@ -1092,7 +1092,9 @@ def _hint(exc: Any) -> str:
 # Plan and apply: one code path; a plan is an apply that does not execute
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class Report:
+class MonitoringReport:
+    """What `fab monitoring.plan|apply` found or changed (not a rollout's Report)."""
+
     fleet: str
     project: str
     applied: bool
@@ -1123,7 +1125,7 @@ _DELETE_ORDER = {"alert_policy": 0, "uptime_check": 1, "channel": 2}
 
 def reconcile(
     config: MonitoringConfig, clients: MonitoringClients, *, execute: bool, prune: bool = False
-) -> Report:
+) -> MonitoringReport:
     """Plan (execute=False) or apply (execute=True) the fleet's Monitoring objects, kind by kind,
     so that a policy is built with the real names of the channel and checks it references."""
     refs: dict[str, str] = {}
@@ -1160,12 +1162,12 @@ def reconcile(
             ch.done = True
     # replaced objects' old copies are part of the report, after everything else
     all_changes.extend(c for c in retire if c.role == "replaced")
-    return Report(config.fleet, config.project, execute, all_changes)
+    return MonitoringReport(config.fleet, config.project, execute, all_changes)
 
 
-def plan(config: MonitoringConfig, clients: MonitoringClients, prune: bool = False) -> Report:
+def plan(config: MonitoringConfig, clients: MonitoringClients, prune: bool = False) -> MonitoringReport:
     return reconcile(config, clients, execute=False, prune=prune)
 
 
-def apply(config: MonitoringConfig, clients: MonitoringClients, prune: bool = False) -> Report:
+def apply(config: MonitoringConfig, clients: MonitoringClients, prune: bool = False) -> MonitoringReport:
     return reconcile(config, clients, execute=True, prune=prune)

@@ -429,7 +429,7 @@ def test_missing_prerequisites_for_the_functions(tmp_path: Path) -> None:
         mon.Change("channel", mon.channel_key(), "compose-fleet prod: alerts", "create"),
         mon.Change("alert_policy", "policy-lb-health", "x", "create"),
     ]
-    report = mon.Report("prod", PROJECT, False, changes)
+    report = mon.MonitoringReport("prod", PROJECT, False, changes)
     assert missing_prerequisites(report) == [
         f"topic {cfg.events_topic}",
         "channel compose-fleet prod: alerts",
