@@ -116,7 +116,7 @@ def decision_times() -> list[float]:
             member_id = str(10**12 + m * 100 + i)
             member_ids.append(member_id)
             members.append(
-                policy.Member(
+                policy.ManagedInstance(
                     name=f"{ref.name}-{i:03d}",
                     zone=ZONE if not ref.regional else "us-central1-b",
                     id=member_id,

@@ -152,11 +152,12 @@ def hostkey_rows(tmp: Path) -> list[tuple[str, str, str]]:
 
 def docker_rows() -> list[tuple[str, str, str]]:
     """The local MIG: one fleet of its own (the test module's names), 2 instances on 1.0.0."""
-    from fleet.gcp.compute import Compute, MigRef
+    from fleet.gcp.compute import Compute
     from fleet.local import compute_endpoint
     from fleet.local.config import LocalConfig
     from fleet.local.instances import LocalFleet
     from fleet.local.progress import Progress
+    from functions import fleet_contract as contract
 
     cfg = LocalConfig(
         name="benchgce",
@@ -179,7 +180,7 @@ def docker_rows() -> list[tuple[str, str, str]]:
                 [fab, *task, "--inventory", str(cfg.inventory_dir)], capture_output=True, check=True
             )
         compute = Compute(compute_endpoint.endpoint_url(cfg), op_timeout=120)
-        ref = MigRef(cfg.project, cfg.zone, compute_endpoint.mig_name(cfg))
+        ref = contract.MigRef.make(cfg.project, cfg.zone, compute_endpoint.mig_name(cfg))
 
         def until_stable(start: float) -> float:
             compute.wait_stable(ref, timeout=300, poll=0.2)

@@ -43,11 +43,11 @@ LOCK_METADATA_KEY = "compose-fleet-lock"
 
 # --- managed instance groups ----------------------------------------------------------------------
 
-# A region is lowercase words joined by "-", the last one may end in digits (us-central1,
-# northamerica-northeast1, and the local stand-in's local-zone); a zone is a region plus "-<letter>"
-# (us-central1-a, local-zone-a). One rule for every name: nothing knows the local names specially.
-_REGION = re.compile(r"[a-z]+(?:-[a-z]+)+[0-9]*")
-_ZONE = re.compile(r"(?P<region>[a-z]+(?:-[a-z]+)+[0-9]*)-[a-z]")
+# GCE's own shapes: a region is two lowercase words and a number (us-central1, europe-west1,
+# northamerica-northeast1); a zone is a region plus "-<letter>" (us-central1-a). One rule for every
+# name, no special cases: stand-ins use real-looking names.
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
+_ZONE = re.compile(r"(?P<region>[a-z]+-[a-z]+[0-9]+)-[a-z]")
 _PROJECT = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _RESOURCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -58,13 +58,8 @@ def is_zone(location: str) -> bool:
 
 
 def is_region(location: str) -> bool:
-    """A region (us-central1); a zone is never a region, though local-zone-a reads like one."""
-    return (
-        isinstance(location, str)
-        and len(location) <= 63
-        and not is_zone(location)
-        and _REGION.fullmatch(location) is not None
-    )
+    """A region (us-central1)."""
+    return isinstance(location, str) and len(location) <= 63 and _REGION.fullmatch(location) is not None
 
 
 def region_of(location: str) -> str:

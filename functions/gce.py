@@ -19,7 +19,7 @@ from typing import Any
 
 import fleet_contract as contract
 from fleet_contract import MigRef
-from policy import Autoscaler, Member, MigState
+from policy import Autoscaler, ManagedInstance, MigState
 
 _URL_ZONE = re.compile(r"/projects/[^/]+/zones/([^/]+)/instances/([^/]+)$")
 _URL_NAME = re.compile(r"/([^/]+)$")
@@ -257,7 +257,7 @@ class Compute:
             zone, name = (match.group(1), match.group(2)) if match else ("", mi.name)
             inst = resources.get((zone, name))
             members.append(
-                Member(
+                ManagedInstance(
                     name=name,
                     zone=zone,
                     id=str(mi.id) if mi.id else (str(inst.id) if inst is not None else ""),
@@ -315,7 +315,9 @@ class Compute:
             errors = [op.http_error_message]
         return OpResult(op.name, op.status.name, "; ".join(errors), project, location)
 
-    def set_labels(self, project: str, member: Member, labels: dict[str, str], request_id: str) -> OpResult:
+    def set_labels(
+        self, project: str, member: ManagedInstance, labels: dict[str, str], request_id: str
+    ) -> OpResult:
         c = self.api.compute
         body = c.InstancesSetLabelsRequest(labels=labels, label_fingerprint=member.label_fingerprint)
         op = self._call(
@@ -330,7 +332,7 @@ class Compute:
         )
         return self._op(op, project)
 
-    def reset(self, project: str, member: Member, request_id: str) -> OpResult:
+    def reset(self, project: str, member: ManagedInstance, request_id: str) -> OpResult:
         c = self.api.compute
         op = self._call(
             self.api.instances.reset_unary,
@@ -340,7 +342,7 @@ class Compute:
         )
         return self._op(op, project)
 
-    def recreate(self, ref: MigRef, member: Member, request_id: str) -> OpResult:
+    def recreate(self, ref: MigRef, member: ManagedInstance, request_id: str) -> OpResult:
         c = self.api.compute
         url = f"projects/{ref.project}/zones/{member.zone}/instances/{member.name}"
         if ref.regional:

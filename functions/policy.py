@@ -38,7 +38,7 @@ def request_id(*parts: str) -> str:
 
 
 @dataclass(frozen=True)
-class Member:
+class ManagedInstance:
     """One managed instance: listManagedInstances joined with the instance resource."""
 
     name: str
@@ -63,7 +63,7 @@ class Autoscaler:
 class MigState:
     ref: MigRef
     target_size: int
-    members: tuple[Member, ...]
+    members: tuple[ManagedInstance, ...]
     autoscaler: Autoscaler | None = None
 
 
@@ -85,7 +85,7 @@ class Decision:
     reason: str
     detail: str = ""
     mig: MigRef | None = None
-    member: Member | None = None
+    member: ManagedInstance | None = None
     request_id: str = ""
     labels: Mapping[str, str] | None = None  # full label set to write (with member's fingerprint) first
     new_size: int | None = None
@@ -151,7 +151,7 @@ def _shown(labels: Mapping[str, str], key: str) -> str:
     return f"{key}={labels[key][:64]!r}" if key in labels else f"no {key}"
 
 
-def _member_matches(member: Member, zone: str, instance_id: str, name: str) -> bool:
+def _member_matches(member: ManagedInstance, zone: str, instance_id: str, name: str) -> bool:
     if zone and member.zone != zone:
         return False
     if instance_id and member.id == instance_id:
@@ -159,7 +159,7 @@ def _member_matches(member: Member, zone: str, instance_id: str, name: str) -> b
     return bool(name) and member.name == name and (not instance_id or not member.id)
 
 
-def locate(target: InstanceTarget, fleet: Sequence[MigState]) -> tuple[MigState, Member] | None:
+def locate(target: InstanceTarget, fleet: Sequence[MigState]) -> tuple[MigState, ManagedInstance] | None:
     """The configured MIG and member the target is, or None when it is not in any of them."""
     for mig in fleet:
         if target.project and mig.ref.project != target.project:
@@ -170,7 +170,7 @@ def locate(target: InstanceTarget, fleet: Sequence[MigState]) -> tuple[MigState,
     return None
 
 
-def rollout_mark_holds(member: Member, lock: contract.Lock | None, now: float) -> bool:
+def rollout_mark_holds(member: ManagedInstance, lock: contract.Lock | None, now: float) -> bool:
     """A rollout mark counts only while its rollout holds the fleet lock; a killed rollout's mark is stale."""
     mark = member.labels.get(contract.ROLLOUT_LABEL)
     if not mark or lock is None:
@@ -178,7 +178,7 @@ def rollout_mark_holds(member: Member, lock: contract.Lock | None, now: float) -
     return lock.rollout_id == mark and contract.is_held(lock, datetime.fromtimestamp(now, UTC))
 
 
-def is_healing(member: Member, now: float, settle: int) -> bool:
+def is_healing(member: ManagedInstance, now: float, settle: int) -> bool:
     """Busy with a heal: a MIG repair action, or our own action less than `settle` seconds ago."""
     if member.current_action in HEALING_ACTIONS:
         return True
@@ -186,7 +186,9 @@ def is_healing(member: Member, now: float, settle: int) -> bool:
     return mark is not None and now - mark.at < settle
 
 
-def _budget_left(fleet: Sequence[MigState], mig: MigState, target: Member, now: float, cfg: Settings) -> str:
+def _budget_left(
+    fleet: Sequence[MigState], mig: MigState, target: ManagedInstance, now: float, cfg: Settings
+) -> str:
     """Empty when one more heal fits the budget, else why not."""
     busy_fleet = sum(
         1
@@ -208,7 +210,7 @@ def _budget_left(fleet: Sequence[MigState], mig: MigState, target: Member, now: 
     return ""
 
 
-def _heal_request(incident: Incident, step: str, at: int, ref: MigRef, member: Member) -> str:
+def _heal_request(incident: Incident, step: str, at: int, ref: MigRef, member: ManagedInstance) -> str:
     """The requestId of one heal attempt; its time is the mark's, so a replay of it repeats the id
     and a later attempt (past the window) is a new request that Compute does not deduplicate away."""
     return request_id("heal", incident.incident_id, step, str(at), str(ref), member.name)

@@ -29,8 +29,8 @@ from typing import Any
 from standins.errors import StandinError
 
 BASE_URL = "https://www.googleapis.com/compute/v1"
-_ZONE = re.compile(r"[a-z]+-[a-z]+\d+-[a-z]")
-_REGION = re.compile(r"[a-z]+-[a-z]+\d+")
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")  # europe-west1
+_ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")  # europe-west1-b
 _NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -89,16 +89,12 @@ def fingerprint() -> str:
     return base64.b64encode(random.randbytes(8)).decode()
 
 
-# The local fleet's own names (fleet/local/config.py): zone local-zone-a in region local-zone.
-_LOCAL_ZONE = re.compile(r"local-[a-z0-9]+(?:-[a-z0-9]+)*-[a-z]")
-_LOCAL_REGION = re.compile(r"local-[a-z0-9]+(?:-[a-z0-9]+)*")
-
-
 def scope_of(location: str) -> str:
-    """'zones' for a zone, 'regions' for a region (how Compute spells them in URLs)."""
-    if _ZONE.fullmatch(location) or _LOCAL_ZONE.fullmatch(location):
+    """'zones' for a zone, 'regions' for a region (how Compute spells them in URLs); like Google, the
+    stand-in checks names itself, by GCE's shapes (us-central1, us-central1-a), with no local names."""
+    if _ZONE.fullmatch(location):
         return "zones"
-    if _REGION.fullmatch(location) or _LOCAL_REGION.fullmatch(location):
+    if _REGION.fullmatch(location):
         return "regions"
     raise invalid(f"Invalid value for field 'location': '{location}'")
 

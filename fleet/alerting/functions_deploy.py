@@ -26,7 +26,7 @@ from fleet.errors import FleetError, HostSetupError, InventoryError
 from fleet.paths import FUNCTIONS_DIR
 
 if TYPE_CHECKING:
-    from fleet.alerting.policies import MonitoringConfig, Report
+    from fleet.alerting.policies import MonitoringConfig, MonitoringReport
 
 GCLOUD = "gcloud"
 SOURCE_DIR = FUNCTIONS_DIR
@@ -50,7 +50,9 @@ class FunctionSpec:
 
 
 @dataclass(frozen=True)
-class Command:
+class GcloudCommand:
+    """One local gcloud call of the deploy plan (argv, run here; not a remote command of fleet/commands/)."""
+
     label: str
     argv: tuple[str, ...]
 
@@ -61,7 +63,7 @@ class Command:
 @dataclass(frozen=True)
 class DeployPlan:
     functions: tuple[FunctionSpec, ...]
-    commands: tuple[Command, ...]
+    commands: tuple[GcloudCommand, ...]
     relies_on: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
@@ -226,7 +228,7 @@ def source_dir(path: Path = SOURCE_DIR) -> Path:
 
 def deploy_command(
     config: MonitoringConfig, spec: FunctionSpec, env: Mapping[str, str], source: Path
-) -> Command:
+) -> GcloudCommand:
     f = config.functions
     argv = [
         GCLOUD,
@@ -258,10 +260,10 @@ def deploy_command(
     if spec.secrets and f.get("secrets"):
         argv.append("--set-secrets=" + ",".join(f"{k}={v}" for k, v in sorted(f["secrets"].items())))
     argv.append("--quiet")
-    return Command(f"deploy {spec.name}", tuple(argv))
+    return GcloudCommand(f"deploy {spec.name}", tuple(argv))
 
 
-def grant_commands(config: MonitoringConfig) -> list[Command]:
+def grant_commands(config: MonitoringConfig) -> list[GcloudCommand]:
     """IAM bindings the loop needs (each idempotent in gcloud)."""
     sa = _required(config, "service_account", "the functions runtime identity")
     out = []
@@ -269,7 +271,7 @@ def grant_commands(config: MonitoringConfig) -> list[Command]:
     if config.project_number:
         agent = f"service-{config.project_number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
         out.append(
-            Command(
+            GcloudCommand(
                 "let Monitoring publish alerts",
                 (
                     GCLOUD,
@@ -285,7 +287,7 @@ def grant_commands(config: MonitoringConfig) -> list[Command]:
             )
         )
     out.append(
-        Command(
+        GcloudCommand(
             "let the functions publish fleet events",
             (
                 GCLOUD,
@@ -307,7 +309,7 @@ def grant_commands(config: MonitoringConfig) -> list[Command]:
             continue
         seen.add((project, secret))
         out.append(
-            Command(
+            GcloudCommand(
                 f"let the functions read secret {secret}",
                 (
                     GCLOUD,
@@ -345,7 +347,7 @@ def deploy_plan(config: MonitoringConfig, source: Path = SOURCE_DIR) -> DeployPl
     return DeployPlan(tuple(specs), tuple(commands), tuple(relies))
 
 
-def missing_prerequisites(report: Report) -> list[str]:
+def missing_prerequisites(report: MonitoringReport) -> list[str]:
     """Objects the functions rely on that a Monitoring plan says do not exist yet."""
     return [
         f"{c.kind.replace('_', ' ')} {c.display_name}"
@@ -367,12 +369,12 @@ def require_gcloud() -> str:
 
 @dataclass(frozen=True)
 class RunResult:
-    command: Command
+    command: GcloudCommand
     exit_code: int
 
 
 def run(
-    commands: Sequence[Command],
+    commands: Sequence[GcloudCommand],
     *,
     echo: IO[str] = sys.stdout,
     output: IO[str] | None = None,

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from fleet import settings
 from fleet.errors import FleetError, InventoryError
+from fleet.gcp.compute import mig_ref
 from functions import fleet_contract as contract
 
 if TYPE_CHECKING:
@@ -82,16 +83,6 @@ class MonitoringError(FleetError):
 # Configuration: data.monitoring, validated and resolved once
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class MigRef:
-    project: str
-    location: str  # zone, or region for a regional MIG
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.project}/{self.location}/{self.name}"
-
-
-@dataclass(frozen=True)
 class InstanceCheck:
     """An uptime check of one instance's /health (uptime.per_instance on for that host)."""
 
@@ -132,7 +123,7 @@ class MonitoringConfig:
     escalate_after: int = 300
     regions: tuple[str, ...] = ()
     instance_checks: tuple[InstanceCheck, ...] = ()
-    migs: tuple[MigRef, ...] = ()
+    migs: tuple[contract.MigRef, ...] = ()
     scale_migs: tuple[str, ...] = ()
     scale_step: int = 1
     scale_min: int = 1
@@ -228,7 +219,10 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
             raise InventoryError(
                 f"field gce.migs[{i}]: expected {{project, zone or region, name}}, got {raw}", where=where
             )
-        migs.append(MigRef(mig_project, location, raw["name"]))
+        try:
+            migs.append(mig_ref({**raw, "project": mig_project}, where=where))
+        except FleetError as exc:
+            raise InventoryError(f"field gce.migs[{i}]: {exc.what}", where=where, hint=exc.hint) from None
 
     uptime = mon.get("uptime") or {}
     if uptime.get("lb_url"):
@@ -1098,7 +1092,9 @@ def _hint(exc: Any) -> str:
 # Plan and apply: one code path; a plan is an apply that does not execute
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class Report:
+class MonitoringReport:
+    """What `fab monitoring.plan|apply` found or changed (not a rollout's Report)."""
+
     fleet: str
     project: str
     applied: bool
@@ -1129,7 +1125,7 @@ _DELETE_ORDER = {"alert_policy": 0, "uptime_check": 1, "channel": 2}
 
 def reconcile(
     config: MonitoringConfig, clients: MonitoringClients, *, execute: bool, prune: bool = False
-) -> Report:
+) -> MonitoringReport:
     """Plan (execute=False) or apply (execute=True) the fleet's Monitoring objects, kind by kind,
     so that a policy is built with the real names of the channel and checks it references."""
     refs: dict[str, str] = {}
@@ -1166,12 +1162,12 @@ def reconcile(
             ch.done = True
     # replaced objects' old copies are part of the report, after everything else
     all_changes.extend(c for c in retire if c.role == "replaced")
-    return Report(config.fleet, config.project, execute, all_changes)
+    return MonitoringReport(config.fleet, config.project, execute, all_changes)
 
 
-def plan(config: MonitoringConfig, clients: MonitoringClients, prune: bool = False) -> Report:
+def plan(config: MonitoringConfig, clients: MonitoringClients, prune: bool = False) -> MonitoringReport:
     return reconcile(config, clients, execute=False, prune=prune)
 
 
-def apply(config: MonitoringConfig, clients: MonitoringClients, prune: bool = False) -> Report:
+def apply(config: MonitoringConfig, clients: MonitoringClients, prune: bool = False) -> MonitoringReport:
     return reconcile(config, clients, execute=True, prune=prune)

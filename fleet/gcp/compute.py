@@ -25,6 +25,7 @@ from typing import Any
 
 from fleet import settings
 from fleet.errors import FleetError
+from functions import fleet_contract as contract
 
 ENDPOINT_ENV = settings.COMPUTE_ENDPOINT_ENV
 
@@ -88,54 +89,32 @@ def endpoint_for(configured: str | None = None) -> str | None:
     return settings.load().compute_endpoint_for(configured)
 
 
-_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
-_LOCATION = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)+")
 _INSTANCE_URL = re.compile(r"(?:.*/)?projects/([^/]+)/zones/([^/]+)/instances/([^/]+)$")
 
 
-def is_zone(location: str) -> bool:
-    """Zones are a region plus `-<letter>` (us-central1-a); regions end in a digit (us-central1)."""
-    return re.fullmatch(r".+-[a-z]", location) is not None
-
-
-@dataclass(frozen=True)
-class MigRef:
-    """A managed instance group: zonal when `location` is a zone, regional when it is a region."""
-
-    project: str
-    location: str
-    name: str
-
-    @property
-    def regional(self) -> bool:
-        return not is_zone(self.location)
-
-    def __str__(self) -> str:
-        return f"{self.project}/{self.location}/{self.name}"
-
-
-def mig_ref(spec: Mapping[str, Any], where: str = "gce.migs") -> MigRef:
-    """A MIG from an inventory entry {project, zone | region, name}; names checked on the way in."""
+def mig_ref(spec: Mapping[str, Any], where: str = "gce.migs") -> contract.MigRef:
+    """A MIG from an inventory entry {project, zone | region, name}: the contract's MigRef, checked
+    by the contract's rules (the functions refuse what it refuses), and `zone:` must name a zone."""
     zone, region = spec.get("zone"), spec.get("region")
     if bool(zone) == bool(region):
         raise FleetError("a MIG needs exactly one of zone or region", where=where, hint="see docs/gce.md")
     location = str(zone or region)
-    project, name = str(spec.get("project") or ""), str(spec.get("name") or "")
-    if not re.fullmatch(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]", project):
-        raise FleetError(f"invalid project {project!r}", where=where)
-    if not _NAME.fullmatch(name):
-        raise FleetError(f"invalid MIG name {name!r}", where=where, hint="lowercase letters, digits, '-'")
-    if not _LOCATION.fullmatch(location) or is_zone(location) != bool(zone):
+    try:
+        ref = contract.MigRef.make(str(spec.get("project") or ""), location, str(spec.get("name") or ""))
+    except contract.ContractError as exc:
+        hint = "names are lowercase letters, digits and '-'; e.g. project my-project, zone europe-west1-b"
+        raise FleetError(str(exc), where=where, hint=hint) from None
+    if ref.regional == bool(zone):
         kind = "zone" if zone else "region"
         raise FleetError(f"invalid {kind} {location!r}", where=where, hint="e.g. zone europe-west1-b")
-    return MigRef(project, location, name)
+    return ref
 
 
 @dataclass(frozen=True)
-class Member:
+class ManagedInstance:
     """One instance of a MIG as the inventory needs it (instance details merged in)."""
 
-    mig: MigRef
+    mig: contract.MigRef
     name: str
     zone: str
     id: str
@@ -287,7 +266,7 @@ class Compute:
 
     # ------------------------------------------------------------------ managed instance groups
 
-    def _igm(self, ref: MigRef) -> tuple[Any, dict[str, str]]:
+    def _igm(self, ref: contract.MigRef) -> tuple[Any, dict[str, str]]:
         if ref.regional:
             return self.client("RegionInstanceGroupManagersClient"), {
                 "project": ref.project,
@@ -300,11 +279,11 @@ class Compute:
             "instance_group_manager": ref.name,
         }
 
-    def mig(self, ref: MigRef) -> Any:
+    def mig(self, ref: contract.MigRef) -> Any:
         client, where = self._igm(ref)
         return self._call(lambda: client.get(**where, timeout=self.call_timeout), str(ref))
 
-    def managed_instances(self, ref: MigRef) -> list[Any]:
+    def managed_instances(self, ref: contract.MigRef) -> list[Any]:
         client, where = self._igm(ref)
         return self._call(
             lambda: list(client.list_managed_instances(**where, timeout=self.call_timeout)), str(ref)
@@ -322,7 +301,7 @@ class Compute:
             f"{project}/{zone}",
         )
 
-    def mig_members(self, ref: MigRef) -> list[Member]:
+    def mig_members(self, ref: contract.MigRef) -> list[ManagedInstance]:
         """The MIG's members with status, current action, internal IP and labels, in name order.
 
         A member whose instance does not exist (yet, or any more) is listed from the MIG's view."""
@@ -344,7 +323,7 @@ class Compute:
             inst = details.get(name)
             nics = list(inst.network_interfaces) if inst is not None else []
             members.append(
-                Member(
+                ManagedInstance(
                     mig=ref,
                     name=name,
                     zone=zones[name],
@@ -359,7 +338,7 @@ class Compute:
             )
         return sorted(members, key=lambda m: natural_key(m.name))
 
-    def resize(self, ref: MigRef, size: int, request_id: str | None = None) -> None:
+    def resize(self, ref: contract.MigRef, size: int, request_id: str | None = None) -> None:
         """Set the target size; the operation is DONE once scheduled (see wait_stable)."""
         t = self.types()
         client, where = self._igm(ref)
@@ -370,7 +349,9 @@ class Compute:
         op = self._call(lambda: client.resize_unary(request=req, timeout=self.call_timeout), str(ref))
         self._wait_mig(op, ref)
 
-    def recreate(self, ref: MigRef, members: Sequence[Member], request_id: str | None = None) -> None:
+    def recreate(
+        self, ref: contract.MigRef, members: Sequence[ManagedInstance], request_id: str | None = None
+    ) -> None:
         """Replace members with new VMs of the same names; DONE once scheduled (see wait_stable)."""
         t = self.types()
         client, where = self._igm(ref)
@@ -407,13 +388,13 @@ class Compute:
         )
         self.wait(op, project=project, zone=zone)
 
-    def _wait_mig(self, op: Any, ref: MigRef) -> None:
+    def _wait_mig(self, op: Any, ref: contract.MigRef) -> None:
         if ref.regional:
             self.wait(op, project=ref.project, region=ref.location)
         else:
             self.wait(op, project=ref.project, zone=ref.location)
 
-    def wait_stable(self, ref: MigRef, timeout: float = 600.0, poll: float = 1.0) -> Any:
+    def wait_stable(self, ref: contract.MigRef, timeout: float = 600.0, poll: float = 1.0) -> Any:
         """Wait until the MIG has no action on any member and its size is its target size."""
         deadline = time.monotonic() + timeout
         while True:

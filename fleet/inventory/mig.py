@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from fleet.errors import InventoryError
 
 if TYPE_CHECKING:
-    from fleet.gcp.compute import Compute, Member
+    from fleet.gcp.compute import Compute, ManagedInstance
 
 _HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -52,7 +52,7 @@ def mig_refs(gce: Mapping[str, Any], where: str) -> list[Any]:
     return refs
 
 
-def member_spec(member: Member, groups: Sequence[str]) -> dict[str, Any]:
+def member_spec(member: ManagedInstance, groups: Sequence[str]) -> dict[str, Any]:
     """A hosts.yaml-shaped entry for one member (validated like any host)."""
     return {
         "hostname": member.internal_ip or member.name,
@@ -69,7 +69,7 @@ def member_spec(member: Member, groups: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def runtime_facts(member: Member) -> dict[str, Any]:
+def runtime_facts(member: ManagedInstance) -> dict[str, Any]:
     """What Compute says about the member now (not settings: merged after validation)."""
     return {
         "mig": str(member.mig),

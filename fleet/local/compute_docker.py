@@ -1,6 +1,6 @@
 """The local fleet's Compute API: a `ComputeBackend` whose instances ARE the fleet's containers.
 
-One project (`local-project`), one zone (`local-zone-a`) and one zonal MIG (`<fleet>-mig`, i.e.
+One project (`local-project`), one zone (`europe-west1-b`) and one zonal MIG (`<fleet>-mig`, i.e.
 `local-mig`) whose members are the instances `local-N`. Docker is the source of truth for what
 exists; this backend adds what Compute has and Docker does not: labels with their fingerprint (per
 instance id, so a recreated instance starts from the template's labels, none), the project's common

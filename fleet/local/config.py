@@ -57,7 +57,7 @@ class LocalConfig:
     registry_host_port: int = 15000  # the host pushes to 127.0.0.1:15000, instances pull fleet-registry:5000
     backend: str = "app"
     project: str = "local-project"
-    zone: str = "local-zone-a"
+    zone: str = "europe-west1-b"  # a real-looking zone: the functions and the stand-in take GCE names only
     labels: dict[str, str] = field(default_factory=lambda: {"fleet.local": "1"})
 
     def __post_init__(self) -> None:

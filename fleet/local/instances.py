@@ -22,7 +22,7 @@ from typing import Any
 from fleet.errors import FleetError
 from fleet.local import dockercmd, execute, inventory_writer, registry
 from fleet.local.config import LocalConfig
-from fleet.local.lb import LoadBalancer, Member
+from fleet.local.lb import LbServer, LoadBalancer
 from fleet.local.progress import Progress, Quiet
 
 INDEX_LABEL = "fleet.local.instance"
@@ -314,7 +314,7 @@ class LocalFleet:
         inventory_writer.write(
             self.config, entries, compute_endpoint=compute_endpoint.endpoint_url(self.config)
         )
-        self.lb.sync([Member(r.name, r.http_port) for r in records])
+        self.lb.sync([LbServer(r.name, r.http_port) for r in records])
         return records
 
     def _prepare(self, build: bool) -> str:

@@ -27,7 +27,7 @@ STATES = ("UP", "DOWN", "MAINT", "DRAIN", "NOLB")
 
 
 @dataclass(frozen=True)
-class Member:
+class LbServer:
     """One backend server: an instance's published HTTP port."""
 
     name: str
@@ -89,7 +89,7 @@ backend {config.backend}
 """
 
 
-def add_server_commands(backend: str, member: Member) -> str:
+def add_server_commands(backend: str, member: LbServer) -> str:
     """Runtime commands that add a server which starts DOWN until `rise` checks pass (GCP-like)."""
     check = " ".join(f"{k} {v}" for k, v in CHECK.items())
     srv = f"{backend}/{member.name}"
@@ -232,7 +232,7 @@ class LoadBalancer:
         if bad:
             raise FleetError(f"haproxy refused to {what}: {' / '.join(bad)}", where=str(self.socket_path))
 
-    def add(self, member: Member) -> None:
+    def add(self, member: LbServer) -> None:
         self._expect(self.command(add_server_commands(self.config.backend, member)), f"add {member.name}")
 
     def remove(self, name: str) -> None:
@@ -264,7 +264,7 @@ class LoadBalancer:
             self.set_state(name, "maint")
         return drained
 
-    def sync(self, members: list[Member]) -> None:
+    def sync(self, members: list[LbServer]) -> None:
         """Make the backend hold exactly `members`, touching only servers that differ."""
         self.start()
         current = self.servers()

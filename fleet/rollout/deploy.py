@@ -100,7 +100,7 @@ def preflight(ctx: HostContext, bundle: Bundle, pull_timeout: float | None = Non
 
 
 @dataclass
-class HostOutcome:
+class DeployOutcome:
     host: str
     result: str  # deployed | unchanged | rolled-back | failed | not-started | unreachable
     from_release: str | None = None
@@ -125,9 +125,9 @@ def activate(
     health_timeout: float,
     rollout_id: str | None = None,
     action: str = "deploy",
-) -> HostOutcome:
+) -> DeployOutcome:
     """Switch and start `bundle`, verify, and go back to the previous release if it does not pass."""
-    out = HostOutcome(
+    out = DeployOutcome(
         ctx.host.name, "deployed", state.current, state.version, bundle.release_id, bundle.version
     )
     secrets = bundle.secret_values()
@@ -258,7 +258,7 @@ def under_lock(
 @dataclass
 class DeployReport:
     release_version: str
-    outcomes: list[HostOutcome]
+    outcomes: list[DeployOutcome]
     stopped_at: str | None = None  # "preflight" when nothing was switched
 
     @property
@@ -274,10 +274,10 @@ class DeployReport:
         }
 
 
-def _outcome_from_failure(res: HostResult, bundle: Bundle | None, result: str) -> HostOutcome:
+def _outcome_from_failure(res: HostResult, bundle: Bundle | None, result: str) -> DeployOutcome:
     """The report row of a host whose step raised. The runner turns ANY exception into `res.error`
     (not only a StepError, whose text hosttasks.run has masked), so mask it here as well."""
-    return HostOutcome(
+    return DeployOutcome(
         res.host,
         "unreachable" if res.status == "unreachable" else result,
         to_release=bundle.release_id if bundle else None,
@@ -318,7 +318,7 @@ def deploy(
             if r.ok:
                 st: rc.HostState = r.data["state"]
                 outcomes.append(
-                    HostOutcome(
+                    DeployOutcome(
                         r.host,
                         "not-started",
                         st.current,
@@ -339,7 +339,7 @@ def deploy(
         lost = guard.lost() if guard.lost is not None else None
         if lost:
             bundle, state = bundles[ctx.host.name], states[ctx.host.name]
-            out = HostOutcome(
+            out = DeployOutcome(
                 ctx.host.name, "not-started", state.current, state.version, bundle.release_id, bundle.version
             )
             out.error = f"not switched: fleet lock lost: {lost}"

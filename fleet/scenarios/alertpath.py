@@ -261,7 +261,9 @@ class AlertPath:
                 hint="`fab local.up`",
             )
         self.compute = gce.Compute(endpoint=str(found["url"]))
-        self.mig_ref = gce.MigRef(self.project, self.config.zone, compute_endpoint.mig_name(self.config))
+        self.mig_ref = contract.MigRef.make(
+            self.project, self.config.zone, compute_endpoint.mig_name(self.config)
+        )
         members = members_from_compute(self.compute, self.mig_ref)
         size = len(members())
         s = self.settings

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import FleetError
+from functions import fleet_contract as contract
 
 CHECK_METRIC = "monitoring.googleapis.com/uptime_check/check_passed"
 LOAD_METRIC = "custom.googleapis.com/fleet/lb_requests_per_instance"
@@ -162,7 +163,7 @@ def local_policies(
         alerts_topic=alerts_topic,
         events_topic=events_topic,
         instance_checks=checks,
-        migs=(monitoring.MigRef(project, zone, mig),),
+        migs=(contract.MigRef.make(project, zone, mig),),
         scale_migs=(mig,),
         scale_step=scale_step,
         scale_min=scale_min,
@@ -370,7 +371,7 @@ def probe(address: str, timeout: float, path: str = HEALTH_PATH) -> bool:
 
 
 @dataclass(frozen=True)
-class Member:
+class MonitoredInstance:
     """A MIG member as the monitor needs it (from listManagedInstances)."""
 
     name: str
@@ -393,7 +394,7 @@ class Event:
 
 
 Publish = Callable[[bytes], str]
-Members = Callable[[], list[Member]]
+Members = Callable[[], list[MonitoredInstance]]
 LbStat = Callable[[], str]
 
 
@@ -492,7 +493,7 @@ class Monitor:
         total, servers = parse_backend(self._lb_stat(), self.backend)
         self._track(members, servers, now)
 
-        def check(member: Member) -> bool | None:
+        def check(member: MonitoredInstance) -> bool | None:
             _status, address = servers.get(member.name, ("", ""))
             if member.action != NO_ACTION or member.status != "RUNNING" or not address:
                 return None  # no data: the instance is not there to be checked
@@ -518,7 +519,9 @@ class Monitor:
         self._renotify(members, now)
         self.rounds += 1
 
-    def _track(self, members: list[Member], servers: Mapping[str, tuple[str, str]], now: float) -> None:
+    def _track(
+        self, members: list[MonitoredInstance], servers: Mapping[str, tuple[str, str]], now: float
+    ) -> None:
         """Timeline entries for member actions and LB states that changed since the last round."""
         for member in members:
             if self._actions.get(member.name, NO_ACTION) != member.action:
@@ -544,7 +547,7 @@ class Monitor:
         met: bool | None,
         now: float,
         *,
-        member: Member | None = None,
+        member: MonitoredInstance | None = None,
         count: HealthCount | None = None,
         rate: float | None = None,
         serving: int = 0,
@@ -580,7 +583,7 @@ class Monitor:
         subject: str,
         condition: str,
         now: float,
-        member: Member | None,
+        member: MonitoredInstance | None,
         count: HealthCount | None,
         rate: float | None,
         serving: int,
@@ -638,7 +641,7 @@ class Monitor:
             started_at=now,
         )
 
-    def _renotify(self, members: list[Member], now: float) -> None:
+    def _renotify(self, members: list[MonitoredInstance], now: float) -> None:
         if not self.settings.renotify:
             return
         live = {m.instance_id for m in members if m.instance_id}
@@ -676,12 +679,12 @@ class Monitor:
 def members_from_compute(compute: Any, ref: Any) -> Members:
     """Members from the Compute API (the real client): listManagedInstances only, one call a round."""
 
-    def read() -> list[Member]:
+    def read() -> list[MonitoredInstance]:
         out = []
         for mi in compute.managed_instances(ref):
             name = mi.instance.rsplit("/", 1)[-1]
             out.append(
-                Member(
+                MonitoredInstance(
                     name=name,
                     instance_id=str(mi.id or ""),
                     status=mi.instance_status or "",

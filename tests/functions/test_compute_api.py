@@ -17,7 +17,7 @@ from google.cloud import compute_v1
 
 from functions import fleet_contract as contract
 from standins.compute_api import ComputeApi
-from standins.compute_state import InMemoryCompute
+from standins.compute_state import ComputeApiError, InMemoryCompute, scope_of
 from tests.functions.conftest import MIG, PROJECT, ZONE
 
 pytestmark = pytest.mark.functions
@@ -290,3 +290,20 @@ def test_cli_refuses_a_bad_state_file(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "bad compute state spec" in proc.stderr and "hint:" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("location", "scope"),
+    [("europe-west1-b", "zones"), ("europe-west1", "regions"), ("local-zone-a", None), ("local-zone", None)],
+)
+def test_the_standin_takes_gce_shaped_locations_only(location, scope):
+    """Google checks names itself: so does the stand-in, with the contract's shapes and no local names."""
+    backend = InMemoryCompute()
+    if scope is None:
+        with pytest.raises(ComputeApiError, match="location"):
+            backend.add_mig(PROJECT, location, MIG, size=1)
+        assert not contract.is_zone(location) and not contract.is_region(location)
+    else:
+        assert scope_of(location) == scope
+        assert contract.is_zone(location) is (scope == "zones")
+        assert backend.add_mig(PROJECT, location, MIG, size=1)

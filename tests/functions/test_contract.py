@@ -200,8 +200,7 @@ def test_webhook_urls_are_secrets():
         ("us-central1", False, "us-central1"),
         ("northamerica-northeast1-b", True, "northamerica-northeast1"),
         ("europe-west1", False, "europe-west1"),
-        ("local-zone-a", True, "local-zone"),  # the local stand-in follows the same rule, no special case
-        ("local-zone", False, "local-zone"),
+        ("europe-west1-b", True, "europe-west1"),  # the local fleet's zone: a real-looking one
     ],
 )
 def test_zone_and_region_rule(location, zone, region):
@@ -211,7 +210,9 @@ def test_zone_and_region_rule(location, zone, region):
 
 
 @pytest.mark.parametrize(
-    "location", ["mars-1", "us", "US-central1", "us-central1-", "us-central1-ab1", "a/b"]
+    "location",
+    # local-zone(-a): the stand-in's old names; a name special to the stand-in is no location
+    ["mars-1", "us", "US-central1", "us-central1-", "us-central1-ab1", "a/b", "local-zone", "local-zone-a"],
 )
 def test_not_a_location(location):
     assert not contract.is_zone(location) and not contract.is_region(location)
@@ -234,3 +235,4 @@ def test_mig_ref_parse_covers_and_is_the_one_the_functions_use():
     assert [str(m) for m in fn_settings.load({"FLEET_MIGS": str(zonal)}).migs] == [str(zonal)]
     source = "\n".join(p.read_text() for p in FUNCTIONS_DIR.glob("*.py"))
     assert "_LOCAL" not in source and 'r"local-' not in source, "no special case for local names"
+    assert "local-zone" not in source

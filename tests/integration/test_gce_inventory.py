@@ -148,7 +148,7 @@ def test_hosts_yaml_entry_overrides_its_member_when_discovery_is_mig(
     ("change", "message"),
     [
         ({"migs": [{"zone": ZONE, "region": REGION, "name": "dify-mig"}]}, "exactly one of zone or region"),
-        ({"migs": [{"zone": ZONE, "name": "Dify"}]}, "invalid MIG name"),
+        ({"migs": [{"zone": ZONE, "name": "Dify"}]}, "not a valid managed instance group name"),
         ({"member_groups": ["nope"]}, "unknown group"),
         ({"migs": [{"zone": ZONE, "name": "ghost-mig"}]}, "not found"),
     ],

@@ -26,12 +26,13 @@ import requests
 import yaml
 
 from fleet.errors import FleetError
-from fleet.gcp.compute import Compute, ComputeError, Member, MigRef, PreconditionFailed, natural_key
+from fleet.gcp.compute import Compute, ComputeError, ManagedInstance, PreconditionFailed, natural_key
 from fleet.local import compute_docker, compute_endpoint
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
 from fleet.rollout.lock import FleetLock
+from functions import fleet_contract as contract
 from functions.fleet_contract import ROLLOUT_LABEL
 from tests.fixtures.sshd import fab
 
@@ -47,7 +48,7 @@ CFG = LocalConfig(
     http_base=8900,
     lb_port=18380,
 )
-REF = MigRef(CFG.project, CFG.zone, compute_endpoint.mig_name(CFG))
+REF = contract.MigRef.make(CFG.project, CFG.zone, compute_endpoint.mig_name(CFG))
 VERSION = "1.0.0"
 FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
 
@@ -103,7 +104,7 @@ def guest_key(compute: Compute, name: str) -> str:
 
 
 def watch(
-    compute: Compute, until: Callable[[list[Member]], bool], timeout: float = 150
+    compute: Compute, until: Callable[[list[ManagedInstance]], bool], timeout: float = 150
 ) -> set[tuple[str, str, str]]:
     """Poll the MIG until `until(members)` and the MIG is stable; every (name, status, action) seen."""
     seen: set[tuple[str, str, str]] = set()
@@ -188,7 +189,10 @@ def test_inventory_from_the_local_mig(fleet: LocalFleet, compute: Compute) -> No
 
 
 def autoheal(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], compute: Compute, member: Member
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    compute: Compute,
+    member: ManagedInstance,
 ) -> dict[str, Any]:
     """Deliver one Monitoring incident about `member` to the real autoheal function; its decision."""
     import functions_framework
@@ -385,7 +389,7 @@ def test_refusals_look_like_compute(fleet: LocalFleet, compute: Compute) -> None
         compute.resize(REF, -1)
     with pytest.raises(ComputeError, match="Quota"):
         compute.resize(REF, compute_docker.MAX_SIZE + 1)
-    ghost = Member(REF, "gcemig-42", CFG.zone, "1", "RUNNING", "NONE")
+    ghost = ManagedInstance(REF, "gcemig-42", CFG.zone, "1", "RUNNING", "NONE")
     with pytest.raises(FleetError, match="not a member"):
         compute.recreate(REF, [ghost])
     assert compute.mig(REF).target_size == 2

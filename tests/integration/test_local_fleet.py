@@ -105,14 +105,14 @@ def test_lb_config_and_runtime_commands() -> None:
     text = lb.render_config(cfg)
     assert "bind 127.0.0.1:18080" in text
     assert "option httpchk GET /health" in text
-    add = lb.add_server_commands("app", lb.Member("local-2", 8102))
+    add = lb.add_server_commands("app", lb.LbServer("local-2", 8102))
     assert "add server app/local-2 127.0.0.1:8102 check inter 1s" in add
     assert "rise 2 fall 2" in add
     assert add.endswith("set server app/local-2 health down")  # starts unhealthy, like GCP
     with pytest.raises(FleetError):
         lb.set_state_command("app", "local-2", "up; shutdown")
     with pytest.raises(FleetError):
-        lb.Member("bad name", 80)
+        lb.LbServer("bad name", 80)
 
 
 def test_inventory_documents(tmp_path: Path) -> None:

@@ -69,12 +69,12 @@ class Env:
     def config(self) -> mon.MonitoringConfig:
         return mon.config_from_inventory(inventory.load(str(self.inventory_dir)), {})
 
-    def plan(self, prune: bool = False) -> mon.Report:
+    def plan(self, prune: bool = False) -> mon.MonitoringReport:
         cfg = self.config()
         with mon.MonitoringClients(cfg) as clients:
             return mon.plan(cfg, clients, prune=prune)
 
-    def apply(self, prune: bool = False) -> mon.Report:
+    def apply(self, prune: bool = False) -> mon.MonitoringReport:
         cfg = self.config()
         with mon.MonitoringClients(cfg) as clients:
             return mon.apply(cfg, clients, prune=prune)
@@ -102,7 +102,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
         e.channel.close()
 
 
-def actions(report: mon.Report) -> list[tuple[str, str, str]]:
+def actions(report: mon.MonitoringReport) -> list[tuple[str, str, str]]:
     return [(c.kind, c.key, c.action) for c in report.changes]
 
 
@@ -464,7 +464,7 @@ def test_functions_deploy_runs_exactly_what_dry_run_prints(env: Env, tmp_path: P
     ran = [["gcloud", *json.loads(line)] for line in log.read_text().splitlines()]
     assert ran == planned
     assert [line.removeprefix("+ ") for line in proc.stdout.splitlines() if line.startswith("+ ")] == [
-        fd.Command("", tuple(a)).shell() for a in planned
+        fd.GcloudCommand("", tuple(a)).shell() for a in planned
     ]
 
 

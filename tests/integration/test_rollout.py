@@ -100,7 +100,7 @@ class Ctx:
         return LoadGen(f"http://127.0.0.1:{FLEET.lb_port}", threads=4, rate=20, max_seconds=900)
 
     def labels(self) -> dict[str, dict[str, str]]:
-        return {h: dict(self.compute.instance("local-project", "local-zone-a", h).labels) for h in HOSTS}
+        return {h: dict(self.compute.instance(FLEET.project, FLEET.zone, h).labels) for h in HOSTS}
 
     def lock_store(self) -> FleetLock:
         return FleetLock(self.compute, "local-project", "inventory")

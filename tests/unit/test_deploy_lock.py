@@ -61,10 +61,10 @@ def stub_hosts(monkeypatch: pytest.MonkeyPatch, during: Any) -> list[str]:
             "bytes_sent": 0,
         }
 
-    def activate(ctx: Any, bundle: Any, state: Any, **kw: Any) -> dp.HostOutcome:
+    def activate(ctx: Any, bundle: Any, state: Any, **kw: Any) -> dp.DeployOutcome:
         during(ctx.host)
         switched.append(ctx.host.name)
-        return dp.HostOutcome(ctx.host.name, "deployed", state.current, "1.0.0", bundle.release_id, "1.1.0")
+        return dp.DeployOutcome(ctx.host.name, "deployed", state.current, "1.0.0", bundle.release_id, "1.1.0")
 
     monkeypatch.setattr(dp, "run_on", run_on)
     monkeypatch.setattr(dp, "preflight", preflight)

@@ -173,9 +173,9 @@ def test_run_stops_at_the_first_failure(tmp_path: Path) -> None:
     """The executor runs argv lists as given (real processes), echoing each one exactly first."""
     log = tmp_path / "log"
     commands = [
-        fd.Command("one", ("sh", "-c", f'echo one >> "{log}"')),
-        fd.Command("two", ("sh", "-c", "exit 3")),
-        fd.Command("three", ("sh", "-c", f'echo three >> "{log}"')),
+        fd.GcloudCommand("one", ("sh", "-c", f'echo one >> "{log}"')),
+        fd.GcloudCommand("two", ("sh", "-c", "exit 3")),
+        fd.GcloudCommand("three", ("sh", "-c", f'echo three >> "{log}"')),
     ]
     echo = tmp_path / "echo"
     with echo.open("w") as fh:

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import FleetError, HostKeyError
-from fleet.gcp.compute import is_zone, mig_ref, natural_key
+from fleet.gcp.compute import mig_ref, natural_key
 from fleet.inventory import FleetHost, Inventory, partition, skip_reason
 from fleet.inventory.mig import beat_host, wanted
 from fleet.local.compute_docker import Action, docker_time, gce_status
 from fleet.local.startup import fleet_version
 from fleet.ssh.connection import iap_proxy_command, ssh_params
 from fleet.ssh.hostkeys import known_hosts_lines, parse_known_hosts, parse_published, trusted
+from functions import fleet_contract as contract
 
 
 def blob(key_type: str, payload: bytes = b"\x01" * 32) -> str:
@@ -113,7 +114,21 @@ def test_mig_refs_zonal_and_regional() -> None:
     z = mig_ref({"project": "my-project", "zone": "europe-west1-b", "name": "dify-mig"})
     r = mig_ref({"project": "my-project", "region": "europe-west1", "name": "dify-mig"})
     assert not z.regional and r.regional and str(r) == "my-project/europe-west1/dify-mig"
-    assert is_zone("local-zone-a") and not is_zone("local-zone")
+    assert isinstance(z, contract.MigRef) and z == contract.MigRef.parse("my-project/europe-west1-b/dify-mig")
+
+
+@pytest.mark.parametrize(
+    "zone",
+    ["europe-west1-b", "local-zone-a", "eu1-west-b", "europe-west1-b-c", "europe-west-b", "us-central1-ab"],
+)
+def test_the_operator_takes_the_zones_the_functions_take(zone: str) -> None:
+    """One rule (functions/fleet_contract.py): inventory MIGs the functions would refuse are refused here."""
+    spec = {"project": "my-project", "zone": zone, "name": "m"}
+    if contract.is_zone(zone):
+        assert str(mig_ref(spec)) == str(contract.MigRef.parse(f"my-project/{zone}/m"))
+    else:
+        with pytest.raises(FleetError, match="zone"):
+            mig_ref(spec)
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,8 @@ from fleet.scenarios.monitor import (
     STILL_FAILING,
     HealthCount,
     LoadSignal,
-    Member,
     Monitor,
+    MonitoredInstance,
     MonitorSettings,
     Policies,
     health_conditions,
@@ -46,7 +46,7 @@ import incidents as fn_incidents  # noqa: E402  (functions/ as the runtime loads
 import policy as fn_policy  # noqa: E402
 import settings as fn_settings  # noqa: E402
 
-PROJECT, ZONE, MIG = "local-project", "local-zone-a", "local-mig"
+PROJECT, ZONE, MIG = "local-project", "europe-west1-b", "local-mig"
 STAT_HEADER = (
     "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,"
     "status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,"
@@ -215,7 +215,7 @@ class Rig:
     def __init__(self, health: Health, settings: MonitorSettings) -> None:
         self.health = health
         self.now = 1_000_000.0
-        self.member = Member("local-2", "222", "RUNNING", "NONE")
+        self.member = MonitoredInstance("local-2", "222", "RUNNING", "NONE")
         self.total = 0
         self.sent: list[dict[str, Any]] = []
         self.monitor = Monitor(
@@ -249,9 +249,9 @@ def test_monitor_opens_escalates_pauses_renotifies_and_closes(health: Health) ->
     health.status = 502
     first = rig.rounds(2)
     assert [(i["condition_name"], i["state"]) for i in first] == [("instance /health failing", "open")]
-    rig.member = Member("local-2", "222", "RUNNING", "RESTARTING")
+    rig.member = MonitoredInstance("local-2", "222", "RUNNING", "RESTARTING")
     assert rig.rounds(5) == [], "no data while the MIG acts on the member"
-    rig.member = Member("local-2", "222", "RUNNING", "NONE")
+    rig.member = MonitoredInstance("local-2", "222", "RUNNING", "NONE")
     second = rig.rounds(2)
     assert [(i["condition_name"], i["state"]) for i in second] == [("instance /health still failing", "open")]
     assert second[0]["incident_id"] != first[0]["incident_id"], "a new incident: autoheal escalates on it"
@@ -259,7 +259,7 @@ def test_monitor_opens_escalates_pauses_renotifies_and_closes(health: Health) ->
     assert {i["incident_id"] for i in again} == {first[0]["incident_id"], second[0]["incident_id"]}
     assert all(i["state"] == "open" for i in again)
 
-    rig.member = Member("local-2", "333", "RUNNING", "NONE")  # recreated: a new VM, same member
+    rig.member = MonitoredInstance("local-2", "333", "RUNNING", "NONE")  # recreated: a new VM, same member
     health.status = 200
     closed = rig.rounds(2)
     assert sorted((i["incident_id"], i["state"]) for i in closed) == sorted(
@@ -369,7 +369,7 @@ def test_function_env_is_what_the_functions_accept_for_the_local_mig() -> None:
         scale_max=5,
     )
     cfg = fn_settings.load(env)
-    assert [str(m) for m in cfg.migs] == ["local-project/local-zone-a/local-mig"]
+    assert [str(m) for m in cfg.migs] == ["local-project/europe-west1-b/local-mig"]
     assert not cfg.migs[0].regional, "the local zone is a zone"
     assert (cfg.scale_min, cfg.scale_max, cfg.heal_initial_delay) == (4, 5, 10)
     assert cfg.events_topic == "projects/local-project/topics/fleet-events"

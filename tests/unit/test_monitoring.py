@@ -132,6 +132,15 @@ def test_per_instance_needs_instance_id_and_zone(tmp_path: Path) -> None:
     assert "app-2" in (err.value.where or "")
 
 
+@pytest.mark.parametrize("zone", ["local-zone-a", "europe-west1-b-c"])
+def test_migs_follow_the_contract_the_functions_read(tmp_path: Path, zone: str) -> None:
+    """FLEET_MIGS is built from these: a MIG the functions would refuse is refused at configuration."""
+    data, hosts = base()
+    data["gce"]["migs"] = [{"zone": zone, "name": "dify-mig"}]
+    with pytest.raises(InventoryError, match=r"gce\.migs\[0\]: .*zone"):
+        config_of(tmp_path, data, hosts)
+
+
 def test_scale_migs_must_be_known(tmp_path: Path) -> None:
     data, hosts = base()
     data["monitoring"]["scale"]["migs"] = ["other-mig"]
@@ -420,7 +429,7 @@ def test_missing_prerequisites_for_the_functions(tmp_path: Path) -> None:
         mon.Change("channel", mon.channel_key(), "compose-fleet prod: alerts", "create"),
         mon.Change("alert_policy", "policy-lb-health", "x", "create"),
     ]
-    report = mon.Report("prod", PROJECT, False, changes)
+    report = mon.MonitoringReport("prod", PROJECT, False, changes)
     assert missing_prerequisites(report) == [
         f"topic {cfg.events_topic}",
         "channel compose-fleet prod: alerts",

@@ -13,7 +13,7 @@ sys.path.append(str(Path(__file__).resolve().parents[2] / "functions"))  # as th
 import fleet_contract as contract
 import policy
 from incidents import Incident
-from policy import Autoscaler, Decision, InstanceTarget, Member, MigState, ScaleIntent
+from policy import Autoscaler, Decision, InstanceTarget, ManagedInstance, MigState, ScaleIntent
 from settings import MigRef, load
 
 NOW = 1_800_000_000.0
@@ -34,7 +34,7 @@ CFG = load(
 )
 
 
-def member(n: int, **kw) -> Member:
+def member(n: int, **kw) -> ManagedInstance:
     base = {
         "name": f"web-{n}",
         "zone": "us-central1-a",
@@ -46,10 +46,10 @@ def member(n: int, **kw) -> Member:
         "label_fingerprint": "fp",
     }
     base.update(kw)
-    return Member(**base)
+    return ManagedInstance(**base)
 
 
-def fleet(*members: Member, size: int | None = None) -> list[MigState]:
+def fleet(*members: ManagedInstance, size: int | None = None) -> list[MigState]:
     web = MigState(REF, size if size is not None else len(members), tuple(members))
     return [web, MigState(OTHER, 1, (member(9, name="batch-9", id="9009"),))]
 

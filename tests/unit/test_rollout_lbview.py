@@ -19,7 +19,7 @@ from fleet.errors import FleetError
 from fleet.gcp.compute import Compute
 from fleet.inventory import FleetHost
 from fleet.local.config import LocalConfig
-from fleet.local.lb import LoadBalancer, Member
+from fleet.local.lb import LbServer, LoadBalancer
 from fleet.rollout.lbview import (
     BlindView,
     GcpView,
@@ -118,7 +118,7 @@ def haproxy(tmp_path: Path) -> Iterator[tuple[LoadBalancer, Backend]]:
     backend = Backend()
     lb.start()
     try:
-        lb.sync([Member("web-1", backend.port)])
+        lb.sync([LbServer("web-1", backend.port)])
         yield lb, backend
     finally:
         lb.stop()
