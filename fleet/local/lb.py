@@ -13,13 +13,13 @@ import io
 import os
 import signal
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.errors import FleetError
 from fleet.local import execute
 from fleet.local.config import LocalConfig, check_name, check_port
+from fleet.waits import polling
 
 HAPROXY = "haproxy"
 CHECK = {"inter": "1s", "fastinter": "1s", "downinter": "1s", "rise": 2, "fall": 2}
@@ -196,15 +196,13 @@ class LoadBalancer:
             [HAPROXY, "-D", "-f", str(self.cfg_path), "-p", str(self.pid_path)],
             hint=f"is 127.0.0.1:{self.config.lb_port} free? move the LB with FLEET_LOCAL_LB_PORT",
         )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        for _ in polling(5, 0.05):
             if self.running():
                 try:
                     self.command("show info")
                     return
                 except FleetError:
                     pass
-            time.sleep(0.05)
         raise FleetError(
             "haproxy did not start", where=str(self.cfg_path), hint=f"run: haproxy -f {self.cfg_path}"
         )
@@ -213,9 +211,9 @@ class LoadBalancer:
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-                time.sleep(0.05)
+            for _ in polling(5, 0.05):
+                if not Path(f"/proc/{pid}").exists():
+                    break
         self.pid_path.unlink(missing_ok=True)
         self.socket_path.unlink(missing_ok=True)
 
@@ -250,16 +248,12 @@ class LoadBalancer:
         if name not in servers:
             return True
         self.set_state(name, "drain")
-        deadline = time.monotonic() + timeout
         drained = False
-        while True:
+        for _ in polling(timeout, poll):
             state = self.servers().get(name)
             if state is None or state.sessions == 0:
                 drained = True
                 break
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(poll)
         if name in self.servers():
             self.set_state(name, "maint")
         return drained
@@ -282,16 +276,13 @@ class LoadBalancer:
         self, name: str, statuses: tuple[str, ...], timeout: float = 30.0, poll: float = 0.2
     ) -> ServerState:
         """Block until the LB reports `name` in one of `statuses` (e.g. ("DOWN", "MAINT"))."""
-        deadline = time.monotonic() + timeout
         last: ServerState | None = None
-        while True:
+        for _ in polling(timeout, poll):
             last = self.servers().get(name)
             if last is not None and last.status in statuses:
                 return last
-            if time.monotonic() >= deadline:
-                seen = last.raw if last else "absent"
-                raise FleetError(
-                    f"LB server {name} is {seen}, not {'/'.join(statuses)} after {timeout:.0f} s",
-                    where=f"{self.config.backend} backend",
-                )
-            time.sleep(poll)
+        seen = last.raw if last else "absent"
+        raise FleetError(
+            f"LB server {name} is {seen}, not {'/'.join(statuses)} after {timeout:.0f} s",
+            where=f"{self.config.backend} backend",
+        )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fleet.errors import FleetError
+from fleet.waits import polling
 
 if TYPE_CHECKING:
     from fleet.gcp.compute import Compute
@@ -65,18 +66,16 @@ def _poll(
 ) -> float:
     start = clock()
     last: Seen | None = None
-    while True:
+    for _ in polling(timeout, poll, clock=clock, sleep=sleep):
         last = look()
         if last is not None and done(last):
             return clock() - start
-        if clock() - start >= timeout:
-            seen = last.raw if last else "not in the LB"
-            raise LBTimeout(
-                f"the load balancer still reports {seen} after {timeout:.0f}s (waiting until {what})",
-                where=where,
-                hint="raise --drain-wait/--health-timeout, or check the LB health check",
-            )
-        sleep(poll)
+    seen = last.raw if last else "not in the LB"
+    raise LBTimeout(
+        f"the load balancer still reports {seen} after {timeout:.0f}s (waiting until {what})",
+        where=where,
+        hint="raise --drain-wait/--health-timeout, or check the LB health check",
+    )
 
 
 # --------------------------------------------------------------------------- haproxy

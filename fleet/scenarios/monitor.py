@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import FleetError
+from fleet.waits import polling
 
 CHECK_METRIC = "monitoring.googleapis.com/uptime_check/check_passed"
 LOAD_METRIC = "custom.googleapis.com/fleet/lb_requests_per_instance"
@@ -470,14 +471,11 @@ class Monitor:
 
     def wait(self, predicate: Callable[[Monitor], bool], timeout: float) -> bool:
         """Block until `predicate(self)` holds (re-checked on every new event) or the timeout."""
-        deadline = time.monotonic() + timeout
         with self._lock:
-            while not predicate(self):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._lock.wait(min(left, 1.0))
-        return True
+            for _ in polling(timeout, 1.0, sleep=self._lock.wait):
+                if predicate(self):
+                    return True
+        return False
 
     def _note(self, event: Event) -> None:
         with self._lock:
