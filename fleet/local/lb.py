@@ -8,14 +8,13 @@ socket tells a rollout what the LB really thinks of each server (UP, DOWN, MAINT
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.commands.haproxy import SHOW_STAT, ServerState, parse_show_stat
 from fleet.errors import FleetError
 from fleet.local import execute
 from fleet.local.config import LocalConfig, check_name, check_port
@@ -37,24 +36,6 @@ class Member:
     def __post_init__(self) -> None:
         check_name(self.name, "LB server name")
         check_port(self.port, "LB server port")
-
-
-@dataclass(frozen=True)
-class ServerState:
-    """The LB's view of one server. `status` is UP/DOWN/MAINT/DRAIN/NOLB; `raw` keeps "UP 1/2" etc."""
-
-    name: str
-    status: str
-    raw: str
-    check: str
-    address: str
-    weight: int
-    sessions: int = 0  # requests in flight to it now (haproxy's scur)
-
-    @property
-    def serving(self) -> bool:
-        """Whether new requests can be sent to it (a server going down still serves: "UP 1/2")."""
-        return self.status == "UP"
 
 
 def render_config(config: LocalConfig) -> str:
@@ -110,30 +91,6 @@ def set_state_command(backend: str, name: str, state: str) -> str:
         raise FleetError(f"unknown LB server state {state!r}", where="lb", hint="ready, drain or maint")
     check_name(name, "LB server name")
     return f"set server {backend}/{name} state {state}"
-
-
-def parse_stat(text: str, backend: str) -> dict[str, ServerState]:
-    """`show stat` CSV -> servers of `backend` (BACKEND/FRONTEND rows dropped)."""
-    lines = text.strip().splitlines()
-    if not lines or not lines[0].startswith("# "):
-        raise FleetError("unexpected answer to `show stat`", where="lb stats socket", hint=text[:200])
-    rows = csv.DictReader(io.StringIO("\n".join([lines[0][2:], *lines[1:]])))
-    out: dict[str, ServerState] = {}
-    for row in rows:
-        if row.get("pxname") != backend or row.get("svname") in ("BACKEND", "FRONTEND"):
-            continue
-        raw = row.get("status", "")
-        status = raw.split(" ")[0] if raw else "UNKNOWN"
-        out[row["svname"]] = ServerState(
-            name=row["svname"],
-            status=status,
-            raw=raw,
-            check=(row.get("check_status") or "").strip(),
-            address=row.get("addr", ""),
-            weight=int(row.get("weight") or 0),
-            sessions=int(row.get("scur") or 0),
-        )
-    return out
 
 
 class LoadBalancer:
@@ -219,7 +176,7 @@ class LoadBalancer:
 
     def servers(self) -> dict[str, ServerState]:
         """Each backend server's state as haproxy sees it now."""
-        return parse_stat(self.command("show stat"), self.config.backend)
+        return parse_show_stat(self.command(SHOW_STAT), self.config.backend).servers
 
     def _expect(self, answer: str, what: str) -> None:
         bad = [
@@ -251,7 +208,7 @@ class LoadBalancer:
         drained = False
         for _ in polling(timeout, poll):
             state = self.servers().get(name)
-            if state is None or state.sessions == 0:
+            if state is None or not state.sessions:  # none in flight (or none reported)
                 drained = True
                 break
         if name in self.servers():

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fleet.commands.haproxy import SHOW_STAT
 from fleet.errors import FleetError
 from fleet.local import compute_docker, compute_endpoint
 from fleet.local.config import REPO_ROOT, LocalConfig
@@ -325,7 +326,7 @@ class AlertPath:
             policies=policies,
             settings=s.monitor,
             members=members,
-            lb_stat=lambda: lb.command("show stat"),
+            lb_stat=lambda: lb.command(SHOW_STAT),
             publish=self._publish,
         ).start()
 
