@@ -228,13 +228,8 @@ class Operations:
     def wait(self, project: str, scope: str, location: str, name: str, timeout: float) -> Operation:
         """Like operations.wait: return when DONE or when `timeout` is up, whichever first."""
         op = self.get(project, scope, location, name)
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while op.status != "DONE":
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
+            self._cond.wait_for(lambda: op.status == "DONE", timeout)
         return op
 
     def all(self) -> list[Operation]:

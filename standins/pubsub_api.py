@@ -211,13 +211,11 @@ class LocalPubsub:
     def wait_messages(
         self, count: int, topic: str | None = None, timeout: float = 10.0
     ) -> list[PublishedMessage]:
-        deadline = time.monotonic() + timeout
         with self._lock:
-            while len([m for m in self._messages if topic is None or m.topic == topic]) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._lock.wait(left)
+            self._lock.wait_for(
+                lambda: len([m for m in self._messages if topic is None or m.topic == topic]) >= count,
+                timeout,
+            )
         return self.messages(topic)
 
     def wait_deliveries(
@@ -237,13 +235,8 @@ class LocalPubsub:
                 and (message_ids is None or d.message_id in message_ids)
             ]
 
-        deadline = time.monotonic() + timeout
         with self._lock:
-            while len([d for d in matching() if d.finished]) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._lock.wait(left)
+            self._lock.wait_for(lambda: len([d for d in matching() if d.finished]) >= count, timeout)
             return matching()
 
     def inject(self, topic: str, data: bytes, attributes: Mapping[str, str] | None = None) -> str:

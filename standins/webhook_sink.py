@@ -115,13 +115,11 @@ class WebhookSink:
 
     def wait_for(self, count: int, timeout: float = 10.0, flavour: str | None = None) -> list[Message]:
         """Block until at least `count` messages arrived (or the timeout passes); returns them."""
-        deadline = time.monotonic() + timeout
         with self._lock:
-            while len([m for m in self._messages if flavour is None or m.flavour == flavour]) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._lock.wait(left)
+            self._lock.wait_for(
+                lambda: len([m for m in self._messages if flavour is None or m.flavour == flavour]) >= count,
+                timeout,
+            )
         return self.messages(flavour)
 
     def fail_next(self, count: int = 1, status: int = 500) -> None:

@@ -11,7 +11,7 @@ import posixpath
 import re
 import shlex
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fleet.errors import FleetError
@@ -69,11 +69,6 @@ def q(value: object) -> str:
 def sh(*argv: object) -> str:
     """One simple command from an argv, every word quoted."""
     return " ".join(q(a) for a in argv)
-
-
-def all_of(commands: Iterable[str]) -> str:
-    """Run commands in order, stopping at the first that fails."""
-    return " && ".join(f"{{ {c}; }}" if "\n" in c else c for c in commands)
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ import importlib.util
 import re
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleet import settings
 from fleet.errors import FleetError
+from fleet.waits import Deadline, polling
 from functions import fleet_contract as contract
 
 ENDPOINT_ENV = settings.COMPUTE_ENDPOINT_ENV
@@ -161,7 +161,7 @@ class Compute:
     def wait(self, op: Any, *, project: str, zone: str | None = None, region: str | None = None) -> None:
         """Wait until a (zonal/regional/global) operation is DONE; raise ComputeError on its error."""
         done = self.types().Operation.Status.DONE
-        deadline = time.monotonic() + self.op_timeout
+        deadline = Deadline(self.op_timeout)
 
         def _poll(name: str, limit: float) -> Any:
             """The operation after one server-side wait; None when the wait timed out on our side."""
@@ -180,7 +180,7 @@ class Compute:
             return _timed_out_is_none(fetch)
 
         while op.status != done:
-            left = deadline - time.monotonic()
+            left = deadline.left()
             if left <= 0:
                 raise ComputeError(
                     f"operation {op.name} did not finish in {self.op_timeout:.0f}s", where=project
@@ -396,18 +396,13 @@ class Compute:
 
     def wait_stable(self, ref: contract.MigRef, timeout: float = 600.0, poll: float = 1.0) -> Any:
         """Wait until the MIG has no action on any member and its size is its target size."""
-        deadline = time.monotonic() + timeout
-        while True:
+        for _ in polling(timeout, poll):
             igm = self.mig(ref)
             if igm.status.is_stable:
                 return igm
-            if time.monotonic() > deadline:
-                raise ComputeError(
-                    f"MIG not stable after {timeout:.0f}s",
-                    where=str(ref),
-                    hint="see its members' currentAction",
-                )
-            time.sleep(poll)
+        raise ComputeError(
+            f"MIG not stable after {timeout:.0f}s", where=str(ref), hint="see its members' currentAction"
+        )
 
     # ------------------------------------------------------------------ guest attributes
 

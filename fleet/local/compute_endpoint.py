@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from fleet.errors import FleetError
 from fleet.local import execute
 from fleet.local.config import LocalConfig
+from fleet.waits import polling
 
 PORT_ENV = "FLEET_LOCAL_COMPUTE_PORT"
 DEFAULT_PORT = 8089  # the default fleet's endpoint; other fleets take any free port
@@ -152,14 +152,12 @@ def ensure_endpoint(config: LocalConfig, timeout: float = 15.0) -> str:
         str(port),
     ]
     pid = execute.spawn_detached(argv, str(directory / "compute.log"), env={"PYTHONPATH": str(config.root)})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    for _ in polling(timeout, 0.05):
         found = running_endpoint(config)
         if found is not None and found["pid"] == pid:
             return str(found["url"])
         if not _alive(pid):
             break
-        time.sleep(0.05)
     tail = ""
     with contextlib.suppress(OSError):
         tail = "\n".join((directory / "compute.log").read_text().splitlines()[-10:])
@@ -177,15 +175,13 @@ def stop_endpoint(config: LocalConfig, *, forget: bool = True) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         pid = 0
     if pid and _is_endpoint(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _is_endpoint(pid):
-            time.sleep(0.05)
-        if _is_endpoint(pid):
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and _is_endpoint(pid):
-                time.sleep(0.05)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            os.kill(pid, sig)
+            for _ in polling(5, 0.05):
+                if not _is_endpoint(pid):
+                    break
+            if not _is_endpoint(pid):
+                break
     if forget:  # else the record stays: a restart takes the same port, the inventory stays right
         endpoint_file(config).unlink(missing_ok=True)
         (state_dir(config) / "state.json").unlink(missing_ok=True)

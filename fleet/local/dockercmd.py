@@ -7,7 +7,6 @@ unit-tested as data.
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,10 +127,6 @@ def save(refs: Sequence[str], output: Path) -> list[str]:
     return [DOCKER, "save", "-o", str(output), *(check_ref(r) for r in refs)]
 
 
-def rmi(refs: Sequence[str]) -> list[str]:
-    return [DOCKER, "rmi", "--force", *(check_ref(r) for r in refs)]
-
-
 def rmi_ids(ids: Sequence[str]) -> list[str]:
     for image_id in ids:
         if not re.fullmatch(r"^(sha256:)?[0-9a-f]{12,64}$", image_id):
@@ -224,10 +219,6 @@ def exec_(name: str, argv: Sequence[str], *, user: str | None = None, interactiv
 def exec_sh(name: str, script: str, *, user: str | None = None) -> list[str]:
     """A shell script inside a container; callers build `script` with shlex.quote'd values."""
     return exec_(name, ["sh", "-c", script], user=user)
-
-
-def quote_all(words: Sequence[str]) -> str:
-    return " ".join(shlex.quote(w) for w in words)
 
 
 @dataclass(frozen=True)

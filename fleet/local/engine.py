@@ -8,13 +8,13 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import time
 from pathlib import Path
 
 from fleet import hostsetup
 from fleet.errors import HostSetupError
 from fleet.local import dockercmd, execute
 from fleet.local.config import LocalConfig
+from fleet.waits import polling
 
 SOCKET = "unix:///var/run/docker.sock"
 
@@ -80,8 +80,7 @@ def ensure_engine(config: LocalConfig | None = None, *, wait: float = 60.0) -> s
                 hint="start it as root (sudo dockerd &), or run the tool as root",
             )
         pid = execute.spawn_detached(dockerd_argv(), str(log_path))
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        for _ in polling(wait, 0.3):
             version = engine_version()
             if version:
                 return version
@@ -89,7 +88,6 @@ def ensure_engine(config: LocalConfig | None = None, *, wait: float = 60.0) -> s
                 os.kill(pid, 0)
             except ProcessLookupError:
                 break
-            time.sleep(0.3)
         raise HostSetupError(
             f"dockerd did not come up (pid {pid})\n{_log_tail(log_path)}",
             where=str(log_path),

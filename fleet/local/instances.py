@@ -12,7 +12,6 @@ import json
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from fleet.local import dockercmd, execute, inventory_writer, registry
 from fleet.local.config import LocalConfig
 from fleet.local.lb import LbServer, LoadBalancer
 from fleet.local.progress import Progress, Quiet
+from fleet.waits import Deadline, polling
 
 INDEX_LABEL = "fleet.local.instance"
 READY_SCRIPT = "test -e /run/fleet/ready && cat /etc/ssh/ssh_host_ed25519_key.pub"
@@ -260,21 +260,20 @@ class LocalFleet:
         def one(index: int) -> str:
             name = self.config.container_name(index)
             argv = dockercmd.exec_sh(name, READY_SCRIPT)
-            deadline = time.monotonic() + timeout
+            deadline = Deadline(timeout)
             key = ""
-            while time.monotonic() < deadline:
+            for _ in polling(deadline, 0.15):
                 proc = execute.run(argv, check=False, timeout=30)
                 if proc.returncode == 0 and proc.stdout.startswith("ssh-ed25519 "):
                     key = " ".join(proc.stdout.split()[:2])
                     break
-                time.sleep(0.15)
             port = _published(
                 json.loads(execute.run(dockercmd.inspect_containers([name])).stdout)[0], "22/tcp"
             )
-            while key and time.monotonic() < deadline:
-                if ssh_banner(port):
-                    return key
-                time.sleep(0.1)
+            if key:
+                for _ in polling(deadline, 0.1):
+                    if ssh_banner(port):
+                        return key
             logs = execute.run([dockercmd.DOCKER, "logs", "--tail", "20", name], check=False)
             tail = logs.stdout + logs.stderr
             raise FleetError(

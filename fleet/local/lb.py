@@ -8,18 +8,17 @@ socket tells a rollout what the LB really thinks of each server (UP, DOWN, MAINT
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import signal
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.commands.haproxy import SHOW_STAT, ServerState, parse_show_stat
 from fleet.errors import FleetError
 from fleet.local import execute
 from fleet.local.config import LocalConfig, check_name, check_port
+from fleet.waits import polling
 
 HAPROXY = "haproxy"
 CHECK = {"inter": "1s", "fastinter": "1s", "downinter": "1s", "rise": 2, "fall": 2}
@@ -37,24 +36,6 @@ class LbServer:
     def __post_init__(self) -> None:
         check_name(self.name, "LB server name")
         check_port(self.port, "LB server port")
-
-
-@dataclass(frozen=True)
-class ServerState:
-    """The LB's view of one server. `status` is UP/DOWN/MAINT/DRAIN/NOLB; `raw` keeps "UP 1/2" etc."""
-
-    name: str
-    status: str
-    raw: str
-    check: str
-    address: str
-    weight: int
-    sessions: int = 0  # requests in flight to it now (haproxy's scur)
-
-    @property
-    def serving(self) -> bool:
-        """Whether new requests can be sent to it (a server going down still serves: "UP 1/2")."""
-        return self.status == "UP"
 
 
 def render_config(config: LocalConfig) -> str:
@@ -110,30 +91,6 @@ def set_state_command(backend: str, name: str, state: str) -> str:
         raise FleetError(f"unknown LB server state {state!r}", where="lb", hint="ready, drain or maint")
     check_name(name, "LB server name")
     return f"set server {backend}/{name} state {state}"
-
-
-def parse_stat(text: str, backend: str) -> dict[str, ServerState]:
-    """`show stat` CSV -> servers of `backend` (BACKEND/FRONTEND rows dropped)."""
-    lines = text.strip().splitlines()
-    if not lines or not lines[0].startswith("# "):
-        raise FleetError("unexpected answer to `show stat`", where="lb stats socket", hint=text[:200])
-    rows = csv.DictReader(io.StringIO("\n".join([lines[0][2:], *lines[1:]])))
-    out: dict[str, ServerState] = {}
-    for row in rows:
-        if row.get("pxname") != backend or row.get("svname") in ("BACKEND", "FRONTEND"):
-            continue
-        raw = row.get("status", "")
-        status = raw.split(" ")[0] if raw else "UNKNOWN"
-        out[row["svname"]] = ServerState(
-            name=row["svname"],
-            status=status,
-            raw=raw,
-            check=(row.get("check_status") or "").strip(),
-            address=row.get("addr", ""),
-            weight=int(row.get("weight") or 0),
-            sessions=int(row.get("scur") or 0),
-        )
-    return out
 
 
 class LoadBalancer:
@@ -196,15 +153,13 @@ class LoadBalancer:
             [HAPROXY, "-D", "-f", str(self.cfg_path), "-p", str(self.pid_path)],
             hint=f"is 127.0.0.1:{self.config.lb_port} free? move the LB with FLEET_LOCAL_LB_PORT",
         )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        for _ in polling(5, 0.05):
             if self.running():
                 try:
                     self.command("show info")
                     return
                 except FleetError:
                     pass
-            time.sleep(0.05)
         raise FleetError(
             "haproxy did not start", where=str(self.cfg_path), hint=f"run: haproxy -f {self.cfg_path}"
         )
@@ -213,15 +168,15 @@ class LoadBalancer:
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-                time.sleep(0.05)
+            for _ in polling(5, 0.05):
+                if not Path(f"/proc/{pid}").exists():
+                    break
         self.pid_path.unlink(missing_ok=True)
         self.socket_path.unlink(missing_ok=True)
 
     def servers(self) -> dict[str, ServerState]:
         """Each backend server's state as haproxy sees it now."""
-        return parse_stat(self.command("show stat"), self.config.backend)
+        return parse_show_stat(self.command(SHOW_STAT), self.config.backend).servers
 
     def _expect(self, answer: str, what: str) -> None:
         bad = [
@@ -250,16 +205,12 @@ class LoadBalancer:
         if name not in servers:
             return True
         self.set_state(name, "drain")
-        deadline = time.monotonic() + timeout
         drained = False
-        while True:
+        for _ in polling(timeout, poll):
             state = self.servers().get(name)
-            if state is None or state.sessions == 0:
+            if state is None or not state.sessions:  # none in flight (or none reported)
                 drained = True
                 break
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(poll)
         if name in self.servers():
             self.set_state(name, "maint")
         return drained
@@ -282,16 +233,13 @@ class LoadBalancer:
         self, name: str, statuses: tuple[str, ...], timeout: float = 30.0, poll: float = 0.2
     ) -> ServerState:
         """Block until the LB reports `name` in one of `statuses` (e.g. ("DOWN", "MAINT"))."""
-        deadline = time.monotonic() + timeout
         last: ServerState | None = None
-        while True:
+        for _ in polling(timeout, poll):
             last = self.servers().get(name)
             if last is not None and last.status in statuses:
                 return last
-            if time.monotonic() >= deadline:
-                seen = last.raw if last else "absent"
-                raise FleetError(
-                    f"LB server {name} is {seen}, not {'/'.join(statuses)} after {timeout:.0f} s",
-                    where=f"{self.config.backend} backend",
-                )
-            time.sleep(poll)
+        seen = last.raw if last else "absent"
+        raise FleetError(
+            f"LB server {name} is {seen}, not {'/'.join(statuses)} after {timeout:.0f} s",
+            where=f"{self.config.backend} backend",
+        )

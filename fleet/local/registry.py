@@ -8,7 +8,6 @@ as fleet-registry:5000, listed as insecure in their daemon.json); this machine p
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from fleet.errors import FleetError
 from fleet.local import dockercmd, execute
 from fleet.local.config import LocalConfig
+from fleet.waits import wait_until
 
 VOLUME = "fleet-registry-data"
 MANIFEST_TYPES = ", ".join(
@@ -127,13 +127,11 @@ def ensure_running(config: LocalConfig, image: str, *, wait: float = 30.0) -> No
             hint=f"is 127.0.0.1:{config.registry_host_port} free? move it with FLEET_LOCAL_REGISTRY_PORT",
         )
     attach(config)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if answers(config):
-            return
-        time.sleep(0.1)
-    raise FleetError(
-        f"registry did not answer on 127.0.0.1:{config.registry_host_port} within {wait:.0f} s",
+    wait_until(
+        lambda: answers(config),
+        wait,
+        0.1,
+        what=f"registry did not answer on 127.0.0.1:{config.registry_host_port} within {wait:.0f} s",
         where=config.registry_name,
         hint=f"docker logs {config.registry_name}",
     )

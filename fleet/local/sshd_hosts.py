@@ -9,13 +9,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from fleet.errors import HostSetupError
+from fleet.waits import Deadline, polling
 
 SSHD = "/usr/sbin/sshd"
 
@@ -141,11 +141,11 @@ class SshdFleet:
                 stdout=subprocess.DEVNULL,
                 stderr=open(self.root / h.name / "sshd.log", "ab"),  # noqa: SIM115 - owned by the child
             )
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         for h in self.hosts:
             if h.process is None:
                 continue
-            while True:
+            for _ in polling(deadline, 0.02):
                 if h.process.poll() is not None:
                     log = (self.root / h.name / "sshd.log").read_text()[-500:]
                     raise HostSetupError(f"sshd for {h.name} exited: {log}")
@@ -153,9 +153,9 @@ class SshdFleet:
                     with socket.create_connection(("127.0.0.1", h.port), timeout=0.5):
                         break
                 except OSError:
-                    if time.monotonic() > deadline:
-                        raise HostSetupError(f"sshd for {h.name} did not listen on {h.port}") from None
-                    time.sleep(0.02)
+                    pass
+            else:
+                raise HostSetupError(f"sshd for {h.name} did not listen on {h.port}")
         return self
 
     def stop_host(self, name: str) -> None:

@@ -354,10 +354,6 @@ class Bundle:
         """For `Command(secrets=...)` and `base.mask`: the values that must never be printed."""
         return tuple(sorted({v for k, v in self.env.items() if k in self.secret_keys and v}))
 
-    @cached_property
-    def release_json(self) -> dict[str, object]:
-        return json.loads(self.files[RELEASE_FILE].data)
-
     def checksums(self) -> dict[str, str]:
         """sha256 of every file, for `fleet.commands.release.stage` to verify the upload on the host."""
         return {path: hashlib.sha256(f.data).hexdigest() for path, f in sorted(self.files.items())}

@@ -114,10 +114,6 @@ def check_free_disk(ctx: HostContext, need_mb: int = NEED_FREE_MB) -> None:
     )
 
 
-def ensure_layout(ctx: HostContext) -> None:
-    run(ctx, rc.prepare_layout(layout_of(ctx.host)), "layout", hint="run `fab bootstrap` on this host first")
-
-
 def stage(ctx: HostContext, bundle: Bundle) -> int:
     """Upload the bundle unless the host already has it; returns the bundle bytes sent (0 = skipped).
     The archive holds the .env: it is written into a 0600 file in a 0700 directory under the 0750

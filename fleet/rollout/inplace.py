@@ -17,6 +17,7 @@ from fleet.release import hoststeps as ht
 from fleet.rollout.engine import POLL, SERVE_TIMEOUT, Engine, _text
 from fleet.rollout.model import HostFailed, HostOutcome, Interrupted, Release
 from fleet.ssh.runner import HostResult
+from fleet.waits import polling
 
 
 class InPlace(Engine):
@@ -230,9 +231,9 @@ class InPlace(Engine):
         through nginx says 503 (drained) or 200 with the version. An `unhealthy` verdict from Docker
         is final: no need to wait out the timeout."""
         limit = timeout if timeout is not None else self.plan.timings.health_timeout
-        deadline = time.monotonic() + limit
         hashes = self.ops.config_hashes(name, rel.id)
-        while True:
+        fatal: list[str] = []
+        for _ in polling(limit, POLL):
             verdict = self.ops.check(name, rel.version, rel.id, expect_drained=drained, hashes=hashes)
             if verdict.ok:
                 return
@@ -241,12 +242,12 @@ class InPlace(Engine):
                 for s in verdict.services
                 if s.health == "unhealthy" and s.config_hash == hashes.get(s.service)
             ]
-            if fatal or time.monotonic() >= deadline:
-                why = "; ".join(verdict.problems)
-                if fatal:
-                    why = f"unhealthy: {', '.join(fatal)}; {why}"
-                raise HostFailed(name, "verify", f"{rel.version} not healthy after {limit:.0f}s: {why}")
-            time.sleep(POLL)
+            if fatal:
+                break
+        why = "; ".join(verdict.problems)
+        if fatal:
+            why = f"unhealthy: {', '.join(fatal)}; {why}"
+        raise HostFailed(name, "verify", f"{rel.version} not healthy after {limit:.0f}s: {why}")
 
     def _probe(self, name: str, rel: Release) -> str | None:
         """/health through the host's nginx: None when it answers 200 with `rel`'s version, else why not."""
@@ -260,14 +261,12 @@ class InPlace(Engine):
     def _serving(self, name: str, rel: Release) -> None:
         """Just undrained: the stack was verified while drained, so only the path through nginx is left
         to prove (it must answer at once; a short grace covers nginx re-resolving the new api)."""
-        deadline = time.monotonic() + SERVE_TIMEOUT
-        while True:
+        why = None
+        for _ in polling(SERVE_TIMEOUT, 0.2):
             why = self._probe(name, rel)
             if why is None:
                 return
-            if time.monotonic() >= deadline:
-                raise HostFailed(name, "serve", why)
-            time.sleep(0.2)
+        raise HostFailed(name, "serve", why or "")
 
     def _undrain_and_probe(self, name: str, rel: Release) -> str | None:
         """Remove the drain flag and probe /health through nginx in one round trip: None when it

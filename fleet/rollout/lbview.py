@@ -12,15 +12,15 @@ new requests, in-flight ones then finish. Only then may the host restart its sta
 
 from __future__ import annotations
 
-import csv
-import io
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fleet.commands.haproxy import SHOW_STAT, parse_show_stat
 from fleet.errors import FleetError
+from fleet.waits import polling
 
 if TYPE_CHECKING:
     from fleet.gcp.compute import Compute
@@ -65,18 +65,16 @@ def _poll(
 ) -> float:
     start = clock()
     last: Seen | None = None
-    while True:
+    for _ in polling(timeout, poll, clock=clock, sleep=sleep):
         last = look()
         if last is not None and done(last):
             return clock() - start
-        if clock() - start >= timeout:
-            seen = last.raw if last else "not in the LB"
-            raise LBTimeout(
-                f"the load balancer still reports {seen} after {timeout:.0f}s (waiting until {what})",
-                where=where,
-                hint="raise --drain-wait/--health-timeout, or check the LB health check",
-            )
-        sleep(poll)
+    seen = last.raw if last else "not in the LB"
+    raise LBTimeout(
+        f"the load balancer still reports {seen} after {timeout:.0f}s (waiting until {what})",
+        where=where,
+        hint="raise --drain-wait/--health-timeout, or check the LB health check",
+    )
 
 
 # --------------------------------------------------------------------------- haproxy
@@ -84,23 +82,10 @@ def _poll(
 
 def parse_haproxy_stat(text: str, backend: str) -> dict[str, Seen]:
     """`show stat` CSV -> server name -> Seen ("UP 1/2" still serves; "DOWN 1/2" does not yet)."""
-    lines = text.strip().splitlines()
-    if not lines or not lines[0].startswith("# "):
-        raise FleetError("unexpected answer to `show stat`", where="haproxy stats socket", hint=text[:200])
-    out: dict[str, Seen] = {}
-    for row in csv.DictReader(io.StringIO("\n".join([lines[0][2:], *lines[1:]]))):
-        if row.get("pxname") != backend or row.get("svname") in ("BACKEND", "FRONTEND"):
-            continue
-        raw = (row.get("status") or "").strip()
-        scur = (row.get("scur") or "").strip()
-        # "UP 1/2" is failing but still serving; "DOWN 1/2" recovering, not serving yet
-        out[row["svname"]] = Seen(
-            serving=raw == "UP" or raw.startswith("UP "),
-            active=int(scur) if scur.isdigit() else None,
-            raw=raw or "UNKNOWN",
-            steady="/" not in raw,
-        )
-    return out
+    return {
+        name: Seen(serving=s.serving, active=s.sessions, raw=s.raw or "UNKNOWN", steady=s.steady)
+        for name, s in parse_show_stat(text, backend).servers.items()
+    }
 
 
 class HaproxyView:
@@ -128,7 +113,7 @@ class HaproxyView:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(5)
                 sock.connect(self.stats_socket)
-                sock.sendall(b"show stat\n")
+                sock.sendall(f"{SHOW_STAT}\n".encode())
                 chunks = []
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)

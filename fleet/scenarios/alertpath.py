@@ -31,11 +31,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fleet.commands.haproxy import SHOW_STAT
 from fleet.errors import FleetError
 from fleet.local import compute_docker, compute_endpoint
 from fleet.local.config import REPO_ROOT, LocalConfig
 from fleet.local.lb import LoadBalancer
 from fleet.scenarios.monitor import Monitor, MonitorSettings, local_policies, members_from_compute
+from fleet.waits import Deadline, polling
 from functions import fleet_contract as contract
 from standins.pubsub_api import LocalPubsub
 from standins.webhook_sink import Message, WebhookSink
@@ -172,8 +174,8 @@ class FunctionServer:
                 self.proc.wait(timeout=10)
 
 
-def _wait_listening(server: FunctionServer, deadline: float) -> None:
-    while time.monotonic() < deadline:
+def _wait_listening(server: FunctionServer, deadline: Deadline) -> None:
+    for _ in polling(deadline, 0.1):
         if server.proc.poll() is not None:
             tail = "\n".join(server.err.read_text(errors="replace").splitlines()[-15:])
             raise FleetError(
@@ -184,7 +186,7 @@ def _wait_listening(server: FunctionServer, deadline: float) -> None:
             with socket.create_connection(("127.0.0.1", server.port), timeout=0.5):
                 return
         except OSError:
-            time.sleep(0.1)
+            pass
     raise FleetError(
         f"functions-framework for {server.target} is not listening", where=str(server.err), hint="see its log"
     )
@@ -293,7 +295,7 @@ class AlertPath:
         )
         for target in FUNCTIONS:
             self.servers[target] = self._spawn(target, env)
-        deadline = time.monotonic() + s.start_timeout
+        deadline = Deadline(s.start_timeout)
         for server in self.servers.values():
             _wait_listening(server, deadline)
         for target in FUNCTIONS:
@@ -326,7 +328,7 @@ class AlertPath:
             policies=policies,
             settings=s.monitor,
             members=members,
-            lb_stat=lambda: lb.command("show stat"),
+            lb_stat=lambda: lb.command(SHOW_STAT),
             publish=self._publish,
         ).start()
 

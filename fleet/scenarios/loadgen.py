@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fleet.errors import FleetError
+from fleet.waits import Deadline
 
 # paths served by the api (through nginx's /console/api) and by web: both keep working while a host
 # is drained, unlike /health, which a drained host answers with 503 on purpose (the LB's signal)
@@ -129,9 +130,9 @@ class LoadGen:
 
     def wait(self, timeout: float | None = None) -> LoadReport:
         """Until a bound ends the run (max_seconds or max_requests)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else Deadline(timeout)
         for t in self._workers:
-            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            t.join(None if deadline is None else max(0.0, deadline.left()))
         return self.report()
 
     def __enter__(self) -> LoadGen:

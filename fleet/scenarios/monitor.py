@@ -33,10 +33,8 @@ settling, MIG busy); the functions dedupe repeats. Incidents of a member that le
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import http.client
-import io
 import json
 import secrets
 import threading
@@ -46,7 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet.commands.haproxy import parse_show_stat
 from fleet.errors import FleetError
+from fleet.waits import polling
 from functions import fleet_contract as contract
 
 CHECK_METRIC = "monitoring.googleapis.com/uptime_check/check_passed"
@@ -335,19 +335,8 @@ def load_conditions(signal: LoadSignal, settings: MonitorSettings) -> dict[str, 
 
 def parse_backend(text: str, backend: str) -> tuple[int, dict[str, tuple[str, str]]]:
     """haproxy `show stat` -> (the backend's total HTTP requests, {server: (status, address)})."""
-    lines = text.strip().splitlines()
-    if not lines or not lines[0].startswith("# "):
-        raise FleetError("unexpected answer to `show stat`", where="lb stats socket", hint=text[:200])
-    total = 0
-    servers: dict[str, tuple[str, str]] = {}
-    for row in csv.DictReader(io.StringIO("\n".join([lines[0][2:], *lines[1:]]))):
-        if row.get("pxname") != backend:
-            continue
-        if row.get("svname") == "BACKEND":
-            total = int(row.get("req_tot") or 0)
-        elif row.get("svname") != "FRONTEND":
-            servers[row["svname"]] = ((row.get("status") or "").split(" ")[0], row.get("addr") or "")
-    return total, servers
+    stat = parse_show_stat(text, backend)
+    return stat.requests, {name: (s.status, s.address) for name, s in stat.servers.items()}
 
 
 # --------------------------------------------------------------------------- I/O
@@ -471,14 +460,11 @@ class Monitor:
 
     def wait(self, predicate: Callable[[Monitor], bool], timeout: float) -> bool:
         """Block until `predicate(self)` holds (re-checked on every new event) or the timeout."""
-        deadline = time.monotonic() + timeout
         with self._lock:
-            while not predicate(self):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._lock.wait(min(left, 1.0))
-        return True
+            for _ in polling(timeout, 1.0, sleep=self._lock.wait):
+                if predicate(self):
+                    return True
+        return False
 
     def _note(self, event: Event) -> None:
         with self._lock:

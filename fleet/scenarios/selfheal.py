@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from fleet.errors import FleetError
 from fleet.scenarios.loadgen import LoadGen, LoadReport
 from fleet.scenarios.monitor import FAILING, LOAD_HIGH, LOAD_LOW, STILL_FAILING, Event, Incident, Monitor
+from fleet.waits import Deadline, polling
 
 if TYPE_CHECKING:
     from fleet.local.instances import LocalFleet
@@ -77,20 +78,17 @@ def health(address: str, timeout: float = 2.0) -> tuple[int, str]:
 
 def _wait(what: str, check: Callable[[], bool], timeout: float, path: AlertPath, emit: Emit) -> float:
     """Poll `check` (feeding the timeline to `emit`) until it holds; returns the time it did."""
-    deadline = time.monotonic() + timeout
-    while True:
+    for _ in polling(timeout, 0.25):
         for line in path.feed():
             emit(line)
         if check():
             return time.time()
-        if time.monotonic() > deadline:
-            tail = "\n".join(f"  {e.kind} {e.subject}: {e.text}" for e in _monitor(path).timeline()[-15:])
-            raise ScenarioError(
-                f"{what}: not reached within {timeout:.0f} s\nlast monitor events:\n{tail}",
-                where=f"local fleet {path.config.name}",
-                hint=f"function logs: {path.workdir}",
-            )
-        time.sleep(0.25)
+    tail = "\n".join(f"  {e.kind} {e.subject}: {e.text}" for e in _monitor(path).timeline()[-15:])
+    raise ScenarioError(
+        f"{what}: not reached within {timeout:.0f} s\nlast monitor events:\n{tail}",
+        where=f"local fleet {path.config.name}",
+        hint=f"function logs: {path.workdir}",
+    )
 
 
 Emit = Callable[["Line"], None]
@@ -209,8 +207,8 @@ def run_heal(
         raise FleetError(f"{name} is not a member of {path.mig_ref}", where="selfheal")
     report = HealReport(instance=name, old_id=str(members[name].id))
     report.release_before = current_release(fleet, name)
-    deadline = time.monotonic() + timeout
-    left = lambda: max(1.0, deadline - time.monotonic())  # noqa: E731
+    deadline = Deadline(timeout)
+    left = lambda: max(1.0, deadline.left())  # noqa: E731
 
     report.broken_at = time.time()
     break_api(fleet, name)
@@ -326,8 +324,8 @@ def run_scale(
     from fleet.local.lb import LoadBalancer
 
     frontend = LoadBalancer(path.config).frontend
-    deadline = time.monotonic() + timeout
-    left = lambda: max(1.0, deadline - time.monotonic())  # noqa: E731
+    deadline = Deadline(timeout)
+    left = lambda: max(1.0, deadline.left())  # noqa: E731
     report = ScaleReport()
     before = _member_names(path)
     report.size_before = len(before)
