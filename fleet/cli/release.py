@@ -16,7 +16,7 @@ SELECTION = ("inventory", "hosts", "group", "where", "json")
 def _health_timeout(hosts: list[Any], given: float) -> float:
     if given:
         return given
-    from fleet.rollout.plan import default_timings
+    from fleet.rollout.pacing import default_timings
 
     h = hosts[0]
     return default_timings(h.get("lb"), h.get("rollout")).health_timeout

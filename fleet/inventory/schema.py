@@ -76,7 +76,7 @@ class LBSettings(_Strict):
     stats_socket: StrictStr | None = None
     backend: StrictStr | None = None
     frontend: StrictStr | None = None
-    # the LB's health check, from which rollout waits are derived (see fleet/rollout/plan.py)
+    # the LB's health check, from which rollout waits are derived (see fleet/rollout/pacing.py)
     check_interval: float | None = Field(default=None, gt=0)
     healthy_threshold: StrictInt | None = Field(default=None, ge=1)
     unhealthy_threshold: StrictInt | None = Field(default=None, ge=1)

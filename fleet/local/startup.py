@@ -40,7 +40,7 @@ def provision(config: LocalConfig, name: str, log: Callable[[str], None] = print
     from fleet.commands.bootstrap import bootstrap_command
     from fleet.release import hoststeps as ht
     from fleet.rollout import deploy
-    from fleet.rollout.plan import default_timings
+    from fleet.rollout.pacing import default_timings
     from fleet.ssh.runner import HostContext, HostResult, run_on
 
     inv = inventory.load(str(config.inventory_dir))

@@ -462,7 +462,7 @@ def deploy_release(
     rollout timings."""
     from fleet import inventory as inv_mod
     from fleet.release.bundle import local_meta
-    from fleet.rollout.plan import default_timings
+    from fleet.rollout.pacing import default_timings
 
     inventory = inv if isinstance(inv, inv_mod.Inventory) else inv_mod.load(inv)
     chosen = list(hosts) if hosts is not None else list(inventory.hosts.values())

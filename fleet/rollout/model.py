@@ -11,7 +11,7 @@ from fleet.commands.base import release_id
 from fleet.commands.rollout import BEAT
 from fleet.errors import FleetError
 from fleet.release import hoststeps as ht
-from fleet.rollout.plan import Timings
+from fleet.rollout.pacing import Timings
 
 if TYPE_CHECKING:
     from fleet.release.bundle import Bundle

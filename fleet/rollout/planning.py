@@ -11,7 +11,7 @@ from fleet.commands import release as rc
 from fleet.commands.base import q
 from fleet.errors import FleetError
 from fleet.rollout.model import BEAT_ROLE, DONE_RESULTS, ON_FAILURE, HostJob, HostOutcome, Plan, Release
-from fleet.rollout.plan import Timings, default_timings, failure_budget, make_batches, parse_batches
+from fleet.rollout.pacing import Timings, default_timings, failure_budget, make_batches, parse_batches
 
 if TYPE_CHECKING:
     from fleet.inventory import FleetHost, Inventory
@@ -44,7 +44,8 @@ def check_beat_singleton(inv: Inventory) -> str | None:
 
 def resolve_options(host: FleetHost, **given: Any) -> dict[str, Any]:
     """CLI values over the inventory's `rollout` section over built-in defaults; timings derived
-    from the LB health check (fleet.rollout.plan.default_timings). `None` = not given on the command line."""
+    from the LB health check (fleet.rollout.pacing.default_timings). `None` = not given on the command
+    line."""
     section = host.get("rollout") or {}
     defaults = {"canary": 1, "batch": "25%", "max_failures": "0", "on_failure": "rollback"}
     out: dict[str, Any] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleet.errors import FleetError
-from fleet.rollout.plan import default_timings, failure_budget, make_batches, parse_batches
+from fleet.rollout.pacing import default_timings, failure_budget, make_batches, parse_batches
 
 HOSTS = [f"h{i}" for i in range(1, 11)]
 

@@ -18,7 +18,7 @@ from fleet.errors import FleetError
 from fleet.release import hoststeps as ht
 from fleet.rollout import InPlace, Plan, Release, Report, make_plan, new_rollout_id, staged_targets
 from fleet.rollout.journal import Journal, read
-from fleet.rollout.plan import Timings
+from fleet.rollout.pacing import Timings
 from fleet.ssh.runner import HostResult
 
 NOBEAT = ("worker_beat",)

@@ -23,7 +23,7 @@ from fleet.gcp.compute import Compute, ComputeError
 from fleet.inventory import Inventory
 from fleet.rollout import journal as jr
 from fleet.rollout.lock import FleetLock, Heartbeat, LockHeld, LockLost
-from fleet.rollout.plan import Timings
+from fleet.rollout.pacing import Timings
 from functions.fleet_contract import LOCK_METADATA_KEY, is_held, lock_to_json, parse_lock
 from standins.compute_api import ComputeApi
 from standins.compute_state import InMemoryCompute

@@ -33,7 +33,7 @@ from fleet.rollout import (
     switch_when_idle,
     undrain_then_probe,
 )
-from fleet.rollout.plan import Timings
+from fleet.rollout.pacing import Timings
 from functions.fleet_contract import validate_label_value
 
 OLD = Release("a" * 16, "1.0.0", ("worker_beat",))

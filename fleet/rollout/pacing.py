@@ -1,4 +1,4 @@
-"""Rollout planning, pure: batches (canary first), failure budget, timing defaults.
+"""Rollout pacing, pure: batches (canary first), failure budget, timing defaults.
 
 Kept apart from execution so the exact batches an operator sees in `--dry-run` are the ones run.
 """
