@@ -139,7 +139,7 @@ def test_the_endpoint_is_the_fleet(fleet: LocalFleet, compute: Compute) -> None:
     with pytest.raises(ComputeError, match="not found"):
         compute.instance(CFG.project, CFG.zone, "gcemig-99")
     with pytest.raises(ComputeError, match="not found"):
-        compute.instance(CFG.project, "europe-west1-b", members[0].name)
+        compute.instance(CFG.project, "europe-west1-c", members[0].name)  # another zone
 
 
 def test_labels_and_metadata_survive_an_endpoint_restart(fleet: LocalFleet, compute: Compute) -> None:
