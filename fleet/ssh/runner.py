@@ -82,51 +82,39 @@ StepFn = Callable[[HostContext], HostResult]
 
 
 def build_nornir(inv: Inventory, hosts: Sequence[FleetHost], workers: int | None = None) -> Nornir:
-    """A Nornir object whose inventory holds exactly `hosts` (already merged) and our SSH plugin."""
-    from nornir.core import Nornir
-    from nornir.core.configuration import Config
-    from nornir.core.inventory import (
-        ConnectionOptions,
-        Defaults,
-        Group,
-        Groups,
-        Host,
-        Hosts,
-        ParentGroups,
-    )
-    from nornir.core.inventory import Inventory as NornirInventory
-    from nornir.plugins.runners import ThreadedRunner
+    """Nornir through InitNornir: the FleetInventory plugin limited to `hosts`, our SSH connection plugin."""
+    from nornir import InitNornir
+    from nornir.core.inventory import ConnectionOptions
+
+    from fleet.inventory import nornir_plugin
 
     register()
-    defaults = Defaults()
-    groups = Groups(
-        {name: Group(name=name, data=dict(spec.get("data", {}))) for name, spec in inv.groups.items()}
-    )
-    nhosts = Hosts()
-    for h in hosts:
-        params = ssh_params(h, inv)
-        nhosts[h.name] = Host(
-            name=h.name,
-            hostname=h.hostname,
-            port=h.port,
-            username=h.username,
-            groups=ParentGroups([groups[g] for g in h.groups if g in groups]),
-            data={**h.data, "fleet_host": h},
-            connection_options={CONNECTION_NAME: ConnectionOptions(extras={"params": params})},
-            defaults=defaults,
-        )
+    nornir_plugin.register()
+
+    def connection_options(h: FleetHost) -> dict[str, ConnectionOptions]:
+        return {CONNECTION_NAME: ConnectionOptions(extras={"params": ssh_params(h, inv)})}
+
     configured = inv.defaults.get("data", {}).get("run", {}).get("workers")
     num_workers = settings.load().workers_for(len(hosts), inventory=configured, flag=workers)
-    return Nornir(
-        inventory=NornirInventory(hosts=nhosts, groups=groups, defaults=defaults),
-        runner=ThreadedRunner(num_workers=num_workers),
-        config=Config(),
+    return InitNornir(
+        inventory={
+            "plugin": nornir_plugin.PLUGIN_NAME,
+            "options": {
+                "inventory": inv,
+                "hosts": [h.name for h in hosts],
+                "connection_options": connection_options,
+            },
+        },
+        runner={"plugin": "threaded", "options": {"num_workers": num_workers}},
+        logging={"enabled": False},  # no nornir.log in the working directory; errors are results
     )
 
 
 def _wrap(step: StepFn) -> Callable[[Task], HostResult]:
+    from fleet.inventory import nornir_plugin
+
     def nornir_task(task: Task) -> HostResult:
-        fleet_host: FleetHost = task.host.data["fleet_host"]
+        fleet_host = nornir_plugin.fleet_host(task.host)
         started = time.monotonic()
         try:
             result = step(HostContext(task, fleet_host))
