@@ -27,24 +27,13 @@ def hosts(
     With `gce.migs` the hosts are the MIGs' members, read from Compute, with their status and MIG
     action; those not RUNNING or with an action in progress are listed with why tasks skip them."""
     from fleet import inventory as inv_mod
-    from fleet.errors import FleetError
     from fleet.inventory import skip_reason
     from fleet.ssh.connection import host_keys_mode, ssh_params
     from fleet.view import console as ui
 
-    inv = inv_mod.load(inventory)
-    chosen = inv.select(
-        hosts=inv_mod.split_csv(hosts) or None,
-        group=group or None,
-        where=list(where or ()),
-        include_unready=True,
+    inv, chosen = inv_mod.choose(
+        inventory, hosts, group, where, include_unready=True, hint="check --hosts/--group/--where"
     )
-    if not chosen:
-        raise FleetError(
-            "no host matches the selection",
-            where=f"inventory {inv.name}",
-            hint="check --hosts/--group/--where",
-        )
     rows = []
     for h in chosen:
         p = ssh_params(h, inv)
