@@ -116,8 +116,10 @@ def exec_(
     from fleet.view import console as ui
 
     inv, chosen = select(inventory, hosts, group, where)
-    with ui.host_progress("exec", len(chosen), enabled=not json_) as advance:
-        results = run_on(inv, chosen, command_step(cmd, timeout=timeout), workers=workers, on_done=advance)
+    with ui.host_progress("exec", len(chosen), enabled=not json_) as progress:
+        results = run_on(
+            inv, chosen, command_step(cmd, timeout=timeout), workers=workers, processors=[progress]
+        )
     if json_:
         ui.print_json({"inventory": inv.name, "command": cmd, "results": [r.as_dict() for r in results]})
     else:
@@ -156,8 +158,8 @@ def facts(
         )
 
     inv, chosen = select(inventory, hosts, group, where)
-    with ui.host_progress("facts", len(chosen), enabled=not json_) as advance:
-        results = run_on(inv, chosen, read_facts, workers=workers, on_done=advance)
+    with ui.host_progress("facts", len(chosen), enabled=not json_) as progress:
+        results = run_on(inv, chosen, read_facts, workers=workers, processors=[progress])
     if json_:
         ui.print_json(
             {
