@@ -44,6 +44,9 @@ class Setting(F):
             return self.value in [str(a) for a in actual]
         return actual is not None and str(actual) == self.value
 
+    def __invert__(self) -> F:
+        raise NotImplementedError("a --where filter is not negated (F's NOT would compare raw values)")
+
 
 def selection_filter(
     inv: Inventory, hosts: Sequence[str] | None = None, group: str | None = None, where: Iterable[str] = ()

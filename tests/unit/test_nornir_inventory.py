@@ -136,6 +136,8 @@ def test_selection_is_a_nornir_filter_over_the_plugin_inventory(good: Path) -> N
     assert isinstance(selection_filter(inv, group="eu"), F)
     ninv = FleetInventory(inv).load().filter(flt)  # type: ignore[arg-type]
     assert list(ninv.hosts) == ["a1", "a2"]
+    with pytest.raises(NotImplementedError):  # F's NOT would compare the raw values: refused
+        ~Setting("port", "22")
 
 
 @pytest.mark.parametrize(
