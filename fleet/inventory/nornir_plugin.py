@@ -51,14 +51,15 @@ def fleet_host(host: Host) -> FleetHost:
 class FleetInventory:
     """Nornir inventory plugin over a loaded fleet inventory.
 
-    `hosts` limits the Nornir inventory to those names (inventory order kept); `connection_options`
-    gives each host its connection parameters (the SSH layer passes them; the inventory knows no SSH).
+    `hosts` are the FleetHosts it holds, in that order (default: every host of the inventory);
+    `connection_options` gives each host its connection parameters (the SSH layer passes them; the
+    inventory knows no SSH).
     """
 
     def __init__(
         self,
         inventory: Inventory,
-        hosts: Sequence[str] | None = None,
+        hosts: Sequence[FleetHost] | None = None,
         connection_options: ConnectionOptionsFn | None = None,
     ) -> None:
         self.inventory = inventory
@@ -74,13 +75,10 @@ class FleetInventory:
         for name, spec in inv.groups.items():  # parents after all groups exist
             groups[name].groups = ParentGroups([groups[p] for p in spec.get("groups", []) if p in groups])
             groups[name].defaults = defaults
-        wanted = inv.hosts if self.hosts is None else set(self.hosts)
         hosts = Hosts()
-        for name, fh in inv.hosts.items():
-            if name not in wanted:
-                continue
+        for fh in inv.hosts.values() if self.hosts is None else self.hosts:
             options = dict(self.connection_options(fh)) if self.connection_options else {}
-            hosts[name] = FleetNornirHost(
+            hosts[fh.name] = FleetNornirHost(
                 fh,
                 name=fh.name,
                 hostname=fh.hostname,

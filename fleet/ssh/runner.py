@@ -84,7 +84,7 @@ StepFn = Callable[[HostContext], HostResult]
 
 
 def build_nornir(inv: Inventory, hosts: Sequence[FleetHost], workers: int | None = None) -> Nornir:
-    """Nornir through InitNornir: the FleetInventory plugin limited to `hosts`, our SSH connection plugin."""
+    """Nornir through InitNornir: the FleetInventory plugin holding `hosts`, our SSH connection plugin."""
     from nornir import InitNornir
     from nornir.core.inventory import ConnectionOptions
 
@@ -103,7 +103,7 @@ def build_nornir(inv: Inventory, hosts: Sequence[FleetHost], workers: int | None
             "plugin": nornir_plugin.PLUGIN_NAME,
             "options": {
                 "inventory": inv,
-                "hosts": [h.name for h in hosts],
+                "hosts": list(hosts),
                 "connection_options": connection_options,
             },
         },

@@ -29,7 +29,7 @@ def test_build_nornir_goes_through_the_plugin_and_carries_one_host_model(
     nr = build_nornir(inv, [inv.hosts["a3"], inv.hosts["a1"]], workers=3)
     assert InventoryPluginRegister.available[PLUGIN_NAME] is FleetInventory
     assert nr.config.inventory.plugin == PLUGIN_NAME
-    assert list(nr.inventory.hosts) == ["a1", "a3"]  # inventory order, only the hosts asked for
+    assert list(nr.inventory.hosts) == ["a3", "a1"]  # only the hosts asked for, in that order
     a1 = nr.inventory.hosts["a1"]
     assert isinstance(a1, FleetNornirHost)
     assert fleet_host(a1) is inv.hosts["a1"]
@@ -52,6 +52,15 @@ def test_plugin_without_a_host_list_holds_every_host(good: Path) -> None:  # noq
     ninv = FleetInventory(inv).load()
     assert list(ninv.hosts) == list(inv.hosts)
     assert all(h.connection_options == {} for h in ninv.hosts.values())
+
+
+def test_plugin_holds_the_very_hosts_it_is_given(good: Path) -> None:  # noqa: F811
+    import dataclasses
+
+    inv = load(str(good))
+    moved = dataclasses.replace(inv.hosts["a2"], port=2200)
+    ninv = FleetInventory(inv, hosts=[moved]).load()
+    assert fleet_host(ninv.hosts["a2"]) is moved and ninv.hosts["a2"].port == 2200
 
 
 def test_fleet_host_refuses_a_foreign_nornir_host() -> None:
