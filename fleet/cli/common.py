@@ -57,14 +57,7 @@ def fleet_errors(fn: F) -> F:
 def select(
     inventory: str | None, hosts: str | None, group: str | None, where: Sequence[str] | None
 ) -> tuple[Inventory, list[FleetHost]]:
-    from fleet import inventory as inv_mod
+    """The task's inventory and hosts: fleet.inventory.choose, the one selection the services use too."""
+    from fleet.inventory import choose
 
-    inv = inv_mod.load(inventory)
-    chosen = inv.select(hosts=inv_mod.split_csv(hosts) or None, group=group or None, where=list(where or ()))
-    if not chosen:
-        raise FleetError(
-            "no host matches the selection",
-            where=f"inventory {inv.name}",
-            hint="check --hosts/--group/--where; `fab hosts --inventory NAME` lists the hosts",
-        )
-    return inv, chosen
+    return choose(inventory, hosts, group, where)

@@ -27,24 +27,13 @@ def hosts(
     With `gce.migs` the hosts are the MIGs' members, read from Compute, with their status and MIG
     action; those not RUNNING or with an action in progress are listed with why tasks skip them."""
     from fleet import inventory as inv_mod
-    from fleet.errors import FleetError
     from fleet.inventory import skip_reason
     from fleet.ssh.connection import host_keys_mode, ssh_params
     from fleet.view import console as ui
 
-    inv = inv_mod.load(inventory)
-    chosen = inv.select(
-        hosts=inv_mod.split_csv(hosts) or None,
-        group=group or None,
-        where=list(where or ()),
-        include_unready=True,
+    inv, chosen = inv_mod.choose(
+        inventory, hosts, group, where, include_unready=True, hint="check --hosts/--group/--where"
     )
-    if not chosen:
-        raise FleetError(
-            "no host matches the selection",
-            where=f"inventory {inv.name}",
-            hint="check --hosts/--group/--where",
-        )
     rows = []
     for h in chosen:
         p = ssh_params(h, inv)
@@ -127,8 +116,10 @@ def exec_(
     from fleet.view import console as ui
 
     inv, chosen = select(inventory, hosts, group, where)
-    with ui.host_progress("exec", len(chosen), enabled=not json_) as advance:
-        results = run_on(inv, chosen, command_step(cmd, timeout=timeout), workers=workers, on_done=advance)
+    with ui.host_progress("exec", len(chosen), enabled=not json_) as progress:
+        results = run_on(
+            inv, chosen, command_step(cmd, timeout=timeout), workers=workers, processors=[progress]
+        )
     if json_:
         ui.print_json({"inventory": inv.name, "command": cmd, "results": [r.as_dict() for r in results]})
     else:
@@ -167,8 +158,8 @@ def facts(
         )
 
     inv, chosen = select(inventory, hosts, group, where)
-    with ui.host_progress("facts", len(chosen), enabled=not json_) as advance:
-        results = run_on(inv, chosen, read_facts, workers=workers, on_done=advance)
+    with ui.host_progress("facts", len(chosen), enabled=not json_) as progress:
+        results = run_on(inv, chosen, read_facts, workers=workers, processors=[progress])
     if json_:
         ui.print_json(
             {

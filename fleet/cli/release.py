@@ -73,8 +73,8 @@ def bootstrap(
         )
 
     inv, chosen = select(inventory, hosts, group, where)
-    with ui.host_progress("bootstrap", len(chosen), enabled=not json_) as advance:
-        results = run_on(inv, chosen, step, workers=workers or None, on_done=advance)
+    with ui.host_progress("bootstrap", len(chosen), enabled=not json_) as progress:
+        results = run_on(inv, chosen, step, workers=workers or None, processors=[progress])
     if json_:
         ui.print_json(
             {
@@ -137,8 +137,8 @@ def _bootstrap_dry_run(
         return HostResult(ctx.host.name, "ok", exit_code=0, data={"facts": facts, "items": items})
 
     inv, chosen = select(inventory, hosts, group, where)
-    with ui.host_progress("bootstrap --dry-run", len(chosen), enabled=not json_) as advance:
-        results = run_on(inv, chosen, step, workers=workers or None, on_done=advance)
+    with ui.host_progress("bootstrap --dry-run", len(chosen), enabled=not json_) as progress:
+        results = run_on(inv, chosen, step, workers=workers or None, processors=[progress])
     reports = []
     for r in results:
         items = r.data.get("items", [])
@@ -218,7 +218,7 @@ def deploy(
     if dry_run:
         _print_diff(inv, chosen, bundles, json_)
         return
-    with ui.host_progress("deploy", 2 * len(chosen), enabled=not json_) as advance:
+    with ui.host_progress("deploy", 2 * len(chosen), enabled=not json_) as progress:
         report = dp.deploy_release(
             inv,
             chosen,
@@ -226,7 +226,7 @@ def deploy(
             health_timeout=_health_timeout(chosen, health_timeout),
             keep=keep or None,
             workers=workers or None,
-            on_done=advance,
+            processors=[progress],
             warn=_warn,
         )
     if json_:

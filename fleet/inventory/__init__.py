@@ -1,8 +1,9 @@
 """Inventory: typed models with their defaults (schema), the YAML loader, MIG discovery (mig).
 
 `from fleet.inventory import load, Inventory, FleetHost` is the way in; the modules are:
-schema.py (pydantic sections), loader.py (files -> merged FleetHost per host, selection), mig.py
-(hosts from managed instance groups).
+schema.py (pydantic sections), loader.py (files -> merged FleetHost per host), mig.py (hosts from
+managed instance groups), nornir_plugin.py (the same hosts as a Nornir inventory plugin), selection.py
+(--hosts/--group/--where as Nornir filters).
 """
 
 from fleet.inventory.loader import (
@@ -12,18 +13,20 @@ from fleet.inventory.loader import (
     inventory_path,
     load,
     partition,
-    select_hosts,
     skip_reason,
     split_csv,
 )
+from fleet.inventory.selection import choose, select, select_hosts
 
 __all__ = [
     "ENV_VAR",
     "FleetHost",
     "Inventory",
+    "choose",
     "inventory_path",
     "load",
     "partition",
+    "select",
     "select_hosts",
     "skip_reason",
     "split_csv",

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,23 +70,6 @@ class Inventory:
         """Relative paths in the inventory are relative to the inventory directory."""
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else self.path / p
-
-    def select(
-        self,
-        hosts: Sequence[str] | None = None,
-        group: str | None = None,
-        where: Sequence[str] = (),
-        include_unready: bool = False,
-    ) -> list[FleetHost]:
-        """Matching hosts; MIG members not RUNNING or under a MIG action are left out (named on stderr)
-        unless `include_unready`."""
-        chosen = select_hosts(self, hosts=hosts, group=group, where=where)
-        if include_unready:
-            return chosen
-        ready, skipped = partition(chosen)
-        for host, reason in skipped:
-            sys.stderr.write(f"skipped {host.name}: {reason}\n")
-        return ready
 
 
 def skip_reason(host: FleetHost) -> str | None:
@@ -324,51 +306,6 @@ def _check_host(host: FleetHost, path: Path, where: str) -> None:
         p = p if p.is_absolute() else path / p
         if not p.exists():
             raise InventoryError(f"field ssh.key_file: {p} does not exist", where=where)
-
-
-def select_hosts(
-    inv: Inventory, hosts: Sequence[str] | None = None, group: str | None = None, where: Iterable[str] = ()
-) -> list[FleetHost]:
-    """Hosts matching every filter given, in inventory order. Unknown names are errors, not no-ops."""
-    chosen = list(inv.hosts.values())
-    if hosts:
-        unknown = [h for h in hosts if h not in inv.hosts]
-        if unknown:
-            raise InventoryError(
-                f"unknown host(s): {', '.join(unknown)}",
-                where=f"inventory {inv.name}",
-                hint=f"known hosts: {', '.join(inv.hosts)}",
-            )
-        wanted = set(hosts)
-        chosen = [h for h in chosen if h.name in wanted]
-    if group:
-        if group not in inv.groups:
-            raise InventoryError(
-                f"unknown group {group!r}",
-                where=f"inventory {inv.name}",
-                hint=f"known groups: {', '.join(inv.groups) or 'none'}",
-            )
-        chosen = [h for h in chosen if group in h.groups]
-    for expr in where:
-        key, sep, value = expr.partition("=")
-        if not sep or not key:
-            raise InventoryError(
-                f"--where {expr!r} is not KEY=VALUE", hint="e.g. --where gce.zone=europe-west1-b"
-            )
-        chosen = [h for h in chosen if _matches(h, key.strip(), value.strip())]
-    return chosen
-
-
-def _matches(host: FleetHost, key: str, value: str) -> bool:
-    if key in ("name", "hostname", "port", "username"):
-        actual: Any = getattr(host, key)
-    elif key == "groups":
-        actual = list(host.groups)
-    else:
-        actual = host.get(key)
-    if isinstance(actual, list):
-        return value in [str(a) for a in actual]
-    return actual is not None and str(actual) == value
 
 
 def split_csv(value: str | None) -> list[str]:

@@ -28,6 +28,8 @@ from fleet.release import secrets
 from fleet.ssh.runner import HostContext, HostResult, run_on
 
 if TYPE_CHECKING:
+    from nornir.core.processor import Processor
+
     from fleet.inventory import FleetHost, Inventory
     from fleet.release.bundle import Bundle, ReleaseMeta, Source
 
@@ -301,7 +303,7 @@ def deploy(
     health_timeout: float,
     keep: int | None = None,
     workers: int | None = None,
-    on_done: Callable[[HostResult], None] | None = None,
+    processors: Sequence[Processor] = (),
     guard: Guard | None = None,
 ) -> DeployReport:
     """`guard` (under_lock): no host switches once the lock is lost; each is marked while it switches."""
@@ -309,7 +311,11 @@ def deploy(
     guard = guard or Guard("")
     started = time.monotonic()
     pre = run_on(
-        inv, hosts, lambda ctx: _preflight_step(ctx, bundles[ctx.host.name]), workers=workers, on_done=on_done
+        inv,
+        hosts,
+        lambda ctx: _preflight_step(ctx, bundles[ctx.host.name]),
+        workers=workers,
+        processors=processors,
     )
     failed = [r for r in pre if not r.ok]
     if failed:
@@ -372,7 +378,7 @@ def deploy(
             ctx.host.name, "ok" if ok else "failed", error=outcome.error, data={"outcome": outcome}
         )
 
-    act = run_on(inv, hosts, activate_step, workers=workers, on_done=on_done)
+    act = run_on(inv, hosts, activate_step, workers=workers, processors=processors)
     outcomes = []
     for r in act:
         o = r.data.get("outcome") or _outcome_from_failure(r, bundles[r.host], "failed")
@@ -453,7 +459,7 @@ def deploy_release(
     health_timeout: float | None = None,
     keep: int | None = None,
     workers: int | None = None,
-    on_done: Callable[[HostResult], None] | None = None,
+    processors: Sequence[Processor] = (),
     warn: Callable[[str], None] | None = None,
 ) -> DeployReport:
     """`fab deploy` as a library call: render `version` (default: the inventory's; or pass the
@@ -481,6 +487,6 @@ def deploy_release(
             health_timeout=health_timeout,
             keep=keep,
             workers=workers,
-            on_done=on_done,
+            processors=processors,
             guard=guard,
         )

@@ -102,8 +102,9 @@ class SshHostOps:
         return list(self.nr.inventory.hosts)
 
     def host(self, name: str) -> FleetHost:
-        host: FleetHost = self.nr.inventory.hosts[name].data["fleet_host"]
-        return host
+        from fleet.inventory.nornir_plugin import fleet_host
+
+        return fleet_host(self.nr.inventory.hosts[name])
 
     def each(self, names: Sequence[str], fn: HostFn) -> list[HostResult]:
         wanted = set(names)

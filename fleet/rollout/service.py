@@ -13,14 +13,11 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fleet.errors import FleetError
 from fleet.rollout.engine import Observer
 from fleet.rollout.model import Plan, Report
-
-if TYPE_CHECKING:
-    from fleet.inventory import FleetHost, Inventory
 
 
 @dataclass
@@ -93,33 +90,18 @@ def rollback(inventory: str | None = None, *, to: str | None = None, **o: Any) -
     return perform(Request("rollback", inventory, spec=to, **o), hooks)
 
 
-def select_hosts(req: Request) -> tuple[Inventory, list[FleetHost]]:
-    from fleet import inventory as inv_mod
-
-    inv = inv_mod.load(req.inventory)
-    chosen = inv.select(
-        hosts=inv_mod.split_csv(req.hosts) or None, group=req.group or None, where=list(req.where or ())
-    )
-    if not chosen:
-        raise FleetError(
-            "no host matches the selection",
-            where=f"inventory {inv.name}",
-            hint="check --hosts/--group/--where; `fab hosts --inventory NAME` lists the hosts",
-        )
-    return inv, chosen
-
-
 def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
     """One rollout or rollback, start to end (or its plan, with `dry_run`)."""
     hooks = hooks or Hooks()
     warn = hooks.warn
     preload = _preload() if not req.dry_run else None
     from fleet import rollout as ro
+    from fleet.inventory import choose
     from fleet.rollout import journal as jr
     from fleet.rollout import lock as lk
     from fleet.ssh.runner import build_nornir
 
-    inv, chosen = select_hosts(req)
+    inv, chosen = choose(req.inventory, req.hosts, req.group, req.where)
     inventory_arg = req.inventory or inv.name
     journal_dir = jr.fleet_dir(inv)
 

@@ -18,7 +18,9 @@ from fleet.ssh.connection import CONNECTION_NAME, UnreachableError, register, ss
 if TYPE_CHECKING:
     import fabric
     from nornir.core import Nornir
-    from nornir.core.task import Task
+    from nornir.core.inventory import Host as NornirHost
+    from nornir.core.processor import Processor
+    from nornir.core.task import AggregatedResult, MultiResult, Task
 
     from fleet.inventory import FleetHost, Inventory
 
@@ -82,51 +84,39 @@ StepFn = Callable[[HostContext], HostResult]
 
 
 def build_nornir(inv: Inventory, hosts: Sequence[FleetHost], workers: int | None = None) -> Nornir:
-    """A Nornir object whose inventory holds exactly `hosts` (already merged) and our SSH plugin."""
-    from nornir.core import Nornir
-    from nornir.core.configuration import Config
-    from nornir.core.inventory import (
-        ConnectionOptions,
-        Defaults,
-        Group,
-        Groups,
-        Host,
-        Hosts,
-        ParentGroups,
-    )
-    from nornir.core.inventory import Inventory as NornirInventory
-    from nornir.plugins.runners import ThreadedRunner
+    """Nornir through InitNornir: the FleetInventory plugin holding `hosts`, our SSH connection plugin."""
+    from nornir import InitNornir
+    from nornir.core.inventory import ConnectionOptions
+
+    from fleet.inventory import nornir_plugin
 
     register()
-    defaults = Defaults()
-    groups = Groups(
-        {name: Group(name=name, data=dict(spec.get("data", {}))) for name, spec in inv.groups.items()}
-    )
-    nhosts = Hosts()
-    for h in hosts:
-        params = ssh_params(h, inv)
-        nhosts[h.name] = Host(
-            name=h.name,
-            hostname=h.hostname,
-            port=h.port,
-            username=h.username,
-            groups=ParentGroups([groups[g] for g in h.groups if g in groups]),
-            data={**h.data, "fleet_host": h},
-            connection_options={CONNECTION_NAME: ConnectionOptions(extras={"params": params})},
-            defaults=defaults,
-        )
+    nornir_plugin.register()
+
+    def connection_options(h: FleetHost) -> dict[str, ConnectionOptions]:
+        return {CONNECTION_NAME: ConnectionOptions(extras={"params": ssh_params(h, inv)})}
+
     configured = inv.defaults.get("data", {}).get("run", {}).get("workers")
     num_workers = settings.load().workers_for(len(hosts), inventory=configured, flag=workers)
-    return Nornir(
-        inventory=NornirInventory(hosts=nhosts, groups=groups, defaults=defaults),
-        runner=ThreadedRunner(num_workers=num_workers),
-        config=Config(),
+    return InitNornir(
+        inventory={
+            "plugin": nornir_plugin.PLUGIN_NAME,
+            "options": {
+                "inventory": inv,
+                "hosts": list(hosts),
+                "connection_options": connection_options,
+            },
+        },
+        runner={"plugin": "threaded", "options": {"num_workers": num_workers}},
+        logging={"enabled": False},  # no nornir.log in the working directory; errors are results
     )
 
 
 def _wrap(step: StepFn) -> Callable[[Task], HostResult]:
+    from fleet.inventory import nornir_plugin
+
     def nornir_task(task: Task) -> HostResult:
-        fleet_host: FleetHost = task.host.data["fleet_host"]
+        fleet_host = nornir_plugin.fleet_host(task.host)
         started = time.monotonic()
         try:
             result = step(HostContext(task, fleet_host))
@@ -148,16 +138,10 @@ def _wrap(step: StepFn) -> Callable[[Task], HostResult]:
     return nornir_task
 
 
-def run_step(
-    nr: Nornir, step: StepFn, *, on_done: Callable[[HostResult], None] | None = None
-) -> list[HostResult]:
-    """Run `step` on every host of `nr` in parallel; results in inventory order."""
-    from nornir.core.processor import Processor
-
-    processors: list[Processor] = []
-    if on_done is not None:
-        processors.append(_DoneCallback(on_done))
-    agg = nr.with_processors(processors).run(task=_wrap(step), on_failed=True)
+def run_step(nr: Nornir, step: StepFn, *, processors: Sequence[Processor] = ()) -> list[HostResult]:
+    """Run `step` on every host of `nr` in parallel; results in inventory order. `processors` (Nornir's)
+    see each host start and finish as it happens (progress bars, per-host lines)."""
+    agg = nr.with_processors(list(processors)).run(task=_wrap(step), on_failed=True)
     results = []
     for name in nr.inventory.hosts:
         multi = agg[name]
@@ -169,23 +153,31 @@ def run_step(
     return results
 
 
-class _DoneCallback:
-    """Nornir processor that reports each host as it finishes (for progress display)."""
+class HostProcessor:
+    """A Nornir processor over our results: override `host_started` / `host_done` (both no-ops here).
 
-    def __init__(self, callback: Callable[[HostResult], None]) -> None:
-        self.callback = callback
+    `host_done` gets each host's `HostResult` as soon as that host finishes, from the runner's thread."""
 
-    def task_started(self, task: Any) -> None: ...
-    def task_completed(self, task: Any, result: Any) -> None: ...
-    def task_instance_started(self, task: Any, host: Any) -> None: ...
+    def host_started(self, host: str) -> None: ...
 
-    def task_instance_completed(self, task: Any, host: Any, result: Any) -> None:
+    def host_done(self, result: HostResult) -> None: ...
+
+    # Nornir's Processor protocol
+    def task_started(self, task: Task) -> None: ...
+
+    def task_completed(self, task: Task, result: AggregatedResult) -> None: ...
+
+    def task_instance_started(self, task: Task, host: NornirHost) -> None:
+        self.host_started(host.name)
+
+    def task_instance_completed(self, task: Task, host: NornirHost, result: MultiResult) -> None:
         value = result[0].result if result else None
         if isinstance(value, HostResult):
-            self.callback(value)
+            self.host_done(value)
 
-    def subtask_instance_started(self, task: Any, host: Any) -> None: ...
-    def subtask_instance_completed(self, task: Any, host: Any, result: Any) -> None: ...
+    def subtask_instance_started(self, task: Task, host: NornirHost) -> None: ...
+
+    def subtask_instance_completed(self, task: Task, host: NornirHost, result: MultiResult) -> None: ...
 
 
 def run_on(
@@ -194,14 +186,14 @@ def run_on(
     step: StepFn,
     *,
     workers: int | None = None,
-    on_done: Callable[[HostResult], None] | None = None,
+    processors: Sequence[Processor] = (),
 ) -> list[HostResult]:
-    """Convenience: build Nornir for `hosts`, run one step, close every connection."""
+    """Convenience: build Nornir for `hosts`, run one step (seen by `processors`), close every connection."""
     if not hosts:
         return []
     nr = build_nornir(inv, hosts, workers)
     try:
-        return run_step(nr, step, on_done=on_done)
+        return run_step(nr, step, processors=processors)
     finally:
         nr.close_connections(on_good=True, on_failed=True)
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fleet.ssh.runner import HostResult
+    from fleet.ssh.runner import HostProcessor, HostResult
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "unreachable": "yellow"}
 
@@ -95,10 +95,13 @@ def _styled(column: str, value: str) -> str:
 
 
 @contextmanager
-def host_progress(description: str, total: int, *, enabled: bool = True) -> Iterator[Any]:
-    """Yields a callback(HostResult) that advances a live bar on a TTY, or prints a line per host."""
+def host_progress(description: str, total: int, *, enabled: bool = True) -> Iterator[HostProcessor]:
+    """Yields a Nornir processor (pass it to run_on/run_step `processors`) that advances a live bar as
+    each host finishes on a TTY, or prints a line per host; does nothing when not `enabled`."""
+    from fleet.ssh.runner import HostProcessor
+
     if not enabled:
-        yield lambda _result: None
+        yield HostProcessor()
         return
     if is_tty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -114,17 +117,21 @@ def host_progress(description: str, total: int, *, enabled: bool = True) -> Iter
         ) as progress:
             task_id = progress.add_task(description, total=total, last="")
 
-            def advance(result: HostResult) -> None:
-                progress.update(task_id, advance=1, last=safe(f"{result.host}: {result.status}"))
+            class Bar(HostProcessor):
+                def host_done(self, result: HostResult) -> None:
+                    progress.update(task_id, advance=1, last=safe(f"{result.host}: {result.status}"))
 
-            yield advance
+            yield Bar()
     else:
 
-        def line(result: HostResult) -> None:
-            sys.stderr.write(safe(f"{description}: {result.host} {result.status} ({result.duration:.2f}s)\n"))
-            sys.stderr.flush()
+        class Lines(HostProcessor):
+            def host_done(self, result: HostResult) -> None:
+                sys.stderr.write(
+                    safe(f"{description}: {result.host} {result.status} ({result.duration:.2f}s)\n")
+                )
+                sys.stderr.flush()
 
-        yield line
+        yield Lines()
 
 
 def results_table(title: str, results: Sequence[HostResult], show_output: bool = True) -> None:

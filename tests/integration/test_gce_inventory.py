@@ -105,12 +105,12 @@ def test_members_not_running_or_busy_are_listed_and_skipped(
     path = write_inventory(tmp_path / "prod", gce_settings(server.url))
     inv = inventory.load(str(path))
     assert len(inv.hosts) == 4
-    ready = inv.select()
+    ready = inventory.select(inv)
     assert {h.name for h in ready} == set(backend.member_names(PROJECT, REGION, "dify-r"))
     err = capsys.readouterr().err
     assert f"skipped {stopping}: instance is STOPPING, not RUNNING" in err
     assert f"skipped {busy}: MIG action RECREATING in progress" in err
-    assert len(inv.select(include_unready=True)) == 4
+    assert len(inventory.select(inv, include_unready=True)) == 4
 
     r = fab("hosts", "--inventory", str(path), "--json")
     assert r.returncode == 0, r.stderr

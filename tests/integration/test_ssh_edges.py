@@ -111,7 +111,7 @@ def test_health_probe_on_a_real_host_uses_a_private_temp_file(fresh_sshd: SshdFl
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from fleet.inventory import load
+    from fleet.inventory import load, select
     from fleet.release import hoststeps as hosttasks
     from fleet.ssh.runner import command_step, run_on
 
@@ -139,7 +139,7 @@ def test_health_probe_on_a_real_host_uses_a_private_temp_file(fresh_sshd: SshdFl
             f"export TMPDIR={tmpdir} PATH={shim}:$PATH\n"
             + hosttasks.health_command(server.server_address[1]).script
         )
-        (res,) = run_on(inv, inv.select(hosts=["h01"]), command_step(script))
+        (res,) = run_on(inv, select(inv, hosts=["h01"]), command_step(script))
     finally:
         server.shutdown()
     assert res.ok, res

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fleet.commands.facts import facts_command
-from fleet.inventory import load
+from fleet.inventory import load, select
 from fleet.local.sshd_hosts import SshdFleet, keygen
 from fleet.ssh.connection import ssh_params
 from fleet.ssh.runner import HostContext, HostResult, build_nornir, command_step, run_on, run_step
@@ -81,7 +81,7 @@ def test_facts_over_ssh(sshd_fleet: SshdFleet) -> None:
 
 def test_connection_reuse_counts_ssh_handshakes(sshd_fleet: SshdFleet) -> None:
     inv = load(str(sshd_fleet.inventory_dir))
-    hosts = inv.select(hosts=["h03"])
+    hosts = select(inv, hosts=["h03"])
     nr = build_nornir(inv, hosts)
     seen: list[object] = []
 
@@ -173,7 +173,7 @@ def test_hostile_app_dir_reaches_remote_shell_quoted(sshd_fleet: SshdFleet, tmp_
     inv = load(str(sshd_fleet.inventory_dir))
     hostile = str(tmp_path / "$(touch PWNED)` touch PWNED2`;touch PWNED3")
     step = command_step(facts_command(hostile).shell())
-    results = run_on(inv, inv.select(hosts=["h01"]), step)
+    results = run_on(inv, select(inv, hosts=["h01"]), step)
     assert results[0].ok, results[0]
     assert not list(tmp_path.glob("PWNED*")) and not list(Path.home().glob("PWNED*"))
     assert "release=" in results[0].stdout
