@@ -48,14 +48,14 @@ def hosts(
     rows = []
     for h in chosen:
         p = ssh_params(h, inv)
-        proxy = h.get("ssh.proxy", "none")
+        proxy = h.settings.ssh.proxy
         rows.append(
             {
                 "host": h.name,
                 "address": f"{h.username}@{h.hostname}:{h.port}",
                 "groups": list(h.groups),
                 "roles": h.get("roles", []),
-                "proxy": proxy if isinstance(proxy, str) else next(iter(proxy)),
+                "proxy": proxy if isinstance(proxy, str) else next(iter(type(proxy).model_fields)),
                 "host_key_name": p.known_hosts_name,
                 "host_keys": host_keys_mode(h),
                 "gce_instance": h.get("gce.instance"),
