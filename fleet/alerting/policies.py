@@ -251,7 +251,7 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
                 project=h.get("gce.project") or project,
                 zone=h.get("gce.zone"),
                 instance_id=h.get("gce.instance_id"),
-                port=uptime.get("port") or h.get("app.http_port") or 80,
+                port=uptime.get("port") or h.settings.app.http_port,
                 path=uptime.get("path") or "/health",
             )
         )

@@ -155,7 +155,7 @@ def facts(
     from fleet.view import console as ui
 
     def read_facts(ctx: HostContext) -> HostResult:
-        cmd = facts_command(ctx.host.get("app.dir", "/opt/fleet/dify"))
+        cmd = facts_command(ctx.host.settings.app.dir)
         r = ctx.run(cmd.shell())
         return HostResult(
             host=ctx.host.name,

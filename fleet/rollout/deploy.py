@@ -84,7 +84,7 @@ def check_ready(ctx: HostContext) -> rc.HostState:
             f"{ht.layout_of(ctx.host).root} does not exist",
             hint="run `fab bootstrap` on this host first",
         )
-    ht.check_free_disk(ctx, int(ctx.host.get("app.min_free_mb", ht.NEED_FREE_MB)))
+    ht.check_free_disk(ctx)
     return state
 
 
@@ -364,7 +364,7 @@ def deploy(
         if unmark_problem:
             outcome.problems.append(unmark_problem)
         try:
-            ht.prune(ctx, keep or int(ctx.host.get("app.keep_releases", ht.DEFAULT_KEEP)))
+            ht.prune(ctx, keep or ctx.host.settings.app.keep_releases)
         except FleetError as exc:  # pruning is housekeeping: report, do not fail the deploy
             outcome.problems.append(f"prune: {exc.what}")
         ok = outcome.result in ("deployed", "unchanged")
