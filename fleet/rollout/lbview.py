@@ -160,7 +160,7 @@ class HaproxyView:
 
 
 def server_name(host: FleetHost) -> str:
-    return str(host.get("lb.server") or host.name)
+    return host.settings.lb.server or host.name
 
 
 # --------------------------------------------------------------------------- GCP backend service
@@ -302,17 +302,18 @@ class BlindView:
 
 def for_host(host: FleetHost, compute: Callable[[], Compute], drain_wait: float) -> LBView:
     """The view a host's `lb` settings describe (hosts of one rollout normally share one)."""
-    kind = host.get("lb.kind") or "none"
-    interval = float(host.get("lb.check_interval") or 5)
-    healthy = int(host.get("lb.healthy_threshold") or 2)
-    draining = float(host.get("lb.draining_timeout") if host.get("lb.draining_timeout") is not None else 10)
+    lb = host.settings.lb
+    kind = lb.kind
+    interval = float(lb.check_interval)
+    healthy = lb.healthy_threshold
+    draining = float(lb.draining_timeout)
     if kind == "haproxy":
-        sock = host.get("lb.stats_socket")
+        sock = lb.stats_socket
         if not sock:
             raise FleetError("lb.kind haproxy needs lb.stats_socket", where=host.name)
-        return HaproxyView(str(sock), str(host.get("lb.backend") or "app"))
+        return HaproxyView(sock, lb.backend or "app")
     if kind == "gcp":
-        backend = host.get("lb.backend")
+        backend = lb.backend
         project = host.get("gce.project")
         if not backend or not project:
             raise FleetError(
