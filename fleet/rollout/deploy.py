@@ -470,7 +470,7 @@ def deploy_release(
         bundles = render_all(inventory, chosen, version=version)
     if not health_timeout:
         first = chosen[0]
-        health_timeout = default_timings(first.get("lb"), first.get("rollout")).health_timeout
+        health_timeout = default_timings(first.settings.lb, first.settings.rollout).health_timeout
     label = next(iter(bundles.values())).version if bundles else ""
     with under_lock(inventory, chosen, f"deploy {label}", warn=warn) as guard:
         return deploy(
