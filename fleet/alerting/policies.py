@@ -23,7 +23,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from fleet import settings
@@ -196,7 +196,7 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
                 where=where,
                 hint="the managed instance groups are fleet-wide: set gce.migs in defaults.yaml",
             )
-    project = mon.get("project") or first.get("gce.project")
+    project = mon.get("project") or first.settings.gce.project
     if not project:
         raise InventoryError(
             "field monitoring.project is missing",
@@ -212,7 +212,7 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
         )
 
     migs = []
-    for i, raw in enumerate(first.get("gce.migs") or []):
+    for i, raw in enumerate(first.settings.gce.migs):
         location = raw.get("zone") or raw.get("region")
         mig_project = raw.get("project") or project
         if not raw.get("name") or not location or set(raw) - {"project", "zone", "region", "name"}:
@@ -238,7 +238,7 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
     for h in hosts:
         if not h.get("monitoring.uptime.per_instance"):
             continue
-        missing = [f"gce.{f}" for f in ("zone", "instance_id") if not h.get(f"gce.{f}")]
+        missing = [f"gce.{f}" for f in ("zone", "instance_id") if not getattr(h.settings.gce, f)]
         if missing:
             raise InventoryError(
                 f"uptime.per_instance is on but {', '.join(missing)} missing",
@@ -248,9 +248,9 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
         checks.append(
             InstanceCheck(
                 host=h.name,
-                project=h.get("gce.project") or project,
-                zone=h.get("gce.zone"),
-                instance_id=h.get("gce.instance_id"),
+                project=h.settings.gce.project or project,
+                zone=cast(str, h.settings.gce.zone),  # both checked just above
+                instance_id=cast(str, h.settings.gce.instance_id),
                 port=uptime.get("port") or h.settings.app.http_port,
                 path=uptime.get("path") or "/health",
             )

@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from fleet.commands.haproxy import SHOW_STAT, parse_show_stat
 from fleet.errors import FleetError
@@ -175,9 +175,9 @@ def instance_group_url(project: str, location: str, name: str) -> str:
 
 def group_of(host: FleetHost) -> str:
     """The instance group (a MIG's group has the MIG's name) that holds `host`, from gce.migs."""
-    project = host.get("gce.project")
-    zone = host.get("gce.zone")
-    migs = host.get("gce.migs") or []
+    project = host.settings.gce.project
+    zone = host.settings.gce.zone
+    migs = host.settings.gce.migs
     candidates = [m for m in migs if isinstance(m, dict) and m.get("name")]
     if zone:
         in_zone = [m for m in candidates if m.get("zone") in (zone, None) or m.get("region") == zone[:-2]]
@@ -190,7 +190,7 @@ def group_of(host: FleetHost) -> str:
         )
     mig = candidates[0]
     location = mig.get("zone") or mig.get("region") or zone
-    return instance_group_url(mig.get("project") or project, location, mig["name"])
+    return instance_group_url(mig.get("project") or project, cast(str, location), mig["name"])
 
 
 def parse_backend_health(response: Any, instance: str) -> Seen | None:
@@ -243,7 +243,7 @@ class GcpView:
                 where=f"backend service {self.backend_service}",
                 hint="lb.backend must name the backend service the hosts' instance groups belong to",
             ) from None
-        return parse_backend_health(response, str(host.get("gce.instance") or host.name))
+        return parse_backend_health(response, host.settings.gce.instance or host.name)
 
     def wait_out(self, host: FleetHost, timeout: float) -> float:
         waited = _poll(
@@ -314,7 +314,7 @@ def for_host(host: FleetHost, compute: Callable[[], Compute], drain_wait: float)
         return HaproxyView(sock, lb.backend or "app")
     if kind == "gcp":
         backend = lb.backend
-        project = host.get("gce.project")
+        project = host.settings.gce.project
         if not backend or not project:
             raise FleetError(
                 "lb.kind gcp needs lb.backend (the backend service) and gce.project", where=host.name

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fleet.errors import FleetError, HostKeyError
 
@@ -106,21 +106,17 @@ def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
     """Pure mapping from an inventory host to connection parameters."""
     from fleet.inventory.schema import CommandProxy, JumpProxy
 
-    ssh = host.settings.ssh
+    ssh, gce = host.settings.ssh, host.settings.gce
+    # with ssh.proxy iap or guest-attribute host keys the loader has checked that the gce.* names are set
+    instance, zone, project = cast(str, gce.instance), cast(str, gce.zone), cast(str, gce.project)
     proxy = ssh.proxy
     alias = ssh.host_key_alias
     port = host.port
     proxy_command: str | None = None
     name = host.hostname
     if proxy == "iap":
-        name = alias or f"compute.{host.get('gce.instance_id')}"
-        proxy_command = iap_proxy_command(
-            host.get("gce.instance"),
-            host.get("gce.zone"),
-            host.get("gce.project"),
-            port,
-            ssh.iap_command or IAP_COMMAND,
-        )
+        name = alias or f"compute.{gce.instance_id}"
+        proxy_command = iap_proxy_command(instance, zone, project, port, ssh.iap_command or IAP_COMMAND)
     elif isinstance(proxy, JumpProxy):
         proxy_command = jump_proxy_command(proxy.jump, host.hostname, port)
         name = alias or host.hostname
@@ -135,11 +131,7 @@ def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
         from fleet.ssh.hostkeys import GuestKeySource
 
         guest_keys = GuestKeySource(
-            endpoint_for(host.get("gce.api_endpoint")),
-            host.get("gce.project"),
-            host.get("gce.zone"),
-            host.get("gce.instance"),
-            host.get("gce.instance_id"),
+            endpoint_for(gce.api_endpoint), project, zone, instance, cast(str, gce.instance_id)
         )
         name = alias or guest_keys.alias
     key_file = ssh.key_file
