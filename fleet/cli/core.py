@@ -54,7 +54,7 @@ def hosts(
                 "host": h.name,
                 "address": f"{h.username}@{h.hostname}:{h.port}",
                 "groups": list(h.groups),
-                "roles": h.get("roles", []),
+                "roles": h.settings.roles or [],
                 "proxy": proxy if isinstance(proxy, str) else next(iter(type(proxy).model_fields)),
                 "host_key_name": p.known_hosts_name,
                 "host_keys": host_keys_mode(h),

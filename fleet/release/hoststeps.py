@@ -61,11 +61,11 @@ def bundle_for(
     from fleet.release import bundle
 
     layout = layout_of(host)
-    variables: dict[str, Any] = dict(host.get("vars", {}) or {})
+    variables: dict[str, Any] = dict(host.settings.vars)
     variables.update(overrides or {})
     # inside the host, nginx publishes on app.http_port (the inventory's view of that host's HTTP port
     # may differ: the local fleet maps it to a loopback port on the machine running the tool)
-    variables.update(bundle.host_variables(layout.root, host.get("roles", []) or [], None))
+    variables.update(bundle.host_variables(layout.root, host.settings.roles or [], None))
     secret_refs = host.get("secrets", {}) or {}
     values = secrets.resolve(secret_refs, base_dir=inv.path, environ=environ, where=host.name)
     return bundle.render(source, variables, values, meta, where=host.name)

@@ -27,7 +27,7 @@ def new_rollout_id(action: str, now: datetime | None = None, suffix: str | None 
 
 
 def beat_hosts(inv: Inventory) -> list[str]:
-    return [h.name for h in inv.hosts.values() if BEAT_ROLE in (h.get("roles") or [])]
+    return [h.name for h in inv.hosts.values() if BEAT_ROLE in (h.settings.roles or [])]
 
 
 def check_beat_singleton(inv: Inventory) -> str | None:
