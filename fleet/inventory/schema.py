@@ -125,44 +125,44 @@ class MonitoringUptime(_Strict):
     lb_url: StrictStr | None = Field(
         default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$"
     )
-    per_instance: bool | None = None
-    path: StrictStr | None = Field(default=None, pattern=r"^/[!-~]*$")
-    port: StrictInt | None = Field(default=None, ge=1, le=65535)
-    period: Literal[60, 300, 600, 900] | None = None
-    timeout: StrictInt | None = Field(default=None, ge=1, le=60)
-    failing_locations: StrictInt | None = Field(default=None, ge=1, le=6)
-    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    per_instance: bool = False
+    path: StrictStr = Field(default="/health", pattern=r"^/[!-~]*$")
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)  # unset: the host's app.http_port
+    period: Literal[60, 300, 600, 900] = 60
+    timeout: StrictInt = Field(default=10, ge=1, le=60)
+    failing_locations: StrictInt = Field(default=2, ge=1, le=6)
+    duration: StrictInt = Field(default=60, ge=0, le=86400)
     # an instance still failing this long opens a second incident: autoheal escalates reset -> recreate
-    escalate_after: StrictInt | None = Field(default=None, ge=60, le=86400)
+    escalate_after: StrictInt = Field(default=300, ge=60, le=86400)
     regions: list[Literal["USA", "EUROPE", "SOUTH_AMERICA", "ASIA_PACIFIC"]] | None = None
 
 
 class MonitoringCpu(_Strict):
     high: float | None = Field(default=None, gt=0, le=1)
     low: float | None = Field(default=None, ge=0, lt=1)
-    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    duration: StrictInt = Field(default=300, ge=0, le=86400)
 
 
 class MonitoringLatency(_Strict):
     high: float | None = Field(default=None, gt=0)  # milliseconds
-    percentile: Literal[50, 95, 99] | None = None
+    percentile: Literal[50, 95, 99] = 99
     url_map: StrictStr | None = Field(default=None, pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    duration: StrictInt = Field(default=300, ge=0, le=86400)
 
 
 class MonitoringQueue(_Strict):
     metric: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9.-]+\.googleapis\.com/[A-Za-z0-9_/.-]+$")
-    resource_type: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$")
+    resource_type: StrictStr = Field(default="gce_instance", pattern=r"^[a-z][a-z0-9_]*$")
     high: float | None = Field(default=None, ge=0)
     low: float | None = Field(default=None, ge=0)
-    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    duration: StrictInt = Field(default=300, ge=0, le=86400)
 
 
 class MonitoringScale(_Strict):
-    migs: list[StrictStr] | None = None
-    step: StrictInt | None = Field(default=None, ge=1)
-    min: StrictInt | None = Field(default=None, ge=0)
-    max: StrictInt | None = Field(default=None, ge=1)
+    migs: list[StrictStr] | None = None  # unset: every MIG of gce.migs
+    step: StrictInt = Field(default=1, ge=1)
+    min: StrictInt = Field(default=1, ge=0)
+    max: StrictInt = Field(default=10, ge=1)
     cpu: MonitoringCpu | None = None
     latency: MonitoringLatency | None = None
     queue_depth: MonitoringQueue | None = None
@@ -191,10 +191,10 @@ class MonitoringSettings(_Strict):
     fleet: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     endpoint: StrictStr | None = None  # local Monitoring stand-in (loopback host:port); unset = the real API
     pubsub_endpoint: StrictStr | None = None  # local Pub/Sub stand-in; unset = PUBSUB_EMULATOR_HOST or real
-    alerts_topic: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
-    events_topic: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
-    auto_close: StrictInt | None = Field(default=None, ge=1800, le=604800)
-    uptime: MonitoringUptime | None = None
+    alerts_topic: StrictStr = Field(default="fleet-alerts", pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
+    events_topic: StrictStr = Field(default="fleet-events", pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
+    auto_close: StrictInt = Field(default=1800, ge=1800, le=604800)
+    uptime: MonitoringUptime = Field(default_factory=MonitoringUptime)
     scale: MonitoringScale | None = None
     functions: MonitoringFunctions | None = None
 

@@ -89,3 +89,24 @@ def test_a_host_built_from_bad_data_names_host_and_field() -> None:
     with pytest.raises(InventoryError) as err:
         FleetHost("h9", "10.0.0.9", 22, "deploy", (), {"ssh": {"keepalive": -1}})
     assert "'h9'" in str(err.value.where) and "field ssh.keepalive" in err.value.what
+
+
+def test_monitoring_defaults_and_empty_sections_resolve_as_before(tmp_path: Path) -> None:
+    from fleet.alerting.policies import Threshold, config_from_inventory
+
+    project = "my-project"
+    data = {
+        "gce": {"project": project, "migs": [{"zone": "europe-west1-b", "name": "dify-mig"}]},
+        "monitoring": {"uptime": {"lb_url": "https://x.example.com/health"}, "scale": {"cpu": {"high": 0.8}}},
+    }
+    cfg = config_from_inventory(load(str(write(tmp_path / "a", {"h1": {}}, defaults={"data": data}))), {})
+    assert (cfg.project, cfg.auto_close, cfg.period, cfg.timeout) == (project, 1800, 60, 10)
+    assert (cfg.failing_locations, cfg.failure_duration, cfg.escalate_after) == (2, 60, 300)
+    assert cfg.alerts_topic == f"projects/{project}/topics/fleet-alerts"
+    assert (cfg.scale_migs, cfg.scale_step, cfg.scale_min, cfg.scale_max) == (("dify-mig",), 1, 1, 10)
+    assert cfg.cpu == Threshold(high=0.8, duration=300) and cfg.latency is None and cfg.instance_checks == ()
+
+    # `scale: {}` (or cpu: {}) is no scale section: nothing to scale, no error about MIGs
+    empty = {"gce": {"project": project}, "monitoring": {"scale": {}}}
+    cfg = config_from_inventory(load(str(write(tmp_path / "b", {"h1": {}}, defaults={"data": empty}))), {})
+    assert (cfg.scale_migs, cfg.cpu) == ((), None)
