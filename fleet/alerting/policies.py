@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from fleet import settings
 from fleet.errors import FleetError, InventoryError
 from fleet.gcp.compute import mig_ref
-from fleet.inventory.schema import MonitoringScale
+from fleet.inventory.schema import MonitoringFunctions, MonitoringScale
 from functions import fleet_contract as contract
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ class MonitoringConfig:
     cpu: Threshold | None = None
     latency: Threshold | None = None
     queue_depth: Threshold | None = None
-    functions: Mapping[str, Any] = field(default_factory=dict)
+    functions: MonitoringFunctions = field(default_factory=MonitoringFunctions)
 
 
 def _loopback_endpoint(value: str | None, field_name: str, where: str) -> str | None:
@@ -358,7 +358,7 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
         cpu=cpu,
         latency=latency,
         queue_depth=queue,
-        functions=dict(raw_mon.get("functions") or {}),
+        functions=mon.functions or MonitoringFunctions(),
     )
 
 

@@ -170,19 +170,19 @@ class MonitoringScale(_Strict):
 
 class MonitoringFunctions(_Strict):
     region: StrictStr | None = Field(default=None, pattern=r"^[a-z]+-[a-z]+[0-9]+$")
-    runtime: StrictStr | None = Field(default=None, pattern=r"^python3[0-9]{1,2}$")
+    runtime: StrictStr = Field(default="python312", pattern=r"^python3[0-9]{1,2}$")
     service_account: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+$")
     trigger_service_account: StrictStr | None = Field(
         default=None, pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+$"
     )
     name_prefix: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,30}$")
-    max_instances: StrictInt | None = Field(default=None, ge=1, le=1000)
-    concurrency: StrictInt | None = Field(default=None, ge=1, le=1000)
+    max_instances: StrictInt = Field(default=1, ge=1, le=1000)
+    concurrency: StrictInt = Field(default=1, ge=1, le=1000)
     memory: StrictStr | None = Field(default=None, pattern=r"^[0-9]+(Mi|Gi|MB|GB)$")
     timeout: StrictInt | None = Field(default=None, ge=1, le=540)
-    ingress: Literal["all", "internal-only", "internal-and-gclb"] | None = None
-    env: dict[StrictStr, StrictStr | StrictInt | float | bool] | None = None
-    secrets: dict[StrictStr, StrictStr] | None = None
+    ingress: Literal["all", "internal-only", "internal-and-gclb"] = "internal-only"
+    env: dict[StrictStr, StrictStr | StrictInt | float | bool] = Field(default_factory=dict)
+    secrets: dict[StrictStr, StrictStr] = Field(default_factory=dict)
 
 
 class MonitoringSettings(_Strict):

@@ -105,6 +105,9 @@ def test_monitoring_defaults_and_empty_sections_resolve_as_before(tmp_path: Path
     assert cfg.alerts_topic == f"projects/{project}/topics/fleet-alerts"
     assert (cfg.scale_migs, cfg.scale_step, cfg.scale_min, cfg.scale_max) == (("dify-mig",), 1, 1, 10)
     assert cfg.cpu == Threshold(high=0.8, duration=300) and cfg.latency is None and cfg.instance_checks == ()
+    fn = cfg.functions
+    assert (fn.runtime, fn.max_instances, fn.concurrency, fn.ingress) == ("python312", 1, 1, "internal-only")
+    assert (fn.name_prefix, fn.env, fn.secrets) == (None, {}, {})
 
     # `scale: {}` (or cpu: {}) is no scale section: nothing to scale, no error about MIGs
     empty = {"gce": {"project": project}, "monitoring": {"scale": {}}}
