@@ -113,3 +113,16 @@ def test_monitoring_defaults_and_empty_sections_resolve_as_before(tmp_path: Path
     empty = {"gce": {"project": project}, "monitoring": {"scale": {}}}
     cfg = config_from_inventory(load(str(write(tmp_path / "b", {"h1": {}}, defaults={"data": empty}))), {})
     assert (cfg.scale_migs, cfg.cpu) == ((), None)
+
+
+def test_a_merge_that_mixes_two_proxy_forms_is_an_error_naming_host_and_field(tmp_path: Path) -> None:
+    # defaults' jump and a host's command merge key by key into a mapping that is neither form; this
+    # used to pick the jump host silently
+    inv = write(
+        tmp_path / "inv",
+        {"h1": {"data": {"ssh": {"proxy": {"command": "nc %h %p"}}}}},
+        defaults={"data": {"ssh": {"proxy": {"jump": "bastion"}}}},
+    )
+    with pytest.raises(InventoryError) as err:
+        load(str(inv))
+    assert "'h1'" in str(err.value.where) and "field ssh.proxy" in err.value.what
