@@ -88,14 +88,14 @@ def _where(config: MonitoringConfig) -> str:
 
 
 def _required(config: MonitoringConfig, key: str, hint: str) -> Any:
-    value = config.functions.get(key)
+    value = getattr(config.functions, key)
     if value in (None, ""):
         raise InventoryError(f"field monitoring.functions.{key} is missing", where=_where(config), hint=hint)
     return value
 
 
 def function_specs(config: MonitoringConfig) -> list[FunctionSpec]:
-    prefix = config.functions.get("name_prefix") or ""
+    prefix = config.functions.name_prefix or ""
     name = (lambda base: f"{prefix}-{base}") if prefix else (lambda base: base)
     return [
         FunctionSpec(name("autoheal"), "autoheal", config.alerts_topic, False),
@@ -127,7 +127,7 @@ def runtime_env(config: MonitoringConfig) -> dict[str, str]:
         "FLEET_MIGS": ",".join(str(g) for g in config.migs),
         "FLEET_EVENTS_TOPIC": config.events_topic,
     }
-    for key, raw in (config.functions.get("env") or {}).items():
+    for key, raw in config.functions.env.items():
         if not _ENV_KEY.fullmatch(key):
             raise InventoryError(f"field monitoring.functions.env: bad variable name {key!r}", where=where)
         if key in DERIVED_ENV:
@@ -177,7 +177,7 @@ def runtime_env(config: MonitoringConfig) -> dict[str, str]:
             hint=f"known: {', '.join(known)}",
         )
     secret_names = {k for k in read if k.endswith("_WEBHOOK_URL")}
-    for key in config.functions.get("secrets") or {}:
+    for key in config.functions.secrets:
         if key not in secret_names:
             raise InventoryError(
                 f"field monitoring.functions.secrets: the functions do not read {key}",
@@ -189,7 +189,7 @@ def runtime_env(config: MonitoringConfig) -> dict[str, str]:
 
 def secret_refs(config: MonitoringConfig) -> dict[str, re.Match[str]]:
     out = {}
-    for key, ref in sorted((config.functions.get("secrets") or {}).items()):
+    for key, ref in sorted(config.functions.secrets.items()):
         match = _SECRET_REF.fullmatch(ref)
         if match is None:
             raise InventoryError(
@@ -238,27 +238,27 @@ def deploy_command(
         f"--project={config.project}",
         "--gen2",
         f"--region={_required(config, 'region', 'the region the functions run in, e.g. europe-west1')}",
-        f"--runtime={f.get('runtime') or 'python312'}",
+        f"--runtime={f.runtime}",
         f"--source={source}",
         f"--entry-point={spec.entry_point}",
         f"--trigger-topic={spec.topic.rsplit('/', 1)[-1]}",
         "--retry",
         f"--service-account={_required(config, 'service_account', 'the functions runtime identity')}",
     ]
-    if f.get("trigger_service_account"):
-        argv.append(f"--trigger-service-account={f['trigger_service_account']}")
-    concurrency = f.get("concurrency") or 1
-    argv += [f"--max-instances={f.get('max_instances') or 1}", f"--concurrency={concurrency}"]
+    if f.trigger_service_account:
+        argv.append(f"--trigger-service-account={f.trigger_service_account}")
+    concurrency = f.concurrency
+    argv += [f"--max-instances={f.max_instances}", f"--concurrency={concurrency}"]
     if concurrency > 1:
         argv.append("--cpu=1")  # gen2 needs a whole CPU for concurrency above 1
-    if f.get("memory"):
-        argv.append(f"--memory={f['memory']}")
-    if f.get("timeout"):
-        argv.append(f"--timeout={f['timeout']}s")
-    argv.append(f"--ingress-settings={f.get('ingress') or 'internal-only'}")
+    if f.memory:
+        argv.append(f"--memory={f.memory}")
+    if f.timeout:
+        argv.append(f"--timeout={f.timeout}s")
+    argv.append(f"--ingress-settings={f.ingress}")
     argv.append(f"--set-env-vars={env_flag(env)}")
-    if spec.secrets and f.get("secrets"):
-        argv.append("--set-secrets=" + ",".join(f"{k}={v}" for k, v in sorted(f["secrets"].items())))
+    if spec.secrets and f.secrets:
+        argv.append("--set-secrets=" + ",".join(f"{k}={v}" for k, v in sorted(f.secrets.items())))
     argv.append("--quiet")
     return GcloudCommand(f"deploy {spec.name}", tuple(argv))
 

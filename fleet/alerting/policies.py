@@ -23,12 +23,13 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from fleet import settings
 from fleet.errors import FleetError, InventoryError
 from fleet.gcp.compute import mig_ref
+from fleet.inventory.schema import MonitoringFunctions, MonitoringScale
 from functions import fleet_contract as contract
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class MonitoringConfig:
     cpu: Threshold | None = None
     latency: Threshold | None = None
     queue_depth: Threshold | None = None
-    functions: Mapping[str, Any] = field(default_factory=dict)
+    functions: MonitoringFunctions = field(default_factory=MonitoringFunctions)
 
 
 def _loopback_endpoint(value: str | None, field_name: str, where: str) -> str | None:
@@ -176,12 +177,14 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
             "defaults.yaml; see docs/monitoring.md",
         )
     first = with_mon[0]
-    mon: dict[str, Any] = first.get("monitoring")
+    raw_mon: dict[str, Any] = first.get("monitoring")
     for h in hosts:
-        if h.get("monitoring") is None or _fleet_wide(h.get("monitoring")) != _fleet_wide(mon):
+        if h.get("monitoring") is None or _fleet_wide(h.get("monitoring")) != _fleet_wide(raw_mon):
             other = _fleet_wide(h.get("monitoring") or {})
             keys = sorted(
-                k for k in set(other) | set(_fleet_wide(mon)) if other.get(k) != _fleet_wide(mon).get(k)
+                k
+                for k in set(other) | set(_fleet_wide(raw_mon))
+                if other.get(k) != _fleet_wide(raw_mon).get(k)
             )
             raise InventoryError(
                 f"data.monitoring differs between hosts {first.name!r} and {h.name!r} "
@@ -196,14 +199,16 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
                 where=where,
                 hint="the managed instance groups are fleet-wide: set gce.migs in defaults.yaml",
             )
-    project = mon.get("project") or first.get("gce.project")
+    mon = first.settings.monitoring
+    assert mon is not None  # first has a non-empty monitoring section
+    project = mon.project or first.settings.gce.project
     if not project:
         raise InventoryError(
             "field monitoring.project is missing",
             where=where,
             hint="the project whose Monitoring holds the policies",
         )
-    fleet = mon.get("fleet") or inv.name.lower()
+    fleet = mon.fleet or inv.name.lower()
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", fleet):
         raise InventoryError(
             f"fleet name {fleet!r} (from the inventory name) is not a label value",
@@ -212,7 +217,7 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
         )
 
     migs = []
-    for i, raw in enumerate(first.get("gce.migs") or []):
+    for i, raw in enumerate(first.settings.gce.migs):
         location = raw.get("zone") or raw.get("region")
         mig_project = raw.get("project") or project
         if not raw.get("name") or not location or set(raw) - {"project", "zone", "region", "name"}:
@@ -224,21 +229,21 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
         except FleetError as exc:
             raise InventoryError(f"field gce.migs[{i}]: {exc.what}", where=where, hint=exc.hint) from None
 
-    uptime = mon.get("uptime") or {}
-    if uptime.get("lb_url"):
+    uptime = mon.uptime
+    if uptime.lb_url:
         try:
-            port = urlsplit(uptime["lb_url"]).port
+            port = urlsplit(uptime.lb_url).port
         except ValueError:
             port = -1
         if port is not None and not 0 < port < 65536:
             raise InventoryError(
-                f"field monitoring.uptime.lb_url: bad port in {uptime['lb_url']!r}", where=where
+                f"field monitoring.uptime.lb_url: bad port in {uptime.lb_url!r}", where=where
             )
     checks = []
     for h in hosts:
-        if not h.get("monitoring.uptime.per_instance"):
+        if h.settings.monitoring is None or not h.settings.monitoring.uptime.per_instance:
             continue
-        missing = [f"gce.{f}" for f in ("zone", "instance_id") if not h.get(f"gce.{f}")]
+        missing = [f"gce.{f}" for f in ("zone", "instance_id") if not getattr(h.settings.gce, f)]
         if missing:
             raise InventoryError(
                 f"uptime.per_instance is on but {', '.join(missing)} missing",
@@ -248,15 +253,15 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
         checks.append(
             InstanceCheck(
                 host=h.name,
-                project=h.get("gce.project") or project,
-                zone=h.get("gce.zone"),
-                instance_id=h.get("gce.instance_id"),
-                port=uptime.get("port") or h.get("app.http_port") or 80,
-                path=uptime.get("path") or "/health",
+                project=h.settings.gce.project or project,
+                zone=cast(str, h.settings.gce.zone),  # both checked just above
+                instance_id=cast(str, h.settings.gce.instance_id),
+                port=uptime.port or h.settings.app.http_port,
+                path=uptime.path,
             )
         )
 
-    if len(checks) + bool(uptime.get("lb_url")) > MAX_UPTIME_CHECKS:
+    if len(checks) + bool(uptime.lb_url) > MAX_UPTIME_CHECKS:
         raise InventoryError(
             f"{len(checks)} per-instance uptime checks: Monitoring allows {MAX_UPTIME_CHECKS} per project",
             where=where,
@@ -264,9 +269,10 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
             "autohealing health check for the rest",
         )
 
-    scale = mon.get("scale") or {}
+    # `scale:` with nothing under it is as good as no scale section (so are cpu/latency/queue_depth)
+    scale = mon.scale if mon.scale is not None and mon.scale.model_fields_set else None
     mig_names = [g.name for g in migs]
-    scale_migs = scale.get("migs", mig_names) if scale else []
+    scale_migs = (mig_names if scale.migs is None else scale.migs) if scale else []
     unknown = [n for n in scale_migs if n not in mig_names]
     if unknown:
         raise InventoryError(
@@ -280,15 +286,16 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
             where=where,
             hint="list the managed instance groups in gce.migs",
         )
-    smin, smax = scale.get("min", 1), scale.get("max", 10)
+    scale_or_default = scale or MonitoringScale()
+    smin, smax = scale_or_default.min, scale_or_default.max
     if smax < smin:
         raise InventoryError(f"field monitoring.scale.max ({smax}) is below scale.min ({smin})", where=where)
 
-    def threshold(name: str, defaults: Mapping[str, Any]) -> Threshold | None:
-        raw = scale.get(name)
-        if not raw:
+    def threshold(name: str) -> Threshold | None:
+        section = getattr(scale, name) if scale else None
+        if section is None or not section.model_fields_set:
             return None
-        merged = {**defaults, **raw}
+        merged = section.model_dump(exclude_none=True)
         if merged.get("high") is None and merged.get("low") is None:
             raise InventoryError(f"field monitoring.scale.{name}: set high and/or low", where=where)
         if (
@@ -299,15 +306,15 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
             raise InventoryError(f"field monitoring.scale.{name}: low must be below high", where=where)
         return Threshold(**merged)
 
-    cpu = threshold("cpu", {"duration": 300})
-    latency = threshold("latency", {"duration": 300, "percentile": 99})
+    cpu = threshold("cpu")
+    latency = threshold("latency")
     if latency is not None and not latency.url_map:
         raise InventoryError(
             "field monitoring.scale.latency.url_map is missing",
             where=where,
             hint="the load balancer's URL map whose latency is watched",
         )
-    queue = threshold("queue_depth", {"duration": 300, "resource_type": "gce_instance"})
+    queue = threshold("queue_depth")
     if queue is not None and not queue.metric:
         raise InventoryError(
             "field monitoring.scale.queue_depth.metric is missing",
@@ -316,8 +323,8 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
             "e.g. custom.googleapis.com/dify/celery_queue_length",
         )
 
-    def topic(key: str, default: str) -> str:
-        name = mon.get(key) or default
+    def topic(key: str) -> str:
+        name: str = getattr(mon, key)
         if name.startswith("goog"):
             raise InventoryError(
                 f"field monitoring.{key}: topic names may not start with 'goog'", where=where
@@ -327,33 +334,31 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
     return MonitoringConfig(
         fleet=fleet,
         project=project,
-        alerts_topic=topic("alerts_topic", "fleet-alerts"),
-        events_topic=topic("events_topic", "fleet-events"),
-        endpoint=_loopback_endpoint(
-            conf.monitoring_endpoint_for(mon.get("endpoint")), "monitoring.endpoint", where
-        ),
+        alerts_topic=topic("alerts_topic"),
+        events_topic=topic("events_topic"),
+        endpoint=_loopback_endpoint(conf.monitoring_endpoint_for(mon.endpoint), "monitoring.endpoint", where),
         pubsub_endpoint=_loopback_endpoint(
-            conf.pubsub_endpoint_for(mon.get("pubsub_endpoint")), "monitoring.pubsub_endpoint", where
+            conf.pubsub_endpoint_for(mon.pubsub_endpoint), "monitoring.pubsub_endpoint", where
         ),
-        project_number=mon.get("project_number"),
-        auto_close=mon.get("auto_close", 1800),
-        lb_url=uptime.get("lb_url"),
-        period=uptime.get("period", 60),
-        timeout=uptime.get("timeout", 10),
-        failing_locations=uptime.get("failing_locations", 2),
-        failure_duration=uptime.get("duration", 60),
-        escalate_after=uptime.get("escalate_after", 300),
-        regions=tuple(uptime.get("regions") or ()),
+        project_number=mon.project_number,
+        auto_close=mon.auto_close,
+        lb_url=uptime.lb_url,
+        period=uptime.period,
+        timeout=uptime.timeout,
+        failing_locations=uptime.failing_locations,
+        failure_duration=uptime.duration,
+        escalate_after=uptime.escalate_after,
+        regions=tuple(uptime.regions or ()),
         instance_checks=tuple(checks),
         migs=tuple(migs),
         scale_migs=tuple(scale_migs),
-        scale_step=scale.get("step", 1),
+        scale_step=scale_or_default.step,
         scale_min=smin,
         scale_max=smax,
         cpu=cpu,
         latency=latency,
         queue_depth=queue,
-        functions=dict(mon.get("functions") or {}),
+        functions=mon.functions or MonitoringFunctions(),
     )
 
 

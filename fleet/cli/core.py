@@ -37,19 +37,19 @@ def hosts(
     rows = []
     for h in chosen:
         p = ssh_params(h, inv)
-        proxy = h.get("ssh.proxy", "none")
+        proxy = h.settings.ssh.proxy
         rows.append(
             {
                 "host": h.name,
                 "address": f"{h.username}@{h.hostname}:{h.port}",
                 "groups": list(h.groups),
-                "roles": h.get("roles", []),
-                "proxy": proxy if isinstance(proxy, str) else next(iter(proxy)),
+                "roles": h.settings.roles or [],
+                "proxy": proxy if isinstance(proxy, str) else next(iter(type(proxy).model_fields)),
                 "host_key_name": p.known_hosts_name,
                 "host_keys": host_keys_mode(h),
-                "gce_instance": h.get("gce.instance"),
-                "instance_id": h.get("gce.instance_id"),
-                "zone": h.get("gce.zone"),
+                "gce_instance": h.settings.gce.instance,
+                "instance_id": h.settings.gce.instance_id,
+                "zone": h.settings.gce.zone,
                 "mig": h.get("gce.mig"),
                 "status": h.get("gce.status"),
                 "current_action": h.get("gce.current_action"),
@@ -146,7 +146,7 @@ def facts(
     from fleet.view import console as ui
 
     def read_facts(ctx: HostContext) -> HostResult:
-        cmd = facts_command(ctx.host.get("app.dir", "/opt/fleet/dify"))
+        cmd = facts_command(ctx.host.settings.app.dir)
         r = ctx.run(cmd.shell())
         return HostResult(
             host=ctx.host.name,

@@ -19,7 +19,7 @@ def _health_timeout(hosts: list[Any], given: float) -> float:
     from fleet.rollout.pacing import default_timings
 
     h = hosts[0]
-    return default_timings(h.get("lb"), h.get("rollout")).health_timeout
+    return default_timings(h.settings.lb, h.settings.rollout).health_timeout
 
 
 @task(

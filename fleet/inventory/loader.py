@@ -20,7 +20,9 @@ from pydantic import BaseModel, ValidationError
 from fleet import settings
 from fleet.errors import InventoryError
 from fleet.inventory.schema import (
+    Data,
     Defaults,
+    GCESettings,
     GroupSpec,
     HostSpec,
 )
@@ -35,7 +37,11 @@ HOST_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FleetHost:
-    """One host with everything inherited resolved."""
+    """One host with everything inherited resolved.
+
+    `settings` is the typed view of `data` (defaults from fleet/inventory/schema.py); `data`/`get()` also
+    hold what is not a setting: the runtime facts MIG discovery merges under `gce` (status, mig...).
+    """
 
     name: str
     hostname: str
@@ -43,6 +49,11 @@ class FleetHost:
     username: str
     groups: tuple[str, ...]  # direct and inherited group names, nearest first
     data: dict[str, Any] = field(default_factory=dict)
+    settings: Data = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.settings is None:  # built outside load() (tests): the view of `data`, facts left out
+            object.__setattr__(self, "settings", settings_of(self.data, where=f"host {self.name!r}"))
 
     def get(self, dotted: str, default: Any = None) -> Any:
         """A value by dotted path into the merged data, e.g. `ssh.proxy`."""
@@ -169,13 +180,29 @@ def _read_yaml(path: Path, required: bool) -> dict[str, Any]:
     return doc
 
 
+def settings_of(data: Mapping[str, Any], where: str) -> Data:
+    """The typed view of a host's merged data; keys under `gce` that are not settings (the runtime facts
+    of MIG discovery) are left out of it."""
+    gce = data.get("gce")
+    if isinstance(gce, Mapping):
+        data = {**data, "gce": {k: v for k, v in gce.items() if k in GCESettings.model_fields}}
+    model = _model(Data, dict(data), where)
+    assert isinstance(model, Data)
+    return model
+
+
 def _validate(model: type[BaseModel], raw: Any, where: str) -> dict[str, Any]:
+    """One layer as written (unset fields left out, so defaults never hide an inherited value)."""
+    return _model(model, raw, where).model_dump(exclude_unset=True, exclude_none=True)
+
+
+def _model(model: type[BaseModel], raw: Any, where: str) -> BaseModel:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise InventoryError(f"expected a mapping, found {type(raw).__name__}", where=where)
     try:
-        return model.model_validate(raw).model_dump(exclude_none=True)
+        return model.model_validate(raw)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -268,10 +295,11 @@ def load(name: str | None) -> Inventory:
             data = deep_merge(data, groups[g].get("data", {}))
         merged.update({k: v for k, v in spec.items() if k not in ("data", "groups")})
         data = deep_merge(data, spec.get("data", {}))
+        if hname == beat and "beat" not in data.get("roles", []):
+            data["roles"] = [*data.get("roles", ["app"]), "beat"]
+        typed = settings_of(data, where)
         if hname in discovered:
             data = deep_merge(data, {"gce": discovered[hname][1]})
-            if hname == beat and "beat" not in data.get("roles", []):
-                data["roles"] = [*data.get("roles", ["app"]), "beat"]
         hostname = merged.get("hostname") or hname
         hosts[hname] = FleetHost(
             name=hname,
@@ -280,6 +308,7 @@ def load(name: str | None) -> Inventory:
             username=merged.get("username") or "root",
             groups=tuple(chain),
             data=data,
+            settings=typed,
         )
         _check_host(hosts[hname], path, where)
     return Inventory(name=path.name, path=path, hosts=hosts, groups=groups, defaults=defaults)

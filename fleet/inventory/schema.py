@@ -1,13 +1,19 @@
 """The inventory's schema: one strict pydantic model per section, defaults in one place.
 
-Every section forbids unknown keys so that a typo is an error, not a silent default.
+Every section forbids unknown keys so that a typo is an error, not a silent default. The same models
+validate each file's layer (dumped with exclude_unset, so a default never overrides an inherited value)
+and give every host its typed view of the merged data (`FleetHost.settings`): a default declared here is
+the default everywhere, and code reads attributes, not dotted strings. A field whose absence means
+something (derived from other settings, or "not configured") stays `None`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+from fleet.commands.release import DEFAULT_PROJECT, DEFAULT_ROOT
 
 # Values that reach an ssh or gcloud argv never start with '-' (they would be read as options) and
 # hold no whitespace or newline. pydantic's patterns match whole strings (no trailing newline).
@@ -22,6 +28,14 @@ GCE_NAME_PATTERN = r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$"
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, raw: Any) -> Any:
+        """`key: null` in YAML means "not set here": the inherited value or the default applies."""
+        if isinstance(raw, dict):
+            return {k: v for k, v in raw.items() if v is not None}
+        return raw
+
 
 class JumpProxy(_Strict):
     jump: StrictStr = Field(
@@ -35,11 +49,11 @@ class CommandProxy(_Strict):
 
 class SSHSettings(_Strict):
     key_file: StrictStr | None = None
-    proxy: Literal["none", "iap"] | JumpProxy | CommandProxy | None = None
+    proxy: Literal["none", "iap"] | JumpProxy | CommandProxy = "none"
     host_key_alias: StrictStr | None = Field(default=None, pattern=ALIAS_PATTERN)
-    connect_timeout: float | None = Field(default=None, gt=0)
-    keepalive: StrictInt | None = Field(default=None, ge=0)
-    connect_retries: StrictInt | None = Field(default=None, ge=0, le=10)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    keepalive: StrictInt = Field(default=15, ge=0)
+    connect_retries: StrictInt = Field(default=2, ge=0, le=10)
     # argv replacing `gcloud compute start-iap-tunnel` (same arguments; the local fleet's stand-in)
     iap_command: list[StrictStr] | None = Field(default=None, min_length=1)
     # known_hosts only, or also the instance's guest attributes (default for MIG members;
@@ -53,7 +67,7 @@ class GCESettings(_Strict):
     region: StrictStr | None = Field(default=None, pattern=GCE_LOCATION_PATTERN)
     instance: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
     instance_id: StrictStr | None = Field(default=None, pattern=r"^[0-9]+$")
-    migs: list[dict[str, StrictStr]] | None = None
+    migs: list[dict[str, StrictStr]] = Field(default_factory=list)
     api_endpoint: StrictStr | None = None
     # hosts from the MIGs' members (fleet/inventory/mig.py): auto = when hosts.yaml lists none
     discovery: Literal["auto", "mig", "off"] | None = None
@@ -62,25 +76,25 @@ class GCESettings(_Strict):
 
 
 class AppSettings(_Strict):
-    dir: StrictStr | None = Field(default=None, pattern=r"^/[A-Za-z0-9_./-]*$")
-    project: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    http_port: StrictInt | None = Field(default=None, ge=1, le=65535)
-    keep_releases: StrictInt | None = Field(default=None, ge=2)
-    min_free_mb: StrictInt | None = Field(default=None, ge=0)
+    dir: StrictStr = Field(default=DEFAULT_ROOT, pattern=r"^/[A-Za-z0-9_./-]*$")
+    project: StrictStr = Field(default=DEFAULT_PROJECT, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    http_port: StrictInt = Field(default=80, ge=1, le=65535)
+    keep_releases: StrictInt = Field(default=5, ge=2)  # releases kept on the host after a deploy
+    min_free_mb: StrictInt = Field(default=512, ge=0)  # free disk a deploy needs before it uploads
 
 
 class LBSettings(_Strict):
-    kind: Literal["haproxy", "gcp", "none"] | None = None
+    kind: Literal["haproxy", "gcp", "none"] = "none"
     server: StrictStr | None = None
     address: StrictStr | None = None  # where the LB reaches this host (informational; the local fleet)
     stats_socket: StrictStr | None = None
     backend: StrictStr | None = None
     frontend: StrictStr | None = None
     # the LB's health check, from which rollout waits are derived (see fleet/rollout/pacing.py)
-    check_interval: float | None = Field(default=None, gt=0)
-    healthy_threshold: StrictInt | None = Field(default=None, ge=1)
-    unhealthy_threshold: StrictInt | None = Field(default=None, ge=1)
-    draining_timeout: float | None = Field(default=None, ge=0)
+    check_interval: float = Field(default=5.0, gt=0)
+    healthy_threshold: StrictInt = Field(default=2, ge=1)
+    unhealthy_threshold: StrictInt = Field(default=2, ge=1)
+    draining_timeout: float = Field(default=10.0, ge=0)
 
 
 class SecretSource(_Strict):
@@ -89,10 +103,11 @@ class SecretSource(_Strict):
 
 
 class RolloutSettings(_Strict):
-    canary: StrictInt | None = Field(default=None, ge=0)
-    batch: StrictStr | StrictInt | None = None
-    max_failures: StrictStr | StrictInt | None = None
-    on_failure: Literal["rollback", "pause", "continue"] | None = None
+    canary: StrictInt = Field(default=1, ge=0)
+    batch: StrictStr | StrictInt = "25%"
+    max_failures: StrictStr | StrictInt = "0"
+    on_failure: Literal["rollback", "pause", "continue"] = "rollback"
+    # unset = derived from the LB's health check (fleet/rollout/pacing.py)
     drain_wait: float | None = Field(default=None, ge=0)
     min_ready: float | None = Field(default=None, ge=0)
     health_timeout: float | None = Field(default=None, gt=0)
@@ -110,44 +125,44 @@ class MonitoringUptime(_Strict):
     lb_url: StrictStr | None = Field(
         default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$"
     )
-    per_instance: bool | None = None
-    path: StrictStr | None = Field(default=None, pattern=r"^/[!-~]*$")
-    port: StrictInt | None = Field(default=None, ge=1, le=65535)
-    period: Literal[60, 300, 600, 900] | None = None
-    timeout: StrictInt | None = Field(default=None, ge=1, le=60)
-    failing_locations: StrictInt | None = Field(default=None, ge=1, le=6)
-    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    per_instance: bool = False
+    path: StrictStr = Field(default="/health", pattern=r"^/[!-~]*$")
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)  # unset: the host's app.http_port
+    period: Literal[60, 300, 600, 900] = 60
+    timeout: StrictInt = Field(default=10, ge=1, le=60)
+    failing_locations: StrictInt = Field(default=2, ge=1, le=6)
+    duration: StrictInt = Field(default=60, ge=0, le=86400)
     # an instance still failing this long opens a second incident: autoheal escalates reset -> recreate
-    escalate_after: StrictInt | None = Field(default=None, ge=60, le=86400)
+    escalate_after: StrictInt = Field(default=300, ge=60, le=86400)
     regions: list[Literal["USA", "EUROPE", "SOUTH_AMERICA", "ASIA_PACIFIC"]] | None = None
 
 
 class MonitoringCpu(_Strict):
     high: float | None = Field(default=None, gt=0, le=1)
     low: float | None = Field(default=None, ge=0, lt=1)
-    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    duration: StrictInt = Field(default=300, ge=0, le=86400)
 
 
 class MonitoringLatency(_Strict):
     high: float | None = Field(default=None, gt=0)  # milliseconds
-    percentile: Literal[50, 95, 99] | None = None
+    percentile: Literal[50, 95, 99] = 99
     url_map: StrictStr | None = Field(default=None, pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    duration: StrictInt = Field(default=300, ge=0, le=86400)
 
 
 class MonitoringQueue(_Strict):
     metric: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9.-]+\.googleapis\.com/[A-Za-z0-9_/.-]+$")
-    resource_type: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$")
+    resource_type: StrictStr = Field(default="gce_instance", pattern=r"^[a-z][a-z0-9_]*$")
     high: float | None = Field(default=None, ge=0)
     low: float | None = Field(default=None, ge=0)
-    duration: StrictInt | None = Field(default=None, ge=0, le=86400)
+    duration: StrictInt = Field(default=300, ge=0, le=86400)
 
 
 class MonitoringScale(_Strict):
-    migs: list[StrictStr] | None = None
-    step: StrictInt | None = Field(default=None, ge=1)
-    min: StrictInt | None = Field(default=None, ge=0)
-    max: StrictInt | None = Field(default=None, ge=1)
+    migs: list[StrictStr] | None = None  # unset: every MIG of gce.migs
+    step: StrictInt = Field(default=1, ge=1)
+    min: StrictInt = Field(default=1, ge=0)
+    max: StrictInt = Field(default=10, ge=1)
     cpu: MonitoringCpu | None = None
     latency: MonitoringLatency | None = None
     queue_depth: MonitoringQueue | None = None
@@ -155,19 +170,19 @@ class MonitoringScale(_Strict):
 
 class MonitoringFunctions(_Strict):
     region: StrictStr | None = Field(default=None, pattern=r"^[a-z]+-[a-z]+[0-9]+$")
-    runtime: StrictStr | None = Field(default=None, pattern=r"^python3[0-9]{1,2}$")
+    runtime: StrictStr = Field(default="python312", pattern=r"^python3[0-9]{1,2}$")
     service_account: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+$")
     trigger_service_account: StrictStr | None = Field(
         default=None, pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+$"
     )
     name_prefix: StrictStr | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,30}$")
-    max_instances: StrictInt | None = Field(default=None, ge=1, le=1000)
-    concurrency: StrictInt | None = Field(default=None, ge=1, le=1000)
+    max_instances: StrictInt = Field(default=1, ge=1, le=1000)
+    concurrency: StrictInt = Field(default=1, ge=1, le=1000)
     memory: StrictStr | None = Field(default=None, pattern=r"^[0-9]+(Mi|Gi|MB|GB)$")
     timeout: StrictInt | None = Field(default=None, ge=1, le=540)
-    ingress: Literal["all", "internal-only", "internal-and-gclb"] | None = None
-    env: dict[StrictStr, StrictStr | StrictInt | float | bool] | None = None
-    secrets: dict[StrictStr, StrictStr] | None = None
+    ingress: Literal["all", "internal-only", "internal-and-gclb"] = "internal-only"
+    env: dict[StrictStr, StrictStr | StrictInt | float | bool] = Field(default_factory=dict)
+    secrets: dict[StrictStr, StrictStr] = Field(default_factory=dict)
 
 
 class MonitoringSettings(_Strict):
@@ -176,25 +191,27 @@ class MonitoringSettings(_Strict):
     fleet: StrictStr | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     endpoint: StrictStr | None = None  # local Monitoring stand-in (loopback host:port); unset = the real API
     pubsub_endpoint: StrictStr | None = None  # local Pub/Sub stand-in; unset = PUBSUB_EMULATOR_HOST or real
-    alerts_topic: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
-    events_topic: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
-    auto_close: StrictInt | None = Field(default=None, ge=1800, le=604800)
-    uptime: MonitoringUptime | None = None
+    alerts_topic: StrictStr = Field(default="fleet-alerts", pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
+    events_topic: StrictStr = Field(default="fleet-events", pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
+    auto_close: StrictInt = Field(default=1800, ge=1800, le=604800)
+    uptime: MonitoringUptime = Field(default_factory=MonitoringUptime)
     scale: MonitoringScale | None = None
     functions: MonitoringFunctions | None = None
 
 
 class Data(_Strict):
-    ssh: SSHSettings | None = None
-    gce: GCESettings | None = None
-    app: AppSettings | None = None
+    """A host's `data`: one layer of it as written, or (as `FleetHost.settings`) the merged whole."""
+
+    ssh: SSHSettings = Field(default_factory=SSHSettings)
+    gce: GCESettings = Field(default_factory=GCESettings)
+    app: AppSettings = Field(default_factory=AppSettings)
     roles: list[StrictStr] | None = None
-    lb: LBSettings | None = None
-    vars: dict[StrictStr, StrictStr | StrictInt | float | bool] | None = None
-    secrets: dict[StrictStr, SecretSource] | None = None
-    rollout: RolloutSettings | None = None
-    run: RunSettings | None = None
-    monitoring: MonitoringSettings | None = None
+    lb: LBSettings = Field(default_factory=LBSettings)
+    vars: dict[StrictStr, StrictStr | StrictInt | float | bool] = Field(default_factory=dict)
+    secrets: dict[StrictStr, SecretSource] = Field(default_factory=dict)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
+    monitoring: MonitoringSettings | None = None  # None: the fleet has no monitoring configured
 
 
 class Defaults(_Strict):

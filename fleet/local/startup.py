@@ -67,7 +67,7 @@ def provision(config: LocalConfig, name: str, log: Callable[[str], None] = print
         return "bootstrapped (no release to deploy)"
 
     bundle = deploy.render_all(inv, [host], version=version)[name]
-    timeout = default_timings(host.get("lb"), host.get("rollout")).health_timeout
+    timeout = default_timings(host.settings.lb, host.settings.rollout).health_timeout
 
     def release(ctx: HostContext) -> HostResult:
         found = deploy.preflight(ctx, bundle)

@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from fleet.release.bundle import Bundle, ReleaseMeta, Source
     from fleet.ssh.runner import HostContext
 
-DEFAULT_KEEP = 5
-NEED_FREE_MB = 512
-
 
 class StepError(FleetError):
     """A step failed on a host: `step` says which (stage, pull, switch, up, verify, ...)."""
@@ -40,12 +37,12 @@ class StepError(FleetError):
 
 
 def layout_of(host: FleetHost) -> rc.Layout:
-    return rc.Layout(host.get("app.dir", rc.DEFAULT_ROOT), host.get("app.project", rc.DEFAULT_PROJECT))
+    return rc.Layout(host.settings.app.dir, host.settings.app.project)
 
 
 def http_port_of(host: FleetHost) -> int:
     """The port the host's own nginx listens on (inside the host)."""
-    return int(host.get("app.http_port", 80))
+    return host.settings.app.http_port
 
 
 # --------------------------------------------------------------------------- rendering (pure)
@@ -64,11 +61,11 @@ def bundle_for(
     from fleet.release import bundle
 
     layout = layout_of(host)
-    variables: dict[str, Any] = dict(host.get("vars", {}) or {})
+    variables: dict[str, Any] = dict(host.settings.vars)
     variables.update(overrides or {})
     # inside the host, nginx publishes on app.http_port (the inventory's view of that host's HTTP port
     # may differ: the local fleet maps it to a loopback port on the machine running the tool)
-    variables.update(bundle.host_variables(layout.root, host.get("roles", []) or [], None))
+    variables.update(bundle.host_variables(layout.root, host.settings.roles or [], None))
     secret_refs = host.get("secrets", {}) or {}
     values = secrets.resolve(secret_refs, base_dir=inv.path, environ=environ, where=host.name)
     return bundle.render(source, variables, values, meta, where=host.name)
@@ -105,10 +102,11 @@ def services(ctx: HostContext) -> list[rc.ServiceState]:
     return rc.parse_ps(r.stdout, layout, where=ctx.host.name)
 
 
-def check_free_disk(ctx: HostContext, need_mb: int = NEED_FREE_MB) -> None:
+def check_free_disk(ctx: HostContext) -> None:
+    """At least the host's `app.min_free_mb` free before anything is uploaded."""
     run(
         ctx,
-        rc.require_free(layout_of(ctx.host), need_mb),
+        rc.require_free(layout_of(ctx.host), ctx.host.settings.app.min_free_mb),
         "disk",
         hint="free space on the host (old images: `docker image prune`), or lower the requirement",
     )

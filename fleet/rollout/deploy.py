@@ -86,7 +86,7 @@ def check_ready(ctx: HostContext) -> rc.HostState:
             f"{ht.layout_of(ctx.host).root} does not exist",
             hint="run `fab bootstrap` on this host first",
         )
-    ht.check_free_disk(ctx, int(ctx.host.get("app.min_free_mb", ht.NEED_FREE_MB)))
+    ht.check_free_disk(ctx)
     return state
 
 
@@ -370,7 +370,7 @@ def deploy(
         if unmark_problem:
             outcome.problems.append(unmark_problem)
         try:
-            ht.prune(ctx, keep or int(ctx.host.get("app.keep_releases", ht.DEFAULT_KEEP)))
+            ht.prune(ctx, keep or ctx.host.settings.app.keep_releases)
         except FleetError as exc:  # pruning is housekeeping: report, do not fail the deploy
             outcome.problems.append(f"prune: {exc.what}")
         ok = outcome.result in ("deployed", "unchanged")
@@ -476,7 +476,7 @@ def deploy_release(
         bundles = render_all(inventory, chosen, version=version)
     if not health_timeout:
         first = chosen[0]
-        health_timeout = default_timings(first.get("lb"), first.get("rollout")).health_timeout
+        health_timeout = default_timings(first.settings.lb, first.settings.rollout).health_timeout
     label = next(iter(bundles.values())).version if bundles else ""
     with under_lock(inventory, chosen, f"deploy {label}", warn=warn) as guard:
         return deploy(

@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from fleet.commands.haproxy import SHOW_STAT, parse_show_stat
 from fleet.errors import FleetError
@@ -160,7 +160,7 @@ class HaproxyView:
 
 
 def server_name(host: FleetHost) -> str:
-    return str(host.get("lb.server") or host.name)
+    return host.settings.lb.server or host.name
 
 
 # --------------------------------------------------------------------------- GCP backend service
@@ -175,9 +175,9 @@ def instance_group_url(project: str, location: str, name: str) -> str:
 
 def group_of(host: FleetHost) -> str:
     """The instance group (a MIG's group has the MIG's name) that holds `host`, from gce.migs."""
-    project = host.get("gce.project")
-    zone = host.get("gce.zone")
-    migs = host.get("gce.migs") or []
+    project = host.settings.gce.project
+    zone = host.settings.gce.zone
+    migs = host.settings.gce.migs
     candidates = [m for m in migs if isinstance(m, dict) and m.get("name")]
     if zone:
         in_zone = [m for m in candidates if m.get("zone") in (zone, None) or m.get("region") == zone[:-2]]
@@ -190,7 +190,7 @@ def group_of(host: FleetHost) -> str:
         )
     mig = candidates[0]
     location = mig.get("zone") or mig.get("region") or zone
-    return instance_group_url(mig.get("project") or project, location, mig["name"])
+    return instance_group_url(mig.get("project") or project, cast(str, location), mig["name"])
 
 
 def parse_backend_health(response: Any, instance: str) -> Seen | None:
@@ -243,7 +243,7 @@ class GcpView:
                 where=f"backend service {self.backend_service}",
                 hint="lb.backend must name the backend service the hosts' instance groups belong to",
             ) from None
-        return parse_backend_health(response, str(host.get("gce.instance") or host.name))
+        return parse_backend_health(response, host.settings.gce.instance or host.name)
 
     def wait_out(self, host: FleetHost, timeout: float) -> float:
         waited = _poll(
@@ -302,18 +302,19 @@ class BlindView:
 
 def for_host(host: FleetHost, compute: Callable[[], Compute], drain_wait: float) -> LBView:
     """The view a host's `lb` settings describe (hosts of one rollout normally share one)."""
-    kind = host.get("lb.kind") or "none"
-    interval = float(host.get("lb.check_interval") or 5)
-    healthy = int(host.get("lb.healthy_threshold") or 2)
-    draining = float(host.get("lb.draining_timeout") if host.get("lb.draining_timeout") is not None else 10)
+    lb = host.settings.lb
+    kind = lb.kind
+    interval = float(lb.check_interval)
+    healthy = lb.healthy_threshold
+    draining = float(lb.draining_timeout)
     if kind == "haproxy":
-        sock = host.get("lb.stats_socket")
+        sock = lb.stats_socket
         if not sock:
             raise FleetError("lb.kind haproxy needs lb.stats_socket", where=host.name)
-        return HaproxyView(str(sock), str(host.get("lb.backend") or "app"))
+        return HaproxyView(sock, lb.backend or "app")
     if kind == "gcp":
-        backend = host.get("lb.backend")
-        project = host.get("gce.project")
+        backend = lb.backend
+        project = host.settings.gce.project
         if not backend or not project:
             raise FleetError(
                 "lb.kind gcp needs lb.backend (the backend service) and gce.project", where=host.name

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from fleet import settings
 from fleet.errors import FleetError
@@ -402,13 +402,14 @@ def holding(
 def has_backend(inv: Inventory, hosts: Sequence[FleetHost]) -> bool:
     """Is there a Compute project to keep the lock in (a GCE inventory)? Plain SSH inventories have none."""
     return bool(
-        any(h.get("gce.project") for h in hosts) or inv.defaults.get("data", {}).get("gce", {}).get("project")
+        any(h.settings.gce.project for h in hosts)
+        or inv.defaults.get("data", {}).get("gce", {}).get("project")
     )
 
 
 def project_of(inv: Inventory, hosts: Sequence[FleetHost]) -> str:
     """The one Compute project of the selected hosts (the lock lives in its metadata)."""
-    projects = {h.get("gce.project") for h in hosts} | {
+    projects = {h.settings.gce.project for h in hosts} | {
         inv.defaults.get("data", {}).get("gce", {}).get("project")
     }
     projects.discard(None)
@@ -419,20 +420,20 @@ def project_of(inv: Inventory, hosts: Sequence[FleetHost]) -> str:
             where=f"inventory {inv.name}",
             hint="set gce.project in defaults.yaml (the lock lives in that project's metadata)",
         )
-    host_projects = {h.get("gce.project") for h in hosts if h.get("gce.project")}
+    host_projects = {h.settings.gce.project for h in hosts if h.settings.gce.project}
     if len(host_projects) > 1:
         raise FleetError(
             f"the selected hosts span several projects: {', '.join(sorted(host_projects))}",
             where=f"inventory {inv.name}",
             hint="roll out one project at a time (--where gce.project=...)",
         )
-    return next(iter(host_projects or projects))
+    return cast(str, next(iter(host_projects or projects)))
 
 
 def compute_for(inv: Inventory, hosts: Sequence[FleetHost]) -> Compute:
     configured = None
     for h in hosts:
-        configured = configured or h.get("gce.api_endpoint")
+        configured = configured or h.settings.gce.api_endpoint
     configured = configured or inv.defaults.get("data", {}).get("gce", {}).get("api_endpoint")
     return Compute(endpoint_for(configured))
 
@@ -444,5 +445,5 @@ def for_inventory(
 
 
 def ttl_of(hosts: Sequence[FleetHost]) -> float:
-    configured = next((h.get("rollout.lock_ttl") for h in hosts if h.get("rollout.lock_ttl")), None)
+    configured = next((h.settings.rollout.lock_ttl for h in hosts if h.settings.rollout.lock_ttl), None)
     return settings.load().lock_ttl_for(configured)

@@ -17,8 +17,9 @@ class Marks:
 
     @staticmethod
     def where(host: FleetHost) -> tuple[str, str, str] | None:
-        project, zone, name = host.get("gce.project"), host.get("gce.zone"), host.get("gce.instance")
-        return (str(project), str(zone), str(name)) if project and zone and name else None
+        gce = host.settings.gce
+        project, zone, name = gce.project, gce.zone, gce.instance
+        return (project, zone, name) if project and zone and name else None
 
     def set(self, host: FleetHost, rollout_id: str | None) -> bool:
         from functions.fleet_contract import ROLLOUT_LABEL

@@ -9,9 +9,10 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fleet.errors import FleetError
+from fleet.inventory.schema import LBSettings, RolloutSettings
 
 T = TypeVar("T")
 _STEP_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
@@ -95,21 +96,20 @@ class Timings:
     health_timeout: float  # how long a host has to become healthy on the new release
 
 
-def default_timings(lb: dict[str, Any] | None, rollout: dict[str, Any] | None) -> Timings:
+def default_timings(lb: LBSettings, rollout: RolloutSettings) -> Timings:
     """Defaults derived from the LB health check, overridable in the inventory's `rollout` section.
 
     A drained host answers 503 on /health; the LB notices after `interval x unhealthy_threshold`, and
     lets in-flight requests finish for `draining_timeout`. Waiting less than that drops requests.
     """
-    lb = lb or {}
-    rollout = rollout or {}
-    interval = float(lb.get("check_interval", 5))
-    unhealthy = int(lb.get("unhealthy_threshold", 2))
-    healthy = int(lb.get("healthy_threshold", 2))
-    draining = float(lb.get("draining_timeout", 10))
-    derived_drain = interval * unhealthy + draining
+    interval = float(lb.check_interval)
+    draining = float(lb.draining_timeout)
+    derived_drain = interval * lb.unhealthy_threshold + draining
+    ready = interval * lb.healthy_threshold
     return Timings(
-        drain_wait=float(rollout.get("drain_wait", derived_drain)),
-        min_ready=float(rollout.get("min_ready", interval * healthy)),
-        health_timeout=float(rollout.get("health_timeout", max(60.0, 3 * (interval * healthy + draining)))),
+        drain_wait=float(derived_drain if rollout.drain_wait is None else rollout.drain_wait),
+        min_ready=float(ready if rollout.min_ready is None else rollout.min_ready),
+        health_timeout=float(
+            max(60.0, 3 * (ready + draining)) if rollout.health_timeout is None else rollout.health_timeout
+        ),
     )

@@ -27,7 +27,7 @@ def new_rollout_id(action: str, now: datetime | None = None, suffix: str | None 
 
 
 def beat_hosts(inv: Inventory) -> list[str]:
-    return [h.name for h in inv.hosts.values() if BEAT_ROLE in (h.get("roles") or [])]
+    return [h.name for h in inv.hosts.values() if BEAT_ROLE in (h.settings.roles or [])]
 
 
 def check_beat_singleton(inv: Inventory) -> str | None:
@@ -46,15 +46,14 @@ def resolve_options(host: FleetHost, **given: Any) -> dict[str, Any]:
     """CLI values over the inventory's `rollout` section over built-in defaults; timings derived
     from the LB health check (fleet.rollout.pacing.default_timings). `None` = not given on the command
     line."""
-    section = host.get("rollout") or {}
-    defaults = {"canary": 1, "batch": "25%", "max_failures": "0", "on_failure": "rollback"}
+    section = host.settings.rollout
     out: dict[str, Any] = {}
-    for key, default in defaults.items():
+    for key in ("canary", "batch", "max_failures", "on_failure"):
         value = given.get(key)
-        out[key] = value if value is not None else section.get(key, default)
+        out[key] = value if value is not None else getattr(section, key)
     if out["on_failure"] not in ON_FAILURE:
         raise FleetError(f"invalid --on-failure {out['on_failure']!r}", hint=" | ".join(ON_FAILURE))
-    base = default_timings(host.get("lb"), section)
+    base = default_timings(host.settings.lb, section)
     out["timings"] = Timings(
         drain_wait=float(given["drain_wait"]) if given.get("drain_wait") is not None else base.drain_wait,
         min_ready=float(given["min_ready"]) if given.get("min_ready") is not None else base.min_ready,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fleet.errors import FleetError, HostKeyError
 
@@ -104,25 +104,24 @@ def jump_proxy_command(jump: str, target: str, port: int) -> str:
 
 def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
     """Pure mapping from an inventory host to connection parameters."""
-    proxy = host.get("ssh.proxy", "none")
-    alias = host.get("ssh.host_key_alias")
+    from fleet.inventory.schema import CommandProxy, JumpProxy
+
+    ssh, gce = host.settings.ssh, host.settings.gce
+    # with ssh.proxy iap or guest-attribute host keys the loader has checked that the gce.* names are set
+    instance, zone, project = cast(str, gce.instance), cast(str, gce.zone), cast(str, gce.project)
+    proxy = ssh.proxy
+    alias = ssh.host_key_alias
     port = host.port
     proxy_command: str | None = None
     name = host.hostname
     if proxy == "iap":
-        name = alias or f"compute.{host.get('gce.instance_id')}"
-        proxy_command = iap_proxy_command(
-            host.get("gce.instance"),
-            host.get("gce.zone"),
-            host.get("gce.project"),
-            port,
-            host.get("ssh.iap_command") or IAP_COMMAND,
-        )
-    elif isinstance(proxy, dict) and "jump" in proxy:
-        proxy_command = jump_proxy_command(proxy["jump"], host.hostname, port)
+        name = alias or f"compute.{gce.instance_id}"
+        proxy_command = iap_proxy_command(instance, zone, project, port, ssh.iap_command or IAP_COMMAND)
+    elif isinstance(proxy, JumpProxy):
+        proxy_command = jump_proxy_command(proxy.jump, host.hostname, port)
         name = alias or host.hostname
-    elif isinstance(proxy, dict) and "command" in proxy:
-        proxy_command = proxy["command"].replace("%h", shlex.quote(host.hostname)).replace("%p", str(port))
+    elif isinstance(proxy, CommandProxy):
+        proxy_command = proxy.command.replace("%h", shlex.quote(host.hostname)).replace("%p", str(port))
         name = alias or host.hostname
     elif alias:
         name = alias
@@ -132,14 +131,10 @@ def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
         from fleet.ssh.hostkeys import GuestKeySource
 
         guest_keys = GuestKeySource(
-            endpoint_for(host.get("gce.api_endpoint")),
-            host.get("gce.project"),
-            host.get("gce.zone"),
-            host.get("gce.instance"),
-            host.get("gce.instance_id"),
+            endpoint_for(gce.api_endpoint), project, zone, instance, cast(str, gce.instance_id)
         )
         name = alias or guest_keys.alias
-    key_file = host.get("ssh.key_file")
+    key_file = ssh.key_file
     return SSHParams(
         host=name,
         address=host.hostname,
@@ -148,16 +143,16 @@ def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
         key_file=str(inv.resolve_path(key_file)) if key_file else None,
         proxy_command=proxy_command,
         known_hosts=str(inv.known_hosts),
-        connect_timeout=float(host.get("ssh.connect_timeout", 10)),
-        keepalive=int(host.get("ssh.keepalive", 15)),
-        retries=int(host.get("ssh.connect_retries", 2)),
+        connect_timeout=float(ssh.connect_timeout),
+        keepalive=ssh.keepalive,
+        retries=ssh.connect_retries,
         guest_keys=guest_keys,
     )
 
 
 def host_keys_mode(host: FleetHost) -> str:
     """`ssh.host_keys`: known_hosts only, or guest attributes too (the default for MIG members)."""
-    return str(host.get("ssh.host_keys") or ("guest_attributes" if host.get("gce.mig") else "known_hosts"))
+    return str(host.settings.ssh.host_keys or ("guest_attributes" if host.get("gce.mig") else "known_hosts"))
 
 
 def fingerprint(key: paramiko.PKey) -> str:

@@ -14,6 +14,7 @@ import pytest
 
 from fleet.commands.base import Command, mask
 from fleet.errors import FleetError
+from fleet.inventory import FleetHost
 from fleet.release import bundle, envfile, secrets
 from fleet.release import hoststeps as hosttasks
 from tests.unit.test_bundle import META, SECRETS, host_vars, render
@@ -190,7 +191,7 @@ def test_history_refuses_a_secret_in_any_form_and_record_masks_the_detail() -> N
             return SimpleNamespace(exited=0, stdout="", stderr="")
 
     ctx = Ctx("")
-    ctx.host = SimpleNamespace(name="h1", get=lambda key, default=None: default)
+    ctx.host = FleetHost("h1", "127.0.0.1", 22, "deploy", ())
     hosttasks.record(ctx, entry)  # type: ignore[arg-type]
     assert len(sent) == 1 and "******" in sent[0]
     for form in forms(NASTY).values():

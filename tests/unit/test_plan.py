@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleet.errors import FleetError
+from fleet.inventory.schema import LBSettings, RolloutSettings
 from fleet.rollout.pacing import default_timings, failure_budget, make_batches, parse_batches
 
 HOSTS = [f"h{i}" for i in range(1, 11)]
@@ -61,7 +62,11 @@ def test_bad_failure_budget(bad: str) -> None:
 
 def test_timings_derive_from_lb_health_check() -> None:
     t = default_timings(
-        {"check_interval": 1, "unhealthy_threshold": 2, "healthy_threshold": 2, "draining_timeout": 3}, None
+        LBSettings(check_interval=1, unhealthy_threshold=2, healthy_threshold=2, draining_timeout=3),
+        RolloutSettings(),
     )
-    assert t.drain_wait == 1 * 2 + 3 and t.min_ready == 2
-    assert default_timings({}, {"drain_wait": 7, "min_ready": 0, "health_timeout": 30}) == type(t)(7, 0, 30)
+    assert t.drain_wait == 1 * 2 + 3 and t.min_ready == 2 and t.health_timeout == 60
+    given = RolloutSettings(drain_wait=7, min_ready=0, health_timeout=30)
+    assert default_timings(LBSettings(), given) == type(t)(7, 0, 30)
+    # the schema's LB defaults: 5 s interval, thresholds 2, 10 s draining
+    assert default_timings(LBSettings(), RolloutSettings()) == type(t)(20, 10, 60)
