@@ -17,12 +17,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.report import write_section
+from fleet.paths import CHECKOUT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = CHECKOUT
 FUNCTIONS = ROOT / "functions"
 PROJECT, ZONE = "bench-proj", "us-central1-a"
 MIGS = [f"{PROJECT}/{ZONE}/web", f"{PROJECT}/{ZONE}/api", f"{PROJECT}/us-central1/workers"]

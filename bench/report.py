@@ -12,7 +12,9 @@ import re
 import subprocess
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
+from fleet.paths import CHECKOUT
+
+DOC = CHECKOUT / "docs" / "PERFORMANCE.md"
 HEADER = (
     "# Performance\n\n"
     "Every figure below was produced by the command written next to it, on the machine described.\n"

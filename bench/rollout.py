@@ -35,12 +35,13 @@ from fleet.local.config import LocalConfig
 from fleet.local.engine import ensure_engine
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
+from fleet.paths import CHECKOUT
 from fleet.rollout import Report
 from fleet.scenarios.loadgen import LoadGen, LoadReport
 
 COMMAND = "python -m bench rollout"
 N = 4
-REPO = Path(__file__).resolve().parent.parent
+REPO = CHECKOUT
 # a fleet of its own, so the benchmark never touches the default fleet or the tests' fleet
 BENCH = LocalConfig(
     name="rollout-bench",

@@ -22,12 +22,13 @@ from bench.report import write_section
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
+from fleet.paths import CHECKOUT
 from fleet.scenarios.alertpath import AlertPath, AlertPathSettings
 from fleet.scenarios.monitor import MonitorSettings
 from fleet.scenarios.selfheal import HealReport, run_heal, run_scale, wait_stable
 
 COMMAND = "python -m bench selfheal"
-REPO = Path(__file__).resolve().parent.parent
+REPO = CHECKOUT
 INSTANCES = 3
 HEAL_RUNS = int(os.environ.get("FLEET_BENCH_HEAL_RUNS", "2"))
 VERSION = "1.0.0"

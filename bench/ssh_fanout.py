@@ -16,10 +16,11 @@ from pathlib import Path
 
 from bench.report import write_section
 from fleet.local.sshd_hosts import SshdFleet
+from fleet.paths import CHECKOUT
 
 SIZES = (10, 50)
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
-REPO = Path(__file__).resolve().parent.parent
+REPO = CHECKOUT
 
 
 def raw_ssh(fleet: SshdFleet) -> float:

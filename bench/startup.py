@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from bench.report import write_section
+from fleet.paths import CHECKOUT
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
-REPO = Path(__file__).resolve().parent.parent
+REPO = CHECKOUT
 
 
 def _time(argv: list[str]) -> float:

@@ -1,8 +1,9 @@
 """Where the project's files are: one anchor for the checkout (or the configured project directory).
 
 `fab` in the checkout finds everything beside the package. The installed `fleet` program finds the
-project directory from FLEET_PROJECT_DIR (inventories, journal, local state); the compose stack and
-the functions source ship inside the package when the checkout is not there.
+project directory (inventories, journal, local state, and `compose/` and `functions/` when it has
+them) from FLEET_PROJECT_DIR; `compose/` and `functions/` otherwise come from the checkout the package
+was installed from (they are not shipped inside a wheel).
 """
 
 from __future__ import annotations
@@ -25,20 +26,13 @@ def _project_root() -> Path:
 
 
 def _shipped(name: str) -> Path:
-    """A directory of the checkout, or its copy shipped inside the package (a wheel install)."""
+    """The project directory's `name`, else the checkout's."""
     here = PROJECT_ROOT / name
-    if here.is_dir():
-        return here
-    for candidate in (CHECKOUT / name, PACKAGE_DIR / "_data" / name):
-        if candidate.is_dir():
-            return candidate
-    return here
+    return here if here.is_dir() or not (CHECKOUT / name).is_dir() else CHECKOUT / name
 
 
 PROJECT_ROOT = _project_root()  # inventories, journals, local state
-REPO_ROOT = PROJECT_ROOT  # the name the local fleet and tests know
 COMPOSE_DIR = _shipped("compose")
 FUNCTIONS_DIR = _shipped("functions")
 INVENTORY_ROOT = PROJECT_ROOT / "inventory"
 STATE_DIR = PROJECT_ROOT / ".fleet"
-DOCS_DIR = CHECKOUT / "docs"

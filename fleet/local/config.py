@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.errors import FleetError
-from fleet.paths import REPO_ROOT
+from fleet.paths import PROJECT_ROOT
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
@@ -44,7 +44,7 @@ def _env_int(name: str, default: int) -> int:
 class LocalConfig:
     """Everything that names a local-fleet resource. Defaults are the documented contract."""
 
-    root: Path = REPO_ROOT
+    root: Path = PROJECT_ROOT
     name: str = "local"  # a second fleet (e.g. the benchmark's) uses another name, prefix, ports
     container_prefix: str = "fleet-local"  # containers fleet-local-1, fleet-local-2, ...
     host_prefix: str = "local"  # inventory hosts local-1, local-2, ...
@@ -82,7 +82,7 @@ class LocalConfig:
     def from_env(cls, root: Path | None = None) -> LocalConfig:
         """Ports can be moved with FLEET_LOCAL_{SSH_BASE,HTTP_BASE,LB_PORT,REGISTRY_PORT} when taken."""
         return cls(
-            root=root or REPO_ROOT,
+            root=root or PROJECT_ROOT,
             ssh_base=_env_int("FLEET_LOCAL_SSH_BASE", 2200),
             http_base=_env_int("FLEET_LOCAL_HTTP_BASE", 8100),
             lb_port=_env_int("FLEET_LOCAL_LB_PORT", 8080),

@@ -19,13 +19,14 @@ import yaml
 
 from fleet.errors import FleetError
 from fleet.local import execute
-from fleet.local.config import REPO_ROOT, LocalConfig
+from fleet.local.config import LocalConfig
+from fleet.paths import COMPOSE_DIR
 
 KEY_FILE = "id_ed25519"
 GROUP = "local"
 APP_DIR = "/opt/fleet/dify"
 
-SCHEMA = REPO_ROOT / "compose" / "env.schema.yaml"
+SCHEMA = COMPOSE_DIR / "env.schema.yaml"
 REGISTRY = "fleet-registry:5000"
 # compose variables for the local fleet: the stand-in images of the local registry, short health
 # checks, and placeholder addresses for the managed data layer (the stand-ins never connect to it)

@@ -36,7 +36,7 @@ from fleet import settings
 from fleet.commands import base
 from fleet.commands.release import COMPOSE_FILE, ENV_FILE, RELEASE_FILE
 from fleet.errors import FleetError
-from fleet.paths import COMPOSE_DIR, REPO_ROOT
+from fleet.paths import COMPOSE_DIR, PROJECT_ROOT
 from fleet.release import envfile
 from fleet.release import secrets as secret_store
 
@@ -551,7 +551,7 @@ def render(
 
 
 def local_meta(
-    operator: str | None = None, repo: Path = REPO_ROOT, now: datetime | None = None
+    operator: str | None = None, repo: Path = PROJECT_ROOT, now: datetime | None = None
 ) -> ReleaseMeta:
     """Metadata from this machine: operator (FLEET_OPERATOR or user@host), git commit of compose/."""
     who = settings.load().operator_for(operator)

@@ -384,10 +384,11 @@ def holding(
     rollout_id: str,
     ttl: float = DEFAULT_TTL,
     warn: Callable[[str], None] | None = None,
+    on_lost: Callable[[FleetError], None] | None = None,
 ) -> Iterator[Heartbeat]:
     """Take the lock (LockHeld names the holder), renew it while the body runs, release it after."""
     held = store.acquire(owner, reason, rollout_id, ttl)
-    heartbeat = Heartbeat(store, held, ttl, warn=warn).start()
+    heartbeat = Heartbeat(store, held, ttl, warn=warn, on_lost=on_lost).start()
     try:
         yield heartbeat
     finally:

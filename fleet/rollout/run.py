@@ -128,63 +128,56 @@ def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
                 f"nothing to resume: rollout {plan.rollout_id} ended: {resume.outcome}",
                 where=str(journal.path),
             )
-    try:
-        held = run.lock.acquire(plan.operator, plan.message or plan.label, plan.rollout_id, run.ttl)
-    except BaseException:
-        if journal is not None:
-            journal.close()
-        raise
 
     def journal_lost(exc: FleetError) -> None:
         if journal is not None:
             journal.append("lock", status="lost", error=exc.what)
 
-    heartbeat = lk.Heartbeat(run.lock, held, run.ttl, warn=run.warn, on_lost=journal_lost).start()
+    reason = plan.message or plan.label
     try:
-        if resume is None:
-            journal = jr.Journal.create(run.journal_dir, plan.rollout_id)
-            journal.append("plan", pid=os.getpid(), lock=held.owner, holder=held.holder, **plan.as_dict())
-        else:
-            assert journal is not None
-            journal.append(
-                "resume", pid=os.getpid(), lock=held.owner, holder=held.holder, touched=resume.touched
-            )
-
-        def lost() -> str | None:
-            return heartbeat.problem()
-
-        engine = run.strategy(
-            SshHostOps(run.nr),
-            plan,
-            journal=journal,
-            lb=run.lb,
-            marks=run.marks,
-            bundles=run.bundles,
-            observer=run.observer,
-            stop=run.stop,
-            lock_lost=lost,
-            touched=resume.touched if resume is not None else (),
-            inventory_arg=run.inventory_arg,
-            resumed=resume is not None,
-        )
-        if resume is not None and resume.reverting is not None:
-            report = engine.run(stage=False, phase="rollback", revert_hosts=resume.reverting)
-        else:
-            report = engine.run(stage=True)
-        if heartbeat.errors:
-            report.problems.append(f"lock renewal hiccups: {heartbeat.errors[-1]}")
-        journal.append("end", outcome=report.outcome, failures=report.failures, problems=report.problems)
-        return report
-    except BaseException as exc:
-        if journal is not None:
-            journal.append("end", outcome="failed", error=_text(exc))
-        raise
+        with lk.holding(
+            run.lock, plan.operator, reason, plan.rollout_id, run.ttl, run.warn, on_lost=journal_lost
+        ) as heartbeat:
+            held = heartbeat.lock
+            try:
+                if resume is None:
+                    journal = jr.Journal.create(run.journal_dir, plan.rollout_id)
+                    journal.append(
+                        "plan", pid=os.getpid(), lock=held.owner, holder=held.holder, **plan.as_dict()
+                    )
+                else:
+                    assert journal is not None
+                    journal.append(
+                        "resume", pid=os.getpid(), lock=held.owner, holder=held.holder, touched=resume.touched
+                    )
+                engine = run.strategy(
+                    SshHostOps(run.nr),
+                    plan,
+                    journal=journal,
+                    lb=run.lb,
+                    marks=run.marks,
+                    bundles=run.bundles,
+                    observer=run.observer,
+                    stop=run.stop,
+                    lock_lost=heartbeat.problem,
+                    touched=resume.touched if resume is not None else (),
+                    inventory_arg=run.inventory_arg,
+                    resumed=resume is not None,
+                )
+                if resume is not None and resume.reverting is not None:
+                    report = engine.run(stage=False, phase="rollback", revert_hosts=resume.reverting)
+                else:
+                    report = engine.run(stage=True)
+                if heartbeat.errors:
+                    report.problems.append(f"lock renewal hiccups: {heartbeat.errors[-1]}")
+                journal.append(
+                    "end", outcome=report.outcome, failures=report.failures, problems=report.problems
+                )
+                return report
+            except BaseException as exc:
+                if journal is not None:
+                    journal.append("end", outcome="failed", error=_text(exc))
+                raise
     finally:
-        final = heartbeat.stop()
-        try:
-            run.lock.release(final)
-        except FleetError as exc:
-            if run.warn:
-                run.warn(f"could not release the fleet lock: {exc.what} (it expires on its own)")
         if journal is not None:
             journal.close()

@@ -34,15 +34,15 @@ from typing import Any
 from fleet.commands.haproxy import SHOW_STAT
 from fleet.errors import FleetError
 from fleet.local import compute_docker, compute_endpoint
-from fleet.local.config import REPO_ROOT, LocalConfig
+from fleet.local.config import LocalConfig
 from fleet.local.lb import LoadBalancer
+from fleet.paths import FUNCTIONS_DIR
 from fleet.scenarios.monitor import Monitor, MonitorSettings, local_policies, members_from_compute
 from fleet.waits import Deadline, polling
 from functions import fleet_contract as contract
 from standins.pubsub_api import LocalPubsub
 from standins.webhook_sink import Message, WebhookSink
 
-FUNCTIONS_DIR = REPO_ROOT / "functions"
 FUNCTIONS = ("autoheal", "scale", "notify")
 MAX_SCALE = compute_docker.MAX_SIZE
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleet.paths import REPO_ROOT as REPO
+from fleet.paths import PROJECT_ROOT as REPO
 
 if TYPE_CHECKING:
     from fleet.scenarios.alertpath import AlertPath
