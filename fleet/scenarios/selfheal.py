@@ -362,6 +362,16 @@ def run_scale(
             )
 
         report.added_up_at = _wait(f"{report.added} UP in the load balancer", up, left(), path, emit)
+        # UP is haproxy's verdict; scaled out means the member takes a share of the load: keep the
+        # load on until it has answered (stopping at UP left that to a race with the next request)
+        new_member = report.added
+        _wait(
+            f"{new_member} answering through the load balancer",
+            lambda: high.report().servers.get(new_member, 0) > 0,
+            left(),
+            path,
+            emit,
+        )
     finally:
         report.high_load = high.stop()
     _status, report.added_version = health(_address(path, report.added))
