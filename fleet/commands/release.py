@@ -674,7 +674,9 @@ def parse_history(stdout: str) -> list[dict[str, Any]]:
 def disk_free(layout: Layout) -> Command:
     """Free megabytes on the file systems of the layout and of Docker's data root (prints `mb path`)."""
     probe = (
-        'root=$(docker info --format "{{.DockerRootDir}}" 2>/dev/null || echo /var/lib/docker); '
+        # a stopped daemon prints an empty line and fails: fall back to Docker's default data root
+        'root=$(docker info --format "{{.DockerRootDir}}" 2>/dev/null | tr -d "\\n"); '
+        '[ -n "$root" ] || root=/var/lib/docker; '
         'for p in "$1" "$root"; do '
         'd=$p; while [ ! -e "$d" ]; do d=$(dirname "$d"); done; '
         'printf "%s %s\\n" "$(df -Pk "$d" | awk \'NR==2 {print int($4/1024)}\')" "$p"; done'

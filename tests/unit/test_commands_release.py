@@ -418,6 +418,16 @@ def test_disk_checks_for_real(layout: r.Layout) -> None:
     assert f"disk full: {layout.root} has".encode() in proc.stderr and b"need 1000000000 MB" in proc.stderr
 
 
+def test_disk_checks_when_the_docker_daemon_is_down(layout: r.Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a stopped daemon makes `docker info --format` print an empty line and fail: the probe must
+    # still report Docker's default data root, not a path with a newline in it
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    ok(r.prepare_layout(layout))
+    free = r.parse_disk_free(ok(r.disk_free(layout)))
+    assert set(free) == {layout.root, "/var/lib/docker"}, free
+    assert all(mb > 0 for mb in free.values())
+
+
 def test_host_state_of_a_host_without_the_layout(tmp_path: Path) -> None:
     missing = r.Layout(root=str(tmp_path / "nothing-here"))
     assert r.parse_host_state(ok(r.host_state(missing))) == r.HostState(False, None, None, False, None, None)
