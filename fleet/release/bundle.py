@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import io
 import json
 import re
 import subprocess
-import tarfile
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +34,7 @@ from fleet.commands import base
 from fleet.commands.release import COMPOSE_FILE, ENV_FILE, RELEASE_FILE
 from fleet.errors import FleetError
 from fleet.paths import COMPOSE_DIR, PROJECT_ROOT
-from fleet.release import envfile
+from fleet.release import derived, envfile, sealed
 from fleet.release import secrets as secret_store
 
 SCHEMA_FILE = "env.schema.yaml"
@@ -387,17 +384,7 @@ def _value_for(
     return _stringify(var.name, raw, where)
 
 
-def _celery_broker_url(values: Mapping[str, str]) -> str:
-    scheme = "rediss" if values.get("REDIS_USE_SSL") == "true" else "redis"
-    host = values["REDIS_HOST"]
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    user = urllib.parse.quote(values.get("REDIS_USERNAME", ""), safe="")
-    password = urllib.parse.quote(values["REDIS_PASSWORD"], safe="")
-    return f"{scheme}://{user}:{password}@{host}:{values['REDIS_PORT']}/{values['CELERY_BROKER_DB']}"
-
-
-DERIVED: dict[str, Callable[[Mapping[str, str]], str]] = {"CELERY_BROKER_URL": _celery_broker_url}
+DERIVED = derived.DERIVED
 
 
 def _suggest(name: str, known: Sequence[str]) -> str:
@@ -585,22 +572,7 @@ def local_meta(
 
 
 def _tar(files: Mapping[str, SourceFile], mtime: int) -> bytes:
-    buf = io.BytesIO()
-    dirs = sorted({str(p) for rel in files for p in PurePosixPath(rel).parents if str(p) != "."})
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in dirs:
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.DIRTYPE
-            info.mode = EXEC_MODE
-            info.mtime = mtime
-            tar.addfile(info)
-        for rel in sorted(files):
-            info = tarfile.TarInfo(rel)
-            info.size = len(files[rel].data)
-            info.mode = files[rel].mode
-            info.mtime = mtime
-            tar.addfile(info, io.BytesIO(files[rel].data))
-    return buf.getvalue()
+    return sealed.pack({rel: (f.data, f.mode) for rel, f in files.items()}, mtime)
 
 
 # --------------------------------------------------------------------------- diff

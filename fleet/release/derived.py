@@ -1,0 +1,20 @@
+"""Variables the bundle computes from others (standard library only: the on-VM agent derives them too)."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable, Mapping
+
+
+def celery_broker_url(values: Mapping[str, str]) -> str:
+    """redis[s]://<user>:<REDIS_PASSWORD>@<REDIS_HOST>:<REDIS_PORT>/<CELERY_BROKER_DB>."""
+    scheme = "rediss" if values.get("REDIS_USE_SSL") == "true" else "redis"
+    host = values["REDIS_HOST"]
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    user = urllib.parse.quote(values.get("REDIS_USERNAME", ""), safe="")
+    password = urllib.parse.quote(values["REDIS_PASSWORD"], safe="")
+    return f"{scheme}://{user}:{password}@{host}:{values['REDIS_PORT']}/{values['CELERY_BROKER_DB']}"
+
+
+DERIVED: dict[str, Callable[[Mapping[str, str]], str]] = {"CELERY_BROKER_URL": celery_broker_url}
