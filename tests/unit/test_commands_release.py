@@ -418,7 +418,9 @@ def test_disk_checks_for_real(layout: r.Layout) -> None:
     assert f"disk full: {layout.root} has".encode() in proc.stderr and b"need 1000000000 MB" in proc.stderr
 
 
-def test_disk_checks_when_the_docker_daemon_is_down(layout: r.Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_checks_when_the_docker_daemon_is_down(
+    layout: r.Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # a stopped daemon makes `docker info --format` print an empty line and fail: the probe must
     # still report Docker's default data root, not a path with a newline in it
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
