@@ -478,8 +478,14 @@ def deploy_release(
         first = chosen[0]
         health_timeout = default_timings(first.settings.lb, first.settings.rollout).health_timeout
     label = next(iter(bundles.values())).version if bundles else ""
+    from fleet.rollout import announce
+
+    events = announce.publisher_for(inventory, chosen, warn)
     with under_lock(inventory, chosen, f"deploy {label}", warn=warn) as guard:
-        return deploy(
+        what = f"deploy {label} on {len(chosen)} host(s)"
+        if events is not None:
+            events.publish("rollout", "deploy", "started", rollout_id=guard.rollout_id, detail=what)
+        report = deploy(
             inventory,
             chosen,
             bundles,
@@ -490,3 +496,9 @@ def deploy_release(
             processors=processors,
             guard=guard,
         )
+        if events is not None:
+            failed = [o.host for o in report.outcomes if o.result not in ("deployed", "unchanged")]
+            detail = what + (f": failed on {', '.join(failed)}" if failed else ": done")
+            result = "done" if report.ok else "failed"
+            events.publish("rollout", "deploy", result, rollout_id=guard.rollout_id, detail=detail)
+        return report

@@ -175,10 +175,27 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             ttl=lk.ttl_of(chosen),
             warn=warn,
         )
+        from fleet.rollout import announce
+
+        events = announce.publisher_for(inv, chosen, warn)
+        what = f"{plan.action} {plan.label} on {len(plan.jobs)} host(s) by {plan.operator}"
+        if events is not None:
+            events.publish(
+                "rollout",
+                plan.action,
+                "resumed" if replay else "started",
+                rollout_id=plan.rollout_id,
+                detail=what,
+            )
         watch = hooks.watch(plan) if hooks.watch is not None else nullcontext(None)
         with watch as observer:
             run.observer = observer
             report = ro.execute(run, plan, resume=replay)
+        if events is not None:
+            result = announce.result_of(report.outcome)
+            events.publish(
+                "rollout", plan.action, result, rollout_id=plan.rollout_id, detail=f"{what}: {report.outcome}"
+            )
         return Outcome(plan, report, interrupted=stop.is_set())
     finally:
         nr.close_connections(on_good=True, on_failed=True)
