@@ -244,6 +244,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def etag(body: str) -> str:
+    """The answer's version, for `?wait_for_change=true&last_etag=...`."""
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
+
+
 def _error(status: int, message: str) -> Reply:
     return Reply(status, message + "\n", "text/html; charset=UTF-8")
 
@@ -342,7 +347,28 @@ class MetadataServer:
     def handle(
         self, client_ip: str, method: str, raw_path: str, headers: dict[str, str], body: bytes
     ) -> Reply:
-        """Answer one request as the real server would; headers' names are lower-case."""
+        """Answer one request as the real server would; headers' names are lower-case.
+
+        `?wait_for_change=true` holds a GET until the answer's ETag differs from `last_etag` (or from
+        the first answer) or `timeout_sec` (default 60) has passed, as the real server's long poll."""
+        reply = self._answer(client_ip, method, raw_path, headers, body)
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(raw_path).query).items()}
+        if method != "GET" or reply.status != 200 or query.get("wait_for_change", "").lower() != "true":
+            return reply
+        try:
+            timeout = min(float(query.get("timeout_sec", "60")), 3600.0)
+        except ValueError:
+            return _error(400, "Bad Request: timeout_sec must be a number of seconds")
+        want = query.get("last_etag") or etag(reply.body)
+        deadline = time.monotonic() + timeout
+        while reply.status == 200 and etag(reply.body) == want and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            reply = self._answer(client_ip, method, raw_path, headers, body)
+        return reply
+
+    def _answer(
+        self, client_ip: str, method: str, raw_path: str, headers: dict[str, str], body: bytes
+    ) -> Reply:
         who = self.identify(client_ip)
         if who is None:
             return _error(404, f"no VM is known at {client_ip}")
@@ -477,7 +503,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(data)))
         if reply.status == 200:
-            self.send_header("ETag", hashlib.sha256(data).hexdigest()[:16])
+            self.send_header("ETag", etag(reply.body))
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()

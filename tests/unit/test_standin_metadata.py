@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import http.client
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -240,3 +242,24 @@ def test_guest_attribute_store_persists_and_refuses_a_bad_file(tmp_path: Path) -
     path.write_text('{"app-1": ["not", "a", "map"]}')
     with pytest.raises(StandinError, match="guest attributes file"):
         GuestAttributes(path)
+
+
+def test_wait_for_change_returns_on_a_change_or_at_the_timeout(
+    server: MetadataServer, store: GuestAttributes
+) -> None:
+    path = "/computeMetadata/v1/instance/guest-attributes/fleet/health"
+    store.put("app-1", "fleet", "health", "starting")
+    _, headers, _ = call(server, path)
+    started = time.monotonic()
+    timer = threading.Timer(0.3, store.put, ("app-1", "fleet", "health", "ok"))
+    timer.start()
+    status, _, body = call(server, f"{path}?wait_for_change=true&last_etag={headers['etag']}&timeout_sec=5")
+    assert (status, body) == (200, "ok")
+    assert 0.25 < time.monotonic() - started < 4
+    started = time.monotonic()
+    status, _, body = call(server, f"{path}?wait_for_change=true&timeout_sec=0.3")
+    assert (status, body) == (200, "ok") and time.monotonic() - started >= 0.3
+    # A stale last_etag answers at once.
+    started = time.monotonic()
+    assert call(server, f"{path}?wait_for_change=true&last_etag=0000&timeout_sec=5")[2] == "ok"
+    assert time.monotonic() - started < 1
