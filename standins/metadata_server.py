@@ -494,7 +494,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
-        self._send(self.server_owner.handle(self.client_address[0], self.command, self.path, headers, body))
+        try:
+            reply = self.server_owner.handle(self.client_address[0], self.command, self.path, headers, body)
+        except Exception as exc:  # an embedder's identify() failing: say so rather than drop the connection
+            reply = _error(500, f"Internal Server Error: {type(exc).__name__}: {exc}")
+        self._send(reply)
 
     def _send(self, reply: Reply) -> None:
         data = reply.body.encode("utf-8")

@@ -263,3 +263,12 @@ def test_wait_for_change_returns_on_a_change_or_at_the_timeout(
     started = time.monotonic()
     assert call(server, f"{path}?wait_for_change=true&last_etag=0000&timeout_sec=5")[2] == "ok"
     assert time.monotonic() - started < 1
+
+
+def test_a_failing_identify_is_a_500_not_a_dropped_connection(store: GuestAttributes) -> None:
+    def broken(ip: str) -> Identity | None:
+        raise RuntimeError("container table unreadable")
+
+    with MetadataServer(broken, store) as srv:
+        status, _, body = call(srv, "/computeMetadata/v1/instance/name")
+    assert status == 500 and "container table unreadable" in body
