@@ -69,6 +69,8 @@ class GCESettings(_Strict):
     instance_id: StrictStr | None = Field(default=None, pattern=r"^[0-9]+$")
     migs: list[dict[str, StrictStr]] = Field(default_factory=list)
     api_endpoint: StrictStr | None = None
+    # a local Secret Manager stand-in (http://host:port); unset = secretmanager.googleapis.com
+    secretmanager_endpoint: StrictStr | None = None
     # hosts from the MIGs' members (fleet/inventory/mig.py): auto = when hosts.yaml lists none
     discovery: Literal["auto", "mig", "off"] | None = None
     member_groups: list[StrictStr] | None = None  # groups every MIG member belongs to
@@ -100,6 +102,8 @@ class LBSettings(_Strict):
 class SecretSource(_Strict):
     env: StrictStr | None = None
     file: StrictStr | None = None
+    # NAME (in gce.project), projects/P/secrets/S, either with /versions/N|latest (fleet/release/secrets.py)
+    secret_manager: StrictStr | None = None
 
 
 class RolloutSettings(_Strict):

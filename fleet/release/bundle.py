@@ -408,7 +408,8 @@ def _check_inputs(
             raise FleetError(
                 f"{name} is a secret and cannot be set under vars",
                 where=where,
-                hint=f"set it under data.secrets: {{{name}: {{env: VARIABLE}}}} or {{file: PATH}}",
+                hint=f"set it under data.secrets: {{{name}: {{env: VARIABLE}}}}, {{file: PATH}} "
+                "or {secret_manager: NAME}",
             )
     for name in secrets:
         var = source.variables.get(name)
@@ -485,7 +486,7 @@ def render(
         if missing_vars:
             parts.append(f"variables {', '.join(missing_vars)} (set under data.vars)")
         if missing_secrets:
-            forms = "{env: VAR} or {file: PATH}"
+            forms = "{env: VAR}, {file: PATH} or {secret_manager: NAME}"
             parts.append(f"secrets {', '.join(missing_secrets)} (set under data.secrets as {forms})")
         raise FleetError(
             "missing required " + " and ".join(parts), where=where, hint=f"see compose/{SCHEMA_FILE}"

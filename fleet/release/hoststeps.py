@@ -67,7 +67,15 @@ def bundle_for(
     # may differ: the local fleet maps it to a loopback port on the machine running the tool)
     variables.update(bundle.host_variables(layout.root, host.settings.roles or [], None))
     secret_refs = host.get("secrets", {}) or {}
-    values = secrets.resolve(secret_refs, base_dir=inv.path, environ=environ, where=host.name)
+    gce = host.settings.gce
+    values = secrets.resolve(
+        secret_refs,
+        base_dir=inv.path,
+        environ=environ,
+        where=host.name,
+        project=gce.project,
+        endpoint=gce.secretmanager_endpoint,
+    )
     return bundle.render(source, variables, values, meta, where=host.name)
 
 

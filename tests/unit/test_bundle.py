@@ -354,7 +354,8 @@ def test_missing_variables_and_secrets_are_all_named_and_no_value_leaks(source: 
         bundle.render(source, partial, some, META, where="app-7")
     text = err.value.render()
     assert text.startswith("app-7: missing required variables DIFY_VERSION, DB_HOST")
-    assert "secrets SECRET_KEY, REDIS_PASSWORD" in text and "{env: VAR} or {file: PATH}" in text
+    assert "secrets SECRET_KEY, REDIS_PASSWORD" in text
+    assert "{env: VAR}, {file: PATH} or {secret_manager: NAME}" in text
     for value in some.values():
         assert value not in text
 
