@@ -33,6 +33,7 @@ OPERATOR_ENV = "FLEET_OPERATOR"
 COMPUTE_ENDPOINT_ENV = "FLEET_COMPUTE_ENDPOINT"
 MONITORING_ENDPOINT_ENV = "FLEET_MONITORING_ENDPOINT"
 PUBSUB_ENDPOINT_ENV = "FLEET_PUBSUB_ENDPOINT"
+STORAGE_ENDPOINT_ENV = "FLEET_STORAGE_ENDPOINT"
 VARIABLES = (
     PROJECT_ENV,
     INVENTORY_ENV,
@@ -41,6 +42,7 @@ VARIABLES = (
     COMPUTE_ENDPOINT_ENV,
     MONITORING_ENDPOINT_ENV,
     PUBSUB_ENDPOINT_ENV,
+    STORAGE_ENDPOINT_ENV,
 )
 
 DEFAULT_LOCK_TTL = 300.0  # seconds a rollout lock lives without renewal (inventory: rollout.lock_ttl)
@@ -72,6 +74,7 @@ class Settings:
     compute_endpoint: str | None = None
     monitoring_endpoint: str | None = None
     pubsub_endpoint: str | None = None
+    storage_endpoint: str | None = None
     # the whole environment, for `env:` secret references in the inventory (values, not settings)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -92,6 +95,10 @@ class Settings:
 
     def pubsub_endpoint_for(self, inventory: str | None = None) -> str | None:
         return layered(None, inventory=inventory, env=self.pubsub_endpoint)
+
+    def storage_endpoint_for(self, inventory: str | None = None) -> str | None:
+        """FLEET_STORAGE_ENDPOINT, else store.endpoint; unset = storage.googleapis.com."""
+        return layered(None, inventory=inventory, env=self.storage_endpoint)
 
     def workers_for(self, hosts: int, inventory: int | None = None, flag: int | None = None) -> int:
         """--workers, else run.workers, else one per host up to MAX_WORKERS."""
@@ -114,5 +121,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         compute_endpoint=env.get(COMPUTE_ENDPOINT_ENV) or None,
         monitoring_endpoint=env.get(MONITORING_ENDPOINT_ENV) or None,
         pubsub_endpoint=env.get(PUBSUB_ENDPOINT_ENV) or None,
+        storage_endpoint=env.get(STORAGE_ENDPOINT_ENV) or None,
         environ=env,
     )
