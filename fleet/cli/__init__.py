@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from fleet.cli import core, functions, local, lock, monitoring, release, rollout
+from fleet.cli import core, functions, local, lock, monitoring, release, rollout, store
 
 
 def namespace() -> Collection:
@@ -29,6 +29,7 @@ def namespace() -> Collection:
         ("monitoring", monitoring),
         ("functions", functions),
         ("lock", lock),
+        ("store", store),
     ):
         ns.add_collection(Collection.from_module(module), name=name)
     return ns
