@@ -125,3 +125,16 @@ def test_a_malformed_store_url_is_an_inventory_error(tmp_path: Path) -> None:
     _inventory(tmp_path, {"url": "gs://my-bucket/fleets/prod", "endpoint": "http://8.8.8.8:80"})
     r = run("store.show", "--inventory", "prod", project=tmp_path)
     assert r.returncode == 2 and "not a local stand-in endpoint" in r.stderr
+
+
+def test_the_storage_endpoint_comes_from_the_environment(
+    tmp_path: Path, gcs_server: StorageServer, gcs_bucket: str
+) -> None:
+    _inventory(tmp_path, {"url": f"gs://{gcs_bucket}/fleets/prod"})  # no endpoint: the real API
+    r = run(
+        "store.show", "--inventory", "prod", "--json", project=tmp_path,
+        env={"FLEET_STORAGE_ENDPOINT": gcs_server.endpoint},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown == {"store": f"gs://{gcs_bucket}/fleets/prod", "generation": 0, "desired": None}
