@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.localfleet",
+    "tests.fixtures.storage",
 ]

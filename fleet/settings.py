@@ -34,6 +34,7 @@ COMPUTE_ENDPOINT_ENV = "FLEET_COMPUTE_ENDPOINT"
 MONITORING_ENDPOINT_ENV = "FLEET_MONITORING_ENDPOINT"
 PUBSUB_ENDPOINT_ENV = "FLEET_PUBSUB_ENDPOINT"
 SECRETMANAGER_ENDPOINT_ENV = "FLEET_SECRETMANAGER_ENDPOINT"
+STORAGE_ENDPOINT_ENV = "FLEET_STORAGE_ENDPOINT"
 VARIABLES = (
     PROJECT_ENV,
     INVENTORY_ENV,
@@ -43,6 +44,7 @@ VARIABLES = (
     MONITORING_ENDPOINT_ENV,
     PUBSUB_ENDPOINT_ENV,
     SECRETMANAGER_ENDPOINT_ENV,
+    STORAGE_ENDPOINT_ENV,
 )
 
 DEFAULT_LOCK_TTL = 300.0  # seconds a rollout lock lives without renewal (inventory: rollout.lock_ttl)
@@ -75,6 +77,7 @@ class Settings:
     monitoring_endpoint: str | None = None
     pubsub_endpoint: str | None = None
     secretmanager_endpoint: str | None = None
+    storage_endpoint: str | None = None
     # the whole environment, for `env:` secret references in the inventory (values, not settings)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -99,6 +102,9 @@ class Settings:
     def secretmanager_endpoint_for(self, inventory: str | None = None) -> str | None:
         """FLEET_SECRETMANAGER_ENDPOINT, else gce.secretmanager_endpoint; unset = the real API."""
         return layered(None, inventory=inventory, env=self.secretmanager_endpoint)
+    def storage_endpoint_for(self, inventory: str | None = None) -> str | None:
+        """FLEET_STORAGE_ENDPOINT, else store.endpoint; unset = storage.googleapis.com."""
+        return layered(None, inventory=inventory, env=self.storage_endpoint)
 
     def workers_for(self, hosts: int, inventory: int | None = None, flag: int | None = None) -> int:
         """--workers, else run.workers, else one per host up to MAX_WORKERS."""
@@ -122,5 +128,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         monitoring_endpoint=env.get(MONITORING_ENDPOINT_ENV) or None,
         pubsub_endpoint=env.get(PUBSUB_ENDPOINT_ENV) or None,
         secretmanager_endpoint=env.get(SECRETMANAGER_ENDPOINT_ENV) or None,
+        storage_endpoint=env.get(STORAGE_ENDPOINT_ENV) or None,
         environ=env,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from fleet.cli import core, functions, local, lock, monitoring, release, rollout, secrets
+from fleet.cli import core, functions, local, lock, monitoring, release, rollout, secrets, store
 
 
 def namespace() -> Collection:
@@ -30,6 +30,7 @@ def namespace() -> Collection:
         ("functions", functions),
         ("lock", lock),
         ("secrets", secrets),
+        ("store", store),
     ):
         ns.add_collection(Collection.from_module(module), name=name)
     return ns

@@ -379,7 +379,15 @@ def status(
         raise Exit(code=EXIT_FAILED)
 
 
-@task(help=task_help(*SELECTION, "workers", limit="entries per host (default 20)"), iterable=["where"])
+@task(
+    help=task_help(
+        *SELECTION,
+        "workers",
+        limit="entries (per host with --on-hosts; default 20)",
+        on_hosts="read each host's history.jsonl over SSH even when the inventory has a release store",
+    ),
+    iterable=["where"],
+)
 @fleet_errors
 def history(
     c: Any,
@@ -390,13 +398,31 @@ def history(
     json_: bool = False,
     limit: int = 20,
     workers: int = 0,
+    on_hosts: bool = False,
 ) -> None:
-    """The audit trail of each host's history.jsonl, merged fleet-wide, newest first."""
+    """The fleet's audit trail, newest first: the release store's central history when the inventory
+    has one (it outlives recreated VMs and includes what the VMs' agents did), else each host's
+    history.jsonl over SSH, merged.
+
+    With a store, --hosts keeps the events of those instances; --on-hosts reads the hosts instead.
+    """
+    from fleet.errors import FleetError
+    from fleet.inventory import load, split_csv
+    from fleet.inventory import select as select_in
+    from fleet.inventory.selection import NO_MATCH_HINT
     from fleet.rollout import deploy as dp
     from fleet.ssh.runner import run_on
+    from fleet.store import location
     from fleet.view import console as ui
 
-    inv, chosen = select(inventory, hosts, group, where)
+    inv = load(inventory)
+    store = location.from_inventory(inv)
+    if store is not None and not on_hosts:
+        _central_history(store, set(split_csv(hosts)), limit, json_)
+        return
+    chosen = select_in(inv, hosts=split_csv(hosts) or None, group=group or None, where=list(where or ()))
+    if not chosen:
+        raise FleetError("no host matches the selection", where=f"inventory {inv.name}", hint=NO_MATCH_HINT)
     results = run_on(inv, chosen, dp.history_step(limit), workers=workers or None)
     entries = [{"host": r.host, **e} for r in results if r.ok for e in r.data["entries"]]
     entries.sort(key=lambda e: str(e.get("time", "")), reverse=True)
@@ -426,3 +452,35 @@ def history(
                 ui.error(f"{r.host}: {r.error}")
     if not all(r.ok for r in results):
         raise Exit(code=EXIT_FAILED)
+
+
+def _central_history(store: Any, instances: set[str], limit: int, json_: bool) -> None:
+    """The store's history, newest first; `instances` non-empty keeps only their events."""
+    from fleet.store import history as central
+    from fleet.view import console as ui
+
+    events = central.read(store, limit=None if instances else limit)
+    if instances:
+        events = [e for e in events if e.get("instance") in instances][-limit:] if limit > 0 else []
+    events.reverse()
+    if json_:
+        ui.print_json({"store": store.url, "entries": events})
+        return
+    ui.table(
+        f"history of {store.url} (newest first)",
+        ["time", "instance", "action", "result", "version", "release", "rollout", "actor", "detail"],
+        [
+            [
+                e.get("at"),
+                e.get("instance") or "-",
+                e.get("action"),
+                e.get("result"),
+                e.get("version"),
+                e.get("release"),
+                e.get("rollout_id"),
+                e.get("actor"),
+                e.get("detail") or e.get("unparsed"),
+            ]
+            for e in events
+        ],
+    )

@@ -9,9 +9,10 @@ something (derived from other settings, or "not configured") stays `None`.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 from fleet.commands.release import DEFAULT_PROJECT, DEFAULT_ROOT
 
@@ -23,6 +24,8 @@ ALIAS_PATTERN = r"^[A-Za-z0-9_:\[][A-Za-z0-9_.:%\[\]-]{0,254}$"  # a known_hosts
 GCE_PROJECT_PATTERN = r"^(?:[a-z0-9][a-z0-9.-]*:)?[a-z0-9][a-z0-9-]{0,62}$"
 GCE_LOCATION_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 GCE_NAME_PATTERN = r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$"
+# gs://BUCKET/fleets/<fleet>: a Cloud Storage bucket name (no dots: no domain-named buckets) and a fleet name
+STORE_URL_PATTERN = r"^gs://[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]/fleets/[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class _Strict(BaseModel):
@@ -203,6 +206,23 @@ class MonitoringSettings(_Strict):
     functions: MonitoringFunctions | None = None
 
 
+class StoreSettings(_Strict):
+    """Where the fleet's release store lives (docs/release-store.md); no section = no store."""
+
+    url: StrictStr  # gs://BUCKET/fleets/<fleet>
+    endpoint: StrictStr | None = None  # local Cloud Storage stand-in (http://host:port); unset = the real API
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.fullmatch(STORE_URL_PATTERN, value):
+            raise ValueError(
+                f"{value!r} is not gs://BUCKET/fleets/<fleet> (bucket: 3-63 of a-z 0-9 _ -; "
+                "fleet: a-z 0-9 _ -, starting with a letter or digit)"
+            )
+        return value
+
+
 class Data(_Strict):
     """A host's `data`: one layer of it as written, or (as `FleetHost.settings`) the merged whole."""
 
@@ -216,6 +236,7 @@ class Data(_Strict):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     run: RunSettings = Field(default_factory=RunSettings)
     monitoring: MonitoringSettings | None = None  # None: the fleet has no monitoring configured
+    store: StoreSettings | None = None  # None: the fleet has no release store
 
 
 class Defaults(_Strict):
