@@ -8,7 +8,6 @@ rollout (the journal and the history stay the record).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +45,7 @@ class EventPublisher:
         if self._client is None:
             from google.cloud.pubsub_v1 import PublisherClient
 
-            endpoint = self.endpoint or os.environ.get("PUBSUB_EMULATOR_HOST")
+            endpoint = self.endpoint  # unset: the client itself honours PUBSUB_EMULATOR_HOST
             if endpoint:
                 import grpc
                 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport

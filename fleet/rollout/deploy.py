@@ -478,8 +478,11 @@ def deploy_release(
         first = chosen[0]
         health_timeout = default_timings(first.settings.lb, first.settings.rollout).health_timeout
     label = next(iter(bundles.values())).version if bundles else ""
-    from fleet.rollout import announce
+    from fleet.rollout import announce, publish
 
+    publish.check_publishable(inventory, chosen)
+
+    _warn = warn or (lambda _text: None)
     events = announce.publisher_for(inventory, chosen, warn)
     with under_lock(inventory, chosen, f"deploy {label}", warn=warn) as guard:
         what = f"deploy {label} on {len(chosen)} host(s)"
@@ -496,6 +499,19 @@ def deploy_release(
             processors=processors,
             guard=guard,
         )
+        actor = local_meta().operator
+        if report.ok:
+            try:
+                publish.publish_release(
+                    inventory, bundles, action="deploy", actor=actor, rollout_id=guard.rollout_id, warn=_warn
+                )
+            except FleetError as exc:
+                _warn(
+                    "the release store was NOT updated, so VMs created from now on get its previous "
+                    f"release: {exc.render()}"
+                )
+        else:
+            publish.record(inventory, "deploy", "failed", actor, rollout_id=guard.rollout_id, warn=_warn)
         if events is not None:
             failed = [o.host for o in report.outcomes if o.result not in ("deployed", "unchanged")]
             detail = what + (f": failed on {', '.join(failed)}" if failed else ": done")

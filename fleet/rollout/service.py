@@ -130,6 +130,10 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             )
         chosen = [inv.hosts[h] for h in plan.jobs]
     ro.check_beat_singleton(inv)
+    if not req.dry_run and req.action == "rollout":
+        from fleet.rollout.publish import check_publishable
+
+        check_publishable(inv, chosen)
     # every inventory host (connections open lazily): worker_beat is checked fleet-wide
     nr = build_nornir(inv, list(inv.hosts.values()), req.workers or None)
     names = {h.name for h in chosen}
@@ -191,6 +195,21 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
         with watch as observer:
             run.observer = observer
             report = ro.execute(run, plan, resume=replay)
+        from fleet.rollout import publish
+
+        releases = {h: j.target.id for h, j in plan.jobs.items()} | {
+            h: r.id for h, r in plan.unchanged.items()
+        }
+        publish.record_run(
+            inv,
+            plan.action,
+            report.outcome,
+            bundles,
+            releases,
+            actor=plan.operator,
+            rollout_id=plan.rollout_id,
+            warn=warn,
+        )
         if events is not None:
             result = announce.result_of(report.outcome)
             events.publish(
