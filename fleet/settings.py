@@ -45,6 +45,11 @@ VARIABLES = (
 
 DEFAULT_LOCK_TTL = 300.0  # seconds a rollout lock lives without renewal (inventory: rollout.lock_ttl)
 MAX_WORKERS = 100  # parallel hosts at most when neither the flag nor run.workers says
+# the on-VM agent's Google API calls (fleet/agent/http.py): tries per request, and seconds all tries of one
+# request may take together (a store unreachable at boot is reported after this, never waited on forever)
+AGENT_HTTP_ATTEMPTS = 6
+AGENT_HTTP_BUDGET = 90.0
+AGENT_HTTP_TIMEOUT = 15.0  # seconds one try may take
 
 T = TypeVar("T")
 
