@@ -26,6 +26,7 @@ from typing import IO, Any, Protocol
 from fleet.agent.local import LocalContext, LocalHost
 from fleet.commands import bootstrap, health, roles
 from fleet.commands import release as rc
+from fleet.commands.agent import Store, parse_store
 from fleet.commands.base import mask, name
 from fleet.errors import FleetError
 from fleet.release import activation, sealed
@@ -37,7 +38,6 @@ ACTIONS = ("boot", "apply")
 DEFAULT_HEALTH_TIMEOUT = 300.0
 SERVING_TIMEOUT = 60.0  # seconds /health may take to answer 200 once undrained
 ERROR_MAX = 500
-_STORE_RE = re.compile(r"^gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/([A-Za-z0-9._/-]+)$")
 _MIG_RE = re.compile(r"^projects/[^/\s]+/(?:zones|regions)/[^/\s]+/instanceGroupManagers/[^/\s]+$")
 
 
@@ -113,22 +113,6 @@ def now_iso(at: datetime | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class Store:
-    bucket: str
-    prefix: str
-
-    def key(self, *parts: str) -> str:
-        return "/".join([self.prefix, *parts])
-
-
-def parse_store(url: str) -> Store:
-    m = _STORE_RE.match(url.strip())
-    if not m or ".." in m.group(2).split("/"):
-        raise FleetError(f"metadata fleet-store: not gs://BUCKET/PREFIX: {url!r}")
-    return Store(m.group(1), m.group(2).strip("/"))
 
 
 @dataclass(frozen=True)
