@@ -422,6 +422,7 @@ class Agent:
         ctx: Any = None
         rid: str | None = None
         version: str | None = None
+        touched = False
         try:
             cfg = read_config(self.c.metadata)
             self.log("config", f"fleet {cfg.fleet}, store gs://{cfg.store.bucket}/{cfg.store.prefix}")
@@ -446,6 +447,7 @@ class Agent:
                 "fetch", f"release {rid} unsealed ({len(release.files)} files, {len(release.values)} secrets)"
             )
             self.docker_ready(ctx, action)
+            touched = True
             ht.drain(ctx)
             self.log("drain", "drained: /health answers 503 until the release is healthy")
             found = activation.preflight(ctx, release)
@@ -472,7 +474,9 @@ class Agent:
                 exc.render() if isinstance(exc, FleetError) else f"{type(exc).__name__}: {exc}"
             )
             self.log("failed", text)
-            if ctx is not None:
+            # at boot the VM must not serve half-configured; an apply that failed before it touched the
+            # host (refused, store unreachable) leaves the VM serving what it served
+            if ctx is not None and (action == "boot" or touched):
                 self._stay_drained(ctx)
             self.report(
                 action=action,
@@ -488,10 +492,12 @@ class Agent:
                 self.central(
                     cfg, action, "refused" if isinstance(exc, Refused) else "failed", rid, version, text
                 )
+            self.log("done", "not serving this release: reported in the guest attributes")
             return 1
         self.record(ctx, cfg, action, "ok", rid, version, None)
         self.report(action=action, result="ok", health="ok", error="", release=rid, version=release.version)
         self.central(cfg, action, "ok", rid, release.version, None)
+        self.log("done", f"serving release {rid} (version {release.version})")
         return 0
 
     def _stay_drained(self, ctx: Any) -> None:
