@@ -45,8 +45,8 @@ def _fail(resp: Response, what: str, where: str, hint: str | None = None) -> Fle
     text = resp.body[:300].decode(errors="replace").strip()
     if resp.status == 404:
         return NotFound(f"{what}: not found", where=where, hint=hint)
-    if resp.status in (401, 403):
-        hint = hint or "does the VM's service account have the role (docs/agent.md, IAM)?"
+    if resp.status in (401, 403):  # whatever the caller guessed: this is a permission problem
+        hint = "does the VM's service account have the role for this (docs/agent.md, IAM)?"
     return FleetError(f"{what}: HTTP {resp.status} {text}".strip(), where=where, hint=hint)
 
 
