@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from fleet.agent import flow
-from fleet.agent.local import AppSettings, HostSettings, LocalContext, LocalHost
+from fleet.agent.local import LocalContext, LocalHost
 from fleet.commands import release as rc
 from fleet.errors import FleetError
 
@@ -38,10 +38,12 @@ def parser() -> argparse.ArgumentParser:
 
 def _status_host(args: argparse.Namespace) -> LocalHost:
     if args.app_dir:
-        app = AppSettings(
-            dir=args.app_dir, project=args.project or rc.DEFAULT_PROJECT, http_port=args.http_port or 80
-        )
-        return LocalHost("localhost", HostSettings(app))
+        attrs = {
+            "fleet-app-dir": args.app_dir,
+            "fleet-app-project": args.project,
+            "fleet-http-port": str(args.http_port) if args.http_port else None,
+        }
+        return LocalHost.from_attributes("localhost", attrs)  # validated as the metadata's values
     md = flow.google_clients().metadata
     keys = ("fleet-app-dir", "fleet-app-project", "fleet-http-port")
     return LocalHost.from_attributes(md.instance_name(), {k: md.attribute(k) for k in keys})
