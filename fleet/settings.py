@@ -33,6 +33,7 @@ OPERATOR_ENV = "FLEET_OPERATOR"
 COMPUTE_ENDPOINT_ENV = "FLEET_COMPUTE_ENDPOINT"
 MONITORING_ENDPOINT_ENV = "FLEET_MONITORING_ENDPOINT"
 PUBSUB_ENDPOINT_ENV = "FLEET_PUBSUB_ENDPOINT"
+METADATA_HOST_ENV = "GCE_METADATA_HOST"  # the on-VM agent's metadata server (Google's own variable)
 VARIABLES = (
     PROJECT_ENV,
     INVENTORY_ENV,
@@ -41,6 +42,7 @@ VARIABLES = (
     COMPUTE_ENDPOINT_ENV,
     MONITORING_ENDPOINT_ENV,
     PUBSUB_ENDPOINT_ENV,
+    METADATA_HOST_ENV,
 )
 
 DEFAULT_LOCK_TTL = 300.0  # seconds a rollout lock lives without renewal (inventory: rollout.lock_ttl)
@@ -77,6 +79,7 @@ class Settings:
     compute_endpoint: str | None = None
     monitoring_endpoint: str | None = None
     pubsub_endpoint: str | None = None
+    metadata_host: str | None = None  # GCE_METADATA_HOST; unset = metadata.google.internal
     # the whole environment, for `env:` secret references in the inventory (values, not settings)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -119,5 +122,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         compute_endpoint=env.get(COMPUTE_ENDPOINT_ENV) or None,
         monitoring_endpoint=env.get(MONITORING_ENDPOINT_ENV) or None,
         pubsub_endpoint=env.get(PUBSUB_ENDPOINT_ENV) or None,
+        metadata_host=env.get(METADATA_HOST_ENV) or None,
         environ=env,
     )

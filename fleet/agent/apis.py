@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fleet import settings
 from fleet.agent.http import Http, Response
 from fleet.errors import FleetError
 
-METADATA_HOST_ENV = "GCE_METADATA_HOST"
 METADATA_HOST = "metadata.google.internal"
 STORAGE_ENDPOINT = "https://storage.googleapis.com"
 SECRETMANAGER_ENDPOINT = "https://secretmanager.googleapis.com"
@@ -87,8 +86,7 @@ class Metadata:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        env = os.environ if environ is None else environ
-        self.host = host or env.get(METADATA_HOST_ENV) or METADATA_HOST
+        self.host = host or settings.load(environ).metadata_host or METADATA_HOST
         self.base = f"http://{self.host}/computeMetadata/v1"
         self.http = http or Http(proxies=False)
         self._clock = clock

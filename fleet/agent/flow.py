@@ -388,7 +388,7 @@ class Agent:
         """Docker + Compose usable; at boot a VM without them runs the `fab bootstrap` command first."""
         probe = ctx.run(health.DOCKER_PROBE.shell(), timeout=60)
         if probe.exited == 0:
-            if not os.path.isdir(ht.layout_of(ctx.host).root) and action == "boot":
+            if action == "boot" and not ht.read_state(ctx).exists:
                 self._bootstrap(ctx)
             return
         if action != "boot":

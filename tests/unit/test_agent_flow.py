@@ -141,6 +141,10 @@ class FakeHost:
     def run(self, script: str, *, timeout: float | None = None, stdin: str | None = None) -> Any:
         from fleet.agent.local import Result
 
+        if "docker-compose-plugin" in script:  # the bootstrap command
+            self.steps.append("bootstrap")
+            self.docker = True
+            return Result(0, "changed: docker engine installed\n", "")
         if "docker compose version" in script:
             return Result(0 if self.docker else 10, "ok\n", "" if self.docker else "docker: not installed")
         return Result(0, "", "")
@@ -310,6 +314,14 @@ def test_apply_ignores_an_expired_lock_but_not_the_rollout_label(host: FakeHost)
     assert a.run("apply") == 0
     b, _, _ = agent(host, md=md, compute=FakeCompute(["prod-1"], {ROLLOUT_LABEL: "ro-2"}))
     assert b.run("apply") != 0 and "rollout label" in md.guest["error"]
+
+
+def test_boot_bootstraps_a_vm_without_docker_first(host: FakeHost) -> None:
+    host.docker = False
+    a, _, out = agent(host)
+    assert a.run("boot") == 0, out.getvalue()
+    assert host.steps[:3] == ["bootstrap", "drain", f"preflight {RID}"]
+    assert '"step": "bootstrap"' in out.getvalue()
 
 
 def test_apply_does_not_bootstrap_a_vm_without_docker(host: FakeHost) -> None:
