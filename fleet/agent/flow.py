@@ -237,8 +237,9 @@ class Agent:
         for key, value in attrs.items():
             try:
                 self.c.metadata.put_guest(key, self._masked(value)[:ERROR_MAX] if key == "error" else value)
-            except FleetError as exc:
-                self.log("report", f"guest attribute {key} not written: {exc.render()}")
+            except FleetError as exc:  # the rest would wait out the same retries: stop here
+                self.log("report", f"guest attributes not written ({key}): {exc.render()}")
+                return
 
     def central(
         self, cfg: Config, action: str, result: str, rid: str | None, version: str | None, detail: str | None
@@ -417,7 +418,10 @@ class Agent:
         """boot | apply. 0 = serving the desired release; 1 = failed, reported, VM drained."""
         if action not in ACTIONS:
             raise FleetError(f"unknown action {action!r}", hint=" or ".join(ACTIONS))
-        self.report(action=action, result="running", health="starting", error="")
+        # an apply leaves a serving VM's health alone until it drains it
+        self.report(
+            action=action, result="running", error="", **({"health": "starting"} if action == "boot" else {})
+        )
         cfg: Config | None = None
         ctx: Any = None
         rid: str | None = None
@@ -448,6 +452,8 @@ class Agent:
             )
             self.docker_ready(ctx, action)
             touched = True
+            if action != "boot":
+                self.report(health="starting")
             ht.drain(ctx)
             self.log("drain", "drained: /health answers 503 until the release is healthy")
             found = activation.preflight(ctx, release)
@@ -481,7 +487,7 @@ class Agent:
             self.report(
                 action=action,
                 result="failed",
-                health="failed",
+                **({"health": "failed"} if action == "boot" or touched else {}),
                 error=text[:ERROR_MAX],
                 **({"release": rid} if rid else {}),
                 **({"version": version} if version else {}),

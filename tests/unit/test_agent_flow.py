@@ -228,7 +228,12 @@ def test_boot_serves_the_desired_release_and_reports_it(host: FakeHost) -> None:
         "serving?",
     ]
     md: Any = c.metadata
-    assert md.guest_log[:3] == [("action", "boot"), ("result", "running"), ("health", "starting")]
+    assert md.guest_log[:4] == [
+        ("action", "boot"),
+        ("result", "running"),
+        ("error", ""),
+        ("health", "starting"),
+    ]
     assert {k: md.guest[k] for k in ("release", "version", "health", "action", "result", "error")} == {
         "release": RID,
         "version": "1.2.0",
@@ -300,8 +305,24 @@ def test_apply_is_refused_under_the_fleet_lock_unless_forced(host: FakeHost) -> 
     assert a.run("apply") != 0
     assert "fleet lock is held by alice@laptop" in md.guest["error"] and md.guest["action"] == "apply"
     assert host.steps == [] and host.history == []  # the host is not touched
+    assert "health" not in md.guest  # nor its reported health: it serves what it served
     assert c.storage.history()[0]["result"] == "refused"  # type: ignore[attr-defined]
     assert a.run("apply", force=True) == 0
+
+
+def test_an_unreachable_metadata_server_is_not_asked_again_for_every_attribute(host: FakeHost) -> None:
+    md = FakeMetadata()
+    calls = []
+
+    def down(key: str, value: str) -> None:
+        calls.append(key)
+        raise FleetError("guest attribute: no answer (gave up after 6 tries)")
+
+    md.put_guest = down  # type: ignore[method-assign]
+    a, _, out = agent(host, md=md)
+    assert a.run("boot") == 0
+    assert len(calls) == 2  # once at the start, once at the end
+    assert "guest attributes not written" in out.getvalue()
 
 
 def test_apply_ignores_an_expired_lock_but_not_the_rollout_label(host: FakeHost) -> None:
