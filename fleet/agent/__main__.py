@@ -44,7 +44,9 @@ def _status_host(args: argparse.Namespace) -> LocalHost:
             "fleet-http-port": str(args.http_port) if args.http_port else None,
         }
         return LocalHost.from_attributes("localhost", attrs)  # validated as the metadata's values
-    md = flow.google_clients().metadata
+    from fleet.agent.apis import Metadata
+
+    md = Metadata()
     keys = ("fleet-app-dir", "fleet-app-project", "fleet-http-port")
     return LocalHost.from_attributes(md.instance_name(), {k: md.attribute(k) for k in keys})
 
