@@ -237,3 +237,17 @@ def test_startup_script_fetches_the_current_agent_checks_it_and_boots(tmp_path: 
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+def test_as_root_the_steps_run_as_the_deploy_user_and_bootstrap_as_root() -> None:
+    if os.geteuid() != 0:
+        c = LocalContext(LocalHost("vm-1"), user="nobody")
+        assert c.user is None  # not root: it runs as itself, runuser would fail
+        return
+    c = LocalContext(LocalHost("vm-1"), user="nobody")
+    assert c.run("id -un").stdout.strip() == "nobody"
+    assert c.run("id -un", as_root=True).stdout.strip() == "root"
+    from fleet.commands.base import Command
+
+    assert c.run_privileged(Command("id -un", "who", sudo=True)).stdout.strip() == "root"
+    assert LocalContext(LocalHost("vm-1"), user="root").user is None
