@@ -35,6 +35,7 @@ MONITORING_ENDPOINT_ENV = "FLEET_MONITORING_ENDPOINT"
 PUBSUB_ENDPOINT_ENV = "FLEET_PUBSUB_ENDPOINT"
 SECRETMANAGER_ENDPOINT_ENV = "FLEET_SECRETMANAGER_ENDPOINT"
 STORAGE_ENDPOINT_ENV = "FLEET_STORAGE_ENDPOINT"
+METADATA_HOST_ENV = "GCE_METADATA_HOST"  # the on-VM agent's metadata server (Google's own variable)
 VARIABLES = (
     PROJECT_ENV,
     INVENTORY_ENV,
@@ -45,10 +46,16 @@ VARIABLES = (
     PUBSUB_ENDPOINT_ENV,
     SECRETMANAGER_ENDPOINT_ENV,
     STORAGE_ENDPOINT_ENV,
+    METADATA_HOST_ENV,
 )
 
 DEFAULT_LOCK_TTL = 300.0  # seconds a rollout lock lives without renewal (inventory: rollout.lock_ttl)
 MAX_WORKERS = 100  # parallel hosts at most when neither the flag nor run.workers says
+# the on-VM agent's Google API calls (fleet/agent/http.py): tries per request, and seconds all tries of one
+# request may take together (a store unreachable at boot is reported after this, never waited on forever)
+AGENT_HTTP_ATTEMPTS = 6
+AGENT_HTTP_BUDGET = 90.0
+AGENT_HTTP_TIMEOUT = 15.0  # seconds one try may take
 
 T = TypeVar("T")
 
@@ -78,6 +85,7 @@ class Settings:
     pubsub_endpoint: str | None = None
     secretmanager_endpoint: str | None = None
     storage_endpoint: str | None = None
+    metadata_host: str | None = None  # GCE_METADATA_HOST; unset = metadata.google.internal
     # the whole environment, for `env:` secret references in the inventory (values, not settings)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -129,5 +137,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         pubsub_endpoint=env.get(PUBSUB_ENDPOINT_ENV) or None,
         secretmanager_endpoint=env.get(SECRETMANAGER_ENDPOINT_ENV) or None,
         storage_endpoint=env.get(STORAGE_ENDPOINT_ENV) or None,
+        metadata_host=env.get(METADATA_HOST_ENV) or None,
         environ=env,
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet import settings
+from fleet.commands.roles import natural_key as natural_key  # kept importable from here
 from fleet.errors import FleetError
 from fleet.waits import Deadline, polling
 from functions import fleet_contract as contract
@@ -469,8 +470,3 @@ def _timed_out_is_none(fn: Any) -> Any:
         return fn()
     except (requests.exceptions.Timeout, gexc.DeadlineExceeded):
         return None
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """local-2 before local-10."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fleet.commands.roles import beat_host as beat_host  # the rule the on-VM agent applies too
 from fleet.errors import InventoryError
 
 if TYPE_CHECKING:
@@ -115,11 +116,3 @@ def discover(
                 )
             found[member.name] = (member_spec(member, groups), runtime_facts(member))
     return found
-
-
-def beat_host(names: Iterable[str], mode: str | None) -> str | None:
-    """`gce.beat: first`: the first member by name (stable across recreates, unlike the oldest)."""
-    from fleet.gcp.compute import natural_key
-
-    ordered = sorted(names, key=natural_key)
-    return ordered[0] if mode == "first" and ordered else None

@@ -8,11 +8,10 @@ so a caller can record exactly where a host stopped.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fleet.commands import release as rc
 from fleet.commands.base import Command, mask
@@ -24,7 +23,53 @@ from fleet.release.secrets import known as known_secrets
 if TYPE_CHECKING:
     from fleet.inventory import FleetHost, Inventory
     from fleet.release.bundle import Bundle, ReleaseMeta, Source
-    from fleet.ssh.runner import HostContext
+
+
+class AppSettings(Protocol):
+    @property
+    def dir(self) -> str: ...
+    @property
+    def project(self) -> str: ...
+    @property
+    def http_port(self) -> int: ...
+    @property
+    def min_free_mb(self) -> int: ...
+
+
+class HostSettings(Protocol):
+    @property
+    def app(self) -> AppSettings: ...
+
+
+class Host(Protocol):
+    """What the steps need of a host: an inventory FleetHost, or the agent's own VM (fleet/agent)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def settings(self) -> HostSettings: ...
+
+
+class HostContext(Protocol):
+    """Where the steps run: over SSH (fleet.ssh.runner.HostContext) or on the VM itself (the agent)."""
+
+    @property
+    def host(self) -> Host: ...
+
+    def run(self, script: str, *, timeout: float | None = None, stdin: str | None = None) -> Any: ...
+
+    def put(self, data: bytes, remote: str) -> None: ...
+
+
+class StagedRelease(Protocol):
+    """What staging needs of a release: a rendered bundle or the agent's unsealed one."""
+
+    @property
+    def release_id(self) -> str: ...
+
+    def tar_bytes(self) -> bytes: ...
+
+    def checksums(self) -> dict[str, str]: ...
 
 
 class StepError(FleetError):
@@ -36,11 +81,11 @@ class StepError(FleetError):
         super().__init__(f"{step}: {what}", where=host, hint=hint)
 
 
-def layout_of(host: FleetHost) -> rc.Layout:
+def layout_of(host: Host) -> rc.Layout:
     return rc.Layout(host.settings.app.dir, host.settings.app.project)
 
 
-def http_port_of(host: FleetHost) -> int:
+def http_port_of(host: Host) -> int:
     """The port the host's own nginx listens on (inside the host)."""
     return host.settings.app.http_port
 
@@ -120,7 +165,7 @@ def check_free_disk(ctx: HostContext) -> None:
     )
 
 
-def stage(ctx: HostContext, bundle: Bundle) -> int:
+def stage(ctx: HostContext, bundle: StagedRelease) -> int:
     """Upload the bundle unless the host already has it; returns the bundle bytes sent (0 = skipped).
     The archive holds the .env: it is written into a 0600 file in a 0700 directory under the 0750
     releases/ (see `rc.upload_slot`) and removed by the stage script on every exit."""
@@ -138,8 +183,7 @@ def stage(ctx: HostContext, bundle: Bundle) -> int:
     )
     remote = rc.upload_path(layout, rid)
     try:
-        sftp = ctx.conn.sftp()
-        sftp.putfo(io.BytesIO(data), remote, file_size=len(data), confirm=True)
+        ctx.put(data, remote)
     except OSError as exc:
         ctx.run(rc.discard_upload(layout, rid).shell(), timeout=60)
         raise StepError(
@@ -152,7 +196,7 @@ def stage(ctx: HostContext, bundle: Bundle) -> int:
     return len(data)
 
 
-def check_and_pull(ctx: HostContext, bundle: Bundle, timeout: float | None = None) -> None:
+def check_and_pull(ctx: HostContext, bundle: StagedRelease, timeout: float | None = None) -> None:
     """Validate the staged release with the host's Compose and pull its images (nothing switches)."""
     layout = layout_of(ctx.host)
     run(

@@ -16,15 +16,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fleet.commands import health
 from fleet.commands import release as rc
 from fleet.commands.base import mask
 from fleet.errors import FleetError
 from fleet.release import hoststeps as ht
 from fleet.release import secrets
+from fleet.release.activation import DeployOutcome, activate, preflight
+from fleet.release.activation import check_ready as check_ready  # importable from here, as before
+from fleet.release.activation import restore as restore
 from fleet.ssh.runner import HostContext, HostResult, run_on
 
 if TYPE_CHECKING:
@@ -65,163 +67,6 @@ def render_all(
             hint="nothing was changed on any host",
         )
     return bundles
-
-
-# --------------------------------------------------------------------------- preflight
-
-
-def check_ready(ctx: HostContext) -> rc.HostState:
-    """Read-only: Docker and Compose v2 usable, the layout exists, enough free disk. The host's state."""
-    ht.run(
-        ctx,
-        health.DOCKER_PROBE,
-        "docker",
-        hint="run `fab bootstrap` to install and start Docker with Compose v2",
-    )
-    state = ht.read_state(ctx)
-    if not state.exists:
-        raise ht.StepError(
-            ctx.host.name,
-            "layout",
-            f"{ht.layout_of(ctx.host).root} does not exist",
-            hint="run `fab bootstrap` on this host first",
-        )
-    ht.check_free_disk(ctx)
-    return state
-
-
-def preflight(ctx: HostContext, bundle: Bundle, pull_timeout: float | None = None) -> dict[str, Any]:
-    """Make the host ready to switch to `bundle` without changing what runs. Returns what it found."""
-    state = check_ready(ctx)
-    sent = ht.stage(ctx, bundle)
-    ht.check_and_pull(ctx, bundle, timeout=pull_timeout)
-    return {"state": state, "bytes_sent": sent}
-
-
-# --------------------------------------------------------------------------- activation
-
-
-@dataclass
-class DeployOutcome:
-    host: str
-    result: str  # deployed | unchanged | rolled-back | failed | not-started | unreachable
-    from_release: str | None = None
-    from_version: str | None = None
-    to_release: str | None = None
-    to_version: str | None = None
-    bytes_sent: int = 0
-    duration: float = 0.0
-    error: str | None = None
-    problems: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def activate(
-    ctx: HostContext,
-    bundle: Bundle,
-    state: rc.HostState,
-    *,
-    operator: str,
-    health_timeout: float,
-    rollout_id: str | None = None,
-    action: str = "deploy",
-) -> DeployOutcome:
-    """Switch and start `bundle`, verify, and go back to the previous release if it does not pass."""
-    out = DeployOutcome(
-        ctx.host.name, "deployed", state.current, state.version, bundle.release_id, bundle.version
-    )
-    secrets = bundle.secret_values()
-    if state.current == bundle.release_id:
-        verdict = ht.check(ctx, bundle.version, bundle.release_id, expect_drained=state.drained)
-        if verdict.ok:
-            out.result = "unchanged"
-            return out
-    ht.switch(ctx, bundle.release_id)
-    ht.up(ctx, bundle.release_id, bundle.disabled_services, timeout=health_timeout + 60)
-    verdict = ht.wait_healthy(
-        ctx, bundle.version, bundle.release_id, timeout=health_timeout, expect_drained=state.drained
-    )
-    if verdict.ok:
-        ht.record(
-            ctx,
-            rc.history_entry(
-                action,
-                "ok",
-                operator=operator,
-                release=bundle.release_id,
-                version=bundle.version,
-                rollout=rollout_id,
-            ),
-            secrets,
-        )
-        return out
-    out.problems = verdict.problems
-    ht.record(
-        ctx,
-        rc.history_entry(
-            action,
-            "failed",
-            operator=operator,
-            release=bundle.release_id,
-            version=bundle.version,
-            rollout=rollout_id,
-            detail="; ".join(verdict.problems)[:500],
-        ),
-        secrets,
-    )
-    if state.current and state.current != bundle.release_id:
-        restore(ctx, state, operator=operator, health_timeout=health_timeout, rollout_id=rollout_id)
-        out.result = "rolled-back"
-    else:
-        out.result = "failed"
-    out.error = "unhealthy after switch: " + "; ".join(verdict.problems)
-    return out
-
-
-def restore(
-    ctx: HostContext,
-    state: rc.HostState,
-    *,
-    operator: str,
-    health_timeout: float,
-    rollout_id: str | None = None,
-) -> ht.Verdict:
-    """Put the host back on `state.current` (the release it ran before) and verify it."""
-    if state.current is None:
-        raise FleetError("no previous release to go back to", where=ctx.host.name)
-    record = state.record or {}
-    ht.switch(ctx, state.current)
-    ht.up(ctx, state.current, ht.disabled_services(record), timeout=health_timeout + 60)
-    version = state.version or ""
-    verdict = ht.wait_healthy(
-        ctx,
-        version,
-        state.current,
-        timeout=health_timeout,
-        expect_drained=state.drained,
-    )
-    ht.record(
-        ctx,
-        rc.history_entry(
-            "rollback",
-            "ok" if verdict.ok else "failed",
-            operator=operator,
-            release=state.current,
-            version=version or None,
-            rollout=rollout_id,
-            detail=None if verdict.ok else "; ".join(verdict.problems)[:500],
-        ),
-    )
-    if not verdict.ok:
-        raise ht.StepError(
-            ctx.host.name,
-            "rollback",
-            f"previous release {state.current} is not healthy either: {'; '.join(verdict.problems)}",
-            hint="inspect the host (`fab status`, `fab exec --cmd 'docker compose -p dify logs'`)",
-        )
-    return verdict
 
 
 # --------------------------------------------------------------------------- the fleet lock

@@ -79,6 +79,12 @@ class HostContext:
             kwargs["in_stream"] = False
         return self.conn.run(script, **kwargs)
 
+    def put(self, data: bytes, remote: str) -> None:
+        """Write `data` to the file `remote` on the host over SFTP (OSError when it cannot)."""
+        import io
+
+        self.conn.sftp().putfo(io.BytesIO(data), remote, file_size=len(data), confirm=True)
+
 
 StepFn = Callable[[HostContext], HostResult]
 
