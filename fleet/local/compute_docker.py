@@ -13,9 +13,12 @@ Actions go through `LocalFleet` and come back the way a MIG brings them back:
   resize up          new instances at the lowest free numbers                  CREATING, VERIFYING
   resize down        non-running members first, then the newest; drained out of   DELETING
                      the LB (DRAIN until in-flight requests end, then MAINT) before deletion
-VERIFYING is the instance template's startup script (fleet/local/startup.py): bootstrap, then the
-fleet's current release. As on Compute, MIG operations are DONE once the actions are scheduled; the
-members' currentAction (and the MIG's `status.isStable`) say when they have finished.
+VERIFYING is the instance template's startup script, run INSIDE the instance as GCE's guest
+environment runs it at every boot (a reset's reboot too): fetched from the metadata server, it
+installs the on-VM agent from the release store and runs `fleet-agent boot`, which brings up the
+fleet's desired release (fleet/local/template.py, fleet/local/vmservices.py, docs/agent.md). No
+operator process is involved. As on Compute, MIG operations are DONE once the actions are scheduled;
+the members' currentAction (and the MIG's `status.isStable`) say when they have finished.
 
 The endpoint runs as its own process, started by `LocalFleet.up` and stopped by `LocalFleet.down`:
     python -m fleet.local.compute_docker --state-dir .fleet/local/compute [--port N]
@@ -63,6 +66,7 @@ from standins.errors import StandinError
 
 if TYPE_CHECKING:
     from fleet.local.instances import Instance, LocalFleet
+    from standins.metadata_server import GuestAttributes
 
 MAX_SIZE = 20  # what this machine can hold; a bigger resize is refused like a quota error
 DRAIN_TIMEOUT = 10.0  # seconds a deleted member's in-flight requests may take (connection draining)
@@ -205,6 +209,8 @@ class DockerCompute(ComputeBackend):
         state_path: Path,
         startup: Startup | None = None,
         log: Callable[[str], None] | None = None,
+        guest: GuestAttributes | None = None,
+        metadata: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.fleet = fleet
         self.config = fleet.config
@@ -213,6 +219,8 @@ class DockerCompute(ComputeBackend):
         self.mig = mig_name(self.config)
         self.ops = Operations()
         self.startup = startup
+        self.guest = guest  # what the VMs wrote through the metadata server (fleet/local/vmservices.py)
+        self.metadata = metadata or dict  # the instance template's metadata items
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._lock = threading.RLock()
         self._store = _Store(state_path, self.config)
@@ -276,6 +284,11 @@ class DockerCompute(ComputeBackend):
                         "value": template_url(self.config).removeprefix(BASE_URL + "/"),
                     },
                     {"key": "enable-guest-attributes", "value": "TRUE"},
+                    *(
+                        {"key": k, "value": v}
+                        for k, v in self.metadata().items()
+                        if k not in ("created-by", "instance-template", "enable-guest-attributes")
+                    ),
                 ],
             },
         }
@@ -320,7 +333,7 @@ class DockerCompute(ComputeBackend):
         rec = self._members().get(name)
         if rec is None:
             raise not_found(f"projects/{project}/zones/{zone}/instances/{name}")
-        attributes: dict[str, str] = {}
+        attributes: dict[str, str] = dict(self.guest.list(name)) if self.guest is not None else {}
         parts = rec.host_key.split()
         if rec.state == "running" and len(parts) >= 2:
             attributes[f"hostkeys/{parts[0]}"] = parts[1]
@@ -551,6 +564,10 @@ class DockerCompute(ComputeBackend):
             with self._lock:
                 self._actions.pop(name, None)
             self.ops.finish(op, error)
+            if not error and self.startup is not None:
+                # GCE runs the startup script at every boot; the instance is RUNNING meanwhile
+                startup = self.startup
+                self._attempt(f"startup {name} (after reset)", lambda: startup(name))
 
         self._pool.submit(run)
         return op
@@ -612,6 +629,8 @@ class DockerCompute(ComputeBackend):
 
     def _create(self, targets: list[tuple[str, int]]) -> None:
         names = [n for n, _ in targets]
+        for member in names:
+            self._forget_guest(member)
         error = self._attempt(
             f"create {', '.join(names)}", lambda: self.fleet.add_instances([i for _, i in targets])
         )
@@ -631,6 +650,7 @@ class DockerCompute(ComputeBackend):
         # finish, and only then does the VM go away (a scale-in must not fail a single request).
         self._attempt(f"drain {member}", lambda: self._drain(member))
         self._attempt(f"delete {member}", lambda: self.fleet.remove_instance(member))
+        self._forget_guest(member)
         with self._lock:
             self._actions.pop(member, None)
         with self._store.lock:
@@ -683,7 +703,13 @@ class DockerCompute(ComputeBackend):
         self._pool.submit(run)
         return op
 
+    def _forget_guest(self, member: str) -> None:
+        """A new or deleted VM has none of the old one's guest attributes."""
+        if self.guest is not None:
+            self.guest.forget(member)
+
     def _recreate(self, member: str) -> None:
+        self._forget_guest(member)
         error = self._attempt(f"recreate {member}", lambda: self.fleet.recreate_instance(member))
         with self._lock:
             if error:
@@ -759,10 +785,35 @@ class DockerCompute(ComputeBackend):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+STARTUP_TIMEOUT = 900.0
+# what GCE's guest environment does at boot: fetch the `startup-script` metadata value and run it
+RUN_STARTUP_SCRIPT = (
+    "set -e; curl -sSf --retry 5 --retry-connrefused -H 'Metadata-Flavor: Google' "
+    "-o /run/startup-script "
+    "http://metadata.google.internal/computeMetadata/v1/instance/attributes/startup-script; "
+    "exec bash /run/startup-script"
+)
+
+
+def run_startup_script(fleet: LocalFleet, name: str, log: Callable[[str], None]) -> None:
+    """Run the template's startup script inside the instance, as root, as GCE does at boot."""
+    proc = fleet.exec(name, ["sh", "-c", RUN_STARTUP_SCRIPT], check=False, timeout=STARTUP_TIMEOUT)
+    for line in (proc.stdout + proc.stderr).splitlines()[-40:]:
+        log(f"startup {name}: {line}")
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+        raise FleetError(
+            f"startup script exited {proc.returncode}: {' | '.join(tail)[:400]}",
+            where=name,
+            hint="the agent's guest attributes (namespace fleet) say what it did",
+        )
+
+
 def serve(directory: Path, port: int) -> int:
     from fleet.local.instances import LocalFleet
-    from fleet.local.startup import provision
+    from fleet.local.vmservices import VmServices
     from standins.compute_api import ComputeApi
+    from standins.metadata_server import GuestAttributes
 
     config = load_config(directory)
     fleet = LocalFleet(config)
@@ -770,7 +821,16 @@ def serve(directory: Path, port: int) -> int:
     def log(line: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
-    backend = DockerCompute(fleet, directory / "state.json", lambda name: provision(config, name, log), log)
+    guest = GuestAttributes(directory / "guest-attributes.json")
+    services = VmServices(config, directory, guest)
+    backend = DockerCompute(
+        fleet,
+        directory / "state.json",
+        lambda name: run_startup_script(fleet, name, log),
+        log,
+        guest=guest,
+        metadata=services.metadata_items,
+    )
     try:
         api = ComputeApi(backend, port=port).start()
     except OSError as exc:
@@ -778,6 +838,7 @@ def serve(directory: Path, port: int) -> int:
             raise
         log(f"port {port} is taken ({exc}); using a free one")
         api = ComputeApi(backend, port=0).start()
+    services.start(backend)
     tmp = endpoint_file(config).with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "port": api.port, "url": api.url}))
     tmp.replace(endpoint_file(config))
@@ -789,6 +850,7 @@ def serve(directory: Path, port: int) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
+    services.stop()
     api.stop()
     backend.close()
     log("stopped (actions still running were abandoned)")

@@ -59,6 +59,10 @@ class LocalConfig:
     project: str = "local-project"
     zone: str = "europe-west1-b"  # a real-looking zone: the functions and the stand-in take GCE names only
     labels: dict[str, str] = field(default_factory=lambda: {"fleet.local": "1"})
+    # what a VM reaches on the fleet network's gateway (this machine), as a GCE VM reaches Google:
+    # the metadata server (port 80, as metadata.google.internal), Cloud Storage, Secret Manager
+    storage_port: int = 4443
+    secretmanager_port: int = 8085
 
     def __post_init__(self) -> None:
         for value, what in (
@@ -75,6 +79,8 @@ class LocalConfig:
             (self.http_base, "http base port"),
             (self.lb_port, "LB port"),
             (self.registry_host_port, "registry port"),
+            (self.storage_port, "storage port"),
+            (self.secretmanager_port, "secret manager port"),
         ):
             check_port(port, what)
 
@@ -88,6 +94,30 @@ class LocalConfig:
             lb_port=_env_int("FLEET_LOCAL_LB_PORT", 8080),
             registry_host_port=_env_int("FLEET_LOCAL_REGISTRY_PORT", 15000),
         )
+
+    @property
+    def gateway(self) -> str:
+        """This machine's address on the fleet network: where the VMs' Google services listen."""
+        import ipaddress
+
+        return str(next(ipaddress.ip_network(self.subnet).hosts()))
+
+    @property
+    def storage_endpoint(self) -> str:
+        return f"http://{self.gateway}:{self.storage_port}"
+
+    @property
+    def secretmanager_endpoint(self) -> str:
+        return f"http://{self.gateway}:{self.secretmanager_port}"
+
+    @property
+    def bucket(self) -> str:
+        """The fleet's release store bucket (Cloud Storage names: lowercase, digits, '-')."""
+        return f"{self.name}-fleet-store".lower().replace("_", "-")
+
+    @property
+    def store_url(self) -> str:
+        return f"gs://{self.bucket}/fleets/{self.name}"
 
     @property
     def fleet_dir(self) -> Path:

@@ -6,6 +6,7 @@ unit-tested as data.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -150,10 +151,14 @@ def network_inspect(name: str) -> list[str]:
     return [DOCKER, "network", "inspect", "--format", "{{.Id}}", check_container(name)]
 
 
-def network_create(name: str, subnet: str, labels: Mapping[str, str]) -> list[str]:
+def network_create(
+    name: str, subnet: str, labels: Mapping[str, str], gateway: str | None = None
+) -> list[str]:
+    """The gateway (this machine on that network) is where the VMs' metadata server and APIs listen."""
     if not re.fullmatch(r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$", subnet):
         raise FleetError(f"invalid subnet {subnet!r}", where="local fleet")
-    return [DOCKER, "network", "create", "--subnet", subnet, *_labels(labels), check_container(name)]
+    extra = ["--gateway", str(ipaddress.ip_address(gateway))] if gateway else []
+    return [DOCKER, "network", "create", "--subnet", subnet, *extra, *_labels(labels), check_container(name)]
 
 
 def network_connect(network: str, container: str, alias: str) -> list[str]:
@@ -235,6 +240,8 @@ class InstanceSpec:
     tarball_dir: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    # /etc/hosts entries: metadata.google.internal -> the fleet network's gateway, as on GCE
+    extra_hosts: Mapping[str, str] = field(default_factory=dict)
 
 
 def run_instance(spec: InstanceSpec) -> list[str]:
@@ -265,6 +272,8 @@ def run_instance(spec: InstanceSpec) -> list[str]:
     ]
     if spec.tarball_dir is not None:
         argv += ["--volume", f"{spec.tarball_dir}:/var/lib/fleet/images:ro"]
+    for host, address in sorted(spec.extra_hosts.items()):
+        argv += ["--add-host", f"{check_container(host)}:{ipaddress.ip_address(address)}"]
     argv += _env(spec.env)
     argv += _labels(spec.labels)
     argv.append(check_ref(spec.image))

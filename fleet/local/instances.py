@@ -228,6 +228,7 @@ class LocalFleet:
             docker_volume=f"{name}-docker",
             tarball_dir=self.config.tarball_dir,
             env={"FLEET_SSH_AUTHORIZED_KEYS": pubkey},
+            extra_hosts={"metadata.google.internal": self.config.gateway},
             labels={
                 **self.config.labels,
                 INDEX_LABEL: str(index),
@@ -362,10 +363,13 @@ class LocalFleet:
 
     def start_compute(self) -> str:
         """The fleet's Compute endpoint (fleet/local/compute_docker.py), started unless it runs; its URL."""
-        from fleet.local import compute_endpoint
+        from fleet.local import compute_endpoint, storesetup
 
         with self.progress.step("compute endpoint"):
-            return compute_endpoint.ensure_endpoint(self.config)
+            url = compute_endpoint.ensure_endpoint(self.config)
+        with self.progress.step("agent in the release store"):
+            storesetup.publish_agent(self.config)
+        return url
 
     def add_instance(self) -> Instance:
         """One more instance at the lowest free index; the others are not touched."""

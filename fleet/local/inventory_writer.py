@@ -168,7 +168,13 @@ def gce_doc(config: LocalConfig, compute_endpoint: str) -> dict[str, Any]:
     from fleet.local.compute_endpoint import mig_name
 
     mig = {"project": config.project, "zone": config.zone, "name": mig_name(config)}
-    return {"project": config.project, "zone": config.zone, "api_endpoint": compute_endpoint, "migs": [mig]}
+    return {
+        "project": config.project,
+        "zone": config.zone,
+        "api_endpoint": compute_endpoint,
+        "secretmanager_endpoint": config.secretmanager_endpoint,
+        "migs": [mig],
+    }
 
 
 def defaults_doc(
@@ -202,6 +208,7 @@ def defaults_doc(
         doc["data"]["secrets"] = dict(secret_refs)
     if compute_endpoint:
         doc["data"]["gce"] = gce_doc(config, compute_endpoint)
+        doc["data"]["store"] = {"url": config.store_url, "endpoint": config.storage_endpoint}
     return doc
 
 
@@ -230,7 +237,9 @@ def mig_defaults_doc(
     data["gce"] = {**gce_doc(config, compute_endpoint), "member_groups": [GROUP], "beat": "first"}
     data["roles"] = ["app"]  # and `beat` on the first member (gce.beat)
     if "secrets" in data:
-        data["secrets"] = {k: {"file": f"../{v['file']}"} for k, v in data["secrets"].items()}
+        data["secrets"] = {
+            k: ({"file": f"../{v['file']}"} if "file" in v else dict(v)) for k, v in data["secrets"].items()
+        }
     return {"port": 22, "username": "deploy", "data": data}
 
 
@@ -277,7 +286,13 @@ def write(config: LocalConfig, hosts: Sequence[HostEntry], compute_endpoint: str
     _write(directory / "hosts.yaml", _yaml(hosts_doc(hosts, config)))
     _write(directory / "groups.yaml", _yaml(groups_doc()))
     schema = schema_variables()
-    refs = ensure_secrets(config, required_secrets(schema))
+    refs: dict[str, dict[str, str]] = ensure_secrets(config, required_secrets(schema))
+    if compute_endpoint:
+        # the fleet has its Google services (fleet/local/vmservices.py): secrets live in Secret Manager,
+        # where the VMs' agent reads them, and the inventory points at the release store
+        from fleet.local import storesetup
+
+        refs = storesetup.push_secrets(config, {k: directory / v["file"] for k, v in refs.items()})
     defaults = defaults_doc(config, local_vars(schema), refs, compute_endpoint)
     _write(directory / "defaults.yaml", _yaml(defaults))
     _write(directory / "known_hosts", known_hosts_text(hosts))

@@ -31,10 +31,12 @@ def ensure_network(config: LocalConfig) -> None:
     """The user-defined network on which instances and the registry find each other by name."""
     if execute.run(dockercmd.network_inspect(config.network), check=False).returncode == 0:
         return
-    proc = execute.run(dockercmd.network_create(config.network, config.subnet, config.labels), check=False)
+    proc = execute.run(
+        dockercmd.network_create(config.network, config.subnet, config.labels, config.gateway), check=False
+    )
     if proc.returncode != 0 and "already exists" not in proc.stderr:
         raise execute.CommandError(
-            dockercmd.network_create(config.network, config.subnet, config.labels),
+            dockercmd.network_create(config.network, config.subnet, config.labels, config.gateway),
             proc.returncode,
             proc.stderr,
             hint=f"another network may use {config.subnet}: `docker network ls`",

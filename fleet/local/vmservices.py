@@ -1,0 +1,118 @@
+"""The Google services a local VM reaches, served on the fleet network's gateway (this machine).
+
+A GCE VM reaches the metadata server at metadata.google.internal and Google's APIs over the network;
+a local instance container reaches the same wire formats here, each from a stand-in:
+
+    metadata.google.internal:80   standins/metadata_server.py  (who calls = which container, by address)
+    <gateway>:storage_port        standins/storage.py          (fake-gcs-server: the release store)
+    <gateway>:secretmanager_port  standins/secretmanager_api.py
+    <gateway>:<port>              standins/compute_api.py      (a second front of the fleet's Compute)
+
+They run inside the fleet's Compute endpoint process (fleet/local/compute_docker.py), which knows
+the members, so the metadata server answers each container as its own instance and the guest
+attributes it writes are what the Compute API's getGuestAttributes returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fleet.local import template
+from fleet.local.config import LocalConfig
+
+if TYPE_CHECKING:
+    from standins.compute_state import ComputeBackend
+    from standins.metadata_server import GuestAttributes, Identity
+
+
+MEMBERS_TTL = 5.0  # seconds a member list answers the metadata server (each request asks who calls)
+
+
+class VmServices:
+    """Start and stop the VM-facing stand-ins of one local fleet."""
+
+    def __init__(self, config: LocalConfig, state_dir: Path, guest: GuestAttributes) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.guest = guest
+        self.backend: Any = None  # fleet.local.compute_docker.DockerCompute (it imports this module)
+        self._started: list[Any] = []
+        self.compute_url = ""
+        self._lock = threading.Lock()
+        self._members: dict[str, Any] = {}  # container address -> fleet.local.instances.Instance
+        self._seen_at = 0.0
+
+    def metadata_items(self) -> dict[str, str]:
+        return template.metadata(self.config, self.compute_url)
+
+    def identify(self, address: str) -> Identity | None:
+        """The instance whose container has `address` on the fleet network (GCE knows the caller)."""
+        from standins.metadata_server import Identity
+
+        backend = self.backend
+        if backend is None:
+            return None
+        with self._lock:
+            fresh = time.monotonic() - self._seen_at < MEMBERS_TTL
+            members = self._members if fresh else None
+        if members is None or address not in members:  # a new VM: ask Docker again
+            members = {rec.ip: rec for rec in backend.fleet.instances() if rec.ip}
+            with self._lock:
+                self._members, self._seen_at = members, time.monotonic()
+        rec = members.get(address)
+        if rec is not None:
+            project = backend.project(self.config.project)
+            items = {i["key"]: i.get("value", "") for i in project["commonInstanceMetadata"].get("items", [])}
+            return Identity(
+                project_id=self.config.project,
+                numeric_project_id=str(project["id"]),
+                zone=self.config.zone,
+                name=rec.name,
+                id=rec.instance_id,
+                attributes=self.metadata_items(),
+                project_attributes=items,
+            )
+        return None
+
+    def start(self, backend: ComputeBackend) -> VmServices:
+        from standins.compute_api import ComputeApi
+        from standins.metadata_server import MetadataServer
+        from standins.secretmanager_api import LocalSecretManager
+        from standins.storage import StorageServer
+
+        self.backend = backend
+        gateway = self.config.gateway
+        try:
+            compute = ComputeApi(backend, host=gateway).start()
+            self._started.append(compute)
+            self.compute_url = compute.url
+            self._started.append(MetadataServer(self.identify, self.guest, gateway, 80).start())
+            self._started.append(
+                LocalSecretManager(
+                    port=self.config.secretmanager_port,
+                    host=gateway,
+                    state=self.state_dir / "secretmanager.json",
+                ).start()
+            )
+            storage = StorageServer(
+                self.state_dir / "storage",
+                host=gateway,
+                port=self.config.storage_port,
+                log=self.state_dir / "storage.log",
+            ).start()
+            self._started.append(storage)
+            storage.create_bucket(self.config.bucket)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for service in reversed(self._started):
+            with contextlib.suppress(Exception):
+                service.stop()
+        self._started.clear()
