@@ -110,6 +110,7 @@ class Settings:
     def secretmanager_endpoint_for(self, inventory: str | None = None) -> str | None:
         """FLEET_SECRETMANAGER_ENDPOINT, else gce.secretmanager_endpoint; unset = the real API."""
         return layered(None, inventory=inventory, env=self.secretmanager_endpoint)
+
     def storage_endpoint_for(self, inventory: str | None = None) -> str | None:
         """FLEET_STORAGE_ENDPOINT, else store.endpoint; unset = storage.googleapis.com."""
         return layered(None, inventory=inventory, env=self.storage_endpoint)

@@ -73,10 +73,14 @@ Handler = Callable[[dict[str, str], dict[str, str], Any], tuple[int, Any]]
 
 
 class ComputeApi:
-    """The HTTP front of a ComputeBackend; start() serves on 127.0.0.1 in a thread."""
+    """The HTTP front of a ComputeBackend; start() serves on `host` (127.0.0.1) in a thread. A second
+    front on another address (the VMs' network) may share the backend."""
 
-    def __init__(self, backend: ComputeBackend, port: int = 0, wait_limit: float = 2.0) -> None:
+    def __init__(
+        self, backend: ComputeBackend, port: int = 0, wait_limit: float = 2.0, host: str = "127.0.0.1"
+    ) -> None:
         self.backend = backend
+        self.host = host
         self.wait_limit = wait_limit  # operations.wait returns after this long even if not DONE
         self._lock = threading.Lock()
         self._calls: list[Call] = []
@@ -94,7 +98,7 @@ class ComputeApi:
         class _Handler(_RequestHandler):
             owner = api
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
+        self._server = ThreadingHTTPServer((self.host, self._port), _Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="compute-api", daemon=True
@@ -110,7 +114,7 @@ class ComputeApi:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def stop(self) -> None:
         if self._server is not None:

@@ -217,11 +217,12 @@ def alerts(c: Any, load_high: str = "", load_low: str = "") -> None:
 @task(help={"name": "instance, e.g. local-3"})
 @fleet_errors
 def break_api(c: Any, name: str) -> None:
-    """Stop one instance's api container so that a reboot does not bring it back (a heal rehearsal:
-    with `fab local.alerts` running, autoheal resets it, then recreates it)."""
+    """Break one instance's api so that a reboot does not cure it: a fault on the VM's disk, and the
+    api container stopped (a heal rehearsal: with `fab local.alerts` running, autoheal resets it,
+    which does not help, then recreates it: a new disk, and the agent boots the fleet's release)."""
     from fleet.scenarios.selfheal import break_api as do_break
 
     fleet = _fleet()
     fleet.instance(name)  # a clear error for an unknown instance
     do_break(fleet, name)
-    print(f"{name}: api stopped (restart policy no); its /health now fails")
+    print(f"{name}: api stopped and a fault left on its disk; its /health now fails until a recreate")

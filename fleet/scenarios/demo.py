@@ -119,7 +119,7 @@ def heal_scenario(path: AlertPath, t0: float) -> int:
     fleet = LocalFleet(path.config)
     victim = path.config.host_name(INSTANCES)
     print(
-        f"\n== breaking {victim}: its api container stopped, set not to come back on a reboot\n"
+        f"\n== breaking {victim}: its api stopped and a fault left on its disk (a reboot does not cure it)\n"
         f"   (reset = reboot will not fix it; recreate = new disk + startup script will)",
         flush=True,
     )

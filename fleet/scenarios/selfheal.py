@@ -37,8 +37,13 @@ class ScenarioError(FleetError):
     """A scenario did not reach its expected end state in time."""
 
 
-def break_api_script(project: str = COMPOSE_PROJECT) -> str:
-    """Shell run inside the instance: stop the api container so that a reboot does not restart it."""
+DISK_FAULT = f"{APP_DIR}/volumes/app/storage/.standin-disk-fault"  # images/standin/standin.py
+
+
+def break_api_script(project: str = COMPOSE_PROJECT, disk_fault: str = DISK_FAULT) -> str:
+    """Shell run inside the instance: stop the api container and leave a fault on the VM's disk (the
+    api stand-in answers 503 while it is there). A reboot runs the agent, which starts api again, but
+    the disk is the same: only a recreate (a new disk) heals it, as with corrupted data on a real VM."""
     filters = (
         f"--filter label=com.docker.compose.project={shlex.quote(project)} "
         "--filter label=com.docker.compose.service=api"
@@ -46,6 +51,7 @@ def break_api_script(project: str = COMPOSE_PROJECT) -> str:
     return (
         f"ids=$(docker ps -q {filters}); "
         'if [ -z "$ids" ]; then echo "no running api container" >&2; exit 3; fi; '
+        f"touch {shlex.quote(disk_fault)} && "
         "docker update --restart=no $ids >/dev/null && docker stop -t 2 $ids >/dev/null"
     )
 

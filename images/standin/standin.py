@@ -4,7 +4,9 @@
 STANDIN_ROLE picks the service: api (MODE=api|worker|beat, as upstream dify-api), web, sandbox,
 plugin_daemon; `standin.py exec -- CMD...` wraps a real daemon (nginx, squid) with the same knobs.
 Fault knobs: STANDIN_START_DELAY (s before health turns 200), STANDIN_UNHEALTHY=1 (health 503
-forever), STANDIN_CRASH_AFTER (s, then exit 1). SIGTERM stops promptly: PID 1 must handle it.
+forever), STANDIN_CRASH_AFTER (s, then exit 1), and a file DISK_FAULT in the api's storage volume
+(health 503 while it exists: data on the VM's disk that no restart or redeploy repairs, only a new
+disk). SIGTERM stops promptly: PID 1 must handle it.
 """
 
 from __future__ import annotations
@@ -50,9 +52,14 @@ CRASH_AFTER = seconds("STANDIN_CRASH_AFTER")
 UNHEALTHY = os.environ.get("STANDIN_UNHEALTHY", "") == "1"
 
 
+DISK_FAULT = "/app/api/storage/.standin-disk-fault"  # the VM's volumes/app/storage, mounted there
+
+
 def health() -> tuple[int, str]:
     if BROKEN:
         return 503, "broken"
+    if ROLE == "api" and os.path.exists(DISK_FAULT):
+        return 503, "disk fault"
     if UNHEALTHY:
         return 503, "unhealthy"
     if time.monotonic() - STARTED < START_DELAY:

@@ -338,8 +338,9 @@ def test_resize_up_and_recreate_come_back_deployed_and_keys_follow(
     assert {(new.name, "CREATING"), (new.name, "VERIFYING"), (target.name, "RECREATING")} <= actions
     assert compute.mig(REF).target_size == 3
 
-    # both ran the template's startup script: the fleet's release (the same release id their peers of
-    # the same roles run), serving it, recorded as `startup`; the LB follows the membership
+    # both ran the template's startup script INSIDE the VM: its agent fetched the store's desired
+    # release (the id their peers of the same roles run), serves it, recorded it as `agent-boot` in the
+    # host's history and the store's, and reports it in guest attributes; the LB follows the membership
     results = exec_json(
         fleet,
         "readlink /opt/fleet/dify/current; tail -n1 /opt/fleet/dify/history.jsonl; curl -s http://127.0.0.1/health",
@@ -349,8 +350,12 @@ def test_resize_up_and_recreate_come_back_deployed_and_keys_follow(
         current, history, health = results[name]["stdout"].splitlines()[:3]
         assert current == release
         entry = json.loads(history)
-        assert (entry["action"], entry["result"], entry["version"]) == ("startup", "ok", VERSION)
+        assert (entry["action"], entry["result"], entry["version"]) == ("agent-boot", "ok", VERSION)
+        assert entry["operator"] == f"agent@{name}"
         assert json.loads(health)["version"] == VERSION
+        reported = {k: v for ns, k, v in compute.guest_attributes(CFG.project, CFG.zone, name, "fleet/")}
+        assert (reported["release"], reported["version"], reported["health"]) == (release, VERSION, "ok")
+        assert (reported["action"], reported["result"], reported["error"]) == ("boot", "ok", "")
     assert fleet.lb.wait_for(new.name, ("UP",), timeout=30)
 
     # the recreated member: a new VM (id) with a new host key, published in guest attributes, which

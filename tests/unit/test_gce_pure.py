@@ -1,5 +1,5 @@
 """The pure parts of the GCE integration: host-key parsing and trust rules, MIG references, skip
-reasons, the local Compute backend's status mapping, the startup script's version choice."""
+reasons, the local Compute backend's status mapping."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from fleet.gcp.compute import mig_ref, natural_key
 from fleet.inventory import FleetHost, Inventory, partition, skip_reason
 from fleet.inventory.mig import beat_host, wanted
 from fleet.local.compute_docker import Action, docker_time, gce_status
-from fleet.local.startup import fleet_version
 from fleet.ssh.connection import iap_proxy_command, ssh_params
 from fleet.ssh.hostkeys import known_hosts_lines, parse_known_hosts, parse_published, trusted
 from functions import fleet_contract as contract
@@ -247,9 +246,3 @@ def test_docker_created_time() -> None:
     assert docker_time("2026-11-26T07:18:40.508123456Z") == pytest.approx(expected, abs=1e-6)
     assert docker_time("2026-11-26T08:18:40+01:00") == pytest.approx(expected - 0.508123, abs=1e-6)
     assert docker_time("garbage") == 0.0
-
-
-def test_startup_takes_the_version_most_peers_run() -> None:
-    assert fleet_version(["1.0.0", "1.1.0", "1.1.0"]) == "1.1.0"
-    assert fleet_version(["1.0.0", "1.1.0"]) == "1.1.0"  # a tie: the rollout's target
-    assert fleet_version([]) is None

@@ -391,3 +391,4 @@ def test_break_script_is_valid_shell_aimed_at_the_compose_api_service() -> None:
     assert subprocess.run(["sh", "-n", "-c", script], check=False).returncode == 0
     assert "com.docker.compose.service=api" in script and "--restart=no" in script
     assert "'weird project'" in break_api_script("weird project")
+    assert "touch /opt/fleet/dify/volumes/app/storage/.standin-disk-fault" in script
