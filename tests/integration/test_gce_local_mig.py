@@ -345,6 +345,7 @@ def test_resize_up_and_recreate_come_back_deployed_and_keys_follow(
         fleet,
         "readlink /opt/fleet/dify/current; tail -n1 /opt/fleet/dify/history.jsonl; curl -s http://127.0.0.1/health",
     )
+    rid = release.rsplit("/", 1)[-1]
     for name in (new.name, target.name):
         assert results[name]["status"] == "ok", results[name]
         current, history, health = results[name]["stdout"].splitlines()[:3]
@@ -354,7 +355,7 @@ def test_resize_up_and_recreate_come_back_deployed_and_keys_follow(
         assert entry["operator"] == f"agent@{name}"
         assert json.loads(health)["version"] == VERSION
         reported = {k: v for ns, k, v in compute.guest_attributes(CFG.project, CFG.zone, name, "fleet/")}
-        assert (reported["release"], reported["version"], reported["health"]) == (release, VERSION, "ok")
+        assert (reported["release"], reported["version"], reported["health"]) == (rid, VERSION, "ok")
         assert (reported["action"], reported["result"], reported["error"]) == ("boot", "ok", "")
     assert fleet.lb.wait_for(new.name, ("UP",), timeout=30)
 
