@@ -57,6 +57,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies (even by SIGKILL),
+    so a killed embedder never leaves a server holding its port. Linux, as the binary is. (The signal
+    follows the THREAD that started it: start servers from a thread that lives as long as they do.)"""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class StorageServer:
     """One fake-gcs-server process over a filesystem root; `endpoint` is its JSON API root."""
 
@@ -86,7 +96,11 @@ class StorageServer:
         ]  # fmt: skip
         with self.log.open("ab") as out:
             self._process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,  # only prctl, before exec
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
     apply.add_argument(
         "--force", action="store_true", help="apply even under the fleet lock or a rollout mark"
     )
+    sub.add_parser("report", help="write what this VM runs now into its guest attributes, once")
+    watch = sub.add_parser("watch", help="report every --every seconds, until stopped (the heartbeat)")
+    watch.add_argument("--every", type=float, default=30.0, help="seconds between reports (default 30)")
     st = sub.add_parser("status", help="what this VM runs (local, no API call)")
     st.add_argument("--json", action="store_true", help="one JSON object instead of a step line")
     st.add_argument("--app-dir", help="default: metadata fleet-app-dir, else " + rc.DEFAULT_ROOT)
@@ -66,7 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FleetError as exc:
         log("failed", exc.render())
         return 1
-    return flow.Agent(clients, log=log).run(args.command, force=getattr(args, "force", False))
+    agent = flow.Agent(clients, log=log)
+    if args.command == "report":
+        return agent.observe()
+    if args.command == "watch":
+        if not 1 <= args.every <= 3600:
+            log("failed", f"--every {args.every}: 1..3600 seconds")
+            return 2
+        return agent.watch(args.every)
+    return agent.run(args.command, force=getattr(args, "force", False))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
+from fleet.agent import apis
 from fleet.agent.local import LocalContext, LocalHost
 from fleet.commands import bootstrap, health, roles
 from fleet.commands import release as rc
@@ -232,8 +234,12 @@ class Agent:
         return mask(text, (*self.values, *known_secrets.known()))
 
     def report(self, **attrs: str) -> None:
-        """Guest attributes fleet/<key>; a failed write is logged, never fatal."""
+        """Guest attributes fleet/<key>, with `at` = now (the action's time); never fatal."""
         attrs.setdefault("at", now_iso(self.clock()))
+        self.write_guest(attrs)
+
+    def write_guest(self, attrs: Mapping[str, str]) -> None:
+        """Guest attributes fleet/<key>; a failed write is logged, never fatal."""
         for key, value in attrs.items():
             try:
                 self.c.metadata.put_guest(key, self._masked(value)[:ERROR_MAX] if key == "error" else value)
@@ -330,10 +336,13 @@ class Agent:
                 mine.add(roles.BEAT_ROLE)
         return tuple(sorted(mine))
 
-    def desired(self, cfg: Config) -> tuple[str, dict[str, Any]]:
+    def desired(self, cfg: Config) -> tuple[str, dict[str, Any] | None]:
+        """The store's desired.json; None when the fleet has none yet (nothing was ever published)."""
         key = cfg.store.key("desired.json")
         try:
             raw = self.c.storage.read(cfg.store.bucket, key)
+        except apis.NotFound:
+            return key, None
         except FleetError as exc:
             raise FleetError(
                 f"desired release not read: {exc.what}",
@@ -434,6 +443,13 @@ class Agent:
             if action == "apply" and not force:
                 self.refuse_if_busy(cfg)
             key, desired = self.desired(cfg)
+            if desired is None:
+                # a new fleet: get the VM ready, the first deploy or rollout will publish a release
+                self.docker_ready(ctx, action)
+                self.log("desired", "no desired release yet (nothing published): bootstrapped only")
+                self.report(action=action, result="ok", health="none", error="", release="", version="")
+                self.central(cfg, action, "ok", None, None, "no desired release yet: bootstrapped only")
+                return 0
             mine = self.my_roles(cfg)
             variant = roles.variant_key(mine)
             rid = desired["variants"].get(variant)
@@ -504,6 +520,47 @@ class Agent:
         self.report(action=action, result="ok", health="ok", error="", release=rid, version=release.version)
         self.central(cfg, action, "ok", rid, release.version, None)
         self.log("done", f"serving release {rid} (version {release.version})")
+        return 0
+
+    def observe(self) -> int:
+        """What this VM runs NOW (whoever deployed it: this agent or an operator over SSH) into the
+        guest attributes release, version, health and observed; the last action's fields stay. So
+        `fab status --no-ssh` is right after an operator's deploy or rollout too."""
+        try:
+            cfg = read_config(self.c.metadata)
+            found = status(self.context(cfg))
+        except FleetError as exc:
+            self.log("observe", exc.render())
+            return 1
+        seen = found.get("health") or {}
+        if not found["layout"] or not found["release"]:
+            state = "none"
+        elif found["drained"]:
+            state = "drained"
+        elif seen.get("code") == 200 and seen.get("version") == found["version"]:
+            state = "ok"
+        else:
+            state = "failed"
+        self.write_guest(
+            {
+                "release": found["release"] or "",
+                "version": found["version"] or "",
+                "health": state,
+                "observed": now_iso(self.clock()),
+            }
+        )
+        return 0
+
+    def watch(
+        self, every: float, rounds: int | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> int:
+        """`observe` every `every` seconds (the VM's heartbeat, as a kubelet's node status)."""
+        done = 0
+        while rounds is None or done < rounds:
+            self.observe()
+            done += 1
+            if rounds is None or done < rounds:
+                sleep(every)
         return 0
 
     def _stay_drained(self, ctx: Any) -> None:

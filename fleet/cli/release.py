@@ -324,7 +324,14 @@ def diff(
     _print_diff(inv, chosen, dp.render_all(inv, chosen, version=version or None), json_)
 
 
-@task(help=task_help(*SELECTION, "workers"), iterable=["where"])
+@task(
+    help=task_help(
+        *SELECTION,
+        "workers",
+        no_ssh="only what each VM's agent reports in its guest attributes, through the Compute API",
+    ),
+    iterable=["where"],
+)
 @fleet_errors
 def status(
     c: Any,
@@ -334,26 +341,54 @@ def status(
     where: list[str] | None = None,
     json_: bool = False,
     workers: int = 0,
+    no_ssh: bool = False,
 ) -> None:
-    """One table for the fleet: release, services, /health, drain flag, drift, last history entry.
+    """One table for the fleet: release, services, /health, drain flag, drift, last history entry,
+    and, for GCE instances, what each VM's agent reports in its guest attributes (release, version,
+    health, last action and when; docs/agent.md), read through the Compute API without SSH.
 
     Drift is a container missing, one not in the current release, or one whose configuration differs
-    from what the current release would create.
+    from what the current release would create. `--no-ssh`: only the agents' reports (a fleet whose
+    SSH path is down, or a quick look at a large MIG).
     """
+    from fleet.errors import FleetError
+    from fleet.inventory import reports as rp
     from fleet.rollout import deploy as dp
+    from fleet.rollout.lock import compute_for
     from fleet.ssh.runner import run_on
     from fleet.view import console as ui
 
     inv, chosen = select(inventory, hosts, group, where)
+    gce_hosts = [h for h in chosen if h.settings.gce.instance]
+    agents = rp.reports(compute_for(inv, gce_hosts), gce_hosts) if gce_hosts else {}
+    if no_ssh:
+        if not gce_hosts:
+            raise FleetError(
+                "--no-ssh reads the agents' guest attributes: no host of the selection is a GCE instance",
+                where=f"inventory {inv.name}",
+                hint="drop --no-ssh",
+            )
+        if json_:
+            ui.print_json({"inventory": inv.name, "agents": {h.name: agents.get(h.name) for h in chosen}})
+        else:
+            ui.table(
+                f"agent reports of {len(gce_hosts)} instance(s)",
+                ["host", "agent (guest attributes)"],
+                [[h.name, rp.summary(agents.get(h.name))] for h in gce_hosts],
+            )
+        return
     results = run_on(inv, chosen, dp.status_step, workers=workers or None)
-    rows = [dp.status_row(r) for r in results]
+    rows = [dp.status_row(r) | ({"agent": agents.get(r.host)} if agents else {}) for r in results]
     if json_:
         ui.print_json({"inventory": inv.name, "hosts": rows})
     else:
         table_rows = []
         for row in rows:
+            agent_cell = [rp.summary(row.get("agent"))] if agents else []
             if row["status"] != "ok":
-                table_rows.append([row["host"], row["status"], "", "", "", "", "", row.get("error")])
+                table_rows.append(
+                    [row["host"], row["status"], "", "", "", "", "", *agent_cell, row.get("error")]
+                )
                 continue
             health = row["health"]
             last = row["last"] or {}
@@ -367,12 +402,14 @@ def status(
                     "; ".join(row["drift"]) or "none",
                     f"{last.get('time', '')} {last.get('action', '')} {last.get('result', '')}".strip()
                     or "-",
+                    *agent_cell,
                     "",
                 ]
             )
+        agent_head = ["agent (guest attributes)"] if agents else []
         ui.table(
             f"status of {len(rows)} host(s)",
-            ["host", "release", "services", "/health", "drained", "drift", "last", "error"],
+            ["host", "release", "services", "/health", "drained", "drift", "last", *agent_head, "error"],
             table_rows,
         )
     if not all(r.ok for r in results):

@@ -102,7 +102,20 @@ def startup_script(store_url: str, *, agent_dir: str = AGENT_DIR, attempts: int 
         'chmod 0644 "$tmp"',
         'mv -f "$tmp" "$agent_dir/fleet-agent.pyz"',
         'log "agent $name installed in $agent_dir"',
-        # 3. boot: its JSON lines to the journal (this script's output) and the serial console
+        # 3. the heartbeat: what the VM runs, into its guest attributes every fleet-report-interval
+        #    seconds (whoever changed it since: this agent or an operator over SSH); one per boot
+        "every=$(md instance/attributes/fleet-report-interval 2>/dev/null || true)",
+        'case "$every" in ""|*[!0-9]*) every=30 ;; esac',
+        "if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then",
+        "  systemctl stop fleet-agent-report.service >/dev/null 2>&1 || true",
+        "  systemd-run --unit fleet-agent-report --property Restart=always --property RestartSec=5 "
+        'python3 "$agent_dir/fleet-agent.pyz" watch --every "$every" >/dev/null',
+        "else",
+        '  pkill -f "fleet-agent.pyz watch" >/dev/null 2>&1 || true',
+        '  setsid nohup python3 "$agent_dir/fleet-agent.pyz" watch --every "$every" '
+        ">>/var/log/fleet-agent-report.log 2>&1 </dev/null &",
+        "fi",
+        # 4. boot: its JSON lines to the journal (this script's output) and the serial console
         'python3 "$agent_dir/fleet-agent.pyz" boot 2>&1 | console',
     ]
     return "\n".join(lines) + "\n"

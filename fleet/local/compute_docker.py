@@ -708,8 +708,17 @@ class DockerCompute(ComputeBackend):
         if self.guest is not None:
             self.guest.forget(member)
 
+    def _drain_out(self, member: str) -> None:
+        """Connection draining before the VM goes, then out of the backend: the new VM (same name and
+        port) is added back DOWN and serves only once the LB's health checks pass, as on GCP."""
+        self._drain(member)
+        lb = self.fleet.lb
+        if lb.running() and member in lb.servers():
+            lb.remove(member)
+
     def _recreate(self, member: str) -> None:
         self._forget_guest(member)
+        self._attempt(f"drain {member}", lambda: self._drain_out(member))
         error = self._attempt(f"recreate {member}", lambda: self.fleet.recreate_instance(member))
         with self._lock:
             if error:
@@ -785,31 +794,8 @@ class DockerCompute(ComputeBackend):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-STARTUP_TIMEOUT = 900.0
-# what GCE's guest environment does at boot: fetch the `startup-script` metadata value and run it
-RUN_STARTUP_SCRIPT = (
-    "set -e; curl -sSf --retry 5 --retry-connrefused -H 'Metadata-Flavor: Google' "
-    "-o /run/startup-script "
-    "http://metadata.google.internal/computeMetadata/v1/instance/attributes/startup-script; "
-    "exec bash /run/startup-script"
-)
-
-
-def run_startup_script(fleet: LocalFleet, name: str, log: Callable[[str], None]) -> None:
-    """Run the template's startup script inside the instance, as root, as GCE does at boot."""
-    proc = fleet.exec(name, ["sh", "-c", RUN_STARTUP_SCRIPT], check=False, timeout=STARTUP_TIMEOUT)
-    for line in (proc.stdout + proc.stderr).splitlines()[-40:]:
-        log(f"startup {name}: {line}")
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
-        raise FleetError(
-            f"startup script exited {proc.returncode}: {' | '.join(tail)[:400]}",
-            where=name,
-            hint="the agent's guest attributes (namespace fleet) say what it did",
-        )
-
-
 def serve(directory: Path, port: int) -> int:
+    from fleet.local import template
     from fleet.local.instances import LocalFleet
     from fleet.local.vmservices import VmServices
     from standins.compute_api import ComputeApi
@@ -826,7 +812,7 @@ def serve(directory: Path, port: int) -> int:
     backend = DockerCompute(
         fleet,
         directory / "state.json",
-        lambda name: run_startup_script(fleet, name, log),
+        lambda name: template.run_startup_script(fleet, name, log),
         log,
         guest=guest,
         metadata=services.metadata_items,

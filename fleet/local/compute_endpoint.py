@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -183,5 +184,8 @@ def stop_endpoint(config: LocalConfig, *, forget: bool = True) -> None:
             if not _is_endpoint(pid):
                 break
     if forget:  # else the record stays: a restart takes the same port, the inventory stays right
+        # like deleting the project: its labels, metadata, release store, secrets and guest attributes
         endpoint_file(config).unlink(missing_ok=True)
-        (state_dir(config) / "state.json").unlink(missing_ok=True)
+        for name in ("state.json", "secretmanager.json", "guest-attributes.json"):
+            (state_dir(config) / name).unlink(missing_ok=True)
+        shutil.rmtree(state_dir(config) / "storage", ignore_errors=True)

@@ -359,7 +359,34 @@ class LocalFleet:
             with self.progress.step(f"wait for sshd and dockerd in {n} instance(s)"):
                 keys = self._wait_ready([*keep, *free])
             self.start_compute()
-            return self._publish(keys)
+            records = self._publish(keys)
+            booted = [self.config.host_name(i) for i in (*stopped, *free)]
+            if booted:
+                # as the MIG's VMs do at every boot: the template's startup script, i.e. the agent
+                # (bootstraps; and serves the fleet's desired release when one was published)
+                with self.progress.step(f"startup script in {len(booted)} instance(s)"):
+                    self._startup(booted)
+            return records
+
+    def _startup(self, names: Sequence[str]) -> None:
+        from fleet.local import template
+
+        errors: list[str] = []
+
+        def one(name: str) -> None:
+            try:
+                template.run_startup_script(self, name, lambda _line: None)
+            except FleetError as exc:
+                errors.append(exc.render())
+
+        with ThreadPoolExecutor(min(4, len(names))) as pool:
+            list(pool.map(one, names))
+        if errors:
+            raise FleetError(
+                "startup script failed in " + "; ".join(errors),
+                where="local fleet",
+                hint="the instances exist; `fab status --no-ssh` shows what their agents report",
+            )
 
     def start_compute(self) -> str:
         """The fleet's Compute endpoint (fleet/local/compute_docker.py), started unless it runs; its URL."""

@@ -8,12 +8,33 @@ the agent at the stand-ins on the fleet network's gateway instead of googleapis.
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from fleet.errors import FleetError
 from fleet.local.config import LocalConfig
+
+
+class Console(Protocol):
+    """What runs a command inside an instance (fleet.local.instances.LocalFleet.exec: docker exec)."""
+
+    def exec(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        check: bool = True,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]: ...
+
 
 APP_DIR = "/opt/fleet/dify"
 APP_PROJECT = "dify"
 APP_USER = "deploy"  # the SSH deploy user owns the layout; the agent acts as that user too
 HEALTH_TIMEOUT = 120
+REPORT_INTERVAL = 3  # seconds between the agents' heartbeats (GCE default 30; short: tests look soon)
 
 
 def mig_path(config: LocalConfig) -> str:
@@ -38,8 +59,33 @@ def metadata(config: LocalConfig, compute_url: str) -> dict[str, str]:
         "fleet-deploy-user": APP_USER,
         "fleet-http-port": "80",
         "fleet-health-timeout": str(HEALTH_TIMEOUT),
+        "fleet-report-interval": str(REPORT_INTERVAL),
         "fleet-storage-endpoint": config.storage_endpoint,
         "fleet-secretmanager-endpoint": config.secretmanager_endpoint,
         "fleet-compute-endpoint": f"{compute_url}/compute/v1",
         "startup-script": startup_script(config.store_url),
     }
+
+
+STARTUP_TIMEOUT = 900.0
+# what GCE's guest environment does at boot: fetch the `startup-script` metadata value and run it
+RUN_STARTUP_SCRIPT = (
+    "set -e; curl -sSf --retry 5 --retry-connrefused -H 'Metadata-Flavor: Google' "
+    "-o /run/startup-script "
+    "http://metadata.google.internal/computeMetadata/v1/instance/attributes/startup-script; "
+    "exec bash /run/startup-script"
+)
+
+
+def run_startup_script(fleet: Console, name: str, log: Callable[[str], None]) -> None:
+    """Run the template's startup script inside the instance, as root, as GCE does at boot."""
+    proc = fleet.exec(name, ["sh", "-c", RUN_STARTUP_SCRIPT], check=False, timeout=STARTUP_TIMEOUT)
+    for line in (proc.stdout + proc.stderr).splitlines()[-40:]:
+        log(f"startup {name}: {line}")
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+        raise FleetError(
+            f"startup script exited {proc.returncode}: {' | '.join(tail)[:400]}",
+            where=name,
+            hint="the agent's guest attributes (namespace fleet) say what it did",
+        )

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fleet.agent import flow
+from fleet.agent import apis, flow
 from fleet.agent.http import HttpError
 from fleet.agent.local import LocalHost
 from fleet.commands import release as rc
@@ -94,7 +94,7 @@ class FakeStorage:
         if self.down:
             raise HttpError(f"read: GET https://storage/{name}: no answer (gave up after 6 tries)")
         if name not in self.objects:
-            raise FleetError("read: not found", where=name)
+            raise apis.NotFound("read: not found", where=name)  # what the real client raises on a 404
         return self.objects[name]
 
     def create(self, bucket: str, name: str, data: bytes, content_type: str = "application/json") -> None:
@@ -147,6 +147,9 @@ class FakeHost:
             return Result(0, "changed: docker engine installed\n", "")
         if "docker compose version" in script:
             return Result(0 if self.docker else 10, "ok\n", "" if self.docker else "docker: not installed")
+        if "/health" in script:  # the probe through nginx
+            code = 503 if self.drained else (200 if self.healthy else 502)
+            return Result(0, f'{code}\n{{"version": "1.2.0"}}\n', "")
         return Result(0, "", "")
 
     def put(self, data: bytes, remote: str) -> None:  # pragma: no cover - preflight is faked
@@ -187,7 +190,7 @@ def host(monkeypatch: pytest.MonkeyPatch) -> FakeHost:
         ctx.history.append(entry)
 
     def read_state(ctx: FakeHost) -> rc.HostState:
-        return rc.HostState(True, RID, "1.2.0", ctx.drained, None, None)
+        return rc.HostState(True, RID, None, ctx.drained, {"version": "1.2.0"}, None)
 
     monkeypatch.setattr(ht, "drain", drain)
     monkeypatch.setattr(ht, "undrain", undrain)
@@ -343,6 +346,35 @@ def test_boot_bootstraps_a_vm_without_docker_first(host: FakeHost) -> None:
     assert a.run("boot") == 0, out.getvalue()
     assert host.steps[:3] == ["bootstrap", "drain", f"preflight {RID}"]
     assert '"step": "bootstrap"' in out.getvalue()
+
+
+def test_boot_before_any_release_was_published_bootstraps_and_says_so(host: FakeHost) -> None:
+    storage = FakeStorage()
+    del storage.objects["fleets/prod/desired.json"]
+    host.docker = False
+    a, c, out = agent(host, storage=storage)
+    assert a.run("boot") == 0, out.getvalue()
+    assert host.steps == ["bootstrap"]  # nothing staged, nothing drained: there is nothing to serve
+    md: Any = c.metadata
+    assert (md.guest["result"], md.guest["health"], md.guest["release"]) == ("ok", "none", "")
+    assert "no desired release yet" in out.getvalue()
+
+
+def test_the_heartbeat_reports_what_runs_now_and_keeps_the_last_action(host: FakeHost) -> None:
+    a, c, out = agent(host)
+    assert a.run("boot") == 0, out.getvalue()
+    md: Any = c.metadata
+    action = {k: md.guest[k] for k in ("action", "result", "at")}
+    host.drained = True  # an operator's rollout drained it over SSH
+    assert a.watch(every=0.0, rounds=2, sleep=lambda _s: None) == 0
+    assert (md.guest["release"], md.guest["version"], md.guest["health"]) == (RID, "1.2.0", "drained")
+    host.drained, host.healthy = False, False
+    a.observe()
+    assert md.guest["health"] == "failed"
+    host.healthy = True
+    a.observe()
+    assert md.guest["health"] == "ok" and md.guest["observed"] == "2026-11-29T15:00:00Z"
+    assert {k: md.guest[k] for k in ("action", "result", "at")} == action  # the boot's record stays
 
 
 def test_apply_does_not_bootstrap_a_vm_without_docker(host: FakeHost) -> None:
