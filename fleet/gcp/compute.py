@@ -85,6 +85,29 @@ def _client_class(name: str) -> Any:
     return getattr(module, name)
 
 
+CLIENTS = (
+    "InstancesClient",
+    "InstanceGroupManagersClient",
+    "RegionInstanceGroupManagersClient",
+    "ProjectsClient",
+    "ZoneOperationsClient",
+    "RegionOperationsClient",
+    "GlobalOperationsClient",
+)
+
+
+def preload() -> None:
+    """Import the client modules this module uses, the way it imports them (never the package's
+    __init__, which imports every client: a thread running it while another imports one service sees
+    the package half-initialised). Safe to run in a thread while connections resolve host keys."""
+    import google.cloud  # noqa: F401
+
+    for name in CLIENTS:
+        _client_class(name)
+    _register_compute_v1()
+    importlib.import_module("google.cloud.compute_v1.types")
+
+
 def endpoint_for(configured: str | None = None) -> str | None:
     """FLEET_COMPUTE_ENDPOINT, else the inventory's gce.api_endpoint (`configured`), else None."""
     return settings.load().compute_endpoint_for(configured)

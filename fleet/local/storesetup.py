@@ -33,6 +33,9 @@ def push_secrets(config: LocalConfig, files: Mapping[str, Path]) -> dict[str, di
         try:
             current, _ = client.access(f"{secret}/versions/latest")
         except SecretManagerError as exc:
+            if exc.status == "FAILED_PRECONDITION":  # its latest version was disabled on purpose:
+                refs[key] = {"secret_manager": secret_name(config, key)}  # an operator's act, left alone
+                continue
             if exc.status != "NOT_FOUND":
                 raise
             current = None

@@ -211,3 +211,18 @@ def record_run(
             f"{exc.render()}"
         )
         return None
+
+
+def joined_meanwhile(inv: Inventory, covered: Sequence[str]) -> list[str]:
+    """MIG members that exist now but were not in the run (created during it): they booted the store's
+    desired release as it was while the run went on, i.e. the previous one. Empty for static fleets."""
+    from fleet.inventory import load
+
+    gce = (inv.defaults.get("data") or {}).get("gce") or {}
+    if not gce.get("migs"):
+        return []
+    try:
+        now = load(str(inv.path))
+    except FleetError:
+        return []
+    return sorted(set(now.hosts) - set(covered))

@@ -200,7 +200,7 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
         releases = {h: j.target.id for h, j in plan.jobs.items()} | {
             h: r.id for h, r in plan.unchanged.items()
         }
-        publish.record_run(
+        published = publish.record_run(
             inv,
             plan.action,
             report.outcome,
@@ -210,6 +210,13 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             rollout_id=plan.rollout_id,
             warn=warn,
         )
+        newcomers = publish.joined_meanwhile(inv, list(releases)) if published is not None else []
+        if newcomers:
+            warn(
+                f"{', '.join(newcomers)} joined the MIG during this {plan.action} and booted the release "
+                f"that was the fleet's then, not {plan.label}: run `fab {plan.action}` again to bring "
+                "them along (new VMs from now on boot the new release)"
+            )
         if events is not None:
             result = announce.result_of(report.outcome)
             events.publish(
@@ -221,15 +228,17 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
 
 
 def _preload() -> threading.Thread:
-    """google-cloud-compute takes seconds to import: do it while SSH connects and the bundle renders.
-    Join the thread before anything else imports it: two threads importing that package at once can
-    see it half-initialised."""
+    """google-cloud-compute takes seconds to import: do it while SSH connects and the bundle renders,
+    through fleet.gcp.compute's own lazy path (the same modules, never the package's __init__), so
+    connections that resolve host keys in other threads meanwhile import safely."""
     import contextlib
-    import importlib
 
     def load() -> None:
-        with contextlib.suppress(ImportError):
-            importlib.import_module("google.cloud.compute_v1")
+        from fleet.errors import FleetError
+        from fleet.gcp import compute
+
+        with contextlib.suppress(ImportError, FleetError):
+            compute.preload()
 
     thread = threading.Thread(target=load, name="preload-compute", daemon=True)
     thread.start()

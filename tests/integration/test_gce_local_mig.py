@@ -32,6 +32,7 @@ from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
 from fleet.rollout.lock import FleetLock
+from fleet.scenarios.loadgen import LoadGen
 from functions import fleet_contract as contract
 from functions.fleet_contract import ROLLOUT_LABEL
 from tests.fixtures.sshd import fab
@@ -328,10 +329,15 @@ def test_resize_up_and_recreate_come_back_deployed_and_keys_follow(
     release = exec_json(fleet, "readlink /opt/fleet/dify/current", target.name)[target.name]["stdout"].strip()
 
     request_id = str(uuid.uuid4())
+    load = LoadGen(f"http://127.0.0.1:{CFG.lb_port}", threads=2, rate=10, max_seconds=300).start()
     compute.resize(REF, 3, request_id=request_id)
     compute.resize(REF, 3, request_id=request_id)  # a retry with the same id: the same operation
     compute.recreate(REF, [target])
     seen = watch(compute, lambda ms: len(ms) == 3 and all(m.current_action == "NONE" for m in ms))
+    # the recreated member left the LB drained (connection draining) and comes back only when healthy
+    assert fleet.lb.wait_for(target.name, ("UP",), timeout=60)
+    served = load.stop()
+    assert served.failed == 0 and served.ok > 0, served.summary()
     members = {m.name: m for m in compute.mig_members(REF)}
     (new,) = [m for m in members.values() if m.name not in before]
     actions = {(n, a) for n, _, a in seen}
@@ -375,6 +381,141 @@ def test_resize_up_and_recreate_come_back_deployed_and_keys_follow(
     finally:
         pins.write_text(saved)
     assert exec_json(fleet, "true", target.name)[target.name]["status"] == "ok"
+
+
+def reported(compute: Compute, name: str) -> dict[str, str]:
+    """The agent's guest attributes, through the Compute API (as `fab status` reads them)."""
+    return {
+        k: v for ns, k, v in compute.guest_attributes(CFG.project, CFG.zone, name, "fleet/") if ns == "fleet"
+    }
+
+
+def agent_reports(fleet: LocalFleet) -> dict[str, dict[str, str]]:
+    """What `fab status --no-ssh` shows: each member's agent report, from guest attributes only."""
+    r = fab("status", "--inventory", mig_inv(fleet), "--no-ssh", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return {k: v or {} for k, v in json.loads(r.stdout)["agents"].items()}
+
+
+def wait_reports(
+    fleet: LocalFleet, until: Callable[[dict[str, dict[str, str]]], bool], timeout: float = 60
+) -> dict[str, dict[str, str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = agent_reports(fleet)
+        if until(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
+def test_status_without_ssh_shows_what_every_member_runs(fleet: LocalFleet, compute: Compute) -> None:
+    """The agents' heartbeat: operator-deployed members too (it reports what runs, whoever deployed)."""
+    names = {m.name for m in compute.mig_members(REF)}
+    found = wait_reports(
+        fleet, lambda r: set(r) == names and all(x.get("health") == "ok" for x in r.values())
+    )
+    assert set(found) == names
+    for name, report in found.items():
+        assert (report["version"], report["health"]) == (VERSION, "ok"), (name, report)
+        assert report["release"] and report["observed"]
+
+
+def _secret_manager_call(fleet: LocalFleet, version: str, verb: str) -> None:
+    """disable/enable a secret version on the fleet's Secret Manager (the REST API, as gcloud does)."""
+    req = requests.post(f"{fleet.config.secretmanager_endpoint}/v1/{version}:{verb}", json={}, timeout=10)
+    assert req.status_code == 200, req.text
+
+
+def test_a_vm_that_cannot_read_a_secret_reports_it_and_never_enters_the_lb(
+    fleet: LocalFleet, compute: Compute
+) -> None:
+    from fleet.release import sealed as sealing
+    from fleet.store import desired, releases
+    from fleet.store.location import parse
+
+    store = parse(fleet.config.store_url, fleet.config.storage_endpoint, CFG.project)
+    current, _ = desired.read(store)
+    assert current is not None
+    manifest = releases.read_manifest(store, current.variants["app"])
+    assert manifest is not None
+    pinned = sealing.secret_refs(manifest)["DB_PASSWORD"]
+    victim = sorted((m for m in compute.mig_members(REF)), key=lambda m: natural_key(m.name))[-1]
+    _secret_manager_call(fleet, pinned, "disable")
+    try:
+        compute.recreate(REF, [victim])
+        states: set[str] = set()
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            server = fleet.lb.servers().get(victim.name)
+            states.add(server.status if server else "absent")
+            members = {m.name: m for m in compute.mig_members(REF)}
+            if members[victim.name].current_action == "NONE" and compute.mig(REF).status.is_stable:
+                break
+            time.sleep(0.5)
+        time.sleep(3)  # a few more LB health checks
+        server = fleet.lb.servers().get(victim.name)
+        states.add(server.status if server else "absent")
+        assert "UP" not in states, states
+        report = reported(compute, victim.name)
+        assert (report["action"], report["result"]) == ("boot", "failed"), report
+        # nothing runs on the new disk: the boot said `failed`, the heartbeat since says `none`
+        assert report["health"] in ("failed", "none") and not report["release"], report
+        assert pinned in report["error"] or "DB_PASSWORD" in report["error"], report["error"]
+        last = compute.mig_members(REF)
+        assert any(m.name == victim.name for m in last)
+    finally:
+        _secret_manager_call(fleet, pinned, "enable")
+    # the secret readable again: a reboot runs the agent again, and the VM serves
+    compute.reset(CFG.project, CFG.zone, victim.name)
+    assert fleet.lb.wait_for(victim.name, ("UP",), timeout=150)
+    report = reported(compute, victim.name)
+    assert (report["result"], report["health"], report["version"]) == ("ok", "ok", VERSION), report
+
+
+def test_a_vm_created_during_a_rollout_boots_the_fleets_release_then_is_brought_along(
+    fleet: LocalFleet, compute: Compute
+) -> None:
+    """desired moves only when the rollout succeeded: a VM the MIG creates meanwhile boots the release
+    the fleet had; the rollout names it at the end, and a second rollout brings it along."""
+    import subprocess
+
+    size = len(compute.mig_members(REF))
+    fab_bin = Path(sys.executable).with_name("fab")
+    args = [str(fab_bin), "rollout", "--inventory", mig_inv(fleet), "--version", "1.1.0", "--yes"]
+    rollout = subprocess.Popen(
+        [*args, "--canary", "1", "--drain-wait", "15"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lock = FleetLock(compute, CFG.project, CFG.name)
+        deadline = time.monotonic() + 60
+        while not lock.status().held and time.monotonic() < deadline and rollout.poll() is None:
+            time.sleep(0.3)
+        if rollout.poll() is not None:
+            out, err = rollout.communicate()
+            pytest.fail(f"the rollout ended early ({rollout.returncode}): {out[-1500:]} {err[-1500:]}")
+        assert lock.status().held, "the rollout should hold the fleet lock"
+        before = {m.name for m in compute.mig_members(REF)}
+        compute.resize(REF, size + 1)
+        watch(compute, lambda ms: len(ms) == size + 1 and all(m.current_action == "NONE" for m in ms))
+        assert rollout.poll() is None, "the rollout should still run (drain waits of 15 s per batch)"
+        (newcomer,) = [m for m in compute.mig_members(REF) if m.name not in before]
+        report = {
+            k: v for ns, k, v in compute.guest_attributes(CFG.project, CFG.zone, newcomer.name, "fleet/")
+        }
+        assert (report["result"], report["version"]) == ("ok", VERSION), report  # not 1.1.0 yet
+        out, err = rollout.communicate(timeout=300)
+    finally:
+        if rollout.poll() is None:
+            rollout.kill()
+    assert rollout.returncode == 0, out[-2000:] + err[-2000:]
+    assert f"{newcomer.name} joined the MIG during this rollout" in out + err
+    r = fab(*args[1:], "--canary", "0")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    found = wait_reports(fleet, lambda rs: all(x.get("version") == "1.1.0" for x in rs.values()))
+    assert {x.get("version") for x in found.values()} == {"1.1.0"}, found
 
 
 def test_resize_down_deletes_the_newest(fleet: LocalFleet, compute: Compute) -> None:
