@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from fleet.cli import core, functions, local, lock, monitoring, release, rollout, secrets, store
+from fleet.cli import agent, core, functions, local, lock, monitoring, release, rollout, secrets, store
 
 
 def namespace() -> Collection:
@@ -31,6 +31,7 @@ def namespace() -> Collection:
         ("lock", lock),
         ("secrets", secrets),
         ("store", store),
+        ("agent", agent),
     ):
         ns.add_collection(Collection.from_module(module), name=name)
     return ns

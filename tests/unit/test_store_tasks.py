@@ -138,3 +138,27 @@ def test_the_storage_endpoint_comes_from_the_environment(
     assert r.returncode == 0, r.stderr
     shown = json.loads(r.stdout)
     assert shown == {"store": f"gs://{gcs_bucket}/fleets/prod", "generation": 0, "desired": None}
+
+
+def test_agent_publish_then_template_give_a_vm_everything_it_needs(project: tuple[Path, Store]) -> None:
+    """agent.publish uploads the zipapp (agent/current names it); agent.template prints the metadata and
+    writes the startup script that fetches exactly that object."""
+    path, store = project
+    r = run("agent.publish", "--inventory", "prod", "--json", project=path)
+    assert r.returncode == 0, r.stderr
+    published = json.loads(r.stdout)
+    assert published["object"].startswith("fleets/prod/agent/fleet-agent-") and published["bytes"] > 10_000
+    current = store.blob("agent/current").download_as_bytes().decode().strip()
+    assert current.endswith(published["object"].rsplit("/", 1)[-1])
+    script = path / "startup.sh"
+    r = run("agent.template", "--inventory", "prod", "--roles", "app", "--beat", "first",
+            "--script-file", str(script), "--json", project=path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["metadata"]["fleet-store"] == store.url and shown["metadata"]["fleet-beat"] == "first"
+    assert shown["metadata"]["enable-guest-attributes"] == "TRUE"
+    assert shown["metadata"]["fleet-deploy-user"] == "deploy"
+    assert script.read_text() == shown["startup-script"]
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    r = run("agent.template", "--inventory", "prod", "--beat", "sometimes", project=path)
+    assert r.returncode == 2 and "--beat 'sometimes'" in r.stderr
