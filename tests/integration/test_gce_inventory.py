@@ -213,10 +213,18 @@ def test_example_production_inventory_loads_and_renders(
         assert p.known_hosts_name == f"compute.{h.get('gce.instance_id')}" and p.guest_keys is not None
         assert h.groups == ("dify-mig", "dify") and h.get("app.min_free_mb") == 2048
         assert h.get("roles") == (["app", "beat"] if name == first else ["app"])
-    secrets = {f"DIFY_{k}": f"test-{k.lower()}" for k in doc["data"]["secrets"]}
-    environ = {v["env"]: secrets[f"DIFY_{k}"] for k, v in doc["data"]["secrets"].items()}
-    source, meta = bundle.load_source(), bundle.local_meta(operator="test")
-    bundles = {n: ht.bundle_for(inv, h, source, meta, environ=environ) for n, h in inv.hosts.items()}
+    # its secrets are Secret Manager references, read through the real client from the stand-in
+    from standins.secretmanager_api import LocalSecretManager
+
+    with LocalSecretManager() as sm:
+        for key, ref in doc["data"]["secrets"].items():
+            sm.put("my-dify-project", ref["secret_manager"], f"test-{key.lower()}")
+        doc["data"]["gce"]["secretmanager_endpoint"] = sm.url
+        (prod / "defaults.yaml").write_text(yaml.safe_dump(doc))
+        inv = inventory.load(str(prod))
+        source, meta = bundle.load_source(), bundle.local_meta(operator="test")
+        bundles = {n: ht.bundle_for(inv, h, source, meta) for n, h in inv.hosts.items()}
+    assert all(b.env["DB_PASSWORD"] == "test-db_password" for b in bundles.values())
     assert {b.version for b in bundles.values()} == {doc["data"]["vars"]["DIFY_VERSION"]}
     others = {bundles[n].release_id for n in members if n != first}
     assert len(others) == 1 and bundles[first].release_id not in others  # only the beat host differs
