@@ -17,6 +17,7 @@ OPTIONAL = {
     "rollout": "bench.rollout",
     "gce": "bench.gce",
     "selfheal": "bench.selfheal",
+    "agent": "bench.agent",
 }
 for _name, _module in OPTIONAL.items():
     if importlib.util.find_spec(_module) is not None:

@@ -104,7 +104,9 @@ class Log:
 
     def __call__(self, step: str, msg: str, **extra: Any) -> None:
         hidden = known_secrets.known()
-        line = {"ts": now_iso(), "step": step, "msg": mask(msg, hidden)}
+        # milliseconds: the log is how a boot's steps are timed (bench/agent.py)
+        ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        line = {"ts": ts, "step": step, "msg": mask(msg, hidden)}
         line.update({k: mask(v, hidden) if isinstance(v, str) else v for k, v in extra.items()})
         self.lines.append(line)
         print(json.dumps(line, sort_keys=True), file=self.out, flush=True)
