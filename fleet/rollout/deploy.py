@@ -83,7 +83,11 @@ class Guard:
 
 @contextmanager
 def under_lock(
-    inv: Inventory, hosts: Sequence[FleetHost], reason: str, warn: Callable[[str], None] | None = None
+    inv: Inventory,
+    hosts: Sequence[FleetHost],
+    reason: str,
+    warn: Callable[[str], None] | None = None,
+    events: Any = None,
 ) -> Iterator[Guard]:
     """The fleet lock and rollout marks, taken exactly as a rollout takes them (LockHeld names the
     holder); without a Compute project (no lock backend) a bare id, as before."""
@@ -95,7 +99,14 @@ def under_lock(
         yield Guard(rollout_id)
         return
     store = lk.for_inventory(inv, hosts, warn=warn)
-    with lk.holding(store, lk.operator(), reason, rollout_id, lk.ttl_of(hosts), warn) as heartbeat:
+
+    def announce(action: str, result: str, detail: str) -> None:
+        if events is not None:  # fleet.gcp.events.EventPublisher
+            events.publish("lock", action, result, rollout_id=rollout_id, detail=detail)
+
+    with lk.holding(
+        store, lk.operator(), reason, rollout_id, lk.ttl_of(hosts), warn, announce=announce
+    ) as heartbeat:
         yield Guard(rollout_id, Marks(store.compute).set, heartbeat.problem)
 
 
@@ -329,7 +340,7 @@ def deploy_release(
 
     _warn = warn or (lambda _text: None)
     events = announce.publisher_for(inventory, chosen, warn)
-    with under_lock(inventory, chosen, f"deploy {label}", warn=warn) as guard:
+    with under_lock(inventory, chosen, f"deploy {label}", warn=warn, events=events) as guard:
         what = f"deploy {label} on {len(chosen)} host(s)"
         if events is not None:
             events.publish("rollout", "deploy", "started", rollout_id=guard.rollout_id, detail=what)

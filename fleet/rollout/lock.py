@@ -385,17 +385,29 @@ def holding(
     ttl: float = DEFAULT_TTL,
     warn: Callable[[str], None] | None = None,
     on_lost: Callable[[FleetError], None] | None = None,
+    announce: Callable[[str, str, str], None] | None = None,
 ) -> Iterator[Heartbeat]:
-    """Take the lock (LockHeld names the holder), renew it while the body runs, release it after."""
+    """Take the lock (LockHeld names the holder), renew it while the body runs, release it after.
+    `announce(action, result, detail)` hears acquire, lost and release (the fleet events topic)."""
+    tell = announce or (lambda _action, _result, _detail: None)
     held = store.acquire(owner, reason, rollout_id, ttl)
-    heartbeat = Heartbeat(store, held, ttl, warn=warn, on_lost=on_lost).start()
+    tell("acquire", "done", f"{owner}: {reason}")
+
+    def lost(exc: FleetError) -> None:
+        tell("lost", "failed", exc.what)
+        if on_lost is not None:
+            on_lost(exc)
+
+    heartbeat = Heartbeat(store, held, ttl, warn=warn, on_lost=lost).start()
     try:
         yield heartbeat
     finally:
         final = heartbeat.stop()
         try:
             store.release(final)
+            tell("release", "done", f"{owner}: {reason}")
         except FleetError as exc:
+            tell("release", "failed", exc.what)
             if warn is not None:
                 warn(f"could not release the fleet lock: {exc.what} (it expires on its own)")
 

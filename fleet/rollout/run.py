@@ -105,6 +105,7 @@ class Run:
     ttl: float = 300.0
     warn: Callable[[str], None] | None = None
     strategy: type[Engine] = InPlace  # how one host moves: in place over SSH (MIG replacement later)
+    events: Any = None  # fleet.gcp.events.EventPublisher: lock events on the fleet's topic
 
 
 def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
@@ -135,8 +136,21 @@ def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
 
     reason = plan.message or plan.label
     try:
+        events = run.events
+
+        def announce(action: str, result: str, detail: str) -> None:
+            if events is not None:
+                events.publish("lock", action, result, rollout_id=plan.rollout_id, detail=detail)
+
         with lk.holding(
-            run.lock, plan.operator, reason, plan.rollout_id, run.ttl, run.warn, on_lost=journal_lost
+            run.lock,
+            plan.operator,
+            reason,
+            plan.rollout_id,
+            run.ttl,
+            run.warn,
+            on_lost=journal_lost,
+            announce=announce,
         ) as heartbeat:
             held = heartbeat.lock
             try:

@@ -182,6 +182,7 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
         from fleet.rollout import announce
 
         events = announce.publisher_for(inv, chosen, warn)
+        run.events = events
         what = f"{plan.action} {plan.label} on {len(plan.jobs)} host(s) by {plan.operator}"
         if events is not None:
             events.publish(

@@ -419,3 +419,31 @@ def test_a_lock_that_cannot_be_renewed_pauses_the_rollout_before_it_expires(
     assert lost and lost[0]["status"] == "lost" and "renew" in lost[0]["error"]
     assert events[-1]["event"] == "end" and events[-1]["outcome"] == "paused"
     assert any("could not renew" in w for w in warnings)
+
+
+def test_holding_announces_acquire_and_release_on_the_fleet_events_topic(
+    endpoint: tuple[ComputeApi, InMemoryCompute],
+) -> None:
+    """The lock's life reaches the events topic through the real Pub/Sub client (notify posts it)."""
+    from fleet.gcp.events import EventPublisher
+    from fleet.rollout.lock import holding
+    from functions.fleet_contract import FleetEvent
+    from standins.pubsub_api import LocalPubsub
+
+    api, _ = endpoint
+    with LocalPubsub() as pubsub:
+        topic = "projects/events-project/topics/fleet-events"
+        pubsub.create_topic(topic)
+        events = EventPublisher("events-project", "fleet-events", "prod", endpoint=pubsub.emulator_host)
+
+        def announce(action: str, result: str, detail: str) -> None:
+            events.publish("lock", action, result, rollout_id="ro-1", detail=detail)
+
+        with holding(store(api), "alice@laptop", "rollout 1.1.0", "ro-1", announce=announce):
+            assert stored(api) is not None
+        seen = [FleetEvent.from_message(m.data, m.attributes) for m in pubsub.messages(topic)]
+    assert [(e.kind, e.action, e.result, e.rollout_id) for e in seen] == [
+        ("lock", "acquire", "done", "ro-1"),
+        ("lock", "release", "done", "ro-1"),
+    ]
+    assert seen[0].detail == "alice@laptop: rollout 1.1.0" and stored(api) is None
