@@ -7,6 +7,7 @@ refusals in between checked to leave `current` untouched everywhere.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +75,22 @@ def test_bootstrap_is_idempotent(local_fleet: Any) -> None:
 
 
 def test_missing_secret_refused_before_anything_changes(local_fleet: Any, tmp_path: Path) -> None:
+    """The local fleet's secrets live in Secret Manager: one that is not there stops the deploy."""
+    import yaml
+
     before = currents(local_fleet)
-    secret_file = Path(local_fleet.inventory_dir) / "secrets" / "SECRET_KEY"
-    saved = secret_file.read_text()
-    secret_file.unlink()
+    defaults = Path(local_fleet.inventory_dir) / "defaults.yaml"
+    saved = defaults.read_text()
+    doc = yaml.safe_load(saved)
+    assert "secret_manager" in doc["data"]["secrets"]["SECRET_KEY"]
+    doc["data"]["secrets"]["SECRET_KEY"] = {"secret_manager": "no-such-secret"}
+    defaults.write_text(yaml.safe_dump(doc))
     try:
         code, payload, out = fab_logged("deploy", *inv_args(local_fleet))
     finally:
-        secret_file.write_text(saved)
+        defaults.write_text(saved)
     assert code == 2 and payload is None
-    assert "secret SECRET_KEY" in out and "nothing was changed on any host" in out
+    assert "secret SECRET_KEY" in out and "no-such-secret" in out and "nothing was changed on any host" in out
     assert_current_unchanged(local_fleet, before)
 
 
@@ -188,7 +195,15 @@ def test_deploy_1_1_0_switches(local_fleet: Any) -> None:
 
 
 def test_history_newest_first(local_fleet: Any) -> None:
+    # the fleet's central history in the release store: each whole-fleet deploy, newest first
     code, payload, out = fab_logged("history", *inv_args(local_fleet))
+    assert code == 0, out
+    fleet_wide = [e for e in payload["entries"] if e["action"] == "deploy" and e["result"] == "ok"]
+    assert [e["version"] for e in fleet_wide[:2]] == ["1.1.0", "1.0.0"]
+    times = [datetime.fromisoformat(e["at"].replace("Z", "+00:00")) for e in payload["entries"]]
+    assert times == sorted(times, reverse=True)
+    # and every host's own history.jsonl, over SSH
+    code, payload, out = fab_logged("history", *inv_args(local_fleet), "--on-hosts")
     assert code == 0, out
     entries = payload["entries"]
     times = [e["time"] for e in entries]
