@@ -81,11 +81,14 @@ def peers_python() -> Path:
     return python
 
 
-def _spawn(argv: list[str], out: Path, env: dict[str, str] | None = None) -> tuple[int, int]:
-    """Start one child writing stdout+stderr to `out`; returns (pid, fd)."""
+def _spawn(
+    argv: list[str], out: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start one child writing stdout+stderr to `out`; returns (Popen, fd). Keep the Popen: one that is
+    garbage-collected is reaped by subprocess's own clean-up, and its rusage lost to os.wait4."""
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=REPO, env=env)
-    return p.pid, fd
+    return p, fd
 
 
 def timed(argvs: list[list[str]], env: dict[str, str] | None = None, expect: int = 0) -> Run:
@@ -94,8 +97,9 @@ def timed(argvs: list[list[str]], env: dict[str, str] | None = None, expect: int
         started = time.perf_counter()
         children = [_spawn(argv, Path(out.name), env) for argv in argvs]
         cpu, rss, codes = 0.0, 0, []
-        for pid, fd in children:
-            _, status, usage = os.wait4(pid, 0)
+        for child, fd in children:
+            _, status, usage = os.wait4(child.pid, 0)
+            child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
             os.close(fd)
             codes.append(os.waitstatus_to_exitcode(status))
             cpu += usage.ru_utime + usage.ru_stime
