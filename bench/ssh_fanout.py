@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.report import write_section
+from fleet.errors import HostSetupError
 from fleet.local.sshd_hosts import SshdFleet
 from fleet.paths import CHECKOUT
 
@@ -182,9 +183,24 @@ def write_spec(fleet: SshdFleet) -> Path:
     return spec
 
 
+def start_fleet(root: Path, n: int, attempts: int = 3) -> SshdFleet:
+    """N sshd; again with new ports when one was taken between free_port() and sshd's bind (other
+    processes on a shared machine open ports too)."""
+    for attempt in range(attempts):
+        fleet = SshdFleet(root / f"try{attempt}").create(n)
+        try:
+            return fleet.start()
+        except HostSetupError as exc:
+            fleet.destroy()
+            if attempt + 1 == attempts:
+                raise
+            print(f"  retrying with new ports: {exc.what}", flush=True)
+    raise AssertionError("unreachable")
+
+
 def measure(n: int) -> tuple[dict[str, list[Run]], tuple[float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
-        fleet = SshdFleet(Path(tmp)).create(n).start()
+        fleet = start_fleet(Path(tmp), n)
         try:
             runners = tool_runners(fleet, write_spec(fleet))
             for tool in TOOLS:  # warm-up: page cache, bytecode
