@@ -18,6 +18,7 @@ OPTIONAL = {
     "gce": "bench.gce",
     "selfheal": "bench.selfheal",
     "agent": "bench.agent",
+    "step_latency": "bench.step_latency",
 }
 for _name, _module in OPTIONAL.items():
     if importlib.util.find_spec(_module) is not None:

@@ -132,7 +132,8 @@ def store_rows(cfg: Any) -> list[tuple[str, str, str]]:
             " / ".join(f"{x * 1000:.0f}" for x in cold),
         ),
         (
-            "publish the same release again (the generation precondition refuses each upload; the stored objects are read back and compared)",
+            "publish the same release again (the generation precondition refuses each upload; "
+            "the stored objects are read back and compared)",
             f"{statistics.median(warm) * 1000:.0f} ms",
             " / ".join(f"{x * 1000:.0f}" for x in warm),
         ),

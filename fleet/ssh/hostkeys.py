@@ -22,9 +22,11 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
 import struct
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,15 +225,43 @@ class HostTrust:
         )
 
 
+RACY_NS = 2_000_000_000
+_parsed: dict[str, tuple[tuple[int, int, int], list[KnownHostsLine]]] = {}
+_parsed_lock = threading.Lock()
+
+
+def known_hosts_file_lines(known_hosts: str | Path) -> list[KnownHostsLine]:
+    """`parse_lines` of the file, parsed once per process while its inode, size and mtime stay the same
+    (a fan-out to N hosts reads the same file N times); a missing file has no lines.
+
+    File times have the kernel's tick granularity, so a file changed within the last RACY_NS could be
+    changed again without its stamp moving: such a file is parsed every time, never cached."""
+    path = str(known_hosts)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return []
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _parsed_lock:
+        cached = _parsed.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+    try:
+        lines = parse_lines(Path(path).read_text())
+    except FileNotFoundError:
+        return []
+    if time.time_ns() - st.st_mtime_ns > RACY_NS:
+        with _parsed_lock:
+            _parsed[path] = (stamp, lines)
+    return lines
+
+
 def host_trust(known_hosts: str | Path, name: str, keys: Mapping[str, str] | None = None) -> HostTrust:
     """Keys to trust for `name` from known_hosts (or `keys` already resolved, e.g. from guest
     attributes), minus any an @revoked line names. A malformed pin for this host is an error naming
     its line; lines for other hosts are not this host's business."""
     path = str(known_hosts)
-    try:
-        lines = parse_lines(Path(known_hosts).read_text())
-    except FileNotFoundError:
-        lines = []
+    lines = known_hosts_file_lines(path)
     revoked = tuple(x for x in lines if x.marker == "revoked" and host_matches(x.hosts, name, patterns=True))
     authorities = tuple(
         x for x in lines if x.marker == "cert-authority" and host_matches(x.hosts, name, patterns=True)

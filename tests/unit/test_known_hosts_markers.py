@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,31 @@ def test_malformed_pin_for_this_host_named_others_ignored(tmp_path: Path) -> Non
 
 def test_missing_file_trusts_nothing(tmp_path: Path) -> None:
     assert host_trust(tmp_path / "none", NAME).keys == {}
+
+
+def test_known_hosts_parsed_once_while_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet.ssh import hostkeys
+
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"{NAME} ssh-ed25519 {ED1}\n")
+    old = time.time() - 60
+    os.utime(kh, (old, old))
+    calls: list[str] = []
+    real = hostkeys.parse_lines
+    monkeypatch.setattr(hostkeys, "parse_lines", lambda text: calls.append(text) or real(text))
+    for _ in range(3):
+        assert host_trust(kh, NAME).keys == {"ssh-ed25519": ED1}
+    assert len(calls) == 1  # one parse for three hosts
+    kh.write_text(f"@revoked {NAME} ssh-ed25519 {ED1}\n")  # changed: size and mtime move
+    assert host_trust(kh, NAME).keys == {}
+    assert len(calls) == 2
+
+
+def test_known_hosts_changed_just_now_is_never_cached(tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"{NAME} ssh-ed25519 {ED1}\n")
+    assert host_trust(kh, NAME).keys == {"ssh-ed25519": ED1}
+    stamp = kh.stat().st_mtime_ns
+    kh.write_text(f"{NAME} ssh-ed25519 {ED2}\n")  # same size, possibly the same clock tick
+    os.utime(kh, ns=(stamp, stamp))
+    assert host_trust(kh, NAME).keys == {"ssh-ed25519": ED2}

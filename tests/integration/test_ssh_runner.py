@@ -1,0 +1,48 @@
+"""How one command runs over a pinned connection: exit codes, both streams, stdin, timeouts, and the
+runner waiting on paramiko's exit-status event rather than polling (issue 17)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fleet.inventory import load, select
+from fleet.local.sshd_hosts import SshdFleet
+from fleet.ssh import connection
+from fleet.ssh.runner import HostContext, HostResult, run_on
+
+pytestmark = pytest.mark.sshd
+
+
+def _run(fleet: SshdFleet, fn: object) -> HostResult:
+    inv = load(str(fleet.inventory_dir))
+    (result,) = run_on(inv, select(inv, hosts=["h01"]), fn)  # type: ignore[arg-type]
+    return result
+
+
+def test_exit_code_streams_and_stdin_unchanged(sshd_fleet: SshdFleet) -> None:
+    def step(ctx: HostContext) -> HostResult:
+        assert isinstance(ctx.conn.config.runners.remote(context=ctx.conn), connection._remote_runner())
+        r = ctx.run("echo out-$((6*7)); echo err >&2; head -c 300000 /dev/zero | tr '\\0' x; exit 3")
+        fed = ctx.run("tr a-z A-Z", stdin="hello\n")
+        data = {"exited": r.exited, "stdout": r.stdout, "stderr": r.stderr, "fed": fed.stdout}
+        return HostResult(host=ctx.host.name, status="ok", data=data)
+
+    result = _run(sshd_fleet, step)
+    assert result.ok, result.error
+    assert result.data["exited"] == 3
+    assert result.data["stdout"].startswith("out-42\n") and result.data["stdout"].count("x") == 300000
+    assert result.data["stderr"] == "err\n"
+    assert result.data["fed"] == "HELLO\n"
+
+
+def test_timeout_still_ends_a_command(sshd_fleet: SshdFleet) -> None:
+    def step(ctx: HostContext) -> HostResult:
+        ctx.run("sleep 20", timeout=1)
+        return HostResult(host=ctx.host.name, status="ok")
+
+    started = time.monotonic()
+    result = _run(sshd_fleet, step)
+    assert time.monotonic() - started < 10
+    assert result.status == "failed" and "CommandTimedOut" in (result.error or "")
