@@ -70,6 +70,13 @@ def build(out_dir: Path, root: Path = CHECKOUT) -> Path:
     return target
 
 
+def build_bytes(root: Path = CHECKOUT) -> bytes:
+    """The zipapp's bytes (built in a scratch directory): what `fab agent.publish` and the local fleet
+    upload to the release store."""
+    with tempfile.TemporaryDirectory(prefix="fleet-agent-") as tmp:
+        return build(Path(tmp), root).read_bytes()
+
+
 def store_name(path: Path) -> str:
     """The object name the store keeps it under: agent/fleet-agent-<sha256[:16]>.pyz (contract)."""
     return f"agent/fleet-agent-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}.pyz"

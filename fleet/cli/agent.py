@@ -19,15 +19,12 @@ def publish(c: Any, inventory: str | None = None, json_: bool = False) -> None:
     library only) and upload it to the inventory's release store; `agent/current` names it, and every
     VM's startup script installs that one at boot. Content-addressed: publishing the same build twice
     writes nothing new."""
-    import tempfile
-
-    from fleet.agent.build import build
+    from fleet.agent.build import build_bytes
     from fleet.store.agent import upload_agent
     from fleet.view import console as ui
 
     _, store = open_store(inventory)
-    with tempfile.TemporaryDirectory(prefix="fleet-agent-") as tmp:
-        pyz = build(Path(tmp)).read_bytes()
+    pyz = build_bytes()
     name = upload_agent(store, pyz)
     if json_:
         ui.print_json({"store": store.url, "object": name, "bytes": len(pyz)})

@@ -47,17 +47,13 @@ def push_secrets(config: LocalConfig, files: Mapping[str, Path]) -> dict[str, di
 
 def publish_agent(config: LocalConfig) -> str:
     """Build the agent zipapp from this checkout and upload it (content-addressed); its object name."""
-    import tempfile
-
-    from fleet.agent.build import build
+    from fleet.agent.build import build_bytes
     from fleet.store.agent import upload_agent
     from fleet.store.location import parse
 
     store = parse(config.store_url, config.storage_endpoint, config.project, where="local fleet")
-    with tempfile.TemporaryDirectory(prefix="fleet-agent-") as tmp:
-        pyz = build(Path(tmp)).read_bytes()
     try:
-        return upload_agent(store, pyz)
+        return upload_agent(store, build_bytes())
     except FleetError as exc:
         raise FleetError(
             f"cannot upload the agent: {exc.what}", where=config.store_url, hint=exc.hint
