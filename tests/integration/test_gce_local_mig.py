@@ -443,6 +443,11 @@ def test_a_vm_that_cannot_read_a_secret_reports_it_and_never_enters_the_lb(
     _secret_manager_call(fleet, pinned, "disable")
     try:
         compute.recreate(REF, [victim])
+        # the old VM is drained and taken out of the LB first: only what the LB says after that is
+        # about the new VM
+        out = time.monotonic() + 60
+        while victim.name in fleet.lb.servers() and time.monotonic() < out:
+            time.sleep(0.2)
         states: set[str] = set()
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
