@@ -138,7 +138,12 @@ def inventory_path(name: str | None) -> Path:
     )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: the same safe constructors, a fifth of the parse time
+# (every `fab` start reads the inventory before it can connect anywhere)
+_SafeBase: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeBase):  # type: ignore[valid-type,misc]
     """SafeLoader that refuses duplicate mapping keys (a duplicated host would silently win otherwise)."""
 
 
