@@ -1,8 +1,9 @@
-"""SSH transport: a Nornir connection plugin around fabric.Connection with pinned host keys.
+"""SSH transport: a Nornir connection plugin around paramiko's client with pinned host keys.
 
-Fabric accepts unknown host keys by default (paramiko AutoAddPolicy) and reads ~/.ssh/known_hosts;
-here the only trusted keys are the inventory's `known_hosts`, an unknown or changed key is refused
-with the fingerprint and how to pin it, and connect failures (never commands) are retried.
+Fabric's Connection accepts unknown host keys by default (paramiko AutoAddPolicy) and reads
+~/.ssh/known_hosts; here the only trusted keys are the inventory's `known_hosts`, an unknown or
+changed key is refused with the fingerprint and how to pin it, and connect failures (never commands)
+are retried. Commands run through fleet.ssh.session (Fabric stays the command line: `fab`'s tasks).
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from fleet.errors import FleetError, HostKeyError
+from fleet.ssh.session import HostConnection
 
 if TYPE_CHECKING:
-    import fabric
     import paramiko
 
     from fleet.inventory import FleetHost, Inventory
     from fleet.ssh.hostkeys import GuestKeySource, HostTrust
 
-CONNECTION_NAME = "fabric"
+CONNECTION_NAME = "ssh"
 
 
 class UnreachableError(FleetError):
@@ -197,70 +198,7 @@ def _reject_policy() -> Any:
     return RejectUnknown
 
 
-# how often a command's wait re-checks its output threads while it blocks on the exit status
-WAIT_SLICE = 0.1
-
-
-def _remote_runner() -> type:
-    """Fabric's Remote runner, waiting on the channel's exit-status event instead of polling.
-
-    invoke's `Runner.wait` wakes every 10 ms (`input_sleep`) to ask whether the command has exited: with
-    N hosts running at once that is N x 100 wake-ups a second, all fighting for the GIL, and it was most
-    of `fab exec`'s client CPU (issue 17). paramiko sets `status_event` when the exit status arrives
-    and when the channel closes, which is exactly what `process_is_finished` reads; the output threads
-    are still checked (an IO thread that died with an exception ends the wait, as in invoke) every
-    WAIT_SLICE seconds. Everything else (IO threads, stdin, timeout timer, result) is invoke's."""
-    global _RUNNER
-    if _RUNNER is None:
-        from fabric.runners import Remote
-
-        class EventRemote(Remote):
-            killing = False
-
-            def wait(self) -> None:
-                while not (self.process_is_finished or self.has_dead_threads):
-                    self.channel.status_event.wait(WAIT_SLICE)
-                timer = getattr(self, "_timer", None)
-                if self.killing and timer is not None:
-                    # the timeout's kill closed the channel and woke us at once: let its thread end, so
-                    # invoke's `timed_out` (timer no longer alive) reports CommandTimedOut as it always has
-                    timer.join(5)
-
-            def kill(self) -> None:
-                self.killing = True
-                super().kill()
-
-        _RUNNER = EventRemote
-    return _RUNNER
-
-
-_RUNNER: type | None = None
-_CONFIG: Any = None
-_CONFIG_LOCK = threading.Lock()
-
-
-def _shared_config() -> fabric.Config:
-    """One Fabric Config for every connection of the process, built once.
-
-    Building an invoke Config merges and deep-copies its layers and probes attributes through
-    exceptions: about 3 ms of CPU a host when every connection built its own (issue 17's profile).
-    Nothing writes to it after construction (Connection and its runners only read it), so the
-    connections of all threads can share it."""
-    global _CONFIG
-    with _CONFIG_LOCK:
-        if _CONFIG is None:
-            import fabric
-
-            _CONFIG = fabric.Config(
-                overrides={
-                    "load_ssh_configs": False,
-                    "run": {"in_stream": False},
-                    "runners": {"remote": _remote_runner()},
-                }
-            )
-        return _CONFIG
-
-
+_KEYS_LOCK = threading.Lock()
 _KEYS: dict[tuple[str, int, int], Any] = {}
 
 
@@ -277,14 +215,14 @@ def _private_key(path: str) -> paramiko.PKey | None:
     except OSError:
         return None
     cache_key = (path, st.st_mtime_ns, st.st_size)
-    with _CONFIG_LOCK:
+    with _KEYS_LOCK:
         if cache_key in _KEYS:
             return _KEYS[cache_key]
     try:
         key: paramiko.PKey | None = paramiko.PKey.from_path(path)
     except (paramiko.SSHException, OSError, ValueError, TypeError):
         key = None
-    with _CONFIG_LOCK:
+    with _KEYS_LOCK:
         _KEYS[cache_key] = key
     return key
 
@@ -306,9 +244,25 @@ def _transport_factory(sock: Any, **kwargs: Any) -> paramiko.Transport:
     return transport
 
 
-def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Connection:
-    """Open (with bounded retries on connect failures only) a Fabric connection with pinned keys."""
-    import fabric
+def _proxy_socket(params: SSHParams) -> Any:
+    """The socket-like object the SSH connection runs over: the proxy command's pipes (tokens such
+    as %h expanded as OpenSSH and Fabric do), a TCP socket we open when the key is pinned under an
+    alias (so paramiko looks the alias up), or None for paramiko's own socket to `host`."""
+    import io
+
+    import paramiko
+
+    if params.proxy_command is not None:
+        config = paramiko.SSHConfig()
+        config.parse(io.StringIO(f"Host {params.host}\n    ProxyCommand {params.proxy_command}"))
+        return paramiko.ProxyCommand(config.lookup(params.host)["proxycommand"])
+    if params.host != params.address:
+        return socket.create_connection((params.address, params.port), timeout=params.connect_timeout)
+    return None
+
+
+def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> HostConnection:
+    """Open (with bounded retries on connect failures only) an SSH connection with pinned keys."""
     import paramiko
 
     from fleet.ssh import hostkeys
@@ -325,46 +279,26 @@ def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Con
     # read known_hosts ourselves: paramiko's parser fails on @revoked / @cert-authority lines
     trust = hostkeys.host_trust(params.known_hosts, params.known_hosts_name, resolved)
     policy_cls = _reject_policy()
+    pkey = _private_key(params.key_file) if params.key_file else None
     attempts = params.retries + 1
     last: Exception | None = None
     for attempt in range(attempts):
-        config = _shared_config()
         connect_kwargs: dict[str, Any] = {
+            "hostname": params.host,
+            "port": params.port,
+            "username": params.user,
+            "timeout": params.connect_timeout,
             "allow_agent": False,
             "look_for_keys": False,
             "banner_timeout": params.connect_timeout,
             "auth_timeout": params.connect_timeout,
             "transport_factory": _transport_factory,
         }
-        if params.key_file:
-            pkey = _private_key(params.key_file)
-            if pkey is not None:
-                connect_kwargs["pkey"] = pkey
-            else:  # let paramiko read it and report why it cannot
-                connect_kwargs["key_filename"] = [params.key_file]
-        if params.proxy_command is None and params.host != params.address:
-            # key pinned under an alias: connect the socket ourselves so paramiko looks up the alias
-            try:
-                connect_kwargs["sock"] = socket.create_connection(
-                    (params.address, params.port), timeout=params.connect_timeout
-                )
-            except OSError as exc:
-                last = exc
-                if attempt + 1 < attempts:
-                    sleep(min(0.5 * 2**attempt, 5.0))
-                continue
-        conn = fabric.Connection(
-            host=params.host,
-            user=params.user,
-            port=params.port,
-            config=config,
-            gateway=params.proxy_command,
-            connect_timeout=params.connect_timeout,
-            connect_kwargs=connect_kwargs,
-            forward_agent=False,
-        )
-        # Fabric's constructor installed AutoAddPolicy and loaded ~/.ssh/known_hosts: start from a clean
-        # client that trusts the inventory's pinned keys and nothing else.
+        if pkey is not None:
+            connect_kwargs["pkey"] = pkey
+        elif params.key_file:  # let paramiko read it and report why it cannot
+            connect_kwargs["key_filename"] = [params.key_file]
+        # a clean client: no ~/.ssh/known_hosts, no agent; the inventory's pinned keys and nothing else
         client = paramiko.SSHClient()
         # the pinned keys (with guest keys: the published ones plus explicit pins, checked against them)
         for key_type, b64 in trust.keys.items():
@@ -374,14 +308,16 @@ def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Con
                 continue  # a key type paramiko cannot use (as its own known_hosts parser skips them)
             client.get_host_keys().add(params.known_hosts_name, key_type, key)
         client.set_missing_host_key_policy(policy_cls(params, trust))
-        conn.client = client
         try:
-            conn.open()
+            sock = _proxy_socket(params)
+            if sock is not None:
+                connect_kwargs["sock"] = sock
+            client.connect(**connect_kwargs)
         except HostKeyError:
-            conn.close()
+            client.close()
             raise
         except paramiko.BadHostKeyException as exc:
-            conn.close()
+            client.close()
             revoked = trust.revoked_by(exc.key.get_base64())
             if revoked is not None:
                 raise trust.revoked_error(revoked, exc.key.get_name(), fingerprint(exc.key)) from None
@@ -393,23 +329,23 @@ def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Con
                 f"then replace the line for {params.known_hosts_name} in {params.known_hosts}",
             ) from None
         except paramiko.AuthenticationException as exc:
-            conn.close()
+            client.close()
             raise UnreachableError(
                 f"authentication failed for user {params.user}: {exc}",
                 where=params.known_hosts_name,
                 hint=f"check ssh.key_file ({params.key_file}) and that its public key is authorized",
             ) from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            conn.close()
+            client.close()
             last = exc
             if attempt + 1 < attempts:
                 sleep(min(0.5 * 2**attempt, 5.0))
             continue
         if params.keepalive:
-            transport = conn.client.get_transport()
+            transport = client.get_transport()
             if transport is not None:
                 transport.set_keepalive(params.keepalive)
-        return conn
+        return HostConnection(client)
     raise UnreachableError(
         f"cannot connect to {params.address}:{params.port} after {attempts} attempt(s): "
         f"{type(last).__name__}: {last}",
@@ -418,11 +354,11 @@ def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Con
     )
 
 
-class FabricConnection:
-    """Nornir connection plugin: one Fabric connection per host, reused by every task of a run."""
+class SshConnectionPlugin:
+    """Nornir connection plugin: one SSH connection per host, reused by every task of a run."""
 
     def __init__(self) -> None:
-        self.connection: fabric.Connection | None = None
+        self.connection: HostConnection | None = None
 
     def open(
         self,
@@ -447,4 +383,4 @@ def register() -> None:
     from nornir.core.plugins.connections import ConnectionPluginRegister
 
     if CONNECTION_NAME not in ConnectionPluginRegister.available:
-        ConnectionPluginRegister.register(CONNECTION_NAME, FabricConnection)
+        ConnectionPluginRegister.register(CONNECTION_NAME, SshConnectionPlugin)

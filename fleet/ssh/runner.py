@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from fleet import settings
 from fleet.errors import FleetError, HostKeyError
 from fleet.ssh.connection import CONNECTION_NAME, UnreachableError, register, ssh_params
+from fleet.ssh.session import CommandResult, HostConnection
 
 if TYPE_CHECKING:
-    import fabric
     from nornir.core import Nornir
     from nornir.core.inventory import Host as NornirHost
     from nornir.core.processor import Processor
@@ -65,19 +65,12 @@ class HostContext:
         self.host = host
 
     @property
-    def conn(self) -> fabric.Connection:
+    def conn(self) -> HostConnection:
         return self._task.host.get_connection(CONNECTION_NAME, self._task.nornir.config)
 
-    def run(self, script: str, *, timeout: float | None = None, stdin: str | None = None) -> Any:
+    def run(self, script: str, *, timeout: float | None = None, stdin: str | None = None) -> CommandResult:
         """Run a shell script on the host; never raises on a non-zero exit (the caller decides)."""
-        kwargs: dict[str, Any] = {"hide": True, "warn": True, "timeout": timeout}
-        if stdin is not None:
-            import io
-
-            kwargs["in_stream"] = io.StringIO(stdin)
-        else:
-            kwargs["in_stream"] = False
-        return self.conn.run(script, **kwargs)
+        return self.conn.run(script, timeout=timeout, stdin=stdin)
 
     def put(self, data: bytes, remote: str) -> None:
         """Write `data` to the file `remote` on the host over SFTP (OSError when it cannot)."""

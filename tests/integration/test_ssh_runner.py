@@ -9,7 +9,6 @@ import pytest
 
 from fleet.inventory import load, select
 from fleet.local.sshd_hosts import SshdFleet
-from fleet.ssh import connection
 from fleet.ssh.runner import HostContext, HostResult, run_on
 
 pytestmark = pytest.mark.sshd
@@ -23,10 +22,17 @@ def _run(fleet: SshdFleet, fn: object) -> HostResult:
 
 def test_exit_code_streams_and_stdin_unchanged(sshd_fleet: SshdFleet) -> None:
     def step(ctx: HostContext) -> HostResult:
-        assert isinstance(ctx.conn.config.runners.remote(context=ctx.conn), connection._remote_runner())
         r = ctx.run("echo out-$((6*7)); echo err >&2; head -c 300000 /dev/zero | tr '\\0' x; exit 3")
         fed = ctx.run("tr a-z A-Z", stdin="hello\n")
-        data = {"exited": r.exited, "stdout": r.stdout, "stderr": r.stderr, "fed": fed.stdout}
+        # more stdin than one SSH window while the command answers as it reads: must not deadlock
+        echoed = ctx.run("cat; echo done >&2", stdin="y" * 3_000_000, timeout=60)
+        data = {
+            "exited": r.exited,
+            "stdout": r.stdout,
+            "stderr": r.stderr,
+            "fed": fed.stdout,
+            "echoed": (len(echoed.stdout), echoed.stderr, echoed.exited),
+        }
         return HostResult(host=ctx.host.name, status="ok", data=data)
 
     result = _run(sshd_fleet, step)
@@ -35,6 +41,7 @@ def test_exit_code_streams_and_stdin_unchanged(sshd_fleet: SshdFleet) -> None:
     assert result.data["stdout"].startswith("out-42\n") and result.data["stdout"].count("x") == 300000
     assert result.data["stderr"] == "err\n"
     assert result.data["fed"] == "HELLO\n"
+    assert result.data["echoed"] == (3_000_000, "done\n", 0)
 
 
 def test_timeout_still_ends_a_command(sshd_fleet: SshdFleet) -> None:
