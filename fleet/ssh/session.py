@@ -38,7 +38,7 @@ class CommandResult:
     stderr: str
 
 
-class CommandTimedOut(Exception):  # noqa: N818 - the name the runner's error text has always shown
+class CommandTimedOut(Exception):
     """The command did not finish within its timeout; its channel was closed (sshd then ends it)."""
 
     def __init__(self, script: str, timeout: float) -> None:
