@@ -285,7 +285,10 @@ def main() -> None:
         f" timed as a whole process. One warm-up run per tool, then {ROUNDS} interleaved rounds"
         " (the order rotates)."
         " Client CPU: user+sys of the tool's process(es) from os.wait4; peak RSS: the process's ru_maxrss"
-        " (raw: the largest single `ssh`). Peers run from `.nox/bench-peers` (bench/peers/requirements.txt).",
+        " (raw: the largest single `ssh`). Peers run from `.nox/bench-peers` (bench/peers/requirements.txt),"
+        " `fab` from the bench session's environment; both have their bytecode compiled (this machine sets"
+        " PYTHONDONTWRITEBYTECODE, so an uncompiled tool would re-parse its sources on every start)."
+        f" Load average when the run started: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores.",
         "",
         versions(),
         "",
