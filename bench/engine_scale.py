@@ -198,6 +198,19 @@ def checked(c: Child, what: str) -> Child:
     return c
 
 
+def answered(c: Child, good: Any) -> int:
+    """How many hosts of a `--json` host listing came back ok and `good`; the others are printed (a
+    host that fails under the machine's load is a result, not a reason to lose the run)."""
+    try:
+        rows = c.json()["hosts"]
+    except (ValueError, KeyError, TypeError):
+        raise SystemExit(f"bench engine_scale: {c.argv[1]} exited {c.code}: {c.stderr[-3000:]}") from None
+    bad = [r for r in rows if r["status"] != "ok" or not good(r)]
+    for r in bad:
+        print(f"    {c.argv[1]}: {r['host']}: {r['status']}: {r.get('error')}", flush=True)
+    return len(rows) - len(bad)
+
+
 # --------------------------------------------------------------------------- one fleet size
 
 
@@ -215,6 +228,8 @@ class Result:
     phases: dict[str, float]  # seconds: before the journal, stage, batches, between, after
     steps: dict[str, list[float]] = field(default_factory=dict)  # step -> per-host seconds
     loadavg: tuple[float, float] = (0.0, 0.0)
+    status_ok: int = 0  # hosts `fab status` showed on the new release, healthy, undrained, no drift
+    facts_ok: int = 0  # hosts `fab facts` read
 
     @property
     def floor(self) -> float:
@@ -306,22 +321,20 @@ def measure(n: int) -> Result:
         report = ro.json()
         results = {h["result"] for h in report["hosts"]}
         if report["outcome"] != "succeeded" or results != {"updated"} or len(report["hosts"]) != n:
+            failed = [f"{h['host']}: {h['result']}: {h['error']}" for h in report["hosts"] if h["error"]]
             raise SystemExit(
-                f"bench engine_scale: rollout {report['outcome']}: {results} {report['problems']}"
+                f"bench engine_scale: rollout {report['outcome']}: {results} {report['problems']}\n"
+                + "\n".join(failed[:10])
             )
         batches, phases, steps = read_journal(journal, started_at, ended_at)
         print(f"  N={n}: rollout {ro.wall:.1f} s; fab status, fab facts", flush=True)
-        status = checked(fab(env, "status", "--inventory", inv, "--json"), "fab status")
-        rows = status.json()["hosts"]
-        bad = [r for r in rows if r["status"] != "ok" or r["version"] != NEW or r["drift"] or r["drained"]]
-        if bad or len(rows) != n:
-            raise SystemExit(f"bench engine_scale: fab status after the rollout: {bad[:3]}")
-        facts = checked(fab(env, "facts", "--inventory", inv, "--json"), "fab facts")
-        got = facts.json()
-        hosts = got["hosts"] if isinstance(got, dict) else got
-        if len(hosts) != n or any(h["status"] != "ok" for h in hosts):
-            raise SystemExit(f"bench engine_scale: fab facts: {facts.stdout[-2000:]}")
-        return Result(n, ro, status, facts, batches, phases, steps, (before, after))
+        status = fab(env, "status", "--inventory", inv, "--json")
+        status_ok = answered(
+            status, lambda r: r.get("version") == NEW and not r["drift"] and not r["drained"]
+        )
+        facts = fab(env, "facts", "--inventory", inv, "--json")
+        facts_ok = answered(facts, lambda h: h["facts"].get("release_version") == NEW)
+        return Result(n, ro, status, facts, batches, phases, steps, (before, after), status_ok, facts_ok)
     finally:
         fleet.destroy()
         api.stop()
@@ -386,11 +399,17 @@ def report(results: list[Result]) -> str:
         row("operator CPU (user + sys)", lambda r: f"{r.rollout.cpu:.1f} s"),
         row(
             "`fab status --json`: wall, RSS, threads",
-            lambda r: f"{r.status.wall:.1f} s, {r.status.rss_kb / 1024:.0f} MiB, {r.status.threads}",
+            lambda r: (
+                f"{r.status.wall:.1f} s, {r.status.rss_kb / 1024:.0f} MiB, {r.status.threads} "
+                f"({r.status_ok}/{r.n} ok)"
+            ),
         ),
         row(
             "`fab facts --json`: wall, RSS, threads",
-            lambda r: f"{r.facts.wall:.1f} s, {r.facts.rss_kb / 1024:.0f} MiB, {r.facts.threads}",
+            lambda r: (
+                f"{r.facts.wall:.1f} s, {r.facts.rss_kb / 1024:.0f} MiB, {r.facts.threads} "
+                f"({r.facts_ok}/{r.n} ok)"
+            ),
         ),
         row(
             "machine load average (1 min), before / after the rollout",
