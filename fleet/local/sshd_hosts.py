@@ -101,12 +101,16 @@ class SshdFleet:
         client_pub = keygen(self.key_file, "compose-fleet-test-client")
         (self.root / "authorized_keys").write_text(client_pub + "\n")
         width = max(2, len(str(count + extra_down)))
+        taken = {h.port for h in self.hosts}
         for i in range(1, count + extra_down + 1):
             name = f"{prefix}{i:0{width}d}"
             hdir = self.root / name
             hdir.mkdir()
             pub = keygen(hdir / "ssh_host_ed25519_key", name)
             port = free_port()
+            while port in taken:  # the kernel may hand the same free port out twice
+                port = free_port()
+            taken.add(port)
             (hdir / "sshd_config").write_text(
                 "\n".join(
                     [
