@@ -198,9 +198,9 @@ def checked(c: Child, what: str) -> Child:
     return c
 
 
-def answered(c: Child, good: Any) -> int:
-    """How many hosts of a `--json` host listing came back ok and `good`; the others are printed (a
-    host that fails under the machine's load is a result, not a reason to lose the run)."""
+def answered(c: Child, good: Any, errors: list[str]) -> int:
+    """How many hosts of a `--json` host listing came back ok and `good`; the others are printed and
+    their errors kept (a host that fails is a result, not a reason to lose the run)."""
     try:
         rows = c.json()["hosts"]
     except (ValueError, KeyError, TypeError):
@@ -208,6 +208,7 @@ def answered(c: Child, good: Any) -> int:
     bad = [r for r in rows if r["status"] != "ok" or not good(r)]
     for r in bad:
         print(f"    {c.argv[1]}: {r['host']}: {r['status']}: {r.get('error')}", flush=True)
+        errors.append(f"`fab {c.argv[1]}` {r['host']}: {str(r.get('error')).splitlines()[0][:160]}")
     return len(rows) - len(bad)
 
 
@@ -230,6 +231,8 @@ class Result:
     loadavg: tuple[float, float] = (0.0, 0.0)
     status_ok: int = 0  # hosts `fab status` showed on the new release, healthy, undrained, no drift
     facts_ok: int = 0  # hosts `fab facts` read
+    events: int = 0  # lines of the rollout's journal (each one written and fsync'd under one lock)
+    errors: list[str] = field(default_factory=list)  # hosts `fab status`/`fab facts` could not read
 
     @property
     def floor(self) -> float:
@@ -281,7 +284,7 @@ def read_journal(journal_dir: Path, started_at: float, ended_at: float) -> tuple
     }
     if plan["batches"] and len(batches) != len(plan["batches"]):
         raise SystemExit(f"bench engine_scale: {len(batches)} of {len(plan['batches'])} batches done")
-    return batches, phases, dict(steps)
+    return batches, phases, dict(steps), len(events)
 
 
 def measure(n: int) -> Result:
@@ -326,15 +329,17 @@ def measure(n: int) -> Result:
                 f"bench engine_scale: rollout {report['outcome']}: {results} {report['problems']}\n"
                 + "\n".join(failed[:10])
             )
-        batches, phases, steps = read_journal(journal, started_at, ended_at)
+        batches, phases, steps, events = read_journal(journal, started_at, ended_at)
+        errors: list[str] = []
         print(f"  N={n}: rollout {ro.wall:.1f} s; fab status, fab facts", flush=True)
         status = fab(env, "status", "--inventory", inv, "--json")
         status_ok = answered(
-            status, lambda r: r.get("version") == NEW and not r["drift"] and not r["drained"]
+            status, lambda r: r.get("version") == NEW and not r["drift"] and not r["drained"], errors
         )
         facts = fab(env, "facts", "--inventory", inv, "--json")
-        facts_ok = answered(facts, lambda h: h["facts"].get("release_version") == NEW)
-        return Result(n, ro, status, facts, batches, phases, steps, (before, after), status_ok, facts_ok)
+        facts_ok = answered(facts, lambda h: h["facts"].get("release_version") == NEW, errors)
+        load = (before, after)
+        return Result(n, ro, status, facts, batches, phases, steps, load, status_ok, facts_ok, events, errors)
     finally:
         fleet.destroy()
         api.stop()
@@ -394,6 +399,9 @@ def report(results: list[Result]) -> str:
         ),
         row("- worker_beat scan and settle, journal end", lambda r: f"{r.phases['between']:.1f} s"),
         row("- unlock, report, exit (after the journal)", lambda r: f"{r.phases['after']:.1f} s"),
+        row(
+            "journal events (each written and fsync'd under the journal's one lock)", lambda r: f"{r.events}"
+        ),
         row("operator peak RSS (ru_maxrss)", lambda r: f"{r.rollout.rss_kb / 1024:.0f} MiB"),
         row("operator peak threads (sampled every 50 ms)", lambda r: f"{r.rollout.threads}"),
         row("operator CPU (user + sys)", lambda r: f"{r.rollout.cpu:.1f} s"),
@@ -449,6 +457,18 @@ def report(results: list[Result]) -> str:
             f"({big.rollout.rss_kb / 1024:.0f} MiB).",
         ]
     lines += [
+        "",
+        "All hosts share this machine, which makes two costs grow with N that a real fleet spreads out: "
+        "every host's `switch` runs `pgrep -f` (fleet/commands/rollout.py `compose_idle`), which reads "
+        "the command line of every process of the machine (here ~3 sshd processes per host) while a "
+        "quarter of the hosts do the same; and all sshd sessions, stand-ins and the operator share the "
+        "same 2 cores.",
+        *(
+            ["", "Hosts `fab status` / `fab facts` could not read (their first error line):", ""]
+            + [f"- {r.n} hosts: {e}" for r in results for e in r.errors[:5]]
+            if any(r.errors for r in results)
+            else []
+        ),
         "",
         "The 2 cores are shared with other work (see the load average): CPU-bound parts (SSH handshakes "
         "and crypto, Python start-up and imports) stretch with it.",
