@@ -235,6 +235,7 @@ def _remote_runner() -> type:
 
 
 _RUNNER: type | None = None
+_CONNECTION: type | None = None
 _CONFIG: Any = None
 _CONFIG_LOCK = threading.Lock()
 
@@ -259,6 +260,27 @@ def _shared_config() -> fabric.Config:
                 }
             )
         return _CONFIG
+
+
+def _connection_class() -> type[fabric.Connection]:
+    """fabric.Connection that never writes into its Config, so that the shared one stays read-only.
+
+    A Connection is an invoke DataProxy: assigning a name that is not a real attribute stores it in
+    the Config, and every such store re-merges the whole Config, emptying its data for a moment.
+    Fabric's constructor assigns `self.inline_ssh_env`: with one Config shared by every thread, a
+    connection opening in one thread made another thread's read of its Config fail now and then
+    (`AttributeError: No attribute or config key found for 'gateway'`, `Valid keys: []`: 2 of 200
+    hosts of a `fab facts`, the 200-host engine benchmark). As a class attribute it is a real one: the
+    constructor's assignment stays on the connection."""
+    global _CONNECTION
+    if _CONNECTION is None:
+        import fabric
+
+        class Connection(fabric.Connection):
+            inline_ssh_env: Any = None
+
+        _CONNECTION = Connection
+    return _CONNECTION
 
 
 _KEYS: dict[tuple[str, int, int], Any] = {}
@@ -308,7 +330,6 @@ def _transport_factory(sock: Any, **kwargs: Any) -> paramiko.Transport:
 
 def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Connection:
     """Open (with bounded retries on connect failures only) a Fabric connection with pinned keys."""
-    import fabric
     import paramiko
 
     from fleet.ssh import hostkeys
@@ -353,7 +374,7 @@ def open_connection(params: SSHParams, *, sleep: Any = time.sleep) -> fabric.Con
                 if attempt + 1 < attempts:
                     sleep(min(0.5 * 2**attempt, 5.0))
                 continue
-        conn = fabric.Connection(
+        conn = _connection_class()(
             host=params.host,
             user=params.user,
             port=params.port,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import pytest
 import yaml
 
 from fleet.inventory import load
+from fleet.ssh import connection
 from fleet.ssh.connection import iap_proxy_command, ssh_params
 
 
@@ -72,3 +74,18 @@ def test_custom_proxy_command_substitutes_host_and_port(tmp_path: Path) -> None:
     inv = inv_with(tmp_path, {"ssh": {"proxy": {"command": "nc %h %p"}, "host_key_alias": "web.internal"}})
     p = ssh_params(inv.hosts["web"], inv)
     assert p.proxy_command == "nc 10.1.2.3 22" and p.host == "web.internal"
+
+
+def test_a_new_connection_leaves_the_shared_fabric_config_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection of the process shares one Fabric Config; a write into it re-merges it, and a
+    thread reading it meanwhile finds it empty ('No attribute or config key found for gateway')."""
+    shared = connection._shared_config()
+    before = dict(shared)
+    merges: list[object] = []
+    monkeypatch.setattr(type(shared), "merge", lambda self: merges.append(self))
+    conn = connection._connection_class()(
+        host="127.0.0.1", user="deploy", port=2222, config=shared, connect_kwargs={}
+    )
+    monkeypatch.undo()
+    assert merges == [] and dict(shared) == before
+    assert conn.inline_ssh_env == shared.inline_ssh_env  # still what the Config says
