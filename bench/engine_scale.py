@@ -307,9 +307,17 @@ def measure(n: int) -> Result:
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         print(f"  N={n}: fab deploy {OLD} (set-up, not timed)", flush=True)
-        deploy = checked(fab(env, "deploy", "--inventory", inv, "--version", OLD, "--json"), "fab deploy")
-        if not deploy.json()["ok"]:
-            raise SystemExit(f"bench engine_scale: deploy failed: {deploy.stdout[-3000:]}")
+        deploy = fab(env, "deploy", "--inventory", inv, "--version", OLD, "--json")
+        try:
+            done = deploy.json()
+        except ValueError:
+            done = {"ok": False, "hosts": []}
+        if deploy.code != 0 or not done["ok"]:
+            why = [f"{h['host']}: {h['result']}: {h['error']}" for h in done["hosts"] if h.get("error")]
+            raise SystemExit(
+                f"bench engine_scale: fab deploy exited {deploy.code}, stopped at {done.get('stopped_at')}:\n"
+                + "\n".join(why[:10] or [deploy.stderr[-3000:]])
+            )
         before = os.getloadavg()[0]
         started_at = time.time()
         print(f"  N={n}: fab rollout {NEW} --canary 0 --batch {BATCH}", flush=True)
