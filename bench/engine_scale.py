@@ -295,8 +295,9 @@ def measure(n: int) -> Result:
     backend = InMemoryCompute(action_seconds=0.01, op_seconds=0.01)
     backend.add_project(PROJECT)
     api = ComputeApi(backend).start()
-    fleet = start_fleet(root, n, session_env=session_env, sftp=True)
+    fleet: SshdFleet | None = None
     try:
+        fleet = start_fleet(root, n, session_env=session_env, sftp=True)
         write_inventory(fleet, api.url)
         inv = str(fleet.inventory_dir)
         journal = root / "journal"
@@ -349,7 +350,8 @@ def measure(n: int) -> Result:
         load = (before, after)
         return Result(n, ro, status, facts, batches, phases, steps, load, status_ok, facts_ok, events, errors)
     finally:
-        fleet.destroy()
+        if fleet is not None:
+            fleet.destroy()
         api.stop()
         backend.close()
         shutil.rmtree(root, ignore_errors=True)
