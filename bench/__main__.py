@@ -19,6 +19,7 @@ OPTIONAL = {
     "selfheal": "bench.selfheal",
     "agent": "bench.agent",
     "step_latency": "bench.step_latency",
+    "engine_scale": "bench.engine_scale",
 }
 for _name, _module in OPTIONAL.items():
     if importlib.util.find_spec(_module) is not None:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.report import write_section
 from fleet.errors import HostSetupError
@@ -183,11 +184,11 @@ def write_spec(fleet: SshdFleet) -> Path:
     return spec
 
 
-def start_fleet(root: Path, n: int, attempts: int = 3) -> SshdFleet:
+def start_fleet(root: Path, n: int, attempts: int = 3, **create: Any) -> SshdFleet:
     """N sshd; again with new ports when one was taken between free_port() and sshd's bind (other
-    processes on a shared machine open ports too)."""
+    processes on a shared machine open ports too). `create`: SshdFleet.create's keywords."""
     for attempt in range(attempts):
-        fleet = SshdFleet(root / f"try{attempt}").create(n)
+        fleet = SshdFleet(root / f"try{attempt}").create(n, **create)
         try:
             return fleet.start()
         except HostSetupError as exc:

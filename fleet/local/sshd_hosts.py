@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,14 @@ def keygen(path: Path, comment: str) -> str:
     )
 
 
+def _set_env(env: Mapping[str, str]) -> list[str]:
+    """sshd_config `SetEnv` line for `env` (none when empty)."""
+    bad = [k for k, v in env.items() if not k.isidentifier() or any(c in v for c in " \t\n\"'")]
+    if bad:
+        raise HostSetupError(f"session variables need plain names and values without blanks: {bad}")
+    return [" ".join(["SetEnv", *(f"{k}={v}" for k, v in env.items())])] if env else []
+
+
 @dataclass
 class SshdHost:
     name: str
@@ -69,8 +78,20 @@ class SshdFleet:
     def key_file(self) -> Path:
         return self.inventory_dir / "id_ed25519"
 
-    def create(self, count: int, *, prefix: str = "h", extra_down: int = 0) -> SshdFleet:
-        """Generate keys and configs for `count` servers (and `extra_down` inventory hosts with no server)."""
+    def create(
+        self,
+        count: int,
+        *,
+        prefix: str = "h",
+        extra_down: int = 0,
+        session_env: Callable[[str, Path], Mapping[str, str]] | None = None,
+        sftp: bool = False,
+    ) -> SshdFleet:
+        """Generate keys and configs for `count` servers (and `extra_down` inventory hosts with no server).
+
+        `session_env(name, host_dir)`: variables sshd sets in every session of that server (sshd_config
+        `SetEnv`, applied after sshd's own HOME/PATH, so it can replace them); values must not contain
+        whitespace or quotes. `sftp`: serve the sftp subsystem (sshd's internal-sftp), for uploads."""
         if not os.access(SSHD, os.X_OK):
             raise HostSetupError(
                 f"{SSHD} not found", hint="apt-get install openssh-server (nox does it for you)"
@@ -80,12 +101,16 @@ class SshdFleet:
         client_pub = keygen(self.key_file, "compose-fleet-test-client")
         (self.root / "authorized_keys").write_text(client_pub + "\n")
         width = max(2, len(str(count + extra_down)))
+        taken = {h.port for h in self.hosts}
         for i in range(1, count + extra_down + 1):
             name = f"{prefix}{i:0{width}d}"
             hdir = self.root / name
             hdir.mkdir()
             pub = keygen(hdir / "ssh_host_ed25519_key", name)
             port = free_port()
+            while port in taken:  # the kernel may hand the same free port out twice
+                port = free_port()
+            taken.add(port)
             (hdir / "sshd_config").write_text(
                 "\n".join(
                     [
@@ -102,6 +127,8 @@ class SshdFleet:
                         "MaxStartups 500",
                         "MaxSessions 100",
                         "LogLevel ERROR",
+                        *_set_env(session_env(name, hdir) if session_env else {}),
+                        *(["Subsystem sftp internal-sftp"] if sftp else []),
                         "",
                     ]
                 )
