@@ -148,3 +148,42 @@ def test_only_one_process_claims_a_journal(tmp_path: Path) -> None:
     finally:
         first.close()
     jr.Journal.claim(j.path).close()  # free again once the first one let go
+
+
+def test_parallel_appends_share_fsyncs_and_each_returns_only_once_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: 64 threads journal at once; every line is written, each append returns only after an
+    fsync that began after its own write, and the fsyncs are far fewer than the lines."""
+    import threading
+
+    j = jr.Journal.create(tmp_path, "ro-20261126-000000-gggg")
+    synced_sizes: list[int] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        size = os.fstat(fd).st_size  # what this fsync covers: everything written before it began
+        time.sleep(0.02)  # a disk under load: 20 ms an fsync
+        real_fsync(fd)
+        synced_sizes.append(size)
+
+    monkeypatch.setattr(jr.os, "fsync", slow_fsync)
+    uncovered: list[str] = []
+
+    def worker(n: int) -> None:
+        j.append("step", host=f"h{n:02d}", step="up", status="start")
+        lines = j.path.read_bytes().split(b"\n")
+        mine = next(i for i, line in enumerate(lines) if f'"h{n:02d}"'.encode() in line)
+        end = sum(len(line) + 1 for line in lines[: mine + 1])
+        if not synced_sizes or max(synced_sizes) < end:
+            uncovered.append(f"h{n:02d}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = jr.read(j.path)
+    assert sorted(e["host"] for e in events) == [f"h{n:02d}" for n in range(64)]
+    assert uncovered == []  # no append returned before its line was fsync'ed
+    assert 1 <= len(synced_sizes) < 32  # shared: 64 lines, at 20 ms an fsync, in far fewer fsyncs
