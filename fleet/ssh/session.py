@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     import paramiko
 
 CHUNK = 32768
-# a select() that was not woken re-checks the channel this often: the exit status can arrive without
-# data after it (the close that follows it wakes the wait at once in practice)
+# a select() that was not woken re-checks the channel this often: the exit status and the end of the
+# output arrive without data (the close that follows them wakes the wait at once in practice)
 WAIT_SLICE = 0.2
 # stdin larger than this is written from its own thread, so a command that answers while it reads
 # (and fills the SSH window) cannot deadlock against our write
@@ -94,7 +94,10 @@ def _drive(chan: paramiko.Channel, script: str, timeout: float | None, stdin: st
             out.append(chan.recv(CHUNK))
         while chan.recv_stderr_ready():
             err.append(chan.recv_stderr(CHUNK))
-        if chan.exit_status_ready() and not (chan.recv_ready() or chan.recv_stderr_ready()):
+        # done when the command has exited AND its output has ended: sshd may send the exit status
+        # while output is still on its way (a background child holding stdout open writes later)
+        ended = chan.eof_received or chan.closed
+        if ended and chan.exit_status_ready() and not (chan.recv_ready() or chan.recv_stderr_ready()):
             break
         wait = WAIT_SLICE
         if deadline is not None:

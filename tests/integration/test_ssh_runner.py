@@ -24,6 +24,8 @@ def test_exit_code_streams_and_stdin_unchanged(sshd_fleet: SshdFleet) -> None:
     def step(ctx: HostContext) -> HostResult:
         r = ctx.run("echo out-$((6*7)); echo err >&2; head -c 300000 /dev/zero | tr '\\0' x; exit 3")
         fed = ctx.run("tr a-z A-Z", stdin="hello\n")
+        # the shell exits (and sshd sends its exit status) before a child still holding stdout writes
+        late = ctx.run("(sleep 0.5; echo late; echo late-err >&2) & echo early; exit 4")
         # more stdin than one SSH window while the command answers as it reads: must not deadlock
         echoed = ctx.run("cat; echo done >&2", stdin="y" * 3_000_000, timeout=60)
         data = {
@@ -31,6 +33,7 @@ def test_exit_code_streams_and_stdin_unchanged(sshd_fleet: SshdFleet) -> None:
             "stdout": r.stdout,
             "stderr": r.stderr,
             "fed": fed.stdout,
+            "late": (late.exited, late.stdout, late.stderr),
             "echoed": (len(echoed.stdout), echoed.stderr, echoed.exited),
         }
         return HostResult(host=ctx.host.name, status="ok", data=data)
@@ -41,6 +44,7 @@ def test_exit_code_streams_and_stdin_unchanged(sshd_fleet: SshdFleet) -> None:
     assert result.data["stdout"].startswith("out-42\n") and result.data["stdout"].count("x") == 300000
     assert result.data["stderr"] == "err\n"
     assert result.data["fed"] == "HELLO\n"
+    assert result.data["late"] == (4, "early\nlate\n", "late-err\n")  # all the output, not what came first
     assert result.data["echoed"] == (3_000_000, "done\n", 0)
 
 
