@@ -49,6 +49,19 @@ def _set_env(env: Mapping[str, str]) -> list[str]:
     return [" ".join(["SetEnv", *(f"{k}={v}" for k, v in env.items())])] if env else []
 
 
+def _session_vars(
+    name: str,
+    hdir: Path,
+    session_env: Callable[[str, Path], Mapping[str, str]] | None,
+    plain_home: bool,
+) -> dict[str, str]:
+    env = dict(session_env(name, hdir)) if session_env else {}
+    if plain_home and "HOME" not in env:
+        (hdir / "home").mkdir(exist_ok=True)
+        env["HOME"] = str(hdir / "home")
+    return env
+
+
 @dataclass
 class SshdHost:
     name: str
@@ -86,12 +99,16 @@ class SshdFleet:
         extra_down: int = 0,
         session_env: Callable[[str, Path], Mapping[str, str]] | None = None,
         sftp: bool = False,
+        plain_home: bool = True,
     ) -> SshdFleet:
         """Generate keys and configs for `count` servers (and `extra_down` inventory hosts with no server).
 
         `session_env(name, host_dir)`: variables sshd sets in every session of that server (sshd_config
         `SetEnv`, applied after sshd's own HOME/PATH, so it can replace them); values must not contain
-        whitespace or quotes. `sftp`: serve the sftp subsystem (sshd's internal-sftp), for uploads."""
+        whitespace or quotes. `sftp`: serve the sftp subsystem (sshd's internal-sftp), for uploads.
+        `plain_home`: every session's HOME is an empty directory of its server's (unless `session_env`
+        sets one), as on a fresh host's deploy user: these servers log in as this machine's user, whose
+        ~/.bashrc bash sources for every SSH command (here: `pyenv init`, ~0.1 s of CPU a command)."""
         if not os.access(SSHD, os.X_OK):
             raise HostSetupError(
                 f"{SSHD} not found", hint="apt-get install openssh-server (nox does it for you)"
@@ -127,7 +144,7 @@ class SshdFleet:
                         "MaxStartups 500",
                         "MaxSessions 100",
                         "LogLevel ERROR",
-                        *_set_env(session_env(name, hdir) if session_env else {}),
+                        *_set_env(_session_vars(name, hdir, session_env, plain_home)),
                         *(["Subsystem sftp internal-sftp"] if sftp else []),
                         "",
                     ]
