@@ -410,7 +410,8 @@ def report(results: list[Result]) -> str:
         row("- worker_beat scan and settle, journal end", lambda r: f"{r.phases['between']:.1f} s"),
         row("- unlock, report, exit (after the journal)", lambda r: f"{r.phases['after']:.1f} s"),
         row(
-            "journal events (each durable before the engine moves on; fsyncs shared by group commit)", lambda r: f"{r.events}"
+            "journal events (each durable before the engine moves on; fsyncs shared by group commit)",
+            lambda r: f"{r.events}",
         ),
         row("operator peak RSS (ru_maxrss)", lambda r: f"{r.rollout.rss_kb / 1024:.0f} MiB"),
         row("operator peak threads (sampled every 50 ms)", lambda r: f"{r.rollout.threads}"),
