@@ -236,6 +236,10 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 def _transport_factory(sock: Any, **kwargs: Any) -> paramiko.Transport:
     import paramiko
 
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        # a command is several small packets in a row (open, exec, EOF): with Nagle on, each waits for
+        # the server's delayed ACK of the one before, ~40 ms a command; OpenSSH sets this too
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport = paramiko.Transport(sock, **kwargs)
     options = transport.get_security_options()
     available = tuple(options.ciphers)
