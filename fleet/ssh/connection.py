@@ -210,6 +210,8 @@ def _private_key(path: str) -> paramiko.PKey | None:
     (RSA, then ECDSA, then Ed25519 for an Ed25519 key): three parses per host."""
     import paramiko
 
+    if os.path.exists(f"{path}-cert.pub"):
+        return None  # paramiko loads the certificate beside the key only when given the path
     try:
         st = os.stat(path)
     except OSError:
