@@ -109,6 +109,11 @@ def _drive(chan: paramiko.Channel, script: str, timeout: float | None, stdin: st
         select.select([chan], [], [], wait)
     if writer is not None:
         writer.join(5)
+    transport = chan.get_transport()
+    if chan.exit_status == -1 and (transport is None or not transport.is_active()):
+        # no exit status because the connection itself went away, not the command: the runner reports
+        # the host unreachable (the command may or may not have run to its end)
+        raise EOFError("the SSH connection closed before the command reported its exit status")
     return CommandResult(
         exited=chan.recv_exit_status(),
         stdout=b"".join(out).decode("utf-8", "replace"),

@@ -1,5 +1,5 @@
 """How one command runs over a pinned connection: exit codes, both streams, stdin, timeouts, and the
-runner waiting on paramiko's exit-status event rather than polling (issue 17)."""
+connection breaking under a command (fleet/ssh/session.py)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,15 @@ def test_timeout_still_ends_a_command(sshd_fleet: SshdFleet) -> None:
     result = _run(sshd_fleet, step)
     assert time.monotonic() - started < 10
     assert result.status == "failed" and "CommandTimedOut" in (result.error or "")
+
+
+def test_a_connection_lost_mid_command_is_unreachable_not_a_failed_command(sshd_fleet: SshdFleet) -> None:
+    """The host's sshd session dies under the command (as when the host goes away): no exit status
+    came, so it is the connection that broke, not a command that exited -1."""
+
+    def step(ctx: HostContext) -> HostResult:
+        ctx.run("kill -9 $PPID; sleep 5", timeout=30)
+        return HostResult(host=ctx.host.name, status="ok")
+
+    result = _run(sshd_fleet, step)
+    assert result.status == "unreachable" and "EOFError" in (result.error or ""), result
