@@ -88,6 +88,22 @@ class AppSettings(_Strict):
     min_free_mb: StrictInt = Field(default=512, ge=0)  # free disk a deploy needs before it uploads
 
 
+class LivenessCheck(_Strict):
+    """MIG autohealing's health check: nginx's own path, never drain-aware, conservative thresholds.
+
+    Readiness (the LB's check) is `/health` with `lb.check_interval` and the thresholds beside it; it
+    answers 503 while a host is drained, so autohealing must never use it (a rollout's drain would make
+    the MIG recreate the host). Liveness fails only when nginx itself is gone.
+    """
+
+    path: StrictStr = Field(default="/nginx-health", pattern=r"^/[!-~]*$")
+    check_interval: StrictInt = Field(default=10, ge=1, le=300)
+    timeout: StrictInt = Field(default=5, ge=1, le=300)
+    healthy_threshold: StrictInt = Field(default=2, ge=1, le=10)
+    unhealthy_threshold: StrictInt = Field(default=6, ge=1, le=10)
+    initial_delay: StrictInt = Field(default=300, ge=0, le=3600)  # autoHealingPolicies.initialDelaySec
+
+
 class LBSettings(_Strict):
     kind: Literal["haproxy", "gcp", "none"] = "none"
     server: StrictStr | None = None
@@ -100,6 +116,9 @@ class LBSettings(_Strict):
     healthy_threshold: StrictInt = Field(default=2, ge=1)
     unhealthy_threshold: StrictInt = Field(default=2, ge=1)
     draining_timeout: float = Field(default=10.0, ge=0)
+    # the backend service's session affinity (the local haproxy balances by source for CLIENT_IP)
+    session_affinity: Literal["NONE", "CLIENT_IP", "GENERATED_COOKIE"] = "CLIENT_IP"
+    liveness: LivenessCheck = Field(default_factory=LivenessCheck)
 
 
 class SecretSource(_Strict):
