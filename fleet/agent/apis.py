@@ -15,6 +15,7 @@ from typing import Any
 
 from fleet import settings
 from fleet.agent.http import Http, Response
+from fleet.commands import healthmetric
 from fleet.errors import FleetError
 
 METADATA_HOST = "metadata.google.internal"
@@ -126,6 +127,10 @@ class Metadata:
     def project_id(self) -> str:
         return self._required("project/project-id")
 
+    def instance_id(self) -> str:
+        """The instance's numeric id (the `gce_instance` resource's instance_id)."""
+        return self._required("instance/id")
+
     def token(self) -> str:
         """The default service account's access token, cached until shortly before it expires."""
         now = self._clock()
@@ -232,6 +237,25 @@ class SecretManager(_Authorized):
             return data.decode()
         except UnicodeDecodeError:
             raise FleetError("the secret value is not UTF-8 text", where=version) from None
+
+
+# --------------------------------------------------------------------------- Cloud Monitoring
+
+
+class Monitoring(_Authorized):
+    """Cloud Monitoring's REST API: projects.timeSeries.create (the agent's health metric)."""
+
+    def __init__(self, http: Http, token: Callable[[], str], endpoint: str | None = None) -> None:
+        super().__init__(http, token, endpoint or healthmetric.MONITORING_ENDPOINT)
+
+    def write(self, project: str, body: Mapping[str, Any]) -> None:
+        """POST the body to projects/PROJECT/timeSeries; the API answers 200 with an empty object."""
+        where = f"projects/{project}/timeSeries"
+        url = healthmetric.create_url(self.endpoint, project)
+        data = json.dumps(body, separators=(",", ":")).encode()
+        resp = self._call("POST", url, "write the health metric", data, **{"Content-Type": "application/json"})
+        if resp.status != 200:
+            raise _fail(resp, "timeSeries.create", where, hint="roles/monitoring.metricWriter for the VM?")
 
 
 # --------------------------------------------------------------------------- Compute

@@ -26,7 +26,7 @@ from typing import IO, Any, Protocol
 
 from fleet.agent import apis
 from fleet.agent.local import LocalContext, LocalHost
-from fleet.commands import bootstrap, health, roles
+from fleet.commands import bootstrap, health, healthmetric, roles
 from fleet.commands import release as rc
 from fleet.commands.agent import Store, parse_store
 from fleet.commands.base import mask, name
@@ -52,6 +52,7 @@ class MetadataAPI(Protocol):
     def instance_name(self) -> str: ...
     def zone(self) -> str: ...
     def project_id(self) -> str: ...
+    def instance_id(self) -> str: ...
     def put_guest(self, key: str, value: str) -> None: ...
 
 
@@ -69,12 +70,17 @@ class ComputeAPI(Protocol):
     def labels(self, project: str, zone: str, instance: str) -> dict[str, str]: ...
 
 
+class MonitoringAPI(Protocol):
+    def write(self, project: str, body: Mapping[str, Any]) -> None: ...
+
+
 @dataclass
 class Clients:
     metadata: MetadataAPI
     storage: StorageAPI
     secrets: SecretsAPI
     compute: ComputeAPI
+    monitoring: MonitoringAPI | None = None  # the health metric (metadata fleet-health-metric=true)
 
 
 def google_clients(environ: Mapping[str, str] | None = None) -> Clients:
@@ -89,6 +95,7 @@ def google_clients(environ: Mapping[str, str] | None = None) -> Clients:
         apis.Storage(http, md.token, md.attribute("fleet-storage-endpoint")),
         apis.SecretManager(http, md.token, md.attribute("fleet-secretmanager-endpoint")),
         apis.Compute(http, md.token, md.attribute("fleet-compute-endpoint")),
+        apis.Monitoring(http, md.token, md.attribute(healthmetric.ENDPOINT_KEY)),
     )
 
 
@@ -229,6 +236,8 @@ class Agent:
         self.context = context
         self.clock = clock
         self.values: list[str] = []
+        self._metric_at: datetime | None = None  # the last health metric point written
+        self._instance_id: str | None = None
 
     # ---- reporting
 
@@ -534,15 +543,7 @@ class Agent:
         except FleetError as exc:
             self.log("observe", exc.render())
             return 1
-        seen = found.get("health") or {}
-        if not found["layout"] or not found["release"]:
-            state = "none"
-        elif found["drained"]:
-            state = "drained"
-        elif seen.get("code") == 200 and seen.get("version") == found["version"]:
-            state = "ok"
-        else:
-            state = "failed"
+        state = health_state(found)
         self.write_guest(
             {
                 "release": found["release"] or "",
@@ -551,7 +552,38 @@ class Agent:
                 "observed": now_iso(self.clock()),
             }
         )
+        self.write_metric(cfg, state)
         return 0
+
+    def write_metric(self, cfg: Config, state: str) -> bool:
+        """The health metric's point for this heartbeat (docs/selfheal.md), when the metadata
+        `fleet-health-metric` is true; at most one point every MIN_WRITE_INTERVAL seconds, as
+        Monitoring allows. A failed write is logged, never fatal (the absence policy notices)."""
+        if self.c.monitoring is None or not healthmetric.enabled(
+            self.c.metadata.attribute(healthmetric.ENABLE_KEY)
+        ):
+            return False
+        now = self.clock()
+        if self._metric_at is not None and (now - self._metric_at).total_seconds() < healthmetric.MIN_WRITE_INTERVAL:
+            return False
+        try:
+            if self._instance_id is None:
+                self._instance_id = self.c.metadata.instance_id()
+            body = healthmetric.time_series_body(
+                project=cfg.project,
+                zone=cfg.zone,
+                instance_id=self._instance_id,
+                fleet=cfg.fleet,
+                value=healthmetric.value_of(state),
+                end_time=now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            )
+            self.c.monitoring.write(cfg.project, body)
+        except (FleetError, ValueError) as exc:
+            text = exc.render() if isinstance(exc, FleetError) else str(exc)
+            self.log("metric", f"health metric not written: {text}")
+            return False
+        self._metric_at = now
+        return True
 
     def watch(
         self, every: float, rounds: int | None = None, sleep: Callable[[float], None] = time.sleep
@@ -572,6 +604,24 @@ class Agent:
                 self.log("drain", "left drained: the load balancer keeps this VM out")
         except FleetError as exc:
             self.log("drain", f"could not drain: {exc.render()}")
+
+
+def health_state(found: Mapping[str, Any]) -> str:
+    """The heartbeat's health from `status()`: none, drained, ok or failed.
+
+    A VM the agent itself left drained after a failed boot or apply is `failed`, not `drained`: that
+    drain keeps a broken VM out of the load balancer, it is not an operator switching releases, and
+    autohealing must still see it."""
+    seen = found.get("health") or {}
+    last = found.get("last") or {}
+    if not found.get("layout") or not found.get("release"):
+        return "none"
+    if found.get("drained"):
+        agent_failed = str(last.get("action", "")).startswith("agent-") and last.get("result") == "failed"
+        return "failed" if agent_failed else "drained"
+    if seen.get("code") == 200 and seen.get("version") == found.get("version"):
+        return "ok"
+    return "failed"
 
 
 def status(ctx: Any) -> dict[str, Any]:

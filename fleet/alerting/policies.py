@@ -124,6 +124,10 @@ class MonitoringConfig:
     escalate_after: int = 300
     regions: tuple[str, ...] = ()
     instance_checks: tuple[InstanceCheck, ...] = ()
+    # what opens autoheal's incidents: "uptime" (instance_checks), "agent-metric" or "none"
+    instance_health: str = "uptime"
+    health_duration: int = 120
+    health_absent_for: int = 300
     migs: tuple[contract.MigRef, ...] = ()
     scale_migs: tuple[str, ...] = ()
     scale_step: int = 1
@@ -269,6 +273,25 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
             "autohealing health check for the rest",
         )
 
+    health = mon.instance_health
+    source = health.source
+    if source == "auto":
+        source = "uptime" if checks else ("agent-metric" if migs else "none")
+    if source == "uptime" and not checks:
+        raise InventoryError(
+            "monitoring.instance_health.source is uptime but no host has uptime.per_instance on",
+            where=where,
+            hint="per-instance uptime checks need public IPs; without them use source: agent-metric",
+        )
+    if source == "agent-metric" and checks:
+        raise InventoryError(
+            "monitoring.instance_health.source is agent-metric but hosts have uptime.per_instance on",
+            where=where,
+            hint="one trigger for autohealing: turn uptime.per_instance off, or use source: uptime",
+        )
+    if source != "uptime":
+        checks = []
+
     # `scale:` with nothing under it is as good as no scale section (so are cpu/latency/queue_depth)
     scale = mon.scale if mon.scale is not None and mon.scale.model_fields_set else None
     mig_names = [g.name for g in migs]
@@ -350,6 +373,9 @@ def config_from_inventory(inv: Inventory, env: Mapping[str, str] | None = None) 
         escalate_after=uptime.escalate_after,
         regions=tuple(uptime.regions or ()),
         instance_checks=tuple(checks),
+        instance_health=source,
+        health_duration=health.duration,
+        health_absent_for=health.absent_for,
         migs=tuple(migs),
         scale_migs=tuple(scale_migs),
         scale_step=scale_or_default.step,
@@ -639,6 +665,9 @@ def desired_state(config: MonitoringConfig, refs: Mapping[str, str]) -> list[Des
             )
         )
 
+    if config.instance_health == "agent-metric":
+        out.extend(_metric_health_policies(config, policy))
+
     for mig in config.scale_migs:
         for direction in ("out", "in"):
             conditions = _scale_conditions(config, mig, direction)
@@ -668,6 +697,91 @@ def desired_state(config: MonitoringConfig, refs: Mapping[str, str]) -> list[Des
                 )
             )
     return out
+
+
+def metric_health_conditions(config: MonitoringConfig, *, escalation: bool) -> list[Any]:
+    """The agent-metric conditions (fleet/commands/healthmetric.py): the value below 1 (failing, not
+    drained) for `health_duration`, and no point for `health_absent_for` (the VM or its agent died).
+    Per series, i.e. per instance, no cross-series reducer: the incident names the instance
+    (resource.labels instance_id, zone). The escalation policy's are the same, longer by
+    `escalate_after`."""
+    from google.cloud import monitoring_v3 as m
+
+    from fleet.commands import healthmetric
+
+    extra = config.escalate_after if escalation else 0
+    filter_ = healthmetric.list_filter(config.fleet)
+    condition = m.AlertPolicy.Condition
+    return [
+        condition(
+            display_name=(
+                f"instance unhealthy (agent metric) still after {config.health_duration + extra}s"
+                if escalation
+                else "instance unhealthy (agent metric)"
+            ),
+            condition_threshold=condition.MetricThreshold(
+                filter=filter_,
+                aggregations=[
+                    m.Aggregation(
+                        alignment_period=_seconds(60),
+                        per_series_aligner=m.Aggregation.Aligner.ALIGN_MAX,
+                    )
+                ],
+                comparison=m.ComparisonType.COMPARISON_LT,
+                threshold_value=healthmetric.HEALTHY_AT_LEAST,
+                duration=_seconds(config.health_duration + extra),
+                trigger=condition.Trigger(count=1),
+                # a series that stops (the VM was recreated or deleted) closes its incident; the
+                # absence condition is what watches for silence
+                evaluation_missing_data=condition.EvaluationMissingData.EVALUATION_MISSING_DATA_INACTIVE,
+            ),
+        ),
+        condition(
+            display_name=(
+                f"instance stopped reporting (agent metric) still after {config.health_absent_for + extra}s"
+                if escalation
+                else "instance stopped reporting (agent metric)"
+            ),
+            condition_absent=condition.MetricAbsence(
+                filter=filter_,
+                aggregations=[
+                    m.Aggregation(
+                        alignment_period=_seconds(60),
+                        per_series_aligner=m.Aggregation.Aligner.ALIGN_MAX,
+                    )
+                ],
+                duration=_seconds(config.health_absent_for + extra),
+                trigger=condition.Trigger(count=1),
+            ),
+        ),
+    ]
+
+
+def _metric_health_policies(config: MonitoringConfig, policy: Callable[..., Desired]) -> list[Desired]:
+    """policy-instance-health and its escalation from the agent's metric: no uptime check, no public
+    IP, no per-VM registration (every VM the MIG creates reports itself)."""
+    labels = {contract.POLICY_ACTION_LABEL: contract.POLICY_ACTION_HEAL}
+    return [
+        policy(
+            "policy-instance-health",
+            "instance health",
+            metric_health_conditions(config, escalation=False),
+            labels,
+            "ERROR",
+            "A VM's agent reports its app unhealthy (`custom.googleapis.com/fleet/app_health` below 1: "
+            "/health failing while not drained on purpose), or stopped reporting. The `autoheal` function "
+            "resets it, then recreates it if it fails again (per series: the incident names the instance).",
+        ),
+        policy(
+            "policy-instance-health-escalation",
+            "instance health: still failing",
+            metric_health_conditions(config, escalation=True),
+            labels,
+            "ERROR",
+            f"A VM is still unhealthy (or silent) {config.escalate_after}s later, a reset did not fix it: "
+            "the `autoheal` function recreates it (a new incident within its escalation window).",
+        ),
+    ]
 
 
 def _scale_conditions(config: MonitoringConfig, mig: str, direction: str) -> list[Any]:

@@ -163,6 +163,18 @@ class MonitoringUptime(_Strict):
     regions: list[Literal["USA", "EUROPE", "SOUTH_AMERICA", "ASIA_PACIFIC"]] | None = None
 
 
+class MonitoringInstanceHealth(_Strict):
+    """What triggers function autohealing per instance (docs/selfheal.md, "Which layer heals what").
+    auto: uptime checks where a host has uptime.per_instance on (it has a public IP), else the
+    agent's health metric when the fleet has MIGs (gce.migs), else nothing."""
+
+    source: Literal["auto", "uptime", "agent-metric", "none"] = "auto"
+    # agent-metric: seconds the metric must stay below 1 (failing) before an incident opens
+    duration: StrictInt = Field(default=120, ge=0, le=86400, multiple_of=60)
+    # agent-metric: seconds without a point before "stopped reporting" opens (Monitoring: >= 120)
+    absent_for: StrictInt = Field(default=300, ge=120, le=84600, multiple_of=60)
+
+
 class MonitoringCpu(_Strict):
     high: float | None = Field(default=None, gt=0, le=1)
     low: float | None = Field(default=None, ge=0, lt=1)
@@ -221,6 +233,7 @@ class MonitoringSettings(_Strict):
     events_topic: StrictStr = Field(default="fleet-events", pattern=r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
     auto_close: StrictInt = Field(default=1800, ge=1800, le=604800)
     uptime: MonitoringUptime = Field(default_factory=MonitoringUptime)
+    instance_health: MonitoringInstanceHealth = Field(default_factory=MonitoringInstanceHealth)
     scale: MonitoringScale | None = None
     functions: MonitoringFunctions | None = None
 

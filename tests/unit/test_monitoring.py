@@ -279,6 +279,7 @@ def test_unresolved_references_are_visible_placeholders(tmp_path: Path) -> None:
 def test_only_what_is_configured(tmp_path: Path) -> None:
     data, hosts = base()
     data["monitoring"]["uptime"] = {"per_instance": False}
+    data["monitoring"]["instance_health"] = {"source": "none"}
     del data["monitoring"]["scale"]
     keys = [d.key for d in mon.desired_state(config_of(tmp_path, data, hosts), {})]
     assert keys == ["fleet-alerts", "fleet-events", mon.channel_key()]
