@@ -57,7 +57,7 @@ _MAX_BODY = 1 << 20
 _PROJECT = re.compile(r"projects/([a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20})")
 _REST_PATH = re.compile(r"/v3/projects/(?P<project>[^/]+)/timeSeries")
 _TERM = re.compile(
-    r'\s*(?P<field>metric\.type|resource\.type|(?:resource|metric)\.labels?\.[A-Za-z_][A-Za-z0-9_]*)'
+    r"\s*(?P<field>metric\.type|resource\.type|(?:resource|metric)\.labels?\.[A-Za-z_][A-Za-z0-9_]*)"
     r'\s*=\s*"(?P<value>[^"\\]*)"\s*'
 )
 
@@ -78,7 +78,13 @@ class ApiError(Exception):
         self.message = message
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.HTTP.get(self.code, 500), "message": self.message, "status": self.code.name}}
+        return {
+            "error": {
+                "code": self.HTTP.get(self.code, 500),
+                "message": self.message,
+                "status": self.code.name,
+            }
+        }
 
 
 def _invalid(message: str) -> ApiError:
@@ -145,12 +151,12 @@ def parse_filter(text: str) -> list[tuple[str, str]]:
         if match is None:
             raise _invalid(
                 f"Unsupported filter term {part.strip()!r}: the local endpoint takes "
-                'AND-joined equalities of metric.type, resource.type, resource.label.K, metric.label.K'
+                "AND-joined equalities of metric.type, resource.type, resource.label.K, metric.label.K"
             )
         name = re.sub(r"\.labels\.", ".label.", match["field"])
         terms.append((name, match["value"]))
     if not any(name == "metric.type" for name, _ in terms):
-        raise _invalid("The filter must name a metric type: metric.type = \"...\"")
+        raise _invalid('The filter must name a metric type: metric.type = "..."')
     return terms
 
 
@@ -192,7 +198,7 @@ class LocalMetrics:
 
     def _start_grpc(self) -> None:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="metrics-api"))
-        methods = {
+        methods: dict[str, tuple[Callable[[Any], Any], Any]] = {
             "CreateTimeSeries": (self._grpc_create, m.CreateTimeSeriesRequest),
             "ListTimeSeries": (self._list, m.ListTimeSeriesRequest),
         }
@@ -297,7 +303,9 @@ class LocalMetrics:
         """Validate every series first, then store all of them (a bad request stores nothing)."""
         match = _PROJECT.fullmatch(request.name)
         if match is None:
-            raise _invalid(f"Invalid resource name: {request.name!r}; expected projects/[PROJECT_ID_OR_NUMBER]")
+            raise _invalid(
+                f"Invalid resource name: {request.name!r}; expected projects/[PROJECT_ID_OR_NUMBER]"
+            )
         if not 1 <= len(request.time_series) <= MAX_SERIES:
             raise _invalid(f"Field timeSeries: between 1 and {MAX_SERIES} time series per request")
         now = self._clock()
@@ -314,26 +322,32 @@ class LocalMetrics:
                     )
                 need = RESOURCE_LABELS.get(ts.resource.type)
                 if need is None:
-                    raise _invalid(f"Field {where}.resource.type: unsupported resource type {ts.resource.type!r}")
+                    raise _invalid(
+                        f"Field {where}.resource.type: unsupported resource type {ts.resource.type!r}"
+                    )
                 missing = sorted(need - set(ts.resource.labels))
                 if missing:
                     raise _invalid(
-                        f"Field {where}.resource: the {ts.resource.type} resource needs label(s) {', '.join(missing)}"
+                        f"Field {where}.resource: the {ts.resource.type} resource needs "
+                        f"label(s) {', '.join(missing)}"
                     )
                 if len(ts.points) != 1:
-                    raise _invalid(f"Field {where}.points had an invalid value: exactly one point per time series")
+                    raise _invalid(
+                        f"Field {where}.points had an invalid value: exactly one point per time series"
+                    )
                 point = ts.points[0]
                 if "end_time" not in point.interval:
                     raise _invalid(f"Field {where}.points[0].interval.end_time is required")
                 end = point.interval.end_time
                 if "start_time" in point.interval and point.interval.start_time != end:
                     raise _invalid(
-                        f"Field {where}.points[0].interval.start_time: a GAUGE point's start time must equal its end time"
+                        f"Field {where}.points[0].interval.start_time: a GAUGE point's start time "
+                        "must equal its end time"
                     )
                 if end > now + timedelta(minutes=5) or end < now - timedelta(hours=25):
                     raise _invalid(
-                        f"Field {where}.points[0].interval.end_time had an invalid value: points must be written "
-                        "within 25 hours in the past and 5 minutes in the future"
+                        f"Field {where}.points[0].interval.end_time had an invalid value: points must be "
+                        "written within 25 hours in the past and 5 minutes in the future"
                     )
                 vtype = _value_type(point.value)
                 if not vtype:
@@ -456,7 +470,9 @@ def _serialize(message: Any) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m standins.metrics_api", description=(__doc__ or "").split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m standins.metrics_api", description=(__doc__ or "").split("\n")[0]
+    )
     parser.add_argument("--grpc-port", type=int, default=0)
     parser.add_argument("--rest-host", default="127.0.0.1")
     parser.add_argument("--rest-port", type=int, default=0)

@@ -253,7 +253,9 @@ class Monitoring(_Authorized):
         where = f"projects/{project}/timeSeries"
         url = healthmetric.create_url(self.endpoint, project)
         data = json.dumps(body, separators=(",", ":")).encode()
-        resp = self._call("POST", url, "write the health metric", data, **{"Content-Type": "application/json"})
+        resp = self._call(
+            "POST", url, "write the health metric", data, **{"Content-Type": "application/json"}
+        )
         if resp.status != 200:
             raise _fail(resp, "timeSeries.create", where, hint="roles/monitoring.metricWriter for the VM?")
 

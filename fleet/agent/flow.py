@@ -564,7 +564,10 @@ class Agent:
         ):
             return False
         now = self.clock()
-        if self._metric_at is not None and (now - self._metric_at).total_seconds() < healthmetric.MIN_WRITE_INTERVAL:
+        if (
+            self._metric_at is not None
+            and (now - self._metric_at).total_seconds() < healthmetric.MIN_WRITE_INTERVAL
+        ):
             return False
         try:
             if self._instance_id is None:

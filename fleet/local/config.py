@@ -63,6 +63,7 @@ class LocalConfig:
     # the metadata server (port 80, as metadata.google.internal), Cloud Storage, Secret Manager
     storage_port: int = 4443
     secretmanager_port: int = 8085
+    monitoring_port: int = 8086  # the Monitoring REST front (the agents' health metric)
 
     def __post_init__(self) -> None:
         for value, what in (
@@ -81,6 +82,7 @@ class LocalConfig:
             (self.registry_host_port, "registry port"),
             (self.storage_port, "storage port"),
             (self.secretmanager_port, "secret manager port"),
+            (self.monitoring_port, "monitoring port"),
         ):
             check_port(port, what)
 
@@ -109,6 +111,10 @@ class LocalConfig:
     @property
     def secretmanager_endpoint(self) -> str:
         return f"http://{self.gateway}:{self.secretmanager_port}"
+
+    @property
+    def monitoring_endpoint(self) -> str:
+        return f"http://{self.gateway}:{self.monitoring_port}"
 
     @property
     def bucket(self) -> str:

@@ -63,6 +63,9 @@ def metadata(config: LocalConfig, compute_url: str) -> dict[str, str]:
         "fleet-storage-endpoint": config.storage_endpoint,
         "fleet-secretmanager-endpoint": config.secretmanager_endpoint,
         "fleet-compute-endpoint": f"{compute_url}/compute/v1",
+        # the heartbeat writes custom.googleapis.com/fleet/app_health (docs/selfheal.md)
+        "fleet-health-metric": "true",
+        "fleet-monitoring-endpoint": config.monitoring_endpoint,
         "startup-script": startup_script(config.store_url),
     }
 

@@ -7,6 +7,9 @@ a local instance container reaches the same wire formats here, each from a stand
     <gateway>:storage_port        standins/storage.py          (fake-gcs-server: the release store)
     <gateway>:secretmanager_port  standins/secretmanager_api.py
     <gateway>:<port>              standins/compute_api.py      (a second front of the fleet's Compute)
+    <gateway>:monitoring_port     standins/metrics_api.py      (timeSeries.create: the health metric;
+                                  its gRPC front on 127.0.0.1, named in metrics.json, is what the
+                                  local monitor reads the series from)
 
 They run inside the fleet's Compute endpoint process (fleet/local/compute_docker.py), which knows
 the members, so the metadata server answers each container as its own instance and the guest
@@ -16,6 +19,7 @@ attributes it writes are what the Compute API's getGuestAttributes returns.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -30,6 +34,15 @@ if TYPE_CHECKING:
 
 
 MEMBERS_TTL = 5.0  # seconds a member list answers the metadata server (each request asks who calls)
+METRICS_FILE = "metrics.json"  # {"grpc": "127.0.0.1:PORT"}: where the written series are read
+
+
+def metrics_endpoint(state_dir: Path) -> str | None:
+    """The gRPC endpoint (host:port) of a running fleet's metrics stand-in, from its record."""
+    try:
+        return str(json.loads((state_dir / METRICS_FILE).read_text())["grpc"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class VmServices:
@@ -81,6 +94,7 @@ class VmServices:
     def start(self, backend: ComputeBackend) -> VmServices:
         from standins.compute_api import ComputeApi
         from standins.metadata_server import MetadataServer
+        from standins.metrics_api import LocalMetrics
         from standins.secretmanager_api import LocalSecretManager
         from standins.storage import StorageServer
 
@@ -106,6 +120,10 @@ class VmServices:
             ).start()
             self._started.append(storage)
             storage.create_bucket(self.config.bucket)
+            metrics = LocalMetrics(rest_host=gateway, rest_port=self.config.monitoring_port).start()
+            self._started.append(metrics)
+            record = self.state_dir / METRICS_FILE
+            record.write_text(json.dumps({"grpc": metrics.endpoint, "rest": metrics.rest_url}))
         except Exception:
             self.stop()
             raise

@@ -64,6 +64,16 @@ class AlertPathSettings:
     alerts_topic: str = "fleet-alerts"
     events_topic: str = "fleet-events"
     start_timeout: float = 90.0
+    # where instance health comes from: "probe" (each member's published /health, a per-instance
+    # uptime check) or "metric" (the agents' app_health series, as without public IPs)
+    health_source: str = "probe"
+    metric_absent_after: float = 20.0  # seconds without a point before a VM counts as failing
+
+    def __post_init__(self) -> None:
+        if self.health_source not in ("probe", "metric"):
+            raise FleetError(
+                f"health_source {self.health_source!r}", where="alert path settings", hint="probe or metric"
+            )
 
 
 def topic_path(project: str, name: str) -> str:
@@ -319,6 +329,7 @@ class AlertPath:
             scale_min=low,
             scale_max=high,
             scale_step=s.scale_step,
+            instance_health="agent-metric" if s.health_source == "metric" else "uptime",
         )
         self.monitor = Monitor(
             project=self.project,
@@ -330,7 +341,24 @@ class AlertPath:
             members=members,
             lb_stat=lambda: lb.command(SHOW_STAT),
             publish=self._publish,
+            health=self._metric_health() if s.health_source == "metric" else None,
         ).start()
+
+    def _metric_health(self) -> Any:
+        """The agents' health metric, read from the fleet's metrics stand-in (fleet/local/vmservices.py)."""
+        from fleet.local.vmservices import metrics_endpoint
+        from fleet.scenarios.metrichealth import MetricHealth, metric_client, series_reader
+
+        where = compute_endpoint.state_dir(self.config)
+        endpoint = metrics_endpoint(where)
+        if endpoint is None:
+            raise FleetError(
+                "the fleet's metrics stand-in is not recorded",
+                where=str(where),
+                hint="restart the fleet's Compute endpoint (`fab local.up`) so it serves the health metric",
+            )
+        reader = series_reader(metric_client(endpoint), self.project, self.config.name)
+        return MetricHealth(reader, absent_after=self.settings.metric_absent_after)
 
     def _spawn(self, target: str, env: Mapping[str, str]) -> FunctionServer:
         port = free_port()
@@ -494,10 +522,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", default="local", help="local fleet name (default: local)")
     parser.add_argument("--load-high", type=float, default=None, help="scale out above N requests/s/instance")
     parser.add_argument("--load-low", type=float, default=None, help="scale in below N requests/s/instance")
+    parser.add_argument(
+        "--health",
+        choices=("probe", "metric"),
+        default="probe",
+        help="instance health from each member's /health (probe) or the agents' metric (metric)",
+    )
     args = parser.parse_args(argv)
     try:
         monitor = MonitorSettings(load_high=args.load_high, load_low=args.load_low)
-        path = AlertPath(config_for(args.fleet), replace(AlertPathSettings(), monitor=monitor)).start()
+        settings = replace(AlertPathSettings(), monitor=monitor, health_source=args.health)
+        path = AlertPath(config_for(args.fleet), settings).start()
     except FleetError as exc:
         print(exc.render(), file=sys.stderr)
         return 2

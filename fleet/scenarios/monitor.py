@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fleet.commands.haproxy import parse_show_stat
 from fleet.errors import FleetError
@@ -146,6 +146,7 @@ def local_policies(
     scale_min: int,
     scale_max: int,
     scale_step: int = 1,
+    instance_health: str = "uptime",
 ) -> Policies:
     """The instance-health and scaling policies exactly as `fab monitoring.apply` would create them
     for this fleet (display names and user labels: what the functions read)."""
@@ -157,12 +158,14 @@ def local_policies(
         )
         for name, iid in (members or [("placeholder", "0")])
     )
+    metric = instance_health == "agent-metric"  # the agents' health metric instead of uptime checks
     config = monitoring.MonitoringConfig(
         fleet=fleet,
         project=project,
         alerts_topic=alerts_topic,
         events_topic=events_topic,
-        instance_checks=checks,
+        instance_checks=() if metric else checks,
+        instance_health="agent-metric" if metric else "uptime",
         migs=(contract.MigRef.make(project, zone, mig),),
         scale_migs=(mig,),
         scale_step=scale_step,
@@ -382,6 +385,20 @@ class Event:
     condition: str = ""
 
 
+class HealthSource(Protocol):
+    """Where instance health comes from instead of probing each member's published port
+    (fleet/scenarios/metrichealth.py: the agents' health metric)."""
+
+    metric_type: str
+    display: Mapping[str, str]  # condition key -> the condition's display name
+
+    def results(
+        self, members: Sequence[MonitoredInstance], servers: Mapping[str, tuple[str, str]]
+    ) -> dict[str, bool | None]: ...
+
+    def summary(self, member: str, fails: int) -> str: ...
+
+
 Publish = Callable[[bytes], str]
 Members = Callable[[], list[MonitoredInstance]]
 LbStat = Callable[[], str]
@@ -403,6 +420,7 @@ class Monitor:
         lb_stat: LbStat,
         publish: Publish,
         clock: Callable[[], float] = time.time,
+        health: HealthSource | None = None,
     ) -> None:
         self.project, self.zone, self.mig, self.backend = project, zone, mig, backend
         self.policies = policies
@@ -411,6 +429,7 @@ class Monitor:
         self._lb_stat = lb_stat
         self._publish = publish
         self._clock = clock
+        self._health = health  # None: probe each member's /health (a per-instance uptime check)
         self._lock = threading.Condition()
         self._counts: dict[str, HealthCount] = {}
         self._ids: dict[str, str] = {}  # member -> instance id last seen
@@ -485,7 +504,10 @@ class Monitor:
                 return None  # no data: the instance is not there to be checked
             return probe(address, self.settings.timeout)
 
-        results = dict(zip([m.name for m in members], self._pool.map(check, members), strict=True))
+        if self._health is not None:
+            results = self._health.results(members, servers)
+        else:
+            results = dict(zip([m.name for m in members], self._pool.map(check, members), strict=True))
         for member in members:
             count = self._counts.setdefault(member.name, HealthCount())
             count.add(results[member.name])
@@ -579,6 +601,16 @@ class Monitor:
             assert member is not None and count is not None
             after = s.fail_after if condition == FAILING else s.escalate_after
             display = "instance /health failing" if condition == FAILING else "instance /health still failing"
+            metric_type, summary = (
+                CHECK_METRIC,
+                (
+                    f"{subject} {HEALTH_PATH} failed {count.fails} checks in a row "
+                    f"({s.period:g} s apart, timeout {s.timeout:g} s)."
+                ),
+            )
+            if self._health is not None:
+                display = self._health.display.get(condition, display)
+                metric_type, summary = self._health.metric_type, self._health.summary(subject, count.fails)
             return Incident(
                 incident_id=new_incident_id(),
                 policy=self.policies.heal,
@@ -591,12 +623,11 @@ class Monitor:
                     "zone": self.zone,
                     "instance_id": member.instance_id or self._ids.get(subject, ""),
                 },
-                metric_type=CHECK_METRIC,
+                metric_type=metric_type,
                 metric_labels={"instance_name": subject, "check_id": f"check-instance-{subject}"},
                 threshold=str(after),
                 observed=str(count.fails),
-                summary=f"{subject} {HEALTH_PATH} failed {count.fails} checks in a row "
-                f"({s.period:g} s apart, timeout {s.timeout:g} s).",
+                summary=summary,
                 started_at=now,
             )
         policy = self.policies.scale_out if condition == LOAD_HIGH else self.policies.scale_in

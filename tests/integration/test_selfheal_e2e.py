@@ -1,7 +1,8 @@
 """Self-healing and scaling end to end on a local fleet of its own (2 instances, release 1.0.0).
 
 Real parts only: instances are containers with their own Docker engine, deployed over SSH by `fab`;
-the monitor probes them over HTTP and reads haproxy's counters; incidents go through the real
+the monitor judges them from the health metric their agents write (as a fleet without public IPs)
+and reads haproxy's counters; incidents go through the real
 PublisherClient to the local Pub/Sub, which pushes binary-mode CloudEvents to functions-framework
 servers running functions/; those call the fleet's Compute endpoint with the real compute client,
 which resets, recreates, adds and removes containers; notify posts to the webhook sink.
@@ -17,15 +18,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from fleet.commands import healthmetric
+from fleet.local import compute_endpoint
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.local.lb import LoadBalancer
 from fleet.local.progress import Progress
+from fleet.local.vmservices import metrics_endpoint
 from fleet.scenarios.alertpath import AlertPath, AlertPathSettings
+from fleet.scenarios.metrichealth import metric_client
 from fleet.scenarios.monitor import FAILING, STILL_FAILING, MonitorSettings
 from fleet.scenarios.selfheal import health, run_heal, run_scale, wait_stable
 from functions import fleet_contract as contract
@@ -34,14 +40,14 @@ pytestmark = [pytest.mark.localfleet, pytest.mark.functions]
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = LocalConfig(
-    name="selfheal",
-    container_prefix="fleet-sh",
-    host_prefix="sh",
-    network="fleet-sh",
-    subnet="10.222.0.0/24",
-    ssh_base=3100,
-    http_base=9100,
-    lb_port=18580,
+    name="shpriv",
+    container_prefix="fleet-shpriv",
+    host_prefix="shpriv",
+    network="fleet-shpriv",
+    subnet="10.232.0.0/24",
+    ssh_base=3400,
+    http_base=9400,
+    lb_port=18780,
 )
 INSTANCES = 2
 VERSION = "1.0.0"
@@ -80,7 +86,11 @@ def fleet() -> Iterator[LocalFleet]:
 
 @pytest.fixture(scope="module")
 def path(fleet: LocalFleet) -> Iterator[AlertPath]:
-    settings = AlertPathSettings(monitor=MonitorSettings(load_high=LOAD_HIGH, load_low=LOAD_LOW))
+    # instance health from the agents' metric, as in production without public IPs (the probe path,
+    # `health_source="probe"`, is covered against a real HTTP /health in tests/unit/test_local_monitor.py)
+    settings = AlertPathSettings(
+        monitor=MonitorSettings(load_high=LOAD_HIGH, load_low=LOAD_LOW), health_source="metric"
+    )
     with AlertPath(CONFIG, settings) as alert_path:
         wait_stable(alert_path)
         yield alert_path
@@ -121,6 +131,21 @@ def test_broken_api_is_reset_then_recreated_and_rejoins_the_lb_on_the_current_re
             "zone": CONFIG.zone,
             "instance_id": report.old_id,
         }
+
+    # the incidents came from the VMs' own health metric (nothing probed them from outside), and
+    # every member wrote its series to the Monitoring stand-in through timeSeries.create
+    assert {i.metric_type for i in report.incidents} == {healthmetric.METRIC_TYPE}
+    endpoint = metrics_endpoint(compute_endpoint.state_dir(CONFIG))
+    assert endpoint is not None
+    reporters = {
+        ts.resource.labels["instance_id"]
+        for ts in metric_client(endpoint).list_time_series(
+            name=f"projects/{CONFIG.project}",
+            filter=healthmetric.list_filter(CONFIG.name),
+            interval={"end_time": datetime.now(UTC), "start_time": datetime.now(UTC) - timedelta(minutes=10)},
+        )
+    }
+    assert {report.old_id, report.new_id} <= reporters
 
     # every alert went out as a CloudEvent the functions accepted
     alerts = path.pubsub.deliveries(path.alerts_topic) if path.pubsub else []
