@@ -61,6 +61,9 @@ def apply_(c: Any, inventory: str | None = None, json_: bool = False, prune: boo
 
     The alerts and events Pub/Sub topics, the pubsub notification channel, uptime checks and alert
     policies labelled for autoheal / scale, all notifying the channel. A second run changes nothing.
+    Autoheal's trigger is `monitoring.instance_health.source`: per-instance uptime checks (public IPs)
+    or the VMs' own health metric (`agent-metric`, the default without per_instance checks and with
+    gce.migs; docs/selfheal.md).
     Objects the inventory no longer wants are listed as orphans; --prune deletes them.
     """
     _run(inventory, json_, prune, execute=True)

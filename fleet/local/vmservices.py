@@ -58,6 +58,7 @@ class VmServices:
         self._lock = threading.Lock()
         self._members: dict[str, Any] = {}  # container address -> fleet.local.instances.Instance
         self._seen_at = 0.0
+        self._refreshing = False
 
     def metadata_items(self) -> dict[str, str]:
         return template.metadata(self.config, self.compute_url)
@@ -71,11 +72,14 @@ class VmServices:
             return None
         with self._lock:
             fresh = time.monotonic() - self._seen_at < MEMBERS_TTL
-            members = self._members if fresh else None
-        if members is None or address not in members:  # a new VM: ask Docker again
-            members = {rec.ip: rec for rec in backend.fleet.instances() if rec.ip}
-            with self._lock:
-                self._members, self._seen_at = members, time.monotonic()
+            members = self._members
+        if address not in members:  # a new VM: ask Docker now
+            members = self._refresh(backend)
+        elif not fresh:
+            # a known VM is answered from the last list while Docker is asked again in the background:
+            # Docker can stall for the length of another container's restart (tens of seconds), and
+            # GCE's metadata server never keeps a VM waiting for that
+            self._refresh_later(backend)
         rec = members.get(address)
         if rec is not None:
             project = backend.project(self.config.project)
@@ -90,6 +94,29 @@ class VmServices:
                 project_attributes=items,
             )
         return None
+
+    def _refresh(self, backend: Any) -> dict[str, Any]:
+        members = {rec.ip: rec for rec in backend.fleet.instances() if rec.ip}
+        with self._lock:
+            self._members, self._seen_at = members, time.monotonic()
+        return members
+
+    def _refresh_later(self, backend: Any) -> None:
+        with self._lock:
+            if self._refreshing:
+                return
+            self._refreshing = True
+
+        def run() -> None:
+            try:
+                self._refresh(backend)
+            except Exception:  # noqa: S110  the next request asks again
+                pass
+            finally:
+                with self._lock:
+                    self._refreshing = False
+
+        threading.Thread(target=run, name="vm-members", daemon=True).start()
 
     def start(self, backend: ComputeBackend) -> VmServices:
         from standins.compute_api import ComputeApi

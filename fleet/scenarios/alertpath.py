@@ -67,7 +67,7 @@ class AlertPathSettings:
     # where instance health comes from: "probe" (each member's published /health, a per-instance
     # uptime check) or "metric" (the agents' app_health series, as without public IPs)
     health_source: str = "probe"
-    metric_absent_after: float = 20.0  # seconds without a point before a VM counts as failing
+    metric_absent_after: float = 45.0  # seconds without a point before a VM counts as failing
 
     def __post_init__(self) -> None:
         if self.health_source not in ("probe", "metric"):

@@ -10,9 +10,12 @@ Monitoring. Every round this reads the fleet's series with the real `MetricServi
   rollout switching the VM, or its agent booting it) and 3 (NONE: nothing deployed yet) are no data:
   a drain never opens an incident, nor closes one (an incident closes when the VM serves again;
   Monitoring's threshold condition would close it while drained too, see docs/selfheal.md);
-- no point for `absent_after` seconds from a VM whose series had points is a failed check too (the
-  policy's absence condition: the VM or its agent died); a VM that never wrote has no data, as
-  Monitoring's absence condition needs one point first;
+- each point counts once, as one check (the agent writes one every few seconds, the monitor looks
+  every second): so `fail_after` failing points in a row open the incident, as the policy's duration
+  needs the value below 1 over several points, and one bad sample does not;
+- no point for `absent_after` seconds from a VM whose series had points is a failed check in every
+  round (the policy's absence condition: the VM or its agent died); a VM that never wrote has no
+  data, as Monitoring's absence condition needs one point first;
 - a member with a MIG action, not RUNNING, or without an instance id has no data (as the monitor's
   probe path).
 
@@ -86,6 +89,7 @@ class MetricHealth:
         self._clock = clock
         self._lock = threading.Lock()
         self._seen: set[str] = set()  # instance ids whose series had a point
+        self._judged: dict[str, LatestPoint] = {}  # member -> the last point counted as a check
         self.why: dict[str, str] = {}  # member -> the last judgement in words
 
     def results(
@@ -98,10 +102,15 @@ class MetricHealth:
         with self._lock:
             self._seen.update(points)
             for member in members:
+                latest = points.get(member.instance_id)
                 seen = member.instance_id in self._seen
-                out[member.name], self.why[member.name] = judge(
-                    member, points.get(member.instance_id), seen, now, self.absent_after
-                )
+                verdict, why = judge(member, latest, seen, now, self.absent_after)
+                fresh = latest is not None and now - latest.at <= self.absent_after
+                if fresh and verdict is not None and self._judged.get(member.name) == latest:
+                    verdict = None  # one point is one check: a round without a new point adds nothing
+                elif fresh and verdict is not None:
+                    self._judged[member.name] = latest
+                out[member.name], self.why[member.name] = verdict, why
         return out
 
     def summary(self, member: str, fails: int) -> str:

@@ -254,6 +254,7 @@ def test_a_new_port_updates_the_check_in_place(env: Env) -> None:
 def test_objects_no_longer_wanted_are_orphans_until_pruned(env: Env) -> None:
     env.apply()
     env.data["monitoring"]["uptime"]["per_instance"] = False
+    env.data["monitoring"]["instance_health"] = {"source": "none"}  # else `auto` moves to the agent metric
     planned = [(k, a) for _, k, a in actions(env.plan()) if a != "unchanged"]
     assert sorted(planned) == [
         ("check-instance-app-1", "orphan"),
@@ -479,3 +480,33 @@ def test_functions_deploy_with_real_gcloud_stops_at_the_first_failure(env: Env, 
     assert proc.stdout.splitlines() == [f"+ {plan.commands[0].shell()}"]
     assert "do not currently have an active account" in proc.stderr
     assert f"{plan.commands[0].label} failed with exit code 1; done before it: nothing" in proc.stderr
+
+
+def test_agent_metric_health_replaces_instance_checks_and_applies_idempotently(env: Env) -> None:
+    """Without public IPs: no per-instance uptime check, the autoheal policy on the agents' metric."""
+    env.apply()  # with per-instance uptime checks (public IPs)
+    env.data["monitoring"]["uptime"]["per_instance"] = False  # `auto` now picks the agent metric
+    planned = {(k, a) for _, k, a in actions(env.plan()) if a != "unchanged"}
+    assert planned == {
+        ("check-instance-app-1", "orphan"),
+        ("check-instance-app-2", "orphan"),
+        ("policy-instance-health", "update"),
+        ("policy-instance-health-escalation", "update"),
+    }
+    first = env.apply(prune=True)  # policies updated first, then the checks they used deleted
+    deleted = sorted(c.key for c in first.changes if c.kind == "uptime_check" and c.action == "delete")
+    assert deleted == ["check-instance-app-1", "check-instance-app-2"]
+    assert all(c.done for c in first.changes if c.action != "unchanged")
+    assert [c.monitored_resource.type for c in env.api.uptime_checks(PROJECT)] == ["uptime_url"]
+    heal = env.policy("policy-instance-health")
+    assert heal.user_labels[contract.POLICY_ACTION_LABEL] == contract.POLICY_ACTION_HEAL
+    kinds = [("condition_threshold" in c, "condition_absent" in c) for c in heal.conditions]
+    assert kinds == [(True, False), (False, True)], "unhealthy (threshold), stopped reporting (absence)"
+    assert (
+        'metric.type="custom.googleapis.com/fleet/app_health"'
+        in heal.conditions[0].condition_threshold.filter
+    )
+    assert all(c.name.startswith(heal.name + "/conditions/") for c in heal.conditions)
+    env.api.clear_calls()
+    again = env.apply()
+    assert {c.action for c in again.changes} == {"unchanged"} and env.api.mutations() == []

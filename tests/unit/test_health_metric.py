@@ -451,6 +451,8 @@ def test_monitor_heals_on_failing_never_on_drained_and_notices_silence() -> None
         assert rig.rounds(2, None) == [], "never reported: no data, no incident"
         assert rig.rounds(3, hm.HEALTHY) == []
         assert rig.rounds(6, hm.DRAINED) == [], "a rollout's drain never opens an incident"
+        assert rig.rounds(1, hm.FAILING) + rig.rounds(3, None) == [], "one bad point is one check, not four"
+        assert rig.rounds(1, hm.HEALTHY) == []
         opened = rig.rounds(2, hm.FAILING)
         assert [(i["condition_name"], i["state"]) for i in opened] == [
             ("instance unhealthy (agent metric)", "open")
