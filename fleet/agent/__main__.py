@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FleetError as exc:
         log("failed", exc.render())
         return 1
-    agent = flow.Agent(clients, log=log)
+    agent = flow.Agent(clients, log=log, busy_file=flow.BUSY_FILE)
     if args.command == "report":
         return agent.observe()
     if args.command == "watch":

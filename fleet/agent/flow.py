@@ -14,6 +14,7 @@ unless forced; `boot` takes the desired release as it is (it only moves when a r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -37,6 +38,8 @@ from fleet.release import secrets as known_secrets
 from functions.fleet_contract import LOCK_METADATA_KEY, ROLLOUT_LABEL, is_held, lock_problem, parse_lock
 
 ACTIONS = ("boot", "apply")
+# present while `boot`/`apply` runs (the heartbeat, another process, reads it): {"pid", "action"}
+BUSY_FILE = "/run/fleet-agent/busy"
 DEFAULT_HEALTH_TIMEOUT = 300.0
 SERVING_TIMEOUT = 60.0  # seconds /health may take to answer 200 once undrained
 ERROR_MAX = 500
@@ -230,8 +233,10 @@ class Agent:
         log: Log | None = None,
         context: ContextFactory = local_context,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        busy_file: str | None = None,
     ) -> None:
         self.c = clients
+        self.busy_file = busy_file  # None: no marker (tests); the program uses BUSY_FILE
         self.log = log or Log()
         self.context = context
         self.clock = clock
@@ -438,6 +443,13 @@ class Agent:
         """boot | apply. 0 = serving the desired release; 1 = failed, reported, VM drained."""
         if action not in ACTIONS:
             raise FleetError(f"unknown action {action!r}", hint=" or ".join(ACTIONS))
+        mark_busy(self.busy_file, action)
+        try:
+            return self._run(action, force=force)
+        finally:
+            clear_busy(self.busy_file)
+
+    def _run(self, action: str, *, force: bool = False) -> int:
         # an apply leaves a serving VM's health alone until it drains it
         self.report(
             action=action, result="running", error="", **({"health": "starting"} if action == "boot" else {})
@@ -543,6 +555,7 @@ class Agent:
         except FleetError as exc:
             self.log("observe", exc.render())
             return 1
+        found["agent"] = busy_action(self.busy_file)
         state = health_state(found)
         self.write_guest(
             {
@@ -612,19 +625,52 @@ class Agent:
 def health_state(found: Mapping[str, Any]) -> str:
     """The heartbeat's health from `status()`: none, drained, ok or failed.
 
-    A VM the agent itself left drained after a failed boot or apply is `failed`, not `drained`: that
-    drain keeps a broken VM out of the load balancer, it is not an operator switching releases, and
-    autohealing must still see it."""
+    `drained` is an operator's drain (a deploy or rollout switching the VM). A VM the agent itself
+    drained — while its boot or apply runs (`found["agent"]`, the busy marker), or left drained after
+    one failed — is `failed`: that drain keeps a VM that does not serve out of the load balancer, as
+    a failing readiness check would, and autohealing must still see it (a VM the MIG just created is
+    left alone by autoheal's initial delay, as by the MIG's own)."""
     seen = found.get("health") or {}
     last = found.get("last") or {}
     if not found.get("layout") or not found.get("release"):
         return "none"
     if found.get("drained"):
         agent_failed = str(last.get("action", "")).startswith("agent-") and last.get("result") == "failed"
-        return "failed" if agent_failed else "drained"
+        return "failed" if agent_failed or found.get("agent") else "drained"
     if seen.get("code") == 200 and seen.get("version") == found.get("version"):
         return "ok"
     return "failed"
+
+
+def mark_busy(path: str | None, action: str) -> None:
+    """The marker the heartbeat reads while `boot`/`apply` runs; best effort (never fails the run)."""
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({"pid": os.getpid(), "action": action}, fh)
+
+
+def clear_busy(path: str | None) -> None:
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def busy_action(path: str | None) -> str | None:
+    """The action `boot`/`apply` is running now, None when none is (no marker, or its process died)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        pid, action = int(data["pid"]), str(data["action"])
+        os.kill(pid, 0)  # signal 0: is the process there?
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return action
 
 
 def status(ctx: Any) -> dict[str, Any]:

@@ -9,9 +9,11 @@ rule and no per-VM registration, so a VM the MIG creates reports from its first 
 Values (one series per VM: the state is in the value, never a label that would split the series):
 
     1  HEALTHY   serving: /health answers 200 with the version of the current release
-    0  FAILING   not serving and not drained on purpose (what autohealing is for); also a VM the
-                 agent left drained after its own boot/apply failed (that drain is a symptom)
-    2  DRAINED   drained on purpose (a rollout or deploy switching it): never a heal
+    0  FAILING   not serving and not drained by an operator (what autohealing is for); also a VM
+                 the agent drained itself: while its boot/apply runs, or left so after one failed
+                 (that drain hides a VM that does not serve; a new VM is spared by autoheal's
+                 initial delay, as by the MIG's)
+    2  DRAINED   drained by an operator (a rollout or deploy switching it): never a heal
     3  NONE      no release on it yet (a new fleet before its first deploy): nothing to heal
 
 The alert policy (fleet/alerting/policies.py) opens an incident when the value stays below 1, and

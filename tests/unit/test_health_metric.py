@@ -247,6 +247,21 @@ def test_heartbeat_writes_the_metric_when_on_at_most_every_5s() -> None:
     assert off.bodies == [], "no metadata fleet-health-metric: nothing written"
 
 
+def test_busy_marker_names_the_running_action_and_dies_with_its_process(tmp_path: Path) -> None:
+    marker = str(tmp_path / "run" / "busy")
+    assert flow.busy_action(marker) is None
+    flow.mark_busy(marker, "boot")
+    assert flow.busy_action(marker) == "boot"
+    drained = {"layout": True, "release": "r1", "version": "1", "drained": True, "last": {"action": "deploy"}}
+    assert flow.health_state({**drained, "agent": "boot"}) == "failed", "the agent's own drain"
+    assert flow.health_state({**drained, "agent": None}) == "drained", "an operator's drain"
+    Path(marker).write_text(json.dumps({"pid": 2**22 + 12345, "action": "apply"}))  # no such process
+    assert flow.busy_action(marker) is None
+    flow.clear_busy(marker)
+    assert not Path(marker).exists()
+    flow.clear_busy(marker)  # twice is fine
+
+
 @pytest.mark.parametrize(
     ("found", "state"),
     [
