@@ -111,9 +111,16 @@ def startup_script(store_url: str, *, agent_dir: str = AGENT_DIR, attempts: int 
         "  systemd-run --unit fleet-agent-report --property Restart=always --property RestartSec=5 "
         'python3 "$agent_dir/fleet-agent.pyz" watch --every "$every" >/dev/null',
         "else",
-        '  pkill -f "fleet-agent.pyz watch" >/dev/null 2>&1 || true',
+        # the previous heartbeat of THIS agent dir only, by its pid file (checked against its command
+        # line): never a pattern kill, which would reach every agent on a host that runs several
+        '  old=$(cat "$agent_dir/watch.pid" 2>/dev/null || true)',
+        '  if [ -n "$old" ] && tr "\\0" " " <"/proc/$old/cmdline" 2>/dev/null '
+        '| grep -q "fleet-agent.pyz watch"; then',
+        '    kill "$old" >/dev/null 2>&1 || true',
+        "  fi",
         '  setsid nohup python3 "$agent_dir/fleet-agent.pyz" watch --every "$every" '
         ">>/var/log/fleet-agent-report.log 2>&1 </dev/null &",
+        '  echo "$!" >"$agent_dir/watch.pid"',
         "fi",
         # 4. boot: its JSON lines to the journal (this script's output) and the serial console
         'python3 "$agent_dir/fleet-agent.pyz" boot 2>&1 | console',

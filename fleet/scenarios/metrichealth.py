@@ -105,11 +105,11 @@ class MetricHealth:
                 latest = points.get(member.instance_id)
                 seen = member.instance_id in self._seen
                 verdict, why = judge(member, latest, seen, now, self.absent_after)
-                fresh = latest is not None and now - latest.at <= self.absent_after
-                if fresh and verdict is not None and self._judged.get(member.name) == latest:
-                    verdict = None  # one point is one check: a round without a new point adds nothing
-                elif fresh and verdict is not None:
-                    self._judged[member.name] = latest
+                if latest is not None and verdict is not None and now - latest.at <= self.absent_after:
+                    if self._judged.get(member.name) == latest:
+                        verdict = None  # one point is one check: a round without a new point adds nothing
+                    else:
+                        self._judged[member.name] = latest
                 out[member.name], self.why[member.name] = verdict, why
         return out
 

@@ -226,7 +226,9 @@ def test_startup_script_fetches_the_current_agent_checks_it_and_boots(tmp_path: 
         )
         assert r.returncode == 0, r.stdout + r.stderr
         assert "agent ran: boot" in r.stdout and (target / "fleet-agent.pyz").read_bytes() == data
-        assert [p.name for p in target.iterdir()] == ["fleet-agent.pyz"]  # no download left behind
+        # no download left behind; the heartbeat's pid file (the next boot stops that one, no other)
+        assert sorted(p.name for p in target.iterdir()) == ["fleet-agent.pyz", "watch.pid"]
+        assert "pkill" not in script.read_text(), "a pattern kill reaches every agent on the host"
 
         objects[name.replace("/", "%2F")] = data + b"tampered"
         r = subprocess.run(
