@@ -40,14 +40,14 @@ pytestmark = [pytest.mark.localfleet, pytest.mark.functions]
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = LocalConfig(
-    name="shpriv",
-    container_prefix="fleet-shpriv",
-    host_prefix="shpriv",
-    network="fleet-shpriv",
-    subnet="10.232.0.0/24",
-    ssh_base=3400,
-    http_base=9400,
-    lb_port=18780,
+    name="selfheal",
+    container_prefix="fleet-sh",
+    host_prefix="sh",
+    network="fleet-sh",
+    subnet="10.222.0.0/24",
+    ssh_base=3100,
+    http_base=9100,
+    lb_port=18580,
 )
 INSTANCES = 2
 VERSION = "1.0.0"
