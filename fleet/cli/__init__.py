@@ -5,7 +5,19 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from fleet.cli import agent, core, functions, local, lock, monitoring, release, rollout, secrets, store
+from fleet.cli import (
+    agent,
+    core,
+    functions,
+    infra_data,
+    local,
+    lock,
+    monitoring,
+    release,
+    rollout,
+    secrets,
+    store,
+)
 
 
 def namespace() -> Collection:
@@ -34,4 +46,10 @@ def namespace() -> Collection:
         ("agent", agent),
     ):
         ns.add_collection(Collection.from_module(module), name=name)
+    # `fab infra.data`: joins the `infra` collection (infra.plan/apply) when there is one
+    infra = ns.collections.get("infra")
+    if infra is None:
+        infra = Collection("infra")
+        ns.add_collection(infra)
+    infra.add_task(infra_data.data)
     return ns

@@ -242,6 +242,55 @@ class StoreSettings(_Strict):
         return value
 
 
+# data.data_layer: the managed data services the fleet uses and `infra` checks but never creates
+# (fleet/gcp/datalayer.py; docs/infra-data.md). Fleet-wide: set it in defaults.yaml.
+SQL_INSTANCE_PATTERN = r"^[a-z](?:[-a-z0-9]{0,77}[a-z0-9])?$"  # Cloud SQL instance id
+REDIS_INSTANCE_PATTERN = r"^[a-z](?:[-a-z0-9]{0,38}[a-z0-9])?$"  # Memorystore: 1-40 characters
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$"  # a Cloud Storage bucket (no domain-named ones)
+LOCAL_ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}/?$"
+
+
+class DataLayerEndpoints(_Strict):
+    """Local stand-ins (http://HOST:PORT) for the APIs the check reads; unset = Google's."""
+
+    sqladmin: StrictStr | None = Field(default=None, pattern=LOCAL_ENDPOINT_PATTERN)
+    redis: StrictStr | None = Field(default=None, pattern=LOCAL_ENDPOINT_PATTERN)
+    storage: StrictStr | None = Field(default=None, pattern=LOCAL_ENDPOINT_PATTERN)
+    compute: StrictStr | None = Field(default=None, pattern=LOCAL_ENDPOINT_PATTERN)
+
+
+class DataLayerSettings(_Strict):
+    """Cloud SQL (main + pgvector), Memorystore for Redis, the bucket and private services access.
+
+    The names say what must exist; the properties checked are fixed (regional, backups with PITR,
+    deletion protection, private IP only, TLS; Standard tier, AUTH, in-transit encryption; versioning,
+    uniform access). Fields marked "create only" shape the printed create commands, nothing else.
+    """
+
+    project: StrictStr | None = Field(default=None, pattern=GCE_PROJECT_PATTERN)  # unset: gce.project
+    region: StrictStr | None = Field(default=None, pattern=GCE_LOCATION_PATTERN)  # unset: gce.region/zone's
+    network: StrictStr = Field(default="default", pattern=GCE_NAME_PATTERN)  # the VPC the VMs are on
+    sql_instance: StrictStr = Field(pattern=SQL_INSTANCE_PATTERN)  # Dify's main database (DB_HOST)
+    pgvector_instance: StrictStr | None = Field(
+        default=None, pattern=SQL_INSTANCE_PATTERN
+    )  # unset: sql_instance
+    database_version: StrictStr = Field(default="POSTGRES_15", pattern=r"^POSTGRES_[0-9]{1,2}$")
+    sql_tier: StrictStr = Field(default="db-custom-2-7680", pattern=r"^db-[a-z0-9-]{1,60}$")  # create only
+    redis_instance: StrictStr = Field(pattern=REDIS_INSTANCE_PATTERN)
+    redis_size_gb: StrictInt = Field(default=1, ge=1, le=300)  # create only
+    redis_version: StrictStr = Field(default="redis_7_2", pattern=r"^redis_[0-9]+_[0-9x]+$")  # create only
+    bucket: StrictStr | None = Field(
+        default=None, pattern=BUCKET_PATTERN
+    )  # unset: vars.GOOGLE_STORAGE_BUCKET_NAME
+    bucket_location: StrictStr | None = Field(
+        default=None, pattern=r"^[A-Za-z][A-Za-z0-9-]{1,40}$"
+    )  # unset: region
+    # the allocated range of private services access; unset: any VPC_PEERING range on the network
+    psa_range: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
+    psa_prefix_length: StrictInt = Field(default=16, ge=8, le=29)  # create only
+    endpoints: DataLayerEndpoints = Field(default_factory=DataLayerEndpoints)
+
+
 class Data(_Strict):
     """A host's `data`: one layer of it as written, or (as `FleetHost.settings`) the merged whole."""
 
@@ -256,6 +305,7 @@ class Data(_Strict):
     run: RunSettings = Field(default_factory=RunSettings)
     monitoring: MonitoringSettings | None = None  # None: the fleet has no monitoring configured
     store: StoreSettings | None = None  # None: the fleet has no release store
+    data_layer: DataLayerSettings | None = None  # None: no managed data services to check
 
 
 class Defaults(_Strict):

@@ -1,0 +1,75 @@
+"""The data layer check: `fab infra.data` (fleet/gcp/datalayer.py; docs/infra-data.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fabric import task
+
+from fleet.cli.common import fleet_errors, task_help
+
+EXIT_FINDINGS = 1  # a finding of severity error: something is missing or not as required
+
+
+@task(help=task_help("inventory", "json"), name="data")
+@fleet_errors
+def data(c: Any, inventory: str | None = None, json_: bool = False) -> None:
+    """Check the managed data layer the inventory names; print what to create or fix. Changes nothing.
+
+    Reads `data_layer` (defaults.yaml) and checks, on the real APIs (or the stand-ins its `endpoints`
+    name): Cloud SQL main and pgvector instances (databaseVersion, REGIONAL, backups with point-in-time
+    recovery, deletion protection, no public IP, the VPC as private network, TLS enforced), Memorystore
+    for Redis (STANDARD_HA, AUTH, in-transit encryption, private services access, the VPC), the bucket
+    (versioning, uniform bucket-level access, location) and private services access on the VPC (an
+    allocated VPC_PEERING range, an ACTIVE servicenetworking peering). DB_HOST, PGVECTOR_HOST,
+    REDIS_HOST, REDIS_PORT, REDIS_USE_SSL and GOOGLE_STORAGE_BUCKET_NAME in vars are compared with what
+    exists. Each finding carries the exact gcloud command that creates or fixes it: run it yourself;
+    infra never creates or changes data services. Exit code 1 when a finding is an error.
+    """
+    from invoke.exceptions import Exit
+
+    from fleet import inventory as inv_mod
+    from fleet.gcp import datalayer
+    from fleet.inventory.datalayer import resolve
+    from fleet.view import console as ui
+
+    layer = resolve(inv_mod.load(inventory))
+    findings = datalayer.check(layer, datalayer.DataLayerClients(layer.endpoints, layer.project))
+    if json_:
+        ui.print_json(
+            {
+                "project": layer.project,
+                "region": layer.region,
+                "ok": not datalayer.has_errors(findings),
+                "findings": [f.as_dict() for f in findings],
+            }
+        )
+    else:
+        title = (
+            f"data layer: project {layer.project}, region {layer.region}, network {layer.network}: "
+            f"cloudsql/{layer.sql_instance}"
+            + (f", cloudsql/{layer.pgvector_instance}" if layer.pgvector_instance else "")
+            + f", redis/{layer.redis_instance}, bucket/{layer.bucket}"
+        )
+        if findings:
+            ui.table(
+                title,
+                ["resource", "property", "expected", "actual", "severity", "command / note"],
+                [
+                    [f.resource, f.property, f.expected, f.actual, f.severity, _how(f.command, f.note)]
+                    for f in findings
+                ],
+            )
+        else:
+            print(f"{title}\nall present as required")
+        errors = sum(1 for f in findings if f.severity == "error")
+        print(
+            f"{errors} error(s), {len(findings) - errors} warning(s). pgvector: the `vector` extension is "
+            "enabled per database (CREATE EXTENSION vector), which the Admin API cannot see: not checked."
+        )
+    if datalayer.has_errors(findings):
+        raise Exit(code=EXIT_FINDINGS)
+
+
+def _how(command: str, note: str) -> str:
+    return "\n".join(part for part in (command, note) if part)
