@@ -303,13 +303,13 @@ def _var_finding(name: str, expected: str, actual: str, why: str) -> Finding:
     )
 
 
-def redis_create(s: DataLayer) -> tuple[str, ...]:
+def redis_create(s: DataLayer, name: str | None = None) -> tuple[str, ...]:
     return (
         "gcloud",
         "redis",
         "instances",
         "create",
-        s.redis_instance,
+        name or s.redis_instance,
         f"--project={s.project}",
         f"--region={s.region}",
         "--tier=standard",
@@ -337,11 +337,12 @@ def _check_redis(s: DataLayer, inst: dict[str, Any] | None) -> list[Finding]:
                 "(gcloud redis instances get-auth-string)",
             )
         ]
+    replacement = f"{s.redis_instance[:36].rstrip('-')}-new"  # Memorystore ids: at most 40 characters
     immutable = (
-        "fixed at creation: create a new instance (another name) with this command, "
-        "move the data, point REDIS_HOST at it"
+        f"fixed at creation: create {replacement} with this command, move the data, point REDIS_HOST "
+        f"at it, set data_layer.redis_instance: {replacement}, then delete {s.redis_instance}"
     )
-    recreate = (redis_create(s),)
+    recreate = (redis_create(s, replacement),)
     found = []
     if inst.get("tier") != "STANDARD_HA":
         found.append(

@@ -274,11 +274,12 @@ def test_a_vars_mismatch_with_the_sql_instance_is_a_finding(
     )
 
 
-RECREATE = (
+CREATE = (
     f"gcloud redis instances create dify-redis --project={P} --region={REGION} --tier=standard --size=1 "
     f"--redis-version=redis_7_2 --network={NET} --connect-mode=private-service-access --enable-auth "
     "--transit-encryption-mode=server-authentication"
 )
+RECREATE = CREATE.replace("create dify-redis ", "create dify-redis-new ")
 
 REDIS_DEVIATIONS = [
     ("tier", {"tier": "BASIC"}, "tier", "BASIC", RECREATE),
@@ -310,7 +311,8 @@ def test_each_memorystore_deviation_gives_exactly_its_finding(
         command,
     )
     if command == RECREATE:
-        assert "fixed at creation" in f.note
+        assert "fixed at creation: create dify-redis-new" in f.note
+        assert "set data_layer.redis_instance: dify-redis-new, then delete dify-redis" in f.note
 
 
 def test_a_missing_memorystore_instance_gives_its_create_command(api: LocalDataLayerApi) -> None:
@@ -320,7 +322,7 @@ def test_a_missing_memorystore_instance_gives_its_create_command(api: LocalDataL
         "redis/dify-redis",
         "instance",
         "missing",
-        RECREATE,
+        CREATE,
     )
 
 
