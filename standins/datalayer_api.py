@@ -52,7 +52,7 @@ _BUCKET = re.compile(r"/storage/v1/b/(?P<name>[^/]+)")
 _NETWORK = re.compile(r"/compute/v1/projects/(?P<project>[^/]+)/global/networks/(?P<name>[^/]+)")
 _ADDRESSES = re.compile(r"/compute/v1/projects/(?P<project>[^/]+)/global/addresses")
 _FILTER = re.compile(r'\s*(?P<field>[A-Za-z][A-Za-z0-9_.]*)\s*=\s*"?(?P<value>[^"]*)"?\s*')
-_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 _KINDS = ("sql", "redis", "buckets", "networks", "addresses")
 
 
@@ -100,6 +100,7 @@ class LocalDataLayerApi:
         self._lock = threading.Lock()
         self._state: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in _KINDS}
         self._calls: list[Call] = []
+        self._denied: list[str] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         if state is not None:
@@ -260,6 +261,11 @@ class LocalDataLayerApi:
                 else:
                     raise StandinError(f"bad key {key!r} under {kind}", where=str(path))
 
+    def deny(self, path_prefix: str | None) -> None:
+        """Answer 403 to every path under `path_prefix` (a caller without the role); None: allow all."""
+        with self._lock:
+            self._denied = [path_prefix] if path_prefix else []
+
     def calls(self) -> list[Call]:
         with self._lock:
             return list(self._calls)
@@ -272,6 +278,11 @@ class LocalDataLayerApi:
     # --- HTTP ----------------------------------------------------------------------------------------
 
     def dispatch(self, method: str, path: str, query: dict[str, str]) -> Any:
+        with self._lock:
+            denied = any(path.startswith(prefix) for prefix in self._denied)
+        if denied:
+            style = "google" if "/locations/" in path else "legacy"
+            raise ApiError(403, "The caller does not have permission", "forbidden", style)
         if m := _BUCKET.fullmatch(path):
             self._only_get(method, "legacy")
             return self._get("buckets", m["name"], "The specified bucket does not exist.", "legacy")

@@ -639,7 +639,14 @@ class DataLayerClients:
                 where=where,
                 hint="the operator needs the viewer role of this API on the project "
                 "(roles/cloudsql.viewer, roles/redis.viewer, storage.buckets.get on the bucket, "
-                f"roles/compute.networkViewer); {HINT}",
+                "roles/compute.networkViewer)"
+                + (
+                    "; Cloud SQL answers 403 too for an instance id it does not know in a project "
+                    "you cannot list: check data_layer.project"
+                    if api == "Cloud SQL Admin"
+                    else ""
+                )
+                + f"; {HINT}",
             ) from None
         except gexc.GoogleAPICallError as exc:
             raise FleetError(f"cannot read {what}: {exc}", where=where, hint=HINT) from None

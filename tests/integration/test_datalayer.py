@@ -461,6 +461,29 @@ def test_an_unreachable_api_is_a_fleet_error_naming_it(api: LocalDataLayerApi, a
     assert err.value.hint is not None and dead in err.value.hint
 
 
+@pytest.mark.parametrize(
+    ("prefix", "api_name"),
+    [
+        (f"/v1/projects/{P}/instances", "Cloud SQL Admin"),
+        (f"/v1/projects/{P}/locations", "Memorystore for Redis"),
+        ("/storage/v1/b", "Cloud Storage"),
+        ("/compute/v1", "Compute"),
+    ],
+)
+def test_permission_denied_is_a_fleet_error_naming_the_roles(
+    api: LocalDataLayerApi, prefix: str, api_name: str
+) -> None:
+    api.deny(prefix)
+    try:
+        with pytest.raises(FleetError) as err:
+            run_check(api)
+    finally:
+        api.deny(None)
+    assert "permission denied" in err.value.what and err.value.where is not None
+    assert err.value.where.startswith(api_name)
+    assert err.value.hint is not None and "roles/cloudsql.viewer" in err.value.hint
+
+
 # ------------------------------------------------------------------------------------------ the task
 
 
