@@ -23,7 +23,8 @@ Resources are JSON as the APIs spell them (camelCase), put in with `put_*` (or a
 same shape as `dump()`); the server adds what the API adds (kind, name, selfLink). Errors use each
 API's body: Google's {"error": {"code", "message", "status"}} for Redis, {"error": {"code", "message",
 "errors": [{"reason", "domain", "message"}]}} for Cloud SQL, Storage and Compute. Read-only: nothing
-here creates or patches; it stands in for what the user created. No IAM: every caller may read.
+here creates or patches; it stands in for what the user created. No IAM: every caller may read, unless
+`deny(prefix)` makes the paths under a prefix answer 403 (a caller without the role).
 
 CLI:  python -m standins.datalayer_api [--host H] [--port N] [--state FILE]
 """
