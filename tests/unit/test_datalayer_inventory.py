@@ -205,3 +205,17 @@ def test_an_inventory_without_hosts_yet_is_resolved_from_its_defaults(tmp_path: 
     bad = {"data": {**data, "data_layer": {**SECTION, "sql_instance": "Bad_Name"}}}
     with pytest.raises(InventoryError, match="sql_instance"):
         resolve(Inventory(name="prod", path=tmp_path, hosts={}, groups={}, defaults=bad))
+
+
+def test_the_example_in_docs_loads_and_resolves(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "infra-data.md").read_text()
+    example = yaml.safe_load(doc.split("```yaml\n", 1)[1].split("```", 1)[0])
+    layer = resolve(load(str(inventory(tmp_path, example["data"]))))
+    assert (layer.project, layer.region, layer.network, layer.bucket) == (
+        "my-dify-project",
+        "europe-west1",
+        "dify-vpc",
+        "my-dify-project-files",
+    )
+    assert [name for _, name in layer.sql_instances()] == ["dify-main", "dify-vector"]
+    assert layer.app_vars["REDIS_USE_SSL"] == "true" and layer.app_vars["REDIS_PORT"] == "6378"
