@@ -484,6 +484,28 @@ def test_permission_denied_is_a_fleet_error_naming_the_roles(
     assert err.value.hint is not None and "roles/cloudsql.viewer" in err.value.hint
 
 
+def test_example_production_names_a_data_layer_that_checks_clean(
+    api: LocalDataLayerApi, tmp_path: Path
+) -> None:
+    """inventory/example-production (before its MIG has members: resolved from its defaults) against the
+    resources it describes: its vars agree with them, and the check finds nothing."""
+    from fleet.inventory.datalayer import resolve
+    from fleet.inventory.loader import Inventory
+
+    root = Path(__file__).resolve().parents[2] / "inventory" / "example-production"
+    doc = yaml.safe_load((root / "defaults.yaml").read_text())
+    doc["data"]["data_layer"]["endpoints"] = {k: api.url for k in ("sqladmin", "redis", "storage", "compute")}
+    settings = resolve(Inventory(name="prod", path=tmp_path, hosts={}, groups={}, defaults=doc))
+    assert (settings.project, settings.region, settings.bucket) == (P, REGION, "my-dify-project-files")
+    vector = copy.deepcopy(MAIN)
+    vector.update(name="dify-vector", ipAddresses=[{"type": "PRIVATE", "ipAddress": "10.20.0.4"}])
+    api.put_sql_instance(P, vector)
+    assert dl.check(settings, dl.DataLayerClients(settings.endpoints, settings.project, timeout=10)) == []
+    api.remove("sql", f"{P}/dify-vector")
+    [missing] = dl.check(settings, dl.DataLayerClients(settings.endpoints, settings.project, timeout=10))
+    assert (missing.resource, missing.actual) == ("cloudsql/dify-vector", "missing")
+
+
 # ------------------------------------------------------------------------------------------ the task
 
 
