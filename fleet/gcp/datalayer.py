@@ -252,7 +252,9 @@ def _check_sql(s: DataLayer, role: str, name: str, inst: dict[str, Any] | None) 
             settings.get("deletionProtectionEnabled"),
             "--deletion-protection",
         )
-    if ip.get("ipv4Enabled") is not False:
+    # a public IP: ipv4Enabled true, or (the field left out) a PRIMARY address in ipAddresses
+    public = [a.get("ipAddress") for a in inst.get("ipAddresses") or [] if a.get("type") == "PRIMARY"]
+    if ip.get("ipv4Enabled") is True or (ip.get("ipv4Enabled") is None and public):
         add(
             "settings.ipConfiguration.ipv4Enabled",
             "false",

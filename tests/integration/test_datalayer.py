@@ -194,6 +194,21 @@ def test_each_cloud_sql_deviation_gives_exactly_its_finding(
     )
 
 
+def test_a_public_ip_counts_when_ipv4_enabled_is_left_out(api: LocalDataLayerApi) -> None:
+    inst = copy.deepcopy(MAIN)
+    inst["settings"]["ipConfiguration"].pop("ipv4Enabled")
+    api.put_sql_instance(P, inst)
+    assert run_check(api) == []  # no field, no PRIMARY address: private only
+    inst["ipAddresses"].append({"type": "PRIMARY", "ipAddress": "34.76.1.2"})
+    api.put_sql_instance(P, inst)
+    [f] = run_check(api)
+    assert (f.property, f.actual, f.command) == (
+        "settings.ipConfiguration.ipv4Enabled",
+        "(unset)",
+        f"{PATCH} --no-assign-ip",
+    )
+
+
 def test_the_legacy_require_ssl_counts_as_tls_enforced(api: LocalDataLayerApi) -> None:
     inst = copy.deepcopy(MAIN)
     inst["settings"]["ipConfiguration"].pop("sslMode")
