@@ -42,6 +42,7 @@ def data(c: Any, inventory: str | None = None, json_: bool = False) -> None:
                 "region": layer.region,
                 "ok": not datalayer.has_errors(findings),
                 "findings": [f.as_dict() for f in findings],
+                "commands": datalayer.fix_commands(findings),
             }
         )
     else:
@@ -60,6 +61,11 @@ def data(c: Any, inventory: str | None = None, json_: bool = False) -> None:
                     for f in findings
                 ],
             )
+            commands = datalayer.fix_commands(findings)
+            if commands:
+                print("to create or fix, in this order (then set the vars the notes name, and deploy):")
+                for command in commands:
+                    print(f"  {command}")
         else:
             print(f"{title}\nall present as required")
         errors = sum(1 for f in findings if f.severity == "error")

@@ -168,6 +168,30 @@ def has_errors(findings: Sequence[Finding]) -> bool:
     return any(f.severity == "error" for f in findings)
 
 
+_FIX_ORDER = {"network": 0, "cloudsql": 1, "redis": 2, "bucket": 3}  # private services access first
+
+
+def fix_commands(findings: Sequence[Finding]) -> list[str]:
+    """The findings' distinct commands in the order to run them: private services access first (Cloud
+    SQL and Memorystore need it on the network), then each instance's patches merged into one call (one
+    restart, not one per property; a major version upgrade stays a call of its own)."""
+    ordered = sorted(findings, key=lambda f: _FIX_ORDER.get(f.resource.split("/", 1)[0], len(_FIX_ORDER)))
+    calls: list[tuple[str, ...]] = []
+    flags: dict[tuple[str, ...], list[str]] = {}
+    for finding in ordered:
+        for argv in finding.commands:
+            mergeable = argv[:4] == ("gcloud", "sql", "instances", "patch") and not argv[-1].startswith(
+                "--database-version="
+            )
+            key = argv[:-1] if mergeable else argv
+            if key not in flags:
+                flags[key] = []
+                calls.append(key)
+            if mergeable and argv[-1] not in flags[key]:
+                flags[key].append(argv[-1])
+    return [shlex.join((*key, *flags[key])) for key in calls]
+
+
 def _sql(*args: str, project: str) -> tuple[str, ...]:
     return ("gcloud", "sql", "instances", *args, f"--project={project}")
 

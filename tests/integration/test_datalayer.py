@@ -463,6 +463,26 @@ def test_private_services_access_range_and_peering(api: LocalDataLayerApi) -> No
     assert "infra.apply" in f.note
 
 
+def test_the_commands_to_run_come_in_order_with_one_patch_per_instance(api: LocalDataLayerApi) -> None:
+    inst = copy.deepcopy(MAIN)
+    inst["databaseVersion"] = "POSTGRES_14"
+    inst["settings"].update(availabilityType="ZONAL", deletionProtectionEnabled=False)
+    api.put_sql_instance(P, inst)
+    api.put_redis_instance(
+        P, REGION, {**copy.deepcopy(REDIS), "tier": "BASIC", "connectMode": "DIRECT_PEERING"}
+    )
+    api.remove("addresses", f"{P}/{RANGE}")
+    findings = run_check(api)
+    assert len(findings) == 6
+    assert dl.fix_commands(findings) == [
+        f"gcloud compute addresses create {RANGE} --project={P} --global --purpose=VPC_PEERING "
+        "--prefix-length=16 --network=dify-vpc",
+        f"{PATCH} --database-version=POSTGRES_15",  # a major upgrade: a call of its own
+        f"{PATCH} --availability-type=REGIONAL --deletion-protection",  # one restart
+        RECREATE,  # once, though two findings print it
+    ]
+
+
 @pytest.mark.parametrize("api_name", ["sqladmin", "redis", "storage", "compute"])
 def test_an_unreachable_api_is_a_fleet_error_naming_it(api: LocalDataLayerApi, api_name: str) -> None:
     dead = "http://127.0.0.1:9"  # discard: nothing listens
@@ -585,6 +605,7 @@ def test_the_task_prints_a_table_with_the_commands_and_exits_1_on_errors(
         "error",
         f"{PATCH} --deletion-protection",
     ] in rows
+    assert [f"  {PATCH} --deletion-protection"] in rows  # the commands to run, in order
     assert [r[:5] for r in rows if r[0] == "bucket/my-dify-project-files"] == [
         ["bucket/my-dify-project-files", "location", "EUROPE-WEST1", "US", "warning"]
     ]
