@@ -5,6 +5,10 @@ services access on the VPC. `check()` reads what exists and returns findings, ea
 data, so creating them, turning off deletion protection or resizing them is the user's act, never the
 side effect of an apply (docs/infra-data.md).
 
+Use:  layer = fleet.inventory.datalayer.resolve(inventory)
+      findings = check(layer, DataLayerClients(layer.endpoints, layer.project))
+      fix_commands(findings)  # the commands to run, in order
+
 Clients, and why:
 - Cloud SQL Admin v1: google-auth's AuthorizedSession on the REST API (`instances.get`). The only
   Python GAPIC client (google-cloud-sql) is a 0.x preview; one GET does not justify it.
