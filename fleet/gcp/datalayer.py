@@ -241,6 +241,19 @@ def _check_sql(s: DataLayer, role: str, name: str, inst: dict[str, Any] | None) 
         patch = ((*_sql("patch", name, project=s.project), flag),) if flag else ()
         found.append(Finding(resource, prop, expected, _show(actual), "error", patch, note))
 
+    if inst.get("state") not in (None, "RUNNABLE"):
+        found.append(
+            Finding(
+                resource,
+                "state",
+                "RUNNABLE",
+                str(inst.get("state")),
+                "warning",
+                (),
+                f"see `gcloud sql operations list --instance={name} --project={s.project}` "
+                "(SUSPENDED: billing or a policy; MAINTENANCE: wait)",
+            )
+        )
     version = str(inst.get("databaseVersion") or "")
     if version != s.database_version:
         upgrade = _major(version) < _major(s.database_version)
@@ -374,6 +387,19 @@ def _check_redis(s: DataLayer, inst: dict[str, Any] | None) -> list[Finding]:
     )
     recreate = (redis_create(s, replacement),)
     found = []
+    if inst.get("state") not in (None, "READY", "STATE_UNSPECIFIED"):
+        found.append(
+            Finding(
+                resource,
+                "state",
+                "READY",
+                str(inst.get("state")),
+                "warning",
+                (),
+                "an operation or maintenance is under way, or the instance is suspended: "
+                f"see `gcloud redis instances describe {s.redis_instance} --region={s.region}`",
+            )
+        )
     if inst.get("tier") != "STANDARD_HA":
         found.append(
             Finding(resource, "tier", "STANDARD_HA", _show(inst.get("tier")), "error", recreate, immutable)

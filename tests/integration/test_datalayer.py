@@ -209,6 +209,18 @@ def test_a_public_ip_counts_when_ipv4_enabled_is_left_out(api: LocalDataLayerApi
     )
 
 
+def test_an_instance_not_serving_is_a_warning(api: LocalDataLayerApi) -> None:
+    api.put_sql_instance(P, {**copy.deepcopy(MAIN), "state": "SUSPENDED"})
+    api.put_redis_instance(P, REGION, {**copy.deepcopy(REDIS), "state": "MAINTENANCE"})
+    findings = run_check(api)
+    assert [(f.resource, f.property, f.expected, f.actual, f.severity) for f in findings] == [
+        ("cloudsql/dify-main", "state", "RUNNABLE", "SUSPENDED", "warning"),
+        ("redis/dify-redis", "state", "READY", "MAINTENANCE", "warning"),
+    ]
+    assert not dl.has_errors(findings) and dl.fix_commands(findings) == []
+    assert "gcloud sql operations list --instance=dify-main" in findings[0].note
+
+
 def test_the_legacy_require_ssl_counts_as_tls_enforced(api: LocalDataLayerApi) -> None:
     inst = copy.deepcopy(MAIN)
     inst["settings"]["ipConfiguration"].pop("sslMode")
