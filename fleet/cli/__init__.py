@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from fleet.cli import agent, core, functions, local, lock, monitoring, release, rollout, secrets, store
+from fleet.cli import agent, core, functions, infra, local, lock, monitoring, release, rollout, secrets, store
 
 
 def namespace() -> Collection:
@@ -27,6 +27,7 @@ def namespace() -> Collection:
     for name, module in (
         ("local", local),
         ("monitoring", monitoring),
+        ("infra", infra),
         ("functions", functions),
         ("lock", lock),
         ("secrets", secrets),
