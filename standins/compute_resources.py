@@ -80,7 +80,7 @@ def stale() -> ComputeApiError:
 
 
 def ref_key(url: str) -> tuple[str, str, str, str] | None:
-    """(project, 'global' | 'regions/R' | 'zones/Z', collection, name) of a resource URL (full or relative)."""
+    """(project, 'global' | 'regions/R' | 'zones/Z', collection, name) of a full or relative URL."""
     match = _REF.fullmatch(url) if isinstance(url, str) else None
     return match.groups() if match else None  # type: ignore[return-value]
 
@@ -148,7 +148,10 @@ KINDS: dict[str, Kind] = {
 
 # fields the server fills in when the client leaves them out (so a client must not diff on them)
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "networks": {"routingConfig": {"routingMode": "REGIONAL"}, "networkFirewallPolicyEnforcementOrder": "AFTER_CLASSIC_FIREWALL"},
+    "networks": {
+        "routingConfig": {"routingMode": "REGIONAL"},
+        "networkFirewallPolicyEnforcementOrder": "AFTER_CLASSIC_FIREWALL",
+    },
     "subnetworks": {"privateIpGoogleAccess": False, "stackType": "IPV4_ONLY", "purpose": "PRIVATE"},
     "firewalls": {"priority": 1000, "direction": "INGRESS", "disabled": False},
     "healthChecks": {"checkIntervalSec": 5, "timeoutSec": 5, "healthyThreshold": 2, "unhealthyThreshold": 2},
@@ -163,10 +166,24 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _ENUMS: dict[str, dict[str, tuple[str, ...]]] = {
     "backendServices": {
-        "sessionAffinity": ("NONE", "CLIENT_IP", "CLIENT_IP_PROTO", "CLIENT_IP_PORT_PROTO", "GENERATED_COOKIE",
-                            "HEADER_FIELD", "HTTP_COOKIE", "CLIENT_IP_NO_DESTINATION"),
+        "sessionAffinity": (
+            "NONE",
+            "CLIENT_IP",
+            "CLIENT_IP_PROTO",
+            "CLIENT_IP_PORT_PROTO",
+            "GENERATED_COOKIE",
+            "HEADER_FIELD",
+            "HTTP_COOKIE",
+            "CLIENT_IP_NO_DESTINATION",
+        ),
         "protocol": ("HTTP", "HTTPS", "HTTP2", "TCP", "SSL", "UDP", "GRPC"),
-        "loadBalancingScheme": ("EXTERNAL", "EXTERNAL_MANAGED", "INTERNAL_MANAGED", "INTERNAL", "INTERNAL_SELF_MANAGED"),
+        "loadBalancingScheme": (
+            "EXTERNAL",
+            "EXTERNAL_MANAGED",
+            "INTERNAL_MANAGED",
+            "INTERNAL",
+            "INTERNAL_SELF_MANAGED",
+        ),
     },
     "healthChecks": {"type": ("HTTP", "HTTPS", "HTTP2", "TCP", "SSL", "GRPC")},
     "firewalls": {"direction": ("INGRESS", "EGRESS")},
@@ -223,7 +240,9 @@ class ComputeResources:
 
     def __init__(self, backend: ComputeBackend, op_seconds: float | None = None) -> None:
         self.backend = backend
-        self.op_seconds = float(op_seconds if op_seconds is not None else getattr(backend, "op_seconds", 0.05))
+        self.op_seconds = float(
+            op_seconds if op_seconds is not None else getattr(backend, "op_seconds", 0.05)
+        )
         self._lock = threading.RLock()
         self._records: dict[tuple[str, str, str, str], _Record] = {}  # (project, location, collection, name)
         self._pending: set[tuple[str, str, str, str]] = set()
@@ -340,8 +359,8 @@ class ComputeResources:
         target: str,
         target_id: int,
         query: dict[str, str],
-        apply: Callable[[], None],
-        undo: Callable[[], None] = lambda: None,
+        apply: Callable[[], object],
+        undo: Callable[[], object] = lambda: None,
     ) -> tuple[int, Any]:
         """A long-running operation that runs `apply` when DONE (or `undo`, failing, if one was injected)."""
         request_id = _request_id(query)
@@ -469,7 +488,10 @@ class ComputeResources:
                 rec = self._record(kind, project, location, p["name"])
                 change = _body(body)
                 if "name" in change and change["name"] != rec.name:
-                    raise invalid(f"Invalid value for field 'resource.name': '{change['name']}'. The name cannot change.")
+                    raise invalid(
+                        f"Invalid value for field 'resource.name': '{change['name']}'. "
+                        "The name cannot change."
+                    )
                 if kind.fingerprint and change.get("fingerprint") != rec.fingerprint:
                     raise stale()
                 clean = {k: v for k, v in change.items() if k not in _SERVER_FIELDS}
@@ -500,7 +522,8 @@ class ComputeResources:
                     raise ComputeApiError(
                         400,
                         "resourceInUseByAnotherResource",
-                        f"The {kind.kind.split('#')[1]} resource '{rec.path()}' is already being used by '{user}'",
+                        f"The {kind.kind.split('#')[1]} resource '{rec.path()}' "
+                        f"is already being used by '{user}'",
                     )
             key = (project, location, kind.collection, rec.name)
             return self._begin(
@@ -542,7 +565,14 @@ class ComputeResources:
             rec.body = {**rec.body, "target": target}
 
         return self._begin(
-            "globalForwardingRules.setTarget", project, "", "setTarget", f"{BASE_URL}/{rec.path()}", rec.id, q, apply
+            "globalForwardingRules.setTarget",
+            project,
+            "",
+            "setTarget",
+            f"{BASE_URL}/{rec.path()}",
+            rec.id,
+            q,
+            apply,
         )
 
     # --- regional MIGs ---------------------------------------------------------------------------
@@ -560,10 +590,14 @@ class ComputeResources:
             self._check_refs(None, policy, ("healthCheck",))
             delay = policy.get("initialDelaySec", 0)
             if not isinstance(delay, int) or not 0 <= delay <= 3600:
-                raise invalid(f"Invalid value for field 'resource.autoHealingPolicies[{i}].initialDelaySec': '{delay}'")
+                raise invalid(
+                    f"Invalid value for field 'resource.autoHealingPolicies[{i}].initialDelaySec': '{delay}'"
+                )
         for i, port in enumerate(fields.get("namedPorts") or []):
-            if not isinstance(port, dict) or not _NAME.fullmatch(str(port.get("name", ""))) or not (
-                isinstance(port.get("port"), int) and 1 <= port["port"] <= 65535
+            if (
+                not isinstance(port, dict)
+                or not _NAME.fullmatch(str(port.get("name", "")))
+                or not (isinstance(port.get("port"), int) and 1 <= port["port"] <= 65535)
             ):
                 raise invalid(f"Invalid value for field 'resource.namedPorts[{i}]'")
 
@@ -606,7 +640,8 @@ class ComputeResources:
                 exists = False
             if exists or key in self._igm:
                 raise conflict(
-                    f"The resource 'projects/{project}/regions/{region}/instanceGroupManagers/{name}' already exists"
+                    f"The resource 'projects/{project}/regions/{region}/instanceGroupManagers/{name}' "
+                    "already exists"
                 )
             template_key = ref_key(fields["instanceTemplate"])
             labels: dict[str, str] = {}
@@ -617,8 +652,16 @@ class ComputeResources:
             self._igm[key] = fields  # reserved now: a second insert is refused while this one runs
 
         def apply() -> None:
-            add_mig(project, region, name, size=size, age=0.0, base_instance_name=base, zones=zones,
-                    template_labels=labels)
+            add_mig(
+                project,
+                region,
+                name,
+                size=size,
+                age=0.0,
+                base_instance_name=base,
+                zones=zones,
+                template_labels=labels,
+            )
 
         link = f"{BASE_URL}/projects/{project}/regions/{region}/instanceGroupManagers/{name}"
         return self._begin(
@@ -653,7 +696,10 @@ class ComputeResources:
                 raise stale()
             unknown = sorted(set(change) - _IGM_FIELDS - {"fingerprint", "name"})
             if unknown:
-                raise invalid(f"Invalid value for field 'resource.{unknown[0]}': this stand-in patches {sorted(_IGM_FIELDS)}")
+                raise invalid(
+                    f"Invalid value for field 'resource.{unknown[0]}': "
+                    f"this stand-in patches {sorted(_IGM_FIELDS)}"
+                )
             key = (project, region, name)
             current = self._igm.get(key) or self._igm_fields(view)
             new = merge_patch(current, self._igm_fields(change))
@@ -664,12 +710,23 @@ class ComputeResources:
 
         link = f"{BASE_URL}/projects/{project}/regions/{region}/instanceGroupManagers/{name}"
         return self._begin(
-            "regionInstanceGroupManagers.patch", project, region, "patch", link, int(view.get("id") or 0), q, apply
+            "regionInstanceGroupManagers.patch",
+            project,
+            region,
+            "patch",
+            link,
+            int(view.get("id") or 0),
+            q,
+            apply,
         )
 
 
-_IGM_FIELDS = frozenset({"instanceTemplate", "autoHealingPolicies", "namedPorts", "updatePolicy", "description"})
-_SERVER_FIELDS = frozenset({"id", "kind", "selfLink", "creationTimestamp", "fingerprint", "region", "selfLinkWithId"})
+_IGM_FIELDS = frozenset(
+    {"instanceTemplate", "autoHealingPolicies", "namedPorts", "updatePolicy", "description"}
+)
+_SERVER_FIELDS = frozenset(
+    {"id", "kind", "selfLink", "creationTimestamp", "fingerprint", "region", "selfLinkWithId"}
+)
 
 _STORES: weakref.WeakKeyDictionary[ComputeBackend, ComputeResources] = weakref.WeakKeyDictionary()
 _STORES_LOCK = threading.Lock()
@@ -749,7 +806,9 @@ def _validate(kind: Kind, resource: dict[str, Any], location: str) -> None:
             if nat.get("natIpAllocateOption") not in ("AUTO_ONLY", "MANUAL_ONLY"):
                 raise invalid(f"Invalid value for field 'resource.nats[{i}].natIpAllocateOption'")
             if nat.get("sourceSubnetworkIpRangesToNat") not in (
-                "ALL_SUBNETWORKS_ALL_IP_RANGES", "ALL_SUBNETWORKS_ALL_PRIMARY_IP_RANGES", "LIST_OF_SUBNETWORKS"
+                "ALL_SUBNETWORKS_ALL_IP_RANGES",
+                "ALL_SUBNETWORKS_ALL_PRIMARY_IP_RANGES",
+                "LIST_OF_SUBNETWORKS",
             ):
                 raise invalid(f"Invalid value for field 'resource.nats[{i}].sourceSubnetworkIpRangesToNat'")
     elif c == "firewalls":
@@ -765,12 +824,20 @@ def _validate(kind: Kind, resource: dict[str, Any], location: str) -> None:
         _require(resource, "properties.machineType", "properties.disks[]", "properties.networkInterfaces[]")
         labels = (resource.get("properties") or {}).get("labels") or {}
         for key, value in labels.items():
-            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) or not re.fullmatch(r"[a-z0-9_-]{0,63}", str(value)):
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) or not re.fullmatch(
+                r"[a-z0-9_-]{0,63}", str(value)
+            ):
                 raise invalid(f"Invalid value for field 'resource.properties.labels': '{key}'")
     elif c == "healthChecks":
         _require(resource, "type")
-        sub = {"HTTP": "httpHealthCheck", "HTTPS": "httpsHealthCheck", "HTTP2": "http2HealthCheck",
-               "TCP": "tcpHealthCheck", "SSL": "sslHealthCheck", "GRPC": "grpcHealthCheck"}[resource["type"]]
+        sub = {
+            "HTTP": "httpHealthCheck",
+            "HTTPS": "httpsHealthCheck",
+            "HTTP2": "http2HealthCheck",
+            "TCP": "tcpHealthCheck",
+            "SSL": "sslHealthCheck",
+            "GRPC": "grpcHealthCheck",
+        }[resource["type"]]
         if not isinstance(resource.get(sub), dict):
             raise invalid(f"Required field 'resource.{sub}' not specified")
         path = resource[sub].get("requestPath")

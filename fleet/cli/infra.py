@@ -12,11 +12,27 @@ PRUNE_HELP = "also delete this fleet's resources the inventory no longer wants (
 ENDPOINT_HELP = "a local Compute endpoint (http://127.0.0.1:PORT); default: gce.api_endpoint or the real API"
 
 
+def load_config(inventory: str | None, endpoint: str | None = None) -> Any:
+    """The infra configuration from the inventory's defaults.yaml (infra is fleet-wide; the MIG need
+    not exist yet, so no MIG discovery runs)."""
+    from fleet import settings
+    from fleet.gcp import infra
+    from fleet.inventory.loader import load_defaults
+
+    path, defaults, data = load_defaults(inventory)
+    return infra.config_from_data(
+        data,
+        str(path / "defaults.yaml"),
+        username=defaults.get("username"),
+        endpoint=endpoint or settings.load().compute_endpoint_for(data.gce.api_endpoint),
+    )
+
+
 def _run(inventory: str | None, json_: bool, prune: bool, execute: bool, endpoint: str | None) -> None:
     from fleet.gcp import infra
     from fleet.view import console as ui
 
-    config = infra.config_from_inventory(inventory, endpoint=endpoint or None)
+    config = load_config(inventory, endpoint or None)
     clients = infra.InfraClients(config)
     err = ui.console(stderr=True)
 
@@ -52,7 +68,9 @@ def _run(inventory: str | None, json_: bool, prune: bool, execute: bool, endpoin
         for line in report.iam:
             print(f"# {line.why}\n{line.render()}")
         if report.conflicts:
-            print(f"\n{len(report.conflicts)} conflict(s): infra.apply refuses to run until they are resolved")
+            print(
+                f"\n{len(report.conflicts)} conflict(s): infra.apply refuses to run until they are resolved"
+            )
         elif report.changed:
             print("\nrun `fab infra.apply` with the same options to make these changes")
 

@@ -57,15 +57,22 @@ def service_account_lines(
     _check("project", project, _PROJECT)
     match = _SA.fullmatch(vm_account)
     if match is None:
-        raise FleetError(f"invalid service account {vm_account!r}", hint="NAME@PROJECT.iam.gserviceaccount.com")
+        raise FleetError(
+            f"invalid service account {vm_account!r}", hint="NAME@PROJECT.iam.gserviceaccount.com"
+        )
     member = f"serviceAccount:{vm_account}"
     sa_project = match.group(2).split(".", 1)[0]
     lines = [
         GcloudLine(
             "the VMs' service account (skip if it exists)",
             (
-                "gcloud", "iam", "service-accounts", "create", match.group(1),
-                f"--project={sa_project}", "--display-name=fleet VMs",
+                "gcloud",
+                "iam",
+                "service-accounts",
+                "create",
+                match.group(1),
+                f"--project={sa_project}",
+                "--display-name=fleet VMs",
             ),
         )
     ]
@@ -73,25 +80,45 @@ def service_account_lines(
         lines.append(
             GcloudLine(
                 f"VMs: {role}",
-                ("gcloud", "projects", "add-iam-policy-binding", project, f"--member={member}",
-                 f"--role={_check('role', role, _ROLE)}", "--condition=None"),
+                (
+                    "gcloud",
+                    "projects",
+                    "add-iam-policy-binding",
+                    project,
+                    f"--member={member}",
+                    f"--role={_check('role', role, _ROLE)}",
+                    "--condition=None",
+                ),
             )
         )
     if bucket:
         lines.append(
             GcloudLine(
                 "VMs: read the release store",
-                ("gcloud", "storage", "buckets", "add-iam-policy-binding", f"gs://{_check('bucket', bucket, _BUCKET)}",
-                 f"--member={member}", "--role=roles/storage.objectViewer"),
+                (
+                    "gcloud",
+                    "storage",
+                    "buckets",
+                    "add-iam-policy-binding",
+                    f"gs://{_check('bucket', bucket, _BUCKET)}",
+                    f"--member={member}",
+                    "--role=roles/storage.objectViewer",
+                ),
             )
         )
     for secret_project, secret in secrets:
         lines.append(
             GcloudLine(
                 f"VMs: read secret {secret}",
-                ("gcloud", "secrets", "add-iam-policy-binding", _check("secret", secret, _SECRET),
-                 f"--project={_check('project', secret_project, _PROJECT)}", f"--member={member}",
-                 "--role=roles/secretmanager.secretAccessor"),
+                (
+                    "gcloud",
+                    "secrets",
+                    "add-iam-policy-binding",
+                    _check("secret", secret, _SECRET),
+                    f"--project={_check('project', secret_project, _PROJECT)}",
+                    f"--member={member}",
+                    "--role=roles/secretmanager.secretAccessor",
+                ),
             )
         )
     if functions_account:
@@ -101,8 +128,15 @@ def service_account_lines(
             lines.append(
                 GcloudLine(
                     f"functions: {role} (autoheal, scale)",
-                    ("gcloud", "projects", "add-iam-policy-binding", project,
-                     f"--member=serviceAccount:{functions_account}", f"--role={role}", "--condition=None"),
+                    (
+                        "gcloud",
+                        "projects",
+                        "add-iam-policy-binding",
+                        project,
+                        f"--member=serviceAccount:{functions_account}",
+                        f"--role={role}",
+                        "--condition=None",
+                    ),
                 )
             )
     if project_number and alerts_topic:
@@ -112,8 +146,16 @@ def service_account_lines(
         lines.append(
             GcloudLine(
                 "Monitoring's service agent: publish alerts to the topic",
-                ("gcloud", "pubsub", "topics", "add-iam-policy-binding", _check("topic", alerts_topic, _TOPIC),
-                 f"--project={project}", f"--member=serviceAccount:{agent}", "--role=roles/pubsub.publisher"),
+                (
+                    "gcloud",
+                    "pubsub",
+                    "topics",
+                    "add-iam-policy-binding",
+                    _check("topic", alerts_topic, _TOPIC),
+                    f"--project={project}",
+                    f"--member=serviceAccount:{agent}",
+                    "--role=roles/pubsub.publisher",
+                ),
             )
         )
     return lines

@@ -35,7 +35,6 @@ from fleet.commands.agent import parse_store, startup_script
 from fleet.commands.iam import GcloudLine, service_account_lines
 from fleet.errors import FleetError, InventoryError
 from fleet.gcp.compute import Compute, ComputeError
-from fleet.inventory.schema import Data, LivenessCheck
 
 IAP_RANGE = "35.235.240.0/20"  # IAP TCP forwarding
 HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")  # Google's health checkers and GFEs
@@ -84,7 +83,9 @@ KINDS: dict[str, KindSpec] = {
     for k in (
         KindSpec("networks", "NetworksClient", "Network", "network"),
         KindSpec("subnetworks", "SubnetworksClient", "Subnetwork", "subnetwork", regional=True),
-        KindSpec("routers", "RoutersClient", "Router", "router", regional=True, mutable=("description", "nats")),
+        KindSpec(
+            "routers", "RoutersClient", "Router", "router", regional=True, mutable=("description", "nats")
+        ),
         KindSpec(
             "firewalls",
             "FirewallsClient",
@@ -137,7 +138,12 @@ KINDS: dict[str, KindSpec] = {
             fingerprint=True,
         ),
         KindSpec(
-            "urlMaps", "UrlMapsClient", "UrlMap", "url_map", mutable=("description", "defaultService"), fingerprint=True
+            "urlMaps",
+            "UrlMapsClient",
+            "UrlMap",
+            "url_map",
+            mutable=("description", "defaultService"),
+            fingerprint=True,
         ),
         KindSpec("sslCertificates", "SslCertificatesClient", "SslCertificate", "ssl_certificate"),
         KindSpec(
@@ -247,7 +253,7 @@ def _whole_seconds(value: float, field_name: str, where: str) -> int:
     return int(value)
 
 
-def _secret_refs(data: Data, project: str) -> tuple[tuple[str, str], ...]:
+def _secret_refs(data: Any, project: str) -> tuple[tuple[str, str], ...]:
     out = []
     for source in data.secrets.values():
         ref = source.secret_manager
@@ -264,9 +270,12 @@ def _secret_refs(data: Data, project: str) -> tuple[tuple[str, str], ...]:
 
 
 def config_from_data(
-    data: Data, where: str, username: str | None = None, endpoint: str | None = None
+    data: Any, where: str, username: str | None = None, endpoint: str | None = None
 ) -> InfraConfig:
-    """Resolve `data.infra` against the rest of the fleet-wide settings, with clear errors."""
+    """Resolve `data.infra` against the rest of the fleet-wide settings, with clear errors.
+
+    `data` is the typed settings of defaults.yaml (fleet.inventory.schema.Data; this layer sits below
+    the inventory, so it reads attributes and does not import the model)."""
     infra = data.infra
     if infra is None:
         raise InventoryError(
@@ -300,7 +309,8 @@ def config_from_data(
             f"gce.migs entry {mig!r} is {spec.get('project')}/{spec.get('region') or spec.get('zone')}, "
             f"infra builds it in {project}/{infra.region}",
             where=where,
-            hint="infra makes a regional MIG: list it in gce.migs with region: (not zone:) and the same project",
+            hint="infra makes a regional MIG: list it in gce.migs with region: (not zone:) "
+            "and the same project",
         )
     if data.store is None:
         raise InventoryError(
@@ -341,7 +351,7 @@ def config_from_data(
         lb.healthy_threshold,
         lb.unhealthy_threshold,
     )
-    live: LivenessCheck = lb.liveness
+    live = lb.liveness
     if live.timeout > live.check_interval:
         raise InventoryError(
             f"lb.liveness.timeout {live.timeout} is longer than its check_interval {live.check_interval}",
@@ -436,21 +446,6 @@ def config_from_data(
     )
 
 
-def config_from_inventory(name: str | None, endpoint: str | None = None) -> InfraConfig:
-    """From the inventory's defaults.yaml (infra is fleet-wide; the MIG need not exist yet)."""
-    from fleet import settings
-    from fleet.inventory.loader import load_defaults
-
-    path, defaults, data = load_defaults(name)
-    conf = settings.load()
-    return config_from_data(
-        data,
-        str(path / "defaults.yaml"),
-        username=defaults.get("username"),
-        endpoint=endpoint or conf.compute_endpoint_for(data.gce.api_endpoint),
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Desired state (pure): Compute JSON (camelCase), references as projects/... paths
 # ---------------------------------------------------------------------------------------------
@@ -486,8 +481,11 @@ def desired_state(config: InfraConfig) -> list[Desired]:
     out: list[Desired] = []
     if c.create_network:
         out.append(
-            Desired("networks", c.network, {"name": c.network, "description": desc("the fleet's VPC"),
-                                             "autoCreateSubnetworks": False})
+            Desired(
+                "networks",
+                c.network,
+                {"name": c.network, "description": desc("the fleet's VPC"), "autoCreateSubnetworks": False},
+            )
         )
     else:
         out.append(Desired("networks", c.network, {"name": c.network}, adopt=True))
@@ -502,8 +500,14 @@ def desired_state(config: InfraConfig) -> list[Desired]:
         out.append(Desired("subnetworks", c.subnet, subnet_body, location=c.region))
     else:
         out.append(
-            Desired("subnetworks", c.subnet, {"name": c.subnet, "network": network, "ipCidrRange": c.cidr},
-                    location=c.region, adopt=True, check=("network", "ipCidrRange"))
+            Desired(
+                "subnetworks",
+                c.subnet,
+                {"name": c.subnet, "network": network, "ipCidrRange": c.cidr},
+                location=c.region,
+                adopt=True,
+                check=("network", "ipCidrRange"),
+            )
         )
     out.append(
         Desired(
@@ -545,15 +549,29 @@ def desired_state(config: InfraConfig) -> list[Desired]:
         )
 
     out += [
-        firewall("allow-iap-ssh", "SSH only through IAP TCP forwarding",
-                 [{"IPProtocol": "tcp", "ports": ["22"]}], [IAP_RANGE]),
-        firewall("allow-health-checks", "the load balancer and its health checkers to the app port",
-                 [{"IPProtocol": "tcp", "ports": [str(c.http_port)]}], HEALTH_CHECK_RANGES),
-        firewall("allow-internal", "traffic between the fleet's VMs",
-                 [{"IPProtocol": "tcp"}, {"IPProtocol": "udp"}, {"IPProtocol": "icmp"}], [c.cidr]),
+        firewall(
+            "allow-iap-ssh",
+            "SSH only through IAP TCP forwarding",
+            [{"IPProtocol": "tcp", "ports": ["22"]}],
+            [IAP_RANGE],
+        ),
+        firewall(
+            "allow-health-checks",
+            "the load balancer and its health checkers to the app port",
+            [{"IPProtocol": "tcp", "ports": [str(c.http_port)]}],
+            HEALTH_CHECK_RANGES,
+        ),
+        firewall(
+            "allow-internal",
+            "traffic between the fleet's VMs",
+            [{"IPProtocol": "tcp"}, {"IPProtocol": "udp"}, {"IPProtocol": "icmp"}],
+            [c.cidr],
+        ),
     ]
-    for hc, text in ((c.readiness, "readiness: the drain-aware /health, for the load balancer"),
-                     (c.liveness, "liveness: nginx's own path, never drain-aware, for MIG autohealing")):
+    for hc, text in (
+        (c.readiness, "readiness: the drain-aware /health, for the load balancer"),
+        (c.liveness, "liveness: nginx's own path, never drain-aware, for MIG autohealing"),
+    ):
         out.append(
             Desired(
                 "healthChecks",
@@ -592,7 +610,11 @@ def desired_state(config: InfraConfig) -> list[Desired]:
             }
         ],
         "serviceAccounts": [{"email": c.service_account, "scopes": list(c.scopes)}],
-        "shieldedInstanceConfig": {"enableSecureBoot": True, "enableVtpm": True, "enableIntegrityMonitoring": True},
+        "shieldedInstanceConfig": {
+            "enableSecureBoot": True,
+            "enableVtpm": True,
+            "enableIntegrityMonitoring": True,
+        },
         "scheduling": {"automaticRestart": True, "onHostMaintenance": "MIGRATE"},
     }
     template = f"{c.template_prefix}-{_hash(properties)}"
@@ -613,7 +635,9 @@ def desired_state(config: InfraConfig) -> list[Desired]:
                 "baseInstanceName": c.base_instance_name,
                 "instanceTemplate": f"{g}/instanceTemplates/{template}",
                 "targetSize": c.size,
-                "distributionPolicy": {"zones": [{"zone": f"projects/{c.project}/zones/{z}"} for z in c.zones]},
+                "distributionPolicy": {
+                    "zones": [{"zone": f"projects/{c.project}/zones/{z}"} for z in c.zones]
+                },
                 "autoHealingPolicies": [
                     {"healthCheck": f"{g}/healthChecks/{c.liveness.name}", "initialDelaySec": c.initial_delay}
                 ],
@@ -640,7 +664,11 @@ def desired_state(config: InfraConfig) -> list[Desired]:
                 "sessionAffinity": c.session_affinity,
                 "connectionDraining": {"drainingTimeoutSec": c.draining_timeout},
                 "backends": [
-                    {"group": f"{r}/instanceGroups/{c.mig}", "balancingMode": "UTILIZATION", "capacityScaler": 1.0}
+                    {
+                        "group": f"{r}/instanceGroups/{c.mig}",
+                        "balancingMode": "UTILIZATION",
+                        "capacityScaler": 1.0,
+                    }
                 ],
                 "logConfig": {"enable": True, "sampleRate": 1.0},
             },
@@ -650,8 +678,11 @@ def desired_state(config: InfraConfig) -> list[Desired]:
         Desired(
             "urlMaps",
             c.url_map,
-            {"name": c.url_map, "description": desc("every path to the backend"),
-             "defaultService": f"{g}/backendServices/{c.backend_service}"},
+            {
+                "name": c.url_map,
+                "description": desc("every path to the backend"),
+                "defaultService": f"{g}/backendServices/{c.backend_service}",
+            },
         )
     )
     url_map = f"{g}/urlMaps/{c.url_map}"
@@ -661,23 +692,34 @@ def desired_state(config: InfraConfig) -> list[Desired]:
             Desired(
                 "sslCertificates",
                 cert,
-                {"name": cert, "description": desc("Google-managed certificate for " + ", ".join(c.domains)),
-                 "type": "MANAGED", "managed": {"domains": list(c.domains)}},
+                {
+                    "name": cert,
+                    "description": desc("Google-managed certificate for " + ", ".join(c.domains)),
+                    "type": "MANAGED",
+                    "managed": {"domains": list(c.domains)},
+                },
             )
         )
         out.append(
             Desired(
                 "targetHttpsProxies",
                 c.proxy,
-                {"name": c.proxy, "description": desc("HTTPS termination"), "urlMap": url_map,
-                 "sslCertificates": [f"{g}/sslCertificates/{cert}"]},
+                {
+                    "name": c.proxy,
+                    "description": desc("HTTPS termination"),
+                    "urlMap": url_map,
+                    "sslCertificates": [f"{g}/sslCertificates/{cert}"],
+                },
             )
         )
         target, port = f"{g}/targetHttpsProxies/{c.proxy}", 443
     else:
         out.append(
-            Desired("targetHttpProxies", c.proxy,
-                    {"name": c.proxy, "description": desc("HTTP"), "urlMap": url_map})
+            Desired(
+                "targetHttpProxies",
+                c.proxy,
+                {"name": c.proxy, "description": desc("HTTP"), "urlMap": url_map},
+            )
         )
         target, port = f"{g}/targetHttpProxies/{c.proxy}", 80
     out.append(
@@ -799,21 +841,23 @@ def plan_one(want: Desired, actual: Mapping[str, Any] | None, mark: str) -> Infr
         diffs = [f"{f}: {d}" for f, d in diff_fields({k: want.body[k] for k in want.check}, actual)]
         ch.action = "conflict" if diffs else "adopt"
         ch.changes = diffs
-        ch.note = "exists, not managed by infra" if not diffs else "the adopted resource differs from the inventory"
+        ch.note = (
+            "exists, not managed by infra" if not diffs else "the adopted resource differs from the inventory"
+        )
         return ch
     if mark not in str(actual.get("description") or ""):
         ch.action = "conflict"
         ch.note = "a resource of this name exists and is not this fleet's (no mark in its description)"
         return ch
     body = {k: v for k, v in want.body.items() if k not in want.create_only}
-    diffs = diff_fields(body, actual)
+    found = diff_fields(body, actual)
     ch.fingerprint = str(actual.get("fingerprint") or "")
-    if not diffs:
+    if not found:
         ch.action = "unchanged"
         return ch
-    ch.changes = [f"{f}: {d}" for f, d in diffs]
+    ch.changes = [f"{f}: {d}" for f, d in found]
     spec = want.spec
-    tops = {f.split(".")[0].split("[")[0] for f, _ in diffs}
+    tops = {f.split(".")[0].split("[")[0] for f, _ in found}
     if tops <= set(spec.mutable):
         ch.action = "update"
     elif spec.replaceable:
@@ -835,7 +879,9 @@ def owned_leftovers(
             continue
         region = str(item.get("region") or "").rsplit("/", 1)[-1]
         if not KINDS[kind].prunable:
-            out.append(InfraChange(kind, name, "orphan", location=region, note="never deleted by infra (its VMs)"))
+            out.append(
+                InfraChange(kind, name, "orphan", location=region, note="never deleted by infra (its VMs)")
+            )
         else:
             out.append(InfraChange(kind, name, "delete" if prune else "orphan", location=region))
     return out
@@ -910,7 +956,9 @@ class InfraClients:
 
         def fetch() -> Any:
             try:
-                return client.get(**self._where(spec, location), **{spec.arg: name}, timeout=self.compute.call_timeout)
+                return client.get(
+                    **self._where(spec, location), **{spec.arg: name}, timeout=self.compute.call_timeout
+                )
             except gexc.NotFound:
                 return None
 
@@ -936,7 +984,8 @@ class InfraClients:
         client = self.compute.client(spec.client)
         kwargs = {**self._where(spec, want.location), f"{spec.arg}_resource": self._type(spec, want.body)}
         op = self.compute._call(
-            lambda: client.insert_unary(**kwargs, timeout=self.compute.call_timeout), f"{spec.label} {want.name}"
+            lambda: client.insert_unary(**kwargs, timeout=self.compute.call_timeout),
+            f"{spec.label} {want.name}",
         )
         self._wait(op, spec, want.location)
 
@@ -946,10 +995,14 @@ class InfraClients:
         if fingerprint:
             body["fingerprint"] = fingerprint
         client = self.compute.client(spec.client)
-        kwargs = {**self._where(spec, want.location), spec.arg: want.name,
-                  f"{spec.arg}_resource": self._type(spec, body)}
+        kwargs = {
+            **self._where(spec, want.location),
+            spec.arg: want.name,
+            f"{spec.arg}_resource": self._type(spec, body),
+        }
         op = self.compute._call(
-            lambda: client.patch_unary(**kwargs, timeout=self.compute.call_timeout), f"{spec.label} {want.name}"
+            lambda: client.patch_unary(**kwargs, timeout=self.compute.call_timeout),
+            f"{spec.label} {want.name}",
         )
         self._wait(op, spec, want.location)
 
@@ -973,7 +1026,9 @@ def plan(config: InfraConfig, clients: InfraClients, prune: bool = False) -> Inf
             changes.append(plan_one(want, clients.get(spec, want.name, want.location), config.mark))
         if spec.kind in ("networks", "subnetworks") and not any(not d.adopt for d in wanted):
             continue  # adopted: nothing of ours to list
-        changes += owned_leftovers(kind, clients.list_owned(spec), {d.name for d in wanted}, config.mark, prune)
+        changes += owned_leftovers(
+            kind, clients.list_owned(spec), {d.name for d in wanted}, config.mark, prune
+        )
     # TODO(datalayer): print the data layer's findings here (fleet/gcp/datalayer.py: Cloud SQL, Memorystore,
     # the bucket, private services access) next to the Compute plan; wired by the coordinator.
     return InfraReport(config.fleet, config.project, changes, iam_lines(config))

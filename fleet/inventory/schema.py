@@ -287,7 +287,9 @@ class InfraSettings(_Strict):
     project: StrictStr | None = Field(default=None, pattern=GCE_PROJECT_PATTERN)  # default gce.project
     region: StrictStr = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+$")
     zones: list[StrictStr] = Field(min_length=2)  # the regional MIG's distribution zones (>= 2)
-    mig: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)  # default: the regional gce.migs entry
+    mig: StrictStr | None = Field(
+        default=None, pattern=GCE_NAME_PATTERN
+    )  # default: the regional gce.migs entry
     base_instance_name: StrictStr | None = Field(default=None, pattern=r"^[a-z][-a-z0-9]{0,57}$")
     size: StrictInt = Field(default=2, ge=0, le=1000)  # the MIG's size when created (never changed after)
     network: InfraNetwork = Field(default_factory=InfraNetwork)
@@ -299,12 +301,16 @@ class InfraSettings(_Strict):
     )
     disk_size_gb: StrictInt = Field(default=50, ge=10, le=65536)
     disk_type: Literal["pd-standard", "pd-balanced", "pd-ssd"] = "pd-balanced"
-    service_account: StrictStr = Field(pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+\.iam\.gserviceaccount\.com$")
+    service_account: StrictStr = Field(
+        pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+\.iam\.gserviceaccount\.com$"
+    )
     scopes: list[StrictStr] = Field(
         default_factory=lambda: ["https://www.googleapis.com/auth/cloud-platform"], min_length=1
     )
     domains: list[StrictStr] = Field(default_factory=list)  # given: HTTPS with a Google-managed certificate
-    tag: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)  # network tag; default the MIG's name
+    tag: StrictStr | None = Field(
+        default=None, pattern=GCE_NAME_PATTERN
+    )  # network tag; default the MIG's name
     metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)  # extra template metadata (ssh-keys)
     names: InfraNames = Field(default_factory=InfraNames)
 
