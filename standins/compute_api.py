@@ -538,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compute-api listening on {api.url}", flush=True)
     stop.wait()
     api.stop()
+    api.resources.close()
     backend.close()
     return 0
 
