@@ -192,7 +192,9 @@ def test_example_production_inventory_loads_and_renders(
 
     server, backend = api
     zones = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]  # the example's regional MIG
-    backend.add_mig("my-dify-project", "europe-west1", "dify-mig", size=3, base_instance_name="dify", zones=zones)
+    backend.add_mig(
+        "my-dify-project", "europe-west1", "dify-mig", size=3, base_instance_name="dify", zones=zones
+    )
     prod = tmp_path / "prod"
     shutil.copytree(Path(__file__).resolve().parents[2] / "inventory" / "example-production", prod)
     doc = yaml.safe_load((prod / "defaults.yaml").read_text())
