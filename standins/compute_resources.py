@@ -288,15 +288,38 @@ class ComputeResources:
                 out.append(("PATCH", one + "$", f"{m}.patch", self._h_write(kind, replace=False)))
             if kind.update:
                 out.append(("PUT", one + "$", f"{m}.update", self._h_write(kind, replace=True)))
+        out = [
+            (verb, path, method, self._dedupe(fn) if verb != "GET" else fn) for verb, path, method, fn in out
+        ]
         fr = _P + _GLOBAL + r"/forwardingRules/(?P<name>[^/]+)/setTarget$"
-        out.append(("POST", fr, "globalForwardingRules.setTarget", self._set_target))
         igm = _P + _REGIONAL + r"/instanceGroupManagers"
         out += [
-            ("POST", igm + "$", "regionInstanceGroupManagers.insert", self._igm_insert),
+            ("POST", fr, "globalForwardingRules.setTarget", self._dedupe(self._set_target)),
+            ("POST", igm + "$", "regionInstanceGroupManagers.insert", self._dedupe(self._igm_insert)),
             ("GET", igm + r"/(?P<name>[^/]+)$", "regionInstanceGroupManagers.get", self._igm_get),
-            ("PATCH", igm + r"/(?P<name>[^/]+)$", "regionInstanceGroupManagers.patch", self._igm_patch),
+            (
+                "PATCH",
+                igm + r"/(?P<name>[^/]+)$",
+                "regionInstanceGroupManagers.patch",
+                self._dedupe(self._igm_patch),
+            ),
         ]
         return out
+
+    def _dedupe(self, handler: Handler) -> Handler:
+        """A write repeated with the requestId of an earlier one answers that operation and does
+        nothing again (Compute's retry semantics), before any check that the first write changed."""
+
+        def wrapped(p: dict[str, str], q: dict[str, str], body: Any) -> tuple[int, Any]:
+            region = p.get("region")
+            if region is not None and not _REGION.fullmatch(region):
+                raise invalid(f"Invalid value for field 'region': '{region}'")
+            seen = self.backend.ops.find(p["project"], _request_id(q))
+            if seen is not None:
+                return 200, seen.to_json()
+            return handler(p, q, body)
+
+        return wrapped
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -684,6 +707,8 @@ class ComputeResources:
         return view
 
     def _igm_get(self, p: dict[str, str], q: dict[str, str], body: Any) -> tuple[int, Any]:
+        if not _REGION.fullmatch(p["region"]):
+            raise invalid(f"Invalid value for field 'region': '{p['region']}'")
         with self._lock:
             return 200, self._igm_view(p["project"], p["region"], p["name"])
 

@@ -991,6 +991,11 @@ class InfraClients:
 
     def patch(self, want: Desired, fingerprint: str) -> None:
         spec = want.spec
+        if (
+            spec.kind == "forwardingRules"
+        ):  # its patch sets the network tier only; the target has its own call
+            self._set_target(want)
+            return
         body = {k: v for k, v in want.body.items() if k in spec.mutable or k == "name"}
         if fingerprint:
             body["fingerprint"] = fingerprint
@@ -1005,6 +1010,21 @@ class InfraClients:
             f"{spec.label} {want.name}",
         )
         self._wait(op, spec, want.location)
+
+    def _set_target(self, want: Desired) -> None:
+        spec = want.spec
+        ref = self.compute.types().TargetReference(target=want.body["target"])
+        client = self.compute.client(spec.client)
+        op = self.compute._call(
+            lambda: client.set_target_unary(
+                project=self.config.project,
+                forwarding_rule=want.name,
+                target_reference_resource=ref,
+                timeout=self.compute.call_timeout,
+            ),
+            f"{spec.label} {want.name}",
+        )
+        self._wait(op, spec, "")
 
     def delete(self, spec: KindSpec, name: str, location: str = "") -> None:
         client = self.compute.client(spec.client)

@@ -240,6 +240,24 @@ def test_new_template_and_domain_then_prune_deletes_only_owned(stand: Stand) -> 
     assert infra.apply(changed, stand.clients(changed), prune=True).changed is False
 
 
+def test_a_renamed_proxy_moves_the_forwarding_rule_with_set_target(stand: Stand) -> None:
+    infra.apply(stand.config, stand.clients())
+    renamed = dataclasses.replace(stand.config, proxy="dify-https")
+    stand.api.clear_calls()
+    report = infra.apply(renamed, stand.clients(renamed))
+    actions = sorted((ch.kind, ch.name, ch.action) for ch in report.changes if ch.action != "unchanged")
+    assert actions == [
+        ("forwardingRules", "dify-mig-rule", "update"),
+        ("targetHttpsProxies", "dify-https", "create"),
+        ("targetHttpsProxies", "dify-mig-https-proxy", "orphan"),
+    ]
+    assert stand.mutations() == ["targetHttpsProxies.insert", "globalForwardingRules.setTarget"]
+    rule = plain(
+        stand.client("GlobalForwardingRulesClient").get(project=PROJECT, forwarding_rule="dify-mig-rule")
+    )
+    assert rule["target"].endswith("/targetHttpsProxies/dify-https")
+
+
 def test_a_failing_operation_is_a_clear_error_and_a_rerun_finishes(stand: Stand) -> None:
     stand.api.resources.fail_next(
         "backendServices.insert", "QUOTA_EXCEEDED: Quota 'BACKEND_SERVICES' exceeded"
@@ -290,6 +308,12 @@ def test_standin_rest_semantics(stand: Stand) -> None:
         nets.insert_unary(project=PROJECT, network_resource=t.Network(name="n1"))
     with pytest.raises(gexc.NotFound):
         nets.get(project=PROJECT, network="n2")
+    # the same requestId again: the same operation, nothing done twice (not a 409)
+    rid = "8c0f2a8e-6a8b-4f55-9a55-2b1b5b0f4a11"
+    req = t.InsertNetworkRequest(project=PROJECT, network_resource=t.Network(name="n3"), request_id=rid)
+    first = nets.insert_unary(request=req)
+    compute.wait(first, project=PROJECT)
+    assert nets.insert_unary(request=req).name == first.name
     subnets = stand.client("SubnetworksClient")
     with pytest.raises(gexc.BadRequest, match="ipCidrRange"):
         subnets.insert_unary(
