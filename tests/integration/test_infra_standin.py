@@ -401,13 +401,23 @@ def fab(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([FAB, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
-def test_cli_plan_then_apply(stand: Stand) -> None:
-    plan = fab("infra.plan", "--inventory", str(EXAMPLE), "--endpoint", stand.api.url)
-    assert plan.returncode == 0, plan.stderr
-    assert "15 create" in plan.stdout and "gcloud iam service-accounts create dify-vm" in plan.stdout
+def test_cli_plan_then_apply(stand: Stand, capsys: pytest.CaptureFixture[str]) -> None:
+    from invoke.exceptions import Exit
+
+    from fleet.cli import infra as tasks
+
+    # the task bodies in-process (their rendering), then the real `fab` once (a start costs seconds)
+    tasks.plan_.body(None, inventory=str(EXAMPLE), endpoint=stand.api.url)
+    out = capsys.readouterr().out
+    assert "15 create" in out and "run `fab infra.apply`" in out
+    assert "gcloud iam service-accounts create dify-vm --project=my-dify-project" in out
     assert stand.mutations() == []
     applied = fab("infra.apply", "--inventory", str(EXAMPLE), "--endpoint", stand.api.url, "--json")
     assert applied.returncode == 0, applied.stderr
     assert json.loads(applied.stdout)["counts"] == {"create": 15}
     assert {ch["action"] for ch in json.loads(applied.stdout)["changes"]} == {"create"}
-    # (a second apply changing nothing is proven in-process above: each `fab` start costs seconds)
+    tasks.apply_.body(None, inventory=str(EXAMPLE), endpoint=stand.api.url)
+    assert "15 unchanged" in capsys.readouterr().out
+    with pytest.raises(Exit) as bad:  # bad input: exit code 2 and the error, as every task
+        tasks.plan_.body(None, inventory=str(INVENTORY_ROOT / "no-such-inventory"))
+    assert bad.value.code == 2 and "no-such-inventory" in capsys.readouterr().err
