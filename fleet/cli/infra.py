@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fabric import task
 
 from fleet.cli.common import fleet_errors, task_help
 
+if TYPE_CHECKING:
+    from fleet.gcp.infra import InfraConfig
+
 PRUNE_HELP = "also delete this fleet's resources the inventory no longer wants (never the MIG)"
 ENDPOINT_HELP = "a local Compute endpoint (http://127.0.0.1:PORT); default: gce.api_endpoint or the real API"
 
 
-def load_config(inventory: str | None, endpoint: str | None = None) -> Any:
+def load_config(inventory: str | None, endpoint: str | None = None) -> InfraConfig:
     """The infra configuration from the inventory's defaults.yaml (infra is fleet-wide; the MIG need
     not exist yet, so no MIG discovery runs)."""
     from fleet import settings
