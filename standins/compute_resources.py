@@ -296,6 +296,7 @@ class ComputeResources:
         out += [
             ("POST", fr, "globalForwardingRules.setTarget", self._dedupe(self._set_target)),
             ("POST", igm + "$", "regionInstanceGroupManagers.insert", self._dedupe(self._igm_insert)),
+            ("GET", igm + "$", "regionInstanceGroupManagers.list", self._igm_list),
             ("GET", igm + r"/(?P<name>[^/]+)$", "regionInstanceGroupManagers.get", self._igm_get),
             (
                 "PATCH",
@@ -711,6 +712,20 @@ class ComputeResources:
             raise invalid(f"Invalid value for field 'region': '{p['region']}'")
         with self._lock:
             return 200, self._igm_view(p["project"], p["region"], p["name"])
+
+    def _igm_list(self, p: dict[str, str], q: dict[str, str], body: Any) -> tuple[int, Any]:
+        project, region = p["project"], p["region"]
+        if not _REGION.fullmatch(region):
+            raise invalid(f"Invalid value for field 'region': '{region}'")
+        with self._lock:
+            items = [self._igm_view(project, region, i["name"]) for i in self.backend.igms(project, region)]
+        link = f"{BASE_URL}/projects/{project}/regions/{region}/instanceGroupManagers"
+        return 200, {
+            "kind": "compute#regionInstanceGroupManagerList",
+            "id": link,
+            "items": [i for i in items if matches(q.get("filter", ""), i)],
+            "selfLink": link,
+        }
 
     def _igm_patch(self, p: dict[str, str], q: dict[str, str], body: Any) -> tuple[int, Any]:
         project, region, name = p["project"], p["region"], p["name"]

@@ -138,6 +138,8 @@ def test_apply_creates_everything_then_changes_nothing(stand: Stand) -> None:
     ]
     assert mig["namedPorts"] == [{"name": "http", "port": 80}]
     assert mig["targetSize"] == 3 and mig["baseInstanceName"] == "dify"
+    listed = stand.client("RegionInstanceGroupManagersClient").list(project=PROJECT, region=REGION)
+    assert [plain(m)["autoHealingPolicies"] for m in listed] == [mig["autoHealingPolicies"]]
     template_name = mig["instanceTemplate"].rsplit("/", 1)[-1]
     members = Compute(stand.api.url).mig_members(
         mig_ref({"project": PROJECT, "region": REGION, "name": "dify-mig"})
