@@ -342,6 +342,24 @@ def config_from_data(
             where=where,
             hint="the scale policies must select the MIG infra creates",
         )
+    lb_url = mon.uptime.lb_url if mon else None
+    if lb_url:
+        scheme, _, rest = lb_url.partition("://")
+        host = rest.split("/", 1)[0].split(":", 1)[0]
+        if scheme == "https" and host not in infra.domains:
+            raise InventoryError(
+                f"monitoring.uptime.lb_url {lb_url!r} is https on {host}, "
+                f"but infra.domains is {list(infra.domains) or 'empty'}",
+                where=where,
+                hint="the LB serves https only for infra.domains (a managed certificate): add the host "
+                "there, or the uptime check fails forever",
+            )
+        if scheme == "http" and infra.domains:
+            raise InventoryError(
+                f"monitoring.uptime.lb_url {lb_url!r} is http, but the LB serves https (infra.domains)",
+                where=where,
+                hint=f"use https://{infra.domains[0]}/health",
+            )
     interval = _whole_seconds(lb.check_interval, "lb.check_interval", where)
     readiness = HealthCheckSpec(
         names.readiness_check or f"{mig}-ready",

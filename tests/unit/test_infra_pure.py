@@ -126,7 +126,9 @@ def test_mig_heals_on_liveness_and_lb_reads_readiness() -> None:
 
 
 def test_without_domains_plain_http_on_80() -> None:
-    d = by_kind(config(domains=[]))
+    data = example_data()
+    data["monitoring"]["uptime"]["lb_url"] = "http://dify.example.com/health"
+    d = by_kind(config(data, domains=[]))
     assert "sslCertificates" not in d and "targetHttpsProxies" not in d
     assert d["targetHttpProxies"][0].name == "dify-mig-http-proxy"
     assert d["forwardingRules"][0].body["portRange"] == "80-80"
@@ -186,6 +188,14 @@ def test_rules_across_sections() -> None:
     data = example_data()
     data["infra"]["metadata"] = {"fleet-store": "x"}
     with pytest.raises(InventoryError, match="derives itself"):
+        config(data)
+    data = example_data()
+    data["infra"]["domains"] = []
+    with pytest.raises(InventoryError, match=r"lb_url .* is https on dify\.example\.com"):
+        config(data)
+    data = example_data()
+    data["monitoring"]["uptime"]["lb_url"] = "http://dify.example.com/health"
+    with pytest.raises(InventoryError, match="the LB serves https"):
         config(data)
     data = example_data()
     del data["infra"]
