@@ -9,6 +9,7 @@ from fleet.cli import (
     agent,
     core,
     functions,
+    infra,
     infra_data,
     local,
     lock,
@@ -39,6 +40,7 @@ def namespace() -> Collection:
     for name, module in (
         ("local", local),
         ("monitoring", monitoring),
+        ("infra", infra),
         ("functions", functions),
         ("lock", lock),
         ("secrets", secrets),
@@ -46,10 +48,6 @@ def namespace() -> Collection:
         ("agent", agent),
     ):
         ns.add_collection(Collection.from_module(module), name=name)
-    # `fab infra.data`: joins the `infra` collection (infra.plan/apply) when there is one
-    infra = ns.collections.get("infra")
-    if infra is None:
-        infra = Collection("infra")
-        ns.add_collection(infra)
-    infra.add_task(infra_data.data)
+    # `fab infra.data`: the data layer's check, beside infra.plan/apply
+    ns.collections["infra"].add_task(infra_data.data)
     return ns

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fabric import task
 
 from fleet.cli.common import fleet_errors, task_help
+
+if TYPE_CHECKING:
+    from fleet.gcp.datalayer import DataLayer, Finding
 
 EXIT_FINDINGS = 1  # a finding of severity error: something is missing or not as required
 
@@ -34,47 +37,66 @@ def data(c: Any, inventory: str | None = None, json_: bool = False) -> None:
     from fleet.view import console as ui
 
     layer = resolve(inv_mod.load(inventory))
-    findings = datalayer.check(layer, datalayer.DataLayerClients(layer.endpoints, layer.project))
+    findings = check_layer(layer)
     if json_:
-        ui.print_json(
-            {
-                "project": layer.project,
-                "region": layer.region,
-                "ok": not datalayer.has_errors(findings),
-                "findings": [f.as_dict() for f in findings],
-                "commands": datalayer.fix_commands(findings),
-            }
-        )
+        ui.print_json(as_json(layer, findings))
     else:
-        title = (
-            f"data layer: project {layer.project}, region {layer.region}, network {layer.network}: "
-            f"cloudsql/{layer.sql_instance}"
-            + (f", cloudsql/{layer.pgvector_instance}" if layer.pgvector_instance else "")
-            + f", redis/{layer.redis_instance}, bucket/{layer.bucket}"
-        )
-        if findings:
-            ui.table(
-                title,
-                ["resource", "property", "expected", "actual", "severity", "command / note"],
-                [
-                    [f.resource, f.property, f.expected, f.actual, f.severity, _how(f.command, f.note)]
-                    for f in findings
-                ],
-            )
-            commands = datalayer.fix_commands(findings)
-            if commands:
-                print("to create or fix, in this order (then set the vars the notes name, and deploy):")
-                for command in commands:
-                    print(f"  {command}")
-        else:
-            print(f"{title}\nall present as required")
-        errors = sum(1 for f in findings if f.severity == "error")
-        print(
-            f"{errors} error(s), {len(findings) - errors} warning(s). pgvector: the `vector` extension is "
-            "enabled per database (CREATE EXTENSION vector), which the Admin API cannot see: not checked."
-        )
+        print_findings(layer, findings)
     if datalayer.has_errors(findings):
         raise Exit(code=EXIT_FINDINGS)
+
+
+def check_layer(layer: DataLayer) -> list[Finding]:
+    """The findings for one resolved data layer (the APIs are read; nothing is changed)."""
+    from fleet.gcp import datalayer
+
+    return datalayer.check(layer, datalayer.DataLayerClients(layer.endpoints, layer.project))
+
+
+def as_json(layer: DataLayer, findings: list[Finding]) -> dict[str, Any]:
+    from fleet.gcp import datalayer
+
+    return {
+        "project": layer.project,
+        "region": layer.region,
+        "ok": not datalayer.has_errors(findings),
+        "findings": [f.as_dict() for f in findings],
+        "commands": datalayer.fix_commands(findings),
+    }
+
+
+def print_findings(layer: DataLayer, findings: list[Finding]) -> None:
+    """The findings as a table, then the commands in the order to run them (`infra.data`, `infra.plan`)."""
+    from fleet.gcp import datalayer
+    from fleet.view import console as ui
+
+    title = (
+        f"data layer: project {layer.project}, region {layer.region}, network {layer.network}: "
+        f"cloudsql/{layer.sql_instance}"
+        + (f", cloudsql/{layer.pgvector_instance}" if layer.pgvector_instance else "")
+        + f", redis/{layer.redis_instance}, bucket/{layer.bucket}"
+    )
+    if findings:
+        ui.table(
+            title,
+            ["resource", "property", "expected", "actual", "severity", "command / note"],
+            [
+                [f.resource, f.property, f.expected, f.actual, f.severity, _how(f.command, f.note)]
+                for f in findings
+            ],
+        )
+        commands = datalayer.fix_commands(findings)
+        if commands:
+            print("to create or fix, in this order (then set the vars the notes name, and deploy):")
+            for command in commands:
+                print(f"  {command}")
+    else:
+        print(f"{title}\nall present as required")
+    errors = sum(1 for f in findings if f.severity == "error")
+    print(
+        f"{errors} error(s), {len(findings) - errors} warning(s). pgvector: the `vector` extension is "
+        "enabled per database (CREATE EXTENSION vector), which the Admin API cannot see: not checked."
+    )
 
 
 def _how(command: str, note: str) -> str:

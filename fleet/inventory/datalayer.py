@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from fleet.errors import InventoryError
 from fleet.gcp.datalayer import DataLayer, Endpoints
 from fleet.inventory.loader import Inventory
-from fleet.inventory.schema import BUCKET_PATTERN, DataLayerSettings
+from fleet.inventory.schema import BUCKET_PATTERN, Data, DataLayerSettings
 
 HINT = "see docs/infra-data.md"
 # the app's settings (Dify's env) that name the data services: cross-checked against what exists
@@ -54,6 +54,22 @@ def resolve(inv: Inventory) -> DataLayer:
             hint="the data layer is fleet-wide: set data_layer, gce and vars in defaults.yaml",
         )
     settings, app, gce, _ = next(iter(found.values()), (None, {}, {}, ""))
+    return _layer(settings, app, gce, where)
+
+
+def resolve_defaults(data: Data, where: str) -> DataLayer | None:
+    """The data layer from defaults.yaml's settings alone (no hosts, no MIG discovery: `fab infra.plan`
+    runs before the MIG exists); None when the inventory names no data layer."""
+    if data.data_layer is None:
+        return None
+    app = {k: _text(data.vars[k]) for k in APP_VARS if k in data.vars}
+    gce = {"project": data.gce.project, "region": data.gce.region, "zone": data.gce.zone}
+    return _layer(data.data_layer, app, gce, where)
+
+
+def _layer(
+    settings: DataLayerSettings | None, app: dict[str, str], gce: dict[str, Any], where: str
+) -> DataLayer:
     if settings is None:
         raise InventoryError(
             "the inventory has no data_layer section",
