@@ -670,6 +670,11 @@ def desired_state(config: MonitoringConfig, refs: Mapping[str, str]) -> list[Des
     return out
 
 
+def cpu_condition_name(above: bool, threshold: float) -> str:
+    """The CPU condition's display name (the local monitor names its incidents the same way)."""
+    return f"CPU {'above' if above else 'below'} {threshold:g}"
+
+
 def cpu_members_filter(mig: str) -> str:
     """The CPU utilization of the MIG's members, selected by the instance label the template sets
     (`fleet-mig=<mig>`), never by a name prefix: the base instance name may differ from the MIG's
@@ -715,7 +720,7 @@ def _scale_conditions(config: MonitoringConfig, mig: str, direction: str) -> lis
     if cpu is not None and getattr(cpu, bound) is not None:
         out.append(
             condition(
-                f"CPU {'above' if above else 'below'} {getattr(cpu, bound):g}",
+                cpu_condition_name(above, getattr(cpu, bound)),
                 cpu_filter,
                 "ALIGN_MEAN",
                 "REDUCE_MEAN",
