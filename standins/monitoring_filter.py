@@ -72,7 +72,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
             break
         match = _TOKEN.match(text, pos)
         if match is None or match.end() == pos:
-            raise FilterError(f"unexpected character at offset {pos}: {text[pos:pos + 20]!r}")
+            raise FilterError(f"unexpected character at offset {pos}: {text[pos : pos + 20]!r}")
         kind = match.lastgroup or ""
         out.append((kind, match.group(kind)))
         pos = match.end()
@@ -120,7 +120,7 @@ class _Parser:
         if kind != "word" or not any(p.fullmatch(value) for p in _SELECTORS):
             raise FilterError(
                 f"unknown selector {value!r}: expected project, group.id, resource.type, metric.type, "
-                'resource.labels.KEY, metric.labels.KEY or metadata.(system|user)_labels.KEY (a key with '
+                "resource.labels.KEY, metric.labels.KEY or metadata.(system|user)_labels.KEY (a key with "
                 "'-', '.' or '/' must be quoted)"
             )
         op_kind, op = self.take(f"an operator after {value}")
@@ -157,8 +157,10 @@ class _Parser:
                 raise FilterError(f"{token}(...) is compared with = or !=, not {op}")
             literal = f"{token}({', '.join(repr(a) for a in args)})"
             return Comparison(selector, op, literal, token, tuple(args))
-        raise FilterError(f"value of {selector} must be a quoted string, a number, true/false or a "
-                          f"function (starts_with, one_of, ...), got {token!r}")
+        raise FilterError(
+            f"value of {selector} must be a quoted string, a number, true/false or a "
+            f"function (starts_with, one_of, ...), got {token!r}"
+        )
 
 
 def parse(text: str) -> list[Comparison]:

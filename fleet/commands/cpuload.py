@@ -38,7 +38,7 @@ def stop_load() -> Command:
     """Stop the busy loops `start_load` started (the pids it recorded; ones already ended are fine)."""
     script = (
         f"if [ -f {q(PID_FILE)} ]; then "
-        f"for p in $(cat {q(PID_FILE)}); do kill \"$p\" 2>/dev/null || true; done; rm -f {q(PID_FILE)}; fi; "
+        f'for p in $(cat {q(PID_FILE)}); do kill "$p" 2>/dev/null || true; done; rm -f {q(PID_FILE)}; fi; '
         "echo stopped"
     )
     return Command(script, "stop the CPU busy loops", sudo=True)

@@ -3,8 +3,9 @@
 One project (`local-project`), one zone (`europe-west1-b`) and one zonal MIG (`<fleet>-mig`, i.e.
 `local-mig`) whose members are the instances `local-N`. Docker is the source of truth for what
 exists; this backend adds what Compute has and Docker does not: labels with their fingerprint (per
-instance id, so a recreated instance starts from the template's labels: `fleet-mig=<mig>`), the project's common
-metadata (the fleet lock), operations, and the MIG's currentAction per member while an action runs.
+instance id, so a recreated instance starts from the template's labels, `fleet-mig=<mig>`), the
+project's common metadata (the fleet lock), operations, and the MIG's currentAction per member while
+an action runs.
 Both are persisted in `.fleet/<fleet>/compute/state.json`, so an endpoint restart keeps them.
 
 Actions go through `LocalFleet` and come back the way a MIG brings them back:
@@ -45,8 +46,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import FleetError
-from fleet.local.compute_endpoint import endpoint_file, load_config, mig_name
 from fleet.local import template
+from fleet.local.compute_endpoint import endpoint_file, load_config, mig_name
 from fleet.local.config import LocalConfig
 from standins.compute_state import (
     ACTION_COUNTERS,

@@ -156,18 +156,25 @@ class ContainerCpu:
                 int(host.get("CpuPeriod") or 0),
                 str(host.get("CpusetCpus") or ""),
             )
-            read: Callable[[], float]
-            try:
-                path, unit = cgroup_usage_file((self._proc / str(pid) / "cgroup").read_text(), self._root)
-                read_counter(path, unit)  # readable now, or use the engine
-                read = lambda path=path, unit=unit: read_counter(path, unit)  # noqa: E731
-            except (OSError, ValueError, FleetError):
+            self._targets[name] = _Target(cid, vcpus, self._reader(pid, cid))
 
-                def read(cid: str = cid) -> float:
-                    self.engine_reads += 1
-                    return engine_usage(cid)
+    def _reader(self, pid: int, cid: str) -> Callable[[], float]:
+        """The cgroup file's counter when it can be read from here, else the engine's stats."""
+        try:
+            path, unit = cgroup_usage_file((self._proc / str(pid) / "cgroup").read_text(), self._root)
+            read_counter(path, unit)
+        except (OSError, ValueError, FleetError):
 
-            self._targets[name] = _Target(cid, vcpus, read)
+            def from_engine() -> float:
+                self.engine_reads += 1
+                return engine_usage(cid)
+
+            return from_engine
+
+        def from_cgroup() -> float:
+            return read_counter(path, unit)
+
+        return from_cgroup
 
     def sample(self, containers: Sequence[str]) -> dict[str, CpuSample]:
         """A sample per running container (missing ones are left out: no data)."""

@@ -119,7 +119,7 @@ class MonitorSettings:
                 raise FleetError(
                     f"{name} {value!r} is not a utilization within 0..1",
                     where=where,
-                    hint="a fraction of the instance's vCPUs, as compute.googleapis.com/instance/cpu/utilization",
+                    hint="a fraction of the instance's vCPUs, as Compute's instance/cpu/utilization",
                 )
         if self.cpu_high is not None and self.cpu_low is not None and self.cpu_low >= self.cpu_high:
             raise FleetError(
@@ -622,8 +622,7 @@ class Monitor:
         return [
             m.name
             for m in members
-            if m.status == "RUNNING"
-            and labels.get(m.name, {}).get(contract.INSTANCE_MIG_LABEL) == self.mig
+            if m.status == "RUNNING" and labels.get(m.name, {}).get(contract.INSTANCE_MIG_LABEL) == self.mig
         ]
 
     def _cpu_round(self, members: Sequence[MonitoredInstance], now: float) -> None:
@@ -635,7 +634,9 @@ class Monitor:
         mean, per = found
         with self._lock:
             self._cpu_rounds.append(CpuRound(now, mean, per))
-        for condition, met in sorted(cpu_conditions(self._cpu, self.settings).items(), key=lambda c: c[1] is True):
+        for condition, met in sorted(
+            cpu_conditions(self._cpu, self.settings).items(), key=lambda c: c[1] is True
+        ):
             self._apply(self.mig, condition, met, now, cpu=mean, serving=len(per))
 
     def _track(

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fleet.commands.cpuload import start_load, stop_load
 from fleet.errors import FleetError
 from fleet.scenarios.loadgen import LoadGen, LoadReport
-from fleet.commands.cpuload import start_load, stop_load
 from fleet.scenarios.monitor import (
     CPU_HIGH,
     CPU_LOW,

@@ -62,4 +62,3 @@ def test_a_busy_container_shows_in_its_cgroup_counter(container: str) -> None:
     # the Docker Engine's own counter (the fallback) is the same counter, read later: not smaller
     assert engine_usage(second.container_id) >= second.usage
     assert reader.sample(["fleet-cputest-does-not-exist"]) == {}, "no container: no data"
-

@@ -47,10 +47,7 @@ import policy as fn_policy  # noqa: E402
 import settings as fn_settings  # noqa: E402
 
 PROJECT, ZONE, MIG = "local-project", "europe-west1-b", "local-mig"
-STAT = (
-    "# pxname,svname,status,req_tot,scur,addr\n"
-    "fleet_http,FRONTEND,OPEN,0,0,\napp,BACKEND,UP,0,0,\n"
-)
+STAT = "# pxname,svname,status,req_tot,scur,addr\nfleet_http,FRONTEND,OPEN,0,0,\napp,BACKEND,UP,0,0,\n"
 
 
 # --------------------------------------------------------------------------- reader
