@@ -306,3 +306,22 @@ def test_load_commands_are_valid_shell_bounded_and_kill_only_their_pids() -> Non
     for bad in ((0, 10), (17, 10), (1, 0), (1, 3601), (True, 10)):
         with pytest.raises(FleetError, match="cpu load"):
             start_load(*bad)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the local template's label
+
+
+def test_local_members_start_with_the_template_label_and_keep_what_is_set(tmp_path: Path) -> None:
+    from fleet.local import template
+    from fleet.local.compute_docker import _Store
+    from fleet.local.config import LocalConfig
+
+    config = LocalConfig(root=tmp_path)
+    labels = template.labels(config)
+    assert labels == {contract.INSTANCE_MIG_LABEL: "local-mig"}
+    store = _Store(tmp_path / "state.json", config)
+    assert store.labels_of("123", labels)[0] == labels, "a new member: the template's labels"
+    store.set_labels("123", {**labels, "fleet-rollout": "r1"})
+    assert store.labels_of("123", labels)[0] == {**labels, "fleet-rollout": "r1"}
+    store.forget(set())  # the instance is gone; a recreated one (new id) starts from the template
+    assert store.labels_of("456", labels)[0] == labels
