@@ -37,7 +37,7 @@ LOAD_HIGH, LOAD_LOW = 3.0, 1.0  # requests/s per serving instance (scale demo, -
 LOW_RATE = 2.0
 # mean CPU utilization of the members (scale demo, --signal cpu). Low because this machine is small and
 # shared: an instance has no CPU limit, so its vCPUs are the host's cores, and one busy loop among many
-# busy containers gets only its fair share of them. Idle instances measure ~0.5-4 %.
+# busy containers gets only its fair share of them. Idle instances measure ~0.5-5 %.
 CPU_HIGH, CPU_LOW = 0.12, 0.05
 
 
