@@ -392,8 +392,9 @@ def run_scale(
     report = ScaleReport(signal=signal)
     before = _member_names(path)
     report.size_before = len(before)
-    history = _monitor(path).cpu_history()
-    report.cpu_idle = history[-1].mean if history else None
+    if signal == "cpu":  # one reading of the idle members first: the figure the load is compared with
+        _wait("a CPU reading of the members", lambda: bool(_monitor(path).cpu_history()), left(), path, emit)
+        report.cpu_idle = _monitor(path).cpu_history()[-1].mean
 
     threads = 4
     rate = high_rate if signal == "requests" else low_rate
