@@ -35,6 +35,7 @@ from fleet.commands.agent import parse_store, startup_script
 from fleet.commands.iam import GcloudLine, service_account_lines
 from fleet.errors import FleetError, InventoryError
 from fleet.gcp.compute import Compute, ComputeError
+from functions import fleet_contract as contract
 
 IAP_RANGE = "35.235.240.0/20"  # IAP TCP forwarding
 HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")  # Google's health checkers and GFEs
@@ -611,7 +612,7 @@ def desired_state(config: InfraConfig) -> list[Desired]:
     properties = {
         "machineType": c.machine_type,
         "tags": {"items": [c.tag]},
-        "labels": {"fleet": c.fleet.replace(".", "-").lower()[:63], "fleet-mig": c.mig},
+        "labels": {"fleet": c.fleet.replace(".", "-").lower()[:63], contract.INSTANCE_MIG_LABEL: c.mig},
         "metadata": {"items": metadata},
         # no accessConfigs: no external IP; egress through Cloud NAT
         "networkInterfaces": [{"network": network, "subnetwork": subnet}],
