@@ -14,7 +14,8 @@ fails the whole call with INVALID_ARGUMENT as without it), ListLogEntries (one p
 language: clauses joined by AND, each `FIELD="VALUE"` (equal) or `FIELD:"VALUE"` (has), FIELD a
 dotted path whose segments may be quoted (`jsonPayload.container.metadata."com.docker.compose.service"`),
 snake_case or camelCase. Anything else in a filter is INVALID_ARGUMENT, never silently ignored.
-With `token_owner`, a call must carry `authorization: Bearer <token>` the metadata server issued.
+With `token_owner`, a write must carry `authorization: Bearer <token>` the metadata server issued
+(UNAUTHENTICATED otherwise); reads are open to whoever reaches the port (this machine's operator side).
 
     sink = LocalLogging(host="127.0.0.1", port=0).start()   # insecure, for the Python client
     sink.entries(lambda e: e["resource"]["labels"]["instance_id"] == "123")
@@ -136,7 +137,7 @@ class LocalLogging:
                 response_serializer=lt.WriteLogEntriesResponse.serialize,
             ),
             "ListLogEntries": grpc.unary_unary_rpc_method_handler(
-                self._guard(self._list),
+                self._guard(self._list, auth=False),
                 request_deserializer=lt.ListLogEntriesRequest.deserialize,
                 response_serializer=lt.ListLogEntriesResponse.serialize,
             ),
@@ -197,13 +198,13 @@ class LocalLogging:
 
     # --- handlers ----------------------------------------------------------------------------------
 
-    def _guard(self, fn: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _guard(self, fn: Callable[[Any], Any], auth: bool = True) -> Callable[[Any, grpc.ServicerContext], Any]:
         def handler(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                if self._token_owner is not None:
+                if auth and self._token_owner is not None:
                     meta = dict(context.invocation_metadata())
-                    auth = str(meta.get("authorization", ""))
-                    token = auth[7:] if auth.lower().startswith("bearer ") else ""
+                    header = str(meta.get("authorization", ""))
+                    token = header[7:] if header.lower().startswith("bearer ") else ""
                     if not token or self._token_owner(token) is None:
                         raise _Reject(
                             grpc.StatusCode.UNAUTHENTICATED,

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import FleetError
-from fleet.local import dockercmd, execute, inventory_writer, registry
+from fleet.local import dockercmd, execute, inventory_writer, registry, vmservices
 from fleet.local.config import LocalConfig
 from fleet.local.lb import LbServer, LoadBalancer
 from fleet.local.progress import Progress, Quiet
+from fleet.local.vmservices import LOGGING_HOST
 from fleet.waits import Deadline, polling
 
 INDEX_LABEL = "fleet.local.instance"
@@ -228,7 +229,10 @@ class LocalFleet:
             docker_volume=f"{name}-docker",
             tarball_dir=self.config.tarball_dir,
             env={"FLEET_SSH_AUTHORIZED_KEYS": pubkey},
-            extra_hosts={"metadata.google.internal": self.config.gateway},
+            # as on GCE: the metadata server and Cloud Logging (gcplogs) by their names, here the
+            # fleet network's gateway where fleet/local/vmservices.py serves them
+            extra_hosts={"metadata.google.internal": self.config.gateway, LOGGING_HOST: self.config.gateway},
+            ca_cert=vmservices.local_ca(self.config),
             labels={
                 **self.config.labels,
                 INDEX_LABEL: str(index),

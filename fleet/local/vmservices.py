@@ -7,6 +7,8 @@ a local instance container reaches the same wire formats here, each from a stand
     <gateway>:storage_port        standins/storage.py          (fake-gcs-server: the release store)
     <gateway>:secretmanager_port  standins/secretmanager_api.py
     <gateway>:<port>              standins/compute_api.py      (a second front of the fleet's Compute)
+    logging.googleapis.com:443    standins/logging_api.py      (Cloud Logging over gRPC + TLS: what
+                                  Docker's gcplogs driver writes to; the VM trusts the fleet's local CA)
 
 They run inside the fleet's Compute endpoint process (fleet/local/compute_docker.py), which knows
 the members, so the metadata server answers each container as its own instance and the guest
@@ -16,6 +18,7 @@ attributes it writes are what the Compute API's getGuestAttributes returns.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import threading
 import time
 from pathlib import Path
@@ -26,10 +29,29 @@ from fleet.local.config import LocalConfig
 
 if TYPE_CHECKING:
     from standins.compute_state import ComputeBackend
+    from standins.logging_api import Tls
     from standins.metadata_server import GuestAttributes, Identity
 
 
 MEMBERS_TTL = 5.0  # seconds a member list answers the metadata server (each request asks who calls)
+LOGGING_HOST = "logging.googleapis.com"  # an instance's /etc/hosts sends it to the gateway
+LOGGING_PORT = 443  # gRPC over TLS, as the gcplogs driver dials it (no endpoint option)
+
+
+def logging_tls(config: LocalConfig) -> Tls:
+    """The fleet's local CA and the certificate for logging.googleapis.com it signed (made once)."""
+    from standins.logging_api import make_tls
+
+    directory = config.state_dir / "tls"
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:  # the endpoint and instance creation may race
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return make_tls(directory, (LOGGING_HOST,))
+
+
+def local_ca(config: LocalConfig) -> Path:
+    """The CA certificate each instance mounts and trusts (images/vm/fleet-init)."""
+    return logging_tls(config).ca_cert
 
 
 class VmServices:
@@ -45,6 +67,7 @@ class VmServices:
         self._lock = threading.Lock()
         self._members: dict[str, Any] = {}  # container address -> fleet.local.instances.Instance
         self._seen_at = 0.0
+        self.logging: Any = None  # standins.logging_api.LocalLogging once started
 
     def metadata_items(self) -> dict[str, str]:
         return template.metadata(self.config, self.compute_url)
@@ -80,6 +103,7 @@ class VmServices:
 
     def start(self, backend: ComputeBackend) -> VmServices:
         from standins.compute_api import ComputeApi
+        from standins.logging_api import LocalLogging
         from standins.metadata_server import MetadataServer
         from standins.secretmanager_api import LocalSecretManager
         from standins.storage import StorageServer
@@ -90,7 +114,16 @@ class VmServices:
             compute = ComputeApi(backend, host=gateway).start()
             self._started.append(compute)
             self.compute_url = compute.url
-            self._started.append(MetadataServer(self.identify, self.guest, gateway, 80).start())
+            metadata = MetadataServer(self.identify, self.guest, gateway, 80).start()
+            self._started.append(metadata)
+            # a write must carry a token the metadata server issued (the VM's service account)
+            self.logging = LocalLogging(
+                gateway,
+                LOGGING_PORT,
+                tls=logging_tls(self.config).server_pair(),
+                token_owner=metadata.token_owner,
+            ).start()
+            self._started.append(self.logging)
             self._started.append(
                 LocalSecretManager(
                     port=self.config.secretmanager_port,
