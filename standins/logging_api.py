@@ -44,7 +44,9 @@ from standins.errors import StandinError
 SERVICE = "google.logging.v2.LoggingServiceV2"
 API_HOST = "logging.googleapis.com"
 _LOG_NAME = re.compile(r"^(projects|organizations|folders|billingAccounts)/([^/]+)/logs/([^/]+)$")
-_CLAUSE = re.compile(r'\s*((?:[A-Za-z_][A-Za-z0-9_]*|"[^"]*")(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|"[^"]*"))*)\s*([=:])\s*"((?:[^"\\]|\\.)*)"\s*')
+_CLAUSE = re.compile(
+    r'\s*((?:[A-Za-z_][A-Za-z0-9_]*|"[^"]*")(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|"[^"]*"))*)\s*([=:])\s*"((?:[^"\\]|\\.)*)"\s*'
+)
 _SEGMENT = re.compile(r'"[^"]*"|[^.]+')
 MAX_PAGE = 1000
 
@@ -93,7 +95,7 @@ def parse_filter(text: str) -> list[Clause]:
         m = _CLAUSE.fullmatch(part)
         if m is None:
             raise ValueError(
-                f"unsupported filter clause {part!r}: the local sink takes FIELD=\"VALUE\" or FIELD:\"VALUE\" "
+                f'unsupported filter clause {part!r}: the local sink takes FIELD="VALUE" or FIELD:"VALUE" '
                 "clauses joined by AND"
             )
         path = tuple(s.strip('"') for s in _SEGMENT.findall(m.group(1)))
@@ -198,7 +200,9 @@ class LocalLogging:
 
     # --- handlers ----------------------------------------------------------------------------------
 
-    def _guard(self, fn: Callable[[Any], Any], auth: bool = True) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _guard(
+        self, fn: Callable[[Any], Any], auth: bool = True
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def handler(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 if auth and self._token_owner is not None:
@@ -233,7 +237,10 @@ class LocalLogging:
                 )
             resource = doc.get("resource") or default_resource
             if not resource or not resource.get("type"):
-                raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, f"entries[{i}].resource: a monitored resource is required")
+                raise _Reject(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"entries[{i}].resource: a monitored resource is required",
+                )
             doc["logName"] = log_name
             doc["resource"] = resource
             labels = {**default_labels, **doc.get("labels", {})}
@@ -256,7 +263,8 @@ class LocalLogging:
         names = list(request.resource_names)
         if len(names) != 1 or not re.fullmatch(r"projects/[^/]+", names[0]):
             raise _Reject(
-                grpc.StatusCode.INVALID_ARGUMENT, "resource_names: the local sink takes exactly one projects/PROJECT"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "resource_names: the local sink takes exactly one projects/PROJECT",
             )
         project = names[0].split("/", 1)[1]
         try:
@@ -265,11 +273,13 @@ class LocalLogging:
             raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         order = (request.order_by or "timestamp asc").strip().lower()
         if order not in ("timestamp asc", "timestamp", "timestamp desc"):
-            raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, f"order_by {request.order_by!r}: timestamp asc|desc")
+            raise _Reject(
+                grpc.StatusCode.INVALID_ARGUMENT, f"order_by {request.order_by!r}: timestamp asc|desc"
+            )
 
         def wanted(e: dict[str, Any]) -> bool:
             m = _LOG_NAME.match(e["logName"])
-            return bool(m) and m.group(2) == project and all(c.matches(e) for c in clauses)
+            return m is not None and m.group(2) == project and all(c.matches(e) for c in clauses)
 
         found = sorted(self.entries(wanted), key=lambda e: e["timestamp"], reverse=order.endswith("desc"))
         start = 0
@@ -277,7 +287,9 @@ class LocalLogging:
             try:
                 start = int(request.page_token)
             except ValueError:
-                raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "page_token: not a token this server issued") from None
+                raise _Reject(
+                    grpc.StatusCode.INVALID_ARGUMENT, "page_token: not a token this server issued"
+                ) from None
         size = min(request.page_size or MAX_PAGE, MAX_PAGE)
         page = found[start : start + size]
         out = lt.ListLogEntriesResponse()

@@ -129,7 +129,7 @@ def test_the_real_apis_errors(client: LoggingServiceV2Client, sink: LocalLogging
         client.write_log_entries(log_name=f"projects/{PROJECT}/logs/x", resource=_gce("1"), entries=[])  # type: ignore[arg-type]
     # a filter the sink cannot evaluate is refused, never half-applied
     with pytest.raises(exceptions.InvalidArgument, match="unsupported filter clause"):
-        list(client.list_log_entries(resource_names=[f"projects/{PROJECT}"], filter='severity>=ERROR'))
+        list(client.list_log_entries(resource_names=[f"projects/{PROJECT}"], filter="severity>=ERROR"))
     with pytest.raises(exceptions.InvalidArgument, match="resource_names"):
         list(client.list_log_entries(resource_names=["projects/a", "projects/b"]))
     # dry_run checks and stores nothing
