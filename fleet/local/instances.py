@@ -215,14 +215,14 @@ class LocalFleet:
         )
 
     def _spec(self, index: int, pubkey: str, ports: tuple[int, int] | None = None) -> dockercmd.InstanceSpec:
-        from fleet.local.images import VM_IMAGE
+        from fleet.local.images import fleet_vm_ref
 
         ssh, http = self._ports(index, ports)
         name = self.config.container_name(index)
         return dockercmd.InstanceSpec(
             name=name,
             hostname=self.config.host_name(index),
-            image=VM_IMAGE,
+            image=fleet_vm_ref(self.config),
             network=self.config.network,
             ssh_port=ssh,
             http_port=http,
@@ -331,6 +331,7 @@ class LocalFleet:
             images.build_all(self.config, self.progress)
         else:
             registry.ensure_running(self.config, images.REGISTRY_IMAGE)
+            images.pin_vm_image(self.config, only_if_missing=True)
         registry.ensure_network(self.config)
         return inventory_writer.ensure_client_key(self.config)
 
