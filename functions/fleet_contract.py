@@ -35,6 +35,14 @@ POLICY_SCALE_MIN_LABEL = "fleet-scale-min"  # lower bound of the MIG size
 POLICY_SCALE_MAX_LABEL = "fleet-scale-max"  # upper bound of the MIG size
 POLICY_MIG_LABEL = "fleet-mig"  # name of the managed instance group a policy is about
 
+# --- instance labels ------------------------------------------------------------------------------
+
+# Every member of a fleet MIG carries this label with the MIG's name, set by the instance template
+# (so it cannot drift from what the MIG creates, unlike a base-instance-name prefix). Monitoring sees
+# it as `metadata.user_labels."fleet-mig"` on gce_instance metrics: the CPU scale policies select the
+# MIG's members by it, and so does the local monitor.
+INSTANCE_MIG_LABEL = "fleet-mig"
+
 # --- the fleet lock --------------------------------------------------------------------------------
 
 # Key in the Compute project's common instance metadata; written with compare-and-swap through the

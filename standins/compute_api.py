@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from standins import compute_resources
 from standins.compute_state import ComputeApiError, ComputeBackend, InMemoryCompute, invalid, scope_of
 from standins.errors import StandinError
 
@@ -88,6 +89,8 @@ class ComputeApi:
         self._port = port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # what `fab infra.apply` manages: networks ... forwarding rules, regional MIG insert/patch
+        self.resources = compute_resources.for_backend(backend)
         self._routes = self._build_routes()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -169,6 +172,8 @@ class ComputeApi:
     def _build_routes(self) -> list[tuple[str, re.Pattern[str], str, Handler]]:
         b = self.backend
         raw: list[tuple[str, str, str, Handler]] = [
+            # first: its regionInstanceGroupManagers.get lays the MIG fields it keeps over the backend's
+            *self.resources.routes(),
             ("GET", _P + r"$", "projects.get", lambda p, q, body: (200, b.project(p["project"]))),
             (
                 "POST",
@@ -346,6 +351,8 @@ class ComputeApi:
             return 200, {}
         if http_method == "GET" and path == "/_local/state":
             return 200, self.backend.dump()
+        if http_method == "GET" and path == "/_local/resources":
+            return 200, self.resources.dump()
         if http_method == "POST" and path == "/_local/faults":
             try:
                 spec = json.loads(raw_body or b"{}")
@@ -531,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compute-api listening on {api.url}", flush=True)
     stop.wait()
     api.stop()
+    api.resources.close()
     backend.close()
     return 0
 

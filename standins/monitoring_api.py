@@ -40,6 +40,8 @@ import grpc
 from google.cloud import monitoring_v3 as m
 from google.protobuf import empty_pb2, json_format
 
+from standins import monitoring_filter
+
 # kind -> (collection in resource names, proto-plus type)
 KINDS: dict[str, tuple[str, Any]] = {
     "alert_policy": ("alertPolicies", m.AlertPolicy),
@@ -378,7 +380,11 @@ class LocalMonitoring:
             if len(kinds) != 1:
                 raise _invalid(f"Field {where} must set exactly one condition type")
             body = getattr(cond, kinds[0])
-            if "metric.type" not in body.filter:
+            try:
+                comparisons = monitoring_filter.parse(body.filter)
+            except monitoring_filter.FilterError as exc:
+                raise _invalid(f"Field {where}.{kinds[0]}.filter is invalid: {exc}") from None
+            if not any(c.selector == "metric.type" and c.op == "=" for c in comparisons):
                 raise _invalid(f"Field {where}.{kinds[0]}.filter must specify metric.type")
             if (
                 kinds[0] == "condition_threshold"

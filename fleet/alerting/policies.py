@@ -670,6 +670,23 @@ def desired_state(config: MonitoringConfig, refs: Mapping[str, str]) -> list[Des
     return out
 
 
+def cpu_condition_name(above: bool, threshold: float) -> str:
+    """The CPU condition's display name (the local monitor names its incidents the same way)."""
+    return f"CPU {'above' if above else 'below'} {threshold:g}"
+
+
+def cpu_members_filter(mig: str) -> str:
+    """The CPU utilization of the MIG's members, selected by the instance label the template sets
+    (`fleet-mig=<mig>`), never by a name prefix: the base instance name may differ from the MIG's
+    name, and a label cannot drift from the template. Monitoring exposes an instance's labels as
+    `metadata.user_labels`; the key is quoted because it contains a '-'."""
+    contract.validate_label_value(mig)
+    return (
+        f'metric.type="{CPU_METRIC}" AND resource.type="gce_instance" '
+        f'AND metadata.user_labels."{contract.INSTANCE_MIG_LABEL}"="{mig}"'
+    )
+
+
 def _scale_conditions(config: MonitoringConfig, mig: str, direction: str) -> list[Any]:
     """Threshold conditions for one MIG: out on any high signal, in when every signal is low."""
     from google.cloud import monitoring_v3 as m
@@ -699,15 +716,11 @@ def _scale_conditions(config: MonitoringConfig, mig: str, direction: str) -> lis
     cpu, lat, queue = config.cpu, config.latency, config.queue_depth
     bound = "high" if direction == "out" else "low"
     above = direction == "out"
-    # MIG members are named <base instance name>-xxxx; the base name defaults to the MIG's name
-    cpu_filter = (
-        f'metric.type="{CPU_METRIC}" AND resource.type="gce_instance" '
-        f'AND metric.label.instance_name=starts_with("{mig}-")'
-    )
+    cpu_filter = cpu_members_filter(mig)
     if cpu is not None and getattr(cpu, bound) is not None:
         out.append(
             condition(
-                f"CPU {'above' if above else 'below'} {getattr(cpu, bound):g}",
+                cpu_condition_name(above, getattr(cpu, bound)),
                 cpu_filter,
                 "ALIGN_MEAN",
                 "REDUCE_MEAN",

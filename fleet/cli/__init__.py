@@ -5,7 +5,20 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from fleet.cli import agent, core, functions, local, lock, monitoring, release, rollout, secrets, store
+from fleet.cli import (
+    agent,
+    core,
+    functions,
+    infra,
+    infra_data,
+    local,
+    lock,
+    monitoring,
+    release,
+    rollout,
+    secrets,
+    store,
+)
 
 
 def namespace() -> Collection:
@@ -27,6 +40,7 @@ def namespace() -> Collection:
     for name, module in (
         ("local", local),
         ("monitoring", monitoring),
+        ("infra", infra),
         ("functions", functions),
         ("lock", lock),
         ("secrets", secrets),
@@ -34,4 +48,6 @@ def namespace() -> Collection:
         ("agent", agent),
     ):
         ns.add_collection(Collection.from_module(module), name=name)
+    # `fab infra.data`: the data layer's check, beside infra.plan/apply
+    ns.collections["infra"].add_task(infra_data.data)
     return ns

@@ -192,21 +192,30 @@ def clean(c: Any) -> None:
     help={
         "load_high": "scale out above N requests/s per serving instance (default: no scale-out condition)",
         "load_low": "scale in below N requests/s per serving instance (default: no scale-in condition)",
+        "cpu_high": "scale out above this mean CPU utilization of the MIG's members, 0..1 (their cgroups)",
+        "cpu_low": "scale in below this mean CPU utilization of the MIG's members, 0..1",
     }
 )
 @fleet_errors
-def alerts(c: Any, load_high: str = "", load_low: str = "") -> None:
+def alerts(c: Any, load_high: str = "", load_low: str = "", cpu_high: str = "", cpu_low: str = "") -> None:
     """Run the local alert path in the foreground until Ctrl-C: monitor, Pub/Sub, autoheal/scale/notify
     (functions-framework) and the webhook sink, printing incidents, decisions and notifications.
 
     Break an instance meanwhile (e.g. stop its api container) and watch it heal; see docs/selfheal.md.
+    With --cpu-high/--cpu-low the monitor scales on the members' CPU (the instances labelled
+    fleet-mig=<mig>, read from their cgroups), as the CPU policies of `monitoring.apply` do.
     """
     from invoke.exceptions import Exit
 
     from fleet.scenarios import alertpath
 
     args = []
-    for flag, value in (("--load-high", load_high), ("--load-low", load_low)):
+    for flag, value in (
+        ("--load-high", load_high),
+        ("--load-low", load_low),
+        ("--cpu-high", cpu_high),
+        ("--cpu-low", cpu_low),
+    ):
         if value:
             args += [flag, value]
     code = alertpath.main(args)

@@ -249,6 +249,16 @@ def _group_chain(
     return chain
 
 
+def load_defaults(name: str | None) -> tuple[Path, dict[str, Any], Data]:
+    """An inventory's defaults.yaml alone, validated and typed: (directory, the layer as written, its
+    settings). No hosts and no MIG discovery: for fleet-wide tasks that must work before the MIG
+    exists (`fab infra.plan`)."""
+    path = inventory_path(name)
+    where = f"{path / 'defaults.yaml'}"
+    defaults = _validate(Defaults, _read_yaml(path / "defaults.yaml", required=False), where)
+    return path, defaults, settings_of(defaults.get("data", {}), where)
+
+
 def load(name: str | None) -> Inventory:
     """Read, validate and resolve an inventory directory."""
     from fleet.inventory import mig as gce_inventory

@@ -9,6 +9,7 @@ something (derived from other settings, or "not configured") stays `None`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal
 
@@ -242,6 +243,160 @@ class StoreSettings(_Strict):
         return value
 
 
+# data.data_layer: the managed data services the fleet uses and `infra` checks but never creates
+# (fleet/gcp/datalayer.py; docs/infra-data.md). Fleet-wide: set it in defaults.yaml.
+SQL_INSTANCE_PATTERN = r"^[a-z](?:[-a-z0-9]{0,77}[a-z0-9])?$"  # Cloud SQL instance id
+REDIS_INSTANCE_PATTERN = r"^[a-z](?:[-a-z0-9]{0,38}[a-z0-9])?$"  # Memorystore: 1-40 characters
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$"  # a Cloud Storage bucket (no domain-named ones)
+LOCAL_ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}/?$"
+
+
+class DataLayerEndpoints(_Strict):
+    """Local stand-ins (http://HOST:PORT) for the APIs the check reads; unset = Google's."""
+
+    sqladmin: StrictStr | None = Field(default=None, pattern=LOCAL_ENDPOINT_PATTERN)
+    redis: StrictStr | None = Field(default=None, pattern=LOCAL_ENDPOINT_PATTERN)
+    storage: StrictStr | None = Field(default=None, pattern=LOCAL_ENDPOINT_PATTERN)
+    compute: StrictStr | None = Field(default=None, pattern=LOCAL_ENDPOINT_PATTERN)
+
+
+class DataLayerSettings(_Strict):
+    """Cloud SQL (main + pgvector), Memorystore for Redis, the bucket and private services access.
+
+    The names say what must exist; the properties checked are fixed (regional, backups with PITR,
+    deletion protection, private IP only, TLS; Standard tier, AUTH, in-transit encryption; versioning,
+    uniform access). Fields marked "create only" shape the printed create commands, nothing else.
+    """
+
+    project: StrictStr | None = Field(default=None, pattern=GCE_PROJECT_PATTERN)  # unset: gce.project
+    region: StrictStr | None = Field(default=None, pattern=GCE_LOCATION_PATTERN)  # unset: gce.region/zone's
+    network: StrictStr = Field(default="default", pattern=GCE_NAME_PATTERN)  # the VPC the VMs are on
+    sql_instance: StrictStr = Field(pattern=SQL_INSTANCE_PATTERN)  # Dify's main database (DB_HOST)
+    pgvector_instance: StrictStr | None = Field(
+        default=None, pattern=SQL_INSTANCE_PATTERN
+    )  # unset: sql_instance
+    database_version: StrictStr = Field(default="POSTGRES_15", pattern=r"^POSTGRES_[0-9]{1,2}$")
+    sql_tier: StrictStr = Field(default="db-custom-2-7680", pattern=r"^db-[a-z0-9-]{1,60}$")  # create only
+    redis_instance: StrictStr = Field(pattern=REDIS_INSTANCE_PATTERN)
+    redis_size_gb: StrictInt = Field(default=1, ge=1, le=300)  # create only
+    redis_version: StrictStr = Field(default="redis_7_2", pattern=r"^redis_[0-9]+_[0-9x]+$")  # create only
+    bucket: StrictStr | None = Field(
+        default=None, pattern=BUCKET_PATTERN
+    )  # unset: vars.GOOGLE_STORAGE_BUCKET_NAME
+    bucket_location: StrictStr | None = Field(
+        default=None, pattern=r"^[A-Za-z][A-Za-z0-9-]{1,40}$"
+    )  # unset: region
+    # the allocated range of private services access; unset: any VPC_PEERING range on the network
+    psa_range: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
+    psa_prefix_length: StrictInt = Field(default=16, ge=8, le=29)  # create only
+    endpoints: DataLayerEndpoints = Field(default_factory=DataLayerEndpoints)
+
+
+# data.infra: the Compute side that `fab infra.apply` owns (fleet/gcp/infra.py; docs/infra.md). Fleet-wide:
+# it is read from defaults.yaml only. Names left unset are derived from the MIG's name.
+class InfraNetwork(_Strict):
+    name: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)  # default <mig>-vpc
+    create: bool = True  # False: adopt an existing network of that name (never changed, never pruned)
+
+
+class InfraSubnet(_Strict):
+    name: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)  # default <mig>-subnet
+    create: bool = True  # False: adopt an existing subnet (its CIDR is then checked, not set)
+    cidr: StrictStr = "10.10.0.0/24"
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IPv4 CIDR with its host bits zero ({exc})") from None
+        if not net.is_private or not 8 <= net.prefixlen <= 29:
+            raise ValueError(f"{value!r}: a private range (RFC 1918) from /8 to /29 (e.g. 10.10.0.0/24)")
+        return value
+
+
+class InfraNames(_Strict):
+    """Resource names; each defaults to `<mig>-<suffix>` (docs/infra.md lists them)."""
+
+    router: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
+    nat: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
+    template_prefix: StrictStr | None = Field(default=None, pattern=r"^[a-z][-a-z0-9]{0,44}$")
+    readiness_check: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
+    liveness_check: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
+    backend_service: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)  # default lb.backend
+    url_map: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
+    proxy: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
+    forwarding_rule: StrictStr | None = Field(default=None, pattern=GCE_NAME_PATTERN)
+    certificate_prefix: StrictStr | None = Field(default=None, pattern=r"^[a-z][-a-z0-9]{0,44}$")
+    firewall_prefix: StrictStr | None = Field(default=None, pattern=r"^[a-z][-a-z0-9]{0,44}$")
+
+
+class InfraSettings(_Strict):
+    project: StrictStr | None = Field(default=None, pattern=GCE_PROJECT_PATTERN)  # default gce.project
+    region: StrictStr = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+$")
+    zones: list[StrictStr] = Field(min_length=2)  # the regional MIG's distribution zones (>= 2)
+    mig: StrictStr | None = Field(
+        default=None, pattern=GCE_NAME_PATTERN
+    )  # default: the regional gce.migs entry
+    base_instance_name: StrictStr | None = Field(default=None, pattern=r"^[a-z][-a-z0-9]{0,57}$")
+    size: StrictInt = Field(default=2, ge=0, le=1000)  # the MIG's size when created (never changed after)
+    network: InfraNetwork = Field(default_factory=InfraNetwork)
+    subnet: InfraSubnet = Field(default_factory=InfraSubnet)
+    machine_type: StrictStr = Field(default="e2-standard-4", pattern=r"^[a-z][a-z0-9-]{0,62}$")
+    image: StrictStr = Field(
+        default="projects/debian-cloud/global/images/family/debian-13",
+        pattern=r"^projects/[a-z][-a-z0-9]{0,62}/global/images/(family/)?[a-z][-a-z0-9]{0,62}$",
+    )
+    disk_size_gb: StrictInt = Field(default=50, ge=10, le=65536)
+    disk_type: Literal["pd-standard", "pd-balanced", "pd-ssd"] = "pd-balanced"
+    service_account: StrictStr = Field(
+        pattern=r"^[a-z][a-z0-9-]{4,61}@[a-z0-9.-]+\.iam\.gserviceaccount\.com$"
+    )
+    scopes: list[StrictStr] = Field(
+        default_factory=lambda: ["https://www.googleapis.com/auth/cloud-platform"], min_length=1
+    )
+    domains: list[StrictStr] = Field(default_factory=list)  # given: HTTPS with a Google-managed certificate
+    tag: StrictStr | None = Field(
+        default=None, pattern=GCE_NAME_PATTERN
+    )  # network tag; default the MIG's name
+    metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)  # extra template metadata (ssh-keys)
+    names: InfraNames = Field(default_factory=InfraNames)
+
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, value: list[str]) -> list[str]:
+        for zone in value:
+            if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+-[a-z]", zone):
+                raise ValueError(f"{zone!r} is not a zone (e.g. europe-west1-b)")
+        if len(set(value)) != len(value):
+            raise ValueError("zones are listed twice")
+        return value
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        for domain in value:
+            if not re.fullmatch(r"(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", domain):
+                raise ValueError(f"{domain!r} is not a lowercase DNS name (e.g. dify.example.com)")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[str]) -> list[str]:
+        for scope in value:
+            if not re.fullmatch(r"https://www\.googleapis\.com/auth/[a-z0-9._-]+", scope):
+                raise ValueError(f"{scope!r} is not an OAuth scope URL (https://www.googleapis.com/auth/...)")
+        return value
+
+    @model_validator(mode="after")
+    def _zones_in_region(self) -> InfraSettings:
+        outside = [z for z in self.zones if z.rsplit("-", 1)[0] != self.region]
+        if outside:
+            raise ValueError(f"zones {', '.join(outside)} are not in region {self.region}")
+        return self
+
+
 class Data(_Strict):
     """A host's `data`: one layer of it as written, or (as `FleetHost.settings`) the merged whole."""
 
@@ -256,6 +411,8 @@ class Data(_Strict):
     run: RunSettings = Field(default_factory=RunSettings)
     monitoring: MonitoringSettings | None = None  # None: the fleet has no monitoring configured
     store: StoreSettings | None = None  # None: the fleet has no release store
+    data_layer: DataLayerSettings | None = None  # None: no managed data services to check
+    infra: InfraSettings | None = None  # None: infra.plan/apply have nothing to do (docs/infra.md)
 
 
 class Defaults(_Strict):

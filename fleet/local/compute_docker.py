@@ -3,8 +3,9 @@
 One project (`local-project`), one zone (`europe-west1-b`) and one zonal MIG (`<fleet>-mig`, i.e.
 `local-mig`) whose members are the instances `local-N`. Docker is the source of truth for what
 exists; this backend adds what Compute has and Docker does not: labels with their fingerprint (per
-instance id, so a recreated instance starts from the template's labels, none), the project's common
-metadata (the fleet lock), operations, and the MIG's currentAction per member while an action runs.
+instance id, so a recreated instance starts from the template's labels, `fleet-mig=<mig>`), the
+project's common metadata (the fleet lock), operations, and the MIG's currentAction per member while
+an action runs.
 Both are persisted in `.fleet/<fleet>/compute/state.json`, so an endpoint restart keeps them.
 
 Actions go through `LocalFleet` and come back the way a MIG brings them back:
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import FleetError
+from fleet.local import template
 from fleet.local.compute_endpoint import endpoint_file, load_config, mig_name
 from fleet.local.config import LocalConfig
 from standins.compute_state import (
@@ -172,11 +174,14 @@ class _Store:
             tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
             tmp.replace(self.path)
 
-    def labels_of(self, instance_id: str) -> tuple[dict[str, str], str]:
+    def labels_of(
+        self, instance_id: str, initial: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, str], str]:
+        """An instance's labels: `initial` (the template's) until someone sets them."""
         with self.lock:
             entry = self.labels.get(instance_id)
             if entry is None:
-                return {}, _initial_fingerprint(instance_id)
+                return dict(initial or {}), _initial_fingerprint(instance_id)
             return dict(entry["labels"]), str(entry["fingerprint"])
 
     def set_labels(self, instance_id: str, labels: Mapping[str, str]) -> None:
@@ -224,6 +229,7 @@ class DockerCompute(ComputeBackend):
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._lock = threading.RLock()
         self._store = _Store(state_path, self.config)
+        self.template_labels = template.labels(self.config)  # every member starts with these
         self._actions: dict[str, Action] = {}  # instance name -> what the MIG is doing to it
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="compute-action")
 
@@ -251,7 +257,7 @@ class DockerCompute(ComputeBackend):
         return {r.name: r for r in records}
 
     def _instance_json(self, rec: Instance) -> dict[str, Any]:
-        labels, label_fp = self._store.labels_of(rec.instance_id)
+        labels, label_fp = self._store.labels_of(rec.instance_id, self.template_labels)
         with self._lock:
             action = self._actions.get(rec.name)
         created = docker_time(rec.created)

@@ -41,6 +41,9 @@ def _env_int(name: str, default: int) -> int:
         raise FleetError(f"{name}={raw!r} is not a number", where="environment") from None
 
 
+MAX_SOCKET_PATH = 97  # haproxy's limit for `stats socket` (sun_path minus its own suffix)
+
+
 @dataclass(frozen=True)
 class LocalConfig:
     """Everything that names a local-fleet resource. Defaults are the documented contract."""
@@ -160,7 +163,16 @@ class LocalConfig:
 
     @property
     def stats_socket(self) -> Path:
-        return self.lb_dir / "haproxy.sock"
+        path = self.lb_dir / "haproxy.sock"
+        # a Unix socket path is limited (haproxy: 97 bytes); say so instead of "haproxy rejected its config"
+        if len(str(path)) > MAX_SOCKET_PATH:
+            raise FleetError(
+                f"the LB's stats socket path is {len(str(path))} bytes, "
+                f"over the {MAX_SOCKET_PATH} a Unix socket allows: {path}",
+                where="local fleet",
+                hint="run from a checkout (or state root) with a shorter path",
+            )
+        return path
 
     @property
     def registry_ref(self) -> str:

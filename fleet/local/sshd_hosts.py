@@ -177,6 +177,14 @@ class SshdFleet:
         )
 
     def start(self, timeout: float = 10.0) -> SshdFleet:
+        """Start every host's sshd and wait until each listens; on any failure stop those started."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> SshdFleet:
         for h in self.hosts:
             if h.name in getattr(self, "down_names", []):
                 continue

@@ -43,6 +43,15 @@ def mig_path(config: LocalConfig) -> str:
     return f"projects/{config.project}/zones/{config.zone}/instanceGroupManagers/{mig_name(config)}"
 
 
+def labels(config: LocalConfig) -> dict[str, str]:
+    """The template's instance labels: every member carries its MIG's name, the label the CPU scale
+    policies (and the local monitor) select members by."""
+    from fleet.local.compute_endpoint import mig_name
+    from functions import fleet_contract as contract
+
+    return {contract.INSTANCE_MIG_LABEL: contract.validate_label_value(mig_name(config))}
+
+
 def metadata(config: LocalConfig, compute_url: str) -> dict[str, str]:
     """The template's metadata items. `compute_url` is the Compute stand-in as the VMs reach it."""
     from fleet.commands.agent import startup_script

@@ -13,6 +13,7 @@ local fleet. Their logs and the monitor's timeline are kept under `.fleet/<fleet
 
 CLI (runs until Ctrl-C, printing incidents, function decisions and notifications as they happen):
     python -m fleet.scenarios.alertpath [--fleet local] [--load-high 8 --load-low 3]
+                                        [--cpu-high 0.6 --cpu-low 0.1]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from fleet.commands.haproxy import SHOW_STAT
 from fleet.errors import FleetError
 from fleet.local import compute_docker, compute_endpoint
 from fleet.local.config import LocalConfig
+from fleet.local.cpu import instance_cpu
 from fleet.local.lb import LoadBalancer
 from fleet.paths import FUNCTIONS_DIR
 from fleet.scenarios.monitor import Monitor, MonitorSettings, local_policies, members_from_compute
@@ -319,7 +321,17 @@ class AlertPath:
             scale_min=low,
             scale_max=high,
             scale_step=s.scale_step,
+            cpu_high=s.monitor.cpu_high,
+            cpu_low=s.monitor.cpu_low,
         )
+        cpu_reader, labels = None, None
+        if s.monitor.cpu:  # the instances' cgroups, and their labels from the Compute endpoint
+            cpu_reader = instance_cpu(self.config)
+            compute, project, zone = self.compute, self.project, self.config.zone
+
+            def labels() -> dict[str, dict[str, str]]:
+                return {n: dict(i.labels) for n, i in compute.zone_instances(project, zone).items()}
+
         self.monitor = Monitor(
             project=self.project,
             zone=self.config.zone,
@@ -330,6 +342,8 @@ class AlertPath:
             members=members,
             lb_stat=lambda: lb.command(SHOW_STAT),
             publish=self._publish,
+            cpu=cpu_reader,
+            labels=labels,
         ).start()
 
     def _spawn(self, target: str, env: Mapping[str, str]) -> FunctionServer:
@@ -494,9 +508,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", default="local", help="local fleet name (default: local)")
     parser.add_argument("--load-high", type=float, default=None, help="scale out above N requests/s/instance")
     parser.add_argument("--load-low", type=float, default=None, help="scale in below N requests/s/instance")
+    parser.add_argument(
+        "--cpu-high", type=float, default=None, help="scale out above this mean CPU utilization (0..1)"
+    )
+    parser.add_argument(
+        "--cpu-low", type=float, default=None, help="scale in below this mean CPU utilization (0..1)"
+    )
     args = parser.parse_args(argv)
     try:
-        monitor = MonitorSettings(load_high=args.load_high, load_low=args.load_low)
+        monitor = MonitorSettings(
+            load_high=args.load_high, load_low=args.load_low, cpu_high=args.cpu_high, cpu_low=args.cpu_low
+        )
         path = AlertPath(config_for(args.fleet), replace(AlertPathSettings(), monitor=monitor)).start()
     except FleetError as exc:
         print(exc.render(), file=sys.stderr)

@@ -6,10 +6,18 @@ library calls the tasks make (fleet.rollout.deploy.deploy_release, fleet.rollout
                                   under load and count the failed requests (the main job)
     python -m fleet.scenarios.demo heal     the same, then break an instance and watch it heal (with timings)
     python -m fleet.scenarios.demo scale    the same, then load the fleet: scale out, then in (with timings)
+
+Options of `scale`:
+    --signal cpu        (default) CPU busy loops in every member; the monitor's CPU condition (mean
+                        utilization of the members labelled fleet-mig=<mig>, from their cgroups) scales
+    --signal requests   requests through the LB; the monitor's request-rate condition scales
+    --cpu-high F --cpu-low F   the CPU thresholds (fractions of the instances' vCPUs)
+    --fleet NAME        rehearse on a local fleet that is already up and deployed (no local.up/deploy)
 """
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -21,11 +29,16 @@ from fleet.paths import PROJECT_ROOT as REPO
 
 if TYPE_CHECKING:
     from fleet.scenarios.alertpath import AlertPath
+    from fleet.scenarios.monitor import MonitorSettings
 
 INSTANCES = 4
 SCENARIOS = ("heal", "scale")
-LOAD_HIGH, LOAD_LOW = 3.0, 1.0  # requests/s per serving instance (scale demo)
+LOAD_HIGH, LOAD_LOW = 3.0, 1.0  # requests/s per serving instance (scale demo, --signal requests)
 LOW_RATE = 2.0
+# mean CPU utilization of the members (scale demo, --signal cpu). Low because this machine is small and
+# shared: an instance has no CPU limit, so its vCPUs are the host's cores, and one busy loop among many
+# busy containers gets only its fair share of them. Idle instances measure ~0.5-5 %.
+CPU_HIGH, CPU_LOW = 0.12, 0.05
 
 
 def fab(*args: str) -> int:
@@ -75,15 +88,21 @@ def _timings(title: str, rows: list[tuple[str, float | None]]) -> None:
         print(f"  {label:<48} {'-' if seconds is None else f'{seconds:6.1f} s'}")
 
 
-def _with_alert_path(load: bool, body: Callable[[AlertPath, float], int]) -> int:
+def _with_alert_path(
+    load: bool,
+    body: Callable[[AlertPath, float], int],
+    monitor: MonitorSettings | None = None,
+    fleet: str = "local",
+) -> int:
     from dataclasses import replace
 
     from fleet.errors import FleetError
-    from fleet.scenarios.alertpath import AlertPath, AlertPathSettings, print_line
+    from fleet.scenarios.alertpath import AlertPath, AlertPathSettings, config_for, print_line
     from fleet.scenarios.monitor import MonitorSettings
     from fleet.scenarios.selfheal import wait_stable
 
-    monitor = MonitorSettings(load_high=LOAD_HIGH, load_low=LOAD_LOW) if load else MonitorSettings()
+    if monitor is None:
+        monitor = MonitorSettings(load_high=LOAD_HIGH, load_low=LOAD_LOW) if load else MonitorSettings()
     settings = replace(AlertPathSettings(), monitor=monitor)
     print(
         "\n== the local alert path: monitor -> Pub/Sub -> functions-framework (autoheal, scale, notify)"
@@ -92,7 +111,7 @@ def _with_alert_path(load: bool, body: Callable[[AlertPath, float], int]) -> int
     )
     t0 = time.time()
     try:
-        with AlertPath(settings=settings) as path:
+        with AlertPath(config_for(fleet), settings=settings) as path:
             print(
                 f"started in {time.time() - t0:.1f} s; uptime checks every {monitor.period:g} s, "
                 f"incident after {monitor.fail_after} failures, second incident after "
@@ -133,26 +152,50 @@ def heal_scenario(path: AlertPath, t0: float) -> int:
     return 0
 
 
-def scale_scenario(path: AlertPath, t0: float) -> int:
+def scale_scenario(path: AlertPath, t0: float, signal: str = "cpu") -> int:
     from fleet.local.instances import LocalFleet
     from fleet.scenarios.alertpath import print_line
     from fleet.scenarios.selfheal import run_scale
 
     fleet = LocalFleet(path.config)
-    high_rate = LOAD_HIGH * (INSTANCES + 2)
+    size = len(path.compute.managed_instances(path.mig_ref))
+    high_rate = LOAD_HIGH * (size + 2)
     low, high = path.scale_bounds
-    print(
-        f"\n== load through the LB: {high_rate:g} requests/s (scale out above {LOAD_HIGH:g}/s per "
-        f"instance), then {LOW_RATE:g}/s (scale in below {LOAD_LOW:g}/s); MIG bounds [{low}, {high}]",
-        flush=True,
+    settings = path.settings.monitor
+    if signal == "cpu":
+        print(
+            f"\n== CPU load: a busy loop in each of the {size} members (scale out above a mean "
+            f"utilization of {settings.cpu_high:g} for {settings.cpu_rounds} checks), then none (scale "
+            f"in below {settings.cpu_low:g}); {LOW_RATE:g} requests/s through the LB throughout; MIG "
+            f"bounds [{low}, {high}]",
+            flush=True,
+        )
+    else:
+        print(
+            f"\n== load through the LB: {high_rate:g} requests/s (scale out above {LOAD_HIGH:g}/s per "
+            f"instance), then {LOW_RATE:g}/s (scale in below {LOAD_LOW:g}/s); MIG bounds [{low}, {high}]",
+            flush=True,
+        )
+    report = run_scale(
+        path, fleet, high_rate=high_rate, low_rate=LOW_RATE, signal=signal, emit=print_line(t0)
     )
-    report = run_scale(path, fleet, high_rate=high_rate, low_rate=LOW_RATE, emit=print_line(t0))
-    _timings("scaled out and in; seconds:", report.timings())
+    _timings(f"scaled out and in ({signal} signal); seconds:", report.timings())
+    if signal == "cpu":
+
+        def pct(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1%}"
+
+        print(
+            f"  mean CPU of the members: idle {pct(report.cpu_idle)}, peak under load "
+            f"{pct(report.cpu_peak)}; scale-out incident at {pct(report.cpu_out)}, scale-in at "
+            f"{pct(report.cpu_in)}"
+        )
     print(
         f"  added {report.added} (release {report.added_release}, /health {report.added_version}); "
         f"removed {report.removed}"
     )
-    print(f"  high load: {report.high_load.summary() if report.high_load else '-'}")
+    word = "requests during the CPU load" if signal == "cpu" else "high load"
+    print(f"  {word}: {report.high_load.summary() if report.high_load else '-'}")
     print(f"  light load during the scale-in: {report.low_load.summary() if report.low_load else '-'}")
     failed = (report.high_load.failed if report.high_load else 0) + (
         report.low_load.failed if report.low_load else 0
@@ -219,19 +262,49 @@ def rollout_under_load(version: str = "1.1.0", inventory_name: str = "local") ->
     return code or (1 if report.failed else 0)
 
 
+def _scale_options(args: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fleet.scenarios.demo scale")
+    parser.add_argument(
+        "--signal", choices=("cpu", "requests"), default="cpu", help="what drives the scaling"
+    )
+    parser.add_argument("--cpu-high", type=float, default=CPU_HIGH, help="scale out above this mean (0..1)")
+    parser.add_argument("--cpu-low", type=float, default=CPU_LOW, help="scale in below this mean (0..1)")
+    parser.add_argument("--fleet", default="", help="an existing local fleet (skips local.up and deploy)")
+    return parser.parse_args(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fleet.errors import FleetError
+    from fleet.scenarios.monitor import MonitorSettings
+
     args = list(argv or [])
     scenario = args[0] if args else ""
     if scenario and scenario not in SCENARIOS:
         print(f"unknown demo {scenario!r}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
-    code = deploy_steps()
-    if code != 0:
-        return code
+    options = _scale_options(args[1:]) if scenario == "scale" else None
+    if options is None or not options.fleet:
+        code = deploy_steps()
+        if code != 0:
+            return code
     if scenario == "heal":
         return _with_alert_path(load=False, body=heal_scenario)
-    if scenario == "scale":
-        return _with_alert_path(load=True, body=scale_scenario)
+    if options is not None:
+        try:
+            if options.signal == "cpu":
+                monitor = MonitorSettings(cpu_high=options.cpu_high, cpu_low=options.cpu_low)
+            else:
+                monitor = MonitorSettings(load_high=LOAD_HIGH, load_low=LOAD_LOW)
+        except FleetError as exc:
+            print(exc.render(), file=sys.stderr)
+            return 2
+        signal = options.signal
+        return _with_alert_path(
+            load=True,
+            body=lambda path, t0: scale_scenario(path, t0, signal),
+            monitor=monitor,
+            fleet=options.fleet or "local",
+        )
     code = rollout_under_load()
     print(
         "\nThe local fleet is running (haproxy on http://127.0.0.1:8080). Try next:\n"

@@ -46,11 +46,13 @@ from typing import Any
 
 from fleet.commands.haproxy import parse_show_stat
 from fleet.errors import FleetError
+from fleet.local.cpu import CpuSample
 from fleet.waits import polling
 from functions import fleet_contract as contract
 
 CHECK_METRIC = "monitoring.googleapis.com/uptime_check/check_passed"
 LOAD_METRIC = "custom.googleapis.com/fleet/lb_requests_per_instance"
+CPU_METRIC = "compute.googleapis.com/instance/cpu/utilization"
 HEALTH_PATH = "/health"
 NO_ACTION = "NONE"
 
@@ -59,6 +61,8 @@ FAILING = "failing"
 STILL_FAILING = "still-failing"
 LOAD_HIGH = "load-high"
 LOAD_LOW = "load-low"
+CPU_HIGH = "cpu-high"
+CPU_LOW = "cpu-low"
 
 
 # --------------------------------------------------------------------------- settings
@@ -77,6 +81,11 @@ class MonitorSettings:
     load_high: float | None = None  # requests/s per serving instance; None = no scale-out condition
     load_low: float | None = None  # None = no scale-in condition
     load_rounds: int = 3
+    # mean CPU utilization (0..1 of the vCPUs) of the MIG's members, selected by their fleet-mig label;
+    # None = no CPU condition. Needs a CPU reader (the local fleet's: the instances' cgroups).
+    cpu_high: float | None = None
+    cpu_low: float | None = None
+    cpu_rounds: int = 3
 
     def __post_init__(self) -> None:
         where = "monitor settings"
@@ -84,7 +93,7 @@ class MonitorSettings:
             raise FleetError(f"period {self.period!r} is not within 0.1..300 s", where=where)
         if not 0.1 <= self.timeout <= self.period * 10:
             raise FleetError(f"timeout {self.timeout!r} must be 0.1 s .. 10 periods", where=where)
-        for name in ("fail_after", "escalate_after", "pass_after", "load_rounds"):
+        for name in ("fail_after", "escalate_after", "pass_after", "load_rounds", "cpu_rounds"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= 1000:
                 raise FleetError(f"{name} {value!r} is not a count within 1..1000", where=where)
@@ -104,6 +113,22 @@ class MonitorSettings:
             raise FleetError(
                 f"load_low ({self.load_low:g}) must be below load_high ({self.load_high:g})", where=where
             )
+        for name in ("cpu_high", "cpu_low"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise FleetError(
+                    f"{name} {value!r} is not a utilization within 0..1",
+                    where=where,
+                    hint="a fraction of the instance's vCPUs, as Compute's instance/cpu/utilization",
+                )
+        if self.cpu_high is not None and self.cpu_low is not None and self.cpu_low >= self.cpu_high:
+            raise FleetError(
+                f"cpu_low ({self.cpu_low:g}) must be below cpu_high ({self.cpu_high:g})", where=where
+            )
+
+    @property
+    def cpu(self) -> bool:
+        return self.cpu_high is not None or self.cpu_low is not None
 
 
 # --------------------------------------------------------------------------- policies
@@ -146,6 +171,8 @@ def local_policies(
     scale_min: int,
     scale_max: int,
     scale_step: int = 1,
+    cpu_high: float | None = None,
+    cpu_low: float | None = None,
 ) -> Policies:
     """The instance-health and scaling policies exactly as `fab monitoring.apply` would create them
     for this fleet (display names and user labels: what the functions read)."""
@@ -169,8 +196,11 @@ def local_policies(
         scale_min=scale_min,
         scale_max=scale_max,
         # The scaling policies exist once any scale signal is configured; their names and labels do
-        # not depend on which. Locally the monitor's load signal stands in for the policy's signals.
-        cpu=monitoring.Threshold(high=0.8, low=0.2),
+        # not depend on which. Locally the monitor evaluates the CPU condition (the instances' cgroups)
+        # and/or its load signal (the LB's request rate) for them.
+        cpu=monitoring.Threshold(
+            high=0.8 if cpu_high is None else cpu_high, low=0.2 if cpu_low is None else cpu_low
+        ),
     )
     found: dict[str, PolicyRef] = {}
     for desired in monitoring.desired_state(config, {}):
@@ -315,12 +345,55 @@ class LoadSignal:
 def load_conditions(signal: LoadSignal, settings: MonitorSettings) -> dict[str, bool | None]:
     """Scale conditions: met when every one of the last `load_rounds` rates is beyond the threshold,
     cleared when none of them is."""
+    return _window(
+        signal.rates, settings.load_rounds, (LOAD_HIGH, settings.load_high), (LOAD_LOW, settings.load_low)
+    )
+
+
+@dataclass
+class CpuSignal:
+    """Mean CPU utilization of the selected members per round, from cumulative CPU-seconds counters.
+
+    A member's utilization over a round is its CPU seconds used / (seconds elapsed x its vCPUs), the
+    definition of compute.googleapis.com/instance/cpu/utilization; the round's value is their mean
+    (the policy's REDUCE_MEAN across members). A member without a previous reading of the same VM
+    (new, recreated: another container id) has no value this round."""
+
+    last: dict[str, CpuSample] = field(default_factory=dict)
+    means: list[float] = field(default_factory=list)
+
+    def add(self, samples: Mapping[str, CpuSample], keep: int) -> tuple[float, dict[str, float]] | None:
+        """Record one round's readings; (mean, per member) or None when no member has a value yet."""
+        per: dict[str, float] = {}
+        for name, now in samples.items():
+            before = self.last.get(name)
+            if (
+                before is None
+                or before.container_id != now.container_id
+                or now.at <= before.at
+                or now.usage < before.usage
+                or now.vcpus <= 0
+            ):
+                continue
+            per[name] = (now.usage - before.usage) / ((now.at - before.at) * now.vcpus)
+        self.last = dict(samples)  # members not read this round (gone, busy) start over
+        if not per:
+            return None
+        mean = sum(per.values()) / len(per)
+        self.means = [*self.means, mean][-keep:]
+        return mean, per
+
+
+def _window(
+    values: Sequence[float], rounds: int, high: tuple[str, float | None], low: tuple[str, float | None]
+) -> dict[str, bool | None]:
+    """Met when each of the last `rounds` values is beyond the threshold, cleared when none is."""
     out: dict[str, bool | None] = {}
-    window = signal.rates[-settings.load_rounds :]
-    full = len(window) == settings.load_rounds
-    for key, threshold, beyond in (
-        (LOAD_HIGH, settings.load_high, lambda r, t: r > t),
-        (LOAD_LOW, settings.load_low, lambda r, t: r < t),
+    window = list(values[-rounds:])
+    full = len(window) == rounds
+    for (key, threshold), beyond in (
+        (high, lambda r, t: r > t),
+        (low, lambda r, t: r < t),
     ):
         if threshold is None or not full:
             out[key] = None
@@ -331,6 +404,13 @@ def load_conditions(signal: LoadSignal, settings: MonitorSettings) -> dict[str, 
         else:
             out[key] = None
     return out
+
+
+def cpu_conditions(signal: CpuSignal, settings: MonitorSettings) -> dict[str, bool | None]:
+    """CPU scale conditions over the last `cpu_rounds` means, like the load conditions."""
+    return _window(
+        signal.means, settings.cpu_rounds, (CPU_HIGH, settings.cpu_high), (CPU_LOW, settings.cpu_low)
+    )
 
 
 def parse_backend(text: str, backend: str) -> tuple[int, dict[str, tuple[str, str]]]:
@@ -385,6 +465,17 @@ class Event:
 Publish = Callable[[bytes], str]
 Members = Callable[[], list[MonitoredInstance]]
 LbStat = Callable[[], str]
+CpuReader = Callable[[Sequence[str]], Mapping[str, CpuSample]]  # instance names -> counters
+Labels = Callable[[], Mapping[str, Mapping[str, str]]]  # instance name -> its labels
+
+
+@dataclass(frozen=True)
+class CpuRound:
+    """One round's CPU evaluation: the mean over the selected members and each member's value."""
+
+    at: float
+    mean: float
+    members: dict[str, float]
 
 
 class Monitor:
@@ -403,7 +494,15 @@ class Monitor:
         lb_stat: LbStat,
         publish: Publish,
         clock: Callable[[], float] = time.time,
+        cpu: CpuReader | None = None,
+        labels: Labels | None = None,
     ) -> None:
+        if settings.cpu and (cpu is None or labels is None):
+            raise FleetError(
+                "CPU conditions need a CPU reader and the instances' labels",
+                where="local monitor",
+                hint="pass cpu= and labels= (the alert path does: cgroups and the Compute endpoint)",
+            )
         self.project, self.zone, self.mig, self.backend = project, zone, mig, backend
         self.policies = policies
         self.settings = settings
@@ -417,6 +516,9 @@ class Monitor:
         self._actions: dict[str, str] = {}
         self._lb: dict[str, str] = {}
         self._load = LoadSignal()
+        self._cpu_reader, self._labels = cpu, labels
+        self._cpu = CpuSignal()
+        self._cpu_rounds: list[CpuRound] = []
         self._open: dict[tuple[str, str], Incident] = {}  # (subject, condition) -> incident
         self._incidents: list[Incident] = []
         self._events: list[Event] = []
@@ -457,6 +559,11 @@ class Monitor:
     def incidents(self) -> list[Incident]:
         with self._lock:
             return list(self._incidents)
+
+    def cpu_history(self) -> list[CpuRound]:
+        """Every CPU evaluation so far (mean and per member), oldest first."""
+        with self._lock:
+            return list(self._cpu_rounds)
 
     def wait(self, predicate: Callable[[Monitor], bool], timeout: float) -> bool:
         """Block until `predicate(self)` holds (re-checked on every new event) or the timeout."""
@@ -502,8 +609,35 @@ class Monitor:
             changes = load_conditions(self._load, self.settings).items()
             for condition, met in sorted(changes, key=lambda c: c[1] is True):  # closes first
                 self._apply(self.mig, condition, met, now, rate=rate, serving=serving)
+        if self.settings.cpu:
+            self._cpu_round(members, now)
         self._renotify(members, now)
         self.rounds += 1
+
+    def selected(self, members: Sequence[MonitoredInstance]) -> list[str]:
+        """The members the CPU condition averages over: RUNNING instances whose `fleet-mig` label
+        names this MIG (what the policy's metadata.user_labels filter selects)."""
+        assert self._labels is not None
+        labels = self._labels()
+        return [
+            m.name
+            for m in members
+            if m.status == "RUNNING" and labels.get(m.name, {}).get(contract.INSTANCE_MIG_LABEL) == self.mig
+        ]
+
+    def _cpu_round(self, members: Sequence[MonitoredInstance], now: float) -> None:
+        assert self._cpu_reader is not None
+        names = self.selected(members)
+        found = self._cpu.add(self._cpu_reader(names) if names else {}, keep=self.settings.cpu_rounds)
+        if found is None:
+            return
+        mean, per = found
+        with self._lock:
+            self._cpu_rounds.append(CpuRound(now, mean, per))
+        for condition, met in sorted(
+            cpu_conditions(self._cpu, self.settings).items(), key=lambda c: c[1] is True
+        ):
+            self._apply(self.mig, condition, met, now, cpu=mean, serving=len(per))
 
     def _track(
         self, members: list[MonitoredInstance], servers: Mapping[str, tuple[str, str]], now: float
@@ -538,11 +672,12 @@ class Monitor:
         rate: float | None = None,
         serving: int = 0,
         reason: str = "",
+        cpu: float | None = None,
     ) -> None:
         key = (subject, condition)
         current = self._open.get(key)
         if met is True and current is None:
-            incident = self._new(subject, condition, now, member, count, rate, serving)
+            incident = self._new(subject, condition, now, member, count, rate, serving, cpu)
             if incident is None:
                 return
             self._open[key] = incident
@@ -554,6 +689,11 @@ class Monitor:
             if count is not None:
                 current.observed = "0"
                 current.summary = f"{subject} {HEALTH_PATH} passed {count.passes} checks in a row."
+            elif cpu is not None:
+                current.observed = f"{cpu:.3f}"
+                current.summary = (
+                    f"Mean CPU utilization of {subject}'s members is back within bounds ({cpu:.1%})."
+                )
             elif rate is not None:
                 current.observed = f"{rate:.3f}"
                 current.summary = (
@@ -573,8 +713,11 @@ class Monitor:
         count: HealthCount | None,
         rate: float | None,
         serving: int,
+        cpu: float | None = None,
     ) -> Incident | None:
         s = self.settings
+        if condition in (CPU_HIGH, CPU_LOW):
+            return self._new_cpu(subject, condition, now, cpu, serving)
         if condition in (FAILING, STILL_FAILING):
             assert member is not None and count is not None
             after = s.fail_after if condition == FAILING else s.escalate_after
@@ -624,6 +767,37 @@ class Monitor:
             observed=f"{rate:.3f}",
             summary=f"{rate:.1f} requests/s per serving instance ({serving} serving) through the load "
             f"balancer, {word} {threshold:g} for {s.load_rounds} checks.",
+            started_at=now,
+        )
+
+    def _new_cpu(
+        self, subject: str, condition: str, now: float, cpu: float | None, members: int
+    ) -> Incident | None:
+        """An incident of the CPU condition `monitoring.apply` creates: mean utilization across the
+        MIG's members with no group-by, so (as in Monitoring) the resource keeps only the project."""
+        from fleet.alerting.policies import cpu_condition_name
+
+        above = condition == CPU_HIGH
+        policy = self.policies.scale_out if above else self.policies.scale_in
+        threshold = self.settings.cpu_high if above else self.settings.cpu_low
+        if policy is None or cpu is None or threshold is None:
+            return None
+        word = "above" if above else "below"
+        return Incident(
+            incident_id=new_incident_id(),
+            policy=policy,
+            condition=condition,
+            condition_display=cpu_condition_name(above, threshold),
+            subject=subject,
+            resource_type="gce_instance",
+            resource_labels={"project_id": self.project},
+            metric_type=CPU_METRIC,
+            metric_labels={},
+            threshold=f"{threshold:g}",
+            observed=f"{cpu:.3f}",
+            summary=f"Mean CPU utilization of the {members} members of {subject} (label "
+            f"{contract.INSTANCE_MIG_LABEL}={self.mig}) is {cpu:.1%}, {word} {threshold:.0%} for "
+            f"{self.settings.cpu_rounds} checks.",
             started_at=now,
         )
 

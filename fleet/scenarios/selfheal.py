@@ -20,9 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fleet.commands.cpuload import start_load, stop_load
 from fleet.errors import FleetError
 from fleet.scenarios.loadgen import LoadGen, LoadReport
-from fleet.scenarios.monitor import FAILING, LOAD_HIGH, LOAD_LOW, STILL_FAILING, Event, Incident, Monitor
+from fleet.scenarios.monitor import (
+    CPU_HIGH,
+    CPU_LOW,
+    FAILING,
+    LOAD_HIGH,
+    LOAD_LOW,
+    STILL_FAILING,
+    Event,
+    Incident,
+    Monitor,
+)
 from fleet.waits import Deadline, polling
 
 if TYPE_CHECKING:
@@ -263,10 +274,14 @@ def run_heal(
 # --------------------------------------------------------------------------- scale
 
 
+SIGNALS = ("cpu", "requests")
+
+
 @dataclass
 class ScaleReport:
     """Scale-out under load, then scale-in under a light load that must see no failed request."""
 
+    signal: str = "requests"  # what drove it: cpu (busy loops in the members) or requests (LB rate)
     size_before: int = 0
     high_started: float = 0.0
     out_opened_at: float = 0.0
@@ -285,6 +300,11 @@ class ScaleReport:
     size_after: int = 0
     high_load: LoadReport | None = None
     low_load: LoadReport | None = None
+    loaded: list[str] = field(default_factory=list)  # members given CPU busy loops (cpu signal)
+    cpu_idle: float | None = None  # mean CPU utilization of the members before the load
+    cpu_peak: float | None = None  # highest mean while loaded
+    cpu_out: float | None = None  # the mean that opened the scale-out incident
+    cpu_in: float | None = None  # ... and the scale-in incident
 
     def timings(self) -> list[tuple[str, float | None]]:
         def rel(at: float, base: float) -> float | None:
@@ -311,44 +331,89 @@ def _opened(path: AlertPath, condition: str, since: float) -> float:
     return found[0] if found else 0.0
 
 
+def _observed(path: AlertPath, condition: str, since: float) -> float | None:
+    found = [
+        i.observed for i in _monitor(path).incidents() if i.condition == condition and i.started_at >= since
+    ]
+    return float(found[0]) if found else None
+
+
+def cpu_load(fleet: LocalFleet, names: list[str], workers: int, seconds: int) -> None:
+    """Start CPU busy loops in each instance (fleet/commands/cpuload.py, run as on the VM's console)."""
+    command = start_load(workers, seconds)
+    for name in names:
+        fleet.exec(name, ["sh", "-c", command.shell()], timeout=60)
+
+
+def cpu_unload(fleet: LocalFleet, names: list[str]) -> None:
+    """Stop the busy loops `cpu_load` started (an instance gone meanwhile is skipped)."""
+    command = stop_load()
+    for name in names:
+        fleet.exec(name, ["sh", "-c", command.shell()], check=False, timeout=60)
+
+
 def run_scale(
     path: AlertPath,
     fleet: LocalFleet,
     *,
     high_rate: float,
     low_rate: float,
+    signal: str = "requests",
+    cpu_workers: int = 1,
     timeout: float = 420.0,
     emit: Emit = _quiet,
 ) -> ScaleReport:
-    """`high_rate` requests/s through the LB until a member is added and UP, then `low_rate` until
-    one is removed (and a few seconds more); both load generators count every failed request."""
+    """Scale out, then in, and count every failed request meanwhile.
+
+    signal "requests": `high_rate` requests/s through the LB until a member is added and UP, then
+    `low_rate` until one is removed (and a few seconds more).
+    signal "cpu": `cpu_workers` CPU busy loops in every member (the monitor's CPU condition: mean
+    utilization of the members above cpu_high) until a member is added, UP and answering, then none
+    (below cpu_low) until one is removed. The load stays on while the new member boots, as a real
+    load would: stopped earlier, the scale-in would remove the member before it served anything. A
+    light `low_rate` request load runs throughout and must see no failed request."""
     settings = _monitor(path).settings
-    if settings.load_high is None or settings.load_low is None:
+    if signal not in SIGNALS:
+        raise FleetError(f"unknown scale signal {signal!r}", where="selfheal", hint=" or ".join(SIGNALS))
+    if signal == "requests" and (settings.load_high is None or settings.load_low is None):
         raise FleetError(
             "the alert path runs without load conditions", where="selfheal", hint="set load_high/low"
         )
+    if signal == "cpu" and (settings.cpu_high is None or settings.cpu_low is None):
+        raise FleetError(
+            "the alert path runs without CPU conditions", where="selfheal", hint="set cpu_high/low"
+        )
+    out_condition, in_condition = (CPU_HIGH, CPU_LOW) if signal == "cpu" else (LOAD_HIGH, LOAD_LOW)
     from fleet.local.lb import LoadBalancer
 
     frontend = LoadBalancer(path.config).frontend
     deadline = Deadline(timeout)
     left = lambda: max(1.0, deadline.left())  # noqa: E731
-    report = ScaleReport()
+    report = ScaleReport(signal=signal)
     before = _member_names(path)
     report.size_before = len(before)
+    if signal == "cpu":  # one reading of the idle members first: the figure the load is compared with
+        _wait("a CPU reading of the members", lambda: bool(_monitor(path).cpu_history()), left(), path, emit)
+        report.cpu_idle = _monitor(path).cpu_history()[-1].mean
 
     threads = 4
-    high = LoadGen(frontend, threads=threads, rate=high_rate / threads, max_seconds=timeout)
+    rate = high_rate if signal == "requests" else low_rate
+    high = LoadGen(frontend, threads=threads, rate=rate / threads, max_seconds=timeout)
     report.high_started = time.time()
     high.start()
     try:
+        if signal == "cpu":
+            report.loaded = list(before)
+            cpu_load(fleet, report.loaded, cpu_workers, int(timeout))
         _wait(
             "scale-out incident",
-            lambda: bool(_opened(path, LOAD_HIGH, report.high_started)),
+            lambda: bool(_opened(path, out_condition, report.high_started)),
             left(),
             path,
             emit,
         )
-        report.out_opened_at = _opened(path, LOAD_HIGH, report.high_started)
+        report.out_opened_at = _opened(path, out_condition, report.high_started)
+        report.cpu_out = _observed(path, CPU_HIGH, report.high_started) if signal == "cpu" else None
 
         def added() -> bool:
             return any(n not in before for n in _member_names(path))
@@ -379,7 +444,12 @@ def run_scale(
             emit,
         )
     finally:
+        if report.loaded:
+            cpu_unload(fleet, report.loaded)
         report.high_load = high.stop()
+    if signal == "cpu":
+        loaded = [r.mean for r in _monitor(path).cpu_history() if r.at >= report.high_started]
+        report.cpu_peak = max(loaded) if loaded else None
     _status, report.added_version = health(_address(path, report.added))
     report.added_release = current_release(fleet, report.added)
     report.peer_release = current_release(fleet, before[-1])
@@ -389,9 +459,14 @@ def run_scale(
     low.start()
     try:
         _wait(
-            "scale-in incident", lambda: bool(_opened(path, LOAD_LOW, report.low_started)), left(), path, emit
+            "scale-in incident",
+            lambda: bool(_opened(path, in_condition, report.low_started)),
+            left(),
+            path,
+            emit,
         )
-        report.in_opened_at = _opened(path, LOAD_LOW, report.low_started)
+        report.in_opened_at = _opened(path, in_condition, report.low_started)
+        report.cpu_in = _observed(path, CPU_LOW, report.low_started) if signal == "cpu" else None
         during = set(_member_names(path))
 
         def removed() -> bool:

@@ -191,7 +191,10 @@ def test_example_production_inventory_loads_and_renders(
     from fleet.ssh.connection import ssh_params
 
     server, backend = api
-    backend.add_mig("my-dify-project", ZONE, "dify-mig", size=3, base_instance_name="dify")
+    zones = ["europe-west1-b", "europe-west1-c", "europe-west1-d"]  # the example's regional MIG
+    backend.add_mig(
+        "my-dify-project", "europe-west1", "dify-mig", size=3, base_instance_name="dify", zones=zones
+    )
     prod = tmp_path / "prod"
     shutil.copytree(Path(__file__).resolve().parents[2] / "inventory" / "example-production", prod)
     doc = yaml.safe_load((prod / "defaults.yaml").read_text())
@@ -201,13 +204,14 @@ def test_example_production_inventory_loads_and_renders(
     (prod / "defaults.yaml").write_text(yaml.safe_dump(doc))
 
     inv = inventory.load(str(prod))
-    members = backend.member_names("my-dify-project", ZONE, "dify-mig")
+    members = backend.member_names("my-dify-project", "europe-west1", "dify-mig")
     assert sorted(inv.hosts) == sorted(members)
     first = sorted(members, key=natural_key)[0]  # local-2 before local-10
     for name, h in inv.hosts.items():
         p = ssh_params(h, inv)
+        assert h.get("gce.zone") in zones
         assert p.proxy_command is not None and p.proxy_command.startswith(
-            f"gcloud compute start-iap-tunnel {name} 22 --listen-on-stdin --zone={ZONE} "
+            f"gcloud compute start-iap-tunnel {name} 22 --listen-on-stdin --zone={h.get('gce.zone')} "
             "--project=my-dify-project"
         )
         assert p.known_hosts_name == f"compute.{h.get('gce.instance_id')}" and p.guest_keys is not None

@@ -479,3 +479,25 @@ def test_functions_deploy_with_real_gcloud_stops_at_the_first_failure(env: Env, 
     assert proc.stdout.splitlines() == [f"+ {plan.commands[0].shell()}"]
     assert "do not currently have an active account" in proc.stderr
     assert f"{plan.commands[0].label} failed with exit code 1; done before it: nothing" in proc.stderr
+
+
+def test_cpu_policies_select_members_by_label_through_the_real_client(env: Env) -> None:
+    """The CPU conditions `monitoring.apply` creates pass the endpoint's filter check as written, and
+    a filter the real API would refuse (an unquoted label key with '-') is refused."""
+    env.apply()
+    for key in ("policy-scale-out-dify-mig", "policy-scale-in-dify-mig"):
+        cpu = env.policy(key).conditions[0].condition_threshold
+        assert cpu.filter == mon.cpu_members_filter("dify-mig")
+        assert 'metadata.user_labels."fleet-mig"="dify-mig"' in cpu.filter
+    bad = m.AlertPolicy.Condition(
+        display_name="c",
+        condition_threshold={
+            "filter": f'metric.type="{mon.CPU_METRIC}" AND metadata.user_labels.fleet-mig="dify-mig"',
+            "comparison": "COMPARISON_GT",
+            "duration": {"seconds": 60},
+        },
+    )
+    with pytest.raises(exceptions.InvalidArgument, match="filter is invalid"):
+        env.policies.create_alert_policy(
+            name=f"projects/{PROJECT}", alert_policy=m.AlertPolicy(display_name="p", conditions=[bad])
+        )

@@ -4,9 +4,12 @@ terminal escape sequences in host output."""
 from __future__ import annotations
 
 import json
+import socket
+from pathlib import Path
 
 import pytest
 
+from fleet.errors import HostSetupError
 from fleet.local.sshd_hosts import SshdFleet, keygen
 from tests.fixtures.sshd import fab
 
@@ -148,3 +151,14 @@ def test_health_probe_on_a_real_host_uses_a_private_temp_file(fresh_sshd: SshdFl
     body_file = args[args.index("-o") + 1]
     assert body_file.startswith(f"{tmpdir}/")  # mktemp's name (in TMPDIR), not a fixed /tmp one
     assert list(tmpdir.iterdir()) == []  # and removed
+
+
+def test_a_test_fleet_that_fails_to_start_leaves_no_sshd_running(tmp_path: Path) -> None:
+    fleet = SshdFleet(tmp_path / "fleet").create(2)
+    broken = fleet.root / fleet.hosts[1].name / "sshd_config"
+    broken.write_text(broken.read_text() + "NoSuchOption yes\n")  # sshd refuses to start on it
+    with pytest.raises(HostSetupError, match=f"sshd for {fleet.hosts[1].name} exited"):
+        fleet.start()
+    assert [h.process for h in fleet.hosts] == [None, None]  # the good host's sshd was stopped too
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", fleet.hosts[0].port)) != 0

@@ -250,7 +250,11 @@ def test_scale_policies_carry_the_contract_labels(tmp_path: Path) -> None:
     assert in_.combiner == m.AlertPolicy.ConditionCombinerType.AND
     assert [c.condition_threshold.threshold_value for c in in_.conditions] == [0.2, 5]
     assert all(c.condition_threshold.comparison == m.ComparisonType.COMPARISON_LT for c in in_.conditions)
-    assert 'instance_name=starts_with("dify-mig-")' in out.conditions[0].condition_threshold.filter
+    # members are selected by the template's instance label, never by a name prefix
+    cpu_filter = 'metric.type="compute.googleapis.com/instance/cpu/utilization" AND resource.type="gce_instance" AND metadata.user_labels."fleet-mig"="dify-mig"'  # noqa: E501
+    assert out.conditions[0].condition_threshold.filter == cpu_filter
+    assert in_.conditions[0].condition_threshold.filter == cpu_filter
+    assert "starts_with" not in cpu_filter and "instance_name" not in cpu_filter
     latency = out.conditions[1].condition_threshold
     assert 'url_map_name="dify-lb"' in latency.filter
     assert latency.aggregations[0].per_series_aligner == m.Aggregation.Aligner.ALIGN_PERCENTILE_99

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -112,8 +114,10 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def haproxy(tmp_path: Path) -> Iterator[tuple[LoadBalancer, Backend]]:
-    config = LocalConfig(root=tmp_path, name="lbview", lb_port=free_port())
+def haproxy() -> Iterator[tuple[LoadBalancer, Backend]]:
+    # a short root: pytest's tmp_path (deeper still under xdist) can exceed a Unix socket path's limit
+    root = Path(tempfile.mkdtemp(prefix="lbv-", dir="/tmp"))
+    config = LocalConfig(root=root, name="lbview", lb_port=free_port())
     lb = LoadBalancer(config)
     backend = Backend()
     lb.start()
@@ -123,6 +127,13 @@ def haproxy(tmp_path: Path) -> Iterator[tuple[LoadBalancer, Backend]]:
     finally:
         lb.stop()
         backend.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_stats_socket_path_too_long_for_unix_is_a_clear_error(tmp_path: Path) -> None:
+    config = LocalConfig(root=tmp_path / ("x" * 80), name="lbview")
+    with pytest.raises(FleetError, match="over the 97 a Unix socket allows"):
+        _ = config.stats_socket
 
 
 def host(name: str, **data: Any) -> FleetHost:
