@@ -116,14 +116,17 @@ class VmServices:
             self.compute_url = compute.url
             metadata = MetadataServer(self.identify, self.guest, gateway, 80).start()
             self._started.append(metadata)
-            # a write must carry a token the metadata server issued (the VM's service account)
-            self.logging = LocalLogging(
-                gateway,
-                LOGGING_PORT,
-                tls=logging_tls(self.config).server_pair(),
-                token_owner=metadata.token_owner,
-            ).start()
-            self._started.append(self.logging)
+            # a write must carry a token the metadata server issued (the VM's service account).
+            # Only for a fleet whose containers log there: the sink is a gRPC server, and this process
+            # forks docker commands all day (gRPC prints a warning at each fork while it serves)
+            if self.config.log_driver == "gcplogs":
+                self.logging = LocalLogging(
+                    gateway,
+                    LOGGING_PORT,
+                    tls=logging_tls(self.config).server_pair(),
+                    token_owner=metadata.token_owner,
+                ).start()
+                self._started.append(self.logging)
             self._started.append(
                 LocalSecretManager(
                     port=self.config.secretmanager_port,
