@@ -10,6 +10,7 @@ from pathlib import Path
 from fleet.errors import FleetError
 from fleet.paths import PROJECT_ROOT
 
+LOG_DRIVERS = ("json-file", "gcplogs")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
@@ -67,6 +68,9 @@ class LocalConfig:
     storage_port: int = 4443
     secretmanager_port: int = 8085
     monitoring_port: int = 8086  # the Monitoring REST front (the agents' health metric)
+    # the stack's LOG_DRIVER in the fleet's inventory: json-file, or gcplogs (Docker's Cloud Logging
+    # driver, writing to the fleet's local Cloud Logging on the gateway; docs/logging.md)
+    log_driver: str = "json-file"
 
     def __post_init__(self) -> None:
         for value, what in (
@@ -88,11 +92,19 @@ class LocalConfig:
             (self.monitoring_port, "monitoring port"),
         ):
             check_port(port, what)
+        if self.log_driver not in LOG_DRIVERS:
+            raise FleetError(
+                f"invalid log driver {self.log_driver!r}",
+                where="local fleet",
+                hint="json-file or gcplogs (FLEET_LOCAL_LOG_DRIVER)",
+            )
 
     @classmethod
     def from_env(cls, root: Path | None = None) -> LocalConfig:
-        """Ports can be moved with FLEET_LOCAL_{SSH_BASE,HTTP_BASE,LB_PORT,REGISTRY_PORT} when taken."""
+        """Ports can be moved with FLEET_LOCAL_{SSH_BASE,HTTP_BASE,LB_PORT,REGISTRY_PORT} when taken;
+        FLEET_LOCAL_LOG_DRIVER=gcplogs sends the stack's logs to the fleet's local Cloud Logging."""
         return cls(
+            log_driver=os.environ.get("FLEET_LOCAL_LOG_DRIVER") or "json-file",
             root=root or PROJECT_ROOT,
             ssh_base=_env_int("FLEET_LOCAL_SSH_BASE", 2200),
             http_base=_env_int("FLEET_LOCAL_HTTP_BASE", 8100),

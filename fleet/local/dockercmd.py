@@ -15,6 +15,7 @@ from pathlib import Path
 from fleet.errors import FleetError
 
 DOCKER = "docker"
+VM_CA_PATH = "/etc/fleet/local-ca.crt"  # where an instance finds the local CA (images/vm/fleet-init)
 _REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]{0,254}$")
 _CONTAINER = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 _LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
@@ -242,6 +243,8 @@ class InstanceSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     # /etc/hosts entries: metadata.google.internal -> the fleet network's gateway, as on GCE
     extra_hosts: Mapping[str, str] = field(default_factory=dict)
+    # the local CA the fleet's Google API stand-ins (TLS) are signed by: the VM trusts it (fleet-init)
+    ca_cert: Path | None = None
 
 
 def run_instance(spec: InstanceSpec) -> list[str]:
@@ -272,6 +275,8 @@ def run_instance(spec: InstanceSpec) -> list[str]:
     ]
     if spec.tarball_dir is not None:
         argv += ["--volume", f"{spec.tarball_dir}:/var/lib/fleet/images:ro"]
+    if spec.ca_cert is not None:
+        argv += ["--volume", f"{spec.ca_cert}:{VM_CA_PATH}:ro"]
     for host, address in sorted(spec.extra_hosts.items()):
         argv += ["--add-host", f"{check_container(host)}:{ipaddress.ip_address(address)}"]
     argv += _env(spec.env)

@@ -102,6 +102,23 @@ def specs(config: LocalConfig) -> list[ImageSpec]:
     return out
 
 
+def fleet_vm_ref(config: LocalConfig) -> str:
+    """The VM image this fleet's instances run: VM_IMAGE as this fleet's last build left it.
+
+    Checkouts sharing one Docker engine may retag VM_IMAGE to their own build while this fleet runs
+    (its MIG creates VMs at any time); the fleet's own tag keeps every VM it creates on its image."""
+    return f"{VM_IMAGE.rsplit(':', 1)[0]}:fleet-{config.name}"
+
+
+def pin_vm_image(config: LocalConfig, *, only_if_missing: bool = False) -> str:
+    """Tag VM_IMAGE as this fleet's VM image (after a build; or when the fleet has none yet)."""
+    ref = fleet_vm_ref(config)
+    if only_if_missing and execute.run(dockercmd.image_exists(ref), check=False).returncode == 0:
+        return ref
+    execute.run(dockercmd.tag(VM_IMAGE, ref))
+    return ref
+
+
 def standin_refs(config: LocalConfig) -> list[str]:
     return [s.ref for s in specs(config) if s.standin]
 
@@ -226,6 +243,7 @@ def build_all(config: LocalConfig | None = None, progress: Progress | None = Non
     ensure_engine(cfg)
     with build_lock(cfg):
         report = build_images(cfg, prog)
+        pin_vm_image(cfg)
         publish(cfg, prog, report)
         if report.built:
             prune_superseded()

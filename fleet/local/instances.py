@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import FleetError
-from fleet.local import dockercmd, execute, inventory_writer, registry
+from fleet.local import dockercmd, execute, inventory_writer, registry, vmservices
 from fleet.local.config import LocalConfig
 from fleet.local.lb import LbServer, LoadBalancer
 from fleet.local.progress import Progress, Quiet
+from fleet.local.vmservices import LOGGING_HOST
 from fleet.waits import Deadline, polling
 
 INDEX_LABEL = "fleet.local.instance"
@@ -214,21 +215,24 @@ class LocalFleet:
         )
 
     def _spec(self, index: int, pubkey: str, ports: tuple[int, int] | None = None) -> dockercmd.InstanceSpec:
-        from fleet.local.images import VM_IMAGE
+        from fleet.local.images import fleet_vm_ref
 
         ssh, http = self._ports(index, ports)
         name = self.config.container_name(index)
         return dockercmd.InstanceSpec(
             name=name,
             hostname=self.config.host_name(index),
-            image=VM_IMAGE,
+            image=fleet_vm_ref(self.config),
             network=self.config.network,
             ssh_port=ssh,
             http_port=http,
             docker_volume=f"{name}-docker",
             tarball_dir=self.config.tarball_dir,
             env={"FLEET_SSH_AUTHORIZED_KEYS": pubkey},
-            extra_hosts={"metadata.google.internal": self.config.gateway},
+            # as on GCE: the metadata server and Cloud Logging (gcplogs) by their names, here the
+            # fleet network's gateway where fleet/local/vmservices.py serves them
+            extra_hosts={"metadata.google.internal": self.config.gateway, LOGGING_HOST: self.config.gateway},
+            ca_cert=vmservices.local_ca(self.config),
             labels={
                 **self.config.labels,
                 INDEX_LABEL: str(index),
@@ -327,6 +331,7 @@ class LocalFleet:
             images.build_all(self.config, self.progress)
         else:
             registry.ensure_running(self.config, images.REGISTRY_IMAGE)
+            images.pin_vm_image(self.config, only_if_missing=True)
         registry.ensure_network(self.config)
         return inventory_writer.ensure_client_key(self.config)
 

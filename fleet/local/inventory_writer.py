@@ -293,7 +293,10 @@ def write(config: LocalConfig, hosts: Sequence[HostEntry], compute_endpoint: str
         from fleet.local import storesetup
 
         refs = storesetup.push_secrets(config, {k: directory / v["file"] for k, v in refs.items()})
-    defaults = defaults_doc(config, local_vars(schema), refs, compute_endpoint)
+    variables = local_vars(schema)
+    if config.log_driver != "json-file":  # json-file is the stack's default
+        variables["LOG_DRIVER"] = config.log_driver
+    defaults = defaults_doc(config, variables, refs, compute_endpoint)
     _write(directory / "defaults.yaml", _yaml(defaults))
     _write(directory / "known_hosts", known_hosts_text(hosts))
     if compute_endpoint:

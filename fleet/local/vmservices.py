@@ -10,6 +10,8 @@ a local instance container reaches the same wire formats here, each from a stand
     <gateway>:monitoring_port     standins/metrics_api.py      (timeSeries.create: the health metric;
                                   its gRPC front on 127.0.0.1, named in metrics.json, is what the
                                   local monitor reads the series from)
+    logging.googleapis.com:443    standins/logging_api.py      (Cloud Logging over gRPC + TLS: what
+                                  Docker's gcplogs driver writes to; the VM trusts the fleet's local CA)
 
 They run inside the fleet's Compute endpoint process (fleet/local/compute_docker.py), which knows
 the members, so the metadata server answers each container as its own instance and the guest
@@ -19,6 +21,7 @@ attributes it writes are what the Compute API's getGuestAttributes returns.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import threading
 import time
@@ -30,10 +33,31 @@ from fleet.local.config import LocalConfig
 
 if TYPE_CHECKING:
     from standins.compute_state import ComputeBackend
+    from standins.logging_api import Tls
     from standins.metadata_server import GuestAttributes, Identity
 
 
 MEMBERS_TTL = 5.0  # seconds a member list answers the metadata server (each request asks who calls)
+LOGGING_HOST = "logging.googleapis.com"  # an instance's /etc/hosts sends it to the gateway
+LOGGING_PORT = 443  # gRPC over TLS, as the gcplogs driver dials it (no endpoint option)
+
+
+def logging_tls(config: LocalConfig) -> Tls:
+    """The fleet's local CA and the certificate for logging.googleapis.com it signed (made once)."""
+    from standins.logging_api import make_tls
+
+    directory = config.state_dir / "tls"
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:  # the endpoint and instance creation may race
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return make_tls(directory, (LOGGING_HOST,))
+
+
+def local_ca(config: LocalConfig) -> Path:
+    """The CA certificate each instance mounts and trusts (images/vm/fleet-init)."""
+    return logging_tls(config).ca_cert
+
+
 METRICS_FILE = "metrics.json"  # {"grpc": "127.0.0.1:PORT"}: where the written series are read
 
 
@@ -59,6 +83,8 @@ class VmServices:
         self._members: dict[str, Any] = {}  # container address -> fleet.local.instances.Instance
         self._seen_at = 0.0
         self._refreshing = False
+
+        self.logging: Any = None  # standins.logging_api.LocalLogging once started
 
     def metadata_items(self) -> dict[str, str]:
         return template.metadata(self.config, self.compute_url)
@@ -120,6 +146,7 @@ class VmServices:
 
     def start(self, backend: ComputeBackend) -> VmServices:
         from standins.compute_api import ComputeApi
+        from standins.logging_api import LocalLogging
         from standins.metadata_server import MetadataServer
         from standins.metrics_api import LocalMetrics
         from standins.secretmanager_api import LocalSecretManager
@@ -131,7 +158,19 @@ class VmServices:
             compute = ComputeApi(backend, host=gateway).start()
             self._started.append(compute)
             self.compute_url = compute.url
-            self._started.append(MetadataServer(self.identify, self.guest, gateway, 80).start())
+            metadata = MetadataServer(self.identify, self.guest, gateway, 80).start()
+            self._started.append(metadata)
+            # a write must carry a token the metadata server issued (the VM's service account).
+            # Only for a fleet whose containers log there: the sink is a gRPC server, and this process
+            # forks docker commands all day (gRPC prints a warning at each fork while it serves)
+            if self.config.log_driver == "gcplogs":
+                self.logging = LocalLogging(
+                    gateway,
+                    LOGGING_PORT,
+                    tls=logging_tls(self.config).server_pair(),
+                    token_owner=metadata.token_owner,
+                ).start()
+                self._started.append(self.logging)
             self._started.append(
                 LocalSecretManager(
                     port=self.config.secretmanager_port,

@@ -89,6 +89,7 @@ KINDS: dict[str, Callable[[str], str | None]] = {
         r"^(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|ms|s|m|h))+$", "a duration such as 30s, 1m30s, 500ms"
     ),
     "size": _pattern(r"^[0-9]+[kmg]?$", "a size such as 50m, 10k, 1g"),
+    "log_driver": _pattern(r"^(json-file|gcplogs)$", "a logging driver: json-file or gcplogs"),
     "profiles": _pattern(
         r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*(?:,[A-Za-z0-9][A-Za-z0-9_.-]*)*)?$", "profile names, comma separated"
     ),

@@ -206,6 +206,38 @@ def test_production_values(compose: list[str], source: bundle.Source, tmp_path: 
     assert "db" not in svc and "redis" not in svc
 
 
+def test_gcplogs_release_logs_to_cloud_logging_with_a_bounded_cache(
+    compose: list[str], source: bundle.Source, tmp_path: Path
+) -> None:
+    """LOG_DRIVER=gcplogs: every service gets gcplogs with only the options gcplogs accepts."""
+    layout = r.Layout(root=str(tmp_path / "opt/fleet/dify"))
+    values = {
+        **COMMON,
+        "DIFY_VERSION": "1.3.1",
+        "LOG_DRIVER": "gcplogs",
+        "LOG_MAX_SIZE": "20m",
+        "LOG_MAX_FILE": "3",
+        **bundle.host_variables(layout.root, ["app", "beat"], 80),
+    }
+    b = bundle.render(source, values, SECRETS, META)
+    assert b.env["LOG_DRIVER"] == "gcplogs"
+    rel = stage(b, layout)
+    svc = resolved(compose, rel)["services"]
+    assert set(svc) == set(b.services)  # the logging templates are not services of the stack
+    for name, one in svc.items():
+        assert one["logging"] == {
+            "driver": "gcplogs",
+            "options": {
+                "labels": "com.docker.compose.project,com.docker.compose.service,"
+                "com.docker.compose.project.working_dir",
+                "cache-max-size": "20m",
+                "cache-max-file": "3",
+            },
+        }, name
+    with pytest.raises(FleetError, match="json-file or gcplogs"):
+        bundle.render(source, {**values, "LOG_DRIVER": "syslog"}, SECRETS, META)
+
+
 def test_the_release_commands_drive_compose(
     compose: list[str], source: bundle.Source, tmp_path: Path
 ) -> None:

@@ -3,7 +3,9 @@ fleet/gcp/compute.py and the Cloud Functions' functions/gce.py): its MIG IS the 
 
 A fleet of its own (so the session fleet other modules use is never resized or recreated) comes up
 with its endpoint, and is deployed through its MIG inventory (IAP stand-in, keys from guest
-attributes). Then, in file order: the endpoint's view matches Docker's; labels and metadata
+attributes). Its stack logs with Docker's gcplogs driver to the fleet's local Cloud Logging. Then,
+in file order: the endpoint's view matches Docker's; a container's line is found in Cloud Logging by
+instance, service and release; labels and metadata
 survive an endpoint restart; autoheal reads the rollout mark and otherwise resets for real; a
 resize up and a recreate (at once, to keep the test short) come back deployed to the fleet's
 release, and the recreated VM's new host key is followed through guest attributes while a stale pin
@@ -21,13 +23,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import requests
 import yaml
+from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
+from google.cloud.logging_v2.services.logging_service_v2.transports import LoggingServiceV2GrpcTransport
 
 from fleet.errors import FleetError
 from fleet.gcp.compute import Compute, ComputeError, ManagedInstance, PreconditionFailed, natural_key
-from fleet.local import compute_docker, compute_endpoint
+from fleet.local import compute_docker, compute_endpoint, vmservices
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
@@ -48,6 +53,7 @@ CFG = LocalConfig(
     ssh_base=2900,
     http_base=8900,
     lb_port=18380,
+    log_driver="gcplogs",  # the stack logs to the fleet's local Cloud Logging, as on GCE
 )
 REF = contract.MigRef.make(CFG.project, CFG.zone, compute_endpoint.mig_name(CFG))
 VERSION = "1.0.0"
@@ -141,6 +147,80 @@ def test_the_endpoint_is_the_fleet(fleet: LocalFleet, compute: Compute) -> None:
         compute.instance(CFG.project, CFG.zone, "gcemig-99")
     with pytest.raises(ComputeError, match="not found"):
         compute.instance(CFG.project, "europe-west1-c", members[0].name)  # another zone
+
+
+def logging_client(fleet: LocalFleet) -> LoggingServiceV2Client:
+    """The real GAPIC client on the sink the VMs' gcplogs driver writes to (TLS, the fleet's CA)."""
+    tls = vmservices.logging_tls(fleet.config)
+    creds = grpc.ssl_channel_credentials(root_certificates=tls.ca_cert.read_bytes())
+    channel = grpc.secure_channel(
+        f"{fleet.config.gateway}:{vmservices.LOGGING_PORT}",
+        creds,
+        options=[("grpc.ssl_target_name_override", vmservices.LOGGING_HOST)],
+    )
+    return LoggingServiceV2Client(transport=LoggingServiceV2GrpcTransport(channel=channel))
+
+
+def test_container_logs_reach_cloud_logging_by_instance_service_and_release(
+    fleet: LocalFleet, compute: Compute
+) -> None:
+    """Docker's gcplogs driver in each VM writes to the local Cloud Logging; a service's line is
+    found by instance id, service and release, and `docker logs` still reads the rotated local cache."""
+    member = compute.mig_members(REF)[0]
+    release = fleet.exec(member.name, ["readlink", "/opt/fleet/dify/current"]).stdout
+    release_id = release.strip().rstrip("/").rsplit("/", 1)[-1]
+    assert release_id
+    probe = uuid.uuid4().hex
+    port = {i.name: i.http_port for i in fleet.instances()}[member.name]
+    requests.get(f"http://127.0.0.1:{port}/console/api/ping?probe={probe}", timeout=10)
+    query = " AND ".join(
+        [
+            f'logName="projects/{CFG.project}/logs/gcplogs-docker-driver"',
+            'resource.type="gce_instance"',
+            f'resource.labels.instance_id="{member.id}"',
+            f'resource.labels.zone="{CFG.zone}"',
+            'jsonPayload.container.metadata."com.docker.compose.service"="nginx"',
+            f'jsonPayload.container.metadata."com.docker.compose.project.working_dir":"/releases/{release_id}"',
+        ]
+    )
+    client = logging_client(fleet)
+    found: list[Any] = []
+    deadline = time.monotonic() + 60  # the driver sends in batches (about one a second)
+    while not found and time.monotonic() < deadline:
+        entries = client.list_log_entries(
+            resource_names=[f"projects/{CFG.project}"], filter=f'{query} AND jsonPayload.message:"{probe}"'
+        )
+        found = list(entries)
+        if not found:
+            time.sleep(0.5)
+    assert len(found) == 1, f"no nginx line with {probe} from {member.name} in the local Cloud Logging"
+    payload = found[0].json_payload
+    assert payload["instance"]["name"] == member.name and payload["instance"]["id"] == member.id
+    assert payload["container"]["metadata"]["com.docker.compose.project"] == "dify"
+    # the other instance's lines carry its own id, never this one's
+    other = next(m for m in compute.mig_members(REF) if m.name != member.name)
+    theirs = client.list_log_entries(
+        request={
+            "resource_names": [f"projects/{CFG.project}"],
+            "filter": f'jsonPayload.instance.name="{other.name}"',
+            "page_size": 50,
+        }
+    )
+    first_page = list(next(iter(theirs.pages)).entries)
+    assert first_page and {e.resource.labels["instance_id"] for e in first_page} == {other.id}
+    # rotation stays on the VM's disk: gcplogs with a bounded local cache that `docker logs` reads
+    inspect = fleet.exec(
+        member.name,
+        ["docker", "inspect", "--format", "{{json .HostConfig.LogConfig}}", "dify-nginx-1"],
+    )
+    log_config = json.loads(inspect.stdout)
+    assert log_config["Type"] == "gcplogs"
+    assert {k: log_config["Config"][k] for k in ("cache-max-size", "cache-max-file")} == {
+        "cache-max-size": "50m",
+        "cache-max-file": "5",
+    }
+    logs = fleet.exec(member.name, ["docker", "logs", "--tail", "200", "dify-nginx-1"])
+    assert probe in logs.stdout + logs.stderr
 
 
 def test_labels_and_metadata_survive_an_endpoint_restart(fleet: LocalFleet, compute: Compute) -> None:

@@ -71,11 +71,30 @@ def test_every_service_restarts_rotates_logs_and_runs_an_init() -> None:
     for svc_name, svc in compose_doc()["services"].items():
         assert svc["restart"] == "unless-stopped", svc_name
         assert svc["init"] is True, svc_name
-        assert svc["logging"]["driver"] == "json-file", svc_name
-        assert svc["logging"]["options"] == {
-            "max-size": "${LOG_MAX_SIZE:-50m}",
-            "max-file": "${LOG_MAX_FILE:-5}",
-        }
+        # logging comes from logging.yaml's template for LOG_DRIVER; a service's own `logging:`
+        # would merge its options into the template's and break the other driver
+        assert svc["extends"] == {"file": "logging.yaml", "service": "${LOG_DRIVER:-json-file}"}, svc_name
+        assert "logging" not in svc, svc_name
+
+
+def test_logging_templates_rotate_on_disk_for_both_drivers() -> None:
+    templates = yaml.safe_load((COMPOSE / "logging.yaml").read_text())["services"]
+    assert set(templates) == {"json-file", "gcplogs"}
+    assert templates["json-file"]["logging"] == {
+        "driver": "json-file",
+        "options": {"max-size": "${LOG_MAX_SIZE:-50m}", "max-file": "${LOG_MAX_FILE:-5}"},
+    }
+    gcp = templates["gcplogs"]["logging"]
+    assert gcp["driver"] == "gcplogs"
+    # only options gcplogs accepts (it refuses json-file's max-size), the local cache bounded alike
+    assert gcp["options"]["cache-max-size"] == "${LOG_MAX_SIZE:-50m}"
+    assert gcp["options"]["cache-max-file"] == "${LOG_MAX_FILE:-5}"
+    assert gcp["options"]["labels"].split(",") == [
+        "com.docker.compose.project",
+        "com.docker.compose.service",
+        "com.docker.compose.project.working_dir",
+    ]
+    assert "gcp-project" not in gcp["options"]  # the VM's own project, from the metadata server
 
 
 def test_healthchecks_where_there_are_health_endpoints() -> None:
@@ -158,7 +177,11 @@ _DEFAULT_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-?])([^}]*))?\}")
 
 
 def test_schema_and_compose_agree_on_names_defaults_and_required(source: bundle.Source) -> None:
-    lines = (COMPOSE / "docker-compose.yaml").read_text().splitlines()
+    # the stack and the logging templates its services extend
+    lines = [
+        *(COMPOSE / "docker-compose.yaml").read_text().splitlines(),
+        *(COMPOSE / "logging.yaml").read_text().splitlines(),
+    ]
     text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
     uses: dict[str, set[tuple[str, str]]] = {}
     for match in _DEFAULT_RE.finditer(text):
@@ -301,6 +324,7 @@ def test_bundle_files_and_modes(source: bundle.Source) -> None:
     b = render(source)
     assert set(b.files) == {
         "docker-compose.yaml",
+        "logging.yaml",
         "nginx/nginx.conf",
         "nginx/conf.d/default.conf",
         "nginx/conf.d/proxy.inc",
