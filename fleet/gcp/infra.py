@@ -411,6 +411,11 @@ def config_from_data(
     }
     if username:
         metadata["fleet-deploy-user"] = username
+    # the template's VMs have no external IP, so autoheal's per-instance signal is the agent's health
+    # metric (docs/selfheal.md, "Without public IPs"): on unless monitoring says uptime checks or none
+    mon = data.monitoring
+    if mon is not None and mon.instance_health.source in ("auto", "agent-metric"):
+        metadata["fleet-health-metric"] = "true"
     clash = sorted(set(metadata) & set(infra.metadata))
     if clash or "startup-script" in infra.metadata:
         raise InventoryError(

@@ -95,6 +95,19 @@ def test_template_private_shielded_with_agent_and_labels() -> None:
         }
     ]
     assert props["labels"]["fleet-mig"] == "dify-mig"
+    # no external IP: autoheal's per-instance signal is the agent's health metric (monitoring's "auto")
+    assert items["fleet-health-metric"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("source", "on"), [("auto", True), ("agent-metric", True), ("uptime", False), ("none", False)]
+)
+def test_the_health_metric_follows_monitoring_instance_health(source: str, on: bool) -> None:
+    data = example_data()
+    data["monitoring"]["instance_health"] = {"source": source}
+    tpl = by_kind(config(data))["instanceTemplates"][0]
+    items = {i["key"]: i["value"] for i in tpl.body["properties"]["metadata"]["items"]}
+    assert ("fleet-health-metric" in items) is on
 
 
 def test_template_name_follows_its_content() -> None:
