@@ -190,9 +190,15 @@ def add_server_commands(backend: str, member: LbServer, settings: BackendConfig 
     settings = settings or BackendConfig()
     check = " ".join(f"{k} {v}" for k, v in settings.check_params().items())
     srv = f"{backend}/{member.name}"
+    # a runtime-added server gets its cookie value (from its address) once dynamic cookies are enabled
+    cookie = (
+        f"enable dynamic-cookie backend {backend}; "
+        if settings.session_affinity == "GENERATED_COOKIE"
+        else ""
+    )
     return (
         f"add server {srv} {member.address}:{member.port} id {server_id(member.name)} check {check}; "
-        f"enable health {srv}; set server {srv} state ready; set server {srv} health down"
+        f"{cookie}enable health {srv}; set server {srv} state ready; set server {srv} health down"
     )
 
 
