@@ -40,14 +40,18 @@ from tests.fixtures.sshd import fab
 pytestmark = pytest.mark.localfleet
 
 CFG = LocalConfig(
-    name="gcemig",
-    container_prefix="fleet-gcemig",
-    host_prefix="gcemig",
-    network="fleet-gcemig",
-    subnet="10.219.0.0/24",
-    ssh_base=2900,
-    http_base=8900,
-    lb_port=18380,
+    name="gmlive",
+    container_prefix="fleet-gmlive",
+    host_prefix="gmlive",
+    network="fleet-gmlive",
+    subnet="10.233.0.0/24",
+    ssh_base=3500,
+    http_base=9500,
+    lb_port=18880,
+    # the production default affinity, and the MIG's autohealing with the local liveness settings
+    # (nginx's own /nginx-health every 2 s, recreated after 5 failures, initial delay 120 s)
+    lb={"session_affinity": "CLIENT_IP"},
+    autohealing=True,
 )
 REF = contract.MigRef.make(CFG.project, CFG.zone, compute_endpoint.mig_name(CFG))
 VERSION = "1.0.0"
@@ -203,7 +207,7 @@ def autoheal(
     if str(FUNCTIONS_DIR) not in sys.path:
         sys.path.append(str(FUNCTIONS_DIR))
     env = {
-        "FLEET_NAME": "gcemig",
+        "FLEET_NAME": CFG.name,
         "FLEET_MIGS": str(REF),
         "FLEET_HEAL_INITIAL_DELAY": "0",
         "FLEET_HEAL_SETTLE": "60",
@@ -546,3 +550,124 @@ def test_refusals_look_like_compute(fleet: LocalFleet, compute: Compute) -> None
     with pytest.raises(FleetError, match="not a member"):
         compute.recreate(REF, [ghost])
     assert compute.mig(REF).target_size == size  # nothing refused changed the MIG
+
+
+# --------------------------------------------------------------------------- MIG autohealing
+
+
+def health_of(compute: Compute) -> dict[str, tuple[str, str, str]]:
+    """Each member's (instanceHealth's detailedHealthState, currentAction, instance id), through the
+    real client's listManagedInstances."""
+    out = {}
+    for mi in compute.managed_instances(REF):
+        name = mi.instance.rsplit("/", 1)[-1]
+        states = [h.detailed_health_state for h in mi.instance_health]
+        out[name] = (states[0] if states else "", mi.current_action, str(mi.id))
+    return out
+
+
+def judged(fleet: LocalFleet, compute: Compute, name: str, timeout: float = 200) -> None:
+    """Until `name` is past the autohealing policy's initial delay (counted from its last boot) and
+    HEALTHY: only then can a failing check lead to a recreate, so the test below proves something."""
+    policy = compute.mig(REF).auto_healing_policies[0]
+    started = fleet.instance(name).started
+    wait = compute_docker.docker_time(started) + policy.initial_delay_sec - time.time()
+    if wait > 0:
+        time.sleep(wait + 1)
+    deadline = time.monotonic() + timeout
+    while health_of(compute)[name][0] != "HEALTHY":
+        assert time.monotonic() < deadline, health_of(compute)
+        time.sleep(0.5)
+
+
+def endpoint_log(fleet: LocalFleet) -> str:
+    return (compute_endpoint.state_dir(fleet.config) / "compute.log").read_text()
+
+
+def test_the_mig_carries_its_autohealing_policy_on_the_liveness_check(compute: Compute) -> None:
+    live = CFG.lb_settings.liveness
+    igm = compute.mig(REF)
+    (policy,) = igm.auto_healing_policies
+    assert policy.health_check == compute_docker.liveness_url(CFG)
+    assert policy.initial_delay_sec == live.initial_delay
+    assert live.path == "/nginx-health"  # nginx's own location, not the drain-aware /health
+    members = health_of(compute)
+    assert members and all(state in ("HEALTHY", "UNKNOWN") for state, _, _ in members.values()), members
+
+
+def test_a_drain_longer_than_the_liveness_threshold_never_triggers_a_recreate(
+    fleet: LocalFleet, compute: Compute
+) -> None:
+    from fleet.commands.release import Layout, drain, undrain
+
+    live = CFG.lb_settings.liveness
+    name = sorted((m.name for m in compute.mig_members(REF)), key=natural_key)[0]
+    judged(fleet, compute, name)
+    before = health_of(compute)[name]
+    log_before = endpoint_log(fleet).count("autohealing:")
+    # the drain flag a rollout's drain step sets (fleet/commands/release.py), through the console
+    fleet.exec(name, ["sh", "-c", drain(Layout()).shell()], timeout=60)
+    try:
+        # the LB's readiness check sees the drain (/health 503) and takes the host out...
+        assert fleet.lb.wait_for(name, ("DOWN",), timeout=30)
+        codes = fleet.exec(
+            name,
+            [
+                "sh",
+                "-c",
+                "curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1/health; "
+                "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/nginx-health",
+            ],
+            timeout=60,
+        ).stdout.split()
+        assert codes == ["503", "200"], codes
+        # ...while the MIG's liveness check keeps passing: longer than unhealthy_threshold x interval
+        held = live.unhealthy_threshold * live.check_interval + 2 * live.check_interval
+        seen = set()
+        end = time.monotonic() + held
+        while time.monotonic() < end:
+            seen.add(health_of(compute)[name])
+            time.sleep(0.5)
+        assert seen == {before}, seen  # HEALTHY, no action, the same VM the whole time
+    finally:
+        fleet.exec(name, ["sh", "-c", undrain(Layout()).shell()], timeout=60)
+    assert fleet.lb.wait_for(name, ("UP",), timeout=30)
+    assert health_of(compute)[name] == before
+    assert endpoint_log(fleet).count("autohealing:") == log_before  # nothing was even considered
+
+
+def test_a_dead_nginx_makes_the_mig_recreate_the_vm_which_comes_back_serving(
+    fleet: LocalFleet, compute: Compute
+) -> None:
+    first, name = sorted((m.name for m in compute.mig_members(REF)), key=natural_key)[:2]
+    version = reported(compute, first)["version"]  # what the fleet runs (the store's desired release)
+    judged(fleet, compute, name)
+    _, _, old_id = health_of(compute)[name]
+    stop = "docker ps -q --filter label=com.docker.compose.service=nginx | xargs -r docker stop -t 2"
+    fleet.exec(name, ["sh", "-c", stop], timeout=60)  # the console: no SSH needed for this
+    seen: list[tuple[str, str, str]] = []
+    deadline = time.monotonic() + 240
+    while True:
+        state = health_of(compute)[name]
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if state[2] != old_id and state[1] == "NONE":
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.3)
+    states = [s for s, _, _ in seen]
+    actions = [a for _, a, _ in seen]
+    # marked unhealthy (nothing listens on port 80: TIMEOUT in Compute's terms), then recreated
+    assert {"UNHEALTHY", "TIMEOUT"} & set(states), seen
+    assert "RECREATING" in actions, seen
+    log = endpoint_log(fleet)
+    assert f"autohealing: {name} is " in log and "in a row): recreate" in log
+    # the new VM booted through the template's startup script: the agent brought the fleet's release
+    # up, so it serves, the LB takes it back and the MIG's liveness check finds it HEALTHY
+    assert fleet.lb.wait_for(name, ("UP",), timeout=150)
+    deadline = time.monotonic() + 60
+    while health_of(compute)[name][0] != "HEALTHY":
+        assert time.monotonic() < deadline, health_of(compute)
+        time.sleep(0.5)
+    report = reported(compute, name)
+    assert (report["action"], report["result"], report["version"]) == ("boot", "ok", version), report
