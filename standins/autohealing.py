@@ -104,7 +104,9 @@ class Autohealer:
                     state.successes = state.failures = 0
                     state.last_probe = None
                     continue
-                if state.last_probe is None or now - state.last_probe >= interval:
+                # rounds come one interval apart: a round that started a little late must not push
+                # this member's next probe back by a whole interval
+                if state.last_probe is None or now - state.last_probe >= 0.8 * interval:
                     out.append(m.name)
             for name in [n for n in self._states if n not in seen]:
                 del self._states[name]

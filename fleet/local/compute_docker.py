@@ -839,7 +839,7 @@ class DockerCompute(ComputeBackend):
 
     def _heal_loop(self) -> None:
         assert self.healer is not None
-        tick = min(1.0, self.healer.policy.health_check.check_interval)
+        tick = self.healer.policy.health_check.check_interval  # one round (docker ps + inspect) each
         with ThreadPoolExecutor(4, thread_name_prefix="health-check") as probes:
             while not self._stop.wait(tick):
                 try:

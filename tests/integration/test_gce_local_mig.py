@@ -7,11 +7,13 @@ attributes). Then, in file order: the endpoint's view matches Docker's; labels a
 survive an endpoint restart; autoheal reads the rollout mark and otherwise resets for real; a
 resize up and a recreate (at once, to keep the test short) come back deployed to the fleet's
 release, and the recreated VM's new host key is followed through guest attributes while a stale pin
-is refused; resize down deletes the newest.
+is refused; resize down deletes the newest. With autohealing on (after the first deploy), the MIG
+applies its policy on the liveness check: a drain never triggers a recreate, a dead nginx does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -49,8 +51,9 @@ CFG = LocalConfig(
     http_base=9500,
     lb_port=18880,
     # the production default affinity, and the MIG's autohealing with the local liveness settings
-    # (nginx's own /nginx-health every 2 s, recreated after 5 failures, initial delay 120 s)
-    lb={"session_affinity": "CLIENT_IP"},
+    # (nginx's own /nginx-health every 2 s, recreated after 5 failures) and GCP's default initial delay:
+    # a VM created by a test (a failing boot included) is judged only 300 s after it booted
+    lb={"session_affinity": "CLIENT_IP", "liveness": {"initial_delay": 300}},
     autohealing=True,
 )
 REF = contract.MigRef.make(CFG.project, CFG.zone, compute_endpoint.mig_name(CFG))
@@ -60,16 +63,23 @@ FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[LocalFleet]:
-    """Two instances, deployed to 1.0.0 through the MIG inventory; removed at the end."""
+    """Two instances, deployed to 1.0.0 through the MIG inventory; removed at the end.
+
+    Autohealing is turned on once the fleet serves (the endpoint restarted with it), as an operator
+    attaches the policy to a MIG whose VMs serve: before the first deploy nothing answers
+    /nginx-health, and a slow first deploy would see its VMs recreated under it."""
     fleet = LocalFleet(CFG, progress=Progress(rich=False))
     fleet.down()  # leftovers of an interrupted run
     try:
-        fleet.up(2)
+        LocalFleet(dataclasses.replace(CFG, autohealing=False), progress=Progress(rich=False)).up(2)
         mig_inv = str(fleet.inventory_dir / "mig")
         r = fab("bootstrap", "--inventory", mig_inv, "--json")
         assert r.returncode == 0, r.stdout + r.stderr
         r = fab("deploy", "--inventory", mig_inv, "--version", VERSION, "--json")
         assert r.returncode == 0, r.stdout + r.stderr
+        url = compute_endpoint.endpoint_url(CFG)
+        compute_endpoint.stop_endpoint(CFG, forget=False)
+        assert compute_endpoint.ensure_endpoint(CFG) == url  # same port, now with the policy
         yield fleet
     finally:
         if os.environ.get("FLEET_LOCAL_KEEP") != "1":
