@@ -20,6 +20,12 @@ fleet's desired release (fleet/local/template.py, fleet/local/vmservices.py, doc
 operator process is involved. As on Compute, MIG operations are DONE once the actions are scheduled;
 the members' currentAction (and the MIG's `status.isStable`) say when they have finished.
 
+With the fleet's autohealing on (LocalConfig.autohealing), the MIG carries `autoHealingPolicies` on the
+liveness check (`lb.liveness`: nginx's own /nginx-health, never drain-aware) and applies it itself:
+each member is probed on the fleet network, shown in listManagedInstances' `instanceHealth`, and one
+that fails `unhealthy_threshold` checks in a row past its initial delay is recreated through the
+recreateInstances path (standins/autohealing.py decides; docs/gce.md).
+
 The endpoint runs as its own process, started by `LocalFleet.up` and stopped by `LocalFleet.down`:
     python -m fleet.local.compute_docker --state-dir .fleet/local/compute [--port N]
 """

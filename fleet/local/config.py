@@ -28,14 +28,15 @@ LOCAL_LB: dict[str, Any] = {
     "unhealthy_threshold": 2,
     "draining_timeout": 10,
     "session_affinity": "NONE",
-    # liveness (/nginx-health): the MIG's autohealing. 5 x 2 s: a dead nginx is recreated ~10 s after it
-    # died, a compose switch restarting nginx (about a second) never is
+    # liveness (/nginx-health): the MIG's autohealing. 6 x 5 s: a dead nginx is recreated ~30 s after it
+    # died. Not shorter: a rollout's switch recreates nginx with the release's other containers, and
+    # on this (loaded, 2-core) machine nginx was seen down for more than 10 s during one (docs/local-fleet.md)
     "liveness": {
         "path": "/nginx-health",
-        "check_interval": 2,
-        "timeout": 2,
+        "check_interval": 5,
+        "timeout": 3,
         "healthy_threshold": 2,
-        "unhealthy_threshold": 5,
+        "unhealthy_threshold": 6,
         "initial_delay": 120,
     },
 }
