@@ -22,6 +22,9 @@ from fleet.local.lb import (
     server_id,
 )
 
+# rendering only: nothing is created there (a short path: haproxy's stats socket allows 97 bytes)
+ROOT = Path("/nonexistent/lbt")
+
 
 def backend_lines(text: str) -> list[str]:
     section = text.split("\nbackend ", 1)[1]
@@ -55,7 +58,7 @@ def haproxy_accepts(text: str, tmp_path: Path) -> None:
 def test_session_affinity_becomes_the_balance_algorithm(
     tmp_path: Path, affinity: str, expected: list[str]
 ) -> None:
-    config = LocalConfig(root=tmp_path, lb={"session_affinity": affinity})
+    config = LocalConfig(root=ROOT, lb={"session_affinity": affinity})
     text = render_config(config)
     lines = backend_lines(text)
     assert lines[: len(expected)] == expected
@@ -66,7 +69,7 @@ def test_session_affinity_becomes_the_balance_algorithm(
 
 def test_the_readiness_check_and_draining_come_from_the_settings(tmp_path: Path) -> None:
     config = LocalConfig(
-        root=tmp_path,
+        root=ROOT,
         lb={"check_interval": 3, "healthy_threshold": 4, "unhealthy_threshold": 5, "draining_timeout": 7},
     )
     settings = BackendConfig.from_settings(config.lb_settings)
@@ -83,8 +86,8 @@ def test_the_readiness_check_and_draining_come_from_the_settings(tmp_path: Path)
     assert command.endswith("set server app/local-2 state ready; set server app/local-2 health down")
 
 
-def test_the_local_fleets_defaults_keep_waits_short(tmp_path: Path) -> None:
-    settings = BackendConfig.from_settings(LocalConfig(root=tmp_path).lb_settings)
+def test_the_local_fleets_defaults_keep_waits_short() -> None:
+    settings = BackendConfig.from_settings(LocalConfig(root=ROOT).lb_settings)
     assert settings == BackendConfig("NONE", "/health", 1.0, 1.0, 2, 2, 10.0)
     assert settings.check_params() == {
         "inter": "1000ms",
@@ -113,7 +116,7 @@ def test_a_backend_service_and_health_check_as_compute_returns_them(tmp_path: Pa
     }
     settings = BackendConfig.from_api(service, check)
     assert settings == BackendConfig("CLIENT_IP", "/health", 5.0, 3.0, 2, 3, 30.0)
-    text = render_config(LocalConfig(root=tmp_path), settings)
+    text = render_config(LocalConfig(root=ROOT), settings)
     assert backend_lines(text)[:2] == ["balance source", "hash-type consistent"]
     haproxy_accepts(text, tmp_path)
     # the API's defaults where the resources leave fields out
@@ -135,11 +138,11 @@ def test_settings_haproxy_cannot_take_are_refused(kwargs: dict[str, object], mes
         BackendConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def test_bad_local_overrides_are_refused_with_the_key(tmp_path: Path) -> None:
+def test_bad_local_overrides_are_refused_with_the_key() -> None:
     with pytest.raises(FleetError, match="session_affinity"):
-        LocalConfig(root=tmp_path, lb={"session_affinity": "STICKY"})
+        LocalConfig(root=ROOT, lb={"session_affinity": "STICKY"})
     with pytest.raises(FleetError, match=r"liveness\.unhealthy_threshold"):
-        LocalConfig(root=tmp_path, lb={"liveness": {"unhealthy_threshold": 0}})
+        LocalConfig(root=ROOT, lb={"liveness": {"unhealthy_threshold": 0}})
 
 
 def test_server_ids_are_stable_and_spread() -> None:
