@@ -42,14 +42,14 @@ from tests.fixtures.sshd import fab
 pytestmark = pytest.mark.localfleet
 
 CFG = LocalConfig(
-    name="gmlive",
-    container_prefix="fleet-gmlive",
-    host_prefix="gmlive",
-    network="fleet-gmlive",
-    subnet="10.233.0.0/24",
-    ssh_base=3500,
-    http_base=9500,
-    lb_port=18880,
+    name="gcemig",
+    container_prefix="fleet-gcemig",
+    host_prefix="gcemig",
+    network="fleet-gcemig",
+    subnet="10.219.0.0/24",
+    ssh_base=2900,
+    http_base=8900,
+    lb_port=18380,
     # the production default affinity, and the MIG's autohealing with the local liveness settings
     # (nginx's own /nginx-health every 5 s, recreated after 6 failures) and GCP's default initial delay:
     # a VM created by a test (a failing boot included) is judged only 300 s after it booted
