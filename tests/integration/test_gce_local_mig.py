@@ -51,9 +51,9 @@ CFG = LocalConfig(
     http_base=8900,
     lb_port=18380,
     # the production default affinity, and the MIG's autohealing with the local liveness settings
-    # (nginx's own /nginx-health every 5 s, recreated after 6 failures) and GCP's default initial delay:
-    # a VM created by a test (a failing boot included) is judged only 300 s after it booted
-    lb={"session_affinity": "CLIENT_IP", "liveness": {"initial_delay": 300}},
+    # (nginx's own /nginx-health every 5 s, recreated after 6 failures) and an initial delay of 180 s:
+    # a VM created by a test (a failing boot included) is judged only 3 minutes after it booted
+    lb={"session_affinity": "CLIENT_IP", "liveness": {"initial_delay": 180}},
     autohealing=True,
 )
 REF = contract.MigRef.make(CFG.project, CFG.zone, compute_endpoint.mig_name(CFG))
