@@ -65,6 +65,11 @@ def up(c: Any, instances: int = 3) -> None:
     Builds the images first when their inputs changed (cached otherwise), then writes
     inventory/local/ (hosts, known_hosts with each instance's real host key) for `--inventory local`,
     and inventory/local/mig/ (the same fleet as MIG members) for `--inventory local/mig`.
+
+    FLEET_LOCAL_SESSION_AFFINITY=CLIENT_IP|GENERATED_COOKIE|NONE (default NONE) configures the LB like
+    the backend service (applies when the LB starts). FLEET_LOCAL_AUTOHEALING=1, once the fleet serves,
+    gives the MIG its autohealing policy on nginx's /nginx-health (a running Compute API restarts
+    with it; docs/local-fleet.md "MIG autohealing").
     """
 
     fleet = _fleet()

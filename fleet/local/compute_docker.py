@@ -21,6 +21,12 @@ fleet's desired release (fleet/local/template.py, fleet/local/vmservices.py, doc
 operator process is involved. As on Compute, MIG operations are DONE once the actions are scheduled;
 the members' currentAction (and the MIG's `status.isStable`) say when they have finished.
 
+With the fleet's autohealing on (LocalConfig.autohealing), the MIG carries `autoHealingPolicies` on the
+liveness check (`lb.liveness`: nginx's own /nginx-health, never drain-aware) and applies it itself:
+each member is probed on the fleet network, shown in listManagedInstances' `instanceHealth`, and one
+that fails `unhealthy_threshold` checks in a row past its initial delay is recreated through the
+recreateInstances path (standins/autohealing.py decides; docs/gce.md).
+
 The endpoint runs as its own process, started by `LocalFleet.up` and stopped by `LocalFleet.down`:
     python -m fleet.local.compute_docker --state-dir .fleet/local/compute [--port N]
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -49,6 +56,7 @@ from fleet.errors import FleetError
 from fleet.local import template
 from fleet.local.compute_endpoint import endpoint_file, load_config, mig_name
 from fleet.local.config import LocalConfig
+from standins.autohealing import HEALTHY, TIMEOUT, UNHEALTHY, Autohealer, HealingPolicy, HealthCheck, Member
 from standins.compute_state import (
     ACTION_COUNTERS,
     BASE_URL,
@@ -71,7 +79,6 @@ if TYPE_CHECKING:
     from standins.metadata_server import GuestAttributes
 
 MAX_SIZE = 20  # what this machine can hold; a bigger resize is refused like a quota error
-DRAIN_TIMEOUT = 10.0  # seconds a deleted member's in-flight requests may take (connection draining)
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 # docker state -> Compute instance status, when no action is running on the instance
@@ -88,6 +95,45 @@ _STATUS = {
 
 def template_url(config: LocalConfig) -> str:
     return f"{BASE_URL}/projects/{config.project}/global/instanceTemplates/{config.name}-template"
+
+
+def liveness_url(config: LocalConfig) -> str:
+    return f"{BASE_URL}/projects/{config.project}/global/healthChecks/{config.name}-liveness"
+
+
+def healing_policy(config: LocalConfig) -> HealingPolicy | None:
+    """The local MIG's autohealing policy, from the fleet's `lb.liveness` settings (None: autohealing off).
+    The check probes each VM on its app port (80 inside the instance), as Google's probers do."""
+    if not config.autohealing:
+        return None
+    live = config.lb_settings.liveness
+    check = HealthCheck(
+        url=liveness_url(config),
+        path=live.path,
+        port=80,
+        check_interval=float(live.check_interval),
+        timeout=float(live.timeout),
+        healthy_threshold=live.healthy_threshold,
+        unhealthy_threshold=live.unhealthy_threshold,
+    )
+    return HealingPolicy(check, float(live.initial_delay))
+
+
+def http_probe(address: str, check: HealthCheck) -> str:
+    """One HTTP health check of a VM: HEALTHY on 200, UNHEALTHY on another answer, TIMEOUT when
+    nothing answered in time (refused connections included: nothing listens)."""
+    if not address:
+        return TIMEOUT
+    conn = http.client.HTTPConnection(address, check.port, timeout=check.timeout)
+    try:
+        conn.request("GET", check.path, headers={"User-Agent": "GoogleHC/1.0", "Connection": "close"})
+        resp = conn.getresponse()
+        resp.read()
+        return HEALTHY if resp.status == 200 else UNHEALTHY
+    except (OSError, http.client.HTTPException):
+        return TIMEOUT
+    finally:
+        conn.close()
 
 
 def _stable_id(*parts: str) -> int:
@@ -216,6 +262,9 @@ class DockerCompute(ComputeBackend):
         log: Callable[[str], None] | None = None,
         guest: GuestAttributes | None = None,
         metadata: Callable[[], Mapping[str, str]] | None = None,
+        healing: HealingPolicy | None = None,
+        probe: Callable[[str, HealthCheck], str] = http_probe,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.fleet = fleet
         self.config = fleet.config
@@ -232,6 +281,11 @@ class DockerCompute(ComputeBackend):
         self.template_labels = template.labels(self.config)  # every member starts with these
         self._actions: dict[str, Action] = {}  # instance name -> what the MIG is doing to it
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="compute-action")
+        # the MIG's autohealing policy (fleet/local/config.py lb.liveness): None = no policy
+        self.healer = Autohealer(healing) if healing is not None else None
+        self._probe = probe
+        self._clock = clock
+        self._stop = threading.Event()
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -396,6 +450,7 @@ class DockerCompute(ComputeBackend):
             "targetSize": target,
             "status": {"isStable": stable, "versionTarget": {"isReached": True}},
             "selfLink": link,
+            **({"autoHealingPolicies": [self.healer.policy.to_json()]} if self.healer else {}),
         }
 
     def igm(self, project: str, location: str, name: str) -> dict[str, Any]:
@@ -429,6 +484,8 @@ class DockerCompute(ComputeBackend):
             }
             if rec is not None:
                 entry["id"] = rec.instance_id
+                if self.healer is not None:
+                    entry["instanceHealth"] = self.healer.instance_health(member)
             if member in attempts:
                 entry["lastAttempt"] = {
                     "errors": {"errors": [{"code": "STARTUP_SCRIPT_FAILED", "message": attempts[member]}]}
@@ -665,8 +722,8 @@ class DockerCompute(ComputeBackend):
 
     def _drain(self, member: str) -> None:
         lb = self.fleet.lb
-        if lb.running() and not lb.drain(member, timeout=DRAIN_TIMEOUT):
-            self._log(f"drain {member}: requests still in flight after {DRAIN_TIMEOUT:g} s")
+        if lb.running() and not lb.drain(member):
+            self._log(f"drain {member}: requests still in flight after {lb.settings.draining_timeout:g} s")
 
     def recreate(
         self, project: str, location: str, name: str, instances: list[str], request_id: str
@@ -685,14 +742,24 @@ class DockerCompute(ComputeBackend):
             seen = self.ops.find(project, request_id)
             if seen is not None:
                 return seen
+            return self._schedule_recreate(
+                members, targets, "compute.instanceGroupManagers.recreateInstances", request_id
+            )
+
+    def _schedule_recreate(
+        self, members: Mapping[str, Instance], targets: list[str], op_type: str, request_id: str = ""
+    ) -> Operation:
+        """RECREATING for each target, then (in workers) drain, a new VM, its startup script: what
+        recreateInstances does, and what autohealing does to an unhealthy member."""
+        with self._lock:
             busy = [m for m in targets if m in self._actions]
             if busy:
                 raise self._busy(busy[0])
             op, _ = self.ops.begin(
-                project,
+                self.project_id,
                 "zones",
-                location,
-                "compute.instanceGroupManagers.recreateInstances",
+                self.zone,
+                op_type,
                 self._igm_json(members)["selfLink"],
                 _stable_id("mig", self.project_id, self.zone, self.mig),
                 request_id,
@@ -769,6 +836,69 @@ class DockerCompute(ComputeBackend):
         self._log(f"{what}: done in {time.monotonic() - started:.1f} s")
         return None
 
+    # --- autohealing --------------------------------------------------------------------------------
+
+    def start_autohealing(self) -> None:
+        """Apply the MIG's autohealing policy in a thread of its own until close()."""
+        if self.healer is None:
+            return
+        check, delay = self.healer.policy.health_check, self.healer.policy.initial_delay
+        self._log(
+            f"autohealing: {check.path} on port {check.port} every {check.check_interval:g} s, "
+            f"unhealthy after {check.unhealthy_threshold}, initial delay {delay:g} s"
+        )
+        threading.Thread(target=self._heal_loop, name="autohealing", daemon=True).start()
+
+    def _heal_loop(self) -> None:
+        assert self.healer is not None
+        tick = self.healer.policy.health_check.check_interval  # one round (docker ps + inspect) each
+        with ThreadPoolExecutor(4, thread_name_prefix="health-check") as probes:
+            while not self._stop.wait(tick):
+                try:
+                    self.heal_once(probes)
+                except Exception:  # the loop must outlive one bad round (docker busy, a race)
+                    self._log(f"autohealing: round failed: {traceback.format_exc()}")
+
+    def heal_once(self, probes: ThreadPoolExecutor | None = None) -> list[str]:
+        """One round: probe the members that are due, recreate those found unhealthy; their names."""
+        healer = self.healer
+        if healer is None:
+            return []
+        members = self._members()
+        with self._lock:
+            busy = set(self._actions)
+        views = [
+            Member(name, rec.state == "running", name in busy, docker_time(rec.started or rec.created))
+            for name, rec in members.items()
+        ]
+        due = healer.due(views, self._clock())
+        if not due:
+            return []
+        check = healer.policy.health_check
+
+        def probe(name: str) -> tuple[str, str]:
+            return name, self._probe(members[name].ip, check)
+
+        results = list(probes.map(probe, due)) if probes is not None else [probe(n) for n in due]
+        healed = []
+        for name, result in results:
+            if healer.record(name, result, self._clock()):
+                healed.append(name)
+                self._autoheal(members, name, result)
+        return healed
+
+    def _autoheal(self, members: Mapping[str, Instance], name: str, result: str) -> None:
+        assert self.healer is not None
+        check = self.healer.policy.health_check
+        self._log(
+            f"autohealing: {name} is {result} ({check.unhealthy_threshold} failed checks of {check.path} "
+            "in a row): recreate"
+        )
+        try:
+            self._schedule_recreate(members, [name], "compute.instances.repair.recreateInstance")
+        except ComputeApiError as exc:  # an action started meanwhile: judged again once it has ended
+            self._log(f"autohealing: {name}: not recreated: {exc}")
+
     def patch_autoscaler(
         self, project: str, location: str, name: str, body: Mapping[str, Any], request_id: str, replace: bool
     ) -> Operation:
@@ -797,6 +927,7 @@ class DockerCompute(ComputeBackend):
         }
 
     def close(self) -> None:
+        self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -822,6 +953,7 @@ def serve(directory: Path, port: int) -> int:
         log,
         guest=guest,
         metadata=services.metadata_items,
+        healing=healing_policy(config),
     )
     try:
         api = ComputeApi(backend, port=port).start()
@@ -831,6 +963,7 @@ def serve(directory: Path, port: int) -> int:
         log(f"port {port} is taken ({exc}); using a free one")
         api = ComputeApi(backend, port=0).start()
     services.start(backend)
+    backend.start_autohealing()
     tmp = endpoint_file(config).with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "port": api.port, "url": api.url}))
     tmp.replace(endpoint_file(config))

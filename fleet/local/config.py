@@ -4,14 +4,50 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from fleet.errors import FleetError
+from fleet.inventory.schema import LBSettings
 from fleet.paths import PROJECT_ROOT
 
 LOG_DRIVERS = ("json-file", "gcplogs")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+# The local fleet's backend service and health checks, written into its inventory (`lb`) and handed to
+# its haproxy (fleet/local/lb.py) and its MIG's autohealer (fleet/local/compute_docker.py): the same
+# settings `infra` derives the GCP backend service and health checks from, with waits of seconds.
+# session_affinity NONE: the load generator (fleet/scenarios/loadgen.py) is one client on 127.0.0.1, and
+# under CLIENT_IP every one of its requests would go to one instance (docs/local-fleet.md).
+LOCAL_LB: dict[str, Any] = {
+    "check_interval": 1,  # readiness (/health): haproxy's inter, rise, fall
+    "healthy_threshold": 2,
+    "unhealthy_threshold": 2,
+    "draining_timeout": 10,
+    "session_affinity": "NONE",
+    # liveness (/nginx-health): the MIG's autohealing. 6 x 5 s: a dead nginx is recreated ~30 s after it
+    # died. Not shorter: a rollout's switch recreates nginx with the release's other containers, and
+    # on this (loaded, 2-core) machine nginx was seen down for more than 10 s during one (docs/local-fleet.md)
+    "liveness": {
+        "path": "/nginx-health",
+        "check_interval": 5,
+        "timeout": 3,
+        "healthy_threshold": 2,
+        "unhealthy_threshold": 6,
+        "initial_delay": 120,
+    },
+}
+
+
+def merge_lb(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """LOCAL_LB with `overrides` on top (`liveness` merged key by key)."""
+    merged = {**LOCAL_LB, **{k: v for k, v in overrides.items() if k != "liveness"}}
+    merged["liveness"] = {**LOCAL_LB["liveness"], **dict(overrides.get("liveness") or {})}
+    return merged
 
 
 def check_name(value: str, what: str) -> str:
@@ -71,6 +107,11 @@ class LocalConfig:
     # the stack's LOG_DRIVER in the fleet's inventory: json-file, or gcplogs (Docker's Cloud Logging
     # driver, writing to the fleet's local Cloud Logging on the gateway; docs/logging.md)
     log_driver: str = "json-file"
+    # overrides of LOCAL_LB (e.g. {"session_affinity": "CLIENT_IP", "liveness": {"initial_delay": 30}})
+    lb: dict[str, Any] = field(default_factory=dict)
+    # the MIG applies its autohealing policy (liveness check, recreate). Off unless asked for: a fleet
+    # whose instances serve nothing yet (before the first deploy) would be recreated over and over
+    autohealing: bool = False
 
     def __post_init__(self) -> None:
         for value, what in (
@@ -98,13 +139,38 @@ class LocalConfig:
                 where="local fleet",
                 hint="json-file or gcplogs (FLEET_LOCAL_LOG_DRIVER)",
             )
+        self.lb_settings  # noqa: B018 - refuse bad overrides at once
+
+    @property
+    def lb_settings(self) -> LBSettings:
+        """The fleet's `lb` settings (LOCAL_LB with this fleet's overrides), validated by the schema."""
+        try:
+            return LBSettings.model_validate({"kind": "haproxy", **merge_lb(self.lb)})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise FleetError(
+                f"invalid local LB setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}",
+                where="local fleet (LocalConfig.lb)",
+                hint="the keys and values of the inventory's `lb` section (docs/inventory.md)",
+            ) from None
 
     @classmethod
     def from_env(cls, root: Path | None = None) -> LocalConfig:
         """Ports can be moved with FLEET_LOCAL_{SSH_BASE,HTTP_BASE,LB_PORT,REGISTRY_PORT} when taken;
-        FLEET_LOCAL_LOG_DRIVER=gcplogs sends the stack's logs to the fleet's local Cloud Logging."""
+        FLEET_LOCAL_LOG_DRIVER=gcplogs sends the stack's logs to the fleet's local Cloud Logging.
+        FLEET_LOCAL_AUTOHEALING=1 turns the MIG's autohealing on, FLEET_LOCAL_SESSION_AFFINITY sets the
+        LB's (NONE, CLIENT_IP, GENERATED_COOKIE)."""
+        lb: dict[str, Any] = {}
+        affinity = os.environ.get("FLEET_LOCAL_SESSION_AFFINITY", "")
+        if affinity:
+            lb["session_affinity"] = affinity
+        healing = os.environ.get("FLEET_LOCAL_AUTOHEALING", "")
+        if healing not in ("", "0", "1"):
+            raise FleetError(f"FLEET_LOCAL_AUTOHEALING={healing!r} is not 0 or 1", where="environment")
         return cls(
             log_driver=os.environ.get("FLEET_LOCAL_LOG_DRIVER") or "json-file",
+            lb=lb,
+            autohealing=healing == "1",
             root=root or PROJECT_ROOT,
             ssh_base=_env_int("FLEET_LOCAL_SSH_BASE", 2200),
             http_base=_env_int("FLEET_LOCAL_HTTP_BASE", 8100),

@@ -46,6 +46,7 @@ class Instance:
     instance_id: str  # stable numeric id (changes when the instance is recreated, as on GCE)
     ip: str = ""
     created: str = ""
+    started: str = ""  # docker's State.StartedAt: the last boot (a reset reboots: same instance, new boot)
     roles: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +179,7 @@ class LocalFleet:
             instance_id=instance_id_of(cid),
             ip=(networks.get(self.config.network) or {}).get("IPAddress", ""),
             created=info.get("Created", ""),
+            started=(info.get("State") or {}).get("StartedAt", ""),
         )
 
     def instances(self) -> list[Instance]:

@@ -19,7 +19,7 @@ import yaml
 
 from fleet.errors import FleetError
 from fleet.local import execute
-from fleet.local.config import LocalConfig
+from fleet.local.config import LocalConfig, merge_lb
 from fleet.paths import COMPOSE_DIR
 
 KEY_FILE = "id_ed25519"
@@ -198,6 +198,9 @@ def defaults_doc(
                 "stats_socket": str(config.stats_socket),
                 "backend": config.backend,
                 "frontend": f"http://127.0.0.1:{config.lb_port}",
+                # the backend service and its two health checks (readiness for the LB, liveness for
+                # the MIG's autohealing): what the fleet's haproxy and MIG are configured from
+                **merge_lb(config.lb),
             },
             "vars": dict(LOCAL_VARS if variables is None else variables),
             "rollout": dict(LOCAL_ROLLOUT),

@@ -1,28 +1,138 @@
 """The local fleet's load balancer: real haproxy on 127.0.0.1, health-checking every instance.
 
-It stands in for a GCP backend service: `GET /health` every second, rise 2 / fall 2, and a new
-member starts unhealthy until its checks pass. Membership changes go through haproxy's runtime API
-(add/del server), so adding or removing one instance never disturbs the others' state. The same
-socket tells a rollout what the LB really thinks of each server (UP, DOWN, MAINT, DRAIN).
+It stands in for a GCP backend service and is configured from the same settings (`BackendConfig`:
+the inventory's `lb` section, or a backend service and its health check as Compute returns them):
+session affinity CLIENT_IP is `balance source` on a consistent hash, NONE round robin, GENERATED_COOKIE
+a cookie haproxy inserts (GCLB); the readiness check (`GET /health`) runs every `check_interval` with
+rise/fall from its healthy/unhealthy thresholds, and a new member starts unhealthy until its checks
+pass; a member leaving is drained (no new requests) for at most the draining timeout. Membership
+changes go through haproxy's runtime API (add/del server), so adding or removing one instance never
+disturbs the others' state. The same socket tells a rollout what the LB really thinks of each server
+(UP, DOWN, MAINT, DRAIN).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import signal
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fleet.commands.haproxy import SHOW_STAT, ServerState, parse_show_stat
 from fleet.errors import FleetError
+from fleet.inventory.schema import LBSettings
 from fleet.local import execute
 from fleet.local.config import LocalConfig, check_name, check_port
 from fleet.waits import polling
 
 HAPROXY = "haproxy"
-CHECK = {"inter": "1s", "fastinter": "1s", "downinter": "1s", "rise": 2, "fall": 2}
 STATES = ("UP", "DOWN", "MAINT", "DRAIN", "NOLB")
+AFFINITIES = ("NONE", "CLIENT_IP", "GENERATED_COOKIE")
+AFFINITY_COOKIE = "GCLB"  # the name of the cookie a GCP load balancer generates
+READINESS_PATH = "/health"
+_CHECK_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")  # goes into haproxy.cfg: no space, quote or '#'
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """What the LB is configured from: a backend service and its (readiness) health check."""
+
+    session_affinity: str = "NONE"
+    check_path: str = READINESS_PATH
+    check_interval: float = 1.0  # seconds
+    check_timeout: float = 1.0
+    healthy_threshold: int = 2  # haproxy's rise
+    unhealthy_threshold: int = 2  # haproxy's fall
+    draining_timeout: float = 10.0  # connection draining: how long a leaving member's requests may take
+
+    def __post_init__(self) -> None:
+        where = "local LB (backend service)"
+        if self.session_affinity not in AFFINITIES:
+            raise FleetError(
+                f"session affinity {self.session_affinity!r} is not supported by the local LB",
+                where=where,
+                hint=", ".join(AFFINITIES),
+            )
+        if not _CHECK_PATH.fullmatch(self.check_path):
+            raise FleetError(
+                f"health check path {self.check_path!r} cannot be used",
+                where=where,
+                hint="/ then a-z 0-9 . _ ~ / -",
+            )
+        if not (self.check_interval > 0 and self.check_timeout > 0 and self.draining_timeout >= 0):
+            raise FleetError("check interval and timeout must be > 0, draining timeout >= 0", where=where)
+        if self.healthy_threshold < 1 or self.unhealthy_threshold < 1:
+            raise FleetError("health check thresholds must be >= 1", where=where)
+
+    @classmethod
+    def from_settings(cls, lb: LBSettings) -> BackendConfig:
+        """From the inventory's `lb` section (readiness: /health, `check_interval` and thresholds)."""
+        interval = float(lb.check_interval)
+        return cls(
+            session_affinity=lb.session_affinity,
+            check_path=READINESS_PATH,
+            check_interval=interval,
+            check_timeout=min(interval, 5.0),  # a check must end before the next one
+            healthy_threshold=lb.healthy_threshold,
+            unhealthy_threshold=lb.unhealthy_threshold,
+            draining_timeout=float(lb.draining_timeout),
+        )
+
+    @classmethod
+    def from_api(cls, backend_service: Mapping[str, Any], health_check: Mapping[str, Any]) -> BackendConfig:
+        """From Compute's JSON of a backend service and its health check (the API's defaults where a
+        field is absent: 5 s interval and timeout, thresholds 2, request path /, no draining)."""
+        http = health_check.get("httpHealthCheck") or health_check.get("httpsHealthCheck") or {}
+        draining = (backend_service.get("connectionDraining") or {}).get("drainingTimeoutSec", 0)
+        return cls(
+            session_affinity=str(backend_service.get("sessionAffinity", "NONE")),
+            check_path=str(http.get("requestPath", "/")),
+            check_interval=float(health_check.get("checkIntervalSec", 5)),
+            check_timeout=float(health_check.get("timeoutSec", 5)),
+            healthy_threshold=int(health_check.get("healthyThreshold", 2)),
+            unhealthy_threshold=int(health_check.get("unhealthyThreshold", 2)),
+            draining_timeout=float(draining),
+        )
+
+    def check_params(self) -> dict[str, str | int]:
+        """A server's check settings: every `check_interval`, up after rise, down after fall."""
+        inter = _ms(self.check_interval)
+        return {
+            "inter": inter,
+            "fastinter": inter,
+            "downinter": inter,
+            "rise": self.healthy_threshold,
+            "fall": self.unhealthy_threshold,
+        }
+
+    def balance_lines(self) -> list[str]:
+        if self.session_affinity == "CLIENT_IP":
+            # a consistent hash: a member coming or going moves only the clients hashed to it
+            return ["balance source", "hash-type consistent"]
+        lines = ["balance roundrobin"]
+        if self.session_affinity == "GENERATED_COOKIE":
+            # cookie values derived from each server's address (runtime-added servers take no `cookie`)
+            lines += [
+                f"cookie {AFFINITY_COOKIE} insert indirect nocache dynamic",
+                "dynamic-cookie-key compose-fleet-local",
+            ]
+        return lines
+
+
+def server_id(name: str) -> int:
+    """A server's haproxy id, derived from its name: its place on a consistent-hash ring does not
+    depend on the order members were added (ids 1, 2, 3... hash to neighbouring points: measured, a
+    4-server ring left two servers without a single client)."""
+    return 1 + int(hashlib.sha256(name.encode()).hexdigest()[:7], 16)
 
 
 @dataclass(frozen=True)
@@ -38,9 +148,11 @@ class LbServer:
         check_port(self.port, "LB server port")
 
 
-def render_config(config: LocalConfig) -> str:
+def render_config(config: LocalConfig, backend: BackendConfig | None = None) -> str:
     """haproxy.cfg with no servers: members come and go through the runtime API."""
     check_port(config.lb_port, "LB port")
+    backend = backend or BackendConfig.from_settings(config.lb_settings)
+    balance = "\n    ".join(backend.balance_lines())
     return f"""# generated by fleet.local.lb; members are managed through the stats socket
 global
     stats socket {config.stats_socket} mode 600 level admin
@@ -53,7 +165,6 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
-    timeout check 1s
     timeout http-request 10s
     option redispatch
     retries 1
@@ -63,20 +174,31 @@ frontend fleet_http
     http-response set-header X-Fleet-Server %s
     default_backend {config.backend}
 
+# session affinity {backend.session_affinity}; readiness GET {backend.check_path} every \
+{backend.check_interval:g} s, rise {backend.healthy_threshold}, fall {backend.unhealthy_threshold}; \
+connection draining {backend.draining_timeout:g} s
 backend {config.backend}
-    balance roundrobin
-    option httpchk GET /health
+    {balance}
+    option httpchk GET {backend.check_path}
     http-check expect status 200
+    timeout check {_ms(backend.check_timeout)}
 """
 
 
-def add_server_commands(backend: str, member: LbServer) -> str:
+def add_server_commands(backend: str, member: LbServer, settings: BackendConfig | None = None) -> str:
     """Runtime commands that add a server which starts DOWN until `rise` checks pass (GCP-like)."""
-    check = " ".join(f"{k} {v}" for k, v in CHECK.items())
+    settings = settings or BackendConfig()
+    check = " ".join(f"{k} {v}" for k, v in settings.check_params().items())
     srv = f"{backend}/{member.name}"
+    # a runtime-added server gets its cookie value (from its address) once dynamic cookies are enabled
+    cookie = (
+        f"enable dynamic-cookie backend {backend}; "
+        if settings.session_affinity == "GENERATED_COOKIE"
+        else ""
+    )
     return (
-        f"add server {srv} {member.address}:{member.port} check {check}; "
-        f"enable health {srv}; set server {srv} state ready; set server {srv} health down"
+        f"add server {srv} {member.address}:{member.port} id {server_id(member.name)} check {check}; "
+        f"{cookie}enable health {srv}; set server {srv} state ready; set server {srv} health down"
     )
 
 
@@ -102,6 +224,7 @@ class LoadBalancer:
         self.cfg_path = self.dir / "haproxy.cfg"
         self.pid_path = self.dir / "haproxy.pid"
         self.socket_path = config.stats_socket
+        self.settings = BackendConfig.from_settings(config.lb_settings)
 
     @property
     def frontend(self) -> str:
@@ -147,7 +270,7 @@ class LoadBalancer:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
-        self.cfg_path.write_text(render_config(self.config))
+        self.cfg_path.write_text(render_config(self.config, self.settings))
         execute.run([HAPROXY, "-c", "-q", "-f", str(self.cfg_path)], hint="haproxy rejected its config")
         execute.run(
             [HAPROXY, "-D", "-f", str(self.cfg_path), "-p", str(self.pid_path)],
@@ -188,7 +311,8 @@ class LoadBalancer:
             raise FleetError(f"haproxy refused to {what}: {' / '.join(bad)}", where=str(self.socket_path))
 
     def add(self, member: LbServer) -> None:
-        self._expect(self.command(add_server_commands(self.config.backend, member)), f"add {member.name}")
+        command = add_server_commands(self.config.backend, member, self.settings)
+        self._expect(self.command(command), f"add {member.name}")
 
     def remove(self, name: str) -> None:
         self._expect(self.command(del_server_commands(self.config.backend, name)), f"remove {name}")
@@ -197,10 +321,12 @@ class LoadBalancer:
         """ready / drain / maint: the LB-side levers (drain keeps sessions, takes no new traffic)."""
         self._expect(self.command(set_state_command(self.config.backend, name, state)), f"set {name} {state}")
 
-    def drain(self, name: str, timeout: float = 10.0, poll: float = 0.1) -> bool:
+    def drain(self, name: str, timeout: float | None = None, poll: float = 0.1) -> bool:
         """Take `name` out of rotation without cutting a request: DRAIN (no new requests), wait until
-        its in-flight requests have finished (at most `timeout`, the backend's connection draining),
-        then MAINT. True when nothing was left in flight; a server the LB does not have is True."""
+        its in-flight requests have finished (at most `timeout`, by default the backend's connection
+        draining), then MAINT. True when nothing was left in flight; a server the LB does not have is
+        True."""
+        timeout = self.settings.draining_timeout if timeout is None else timeout
         servers = self.servers()
         if name not in servers:
             return True

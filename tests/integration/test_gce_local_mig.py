@@ -9,11 +9,13 @@ instance, service and release; labels and metadata
 survive an endpoint restart; autoheal reads the rollout mark and otherwise resets for real; a
 resize up and a recreate (at once, to keep the test short) come back deployed to the fleet's
 release, and the recreated VM's new host key is followed through guest attributes while a stale pin
-is refused; resize down deletes the newest.
+is refused; resize down deletes the newest. With autohealing on (after the first deploy), the MIG
+applies its policy on the liveness check: a drain never triggers a recreate, a dead nginx does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -54,6 +56,11 @@ CFG = LocalConfig(
     http_base=8900,
     lb_port=18380,
     log_driver="gcplogs",  # the stack logs to the fleet's local Cloud Logging, as on GCE
+    # the production default affinity, and the MIG's autohealing with the local liveness settings
+    # (nginx's own /nginx-health every 5 s, recreated after 6 failures) and an initial delay of 180 s:
+    # a VM created by a test (a failing boot included) is judged only 3 minutes after it booted
+    lb={"session_affinity": "CLIENT_IP", "liveness": {"initial_delay": 180}},
+    autohealing=True,
 )
 REF = contract.MigRef.make(CFG.project, CFG.zone, compute_endpoint.mig_name(CFG))
 VERSION = "1.0.0"
@@ -62,16 +69,23 @@ FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[LocalFleet]:
-    """Two instances, deployed to 1.0.0 through the MIG inventory; removed at the end."""
+    """Two instances, deployed to 1.0.0 through the MIG inventory; removed at the end.
+
+    Autohealing is turned on once the fleet serves (the endpoint restarted with it), as an operator
+    attaches the policy to a MIG whose VMs serve: before the first deploy nothing answers
+    /nginx-health, and a slow first deploy would see its VMs recreated under it."""
     fleet = LocalFleet(CFG, progress=Progress(rich=False))
     fleet.down()  # leftovers of an interrupted run
     try:
-        fleet.up(2)
+        LocalFleet(dataclasses.replace(CFG, autohealing=False), progress=Progress(rich=False)).up(2)
         mig_inv = str(fleet.inventory_dir / "mig")
         r = fab("bootstrap", "--inventory", mig_inv, "--json")
         assert r.returncode == 0, r.stdout + r.stderr
         r = fab("deploy", "--inventory", mig_inv, "--version", VERSION, "--json")
         assert r.returncode == 0, r.stdout + r.stderr
+        url = compute_endpoint.endpoint_url(CFG)
+        compute_endpoint.stop_endpoint(CFG, forget=False)
+        assert compute_endpoint.ensure_endpoint(CFG) == url  # same port, now with the policy
         yield fleet
     finally:
         if os.environ.get("FLEET_LOCAL_KEEP") != "1":
@@ -286,7 +300,7 @@ def autoheal(
     if str(FUNCTIONS_DIR) not in sys.path:
         sys.path.append(str(FUNCTIONS_DIR))
     env = {
-        "FLEET_NAME": "gcemig",
+        "FLEET_NAME": CFG.name,
         "FLEET_MIGS": str(REF),
         "FLEET_HEAL_INITIAL_DELAY": "0",
         "FLEET_HEAL_SETTLE": "60",
@@ -629,3 +643,119 @@ def test_refusals_look_like_compute(fleet: LocalFleet, compute: Compute) -> None
     with pytest.raises(FleetError, match="not a member"):
         compute.recreate(REF, [ghost])
     assert compute.mig(REF).target_size == size  # nothing refused changed the MIG
+
+
+# --------------------------------------------------------------------------- MIG autohealing
+
+
+def health_of(compute: Compute) -> dict[str, tuple[str, str, str]]:
+    """Each member's (instanceHealth's detailedHealthState, currentAction, instance id), through the
+    real client's listManagedInstances."""
+    out = {}
+    for mi in compute.managed_instances(REF):
+        name = mi.instance.rsplit("/", 1)[-1]
+        states = [h.detailed_health_state for h in mi.instance_health]
+        out[name] = (states[0] if states else "", mi.current_action, str(mi.id))
+    return out
+
+
+def judged(fleet: LocalFleet, compute: Compute, name: str, timeout: float = 200) -> None:
+    """Until `name` is past the autohealing policy's initial delay (counted from its last boot) and
+    HEALTHY: only then can a failing check lead to a recreate, so the test below proves something."""
+    policy = compute.mig(REF).auto_healing_policies[0]
+    started = fleet.instance(name).started
+    wait = compute_docker.docker_time(started) + policy.initial_delay_sec - time.time()
+    if wait > 0:
+        time.sleep(wait + 1)
+    deadline = time.monotonic() + timeout
+    while health_of(compute)[name][0] != "HEALTHY":
+        assert time.monotonic() < deadline, health_of(compute)
+        time.sleep(0.5)
+
+
+def endpoint_log(fleet: LocalFleet) -> str:
+    return (compute_endpoint.state_dir(fleet.config) / "compute.log").read_text()
+
+
+def test_the_mig_carries_its_autohealing_policy_on_the_liveness_check(compute: Compute) -> None:
+    live = CFG.lb_settings.liveness
+    igm = compute.mig(REF)
+    (policy,) = igm.auto_healing_policies
+    assert policy.health_check == compute_docker.liveness_url(CFG)
+    assert policy.initial_delay_sec == live.initial_delay
+    assert live.path == "/nginx-health"  # nginx's own location, not the drain-aware /health
+    members = health_of(compute)
+    assert members and all(state in ("HEALTHY", "UNKNOWN") for state, _, _ in members.values()), members
+
+
+def test_a_drain_never_triggers_a_recreate_a_dead_nginx_does(fleet: LocalFleet, compute: Compute) -> None:
+    """Both at once, to keep the module short: the first member is drained (as a rollout's drain step
+    does) while the second one's nginx is stopped; the drain lasts until the second is recreated, i.e.
+    longer than unhealthy_threshold x check_interval by construction (asserted too)."""
+    from fleet.commands.release import Layout, drain, undrain
+
+    live = CFG.lb_settings.liveness
+    drained, victim = sorted((m.name for m in compute.mig_members(REF)), key=natural_key)[:2]
+    version = reported(compute, drained)["version"]  # what the fleet runs (the store's desired release)
+    judged(fleet, compute, drained)
+    judged(fleet, compute, victim)
+    steady = health_of(compute)[drained]
+    _, _, old_id = health_of(compute)[victim]
+    log_start = len(endpoint_log(fleet))  # the log outlives fleets of this name: only this test's lines
+    # the drain flag a rollout's drain step sets (fleet/commands/release.py), through the console
+    fleet.exec(drained, ["sh", "-c", drain(Layout()).shell()], timeout=60)
+    try:
+        # the LB's readiness check sees the drain (/health 503) and takes the host out...
+        assert fleet.lb.wait_for(drained, ("DOWN",), timeout=30)
+        codes = fleet.exec(
+            drained,
+            [
+                "sh",
+                "-c",
+                "curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1/health; "
+                "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/nginx-health",
+            ],
+            timeout=60,
+        ).stdout.split()
+        assert codes == ["503", "200"], codes
+        drained_at = time.monotonic()
+        stop = "docker ps -q --filter label=com.docker.compose.service=nginx | xargs -r docker stop -t 2"
+        fleet.exec(victim, ["sh", "-c", stop], timeout=60)  # the console: no SSH needed for this
+        seen: list[tuple[str, str, str]] = []
+        kept: set[tuple[str, str, str]] = set()
+        deadline = time.monotonic() + 300
+        while True:
+            members = health_of(compute)
+            kept.add(members[drained])
+            if not seen or seen[-1] != members[victim]:
+                seen.append(members[victim])
+            if members[victim][2] != old_id and members[victim][1] == "NONE":
+                break
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.5)
+        held = time.monotonic() - drained_at
+        # ...while the MIG's liveness check kept passing on it: HEALTHY, no action, the same VM
+        assert held > live.unhealthy_threshold * live.check_interval, held
+        assert kept == {steady}, kept
+    finally:
+        fleet.exec(drained, ["sh", "-c", undrain(Layout()).shell()], timeout=60)
+    assert fleet.lb.wait_for(drained, ("UP",), timeout=60)
+    assert health_of(compute)[drained] == steady
+    log = endpoint_log(fleet)[log_start:]
+    assert f"autohealing: {drained} is " not in log  # never even considered
+
+    # the victim: marked unhealthy (nothing listens on port 80: TIMEOUT in Compute's terms), recreated
+    states = [state for state, _, _ in seen]
+    actions = [action for _, action, _ in seen]
+    assert {"UNHEALTHY", "TIMEOUT"} & set(states), seen
+    assert "RECREATING" in actions, seen
+    assert f"autohealing: {victim} is " in log and "in a row): recreate" in log
+    # the new VM booted through the template's startup script: the agent brought the fleet's release
+    # up, so it serves, the LB takes it back and the MIG's liveness check finds it HEALTHY
+    assert fleet.lb.wait_for(victim, ("UP",), timeout=150)
+    deadline = time.monotonic() + 60
+    while health_of(compute)[victim][0] != "HEALTHY":
+        assert time.monotonic() < deadline, health_of(compute)
+        time.sleep(0.5)
+    report = reported(compute, victim)
+    assert (report["action"], report["result"], report["version"]) == ("boot", "ok", version), report
