@@ -106,8 +106,8 @@ def test_lb_config_and_runtime_commands() -> None:
     assert "bind 127.0.0.1:18080" in text
     assert "option httpchk GET /health" in text
     add = lb.add_server_commands("app", lb.LbServer("local-2", 8102))
-    assert "add server app/local-2 127.0.0.1:8102 check inter 1s" in add
-    assert "rise 2 fall 2" in add
+    assert add.startswith("add server app/local-2 127.0.0.1:8102 id ")  # id from the name (lb.py)
+    assert "check inter 1000ms" in add and "rise 2 fall 2" in add  # the readiness check's settings
     assert add.endswith("set server app/local-2 health down")  # starts unhealthy, like GCP
     with pytest.raises(FleetError):
         lb.set_state_command("app", "local-2", "up; shutdown")
