@@ -7,13 +7,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from fleet.errors import FleetError
-from fleet.inventory.schema import LBSettings
 from fleet.paths import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from fleet.inventory.schema import LBSettings
 
 LOG_DRIVERS = ("json-file", "gcplogs")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -139,11 +139,17 @@ class LocalConfig:
                 where="local fleet",
                 hint="json-file or gcplogs (FLEET_LOCAL_LOG_DRIVER)",
             )
-        self.lb_settings  # noqa: B018 - refuse bad overrides at once
+        if self.lb:  # refuse bad overrides at once (no overrides: no pydantic needed, see lb_settings)
+            self.lb_settings  # noqa: B018
 
     @property
     def lb_settings(self) -> LBSettings:
         """The fleet's `lb` settings (LOCAL_LB with this fleet's overrides), validated by the schema."""
+        # imported here: the engine's set-up (fleet.local.engine) runs with Debian's python3, no pydantic
+        from pydantic import ValidationError
+
+        from fleet.inventory.schema import LBSettings
+
         try:
             return LBSettings.model_validate({"kind": "haproxy", **merge_lb(self.lb)})
         except ValidationError as exc:
