@@ -262,6 +262,7 @@ class MetadataServer:
         guest_attributes: GuestAttributes | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        token_file: Path | None = None,
     ) -> None:
         self.identify = identify
         self.guest_attributes = guest_attributes if guest_attributes is not None else GuestAttributes()
@@ -272,6 +273,30 @@ class MetadataServer:
         self._owners: dict[str, str] = {}  # token -> email
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # tokens outlive a restart of this server when kept in a file, as Google's outlive a metadata
+        # server's: a VM's dockerd (gcplogs) holds its token for an hour and never asks again before
+        self._token_file = token_file
+        if token_file is not None:
+            self._load_tokens(token_file)
+
+    def _load_tokens(self, path: Path) -> None:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        now, wall = time.monotonic(), time.time()
+        for email, (token, until) in doc.items():
+            if until > wall:
+                self._tokens[email] = (token, now + (until - wall))
+                self._owners[token] = email
+
+    def _save_tokens(self, path: Path) -> None:
+        now, wall = time.monotonic(), time.time()
+        doc = {email: [token, wall + (expiry - now)] for email, (token, expiry) in self._tokens.items()}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.chmod(0o600)
+        tmp.replace(path)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -332,6 +357,8 @@ class MetadataServer:
                 held = (token, now + TOKEN_SECONDS)
                 self._tokens[email] = held
                 self._owners[token] = email
+                if self._token_file is not None:
+                    self._save_tokens(self._token_file)
             return held[0], max(1, int(held[1] - now) - 1)
 
     def token_owner(self, token: str) -> str | None:

@@ -158,7 +158,9 @@ class VmServices:
             compute = ComputeApi(backend, host=gateway).start()
             self._started.append(compute)
             self.compute_url = compute.url
-            metadata = MetadataServer(self.identify, self.guest, gateway, 80).start()
+            metadata = MetadataServer(
+                self.identify, self.guest, gateway, 80, token_file=self.state_dir / "metadata-tokens.json"
+            ).start()
             self._started.append(metadata)
             # a write must carry a token the metadata server issued (the VM's service account).
             # Only for a fleet whose containers log there: the sink is a gRPC server, and this process

@@ -272,3 +272,15 @@ def test_a_failing_identify_is_a_500_not_a_dropped_connection(store: GuestAttrib
     with MetadataServer(broken, store) as srv:
         status, _, body = call(srv, "/computeMetadata/v1/instance/name")
     assert status == 500 and "container table unreadable" in body
+
+
+def test_tokens_kept_in_a_file_outlive_a_restart(tmp_path: Path) -> None:
+    """A VM's dockerd holds its token for an hour: a restarted local endpoint must still know it."""
+    path = tmp_path / "tokens.json"
+    first = MetadataServer(lambda ip: None, GuestAttributes(), token_file=path)
+    token, seconds = first.token("vm@p.iam.gserviceaccount.com")
+    assert seconds > 3000 and oct(path.stat().st_mode & 0o777) == "0o600"
+    again = MetadataServer(lambda ip: None, GuestAttributes(), token_file=path)
+    assert again.token_owner(token) == "vm@p.iam.gserviceaccount.com"
+    assert again.token("vm@p.iam.gserviceaccount.com")[0] == token  # the same token, not a second one
+    assert MetadataServer(lambda ip: None, GuestAttributes()).token_owner(token) is None  # no file: forgotten
