@@ -528,6 +528,20 @@ def test_upload_slot_is_private_and_stage_removes_it_on_every_exit(layout: r.Lay
     assert sorted(p.name for p in releases.iterdir()) == [b.release_id]
 
 
+def _group_runs(pgid: int, comm: str) -> bool:
+    """Whether a process named `comm` runs in process group `pgid` (read from /proc, Linux)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        if name == comm and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 def test_a_killed_stage_removes_its_tmp(layout: r.Layout) -> None:
     """SSH going away signals the remote shell and its children: the traps still clean up."""
     import signal
@@ -546,9 +560,11 @@ def test_a_killed_stage_removes_its_tmp(layout: r.Layout) -> None:
     proc.stdin.write(b.tar_bytes()[:2048])  # tar is now blocked, mid-archive
     proc.stdin.flush()
     deadline = time.monotonic() + 60
-    while not tmp.exists() and time.monotonic() < deadline:
+    while not (tmp.exists() and _group_runs(proc.pid, "tar")) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert tmp.exists()
+    assert tmp.exists() and _group_runs(proc.pid, "tar")
+    # Signal only once tar runs: a signal caught between mkdir and the fork is acted on after tar
+    # returns, and this tar would wait on stdin for ever (ssh going away also closes it; kept open here).
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) != 0
     proc.stdin.close()
