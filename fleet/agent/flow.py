@@ -41,6 +41,7 @@ ACTIONS = ("boot", "apply")
 # present while `boot`/`apply` runs (the heartbeat, another process, reads it): {"pid", "action"}
 BUSY_FILE = "/run/fleet-agent/busy"
 DEFAULT_HEALTH_TIMEOUT = 300.0
+DEFAULT_KEEP_RELEASES = 5  # the inventory's app.keep_releases default: what `fab deploy` keeps
 SERVING_TIMEOUT = 60.0  # seconds /health may take to answer 200 once undrained
 ERROR_MAX = 500
 _MIG_RE = re.compile(r"^projects/[^/\s]+/(?:zones|regions)/[^/\s]+/instanceGroupManagers/[^/\s]+$")
@@ -144,6 +145,7 @@ class Config:
     host: LocalHost
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     deploy_user: str | None = None
+    keep_releases: int = DEFAULT_KEEP_RELEASES
 
     @property
     def actor(self) -> str:
@@ -171,6 +173,13 @@ def read_config(md: MetadataAPI) -> Config:
     timeout_text = (attr("fleet-health-timeout") or str(int(DEFAULT_HEALTH_TIMEOUT))).strip()
     if not timeout_text.isdigit() or int(timeout_text) <= 0:
         raise FleetError(f"metadata fleet-health-timeout: {timeout_text!r}", where=instance, hint="seconds")
+    keep_text = (attr("fleet-keep-releases") or str(DEFAULT_KEEP_RELEASES)).strip()
+    if not keep_text.isdigit() or int(keep_text) < 2:
+        raise FleetError(
+            f"metadata fleet-keep-releases: {keep_text!r}",
+            where=instance,
+            hint="a whole number >= 2 (current and previous are always kept)",
+        )
     keys = ("fleet-app-dir", "fleet-app-project", "fleet-http-port")
     user = (attr("fleet-deploy-user") or "").strip() or None
     return Config(
@@ -185,6 +194,7 @@ def read_config(md: MetadataAPI) -> Config:
         host=LocalHost.from_attributes(instance, {k: attr(k) for k in keys}),
         health_timeout=float(timeout_text),
         deploy_user=name(user, "metadata fleet-deploy-user") if user else None,
+        keep_releases=int(keep_text),
     )
 
 
@@ -514,6 +524,7 @@ class Agent:
                 ht.drain(ctx)
                 raise FleetError("after undrain: " + "; ".join(verdict.problems), where=cfg.instance)
             self.log("serve", f"undrained: /health 200 with version {release.version}")
+            self.prune(ctx, cfg)
         except Exception as exc:  # every failure is reported: the VM must never look fine when it is not
             text = self._masked(
                 exc.render() if isinstance(exc, FleetError) else f"{type(exc).__name__}: {exc}"
@@ -544,6 +555,17 @@ class Agent:
         self.central(cfg, action, "ok", rid, release.version, None)
         self.log("done", f"serving release {rid} (version {release.version})")
         return 0
+
+    def prune(self, ctx: Any, cfg: Config) -> None:
+        """Old releases and the images only they used go, as after `fab deploy`: a VM the agent keeps
+        current for months must not fill its disk. Housekeeping: a failure is logged, never fatal."""
+        try:
+            gone = ht.prune(ctx, cfg.keep_releases)
+        except FleetError as exc:
+            self.log("prune", self._masked(f"not pruned: {exc.what}"))
+            return
+        if gone:
+            self.log("prune", f"removed {len(gone)} old release(s): {', '.join(gone)}")
 
     def observe(self) -> int:
         """What this VM runs NOW (whoever deployed it: this agent or an operator over SSH) into the

@@ -90,6 +90,7 @@ def template(
         "fleet-app-dir": str(app.get("dir") or "/opt/fleet/dify"),
         "fleet-app-project": str(app.get("project") or "dify"),
         "fleet-http-port": str(app.get("http_port") or 80),
+        "fleet-keep-releases": str(app.get("keep_releases") or 5),
         **({"fleet-deploy-user": base.name(user, "deploy user")} if user else {}),
     }
     script = startup_script(store.url)

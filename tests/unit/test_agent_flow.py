@@ -396,3 +396,47 @@ def test_bad_metadata_is_reported() -> None:
     cfg = flow.read_config(FakeMetadata(**{"fleet-roles": "app, worker", "fleet-http-port": "8080"}))  # type: ignore[arg-type]
     assert cfg.roles == ("app", "worker") and cfg.host.settings.app.http_port == 8080
     assert cfg.store.bucket == "bkt" and cfg.store.key("desired.json") == f"{PREFIX}/desired.json"
+
+
+def test_a_served_release_prunes_old_ones_as_a_deploy_does(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept: list[int] = []
+
+    def prune(ctx: FakeHost, keep: int) -> list[str]:
+        assert not ctx.drained, "prune runs once the release serves"
+        kept.append(keep)
+        return ["c" * 16]
+
+    monkeypatch.setattr(ht, "prune", prune)
+    a, _, out = agent(host, md=FakeMetadata(**{"fleet-keep-releases": "3"}))
+    assert a.run("boot") == 0
+    assert kept == [3]
+    assert f"removed 1 old release(s): {'c' * 16}" in out.getvalue()
+
+
+def test_a_failed_prune_is_logged_and_the_release_still_serves(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def prune(ctx: FakeHost, keep: int) -> list[str]:
+        raise FleetError(f"rm: cannot remove: Permission denied ({SECRET})", where="prod-2")
+
+    monkeypatch.setattr(ht, "prune", prune)
+    a, clients, out = agent(host)
+    assert a.run("apply") == 0
+    log = out.getvalue()
+    assert "not pruned: rm: cannot remove" in log and SECRET not in log
+    assert clients.metadata.guest["result"] == "ok"  # type: ignore[attr-defined]
+
+
+def test_a_failed_release_prunes_nothing(host: FakeHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ht, "prune", lambda ctx, keep: pytest.fail("pruned after a failure"))
+    host.healthy = False
+    a, _, _ = agent(host)
+    assert a.run("boot") == 1
+
+
+@pytest.mark.parametrize("value", ["1", "x", "-3"])
+def test_a_bad_keep_releases_is_reported(value: str) -> None:
+    with pytest.raises(FleetError, match="fleet-keep-releases"):
+        flow.read_config(FakeMetadata(**{"fleet-keep-releases": value}))
