@@ -17,9 +17,10 @@ from fleet.errors import FleetError
 AGENT_DIR = "/usr/local/lib/fleet-agent"
 STORAGE_ENDPOINT = "https://storage.googleapis.com"
 CURRENT = "agent/current"
-_STORE_RE = re.compile(
-    r"^gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/([A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*)/?$"
-)
+# gs://BUCKET/fleets/<fleet>: a Cloud Storage bucket name (no dots: no domain-named buckets) and a fleet
+# name. The one rule for a store URL: the inventory schema, the operator's store and the agent (which
+# is standard library only, hence here) all use it.
+STORE_URL_PATTERN = r"^gs://[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]/fleets/[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,11 @@ class Store:
 
 
 def parse_store(url: str) -> Store:
-    m = _STORE_RE.match(url.strip())
-    if not m or any(part in (".", "..") for part in m.group(2).split("/")):
+    url = url.strip()
+    if not re.fullmatch(STORE_URL_PATTERN, url):
         raise FleetError(f"not a release store URL: {url!r}", hint="gs://BUCKET/fleets/<fleet>")
-    return Store(m.group(1), m.group(2))
+    bucket, _, prefix = url.removeprefix("gs://").partition("/")
+    return Store(bucket, prefix)
 
 
 def startup_script(store_url: str, *, agent_dir: str = AGENT_DIR, attempts: int = 5) -> str:

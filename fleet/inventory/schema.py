@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
+from fleet.commands.agent import STORE_URL_PATTERN
 from fleet.commands.release import DEFAULT_PROJECT, DEFAULT_ROOT
 
 # Values that reach an ssh or gcloud argv never start with '-' (they would be read as options) and
@@ -25,8 +26,6 @@ ALIAS_PATTERN = r"^[A-Za-z0-9_:\[][A-Za-z0-9_.:%\[\]-]{0,254}$"  # a known_hosts
 GCE_PROJECT_PATTERN = r"^(?:[a-z0-9][a-z0-9.-]*:)?[a-z0-9][a-z0-9-]{0,62}$"
 GCE_LOCATION_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 GCE_NAME_PATTERN = r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$"
-# gs://BUCKET/fleets/<fleet>: a Cloud Storage bucket name (no dots: no domain-named buckets) and a fleet name
-STORE_URL_PATTERN = r"^gs://[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]/fleets/[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class _Strict(BaseModel):

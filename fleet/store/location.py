@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from fleet import settings
+from fleet.commands.agent import STORE_URL_PATTERN
 from fleet.errors import FleetError
-from fleet.inventory.schema import STORE_URL_PATTERN
 
 if TYPE_CHECKING:
     import google.cloud.storage as storage
