@@ -336,7 +336,8 @@ def deploy_plan(config: MonitoringConfig, source: Path = SOURCE_DIR) -> DeployPl
         f"topic {config.alerts_topic} and notification channel 'compose-fleet {config.fleet}: alerts' "
         "(type pubsub) on it: `fab monitoring.apply`",
         f"topic {config.events_topic}: `fab monitoring.apply`",
-        f"service account {sa} with roles/compute.instanceAdmin.v1 on project {config.project}",
+        f"service account {sa} with the custom role fleetFunctions on project {config.project}: "
+        "`fab infra.plan` prints its gcloud lines",
     ]
     if not config.project_number:
         relies.append(

@@ -17,14 +17,31 @@ from fleet.errors import FleetError
 _PROJECT = re.compile(r"^(?:[a-z0-9][a-z0-9.-]*:)?[a-z0-9][a-z0-9-]{0,62}$")
 _SA = re.compile(r"^([a-z][a-z0-9-]{4,61})@([a-z0-9][a-z0-9.-]*)$")
 _ROLE = re.compile(r"^roles/[A-Za-z0-9_.]+$")
+_PERMISSION = re.compile(r"^[a-z]+\.[A-Za-z]+\.[A-Za-z]+$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _TOPIC = re.compile(r"^[A-Za-z][A-Za-z0-9_.~+%-]{2,254}$")
 
 # what the VMs' service account needs at project level (the agent, logs, metrics)
 VM_PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter", "roles/compute.viewer")
-# the functions' service account: autoheal resets/recreates, scale resizes (docs/functions.md)
-FUNCTIONS_PROJECT_ROLES = ("roles/compute.instanceAdmin.v1",)
+# the functions' service account gets a custom role with exactly the Compute calls functions/gce.py
+# makes (autoheal: list, setLabels, reset, recreateInstances; scale: resize, autoscalers.patch; the lock
+# in project metadata; waiting on operations), not roles/compute.instanceAdmin.v1 (which can also
+# create, delete and SSH into every VM). Keep in step with functions/gce.py (a test checks it).
+FUNCTIONS_ROLE_ID = "fleetFunctions"
+FUNCTIONS_PERMISSIONS = (
+    "compute.autoscalers.get",
+    "compute.autoscalers.update",
+    "compute.globalOperations.get",
+    "compute.instanceGroupManagers.get",
+    "compute.instanceGroupManagers.update",
+    "compute.instances.list",
+    "compute.instances.reset",
+    "compute.instances.setLabels",
+    "compute.projects.get",
+    "compute.regionOperations.get",
+    "compute.zoneOperations.get",
+)
 
 
 @dataclass(frozen=True)
@@ -51,9 +68,11 @@ def service_account_lines(
     functions_account: str | None = None,
     project_number: str | None = None,
     alerts_topic: str | None = None,
+    store_prefix: str | None = None,
 ) -> list[GcloudLine]:
-    """gcloud lines: the VMs' account and its roles, the store bucket, each secret (project, name),
-    the functions' Compute rights, and the Monitoring service agent's right to publish alerts."""
+    """gcloud lines: the VMs' account and its roles, the store bucket (read; with `store_prefix`, create
+    objects under its history/ only: the agents' central history), each secret (project, name), the
+    functions' custom Compute role, and the Monitoring service agent's right to publish alerts."""
     _check("project", project, _PROJECT)
     match = _SA.fullmatch(vm_account)
     if match is None:
@@ -106,6 +125,25 @@ def service_account_lines(
                 ),
             )
         )
+    if bucket and store_prefix:
+        if not re.fullmatch(r"fleets/[a-z0-9][a-z0-9_-]{0,62}", store_prefix):
+            raise FleetError(f"invalid store prefix {store_prefix!r}", hint="fleets/<fleet>")
+        objects = f"projects/_/buckets/{bucket}/objects/{store_prefix}/history/"
+        lines.append(
+            GcloudLine(
+                "VMs: append to the store's central history (create only, under history/)",
+                (
+                    "gcloud",
+                    "storage",
+                    "buckets",
+                    "add-iam-policy-binding",
+                    f"gs://{bucket}",
+                    f"--member={member}",
+                    "--role=roles/storage.objectCreator",
+                    f'--condition=expression=resource.name.startsWith("{objects}"),title=fleet-history',
+                ),
+            )
+        )
     for secret_project, secret in secrets:
         lines.append(
             GcloudLine(
@@ -124,21 +162,38 @@ def service_account_lines(
     if functions_account:
         if _SA.fullmatch(functions_account) is None:
             raise FleetError(f"invalid service account {functions_account!r}")
-        for role in FUNCTIONS_PROJECT_ROLES:
-            lines.append(
-                GcloudLine(
-                    f"functions: {role} (autoheal, scale)",
-                    (
-                        "gcloud",
-                        "projects",
-                        "add-iam-policy-binding",
-                        project,
-                        f"--member=serviceAccount:{functions_account}",
-                        f"--role={role}",
-                        "--condition=None",
-                    ),
-                )
+        permissions = ",".join(_check("permission", p, _PERMISSION) for p in FUNCTIONS_PERMISSIONS)
+        lines.append(
+            GcloudLine(
+                "functions: a custom role with the Compute calls they make (exists: `gcloud iam roles "
+                "update` with the same flags)",
+                (
+                    "gcloud",
+                    "iam",
+                    "roles",
+                    "create",
+                    FUNCTIONS_ROLE_ID,
+                    f"--project={project}",
+                    "--title=fleet functions (autoheal, scale)",
+                    f"--permissions={permissions}",
+                    "--stage=GA",
+                ),
             )
+        )
+        lines.append(
+            GcloudLine(
+                f"functions: {FUNCTIONS_ROLE_ID} (autoheal, scale)",
+                (
+                    "gcloud",
+                    "projects",
+                    "add-iam-policy-binding",
+                    project,
+                    f"--member=serviceAccount:{functions_account}",
+                    f"--role=projects/{project}/roles/{FUNCTIONS_ROLE_ID}",
+                    "--condition=None",
+                ),
+            )
+        )
     if project_number and alerts_topic:
         if not project_number.isdigit():
             raise FleetError(f"invalid project number {project_number!r}")

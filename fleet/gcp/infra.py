@@ -770,6 +770,7 @@ def iam_lines(config: InfraConfig) -> list[GcloudLine]:
         config.project,
         config.service_account,
         bucket=parse_store(config.store_url).bucket,
+        store_prefix=parse_store(config.store_url).prefix,
         secrets=config.secrets,
         functions_account=config.functions_account,
         project_number=config.project_number,
