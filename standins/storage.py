@@ -25,7 +25,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +32,7 @@ from importlib import util
 from pathlib import Path
 
 from standins.errors import StandinError
+from standins.serving import serve_until_signal
 
 _BINARY = "fake-gcs-server-linux-amd64"
 
@@ -156,13 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except StandinError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"storage listening on {server.endpoint}", flush=True)
-    stop.wait()
-    server.stop()
-    return 0
+    return serve_until_signal(server, f"storage listening on {server.endpoint}")
 
 
 if __name__ == "__main__":

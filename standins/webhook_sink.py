@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+from standins.errors import StandinError
+from standins.serving import HttpFront, Standin, serve_until_signal
 
 _CHAT = re.compile(r"/v1/spaces/(?P<space>[^/]+)/messages")
 _MAX_BODY = 1 << 20
@@ -42,7 +44,7 @@ class Message:
     at: float = field(default_factory=time.time)
 
 
-class WebhookSink:
+class WebhookSink(Standin):
     """Start it, point the webhook URLs at `url(...)`, read `messages()`."""
 
     def __init__(self, port: int = 0) -> None:
@@ -52,42 +54,23 @@ class WebhookSink:
         self._fail: list[int] = []  # statuses for the next requests
         self._threads: dict[tuple[str, str], str] = {}
         self._chat_requests: dict[tuple[str, str], Message] = {}
-        self._port = port
-        self._server: ThreadingHTTPServer | None = None
+        self._http = HttpFront("webhook-sink", "127.0.0.1", port, poll_interval=0.05)
 
-    def start(self) -> WebhookSink:
-        sink = self
+    def start(self) -> Self:
+        sink: WebhookSink = self
 
         class _Handler(_SinkHandler):
             owner = sink
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
-        self._server.daemon_threads = True
-        threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="webhook-sink",
-            daemon=True,
-        ).start()
+        self._http.start(_Handler)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> WebhookSink:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._http.stop()
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("webhook sink not started")
-        return int(self._server.server_address[1])
+        return self._http.port
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -236,18 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
     args = parser.parse_args(argv)
-    sink = WebhookSink(args.port).start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"webhook-sink listening on {sink.url('')}", flush=True)
-    print(
+    try:
+        sink = WebhookSink(args.port).start()
+    except StandinError as exc:
+        parser.exit(2, exc.render() + "\n")
+    return serve_until_signal(
+        sink,
+        f"webhook-sink listening on {sink.url('')}\n"
         f"  slack:   {sink.slack_url()}\n  chat:    {sink.chat_url()}\n  generic: {sink.generic_url()}",
-        flush=True,
     )
-    stop.wait()
-    sink.stop()
-    return 0
 
 
 if __name__ == "__main__":
