@@ -20,11 +20,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from standins.errors import StandinError
-from standins.serving import HttpFront, Standin, serve_until_signal
+from standins.serving import HttpStandin, serve_until_signal
 
 _CHAT = re.compile(r"/v1/spaces/(?P<space>[^/]+)/messages")
 _MAX_BODY = 1 << 20
@@ -44,45 +44,37 @@ class Message:
     at: float = field(default_factory=time.time)
 
 
-class WebhookSink(Standin):
-    """Start it, point the webhook URLs at `url(...)`, read `messages()`."""
+class WebhookSink(HttpStandin):
+    """Start it, point the webhook URLs at `url` + a path (or `slack_url()`...), read `messages()`."""
+
+    name = "webhook-sink"
+    poll_interval = 0.05
 
     def __init__(self, port: int = 0) -> None:
+        super().__init__("127.0.0.1", port)
         self._lock = threading.Condition()
         self._messages: list[Message] = []
         self._attempts = 0
         self._fail: list[int] = []  # statuses for the next requests
         self._threads: dict[tuple[str, str], str] = {}
         self._chat_requests: dict[tuple[str, str], Message] = {}
-        self._http = HttpFront("webhook-sink", "127.0.0.1", port, poll_interval=0.05)
 
-    def start(self) -> Self:
-        sink: WebhookSink = self
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        sink = self
 
         class _Handler(_SinkHandler):
             owner = sink
 
-        self._http.start(_Handler)
-        return self
-
-    def stop(self) -> None:
-        self._http.stop()
-
-    @property
-    def port(self) -> int:
-        return self._http.port
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return _Handler
 
     def slack_url(self) -> str:
-        return self.url("/services/T000/B000/localsecret")
+        return f"{self.url}/services/T000/B000/localsecret"
 
     def chat_url(self, space: str = "AAAAlocal") -> str:
-        return self.url(f"/v1/spaces/{space}/messages?key=localkey&token=localtoken")
+        return f"{self.url}/v1/spaces/{space}/messages?key=localkey&token=localtoken"
 
     def generic_url(self) -> str:
-        return self.url("/hooks/fleet")
+        return f"{self.url}/hooks/fleet"
 
     # --- reading back ------------------------------------------------------------------------------
 
@@ -225,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, exc.render() + "\n")
     return serve_until_signal(
         sink,
-        f"webhook-sink listening on {sink.url('')}\n"
+        f"webhook-sink listening on {sink.url}\n"
         f"  slack:   {sink.slack_url()}\n  chat:    {sink.chat_url()}\n  generic: {sink.generic_url()}",
     )
 
