@@ -106,31 +106,6 @@ class LocalDataLayerApi(HttpStandin):
         if state is not None:
             self.load(state)
 
-    # --- lifecycle ---------------------------------------------------------------------------------
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                api._handle(self, "GET")
-
-            def do_POST(self) -> None:
-                api._handle(self, "POST")
-
-            def do_PATCH(self) -> None:
-                api._handle(self, "PATCH")
-
-            def do_DELETE(self) -> None:
-                api._handle(self, "DELETE")
-
-        return Handler
-
     # --- setup and inspection (no HTTP) ------------------------------------------------------------
 
     def put_sql_instance(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -359,11 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         "--state", type=Path, default=None, help="JSON file of resources (the shape of dump())"
     )
     args = parser.parse_args(argv)
-    try:
-        api = LocalDataLayerApi(port=args.port, host=args.host, state=args.state).start()
-    except StandinError as exc:
-        parser.exit(2, exc.render() + "\n")
-    return serve_until_signal(api, f"datalayer-api listening on {api.url} (set data_layer.endpoints.* to it)")
+    return serve_until_signal(
+        parser,
+        lambda: LocalDataLayerApi(port=args.port, host=args.host, state=args.state).start(),
+        lambda api: f"datalayer-api listening on {api.url} (set data_layer.endpoints.* to it)",
+    )
 
 
 if __name__ == "__main__":

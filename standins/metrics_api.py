@@ -42,8 +42,7 @@ from google.api import metric_pb2
 from google.cloud import monitoring_v3 as m
 from google.protobuf import empty_pb2
 
-from standins.errors import StandinError
-from standins.serving import GrpcStandin, HttpFront, serve_until_signal
+from standins.serving import GrpcStandin, HttpFront, method_handler, serve_until_signal
 
 MAX_SERIES = 200
 MIN_INTERVAL = 5.0  # seconds between two points of one series (Monitoring's limit)
@@ -192,9 +191,8 @@ class LocalMetrics(GrpcStandin):
         super().start()
         if self.rest_host is not None:
             try:
-                self._rest_front.start(
-                    self._rest_handler(), hint="pick another --rest-port, or stop what listens there"
-                )
+                handler = method_handler(lambda request, _: self._rest(request), ("GET", "POST"))
+                self._rest_front.start(handler, hint="pick another --rest-port, or stop what listens there")
             except BaseException:
                 self.stop()
                 raise
@@ -212,23 +210,6 @@ class LocalMetrics(GrpcStandin):
             for name, (fn, cls) in methods.items()
         }
         return {"google.monitoring.v3.MetricService": table}
-
-    def _rest_handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def do_POST(self) -> None:
-                api._rest(self)
-
-            def do_GET(self) -> None:
-                api._rest(self)
-
-        return Handler
 
     def stop(self) -> None:
         super().stop()
@@ -457,11 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rest-host", default="127.0.0.1")
     parser.add_argument("--rest-port", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        api = LocalMetrics(args.grpc_port, rest_host=args.rest_host, rest_port=args.rest_port).start()
-    except StandinError as exc:
-        parser.exit(2, exc.render() + "\n")
-    return serve_until_signal(api, f"metrics-api listening: gRPC {api.endpoint}, REST {api.rest_url}")
+    return serve_until_signal(
+        parser,
+        lambda: LocalMetrics(args.grpc_port, rest_host=args.rest_host, rest_port=args.rest_port).start(),
+        lambda api: f"metrics-api listening: gRPC {api.endpoint}, REST {api.rest_url}",
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from google.cloud import monitoring_v3 as m
 from google.protobuf import empty_pb2, json_format
 
 from standins import monitoring_filter
-from standins.errors import StandinError
 from standins.serving import GrpcStandin, serve_until_signal
 
 # kind -> (collection in resource names, proto-plus type)
@@ -671,11 +670,9 @@ def main(argv: list[str] | None = None) -> int:
         api = LocalMonitoring(port=args.port, state_file=args.state)
     except ValueError as exc:
         parser.error(str(exc))
-    try:
-        api.start()
-    except StandinError as exc:
-        parser.exit(2, exc.render() + "\n")
-    return serve_until_signal(api, f"monitoring-api listening; set monitoring.endpoint: {api.endpoint}")
+    return serve_until_signal(
+        parser, api.start, lambda api: f"monitoring-api listening; set monitoring.endpoint: {api.endpoint}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import grpc
 from google.protobuf import empty_pb2
 from google.pubsub_v1.types import pubsub as types
 
-from standins.errors import StandinError
 from standins.serving import GrpcStandin, serve_until_signal
 
 PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -378,11 +377,11 @@ def main(argv: list[str] | None = None) -> int:
             api.add_push(topic, url)
     except ValueError as exc:
         parser.error(str(exc))
-    try:
-        api.start()
-    except StandinError as exc:
-        parser.exit(2, exc.render() + "\n")
-    return serve_until_signal(api, f"pubsub-api listening; export PUBSUB_EMULATOR_HOST={api.emulator_host}")
+    return serve_until_signal(
+        parser,
+        api.start,
+        lambda api: f"pubsub-api listening; export PUBSUB_EMULATOR_HOST={api.emulator_host}",
+    )
 
 
 if __name__ == "__main__":

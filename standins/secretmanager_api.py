@@ -100,34 +100,6 @@ class LocalSecretManager(HttpStandin):
         if state is not None and state.exists():
             self._load(state)
 
-    # --- lifecycle ---------------------------------------------------------------------------------
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _serve(self, method: str) -> None:
-                api._handle(self, method)
-
-            def do_GET(self) -> None:
-                self._serve("GET")
-
-            def do_POST(self) -> None:
-                self._serve("POST")
-
-            def do_DELETE(self) -> None:
-                self._serve("DELETE")
-
-            def do_PATCH(self) -> None:
-                self._serve("PATCH")
-
-        return Handler
-
     # --- setup and inspection (no HTTP) ------------------------------------------------------------
 
     def put(self, project: str, secret: str, value: str | bytes) -> str:
@@ -390,12 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
     parser.add_argument("--state", type=Path, default=None, help="JSON file the secrets are kept in (0600)")
     args = parser.parse_args(argv)
-    try:
-        api = LocalSecretManager(port=args.port, host=args.host, state=args.state).start()
-    except StandinError as exc:
-        parser.exit(2, exc.render() + "\n")
     return serve_until_signal(
-        api, f"secretmanager-api listening; export FLEET_SECRETMANAGER_ENDPOINT={api.url}"
+        parser,
+        lambda: LocalSecretManager(port=args.port, host=args.host, state=args.state).start(),
+        lambda api: f"secretmanager-api listening; export FLEET_SECRETMANAGER_ENDPOINT={api.url}",
     )
 
 

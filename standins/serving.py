@@ -5,16 +5,19 @@ the CLI's wait for SIGTERM/SIGINT.
   HttpFront     one ThreadingHTTPServer on a daemon thread (a stand-in may hold several fronts)
   HttpStandin   base of a stand-in with one HTTP front: give `name` and `_handler()`
   GrpcStandin   base of a gRPC stand-in: give `name` and `_services()` (tls optional)
-  serve_until_signal(server, banner)   what a stand-in's `main()` does once its server runs
+  method_handler(handle, methods)      a quiet HTTP/1.1 handler class passing requests to `handle`
+  serve_until_signal(parser, start, banner)   a stand-in's `main()` once its arguments are parsed
 """
 
 from __future__ import annotations
 
+import argparse
 import signal
 import threading
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import grpc
 
@@ -37,6 +40,22 @@ class Standin:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def method_handler(
+    handle: Callable[[BaseHTTPRequestHandler, str], None], methods: Iterable[str]
+) -> type[BaseHTTPRequestHandler]:
+    """A handler class (HTTP/1.1, no access log) whose do_METHOD calls handle(request, METHOD)."""
+
+    def do(method: str) -> Callable[[BaseHTTPRequestHandler], None]:
+        return lambda request: handle(request, method)
+
+    def quiet(request: BaseHTTPRequestHandler, *args: Any) -> None:
+        pass
+
+    attrs: dict[str, Any] = {"protocol_version": "HTTP/1.1", "log_message": quiet}
+    attrs.update({f"do_{method}": do(method) for method in methods})
+    return type("Handler", (BaseHTTPRequestHandler,), attrs)
 
 
 class HttpFront:
@@ -95,13 +114,17 @@ class HttpStandin(Standin):
     name: ClassVar[str]  # the serving thread's name, and `where` of a listen error
     listen_hint: ClassVar[str] = LISTEN_HINT
     poll_interval: ClassVar[float] = 0.5
+    methods: ClassVar[tuple[str, ...]] = ("GET", "POST", "PATCH", "DELETE")
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self._http = HttpFront(self.name, host, port, poll_interval=self.poll_interval)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        """The request handler class, bound to this stand-in (made at each start)."""
+        """The request handler class, made at each start: by default one passing `methods` to _handle."""
+        return method_handler(self._handle, self.methods)
+
+    def _handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
         raise NotImplementedError
 
     def start(self) -> Self:
@@ -181,12 +204,22 @@ class _Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
-def serve_until_signal(server: _Stoppable, banner: str) -> int:
-    """Print `banner`, serve until SIGTERM or SIGINT, stop the server: the tail of every stand-in's CLI."""
+S = TypeVar("S", bound=_Stoppable)
+
+
+def serve_until_signal(
+    parser: argparse.ArgumentParser, start: Callable[[], S], banner: Callable[[S], str]
+) -> int:
+    """Start the server (a StandinError exits 2 with its message, no traceback), print its banner,
+    serve until SIGTERM or SIGINT, stop it: the tail of every stand-in's CLI."""
+    try:
+        server = start()
+    except StandinError as exc:
+        parser.exit(2, exc.render() + "\n")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(banner, flush=True)
+    print(banner(server), flush=True)
     stop.wait()
     server.stop()
     return 0

@@ -24,7 +24,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -149,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="directory holding the buckets")
     parser.add_argument("--bucket", action="append", default=[], help="bucket to create; repeatable")
     args = parser.parse_args(argv)
-    try:
+
+    def start() -> StorageServer:
         server = StorageServer(args.root, host=args.host, port=args.port).start()
         for name in args.bucket:
             server.create_bucket(name)
-    except StandinError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 2
-    return serve_until_signal(server, f"storage listening on {server.endpoint}")
+        return server
+
+    return serve_until_signal(parser, start, lambda server: f"storage listening on {server.endpoint}")
 
 
 if __name__ == "__main__":

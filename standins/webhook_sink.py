@@ -23,7 +23,6 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from standins.errors import StandinError
 from standins.serving import HttpStandin, serve_until_signal
 
 _CHAT = re.compile(r"/v1/spaces/(?P<space>[^/]+)/messages")
@@ -211,14 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
     args = parser.parse_args(argv)
-    try:
-        sink = WebhookSink(args.port).start()
-    except StandinError as exc:
-        parser.exit(2, exc.render() + "\n")
     return serve_until_signal(
-        sink,
-        f"webhook-sink listening on {sink.url}\n"
-        f"  slack:   {sink.slack_url()}\n  chat:    {sink.chat_url()}\n  generic: {sink.generic_url()}",
+        parser,
+        WebhookSink(args.port).start,
+        lambda sink: (
+            f"webhook-sink listening on {sink.url}\n"
+            f"  slack:   {sink.slack_url()}\n  chat:    {sink.chat_url()}\n  generic: {sink.generic_url()}"
+        ),
     )
 
 

@@ -25,20 +25,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class Hello(HttpStandin):
     name = "hello-api"
+    methods = ("GET", "POST")
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = json.dumps({"path": self.path}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
+    def _handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
+        body = json.dumps({"method": method, "path": request.path}).encode()
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
 
 
 def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -68,7 +62,13 @@ def test_http_standin_serves_on_a_free_port_and_stops_twice() -> None:
     with api:
         assert api.port > 0 and api.url == f"http://127.0.0.1:{api.port}"
         with urllib.request.urlopen(f"{api.url}/x?y=1", timeout=5) as resp:
-            assert json.loads(resp.read()) == {"path": "/x?y=1"}
+            assert json.loads(resp.read()) == {"method": "GET", "path": "/x?y=1"}
+            assert resp.version == 11, "HTTP/1.1, as the Google APIs answer"
+        with urllib.request.urlopen(urllib.request.Request(f"{api.url}/p", data=b"{}"), timeout=5) as resp:
+            assert json.loads(resp.read()) == {"method": "POST", "path": "/p"}
+        with pytest.raises(urllib.error.HTTPError) as put:  # not among its methods
+            urllib.request.urlopen(urllib.request.Request(api.url, data=b"", method="PUT"), timeout=5)
+        assert put.value.code == 501
     assert api.url.endswith(f":{api.port}"), "the bound port stays after stop (URLs handed out)"
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(api.url, timeout=2)
@@ -105,9 +105,23 @@ def test_a_taken_grpc_port_is_a_standin_error_naming_the_server(taken: int) -> N
     assert exc.value.where == "echo-api" and f"127.0.0.1:{taken}" in exc.value.what
 
 
-def test_a_standin_cli_serves_until_sigterm_then_exits_0() -> None:
+@pytest.mark.parametrize(
+    ("module", "args", "banner"),
+    [
+        ("webhook_sink", [], "webhook-sink listening on http://127.0.0.1:"),
+        ("datalayer_api", [], "datalayer-api listening on http://127.0.0.1:"),
+        ("secretmanager_api", [], "secretmanager-api listening; export FLEET_SECRETMANAGER_ENDPOINT=http://"),
+        ("metrics_api", [], "metrics-api listening: gRPC 127.0.0.1:"),
+        ("monitoring_api", [], "monitoring-api listening; set monitoring.endpoint: 127.0.0.1:"),
+        ("pubsub_api", [], "pubsub-api listening; export PUBSUB_EMULATOR_HOST=127.0.0.1:"),
+        ("storage", ["--root", "{tmp}/gcs"], "storage listening on http://127.0.0.1:"),
+    ],
+)
+def test_each_standin_cli_serves_until_sigterm_then_exits_0(
+    module: str, args: list[str], banner: str, tmp_path: Path
+) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "standins.webhook_sink", "--port", "0"],
+        [sys.executable, "-m", f"standins.{module}", *(a.format(tmp=tmp_path) for a in args)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -115,11 +129,12 @@ def test_a_standin_cli_serves_until_sigterm_then_exits_0() -> None:
     )
     try:
         assert proc.stdout is not None
-        banner = proc.stdout.readline()
-        assert banner.startswith("webhook-sink listening on http://127.0.0.1:")
-        url = banner.split()[-1]
-        with urllib.request.urlopen(f"{url}/_sink/messages", timeout=5) as resp:
-            assert resp.status == 200
+        line = proc.stdout.readline()
+        assert line.startswith(banner), line + (proc.stderr.read() if proc.poll() is not None else "")
+        if module == "webhook_sink":  # it answers while it says it listens
+            url = line.split()[-1]
+            with urllib.request.urlopen(f"{url}/_sink/messages", timeout=5) as resp:
+                assert resp.status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
