@@ -35,15 +35,15 @@ import argparse
 import hashlib
 import json
 import re
-import signal
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from standins.errors import StandinError
+from standins.serving import HttpStandin, serve_until_signal
 
 _SQL = re.compile(r"/v1/projects/(?P<project>[^/]+)/instances(?:/(?P<name>[^/]+))?")
 _REDIS = re.compile(
@@ -92,81 +92,19 @@ class Call:
     status: int
 
 
-class LocalDataLayerApi:
+class LocalDataLayerApi(HttpStandin):
     """The stand-in: resources in memory (optionally loaded from a JSON state file)."""
 
+    name = "datalayer-api"
+
     def __init__(self, port: int = 0, host: str = "127.0.0.1", state: Path | None = None) -> None:
-        self.host = host
-        self._port = port
+        super().__init__(host, port)
         self._lock = threading.Lock()
         self._state: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in _KINDS}
         self._calls: list[Call] = []
         self._denied: list[str] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         if state is not None:
             self.load(state)
-
-    # --- lifecycle ---------------------------------------------------------------------------------
-
-    def start(self) -> LocalDataLayerApi:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                api._handle(self, "GET")
-
-            def do_POST(self) -> None:
-                api._handle(self, "POST")
-
-            def do_PATCH(self) -> None:
-                api._handle(self, "PATCH")
-
-            def do_DELETE(self) -> None:
-                api._handle(self, "DELETE")
-
-        try:
-            self._server = ThreadingHTTPServer((self.host, self._port), Handler)
-        except OSError as exc:
-            raise StandinError(
-                f"cannot listen on {self.host}:{self._port}: {exc.strerror}",
-                where="datalayer-api",
-                hint="pick another --port, or stop what listens there",
-            ) from None
-        self._server.daemon_threads = True
-        self._port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="datalayer-api", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> LocalDataLayerApi:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """The API root for every client, e.g. http://127.0.0.1:8086."""
-        return f"http://{self.host}:{self._port}"
 
     # --- setup and inspection (no HTTP) ------------------------------------------------------------
 
@@ -396,17 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         "--state", type=Path, default=None, help="JSON file of resources (the shape of dump())"
     )
     args = parser.parse_args(argv)
-    try:
-        api = LocalDataLayerApi(port=args.port, host=args.host, state=args.state).start()
-    except StandinError as exc:
-        parser.exit(2, exc.render() + "\n")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"datalayer-api listening on {api.url} (set data_layer.endpoints.* to it)", flush=True)
-    stop.wait()
-    api.stop()
-    return 0
+    return serve_until_signal(
+        parser,
+        lambda: LocalDataLayerApi(port=args.port, host=args.host, state=args.state).start(),
+        lambda api: f"datalayer-api listening on {api.url} (set data_layer.endpoints.* to it)",
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import grpc
 from google.cloud.logging_v2 import types as lt
 from google.protobuf import json_format
 
-from standins.errors import StandinError
+from standins.serving import GrpcStandin
 
 SERVICE = "google.logging.v2.LoggingServiceV2"
 API_HOST = "logging.googleapis.com"
@@ -107,8 +106,10 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class LocalLogging:
+class LocalLogging(GrpcStandin):
     """LoggingServiceV2's write and list calls; entries kept in memory as the API's JSON form."""
+
+    name = "logging-api"
 
     def __init__(
         self,
@@ -118,20 +119,16 @@ class LocalLogging:
         tls: tuple[bytes, bytes] | None = None,
         token_owner: Callable[[str], str | None] | None = None,
     ) -> None:
-        self.host = host
-        self._port = port
-        self._tls = tls  # (certificate chain PEM, private key PEM)
+        super().__init__(host, port, tls=tls)
         self._token_owner = token_owner
         self._lock = threading.Lock()
         self._entries: list[dict[str, Any]] = []
         self._seq = itertools.count(1)
-        self._server: grpc.Server | None = None
         self.writes = 0  # WriteLogEntries calls accepted
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> LocalLogging:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="logging-api"))
+    def _services(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
         methods = {
             "WriteLogEntries": grpc.unary_unary_rpc_method_handler(
                 self._guard(self._write),
@@ -144,38 +141,7 @@ class LocalLogging:
                 response_serializer=lt.ListLogEntriesResponse.serialize,
             ),
         }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
-        address = f"{self.host}:{self._port}"
-        try:
-            if self._tls is not None:
-                creds = grpc.ssl_server_credentials([(self._tls[1], self._tls[0])])
-                self._port = server.add_secure_port(address, creds)
-            else:
-                self._port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise StandinError(f"cannot listen on {address}: {exc}") from None
-        server.start()
-        self._server = server
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(grace=None)
-            self._server = None
-
-    def __enter__(self) -> LocalLogging:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.host}:{self._port}"
+        return {SERVICE: methods}
 
     # --- inspection --------------------------------------------------------------------------------
 

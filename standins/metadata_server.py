@@ -27,12 +27,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from standins.errors import StandinError
+from standins.serving import HttpStandin
 
 ROOT = "/computeMetadata/v1/"
 MAX_VALUE = 256 * 1024  # bytes, GCE's limit on a metadata or guest attribute value
@@ -253,8 +254,12 @@ def _error(status: int, message: str) -> Reply:
     return Reply(status, message + "\n", "text/html; charset=UTF-8")
 
 
-class MetadataServer:
+class MetadataServer(HttpStandin):
     """The metadata server for the VMs `identify` knows; start() serves in a daemon thread."""
+
+    name = "metadata"
+    listen_hint = "port 80 needs root (or CAP_NET_BIND_SERVICE); is another server on that address?"
+    poll_interval = 0.05
 
     def __init__(
         self,
@@ -264,15 +269,12 @@ class MetadataServer:
         port: int = 0,
         token_file: Path | None = None,
     ) -> None:
+        super().__init__(host, port)
         self.identify = identify
         self.guest_attributes = guest_attributes if guest_attributes is not None else GuestAttributes()
-        self._host = host
-        self._port = port
         self._lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}  # email -> (token, expiry)
         self._owners: dict[str, str] = {}  # token -> email
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         # tokens outlive a restart of this server when kept in a file, as Google's outlive a metadata
         # server's: a VM's dockerd (gcplogs) holds its token for an hour and never asks again before
         self._token_file = token_file
@@ -300,48 +302,13 @@ class MetadataServer:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> MetadataServer:
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         owner = self
 
         class _Handler(_RequestHandler):
             server_owner = owner
 
-        try:
-            self._server = ThreadingHTTPServer((self._host, self._port), _Handler)
-        except OSError as exc:
-            raise StandinError(
-                f"metadata server cannot listen: {exc}",
-                where=f"{self._host}:{self._port}",
-                hint="port 80 needs root (or CAP_NET_BIND_SERVICE); is another server on that address?",
-            ) from None
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="metadata", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("metadata server not started")
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> MetadataServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return _Handler
 
     # --- tokens ------------------------------------------------------------------------------------
 

@@ -29,20 +29,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Self
 
 import grpc
 from google.api import metric_pb2
 from google.cloud import monitoring_v3 as m
 from google.protobuf import empty_pb2
+
+from standins.serving import GrpcStandin, HttpFront, method_handler, serve_until_signal
 
 MAX_SERIES = 200
 MIN_INTERVAL = 5.0  # seconds between two points of one series (Monitoring's limit)
@@ -160,8 +160,10 @@ def parse_filter(text: str) -> list[tuple[str, str]]:
     return terms
 
 
-class LocalMetrics:
+class LocalMetrics(GrpcStandin):
     """The metric store with its gRPC front (127.0.0.1 or `grpc_host`) and an optional REST front."""
+
+    name = "metrics-api"
 
     def __init__(
         self,
@@ -173,31 +175,30 @@ class LocalMetrics:
         min_interval: float = MIN_INTERVAL,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.grpc_host, self._grpc_port = grpc_host, grpc_port
-        self.rest_host, self._rest_port = rest_host, rest_port
+        super().__init__(grpc_host, grpc_port)
+        self.rest_host = rest_host
+        self._rest_front = HttpFront("metrics-rest", rest_host or "127.0.0.1", rest_port)
         self.min_interval = min_interval
         self._clock = clock
         self._lock = threading.RLock()
         self._series: dict[tuple[Any, ...], _Series] = {}
         self._value_types: dict[str, str] = {}  # metric type -> value type (the auto-created descriptor)
         self._calls: list[Call] = []
-        self._grpc: grpc.Server | None = None
-        self._http: ThreadingHTTPServer | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> LocalMetrics:
-        try:
-            self._start_grpc()
-            if self.rest_host is not None:
-                self._start_rest()
-        except BaseException:
-            self.stop()
-            raise
+    def start(self) -> Self:
+        super().start()
+        if self.rest_host is not None:
+            try:
+                handler = method_handler(lambda request, _: self._rest(request), ("GET", "POST"))
+                self._rest_front.start(handler, hint="pick another --rest-port, or stop what listens there")
+            except BaseException:
+                self.stop()
+                raise
         return self
 
-    def _start_grpc(self) -> None:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="metrics-api"))
+    def _services(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
         methods: dict[str, tuple[Callable[[Any], Any], Any]] = {
             "CreateTimeSeries": (self._grpc_create, m.CreateTimeSeriesRequest),
             "ListTimeSeries": (self._list, m.ListTimeSeriesRequest),
@@ -208,60 +209,20 @@ class LocalMetrics:
             )
             for name, (fn, cls) in methods.items()
         }
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("google.monitoring.v3.MetricService", table),)
-        )
-        self._grpc_port = server.add_insecure_port(f"{self.grpc_host}:{self._grpc_port}")
-        if not self._grpc_port:
-            raise OSError(f"metrics-api: cannot listen on {self.grpc_host}")
-        server.start()
-        self._grpc = server
-
-    def _start_rest(self) -> None:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def do_POST(self) -> None:
-                api._rest(self)
-
-            def do_GET(self) -> None:
-                api._rest(self)
-
-        assert self.rest_host is not None
-        self._http = ThreadingHTTPServer((self.rest_host, self._rest_port), Handler)
-        self._http.daemon_threads = True
-        self._rest_port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, name="metrics-rest", daemon=True).start()
+        return {"google.monitoring.v3.MetricService": table}
 
     def stop(self) -> None:
-        if self._grpc is not None:
-            self._grpc.stop(grace=None)
-            self._grpc = None
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
-
-    def __enter__(self) -> LocalMetrics:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
+        self._rest_front.stop()
 
     @property
-    def endpoint(self) -> str:
-        """host:port for an insecure gRPC channel (MetricServiceClient)."""
-        return f"{self.grpc_host}:{self._grpc_port}"
+    def grpc_host(self) -> str:
+        return self.host
 
     @property
     def rest_url(self) -> str:
         """http://host:port, the REST front's root (a writer posts to /v3/projects/P/timeSeries)."""
-        return f"http://{self.rest_host}:{self._rest_port}"
+        return f"http://{self.rest_host}:{self._rest_front.port}"
 
     # --- inspection --------------------------------------------------------------------------------
 
@@ -477,14 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rest-host", default="127.0.0.1")
     parser.add_argument("--rest-port", type=int, default=0)
     args = parser.parse_args(argv)
-    api = LocalMetrics(args.grpc_port, rest_host=args.rest_host, rest_port=args.rest_port).start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"metrics-api listening: gRPC {api.endpoint}, REST {api.rest_url}", flush=True)
-    stop.wait()
-    api.stop()
-    return 0
+    return serve_until_signal(
+        parser,
+        lambda: LocalMetrics(args.grpc_port, rest_host=args.rest_host, rest_port=args.rest_port).start(),
+        lambda api: f"metrics-api listening: gRPC {api.endpoint}, REST {api.rest_url}",
+    )
 
 
 if __name__ == "__main__":

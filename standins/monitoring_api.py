@@ -26,11 +26,9 @@ import itertools
 import json
 import random
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +39,7 @@ from google.cloud import monitoring_v3 as m
 from google.protobuf import empty_pb2, json_format
 
 from standins import monitoring_filter
+from standins.serving import GrpcStandin, serve_until_signal
 
 # kind -> (collection in resource names, proto-plus type)
 KINDS: dict[str, tuple[str, Any]] = {
@@ -117,27 +116,27 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class LocalMonitoring:
+class LocalMonitoring(GrpcStandin):
     """The three Monitoring services on 127.0.0.1 (gRPC, insecure), state in memory (and a file)."""
 
+    name = "monitoring-api"
+
     def __init__(self, port: int = 0, state_file: Path | None = None, default_page_size: int = 100) -> None:
+        super().__init__("127.0.0.1", port)
         self.default_page_size = default_page_size
         self.state_file = state_file
-        self._port = port
         self._lock = threading.RLock()
         self._objects: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}  # kind -> name -> msg
         self._calls: list[Call] = []
         self._faults: list[_Fault] = []
         self._rand = random.Random()
         self._seq = itertools.count(1)
-        self._server: grpc.Server | None = None
         if state_file is not None and state_file.exists():
             self._load(state_file)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> LocalMonitoring:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="monitoring-api"))
+    def _services(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
         services: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
             "google.monitoring.v3.AlertPolicyService": {
                 "ListAlertPolicies": (self._list_policies, m.ListAlertPoliciesRequest),
@@ -161,9 +160,8 @@ class LocalMonitoring:
                 "DeleteUptimeCheckConfig": (self._delete_check, m.DeleteUptimeCheckConfigRequest),
             },
         }
-        handlers = []
-        for service, methods in services.items():
-            table = {
+        return {
+            service: {
                 name: grpc.unary_unary_rpc_method_handler(
                     self._wrap(name, fn),
                     request_deserializer=request_type.deserialize,
@@ -171,32 +169,8 @@ class LocalMonitoring:
                 )
                 for name, (fn, request_type) in methods.items()
             }
-            handlers.append(grpc.method_handlers_generic_handler(service, table))
-        server.add_generic_rpc_handlers(tuple(handlers))
-        self._port = server.add_insecure_port(f"127.0.0.1:{self._port}")
-        server.start()
-        self._server = server
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(grace=None)
-            self._server = None
-
-    def __enter__(self) -> LocalMonitoring:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def endpoint(self) -> str:
-        """host:port for an insecure gRPC channel (the inventory's `monitoring.endpoint`)."""
-        return f"127.0.0.1:{self._port}"
+            for service, methods in services.items()
+        }
 
     # --- inspection and test hooks -----------------------------------------------------------------
 
@@ -696,14 +670,9 @@ def main(argv: list[str] | None = None) -> int:
         api = LocalMonitoring(port=args.port, state_file=args.state)
     except ValueError as exc:
         parser.error(str(exc))
-    api.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"monitoring-api listening; set monitoring.endpoint: {api.endpoint}", flush=True)
-    stop.wait()
-    api.stop()
-    return 0
+    return serve_until_signal(
+        parser, api.start, lambda api: f"monitoring-api listening; set monitoring.endpoint: {api.endpoint}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,20 +18,20 @@ import itertools
 import json
 import queue
 import re
-import signal
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection, Mapping
-from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from google.protobuf import empty_pb2
 from google.pubsub_v1.types import pubsub as types
+
+from standins.serving import GrpcStandin, serve_until_signal
 
 PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 _TOPIC = re.compile(
@@ -100,8 +100,10 @@ def binary_cloudevent(
     return headers, json.dumps(body).encode()
 
 
-class LocalPubsub:
+class LocalPubsub(GrpcStandin):
     """The Publisher service on 127.0.0.1 (gRPC, insecure) with push delivery to HTTP targets."""
+
+    name = "pubsub-api"
 
     def __init__(
         self,
@@ -111,11 +113,11 @@ class LocalPubsub:
         max_retry_delay: float = 2.0,
         push_timeout: float = 30.0,
     ) -> None:
+        super().__init__("127.0.0.1", port)
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.push_timeout = push_timeout
-        self._port = port
         self._lock = threading.Condition()
         self._topics: dict[str, dict[str, str]] = {}  # name -> labels
         self._messages: list[PublishedMessage] = []
@@ -123,14 +125,11 @@ class LocalPubsub:
         self._deliveries: list[Delivery] = []
         self._ids = itertools.count(int(time.time()) * 1000)
         self._queue: queue.Queue[tuple[PublishedMessage, Delivery, str] | None] = queue.Queue()
-        self._server: grpc.Server | None = None
         self._worker: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> LocalPubsub:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="pubsub-api"))
-
+    def _services(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
         def unary(fn: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
                 fn, request_deserializer=request.deserialize, response_serializer=response
@@ -148,39 +147,25 @@ class LocalPubsub:
             ),
             "Publish": unary(self._publish, types.PublishRequest, types.PublishResponse.serialize),
         }
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("google.pubsub.v1.Publisher", handlers),)
-        )
-        self._port = server.add_insecure_port(f"127.0.0.1:{self._port}")
-        server.start()
-        self._server = server
+        return {"google.pubsub.v1.Publisher": handlers}
+
+    def start(self) -> Self:
+        super().start()
         self._worker = threading.Thread(target=self._deliver_loop, name="pubsub-push", daemon=True)
         self._worker.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(grace=None)
-            self._server = None
+        super().stop()
         if self._worker is not None:
             self._queue.put(None)
             self._worker.join(timeout=5)
             self._worker = None
 
-    def __enter__(self) -> LocalPubsub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
     @property
     def emulator_host(self) -> str:
         """The value for PUBSUB_EMULATOR_HOST."""
-        return f"127.0.0.1:{self._port}"
+        return self.endpoint
 
     # --- configuration and inspection --------------------------------------------------------------
 
@@ -392,14 +377,11 @@ def main(argv: list[str] | None = None) -> int:
             api.add_push(topic, url)
     except ValueError as exc:
         parser.error(str(exc))
-    api.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"pubsub-api listening; export PUBSUB_EMULATOR_HOST={api.emulator_host}", flush=True)
-    stop.wait()
-    api.stop()
-    return 0
+    return serve_until_signal(
+        parser,
+        api.start,
+        lambda api: f"pubsub-api listening; export PUBSUB_EMULATOR_HOST={api.emulator_host}",
+    )
 
 
 if __name__ == "__main__":

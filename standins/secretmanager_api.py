@@ -23,12 +23,11 @@ import binascii
 import json
 import os
 import re
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -36,6 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import google_crc32c
 
 from standins.errors import StandinError
+from standins.serving import HttpStandin, serve_until_signal
 
 SECRET_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 PROJECT_ID = re.compile(r"[a-z0-9][a-z0-9.:-]{0,62}")
@@ -85,87 +85,20 @@ class Call:
     at: float = field(default_factory=time.time)
 
 
-class LocalSecretManager:
+class LocalSecretManager(HttpStandin):
     """Secret Manager's REST front on `host:port` in a thread; state in memory (and `state` file)."""
 
+    name = "secretmanager-api"
+
     def __init__(self, port: int = 0, host: str = "127.0.0.1", state: Path | None = None) -> None:
-        self.host = host
-        self._port = port
+        super().__init__(host, port)
         self.state_file = state
         self._lock = threading.RLock()
         # "projects/P/secrets/S" -> {"createTime", "labels", "replication", "versions": [version dicts]}
         self._secrets: dict[str, dict[str, Any]] = {}
         self._calls: list[Call] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         if state is not None and state.exists():
             self._load(state)
-
-    # --- lifecycle ---------------------------------------------------------------------------------
-
-    def start(self) -> LocalSecretManager:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _serve(self, method: str) -> None:
-                api._handle(self, method)
-
-            def do_GET(self) -> None:
-                self._serve("GET")
-
-            def do_POST(self) -> None:
-                self._serve("POST")
-
-            def do_DELETE(self) -> None:
-                self._serve("DELETE")
-
-            def do_PATCH(self) -> None:
-                self._serve("PATCH")
-
-        try:
-            self._server = ThreadingHTTPServer((self.host, self._port), Handler)
-        except OSError as exc:
-            raise StandinError(
-                f"cannot listen on {self.host}:{self._port}: {exc.strerror}",
-                where="secretmanager-api",
-                hint="pick another --port, or stop what listens there",
-            ) from None
-        self._server.daemon_threads = True
-        self._port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="secretmanager-api", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> LocalSecretManager:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """The API root, e.g. http://127.0.0.1:8085 (the client's api_endpoint)."""
-        return f"http://{self.host}:{self._port}"
 
     # --- setup and inspection (no HTTP) ------------------------------------------------------------
 
@@ -429,17 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
     parser.add_argument("--state", type=Path, default=None, help="JSON file the secrets are kept in (0600)")
     args = parser.parse_args(argv)
-    try:
-        api = LocalSecretManager(port=args.port, host=args.host, state=args.state).start()
-    except StandinError as exc:
-        parser.exit(2, exc.render() + "\n")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"secretmanager-api listening; export FLEET_SECRETMANAGER_ENDPOINT={api.url}", flush=True)
-    stop.wait()
-    api.stop()
-    return 0
+    return serve_until_signal(
+        parser,
+        lambda: LocalSecretManager(port=args.port, host=args.host, state=args.state).start(),
+        lambda api: f"secretmanager-api listening; export FLEET_SECRETMANAGER_ENDPOINT={api.url}",
+    )
 
 
 if __name__ == "__main__":

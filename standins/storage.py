@@ -24,8 +24,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +31,7 @@ from importlib import util
 from pathlib import Path
 
 from standins.errors import StandinError
+from standins.serving import serve_until_signal
 
 _BINARY = "fake-gcs-server-linux-amd64"
 
@@ -149,20 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="directory holding the buckets")
     parser.add_argument("--bucket", action="append", default=[], help="bucket to create; repeatable")
     args = parser.parse_args(argv)
-    try:
+
+    def start() -> StorageServer:
         server = StorageServer(args.root, host=args.host, port=args.port).start()
         for name in args.bucket:
             server.create_bucket(name)
-    except StandinError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 2
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"storage listening on {server.endpoint}", flush=True)
-    stop.wait()
-    server.stop()
-    return 0
+        return server
+
+    return serve_until_signal(parser, start, lambda server: f"storage listening on {server.endpoint}")
 
 
 if __name__ == "__main__":

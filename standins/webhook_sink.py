@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from standins.serving import HttpStandin, serve_until_signal
 
 _CHAT = re.compile(r"/v1/spaces/(?P<space>[^/]+)/messages")
 _MAX_BODY = 1 << 20
@@ -42,64 +43,37 @@ class Message:
     at: float = field(default_factory=time.time)
 
 
-class WebhookSink:
-    """Start it, point the webhook URLs at `url(...)`, read `messages()`."""
+class WebhookSink(HttpStandin):
+    """Start it, point the webhook URLs at `url` + a path (or `slack_url()`...), read `messages()`."""
+
+    name = "webhook-sink"
+    poll_interval = 0.05
 
     def __init__(self, port: int = 0) -> None:
+        super().__init__("127.0.0.1", port)
         self._lock = threading.Condition()
         self._messages: list[Message] = []
         self._attempts = 0
         self._fail: list[int] = []  # statuses for the next requests
         self._threads: dict[tuple[str, str], str] = {}
         self._chat_requests: dict[tuple[str, str], Message] = {}
-        self._port = port
-        self._server: ThreadingHTTPServer | None = None
 
-    def start(self) -> WebhookSink:
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         sink = self
 
         class _Handler(_SinkHandler):
             owner = sink
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
-        self._server.daemon_threads = True
-        threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="webhook-sink",
-            daemon=True,
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> WebhookSink:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("webhook sink not started")
-        return int(self._server.server_address[1])
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return _Handler
 
     def slack_url(self) -> str:
-        return self.url("/services/T000/B000/localsecret")
+        return f"{self.url}/services/T000/B000/localsecret"
 
     def chat_url(self, space: str = "AAAAlocal") -> str:
-        return self.url(f"/v1/spaces/{space}/messages?key=localkey&token=localtoken")
+        return f"{self.url}/v1/spaces/{space}/messages?key=localkey&token=localtoken"
 
     def generic_url(self) -> str:
-        return self.url("/hooks/fleet")
+        return f"{self.url}/hooks/fleet"
 
     # --- reading back ------------------------------------------------------------------------------
 
@@ -236,18 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
     args = parser.parse_args(argv)
-    sink = WebhookSink(args.port).start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"webhook-sink listening on {sink.url('')}", flush=True)
-    print(
-        f"  slack:   {sink.slack_url()}\n  chat:    {sink.chat_url()}\n  generic: {sink.generic_url()}",
-        flush=True,
+    return serve_until_signal(
+        parser,
+        WebhookSink(args.port).start,
+        lambda sink: (
+            f"webhook-sink listening on {sink.url}\n"
+            f"  slack:   {sink.slack_url()}\n  chat:    {sink.chat_url()}\n  generic: {sink.generic_url()}"
+        ),
     )
-    stop.wait()
-    sink.stop()
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,12 @@ from fleet.cli import infra_data
 from fleet.cli.common import fleet_errors, task_help
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fleet.gcp.infra import InfraConfig
+    from fleet.inventory.schema import Data
+
+    Loaded = tuple[Path, dict[str, Any], Data]  # what fleet.inventory.loader.load_defaults returns
 
 PRUNE_HELP = "also delete this fleet's resources the inventory no longer wants (never the MIG)"
 ENDPOINT_HELP = "a local Compute endpoint (http://127.0.0.1:PORT); default: gce.api_endpoint or the real API"
@@ -20,11 +25,17 @@ ENDPOINT_HELP = "a local Compute endpoint (http://127.0.0.1:PORT); default: gce.
 def load_config(inventory: str | None, endpoint: str | None = None) -> InfraConfig:
     """The infra configuration from the inventory's defaults.yaml (infra is fleet-wide; the MIG need
     not exist yet, so no MIG discovery runs)."""
-    from fleet import settings
-    from fleet.gcp import infra
     from fleet.inventory.loader import load_defaults
 
-    path, defaults, data = load_defaults(inventory)
+    return _config_of(load_defaults(inventory), endpoint)
+
+
+def _config_of(loaded: Loaded, endpoint: str | None) -> InfraConfig:
+    """The infra configuration from `load_defaults`' answer (read once per task, then shared)."""
+    from fleet import settings
+    from fleet.gcp import infra
+
+    path, defaults, data = loaded
     return infra.config_from_data(
         data,
         str(path / "defaults.yaml"),
@@ -35,9 +46,11 @@ def load_config(inventory: str | None, endpoint: str | None = None) -> InfraConf
 
 def _run(inventory: str | None, json_: bool, prune: bool, execute: bool, endpoint: str | None) -> None:
     from fleet.gcp import infra
+    from fleet.inventory.loader import load_defaults
     from fleet.view import console as ui
 
-    config = load_config(inventory, endpoint or None)
+    loaded = load_defaults(inventory)
+    config = _config_of(loaded, endpoint or None)
     clients = infra.InfraClients(config)
     err = ui.console(stderr=True)
 
@@ -46,7 +59,7 @@ def _run(inventory: str | None, json_: bool, prune: bool, execute: bool, endpoin
             err.print(f"[green]{ch.action}[/green] {ch.label} {ch.name}: done", highlight=False)
 
     report = infra.reconcile(config, clients, execute=execute, prune=prune, progress=progress)
-    data = None if execute else _data_layer(inventory)
+    data = None if execute else _data_layer(loaded)
     if json_:
         ui.print_json({**report.as_dict(), **({"data_layer": data[0]} if data is not None else {})})
         return
@@ -82,14 +95,13 @@ def _run(inventory: str | None, json_: bool, prune: bool, execute: bool, endpoin
             print("\nrun `fab infra.apply` with the same options to make these changes")
 
 
-def _data_layer(inventory: str | None) -> tuple[dict[str, Any], Callable[[], None]] | None:
+def _data_layer(loaded: Loaded) -> tuple[dict[str, Any], Callable[[], None]] | None:
     """The data layer's check for the plan, as JSON and as a printer (`fab infra.data` alone gives its
     exit code). It must not stop the Compute plan: an API it cannot read is reported as not checked."""
     from fleet.errors import FleetError
     from fleet.inventory.datalayer import resolve_defaults
-    from fleet.inventory.loader import load_defaults
 
-    path, _, data = load_defaults(inventory)
+    path, _, data = loaded
     layer = resolve_defaults(data, str(path / "defaults.yaml"))
     if layer is None:
         return None

@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"alert path of fleet {path.config.name!r} running: monitor every {monitor.period:g} s, "
         f"functions {', '.join(FUNCTIONS)}, scale bounds [{low}, {high}]; "
-        f"webhook sink {path.sink.url('') if path.sink else '-'}; Ctrl-C stops",
+        f"webhook sink {path.sink.url if path.sink else '-'}; Ctrl-C stops",
         flush=True,
     )
     if path.pubsub is not None:

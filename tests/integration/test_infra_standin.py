@@ -431,12 +431,23 @@ def test_cli_plan_then_apply(stand: Stand, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_the_plan_shows_the_data_layers_findings(
-    stand: Stand, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stand: Stand, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 14 item 2 inside `infra.plan`: what the data layer lacks, with the commands, beside the
-    Compute plan. The example's data layer pointed at the (empty) local stand-in of those APIs."""
+    Compute plan. The example's data layer pointed at the (empty) local stand-in of those APIs. The
+    Compute plan and the data layer check share one read of defaults.yaml."""
     from fleet.cli import infra as tasks
+    from fleet.inventory import loader
     from standins.datalayer_api import LocalDataLayerApi
+
+    reads: list[str] = []
+    read_yaml = loader._read_yaml
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        reads.append(path.name)
+        return read_yaml(path, *args, **kwargs)
+
+    monkeypatch.setattr(loader, "_read_yaml", counting)
 
     inventory = tmp_path / "prod"
     shutil.copytree(EXAMPLE, inventory)
@@ -448,8 +459,10 @@ def test_the_plan_shows_the_data_layers_findings(
         (inventory / "defaults.yaml").write_text(yaml.safe_dump(defaults))
         tasks.plan_.body(None, inventory=str(inventory), json_=True, endpoint=stand.api.url)
         report = json.loads(capsys.readouterr().out)
+        assert reads == ["defaults.yaml"], "one read for the Compute plan and the data layer check"
         tasks.plan_.body(None, inventory=str(inventory), endpoint=stand.api.url)
         text = capsys.readouterr().out
+        assert reads == ["defaults.yaml"] * 2
     assert report["counts"] == {"create": 15}  # the Compute plan is whole
     layer = report["data_layer"]
     assert layer["checked"] is True and layer["ok"] is False

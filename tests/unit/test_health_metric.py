@@ -8,7 +8,6 @@ never opens an incident, silence does) and its incidents through the functions' 
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -29,22 +28,11 @@ from fleet.scenarios.metrichealth import MetricHealth, metric_client, series_rea
 from fleet.scenarios.monitor import (
     FAILING,
     STILL_FAILING,
-    Monitor,
     MonitoredInstance,
     MonitorSettings,
-    local_policies,
 )
 from standins.metrics_api import LocalMetrics, parse_filter
-from tests.unit.test_local_monitor import stat
-
-FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
-if str(FUNCTIONS_DIR) not in sys.path:
-    sys.path.append(str(FUNCTIONS_DIR))
-
-import incidents as fn_incidents  # noqa: E402  (functions/ as the runtime loads it)
-import policy as fn_policy  # noqa: E402
-
-PROJECT, ZONE, MIG = "local-project", "europe-west1-b", "local-mig"
+from tests.unit.monitor_rig import PROJECT, ZONE, MonitorRig, fn_incidents, fn_policy, policies, stat
 
 
 def iso(at: datetime) -> str:
@@ -391,73 +379,52 @@ def test_auto_picks_the_metric_without_per_instance_checks_and_conflicts_are_ref
 # --------------------------------------------------------------------------- the local monitor
 
 
-class Rig:
+class Rig(MonitorRig):
     """The monitor over series in the stand-in (written as the agents write them), the MIG as data."""
 
     def __init__(self, metrics: LocalMetrics) -> None:
         self.metrics = metrics
-        self.now = datetime.now(UTC).timestamp() - 120
         self.member = MonitoredInstance("local-2", "222", "RUNNING", "NONE")
-        self.sent: list[dict[str, Any]] = []
+        now = datetime.now(UTC).timestamp() - 120
         self.health = MetricHealth(
             series_reader(metric_client(metrics.endpoint), PROJECT, "local", clock=lambda: self.now),
             absent_after=6,
             clock=lambda: self.now,
         )
-        pols = local_policies(
-            fleet="local",
-            project=PROJECT,
-            zone=ZONE,
-            mig=MIG,
-            alerts_topic=f"projects/{PROJECT}/topics/fleet-alerts",
-            events_topic=f"projects/{PROJECT}/topics/fleet-events",
-            members=[("local-2", "222")],
-            scale_min=1,
-            scale_max=2,
-            instance_health="agent-metric",
-        )
-        self.monitor = Monitor(
-            project=PROJECT,
-            zone=ZONE,
-            mig=MIG,
-            backend="app",
-            policies=pols,
-            settings=MonitorSettings(fail_after=2, escalate_after=4, pass_after=2, renotify=0),
+        super().__init__(
+            MonitorSettings(fail_after=2, escalate_after=4, pass_after=2, renotify=0),
+            policies=policies([("local-2", "222")], 1, 2, instance_health="agent-metric"),
             members=lambda: [self.member],
             lb_stat=lambda: stat({"local-2": ("UP", "")}, 0),
-            publish=lambda data: str(self.sent.append(json.loads(data))),
-            clock=lambda: self.now,
+            now=now,
             health=self.health,
         )
 
     def rounds(self, n: int, value: int | None) -> list[dict[str, Any]]:
         """n rounds 1 s apart; the agent writes `value` before each (None: it is silent)."""
-        before = len(self.sent)
-        for _ in range(n):
-            self.now += 1
-            if value is not None:
-                at = datetime.fromtimestamp(self.now, UTC)
-                self.metrics.create(
-                    m.CreateTimeSeriesRequest(
-                        name=f"projects/{PROJECT}",
-                        time_series=[
-                            m.TimeSeries(
-                                metric={"type": hm.METRIC_TYPE, "labels": {"fleet": "local"}},
-                                resource={
-                                    "type": "gce_instance",
-                                    "labels": {
-                                        "project_id": PROJECT,
-                                        "zone": ZONE,
-                                        "instance_id": self.member.instance_id,
-                                    },
-                                },
-                                points=[{"interval": {"end_time": at}, "value": {"int64_value": value}}],
-                            )
-                        ],
+        return self.run(n, before=None if value is None else lambda: self.write(value))
+
+    def write(self, value: int) -> None:
+        at = datetime.fromtimestamp(self.now, UTC)
+        self.metrics.create(
+            m.CreateTimeSeriesRequest(
+                name=f"projects/{PROJECT}",
+                time_series=[
+                    m.TimeSeries(
+                        metric={"type": hm.METRIC_TYPE, "labels": {"fleet": "local"}},
+                        resource={
+                            "type": "gce_instance",
+                            "labels": {
+                                "project_id": PROJECT,
+                                "zone": ZONE,
+                                "instance_id": self.member.instance_id,
+                            },
+                        },
+                        points=[{"interval": {"end_time": at}, "value": {"int64_value": value}}],
                     )
-                )
-            self.monitor.round()
-        return [d["incident"] for d in self.sent[before:]]
+                ],
+            )
+        )
 
 
 def test_monitor_heals_on_failing_never_on_drained_and_notices_silence() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,19 +33,19 @@ from fleet.scenarios.monitor import (
     MonitoredInstance,
     MonitorSettings,
     cpu_conditions,
-    local_policies,
 )
 from functions import fleet_contract as contract
+from tests.unit.monitor_rig import (
+    MIG,
+    PROJECT,
+    ZONE,
+    MonitorRig,
+    fn_incidents,
+    fn_policy,
+    fn_settings,
+    policies,
+)
 
-FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
-if str(FUNCTIONS_DIR) not in sys.path:
-    sys.path.append(str(FUNCTIONS_DIR))
-
-import incidents as fn_incidents  # noqa: E402  (functions/ as the runtime loads it)
-import policy as fn_policy  # noqa: E402
-import settings as fn_settings  # noqa: E402
-
-PROJECT, ZONE, MIG = "local-project", "europe-west1-b", "local-mig"
 STAT = "# pxname,svname,status,req_tot,scur,addr\nfleet_http,FRONTEND,OPEN,0,0,\napp,BACKEND,UP,0,0,\n"
 
 
@@ -164,7 +163,9 @@ class FakeCpu:
         return {n: sample(self.usage[n], self.now) for n in names if n in self.usage}
 
 
-class CpuRig:
+class CpuRig(MonitorRig):
+    """A Monitor over three members (one without the MIG's label), CPU read from a FakeCpu."""
+
     def __init__(self, settings: MonitorSettings) -> None:
         self.cpu = FakeCpu()
         self.members = [
@@ -177,40 +178,18 @@ class CpuRig:
             "local-2": {contract.INSTANCE_MIG_LABEL: MIG, "fleet-rollout": "r1"},
             "other-1": {contract.INSTANCE_MIG_LABEL: "another-mig"},
         }
-        self.sent: list[dict[str, Any]] = []
-        self.monitor = Monitor(
-            project=PROJECT,
-            zone=ZONE,
-            mig=MIG,
-            backend="app",
-            policies=local_policies(
-                fleet="local",
-                project=PROJECT,
-                zone=ZONE,
-                mig=MIG,
-                alerts_topic=f"projects/{PROJECT}/topics/fleet-alerts",
-                events_topic=f"projects/{PROJECT}/topics/fleet-events",
-                members=[("local-1", "111"), ("local-2", "222")],
-                scale_min=2,
-                scale_max=3,
-                cpu_high=settings.cpu_high,
-                cpu_low=settings.cpu_low,
-            ),
-            settings=settings,
+        super().__init__(
+            settings,
+            policies=policies(cpu_high=settings.cpu_high, cpu_low=settings.cpu_low),
             members=lambda: list(self.members),
             lb_stat=lambda: STAT,
-            publish=lambda data: str(self.sent.append(json.loads(data)) or len(self.sent)),
-            clock=lambda: 1_000_000.0 + self.cpu.now,
             cpu=self.cpu,
             labels=lambda: self.labels,
         )
 
     def rounds(self, n: int, utilization: Mapping[str, float]) -> list[dict[str, Any]]:
-        before = len(self.sent)
-        for _ in range(n):
-            self.cpu.run(utilization)
-            self.monitor.round()
-        return [d["incident"] for d in self.sent[before:]]
+        """n rounds 1 s apart, each after a second of `utilization` (instance -> share of its vCPUs)."""
+        return self.run(n, before=lambda: self.cpu.run(utilization))
 
 
 def test_the_monitor_scales_on_the_mean_cpu_of_the_labelled_members() -> None:

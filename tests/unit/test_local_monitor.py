@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,63 +22,27 @@ from fleet.scenarios.monitor import (
     STILL_FAILING,
     HealthCount,
     LoadSignal,
-    Monitor,
     MonitoredInstance,
     MonitorSettings,
-    Policies,
     health_conditions,
     incident_doc,
     load_conditions,
-    local_policies,
     parse_backend,
     probe,
 )
 from fleet.scenarios.selfheal import break_api_script
 from functions import fleet_contract as contract
-
-FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
-if str(FUNCTIONS_DIR) not in sys.path:
-    sys.path.append(str(FUNCTIONS_DIR))
-
-import incidents as fn_incidents  # noqa: E402  (functions/ as the runtime loads it)
-import policy as fn_policy  # noqa: E402
-import settings as fn_settings  # noqa: E402
-
-PROJECT, ZONE, MIG = "local-project", "europe-west1-b", "local-mig"
-STAT_HEADER = (
-    "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,"
-    "status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,"
-    "type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,"
-    "hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,addr"
+from tests.unit.monitor_rig import (
+    MIG,
+    PROJECT,
+    ZONE,
+    MonitorRig,
+    fn_incidents,
+    fn_policy,
+    fn_settings,
+    policies,
+    stat,
 )
-
-
-def stat_row(px: str, sv: str, status: str, req_tot: int, scur: int = 0, addr: str = "") -> str:
-    cells = dict.fromkeys(STAT_HEADER[2:].split(","), "")
-    cells.update(pxname=px, svname=sv, status=status, req_tot=str(req_tot), scur=str(scur), addr=addr)
-    return ",".join(cells.values())
-
-
-def stat(servers: dict[str, tuple[str, str]], total: int) -> str:
-    rows = [STAT_HEADER, stat_row("fleet_http", "FRONTEND", "OPEN", total)]
-    rows += [stat_row("app", name, status, 0, addr=addr) for name, (status, addr) in servers.items()]
-    rows.append(stat_row("app", "BACKEND", "UP", total))
-    return "\n".join(rows) + "\n"
-
-
-def policies() -> Policies:
-    return local_policies(
-        fleet="local",
-        project=PROJECT,
-        zone=ZONE,
-        mig=MIG,
-        alerts_topic=f"projects/{PROJECT}/topics/fleet-alerts",
-        events_topic=f"projects/{PROJECT}/topics/fleet-events",
-        members=[("local-1", "111"), ("local-2", "222")],
-        scale_min=2,
-        scale_max=3,
-    )
-
 
 # --------------------------------------------------------------------------- settings
 
@@ -209,38 +171,22 @@ def test_probe_passes_on_200_only_and_refuses_non_loopback(health: Health) -> No
         probe("10.0.0.1:80", 0.5)
 
 
-class Rig:
+class Rig(MonitorRig):
     """A Monitor over one real /health endpoint, with the MIG and the LB given as data."""
 
     def __init__(self, health: Health, settings: MonitorSettings) -> None:
         self.health = health
-        self.now = 1_000_000.0
         self.member = MonitoredInstance("local-2", "222", "RUNNING", "NONE")
         self.total = 0
-        self.sent: list[dict[str, Any]] = []
-        self.monitor = Monitor(
-            project=PROJECT,
-            zone=ZONE,
-            mig=MIG,
-            backend="app",
+        super().__init__(
+            settings,
             policies=policies(),
-            settings=settings,
             members=lambda: [self.member],
             lb_stat=lambda: stat({"local-2": ("UP", health.address)}, self.total),
-            publish=self.publish,
-            clock=lambda: self.now,
         )
 
-    def publish(self, data: bytes) -> str:
-        self.sent.append(json.loads(data))
-        return str(len(self.sent))
-
     def rounds(self, n: int, step: float = 1.0) -> list[dict[str, Any]]:
-        before = len(self.sent)
-        for _ in range(n):
-            self.now += step
-            self.monitor.round()
-        return [d["incident"] for d in self.sent[before:]]
+        return self.run(n, step)
 
 
 def test_monitor_opens_escalates_pauses_renotifies_and_closes(health: Health) -> None:
