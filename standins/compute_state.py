@@ -35,7 +35,8 @@ _ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")  # europe-west1-b
 _NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
-_INSTANCE_URL = re.compile(r"(?:.*/)?projects/([^/]+)/zones/([^/]+)/instances/([^/]+)")
+# a full URL, projects/P/zones/Z/instances/N, or the partial zones/Z/instances/N (Compute takes all three)
+_INSTANCE_URL = re.compile(r"(?:(?:.*/)?projects/([^/]+)/)?zones/([^/]+)/instances/([^/]+)")
 # currentAction counters of a MIG (instanceGroupManagers.get): shared by every backend
 ACTION_COUNTERS = (
     "none",
@@ -104,11 +105,12 @@ def instance_url(project: str, zone: str, name: str) -> str:
     return f"{BASE_URL}/projects/{project}/zones/{zone}/instances/{name}"
 
 
-def parse_instance_url(url: str) -> tuple[str, str, str]:
+def parse_instance_url(url: str, project: str = "") -> tuple[str, str, str]:
+    """(project, zone, name); a partial URL (zones/Z/instances/N) is in `project`."""
     match = _INSTANCE_URL.fullmatch(url)
     if match is None:
         raise invalid(f"Invalid value for field 'instances': '{url}'")
-    return match.group(1), match.group(2), match.group(3)
+    return match.group(1) or project, match.group(2), match.group(3)
 
 
 # --- operations ------------------------------------------------------------------------------------
@@ -1118,7 +1120,7 @@ class InMemoryCompute(ComputeBackend):
             mig = self._get_mig(project, location, name)
             targets = []
             for url in instances:
-                p, zone, inst_name = parse_instance_url(url)
+                p, zone, inst_name = parse_instance_url(url, project)
                 if p != project or inst_name not in mig.members or zone not in mig.zones:
                     raise invalid(f"Instance '{url}' is not a member of the managed instance group '{name}'")
                 targets.append(inst_name)
@@ -1318,7 +1320,7 @@ class InMemoryCompute(ComputeBackend):
                 raise invalid("Exactly one of 'instances' or 'allInstances' must be specified")
             names = []
             for url in urls:
-                p, zone, inst_name = parse_instance_url(str(url))
+                p, zone, inst_name = parse_instance_url(str(url), project)
                 if p != project or inst_name not in mig.members or zone not in mig.zones:
                     raise invalid(f"Instance '{url}' is not a member of the managed instance group '{name}'")
                 names.append(inst_name)
