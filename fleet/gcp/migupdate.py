@@ -28,6 +28,7 @@ from functions import fleet_contract as contract
 
 RELEASE_KEY = "fleet-release"
 VERSION_KEY = "fleet-version"
+BASE_KEY = "fleet-base-template"  # a release template names the base template it was made from
 GUEST_NAMESPACE = "fleet"  # the agent's guest attributes: fleet/release, fleet/health (fleet/agent/apis.py)
 _MAX_NAME = 63
 
@@ -42,8 +43,12 @@ def release_properties(base: Mapping[str, Any], release_id: str, version: str) -
     """The base template's properties with the release in the metadata (other keys kept, in order)."""
     props = copy.deepcopy(dict(base.get("properties") or {}))
     metadata = dict(props.get("metadata") or {})
-    items = [i for i in metadata.get("items") or [] if i.get("key") not in (RELEASE_KEY, VERSION_KEY)]
+    items = [
+        i for i in metadata.get("items") or [] if i.get("key") not in (RELEASE_KEY, VERSION_KEY, BASE_KEY)
+    ]
     items += [{"key": RELEASE_KEY, "value": release_id}, {"key": VERSION_KEY, "value": version}]
+    if base.get("name"):
+        items.append({"key": BASE_KEY, "value": str(base["name"])})
     metadata["items"] = items
     metadata.pop("fingerprint", None)
     props["metadata"] = metadata
@@ -131,6 +136,13 @@ class MigMove:
     def current_template(self) -> str:
         """The MIG's instanceTemplate (name)."""
         return str(self.compute.mig(self.mig).instance_template).rsplit("/", 1)[-1]
+
+    def base_template(self) -> str:
+        """The template infra manages: the MIG's template, or the base a release template names."""
+        current = self.current_template()
+        found = self.template(current) or {}
+        items = ((found.get("properties") or {}).get("metadata") or {}).get("items") or []
+        return next((str(i.get("value")) for i in items if i.get("key") == BASE_KEY), current)
 
     def release_template(self, base: str, release_id: str, version: str) -> tuple[str, dict[str, Any], bool]:
         """(name, body, created): the release's template, inserted unless it exists already."""

@@ -250,3 +250,29 @@ def preview(move: mu.MigMove, base: str, target: Release, batch: int) -> dict[st
         "diff": mu.metadata_diff(now, {"properties": props}),
         "update_policy": mu.replace_policy(batch, move.zones()),
     }
+
+
+def for_hosts(hosts: Sequence[Any], compute: Any) -> mu.MigMove:
+    """The MIG move of a replace rollout over `hosts`: their one MIG (gce.migs), the LB's backend
+    service when lb.kind is gcp (else the guest attributes are the only gate), polled at the LB's
+    check interval."""
+    from fleet.gcp.compute import mig_ref
+
+    refs = {str(mig_ref(m)): mig_ref(m) for h in hosts for m in h.settings.gce.migs if isinstance(m, dict)}
+    if len(refs) != 1:
+        raise FleetError(
+            f"--strategy replace needs the hosts of exactly one MIG; gce.migs names {len(refs)}",
+            hint="set gce.migs to the MIG, or select its hosts (--group/--hosts)",
+        )
+    lb = hosts[0].settings.lb
+    backend = lb.backend if lb.kind == "gcp" and lb.backend else ""
+    return mu.MigMove(compute, next(iter(refs.values())), backend, poll=max(0.5, float(lb.check_interval)))
+
+
+def engine_for(move: mu.MigMove, base_template: str | None = None) -> Any:
+    """What `fleet.rollout.run.Run.strategy` takes: builds a Replace engine for this MIG."""
+
+    def build(ops: Any, plan: Any, **kw: Any) -> Replace:
+        return Replace(ops, plan, move=move, base_template=base_template or move.base_template(), **kw)
+
+    return build
