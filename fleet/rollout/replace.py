@@ -6,9 +6,10 @@ the base template at staging), then one `applyUpdatesToInstances` recreates the 
 place (same names, so the plan, the journal and `--resume` speak of the same hosts). Each host then
 passes when the MIG shows it RUNNING its new version with no action left, the agent reports the
 target release in its guest attributes, and the load balancer's backend service says HEALTHY; then
-min-ready, and it must still be HEALTHY. A host that fails is recreated from its source release's
-template (`rolled-back`, counted against the budget); past the budget the engine's fleet rollback
-puts every updated host back the same way, newest batch first, and the MIG's template with them.
+min-ready (once for the batch), and it must still be HEALTHY. A host that fails is recreated from
+its source release's template (`rolled-back`, counted against the budget); past the budget the
+engine's fleet rollback puts every updated host back the same way, newest batch first, and the
+MIG's template with them.
 
 The policy set on the MIG (OPPORTUNISTIC, RECREATE, maxSurge 0, maxUnavailable = the batch size)
 keeps the MIG from moving on its own while new VMs (autohealing, a resize) use the new template.
@@ -106,8 +107,10 @@ class Replace(Engine):
         errors = self._recreate(names, lambda n: self.plan.jobs[n].target, "forward")
         for n, error in errors.items():
             self.outcomes[n].result, self.outcomes[n].error = "failed", error
-        results = self._on([n for n in names if n not in errors], self.forward_host)
-        failed = [r.host for r in results if self.outcomes[r.host].result == "failed"]
+        moved = [n for n in names if n not in errors]
+        self._on(moved, self.forward_host)
+        self._soak_batch([n for n in moved if self.outcomes[n].result == "replaced"], "updated")
+        failed = [n for n in moved if self.outcomes[n].result == "failed"]
         bounce = [n for n in failed if self.plan.jobs[n].source is not None]
         if bounce and not self.stop.is_set():
             self._bounce(bounce)
@@ -143,7 +146,9 @@ class Replace(Engine):
         errors = self._recreate(todo, lambda n: self.plan.jobs[n].source, "rollback")
         for n, error in errors.items():
             self.outcomes[n].result, self.outcomes[n].error = "failed", error
-        self._on([n for n in todo if n not in errors], self.revert_host)
+        moved = [n for n in todo if n not in errors]
+        self._on(moved, self.revert_host)
+        self._soak_batch([n for n in moved if self.outcomes[n].result == "replaced"], "reverted")
         return [HostResult(n, "ok", data={"outcome": self.outcomes[n]}) for n in names]
 
     # ------------------------------------------------------------------ one host
@@ -152,7 +157,7 @@ class Replace(Engine):
         job = self.plan.jobs[name]
         out = self.outcomes[name]
         started = time.monotonic()
-        self._gate(name, out, self.template_for(job.target), job.target, "updated")
+        self._gate(name, out, self.template_for(job.target), job.target)
         out.duration = time.monotonic() - started
         return HostResult(name, "ok", data={"outcome": out})
 
@@ -162,7 +167,7 @@ class Replace(Engine):
         assert job.source is not None
         started = time.monotonic()
         probe = HostOutcome(out.host, out.batch)
-        self._gate(name, probe, self.template_for(job.source), job.source, "reverted")
+        self._gate(name, probe, self.template_for(job.source), job.source)
         out.steps.update({f"revert-{k}": v for k, v in probe.steps.items()})
         out.problems += probe.problems
         out.result = probe.result
@@ -171,13 +176,33 @@ class Replace(Engine):
         out.duration += time.monotonic() - started
         return HostResult(name, "ok", data={"outcome": out})
 
-    def _gate(self, name: str, out: HostOutcome, template: str, release: Release, result: str) -> None:
+    def _soak_batch(self, names: Sequence[str], result: str) -> None:
+        """min-ready once for the batch (its hosts came up together), then each must still be HEALTHY."""
+        if not names:
+            return
+        self.move.sleep(self.plan.timings.min_ready)
+        self.view.refresh(force=True)
+
+        def check(name: str) -> HostResult:
+            out = self.outcomes[name]
+            try:
+                with self.step(out, "soak"):
+                    state = self.view.lb_state(self.instance(name))
+                    if state != "HEALTHY":
+                        raise HostFailed(name, "soak", f"the load balancer says {state} after min-ready")
+                out.result = result
+            except FleetError as exc:
+                out.result, out.error = "failed", _text(exc)
+            return HostResult(name, "ok", data={"outcome": out})
+
+        self._on(names, check)
+
+    def _gate(self, name: str, out: HostOutcome, template: str, release: Release) -> None:
+        """Wait for the host's new VM; `replaced` (the batch's min-ready soak decides) or why not."""
         try:
             with self.step(out, "replace"):
                 self._await(name, template, release)
-            with self.step(out, "soak"):
-                self._soak(name)
-            out.result = result
+            out.result = "replaced"
         except Interrupted:
             out.result = "interrupted"
         except FleetError as exc:
@@ -222,14 +247,6 @@ class Replace(Engine):
                 f"the agent reports release {reported.get('release') or 'none'}, not {release.id} ({limit})"
             )
         return f"the load balancer says {self.view.lb_state(instance)}, not HEALTHY ({limit})"
-
-    def _soak(self, name: str) -> None:
-        """min-ready: stay HEALTHY that long (checked at the end, from the shared view)."""
-        self.move.sleep(self.plan.timings.min_ready)
-        instance = self.instance(name)
-        state = self.view.lb_state(instance)
-        if state != "HEALTHY":
-            raise HostFailed(name, "soak", f"the load balancer says {state} after min-ready")
 
 
 def preview(move: mu.MigMove, base: str, target: Release, batch: int) -> dict[str, Any]:

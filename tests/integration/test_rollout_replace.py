@@ -176,7 +176,13 @@ def test_replace_rollout_canary_then_batches_same_names_new_release(stand: Stand
     body = stand.move.template(template)
     assert body is not None
     items = {i["key"]: i["value"] for i in body["properties"]["metadata"]["items"]}
-    assert items == {"fleet-name": "dify", mu.RELEASE_KEY: NEW.id, mu.VERSION_KEY: NEW.version}
+    assert items == {
+        "fleet-name": "dify",
+        mu.RELEASE_KEY: NEW.id,
+        mu.VERSION_KEY: NEW.version,
+        mu.BASE_KEY: BASE,
+    }
+    assert stand.move.base_template() == BASE  # found again through the release template the MIG now has
 
 
 def test_broken_release_fails_the_canary_and_the_mig_goes_back(stand: Stand, tmp_path: Path) -> None:
@@ -257,7 +263,11 @@ def test_preview_shows_template_diff_and_policy(stand: Stand) -> None:
     setup = len(stand.api.actions())
     got = preview(stand.move, BASE, NEW, 2)
     assert got["current"] == BASE and got["exists"] is False and got["template"].startswith(f"{BASE}-")
-    assert got["diff"] == [f"{mu.RELEASE_KEY}: - -> {NEW.id}", f"{mu.VERSION_KEY}: - -> {NEW.version}"]
+    assert got["diff"] == [
+        f"{mu.BASE_KEY}: - -> {BASE}",
+        f"{mu.RELEASE_KEY}: - -> {NEW.id}",
+        f"{mu.VERSION_KEY}: - -> {NEW.version}",
+    ]
     assert got["update_policy"]["maxUnavailable"] == {"fixed": 2}
     assert len(stand.api.actions()) == setup  # a dry run changes nothing
     with pytest.raises(Exception, match="does not exist"):
