@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.report import write_section
 
-COMMAND = "nox -s bench -- replace"
+COMMAND = "python -m bench replace"
 SIZE = int(os.environ.get("BENCH_REPLACE_SIZE", "1000"))
 PROJECT = "bench-replace"
 REGION = "europe-west1"

@@ -96,6 +96,8 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
     """One rollout or rollback, start to end (or its plan, with `dry_run`)."""
     hooks = hooks or Hooks()
     warn = hooks.warn
+    if req.strategy not in (None, "ssh", "replace"):
+        raise FleetError(f"invalid --strategy {req.strategy!r}", hint="ssh | replace; nothing was changed")
     preload = _preload() if not req.dry_run else None
     from fleet import rollout as ro
     from fleet.inventory import choose
@@ -149,8 +151,6 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
         if not plan.jobs:
             return Outcome(plan, dry_run=req.dry_run)
         strategy = req.strategy or chosen[0].settings.rollout.strategy
-        if strategy not in ("ssh", "replace"):
-            raise FleetError(f"invalid --strategy {strategy!r}", hint="ssh | replace")
         if replay is not None and req.strategy and req.strategy != plan.strategy:
             raise FleetError(
                 f"rollout {plan.rollout_id} ran with --strategy {plan.strategy}",
