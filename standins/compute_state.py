@@ -1073,16 +1073,27 @@ class InMemoryCompute(ComputeBackend):
         self._scheduler.later(self.boot_seconds, self._booted(mig, inst.name, inst.id))
 
     def _booted(self, mig: _Mig, member: str, instance_id: int) -> Callable[[], None]:
+        def current() -> _Instance | None:
+            inst = self._find_member(mig, member)
+            if inst is None or inst.id != instance_id or mig.actions.get(member) != "VERIFYING":
+                return None
+            return inst
+
         def run() -> None:
             with self._lock:
-                inst = self._find_member(mig, member)
-                if inst is None or inst.id != instance_id or mig.actions.get(member) != "VERIFYING":
+                inst = current()
+                if inst is None:
                     return
-                attrs: dict[str, str] = {}
-                health = "HEALTHY"
-                if self.boot is not None:
-                    template = self.template_lookup(inst.template) if self.template_lookup else None
-                    attrs, health = self.boot(inst.to_json(), template)
+                url, seen = inst.template, inst.to_json()
+            attrs: dict[str, str] = {}
+            health = "HEALTHY"
+            if self.boot is not None:  # outside our lock: the template comes from the store (its lock)
+                template = self.template_lookup(url) if self.template_lookup else None
+                attrs, health = self.boot(seen, template)
+            with self._lock:
+                inst = current()
+                if inst is None:
+                    return
                 inst.guest_attributes.update(attrs)
                 inst.health = health
                 mig.actions[member] = "NONE"
@@ -1230,24 +1241,30 @@ class InMemoryCompute(ComputeBackend):
     # --- the MIG updater's API ---------------------------------------------------------------------
 
     def _check_template(self, url: str) -> bool:
+        """Whether the resource store has this template. Never called with `self._lock` held: the
+        store's lock is always taken before this backend's (it calls in here holding its own)."""
         return self.template_lookup is None or self.template_lookup(url) is not None
 
     def update_igm(
         self, project: str, location: str, name: str, fields: Mapping[str, Any], *, check_only: bool = False
     ) -> None:
+        new_versions = None
+        try:  # templates checked before this backend's lock (lock order: the store's, then ours)
+            if "versions" in fields:
+                new_versions = mig_updater.check_versions(fields["versions"], self._check_template)
+            elif isinstance(fields.get("instanceTemplate"), str):
+                if not self._check_template(fields["instanceTemplate"]):
+                    raise mig_updater.UpdateError(
+                        "Invalid value for field 'resource.instanceTemplate': "
+                        f"'{fields['instanceTemplate']}' does not exist"
+                    )
+                new_versions = [{"instanceTemplate": fields["instanceTemplate"]}]
+        except mig_updater.UpdateError as exc:
+            raise invalid(str(exc)) from None
         with self._lock:
             mig = self._get_mig(project, location, name)
-            versions, policy = mig.versions, mig.update_policy
+            versions, policy = new_versions or mig.versions, mig.update_policy
             try:
-                if "versions" in fields:
-                    versions = mig_updater.check_versions(fields["versions"], self._check_template)
-                elif isinstance(fields.get("instanceTemplate"), str):
-                    if not self._check_template(fields["instanceTemplate"]):
-                        raise mig_updater.UpdateError(
-                            "Invalid value for field 'resource.instanceTemplate': "
-                            f"'{fields['instanceTemplate']}' does not exist"
-                        )
-                    versions = [{"instanceTemplate": fields["instanceTemplate"]}]
                 if "updatePolicy" in fields:
                     change = fields["updatePolicy"] or {}
                     if not isinstance(change, Mapping):
@@ -1283,7 +1300,8 @@ class InMemoryCompute(ComputeBackend):
                     412, "conditionNotMet", "Invalid fingerprint. The resource was modified; get it again."
                 )
             fields = {k: v for k, v in body.items() if k in owned}
-            self.update_igm(project, location, name, fields, check_only=True)
+        self.update_igm(project, location, name, fields, check_only=True)
+        with self._lock:
             op, _ = self._mig_op(mig, "patch", request_id)
         self._land_later(op, lambda: self.update_igm(project, location, name, fields))
         return op
@@ -1299,7 +1317,8 @@ class InMemoryCompute(ComputeBackend):
             if seen is not None:
                 return seen
             fields = {"instanceTemplate": template}
-            self.update_igm(project, location, name, fields, check_only=True)
+        self.update_igm(project, location, name, fields, check_only=True)
+        with self._lock:
             op, _ = self._mig_op(mig, "compute.instanceGroupManagers.setInstanceTemplate", request_id)
         self._land_later(op, lambda: self.update_igm(project, location, name, fields))
         return op
