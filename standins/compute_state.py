@@ -711,7 +711,8 @@ class InMemoryCompute(ComputeBackend):
         while True:
             suffix = hashlib.sha256(f"{mig.name}{next(self._ids)}".encode()).hexdigest()[:4]
             name = f"{mig.base_instance_name}-{suffix}"
-            if (mig.project, zone, name) not in self._instances:
+            # unique in the group (a regional MIG's zones share its names) and in the zone
+            if (mig.project, zone, name) not in self._instances and name not in mig.members:
                 break
         inst = _Instance(
             mig.project,

@@ -284,3 +284,30 @@ def test_names_are_content_addressed_and_bounded() -> None:
     assert regional["maxUnavailable"] == {"fixed": 3} and regional["maxSurge"] == {"fixed": 0}
     parsed = compute_v1.InstanceGroupManagerUpdatePolicy.from_json(json.dumps(regional))
     assert (parsed.replacement_method, parsed.max_surge.fixed) == ("RECREATE", 0)
+
+
+def test_for_hosts_takes_the_one_mig_and_the_gcp_backend_then_builds_the_engine(
+    stand: Stand, tmp_path: Path
+) -> None:
+    """What `fab rollout --strategy replace` builds from the inventory (fleet/rollout/service.py)."""
+    from fleet.errors import FleetError
+    from fleet.inventory import FleetHost
+    from fleet.rollout.replace import engine_for, for_hosts
+
+    def host(name: str, migs: list[dict[str, str]]) -> FleetHost:
+        data = {
+            "gce": {"project": PROJECT, "zone": ZONE, "instance": name, "migs": migs},
+            "lb": {"kind": "gcp", "backend": "web-bs", "check_interval": 2.0},
+        }
+        return FleetHost(name, "10.0.0.1", 22, "deploy", (), data)
+
+    web = {"project": PROJECT, "zone": ZONE, "name": "web"}
+    move = for_hosts([host(m, [web]) for m in stand.members], stand.compute)
+    assert (str(move.mig), move.backend_service, move.poll) == (f"{PROJECT}/{ZONE}/web", "web-bs", 2.0)
+    with pytest.raises(FleetError, match="exactly one MIG"):
+        for_hosts([host("a", [web, {"project": PROJECT, "zone": ZONE, "name": "other"}])], stand.compute)
+    ops, p = plan(stand, NEW)
+    built = engine_for(move)(
+        ops, p, journal=Journal.create(tmp_path, p.rollout_id), lb=None, marks=FakeMarks()
+    )
+    assert isinstance(built, Replace) and built.base_template == BASE  # the MIG's template now
