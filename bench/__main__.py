@@ -20,6 +20,7 @@ OPTIONAL = {
     "agent": "bench.agent",
     "step_latency": "bench.step_latency",
     "engine_scale": "bench.engine_scale",
+    "replace": "bench.replace",
 }
 for _name, _module in OPTIONAL.items():
     if importlib.util.find_spec(_module) is not None:

@@ -238,6 +238,25 @@ class ComputeApi:
                 "instanceGroupManagers.recreateInstances",
                 self._recreate,
             ),
+            (
+                "POST",
+                _P + _LOC + r"/instanceGroupManagers/(?P<igm>[^/]+)/setInstanceTemplate$",
+                "instanceGroupManagers.setInstanceTemplate",
+                self._set_instance_template,
+            ),
+            (
+                "POST",
+                _P + _LOC + r"/instanceGroupManagers/(?P<igm>[^/]+)/applyUpdatesToInstances$",
+                "instanceGroupManagers.applyUpdatesToInstances",
+                self._apply_updates,
+            ),
+            # a zonal MIG's patch (a regional one's is the resource store's, above: same backend call)
+            (
+                "PATCH",
+                _P + _LOC + r"/instanceGroupManagers/(?P<igm>[^/]+)$",
+                "instanceGroupManagers.patch",
+                self._patch_igm,
+            ),
             ("GET", _P + _LOC + r"/autoscalers$", "autoscalers.list", self._list_autoscalers),
             (
                 "GET",
@@ -446,6 +465,25 @@ class ComputeApi:
         if not isinstance(instances, list) or not all(isinstance(i, str) for i in instances):
             raise invalid("Invalid value for field 'resource.instances'")
         op = self.backend.recreate(p["project"], p["location"], p["igm"], instances, self._request_id(q))
+        return 200, op.to_json()
+
+    def _set_instance_template(self, p: dict[str, str], q: dict[str, str], body: Any) -> tuple[int, Any]:
+        template = self._object(body, "resource").get("instanceTemplate")
+        if not isinstance(template, str):
+            raise invalid("Required field 'instanceTemplate' not specified")
+        op = self.backend.set_instance_template(
+            p["project"], p["location"], p["igm"], template, self._request_id(q)
+        )
+        return 200, op.to_json()
+
+    def _apply_updates(self, p: dict[str, str], q: dict[str, str], body: Any) -> tuple[int, Any]:
+        req = self._object(body, "resource")
+        op = self.backend.apply_updates(p["project"], p["location"], p["igm"], req, self._request_id(q))
+        return 200, op.to_json()
+
+    def _patch_igm(self, p: dict[str, str], q: dict[str, str], body: Any) -> tuple[int, Any]:
+        req = self._object(body, "resource")
+        op = self.backend.patch_igm(p["project"], p["location"], p["igm"], req, self._request_id(q))
         return 200, op.to_json()
 
     def _autoscaler_write(

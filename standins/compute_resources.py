@@ -30,6 +30,7 @@ Imports nothing of fleet/ (the stand-ins are Google's side of the wire).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 import itertools
@@ -250,6 +251,20 @@ class ComputeResources:
         self._fail: dict[str, list[str]] = {}
         self._ids = itertools.count(2_000_000_000_000 + random.randrange(10**9))
         self._scheduler: Scheduler | None = None
+        # a backend that runs the MIG updater owns a MIG's template, versions and update policy,
+        # and creates members from the templates kept here
+        self._updater = type(backend).update_igm is not ComputeBackend.update_igm
+        if getattr(backend, "template_lookup", False) is None:
+            backend.template_lookup = self.template_json  # type: ignore[attr-defined]
+
+    def template_json(self, url: str) -> dict[str, Any] | None:
+        """The instance template a URL names, as instanceTemplates.get answers, or None."""
+        key = ref_key(url)
+        if key is None or key[1] != "global" or key[2] != "instanceTemplates":
+            return None
+        with self._lock:
+            rec = self._records.get((key[0], "", "instanceTemplates", key[3]))
+            return rec.to_json() if rec is not None else None
 
     # --- test hooks ------------------------------------------------------------------------------
 
@@ -291,6 +306,8 @@ class ComputeResources:
         out = [
             (verb, path, method, self._dedupe(fn) if verb != "GET" else fn) for verb, path, method, fn in out
         ]
+        health = _P + _GLOBAL + r"/backendServices/(?P<name>[^/]+)/getHealth$"
+        out.append(("POST", health, "backendServices.getHealth", self._get_health))
         fr = _P + _GLOBAL + r"/forwardingRules/(?P<name>[^/]+)/setTarget$"
         igm = _P + _REGIONAL + r"/instanceGroupManagers"
         out += [
@@ -599,6 +616,44 @@ class ComputeResources:
             apply,
         )
 
+    # --- a backend service's view of its instance groups -------------------------------------------
+
+    def _get_health(self, p: dict[str, str], q: dict[str, str], body: Any) -> tuple[int, Any]:
+        """backendServices.getHealth: each instance of one backend group, as the health check sees it."""
+        project = p["project"]
+        with self._lock:
+            self._project(project)
+            rec = self._record(KINDS["backendServices"], project, "", p["name"])
+            group = _body(body).get("group")
+            key = ref_key(group) if isinstance(group, str) else None
+            if key is None or key[2] != "instanceGroups":
+                raise invalid(f"Invalid value for field 'resourceGroupReference.group': '{group}'")
+            groups = {ref_key(str(b.get("group", ""))) for b in rec.body.get("backends") or []}
+            if key not in groups:
+                raise invalid(f"Instance group '{group}' is not a backend of backend service '{p['name']}'")
+        location = key[1].split("/", 1)[1]
+        members = self.backend.managed_instances(key[0], location, key[3])
+        port = next(
+            (
+                int(n.get("port", 80))
+                for n in (self._igm.get((key[0], location, key[3])) or {}).get("namedPorts") or []
+            ),
+            80,
+        )
+        statuses = []
+        for m in members:
+            _, zone_part, _, inst_name = ref_key(m["instance"]) or ("", "zones/-", "", m["name"])
+            zone = zone_part.split("/", 1)[1]
+            statuses.append(
+                {
+                    "instance": m["instance"],
+                    "ipAddress": f"10.128.0.{int(m.get('id', 0)) % 250 + 2}",
+                    "port": port,
+                    "healthState": self.backend.instance_health(key[0], zone, inst_name),
+                }
+            )
+        return 200, {"kind": "compute#backendServiceGroupHealth", "healthStatus": statuses}
+
     # --- regional MIGs ---------------------------------------------------------------------------
 
     def _igm_fields(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -675,6 +730,8 @@ class ComputeResources:
             fields["fingerprint"] = fingerprint()
             self._igm[key] = fields  # reserved now: a second insert is refused while this one runs
 
+        owned = {k: fields.pop(k) for k in _UPDATER_FIELDS & set(fields)} if self._updater else {}
+
         def apply() -> None:
             add_mig(
                 project,
@@ -685,7 +742,10 @@ class ComputeResources:
                 base_instance_name=base,
                 zones=zones,
                 template_labels=labels,
+                template=resource["instanceTemplate"],
             )
+            if owned:
+                self.backend.update_igm(project, region, name, owned)
 
         link = f"{BASE_URL}/projects/{project}/regions/{region}/instanceGroupManagers/{name}"
         return self._begin(
@@ -741,12 +801,25 @@ class ComputeResources:
                     f"this stand-in patches {sorted(_IGM_FIELDS)}"
                 )
             key = (project, region, name)
-            current = self._igm.get(key) or self._igm_fields(view)
+            owned: dict[str, Any] = {}
+            if self._updater:  # the backend checks and keeps these itself
+                owned = {k: change[k] for k in _UPDATER_FIELDS & set(change)}
+                self.backend.update_igm(project, region, name, owned, check_only=True)
+                change = {k: v for k, v in change.items() if k not in _UPDATER_FIELDS}
+            current = self._igm.get(key) or {
+                k: v
+                for k, v in self._igm_fields(view).items()
+                if not (self._updater and k in _UPDATER_FIELDS)
+            }
             new = merge_patch(current, self._igm_fields(change))
             self._igm_check(new, region)
 
         def apply() -> None:
             self._igm[key] = {**new, "fingerprint": fingerprint()}
+            if owned:
+                # checked above; a template deleted meanwhile leaves the versions as they were
+                with contextlib.suppress(ComputeApiError):
+                    self.backend.update_igm(project, region, name, owned)
 
         link = f"{BASE_URL}/projects/{project}/regions/{region}/instanceGroupManagers/{name}"
         return self._begin(
@@ -762,8 +835,9 @@ class ComputeResources:
 
 
 _IGM_FIELDS = frozenset(
-    {"instanceTemplate", "autoHealingPolicies", "namedPorts", "updatePolicy", "description"}
+    {"instanceTemplate", "versions", "autoHealingPolicies", "namedPorts", "updatePolicy", "description"}
 )
+_UPDATER_FIELDS = frozenset({"instanceTemplate", "versions", "updatePolicy"})
 _SERVER_FIELDS = frozenset(
     {"id", "kind", "selfLink", "creationTimestamp", "fingerprint", "region", "selfLinkWithId"}
 )

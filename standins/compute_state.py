@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from standins import mig_updater
 from standins.errors import StandinError
 
 BASE_URL = "https://www.googleapis.com/compute/v1"
@@ -34,7 +35,8 @@ _ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")  # europe-west1-b
 _NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
-_INSTANCE_URL = re.compile(r"(?:.*/)?projects/([^/]+)/zones/([^/]+)/instances/([^/]+)")
+# a full URL, projects/P/zones/Z/instances/N, or the partial zones/Z/instances/N (Compute takes all three)
+_INSTANCE_URL = re.compile(r"(?:(?:.*/)?projects/([^/]+)/)?zones/([^/]+)/instances/([^/]+)")
 # currentAction counters of a MIG (instanceGroupManagers.get): shared by every backend
 ACTION_COUNTERS = (
     "none",
@@ -103,11 +105,12 @@ def instance_url(project: str, zone: str, name: str) -> str:
     return f"{BASE_URL}/projects/{project}/zones/{zone}/instances/{name}"
 
 
-def parse_instance_url(url: str) -> tuple[str, str, str]:
+def parse_instance_url(url: str, project: str = "") -> tuple[str, str, str]:
+    """(project, zone, name); a partial URL (zones/Z/instances/N) is in `project`."""
     match = _INSTANCE_URL.fullmatch(url)
     if match is None:
         raise invalid(f"Invalid value for field 'instances': '{url}'")
-    return match.group(1), match.group(2), match.group(3)
+    return match.group(1) or project, match.group(2), match.group(3)
 
 
 # --- operations ------------------------------------------------------------------------------------
@@ -346,6 +349,34 @@ class ComputeBackend(ABC):
     @abstractmethod
     def set_common_metadata(self, project: str, body: Mapping[str, Any], request_id: str) -> Operation: ...
 
+    # --- the MIG updater (versions, update policy); optional: a backend without it answers 400 ---
+
+    def update_igm(
+        self, project: str, location: str, name: str, fields: Mapping[str, Any], *, check_only: bool = False
+    ) -> None:
+        """Lay instanceTemplate / versions / updatePolicy over the MIG now (the caller runs the
+        operation); with `check_only`, only raise what Compute would refuse."""
+        raise invalid("this local backend does not run the MIG updater (versions, updatePolicy)")
+
+    def patch_igm(
+        self, project: str, location: str, name: str, body: Mapping[str, Any], request_id: str
+    ) -> Operation:
+        raise invalid("this local backend does not run the MIG updater (instanceGroupManagers.patch)")
+
+    def set_instance_template(
+        self, project: str, location: str, name: str, template: str, request_id: str
+    ) -> Operation:
+        raise invalid("this local backend does not run the MIG updater (setInstanceTemplate)")
+
+    def apply_updates(
+        self, project: str, location: str, name: str, body: Mapping[str, Any], request_id: str
+    ) -> Operation:
+        raise invalid("this local backend does not run the MIG updater (applyUpdatesToInstances)")
+
+    def instance_health(self, project: str, zone: str, name: str) -> str:
+        """HEALTHY / UNHEALTHY / UNKNOWN as a load balancer's health check sees the instance."""
+        return "UNKNOWN"
+
     def dump(self) -> dict[str, Any]:
         """A JSON view of the whole state, for tests and the demo."""
         return {}
@@ -371,6 +402,8 @@ class _Instance:
     guest_attributes: dict[str, str] = field(default_factory=dict)  # "namespace/key" -> value
     resets: int = 0
     mig: tuple[str, str, str] | None = None
+    template: str = ""  # the instance template it was created from (a MIG member)
+    health: str = "HEALTHY"  # what a health check sees: HEALTHY, UNHEALTHY, UNKNOWN (booting)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -405,6 +438,8 @@ class _Mig:
     members: list[str] = field(default_factory=list)  # instance names, in creation order
     actions: dict[str, str] = field(default_factory=dict)  # instance name -> currentAction
     fingerprint: str = field(default_factory=fingerprint)
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    update_policy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def scope(self) -> str:
@@ -436,11 +471,29 @@ class InMemoryCompute(ComputeBackend):
     `action_seconds` is how long a reset, a recreate, a creation or a deletion takes (the instance's
     currentAction shows it meanwhile); `op_seconds` is how long a MIG or autoscaler operation stays
     PENDING/RUNNING before DONE. Both are short in tests and benchmarks.
+
+    The MIG updater (standins/mig_updater.py) runs on every change of a MIG: versions, updatePolicy,
+    setInstanceTemplate and applyUpdatesToInstances create, delete and recreate members from their
+    target template. A new member is RUNNING after `action_seconds`, then VERIFYING for `boot_seconds`
+    while it "boots"; then `boot(instance, template)` (when given: what the VM's agent would do with
+    the template's metadata) returns its guest attributes and health (HEALTHY or UNHEALTHY); without a
+    hook it comes up HEALTHY with no attributes. `template_lookup(url)` (set by the resource store)
+    gives a template's JSON to that hook.
     """
 
-    def __init__(self, action_seconds: float = 0.2, op_seconds: float = 0.05) -> None:
+    def __init__(
+        self,
+        action_seconds: float = 0.2,
+        op_seconds: float = 0.05,
+        *,
+        boot_seconds: float = 0.0,
+        boot: Callable[[dict[str, Any], dict[str, Any] | None], tuple[dict[str, str], str]] | None = None,
+    ) -> None:
         self.action_seconds = action_seconds
         self.op_seconds = op_seconds
+        self.boot_seconds = boot_seconds
+        self.boot = boot
+        self.template_lookup: Callable[[str], dict[str, Any] | None] | None = None
         self.ops = Operations()
         self._lock = threading.RLock()
         self._scheduler = Scheduler()
@@ -500,6 +553,8 @@ class InMemoryCompute(ComputeBackend):
         base_instance_name: str | None = None,
         zones: Iterable[str] | None = None,
         template_labels: Mapping[str, str] | None = None,
+        template: str | None = None,
+        guest_attributes: Mapping[str, str] | None = None,
     ) -> list[str]:
         """A MIG with `size` RUNNING members created `age` seconds ago; returns the member names."""
         if not _NAME.fullmatch(name):
@@ -515,14 +570,17 @@ class InMemoryCompute(ComputeBackend):
                 next(self._ids),
                 time.time() - age,
                 base_instance_name or name,
-                f"{BASE_URL}/projects/{project}/global/instanceTemplates/{name}-template",
+                template or f"{BASE_URL}/projects/{project}/global/instanceTemplates/{name}-template",
                 size,
                 member_zones,
                 template_labels=dict(template_labels or {}),
             )
+            mig.versions = [{"instanceTemplate": mig.template}]
+            mig.update_policy = mig_updater.check_policy(None, len(member_zones), scope == "regions")
             self._migs[(project, location, name)] = mig
             for _ in range(size):
                 inst = self._new_member(mig, age=age)
+                inst.guest_attributes = dict(guest_attributes or {})
                 mig.actions[inst.name] = "NONE"
             return list(mig.members)
 
@@ -646,12 +704,15 @@ class InMemoryCompute(ComputeBackend):
 
     # --- helpers -----------------------------------------------------------------------------------
 
-    def _new_member(self, mig: _Mig, age: float = 0.0, status: str = "RUNNING") -> _Instance:
+    def _new_member(
+        self, mig: _Mig, age: float = 0.0, status: str = "RUNNING", template: str | None = None
+    ) -> _Instance:
         zone = mig.zones[len(mig.members) % len(mig.zones)]
         while True:
             suffix = hashlib.sha256(f"{mig.name}{next(self._ids)}".encode()).hexdigest()[:4]
             name = f"{mig.base_instance_name}-{suffix}"
-            if (mig.project, zone, name) not in self._instances:
+            # unique in the group (a regional MIG's zones share its names) and in the zone
+            if (mig.project, zone, name) not in self._instances and name not in mig.members:
                 break
         inst = _Instance(
             mig.project,
@@ -663,6 +724,7 @@ class InMemoryCompute(ComputeBackend):
             labels=dict(mig.template_labels),
             metadata=[{"key": "created-by", "value": mig.self_link().removeprefix(f"{BASE_URL}/")}],
             mig=(mig.project, mig.location, mig.name),
+            template=template or mig.template,
         )
         self._instances[(mig.project, zone, name)] = inst
         mig.members.append(name)
@@ -765,7 +827,8 @@ class InMemoryCompute(ComputeBackend):
             camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), action.lower())
             counts[camel] = counts.get(camel, 0) + 1
         stable = all(a == "NONE" for a in mig.actions.values()) and len(mig.members) == mig.target_size
-        status: dict[str, Any] = {"isStable": stable, "versionTarget": {"isReached": True}}
+        reached = mig_updater.version_target_reached(self._member_views(mig), mig.versions, mig.target_size)
+        status: dict[str, Any] = {"isStable": stable, "versionTarget": {"isReached": reached}}
         for auto in self._autoscalers.values():
             if auto.target == (mig.project, mig.location, mig.name):
                 status["autoscaler"] = auto.self_link()
@@ -780,6 +843,8 @@ class InMemoryCompute(ComputeBackend):
             "fingerprint": mig.fingerprint,
             "currentActions": counts,
             "targetSize": mig.target_size,
+            "versions": [_version_json(v, mig.target_size) for v in mig.versions],
+            "updatePolicy": _policy_json(mig.update_policy, mig.target_size),
             "status": status,
             "selfLink": mig.self_link(),
         }
@@ -815,6 +880,10 @@ class InMemoryCompute(ComputeBackend):
                 inst = self._find_member(mig, member)
                 if inst is None:
                     continue
+                version = {"instanceTemplate": inst.template}
+                named = next((v for v in mig.versions if v["instanceTemplate"] == inst.template), None)
+                if named is not None and named.get("name"):
+                    version["name"] = named["name"]
                 out.append(
                     {
                         "instance": instance_url(project, inst.zone, inst.name),
@@ -822,7 +891,8 @@ class InMemoryCompute(ComputeBackend):
                         "name": inst.name,
                         "instanceStatus": inst.status,
                         "currentAction": mig.actions.get(member, "NONE"),
-                        "version": {"instanceTemplate": mig.template},
+                        "version": version,
+                        "instanceHealth": [{"detailedHealthState": inst.health}],
                     }
                 )
             return out
@@ -938,12 +1008,7 @@ class InMemoryCompute(ComputeBackend):
     def _resize_locked(self, mig: _Mig, size: int) -> None:
         mig.target_size = size
         live = [m for m in mig.members if mig.actions.get(m) != "DELETING"]
-        if size > len(live):
-            for _ in range(size - len(live)):
-                new = self._new_member(mig, status="PROVISIONING")
-                mig.actions[new.name] = "CREATING"
-                self._scheduler.later(self.action_seconds, self._created(mig, new.name))
-        elif size < len(live):
+        if size < len(live):
             # Like a MIG: drop instances that are not running first, then the newest.
             def order(member: str) -> tuple[int, float]:
                 found = self._find_member(mig, member)
@@ -951,19 +1016,99 @@ class InMemoryCompute(ComputeBackend):
                 return (1 if running else 0, -(found.created if found else 0.0))
 
             for member in sorted(live, key=order)[: len(live) - size]:
-                mig.actions[member] = "DELETING"
-                inst = self._find_member(mig, member)
-                if inst is not None:
-                    inst.status = "STOPPING"
-                self._scheduler.later(self.action_seconds, self._deleted(mig, member))
+                self._start_delete(mig, member)
+        self._reconcile(mig)
+
+    # --- the updater: every change of a MIG ends here ----------------------------------------------
+
+    def _member_views(self, mig: _Mig) -> list[mig_updater.Member]:
+        out = []
+        for member in mig.members:
+            inst = self._find_member(mig, member)
+            if inst is None:
+                continue
+            action = mig.actions.get(member, "NONE")
+            ready = inst.status == "RUNNING" and action == "NONE" and inst.health == "HEALTHY"
+            out.append(mig_updater.Member(member, inst.template, action, ready))
+        return out
+
+    def _reconcile(self, mig: _Mig) -> None:
+        """Start what the updater would start now (creations, deletions, recreations)."""
+        if self._migs.get((mig.project, mig.location, mig.name)) is not mig:
+            return
+        moves = mig_updater.plan(self._member_views(mig), mig.versions, mig.target_size, mig.update_policy)
+        for template in moves.create:
+            new = self._new_member(mig, status="PROVISIONING", template=template)
+            new.health = "UNKNOWN"
+            mig.actions[new.name] = "CREATING"
+            self._scheduler.later(self.action_seconds, self._created(mig, new.name))
+        for member in moves.delete:
+            self._start_delete(mig, member)
+        for member, template in moves.recreate:
+            self._start_recreate(mig, member, template)
+
+    def _start_delete(self, mig: _Mig, member: str) -> None:
+        mig.actions[member] = "DELETING"
+        inst = self._find_member(mig, member)
+        if inst is not None:
+            inst.status = "STOPPING"
+        self._scheduler.later(self.action_seconds, self._deleted(mig, member))
+
+    def _start_recreate(self, mig: _Mig, member: str, template: str) -> None:
+        mig.actions[member] = "RECREATING"
+        inst = self._find_member(mig, member)
+        if inst is not None:
+            inst.status = "STOPPING"
+            inst.template = template  # the VM it becomes; counted for its target version meanwhile
+            inst.health = "UNKNOWN"
+        self._scheduler.later(self.action_seconds, self._recreated(mig, member))
+
+    def _came_up(self, mig: _Mig, inst: _Instance) -> None:
+        """A created or recreated member is RUNNING: boot (VERIFYING), then report and serve."""
+        inst.status = "RUNNING"
+        if self.boot is None and self.boot_seconds <= 0:
+            inst.health = "HEALTHY"
+            mig.actions[inst.name] = "NONE"
+            return
+        mig.actions[inst.name] = "VERIFYING"
+        self._scheduler.later(self.boot_seconds, self._booted(mig, inst.name, inst.id))
+
+    def _booted(self, mig: _Mig, member: str, instance_id: int) -> Callable[[], None]:
+        def current() -> _Instance | None:
+            inst = self._find_member(mig, member)
+            if inst is None or inst.id != instance_id or mig.actions.get(member) != "VERIFYING":
+                return None
+            return inst
+
+        def run() -> None:
+            with self._lock:
+                inst = current()
+                if inst is None:
+                    return
+                url, seen = inst.template, inst.to_json()
+            attrs: dict[str, str] = {}
+            health = "HEALTHY"
+            if self.boot is not None:  # outside our lock: the template comes from the store (its lock)
+                template = self.template_lookup(url) if self.template_lookup else None
+                attrs, health = self.boot(seen, template)
+            with self._lock:
+                inst = current()
+                if inst is None:
+                    return
+                inst.guest_attributes.update(attrs)
+                inst.health = health
+                mig.actions[member] = "NONE"
+                self._reconcile(mig)
+
+        return run
 
     def _created(self, mig: _Mig, member: str) -> Callable[[], None]:
         def run() -> None:
             with self._lock:
                 inst = self._find_member(mig, member)
                 if inst is not None and mig.actions.get(member) == "CREATING":
-                    inst.status = "RUNNING"
-                    mig.actions[member] = "NONE"
+                    self._came_up(mig, inst)
+                    self._reconcile(mig)
 
         return run
 
@@ -976,6 +1121,7 @@ class InMemoryCompute(ComputeBackend):
                 if member in mig.members:
                     mig.members.remove(member)
                 mig.actions.pop(member, None)
+                self._reconcile(mig)
 
         return run
 
@@ -986,7 +1132,7 @@ class InMemoryCompute(ComputeBackend):
             mig = self._get_mig(project, location, name)
             targets = []
             for url in instances:
-                p, zone, inst_name = parse_instance_url(url)
+                p, zone, inst_name = parse_instance_url(url, project)
                 if p != project or inst_name not in mig.members or zone not in mig.zones:
                     raise invalid(f"Instance '{url}' is not a member of the managed instance group '{name}'")
                 targets.append(inst_name)
@@ -995,12 +1141,10 @@ class InMemoryCompute(ComputeBackend):
             op, new = self._mig_op(mig, "compute.instanceGroupManagers.recreateInstances", request_id)
             if not new:
                 return op
+            target, _ = mig_updater.targets(self._member_views(mig), mig.versions, mig.target_size)
             for member in targets:
-                mig.actions[member] = "RECREATING"
                 inst = self._find_member(mig, member)
-                if inst is not None:
-                    inst.status = "STOPPING"
-                self._scheduler.later(self.action_seconds, self._recreated(mig, member))
+                self._start_recreate(mig, member, target.get(member, inst.template if inst else mig.template))
         self._finish_later(op, self.op_seconds)
         return op
 
@@ -1010,14 +1154,15 @@ class InMemoryCompute(ComputeBackend):
                 inst = self._find_member(mig, member)
                 if inst is None or mig.actions.get(member) != "RECREATING":
                     return
-                # Same name, new VM from the template: new id, new creation time, template labels.
+                # Same name, new VM from its target template: new id, creation time, template labels.
                 inst.id = next(self._ids)
                 inst.created = time.time()
-                inst.status = "RUNNING"
                 inst.labels = dict(mig.template_labels)
                 inst.label_fingerprint = fingerprint()
+                inst.guest_attributes = {}
                 inst.resets = 0
-                mig.actions[member] = "NONE"
+                self._came_up(mig, inst)
+                self._reconcile(mig)
 
         return run
 
@@ -1094,6 +1239,146 @@ class InMemoryCompute(ComputeBackend):
             self.ops.finish(op)
             return op
 
+    # --- the MIG updater's API ---------------------------------------------------------------------
+
+    def _check_template(self, url: str) -> bool:
+        """Whether the resource store has this template. Never called with `self._lock` held: the
+        store's lock is always taken before this backend's (it calls in here holding its own)."""
+        return self.template_lookup is None or self.template_lookup(url) is not None
+
+    def update_igm(
+        self, project: str, location: str, name: str, fields: Mapping[str, Any], *, check_only: bool = False
+    ) -> None:
+        new_versions = None
+        try:  # templates checked before this backend's lock (lock order: the store's, then ours)
+            if "versions" in fields:
+                new_versions = mig_updater.check_versions(fields["versions"], self._check_template)
+            elif isinstance(fields.get("instanceTemplate"), str):
+                if not self._check_template(fields["instanceTemplate"]):
+                    raise mig_updater.UpdateError(
+                        "Invalid value for field 'resource.instanceTemplate': "
+                        f"'{fields['instanceTemplate']}' does not exist"
+                    )
+                new_versions = [{"instanceTemplate": fields["instanceTemplate"]}]
+        except mig_updater.UpdateError as exc:
+            raise invalid(str(exc)) from None
+        with self._lock:
+            mig = self._get_mig(project, location, name)
+            versions, policy = new_versions or mig.versions, mig.update_policy
+            try:
+                if "updatePolicy" in fields:
+                    change = fields["updatePolicy"] or {}
+                    if not isinstance(change, Mapping):
+                        raise mig_updater.UpdateError("Invalid value for field 'resource.updatePolicy'")
+                    given = {**_policy_input(mig.update_policy), **change}
+                    policy = mig_updater.check_policy(given, len(mig.zones), mig.scope == "regions")
+            except mig_updater.UpdateError as exc:
+                raise invalid(str(exc)) from None
+            if check_only:
+                return
+            mig.versions, mig.update_policy = versions, policy
+            # the top-level template is the version that takes the remaining instances
+            mig.template = next(v["instanceTemplate"] for v in versions if "targetSize" not in v)
+            mig.fingerprint = fingerprint()
+            self._reconcile(mig)
+
+    def patch_igm(
+        self, project: str, location: str, name: str, body: Mapping[str, Any], request_id: str
+    ) -> Operation:
+        owned = {"instanceTemplate", "versions", "updatePolicy"}
+        with self._lock:
+            mig = self._get_mig(project, location, name)
+            unknown = sorted(set(body) - owned - {"fingerprint", "name"})
+            if unknown:
+                raise invalid(
+                    f"Invalid value for field 'resource.{unknown[0]}': this stand-in patches {sorted(owned)}"
+                )
+            seen = self.ops.find(project, request_id)
+            if seen is not None:
+                return seen
+            if "fingerprint" in body and body["fingerprint"] != mig.fingerprint:
+                raise ComputeApiError(
+                    412, "conditionNotMet", "Invalid fingerprint. The resource was modified; get it again."
+                )
+            fields = {k: v for k, v in body.items() if k in owned}
+        self.update_igm(project, location, name, fields, check_only=True)
+        with self._lock:
+            op, _ = self._mig_op(mig, "patch", request_id)
+        self._land_later(op, lambda: self.update_igm(project, location, name, fields))
+        return op
+
+    def set_instance_template(
+        self, project: str, location: str, name: str, template: str, request_id: str
+    ) -> Operation:
+        with self._lock:
+            mig = self._get_mig(project, location, name)
+            if not isinstance(template, str) or not template:
+                raise invalid("Required field 'instanceTemplate' not specified")
+            seen = self.ops.find(project, request_id)
+            if seen is not None:
+                return seen
+            fields = {"instanceTemplate": template}
+        self.update_igm(project, location, name, fields, check_only=True)
+        with self._lock:
+            op, _ = self._mig_op(mig, "compute.instanceGroupManagers.setInstanceTemplate", request_id)
+        self._land_later(op, lambda: self.update_igm(project, location, name, fields))
+        return op
+
+    def apply_updates(
+        self, project: str, location: str, name: str, body: Mapping[str, Any], request_id: str
+    ) -> Operation:
+        """applyUpdatesToInstances: the listed (or all) outdated members are recreated in place from
+        their target version now, whatever maxSurge/maxUnavailable say."""
+        with self._lock:
+            mig = self._get_mig(project, location, name)
+            for key in ("minimalAction", "mostDisruptiveAllowedAction"):
+                if body.get(key, "REPLACE") not in mig_updater.ACTIONS:
+                    raise invalid(f"Invalid value for field '{key}': '{body.get(key)}'")
+            everyone = bool(body.get("allInstances"))
+            urls = body.get("instances") or []
+            if not isinstance(urls, list) or everyone == bool(urls):
+                raise invalid("Exactly one of 'instances' or 'allInstances' must be specified")
+            names = []
+            for url in urls:
+                p, zone, inst_name = parse_instance_url(str(url), project)
+                if p != project or inst_name not in mig.members or zone not in mig.zones:
+                    raise invalid(f"Instance '{url}' is not a member of the managed instance group '{name}'")
+                names.append(inst_name)
+            op, new = self._mig_op(mig, "compute.instanceGroupManagers.applyUpdatesToInstances", request_id)
+            if not new:
+                return op
+            if body.get("mostDisruptiveAllowedAction", "REPLACE") == "REPLACE":
+                target, _ = mig_updater.targets(self._member_views(mig), mig.versions, mig.target_size)
+                for member in list(mig.members) if everyone else names:
+                    inst = self._find_member(mig, member)
+                    if inst is None or mig.actions.get(member, "NONE") not in ("NONE", "VERIFYING"):
+                        continue
+                    if member in target and target[member] != inst.template:
+                        self._start_recreate(mig, member, target[member])
+        self._finish_later(op, self.op_seconds)
+        return op
+
+    def instance_health(self, project: str, zone: str, name: str) -> str:
+        with self._lock:
+            inst = self._instances.get((project, zone, name))
+            if inst is None or inst.status != "RUNNING":
+                return "UNHEALTHY"
+            return inst.health
+
+    def _land_later(self, op: Operation, change: Callable[[], None]) -> None:
+        """The change lands when the operation is DONE (as the resource store's writes do)."""
+
+        def done() -> None:
+            try:
+                change()
+            except ComputeApiError as exc:  # the MIG changed meanwhile (e.g. a template went away)
+                self.ops.finish(op, exc.message)
+                return
+            self.ops.finish(op)
+
+        self._scheduler.later(self.op_seconds / 2, lambda: self.ops.running(op))
+        self._scheduler.later(self.op_seconds, done)
+
     # --- inspection --------------------------------------------------------------------------------
 
     def member_names(self, project: str, location: str, name: str) -> list[str]:
@@ -1126,5 +1411,32 @@ class InMemoryCompute(ComputeBackend):
         self._scheduler.close()
 
 
+def _version_json(version: Mapping[str, Any], target_size: int) -> dict[str, Any]:
+    out = dict(version)
+    if "targetSize" in version:
+        spec = dict(version["targetSize"])
+        spec["calculated"] = min(target_size, mig_updater.calculated(spec, target_size, round_up=True))
+        out["targetSize"] = spec
+    return out
+
+
+def _policy_json(policy: Mapping[str, Any], target_size: int) -> dict[str, Any]:
+    out = dict(policy)
+    for key, up in (("maxSurge", True), ("maxUnavailable", False)):
+        spec = dict(policy[key])
+        spec["calculated"] = mig_updater.calculated(spec, target_size, round_up=up)
+        out[key] = spec
+    return out
+
+
+def _policy_input(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored policy as a client would send it (without the server's `calculated`)."""
+    return {
+        k: ({kk: vv for kk, vv in v.items() if kk != "calculated"} if isinstance(v, Mapping) else v)
+        for k, v in policy.items()
+    }
+
+
 def proj_link(project: str) -> str:
+
     return f"{BASE_URL}/projects/{project}"

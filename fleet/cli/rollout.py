@@ -30,6 +30,8 @@ RUN_HELP = {
     "message": "why: stored in the fleet lock for others to see",
     "resume": "continue an interrupted rollout from each host's real state",
     "rollout_id": "with --resume: which rollout (default: the newest of the inventory)",
+    "strategy": "ssh: update hosts in place over SSH (default: rollout.strategy, else ssh) | replace: "
+    "the MIG recreates each batch from the release's instance template (docs/rollout.md)",
 }
 
 
@@ -70,6 +72,7 @@ def rollout(
     resume: bool = False,
     rollout_id: str = "",
     workers: int = 0,
+    strategy: str = "",
 ) -> None:
     """Roll a release across the fleet in batches, zero downtime behind the load balancer.
 
@@ -79,6 +82,9 @@ def rollout(
     that fails goes back to its previous release; past --max-failures the rollout stops and, with
     --on-failure rollback, puts every updated host back, newest batch first. Ctrl-C finishes the
     current host step, undrains, releases the lock and prints the --resume command.
+    --strategy replace: instead of switching in place, the MIG recreates each batch from the
+    release's instance template (made from the base template); gates: the agent's guest attributes
+    report the release and the LB's backend service says HEALTHY, then min-ready.
     Exit: 0 succeeded, 1 failed, 2 bad input, 3 rolled back, 4 paused/interrupted.
     """
     code = _main(
@@ -103,6 +109,7 @@ def rollout(
         resume=resume,
         rollout_id=rollout_id,
         workers=workers,
+        strategy=strategy or None,
     )
     if code:
         raise Exit(code=code)
@@ -139,6 +146,7 @@ def rollback(
     resume: bool = False,
     rollout_id: str = "",
     workers: int = 0,
+    strategy: str = "",
 ) -> None:
     """Put every selected host back on its previous release, batch by batch behind the LB.
 
@@ -167,6 +175,7 @@ def rollback(
         resume=resume,
         rollout_id=rollout_id,
         workers=workers,
+        strategy=strategy or None,
     )
     if code:
         raise Exit(code=code)
@@ -221,6 +230,7 @@ def _main(action: str, **o: Any) -> int:
         resume=o["resume"],
         rollout_id=o["rollout_id"],
         workers=o["workers"],
+        strategy=o["strategy"],
     )
     result = service.perform(request, service.Hooks(warn=warn, planned=planned, watch=watch, stop=stop))
     plan, report = result.plan, result.report
@@ -231,7 +241,7 @@ def _main(action: str, **o: Any) -> int:
             print(f"nothing to do: every selected host already runs {plan.label}")
         return 0
     if result.dry_run or report is None:
-        _dry_run(plan, result.diffs, o["json_"])
+        _dry_run(plan, result.diffs, o["json_"], result.replace)
         return 0
     if o["json_"]:
         ui.print_json(report.as_dict())
@@ -242,7 +252,7 @@ def _main(action: str, **o: Any) -> int:
     return report.exit_code
 
 
-def _dry_run(plan: Any, diffs: dict[str, Any], json_: bool) -> None:
+def _dry_run(plan: Any, diffs: dict[str, Any], json_: bool, replace: dict[str, Any] | None = None) -> None:
     from fleet.view import console as ui
     from fleet.view.rollout import print_plan
 
@@ -250,9 +260,17 @@ def _dry_run(plan: Any, diffs: dict[str, Any], json_: bool) -> None:
         payload = plan.as_dict()
         payload["dry_run"] = True
         payload["diffs"] = {h: (d.as_dict() if d is not None else None) for h, d in diffs.items()}
+        if replace is not None:
+            payload["replace"] = replace
         ui.print_json(payload)
         return
     print_plan(plan)
+    if replace is not None:
+        state = "exists" if replace["exists"] else "to be created"
+        print(f"== MIG {replace['mig']}: template {replace['current']} -> {replace['template']} ({state})")
+        for line in replace["diff"]:
+            print(f"   metadata {ui.safe(line)}")
+        print(f"   update policy: {replace['update_policy']}")
     for host, d in diffs.items():
         print(f"== {host}")
         print(ui.safe(d.render()) if d is not None else "   (could not read the current release)")

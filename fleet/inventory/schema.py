@@ -129,6 +129,8 @@ class SecretSource(_Strict):
 
 
 class RolloutSettings(_Strict):
+    # ssh: hosts updated in place over SSH; replace: the MIG recreates them from the release's template
+    strategy: Literal["ssh", "replace"] = "ssh"
     canary: StrictInt = Field(default=1, ge=0)
     batch: StrictStr | StrictInt = "25%"
     max_failures: StrictStr | StrictInt = "0"

@@ -2,8 +2,9 @@
 fleet rollback newest batch first, interrupts, worker_beat, instance labels, journal and UI events.
 
 What happens to ONE host is a strategy's business: a subclass implements `stage_host`, `forward_host`
-and `revert_host` (fleet/rollout/inplace.py updates hosts in place; replacing instances through the
-MIG would be another subclass). Hosts are reached only through HostOps (fleet/rollout/hostops.py).
+and `revert_host` (fleet/rollout/inplace.py updates hosts in place); one that acts on a batch as a
+whole also overrides `forward_batch`/`revert_batch` (fleet/rollout/replace.py: one MIG call per
+batch). Hosts are reached only through HostOps (fleet/rollout/hostops.py).
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class Engine:
             self._beat_guard(names)
             if index + 1 < len(self.plan.batches):
                 self._mark_ahead(self.plan.batches[index + 1])
-            results = self._on(names, self.forward_host)
+            results = self.forward_batch(names)
             self._collect(results)
             failures += sum(1 for n in names if self.outcomes[n].result in FAILED_RESULTS)
             updated_batches.append([n for n in names if self.outcomes[n].result == "updated"])
@@ -253,6 +254,15 @@ class Engine:
 
     # ------------------------------------------------------------------ the per-host strategy
 
+    def forward_batch(self, names: Sequence[str]) -> list[HostResult]:
+        """One batch forward: `forward_host` on each host in parallel. A strategy that moves a whole
+        group at once (one MIG call for the batch) overrides this and still reports per host."""
+        return self._on(names, self.forward_host)
+
+    def revert_batch(self, names: Sequence[str]) -> list[HostResult]:
+        """One batch of a fleet rollback: `revert_host` on each host in parallel (overridable likewise)."""
+        return self._on(names, self.revert_host)
+
     def stage_host(self, name: str) -> HostResult:
         """Prepare one host for its job without changing what it serves; raise when it cannot be."""
         raise NotImplementedError
@@ -312,7 +322,7 @@ class Engine:
                 return "interrupted"
             self.emit("batch", index=index, hosts=names, status="start", phase="rollback")
             self._beat_guard(names, revert=True)
-            self._collect(self._on(names, self.revert_host))
+            self._collect(self.revert_batch(names))
             self.emit("batch", index=index, hosts=names, status="done", phase="rollback")
             ok = ok and all(self.outcomes[n].result == "reverted" for n in names)
             if any(self.outcomes[n].result == "interrupted" for n in names):

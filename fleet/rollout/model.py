@@ -95,6 +95,7 @@ class Plan:
     operator: str
     message: str = ""
     beat_host: str | None = None
+    strategy: str = "ssh"  # ssh (in place) | replace (the MIG): a resume goes on the same way
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +112,7 @@ class Plan:
             "operator": self.operator,
             "message": self.message,
             "beat_host": self.beat_host,
+            "strategy": self.strategy,
         }
 
     @classmethod
@@ -140,6 +142,7 @@ class Plan:
                 operator=str(raw["operator"]),
                 message=str(raw.get("message") or ""),
                 beat_host=raw.get("beat_host"),
+                strategy=str(raw.get("strategy") or "ssh"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FleetError(

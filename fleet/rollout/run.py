@@ -104,7 +104,8 @@ class Run:
     inventory_arg: str | None = None
     ttl: float = 300.0
     warn: Callable[[str], None] | None = None
-    strategy: type[Engine] = InPlace  # how one host moves: in place over SSH (MIG replacement later)
+    # builds the engine: InPlace (over SSH), or fleet.rollout.replace.engine_for(...) (the MIG)
+    strategy: Callable[..., Engine] = InPlace
     events: Any = None  # fleet.gcp.events.EventPublisher: lock events on the fleet's topic
 
 

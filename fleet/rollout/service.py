@@ -43,6 +43,7 @@ class Request:
     resume: bool = False
     rollout_id: str = ""
     workers: int = 0
+    strategy: str | None = None  # ssh | replace (default: the inventory's rollout.strategy, else ssh)
 
 
 def _no_warning(text: str) -> None: ...
@@ -69,6 +70,7 @@ class Outcome:
     dry_run: bool = False
     diffs: dict[str, Any] = field(default_factory=dict)  # host -> fleet.diff result, None = unreadable
     interrupted: bool = False  # the stop event was set
+    replace: dict[str, Any] | None = None  # --strategy replace dry run: template, its diff, update policy
 
     @property
     def exit_code(self) -> int:
@@ -94,6 +96,8 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
     """One rollout or rollback, start to end (or its plan, with `dry_run`)."""
     hooks = hooks or Hooks()
     warn = hooks.warn
+    if req.strategy not in (None, "ssh", "replace"):
+        raise FleetError(f"invalid --strategy {req.strategy!r}", hint="ssh | replace; nothing was changed")
     preload = _preload() if not req.dry_run else None
     from fleet import rollout as ro
     from fleet.inventory import choose
@@ -146,8 +150,17 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             bundles = _rerender(inv, chosen, plan, warn)
         if not plan.jobs:
             return Outcome(plan, dry_run=req.dry_run)
+        strategy = req.strategy or chosen[0].settings.rollout.strategy
+        if replay is not None and req.strategy and req.strategy != plan.strategy:
+            raise FleetError(
+                f"rollout {plan.rollout_id} ran with --strategy {plan.strategy}",
+                hint=f"resume it with --strategy {plan.strategy} (or without --strategy)",
+            )
+        strategy = plan.strategy if replay is not None else strategy
+        plan.strategy = strategy
         if req.dry_run:
-            return Outcome(plan, dry_run=True, diffs=_diffs(selected, bundles))
+            preview = _replace_preview(inv, chosen, plan, warn) if strategy == "replace" else None
+            return Outcome(plan, dry_run=True, diffs=_diffs(selected, bundles), replace=preview)
         if hooks.planned is not None:
             hooks.planned(plan, replay is not None)
         if preload is not None:
@@ -179,6 +192,10 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             ttl=lk.ttl_of(chosen),
             warn=warn,
         )
+        if strategy == "replace":
+            from fleet.rollout import replace
+
+            run.strategy = replace.engine_for(replace.for_hosts(chosen, compute))
         from fleet.rollout import announce
 
         events = announce.publisher_for(inv, chosen, warn)
@@ -292,6 +309,16 @@ def _plan(req: Request, inv: Any, chosen: list[Any], nr: Any) -> tuple[Any, Any]
         beat_host=next(iter(ro.beat_hosts(inv)), None),
     )
     return plan, bundles
+
+
+def _replace_preview(inv: Any, chosen: list[Any], plan: Any, warn: Any) -> dict[str, Any]:
+    """What a replace rollout would make and set (reads only)."""
+    from fleet.rollout import lock as lk
+    from fleet.rollout import replace
+
+    move = replace.for_hosts(chosen, lk.for_inventory(inv, chosen, warn=warn).compute)
+    target = next(iter(plan.jobs.values())).target
+    return replace.preview(move, move.base_template(), target, max(len(b) for b in plan.batches))
 
 
 def _rerender(inv: Any, chosen: list[Any], plan: Any, warn: Any) -> Any:

@@ -96,6 +96,28 @@ def test_plan_survives_the_journal_round_trip() -> None:
     assert again == plan
 
 
+def test_the_strategy_survives_the_journal_and_old_journals_mean_ssh() -> None:
+    """A resumed rollout goes on the way it started (fleet/rollout/service.py refuses another)."""
+    plan = plan_for({"h1": OLD, "h2": OLD})
+    assert plan.strategy == "ssh"
+    plan.strategy = "replace"
+    assert Plan.from_dict(plan.as_dict()).strategy == "replace"
+    old = plan.as_dict()
+    del old["strategy"]  # a journal written before strategies existed
+    assert Plan.from_dict(old).strategy == "ssh"
+
+
+def test_rollout_strategy_in_the_inventory_is_checked() -> None:
+    from pydantic import ValidationError
+
+    from fleet.inventory.schema import RolloutSettings
+
+    assert RolloutSettings().strategy == "ssh"
+    assert RolloutSettings(strategy="replace").strategy == "replace"
+    with pytest.raises(ValidationError, match="strategy"):
+        RolloutSettings(strategy="blue-green")
+
+
 def test_garbled_journal_plan_is_a_clear_error() -> None:
     raw = plan_for({"h1": OLD}).as_dict()
     del raw["jobs"][0]["target"]
@@ -236,3 +258,10 @@ def test_release_from_state() -> None:
     rel = Release.from_state(state)
     assert rel == Release("d" * 16, "1.0.0", ("worker_beat",)) and not rel.runs_beat
     assert Release.from_state(rc.HostState(True, None, None, False, None, None)) is None
+
+
+def test_an_unknown_strategy_is_refused_before_anything_is_read() -> None:
+    from fleet.rollout import service
+
+    with pytest.raises(FleetError, match="invalid --strategy 'blue'"):
+        service.perform(service.Request("rollout", "no-such-inventory", strategy="blue"))
