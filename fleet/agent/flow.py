@@ -146,6 +146,9 @@ class Config:
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     deploy_user: str | None = None
     keep_releases: int = DEFAULT_KEEP_RELEASES
+    # `fleet-release` in the instance template (a `--strategy replace` rollout): this VM serves that
+    # release whatever desired.json says, so the MIG updater, not the store's pointer, moves the fleet
+    pinned_release: str | None = None
 
     @property
     def actor(self) -> str:
@@ -180,6 +183,16 @@ def read_config(md: MetadataAPI) -> Config:
             where=instance,
             hint="a whole number >= 2 (current and previous are always kept)",
         )
+    pinned = (attr("fleet-release") or "").strip() or None
+    if pinned is not None:
+        try:
+            pinned = rc.release_id(pinned)
+        except FleetError:
+            raise FleetError(
+                f"metadata fleet-release: {pinned!r}",
+                where=instance,
+                hint="a release id (12-64 lowercase hex digits); the replace strategy's template sets it",
+            ) from None
     keys = ("fleet-app-dir", "fleet-app-project", "fleet-http-port")
     user = (attr("fleet-deploy-user") or "").strip() or None
     return Config(
@@ -195,6 +208,7 @@ def read_config(md: MetadataAPI) -> Config:
         health_timeout=float(timeout_text),
         deploy_user=name(user, "metadata fleet-deploy-user") if user else None,
         keep_releases=int(keep_text),
+        pinned_release=pinned,
     )
 
 
@@ -475,25 +489,29 @@ class Agent:
             ctx = self.context(cfg)
             if action == "apply" and not force:
                 self.refuse_if_busy(cfg)
-            key, desired = self.desired(cfg)
-            if desired is None:
+            key, desired = (None, None) if cfg.pinned_release else self.desired(cfg)
+            if cfg.pinned_release:
+                rid = cfg.pinned_release
+                self.log("desired", f"release {rid}: pinned by the instance template (fleet-release)")
+            elif desired is None:
                 # a new fleet: get the VM ready, the first deploy or rollout will publish a release
                 self.docker_ready(ctx, action)
                 self.log("desired", "no desired release yet (nothing published): bootstrapped only")
                 self.report(action=action, result="ok", health="none", error="", release="", version="")
                 self.central(cfg, action, "ok", None, None, "no desired release yet: bootstrapped only")
                 return 0
-            mine = self.my_roles(cfg)
-            variant = roles.variant_key(mine)
-            rid = desired["variants"].get(variant)
-            if not isinstance(rid, str):
-                raise FleetError(
-                    f"desired.json has no release for roles {variant!r} "
-                    f"(it has: {', '.join(sorted(desired['variants']))})",
-                    where=f"gs://{cfg.store.bucket}/{key}",
-                    hint="publish a release for this role set (fab deploy/rollout on an inventory with it)",
-                )
-            self.log("desired", f"release {rid} ({variant}), version {desired.get('version')}")
+            else:
+                mine = self.my_roles(cfg)
+                variant = roles.variant_key(mine)
+                rid = desired["variants"].get(variant)
+                if not isinstance(rid, str):
+                    raise FleetError(
+                        f"desired.json has no release for roles {variant!r} "
+                        f"(it has: {', '.join(sorted(desired['variants']))})",
+                        where=f"gs://{cfg.store.bucket}/{key}",
+                        hint="publish a release for this role set (fab deploy/rollout on an inventory with it)",
+                    )
+                self.log("desired", f"release {rid} ({variant}), version {desired.get('version')}")
             release = self.fetch(cfg, rid)
             version = release.version
             self.log(

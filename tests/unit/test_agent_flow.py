@@ -440,3 +440,21 @@ def test_a_failed_release_prunes_nothing(host: FakeHost, monkeypatch: pytest.Mon
 def test_a_bad_keep_releases_is_reported(value: str) -> None:
     with pytest.raises(FleetError, match="fleet-keep-releases"):
         flow.read_config(FakeMetadata(**{"fleet-keep-releases": value}))
+
+
+def test_a_release_pinned_by_the_template_is_served_whatever_desired_says(host: FakeHost) -> None:
+    """A `--strategy replace` template names its release: the MIG updater moves the fleet, the store's
+    pointer (still the previous release until the rollout is done) does not decide."""
+    storage = FakeStorage()
+    del storage.objects[f"{PREFIX}/desired.json"]  # not even published yet: the template is enough
+    a, clients, out = agent(host, md=FakeMetadata(**{"fleet-release": BEAT_RID}), storage=storage)
+    assert a.run("boot") == 0
+    assert f"activate {BEAT_RID} agent-boot agent@prod-2" in host.steps
+    assert f"{PREFIX}/desired.json" not in storage.reads
+    assert clients.metadata.guest["release"] == BEAT_RID  # type: ignore[attr-defined]
+    assert "pinned by the instance template" in out.getvalue()
+
+
+def test_a_pinned_release_that_is_not_a_release_id_is_reported() -> None:
+    with pytest.raises(FleetError, match="fleet-release"):
+        flow.read_config(FakeMetadata(**{"fleet-release": "../../etc"}))
