@@ -509,7 +509,8 @@ class Agent:
                         f"desired.json has no release for roles {variant!r} "
                         f"(it has: {', '.join(sorted(desired['variants']))})",
                         where=f"gs://{cfg.store.bucket}/{key}",
-                        hint="publish a release for this role set (fab deploy/rollout on an inventory with it)",
+                        hint="publish a release for this role set (fab deploy/rollout on an inventory "
+                        "with it)",
                     )
                 self.log("desired", f"release {rid} ({variant}), version {desired.get('version')}")
             release = self.fetch(cfg, rid)

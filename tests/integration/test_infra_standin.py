@@ -92,8 +92,8 @@ def test_example_plan_checks_each_item(stand: Stand) -> None:
     iam = "\n".join(line.render() for line in report.iam)
     assert "iam service-accounts create dify-vm" in iam
     assert (
-        "fleet-functions@my-dify-project.iam.gserviceaccount.com --role=projects/my-dify-project/roles/fleetFunctions"
-        in iam
+        "fleet-functions@my-dify-project.iam.gserviceaccount.com "
+        "--role=projects/my-dify-project/roles/fleetFunctions" in iam
     )
     assert "service-123456789012@gcp-sa-monitoring-notification" in iam
     # the filter and the lists went to the endpoint as the client sends them
