@@ -198,6 +198,6 @@ def stop_endpoint(config: LocalConfig, *, forget: bool = True) -> None:
     if forget:  # else the record stays: a restart takes the same port, the inventory stays right
         # like deleting the project: its labels, metadata, release store, secrets and guest attributes
         endpoint_file(config).unlink(missing_ok=True)
-        for name in ("state.json", "secretmanager.json", "guest-attributes.json"):
+        for name in ("state.json", "resources.json", "secretmanager.json", "guest-attributes.json"):
             (state_dir(config) / name).unlink(missing_ok=True)
         shutil.rmtree(state_dir(config) / "storage", ignore_errors=True)

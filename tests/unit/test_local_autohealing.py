@@ -186,11 +186,13 @@ class FakeFleet:
     def instances(self) -> list[Instance]:
         return list(self.records.values())
 
-    def recreate_instance(self, name: str) -> Instance:
+    def recreate_instance(self, name: str, template: str | None = None) -> Instance:
         self.recreated.append(name)
         old = self.records[name]
         started = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
-        self.records[name] = replace(old, container_id="f" * 64, instance_id="99", started=started)
+        self.records[name] = replace(
+            old, container_id="f" * 64, instance_id="99", started=started, template=template or ""
+        )
         return self.records[name]
 
 
