@@ -242,8 +242,12 @@ def test_container_logs_reach_cloud_logging_by_instance_service_and_release(
 
 def test_labels_and_metadata_survive_an_endpoint_restart(fleet: LocalFleet, compute: Compute) -> None:
     name = compute.mig_members(REF)[0].name
-    # every member starts with the template's label: the MIG's name (what CPU policies select by)
-    assert dict(compute.instance(CFG.project, CFG.zone, name).labels) == {"fleet-mig": REF.name}
+    # every member starts with the template's labels (infra's): the fleet, and the MIG's name (what
+    # CPU policies select by)
+    assert dict(compute.instance(CFG.project, CFG.zone, name).labels) == {
+        "fleet": CFG.name,
+        "fleet-mig": REF.name,
+    }
     compute.set_label(CFG.project, CFG.zone, name, "team", "ops")
     before = compute.instance(CFG.project, CFG.zone, name)
     compute.set_label(CFG.project, CFG.zone, name, "fleet-rollout", "r1")
@@ -262,6 +266,7 @@ def test_labels_and_metadata_survive_an_endpoint_restart(fleet: LocalFleet, comp
     compute_endpoint.stop_endpoint(fleet.config, forget=False)
     assert compute_endpoint.ensure_endpoint(fleet.config) == compute.endpoint  # same port, same URL
     assert dict(compute.instance(CFG.project, CFG.zone, name).labels) == {
+        "fleet": CFG.name,
         "fleet-mig": REF.name,
         "team": "ops",
         "fleet-rollout": "r1",
