@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -260,6 +261,9 @@ def infra_defaults_doc(config: LocalConfig, compute_endpoint: str, size: int) ->
     region = config.zone.rsplit("-", 1)[0]
     other = next(f"{region}-{c}" for c in "bcd" if f"{region}-{c}" != config.zone)
     mig = mig_name(config)
+    # resource names: Compute's rules (a fleet may be named `a_b` or `1x`; its resources may not)
+    base = re.sub(r"[^a-z0-9-]", "-", config.name.lower())
+    base = base if base[:1].isalpha() else f"f{base}"
     return {
         "username": "deploy",
         "data": {
@@ -286,9 +290,9 @@ def infra_defaults_doc(config: LocalConfig, compute_endpoint: str, size: int) ->
                 "autohealing": config.autohealing,
                 "metadata": template.infra_metadata(),
                 "names": {
-                    "template_prefix": f"{config.name}-template",
-                    "readiness_check": f"{config.name}-readiness",
-                    "liveness_check": f"{config.name}-liveness",
+                    "template_prefix": f"{base}-template",
+                    "readiness_check": f"{base}-readiness",
+                    "liveness_check": f"{base}-liveness",
                 },
             },
         },
