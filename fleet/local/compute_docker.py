@@ -105,6 +105,7 @@ _STATUS = {
 
 
 def template_url(config: LocalConfig) -> str:
+    """The built-in template's URL: what members show until infra.apply made the fleet's template."""
     return f"{BASE_URL}/projects/{config.project}/global/instanceTemplates/{config.name}-template"
 
 
@@ -113,8 +114,10 @@ def liveness_url(config: LocalConfig) -> str:
 
 
 def healing_policy(config: LocalConfig) -> HealingPolicy | None:
-    """The local MIG's autohealing policy, from the fleet's `lb.liveness` settings (None: autohealing off).
-    The check probes each VM on its app port (80 inside the instance), as Google's probers do."""
+    """The autohealing policy the fleet's settings ask for (`lb.liveness`; None: autohealing off): what
+    `infra.apply` puts on the MIG. The endpoint applies the MIG's own policy, read back (sync_resources);
+    this one serves a backend built without infra (unit tests). The check probes each VM on its app
+    port (80 inside the instance), as Google's probers do."""
     if not config.autohealing:
         return None
     live = config.lb_settings.liveness
