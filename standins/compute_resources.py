@@ -20,8 +20,8 @@ semantics:
   change nothing (what a quota or a bad image does on the real API).
 
 A regional MIG inserted here is created in the backend with `add_mig` (the in-memory backend:
-members per targetSize over the distribution zones); a backend without it (the Docker-backed local
-MIG, made by `fab local.up`) refuses the insert. The MIG's own fields this module knows
+members per targetSize over the distribution zones; the Docker-backed local MIG adopts the local
+fleet's instances); a backend without it refuses the insert. The MIG's own fields this module knows
 (instanceTemplate, autoHealingPolicies, namedPorts, updatePolicy, description) are kept here and
 laid over the backend's view of the MIG.
 
@@ -283,6 +283,65 @@ class ComputeResources:
     def close(self) -> None:
         if self._scheduler is not None:
             self._scheduler.close()
+
+    # --- reads and persistence for a backend that acts on these resources (the Docker-backed MIG) --
+
+    def get(self, url: str) -> dict[str, Any] | None:
+        """The resource a (full or relative) URL names, as the API returns it; None when absent."""
+        key = ref_key(url)
+        if key is None or key[2] not in KINDS:
+            return None
+        project, where, collection, name = key
+        location = where.split("/", 1)[1] if where.startswith("regions/") else ""
+        with self._lock:
+            rec = self._records.get((project, location, collection, name))
+            return rec.to_json() if rec is not None else None
+
+    def igm_fields(self, project: str, region: str, name: str) -> dict[str, Any]:
+        """The MIG fields this store keeps (instanceTemplate, autoHealingPolicies, ...); {} if none."""
+        with self._lock:
+            return copy.deepcopy(self._igm.get((project, region, name)) or {})
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything this store keeps, as JSON (a backend that outlives its process saves it)."""
+        with self._lock:
+            records = [
+                {
+                    "collection": r.kind.collection,
+                    "project": r.project,
+                    "location": r.location,
+                    "name": r.name,
+                    "id": r.id,
+                    "created": r.created,
+                    "body": copy.deepcopy(r.body),
+                    "fingerprint": r.fingerprint,
+                }
+                for r in sorted(self._records.values(), key=lambda r: (r.kind.collection, r.location, r.name))
+            ]
+            igms = [
+                {"project": p, "region": reg, "name": n, "fields": copy.deepcopy(f)}
+                for (p, reg, n), f in sorted(self._igm.items())
+            ]
+        return {"version": 1, "records": records, "igms": igms}
+
+    def restore(self, doc: dict[str, Any]) -> None:
+        """Load what `snapshot` returned (at start, before any request)."""
+        with self._lock:
+            for item in doc.get("records") or []:
+                kind = KINDS[item["collection"]]
+                key = (item["project"], item["location"], kind.collection, item["name"])
+                self._records[key] = _Record(
+                    kind,
+                    item["project"],
+                    item["location"],
+                    item["name"],
+                    int(item["id"]),
+                    float(item["created"]),
+                    dict(item["body"]),
+                    str(item.get("fingerprint") or ""),
+                )
+            for item in doc.get("igms") or []:
+                self._igm[(item["project"], item["region"], item["name"])] = dict(item["fields"])
 
     # --- routes ----------------------------------------------------------------------------------
 
@@ -711,6 +770,9 @@ class ComputeResources:
             zones = zones or [f"{region}-b", f"{region}-c", f"{region}-d"]
             fields = self._igm_fields(resource)
             self._igm_check(fields, region)
+            check_new = getattr(self.backend, "check_new_mig", None)
+            if check_new is not None:  # a backend that can hold only a MIG of its own kind says so here
+                check_new(project, region, name, base, size, zones)
             key = (project, region, name)
             exists = True
             try:

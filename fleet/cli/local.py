@@ -66,10 +66,15 @@ def up(c: Any, instances: int = 3) -> None:
     inventory/local/ (hosts, known_hosts with each instance's real host key) for `--inventory local`,
     and inventory/local/mig/ (the same fleet as MIG members) for `--inventory local/mig`.
 
-    FLEET_LOCAL_SESSION_AFFINITY=CLIENT_IP|GENERATED_COOKIE|NONE (default NONE) configures the LB like
-    the backend service (applies when the LB starts). FLEET_LOCAL_AUTOHEALING=1, once the fleet serves,
-    gives the MIG its autohealing policy on nginx's /nginx-health (a running Compute API restarts
-    with it; docs/local-fleet.md "MIG autohealing").
+    The fleet's Compute side is made by `infra.apply` of inventory/local/infra/ against that API
+    (instance template, health checks, regional MIG, backend service...; a second run changes
+    nothing), and the fleet runs from it: new instances from the template, the LB from the backend
+    service, autohealing from the MIG's policy (docs/infra.md "Locally").
+
+    FLEET_LOCAL_SESSION_AFFINITY=CLIENT_IP|GENERATED_COOKIE|NONE (default NONE) sets the backend
+    service's affinity. FLEET_LOCAL_AUTOHEALING=1, once the fleet serves, gives the MIG its
+    autohealing policy on nginx's /nginx-health; without it, the next `local.up` clears it again
+    (docs/local-fleet.md "MIG autohealing").
     """
 
     fleet = _fleet()

@@ -229,6 +229,7 @@ class InfraConfig:
     metadata: tuple[tuple[str, str], ...]  # the template's metadata items except the startup script
     store_url: str
     endpoint: str | None = None
+    autohealing: bool = True  # the MIG's autoHealingPolicies on the liveness check
     # for the IAM lines only
     secrets: tuple[tuple[str, str], ...] = ()
     functions_account: str | None = None
@@ -463,6 +464,7 @@ def config_from_data(
         metadata=tuple(sorted(metadata.items())),
         store_url=store.url,
         endpoint=endpoint or data.gce.api_endpoint,
+        autohealing=infra.autohealing,
         secrets=_secret_refs(data, project),
         functions_account=(mon.functions.service_account if mon and mon.functions else None),
         project_number=mon.project_number if mon else None,
@@ -664,7 +666,9 @@ def desired_state(config: InfraConfig) -> list[Desired]:
                 },
                 "autoHealingPolicies": [
                     {"healthCheck": f"{g}/healthChecks/{c.liveness.name}", "initialDelaySec": c.initial_delay}
-                ],
+                ]
+                if c.autohealing
+                else [],
                 "namedPorts": [{"name": NAMED_PORT, "port": c.http_port}],
                 # a new template reaches new VMs only; rolling the release is the fleet's job (fab rollout)
                 "updatePolicy": {"type": "OPPORTUNISTIC"},
@@ -816,6 +820,8 @@ def diff_fields(desired: Any, actual: Any, path: str = "") -> list[tuple[str, st
             out += diff_fields(value, actual.get(key), f"{path}.{key}" if path else key)
         return out
     if isinstance(desired, list):
+        if not desired and actual is None:
+            return []  # Compute leaves an empty list out of its answer
         if not isinstance(actual, list) or len(actual) != len(desired):
             return [(path, f"{_show(actual)} -> {_show(desired)}")]
         out = []
@@ -1022,6 +1028,15 @@ class InfraClients:
             self._set_target(want)
             return
         body = {k: v for k, v in want.body.items() if k in spec.mutable or k == "name"}
+        empty = sorted(k for k, v in body.items() if v == [])
+        if empty:  # proto JSON leaves empty lists out: the patch would silently keep the old ones
+            raise ComputeError(
+                f"cannot clear {', '.join(empty)} of {spec.label} {want.name} with a patch "
+                "(google-cloud-compute does not send empty lists)",
+                where=want.name,
+                hint=f"clear it by hand, e.g. `gcloud compute instance-groups managed update {want.name} "
+                f"--region {want.location or self.config.region} --clear-autohealing`",
+            )
         if fingerprint:
             body["fingerprint"] = fingerprint
         client = self.compute.client(spec.client)

@@ -375,6 +375,7 @@ class InfraSettings(_Strict):
         default=None, pattern=GCE_NAME_PATTERN
     )  # network tag; default the MIG's name
     metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)  # extra template metadata (ssh-keys)
+    autohealing: bool = True  # False: the MIG gets no autoHealingPolicies (nothing recreates a dead VM)
     names: InfraNames = Field(default_factory=InfraNames)
 
     @field_validator("zones")

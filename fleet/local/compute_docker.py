@@ -21,8 +21,16 @@ fleet's desired release (fleet/local/template.py, fleet/local/vmservices.py, doc
 operator process is involved. As on Compute, MIG operations are DONE once the actions are scheduled;
 the members' currentAction (and the MIG's `status.isStable`) say when they have finished.
 
-With the fleet's autohealing on (LocalConfig.autohealing), the MIG carries `autoHealingPolicies` on the
-liveness check (`lb.liveness`: nginx's own /nginx-health, never drain-aware) and applies it itself:
+What the MIG is made of comes from the resources `fab infra.apply` created on this endpoint at bring-up
+(fleet/local/infrasetup.py; kept by standins/compute_resources.py, saved in `resources.json`): its
+regional insert is adopted (the MIG answers at its regional path too); each member is stamped with the
+instance template it was created from, and shows (and its metadata server serves) that template's
+labels, metadata, startup script, service account and scopes, with the stand-ins' endpoints laid over
+(fleet/local/fromapi.py); the MIG's `autoHealingPolicies` and the backend service (affinity, draining,
+readiness check) are read back whenever they change, the latter handed to the fleet's haproxy.
+
+With autoHealingPolicies (infra.autohealing: the local inventory sets it from LocalConfig.autohealing), on
+the liveness check (`lb.liveness`: nginx's own /nginx-health, never drain-aware) the MIG applies it itself:
 each member is probed on the fleet network, shown in listManagedInstances' `instanceHealth`, and one
 that fails `unhealthy_threshold` checks in a row past its initial delay is recreated through the
 recreateInstances path (standins/autohealing.py decides; docs/gce.md).
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
@@ -53,9 +62,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import FleetError
-from fleet.local import template
+from fleet.local import fromapi, template
 from fleet.local.compute_endpoint import endpoint_file, load_config, mig_name
 from fleet.local.config import LocalConfig
+from fleet.local.fromapi import full_url
+from standins import compute_resources
 from standins.autohealing import HEALTHY, TIMEOUT, UNHEALTHY, Autohealer, HealingPolicy, HealthCheck, Member
 from standins.compute_state import (
     ACTION_COUNTERS,
@@ -94,6 +105,7 @@ _STATUS = {
 
 
 def template_url(config: LocalConfig) -> str:
+    """The built-in template's URL: what members show until infra.apply made the fleet's template."""
     return f"{BASE_URL}/projects/{config.project}/global/instanceTemplates/{config.name}-template"
 
 
@@ -102,8 +114,10 @@ def liveness_url(config: LocalConfig) -> str:
 
 
 def healing_policy(config: LocalConfig) -> HealingPolicy | None:
-    """The local MIG's autohealing policy, from the fleet's `lb.liveness` settings (None: autohealing off).
-    The check probes each VM on its app port (80 inside the instance), as Google's probers do."""
+    """The autohealing policy the fleet's settings ask for (`lb.liveness`; None: autohealing off): what
+    `infra.apply` puts on the MIG. The endpoint applies the MIG's own policy, read back (sync_resources);
+    this one serves a backend built without infra (unit tests). The check probes each VM on its app
+    port (80 inside the instance), as Google's probers do."""
     if not config.autohealing:
         return None
     live = config.lb_settings.liveness
@@ -263,6 +277,7 @@ class DockerCompute(ComputeBackend):
         guest: GuestAttributes | None = None,
         metadata: Callable[[], Mapping[str, str]] | None = None,
         healing: HealingPolicy | None = None,
+        overrides: Callable[[], Mapping[str, str]] | None = None,
         probe: Callable[[str, HealthCheck], str] = http_probe,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -270,11 +285,13 @@ class DockerCompute(ComputeBackend):
         self.config = fleet.config
         self.project_id = self.config.project
         self.zone = self.config.zone
+        self.region = self.zone.rsplit("-", 1)[0]
         self.mig = mig_name(self.config)
         self.ops = Operations()
         self.startup = startup
         self.guest = guest  # what the VMs wrote through the metadata server (fleet/local/vmservices.py)
-        self.metadata = metadata or dict  # the instance template's metadata items
+        self.metadata = metadata or dict  # the built-in template's metadata (no infra template yet)
+        self.overrides = overrides or dict  # the stand-ins' endpoints, laid over a template's metadata
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._lock = threading.RLock()
         self._store = _Store(state_path, self.config)
@@ -286,6 +303,15 @@ class DockerCompute(ComputeBackend):
         self._probe = probe
         self._clock = clock
         self._stop = threading.Event()
+        self._healing_thread: threading.Thread | None = None
+        # what infra.apply created here (instance templates, health checks, backend service, the MIG's
+        # fields), shared with every HTTP front of this backend and saved beside the store
+        self.resources = compute_resources.for_backend(self)
+        self._resources_path = state_path.with_name("resources.json")
+        self._specs: dict[str, fromapi.TemplateSpec | None] = {}
+        self._seen: dict[str, Any] | None = None
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # none yet: a new endpoint
+            self.resources.restore(json.loads(self._resources_path.read_text()))
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -298,8 +324,79 @@ class DockerCompute(ComputeBackend):
         if zone != self.zone:
             raise not_found(f"projects/{project}/zones/{zone}")
 
+    def _regional(self) -> bool:
+        """Did infra.apply create this MIG (regionInstanceGroupManagers.insert, adopted)?"""
+        with self._store.lock:
+            return self._store.mig.get("region") == self.region
+
+    def _infra_fields(self) -> dict[str, Any]:
+        return self.resources.igm_fields(self.project_id, self.region, self.mig) if self._regional() else {}
+
+    def current_template(self) -> str:
+        """The MIG's instance template (full URL): what a member created now is made from."""
+        ref = self._infra_fields().get("instanceTemplate")
+        return full_url(ref) if isinstance(ref, str) else template_url(self.config)
+
+    def template_of(self, rec: Instance) -> str:
+        """The template a member was created from (its stamp), else the MIG's current one."""
+        return full_url(rec.template) if rec.template else self.current_template()
+
+    def spec_of(self, url: str) -> fromapi.TemplateSpec | None:
+        """An instance template created on this endpoint, as a member's spec; None: no such template
+        (a fleet whose infra was not applied: the built-in template of fleet/local/template.py)."""
+        with self._lock:
+            if url in self._specs:
+                return self._specs[url]
+        found = self.resources.get(url)
+        spec = fromapi.template_spec(found) if found is not None else None
+        with self._lock:
+            self._specs[url] = spec
+        return spec
+
+    def instance_metadata(self, rec: Instance) -> tuple[dict[str, str], str, tuple[str, ...]]:
+        """(metadata, service account, scopes) of a member, as its metadata server answers them."""
+        spec = self.spec_of(self.template_of(rec))
+        if spec is None:
+            return dict(self.metadata()), "", ()
+        return {**spec.metadata, **self.overrides()}, spec.service_account, spec.scopes
+
+    def check_new_mig(
+        self, project: str, region: str, name: str, base: str, size: int, zones: list[str]
+    ) -> None:
+        """regionInstanceGroupManagers.insert: only this fleet's MIG, as the local fleet has it."""
+        self._check_project(project)
+        want = (self.region, self.mig, self.config.host_prefix)
+        if (region, name, base) != want or self.zone not in zones:
+            raise invalid(
+                f"this local endpoint holds one MIG: {self.mig} in region {self.region} (its members in "
+                f"zone {self.zone}), base instance name {self.config.host_prefix}; "
+                f"got {name} in {region} over {zones}, base {base}"
+            )
+
+    def add_mig(
+        self,
+        project: str,
+        region: str,
+        name: str,
+        *,
+        size: int,
+        base_instance_name: str,
+        zones: list[str],
+        **_: Any,
+    ) -> None:
+        """The insert's end: the MIG (the fleet's containers) is now also this regional one."""
+        with self._store.lock:
+            self._store.mig.update(region=region, zones=list(zones))
+            self._store.save()
+        self._log(
+            f"MIG {name} created by regionInstanceGroupManagers.insert in {region} over {', '.join(zones)}: "
+            f"it adopts the members `local.up` made (all in {self.zone}; targetSize {size} is not acted on)"
+        )
+
     def _check_mig(self, project: str, location: str, name: str) -> None:
         self._check_project(project)
+        if location == self.region and name == self.mig and self._regional():
+            return
         if location != self.zone or name != self.mig:
             scope = scope_of(location)
             raise not_found(f"projects/{project}/{scope}/{location}/instanceGroupManagers/{name}")
@@ -310,12 +407,20 @@ class DockerCompute(ComputeBackend):
         self._store.forget({r.instance_id for r in records})
         return {r.name: r for r in records}
 
+    def _mig_path(self) -> str:
+        where = f"regions/{self.region}" if self._regional() else f"zones/{self.zone}"
+        return f"projects/{self.project_id}/{where}/instanceGroupManagers/{self.mig}"
+
     def _instance_json(self, rec: Instance) -> dict[str, Any]:
-        labels, label_fp = self._store.labels_of(rec.instance_id, self.template_labels)
+        tpl = self.template_of(rec)
+        spec = self.spec_of(tpl)
+        initial = spec.labels if spec is not None else self.template_labels
+        labels, label_fp = self._store.labels_of(rec.instance_id, initial)
+        metadata, account, scopes = self.instance_metadata(rec)
         with self._lock:
             action = self._actions.get(rec.name)
         created = docker_time(rec.created)
-        mig_path = f"projects/{self.project_id}/zones/{self.zone}/instanceGroupManagers/{self.mig}"
+        mig_path = self._mig_path()
         out: dict[str, Any] = {
             "kind": "compute#instance",
             "id": rec.instance_id,
@@ -339,14 +444,11 @@ class DockerCompute(ComputeBackend):
                 "fingerprint": _initial_fingerprint("metadata/" + rec.instance_id),
                 "items": [
                     {"key": "created-by", "value": mig_path},
-                    {
-                        "key": "instance-template",
-                        "value": template_url(self.config).removeprefix(BASE_URL + "/"),
-                    },
+                    {"key": "instance-template", "value": tpl.removeprefix(BASE_URL + "/")},
                     {"key": "enable-guest-attributes", "value": "TRUE"},
                     *(
                         {"key": k, "value": v}
-                        for k, v in self.metadata().items()
+                        for k, v in metadata.items()
                         if k not in ("created-by", "instance-template", "enable-guest-attributes")
                     ),
                 ],
@@ -354,6 +456,10 @@ class DockerCompute(ComputeBackend):
         }
         if labels:
             out["labels"] = labels
+        if spec is not None:
+            out["serviceAccounts"] = [{"email": account, "scopes": list(scopes)}] if account else []
+            if spec.tags:
+                out["tags"] = {"items": list(spec.tags)}
         return out
 
     # --- reads -------------------------------------------------------------------------------------
@@ -424,7 +530,7 @@ class DockerCompute(ComputeBackend):
             deleting = sum(1 for a in self._actions.values() if a.kind == "DELETING")
         return len(members) + len(self._absent(members)) - deleting
 
-    def _igm_json(self, members: Mapping[str, Instance]) -> dict[str, Any]:
+    def _igm_json(self, members: Mapping[str, Instance], location: str = "") -> dict[str, Any]:
         counts = dict.fromkeys(ACTION_COUNTERS, 0)
         with self._lock:
             names = set(members) | set(self._absent(members))
@@ -434,16 +540,19 @@ class DockerCompute(ComputeBackend):
             counts[camel] = counts.get(camel, 0) + 1
         target = self._target_size(members)
         stable = all(a == "NONE" for a in actions.values()) and len(members) == target
-        where = f"{BASE_URL}/projects/{self.project_id}/zones/{self.zone}"
+        regional = location == self.region
+        scope = f"regions/{self.region}" if regional else f"zones/{self.zone}"
+        where = f"{BASE_URL}/projects/{self.project_id}/{scope}"
         link = f"{where}/instanceGroupManagers/{self.mig}"
-        return {
+        fields = self._infra_fields()
+        out: dict[str, Any] = {
             "kind": "compute#instanceGroupManager",
             "id": str(_stable_id("mig", self.project_id, self.zone, self.mig)),
             "creationTimestamp": rfc3339(float(self._store.mig["created"])),
             "name": self.mig,
-            "zone": where,
+            "region" if regional else "zone": where,
             "baseInstanceName": self.config.host_prefix,
-            "instanceTemplate": template_url(self.config),
+            "instanceTemplate": self.current_template(),
             "instanceGroup": f"{where}/instanceGroups/{self.mig}",
             "fingerprint": self._store.mig["fingerprint"],
             "currentActions": counts,
@@ -452,14 +561,28 @@ class DockerCompute(ComputeBackend):
             "selfLink": link,
             **({"autoHealingPolicies": [self.healer.policy.to_json()]} if self.healer else {}),
         }
+        if regional:
+            zones = self._store.mig.get("zones") or [self.zone]
+            out["distributionPolicy"] = {
+                "zones": [{"zone": f"{BASE_URL}/projects/{self.project_id}/zones/{z}"} for z in zones]
+            }
+        # what infra.apply set on the MIG (its template, autohealing policy, named port, update policy)
+        out.update({k: v for k, v in fields.items() if k != "fingerprint"})
+        for policy in out.get("autoHealingPolicies") or []:
+            policy["healthCheck"] = full_url(str(policy.get("healthCheck", "")))
+        if "instanceTemplate" in fields:
+            out["instanceTemplate"] = self.current_template()
+        return out
 
     def igm(self, project: str, location: str, name: str) -> dict[str, Any]:
         self._check_mig(project, location, name)
-        return self._igm_json(self._members())
+        return self._igm_json(self._members(), location)
 
     def igms(self, project: str, location: str) -> list[dict[str, Any]]:
         self._check_project(project)
-        return [self._igm_json(self._members())] if location == self.zone else []
+        if location == self.zone or (location == self.region and self._regional()):
+            return [self._igm_json(self._members(), location)]
+        return []
 
     def managed_instances(self, project: str, location: str, name: str) -> list[dict[str, Any]]:
         self._check_mig(project, location, name)
@@ -480,7 +603,7 @@ class DockerCompute(ComputeBackend):
                     rec.state if rec else None, action, rec.container_id if rec else ""
                 ),
                 "currentAction": action.kind if action else "NONE",
-                "version": {"instanceTemplate": template_url(self.config)},
+                "version": {"instanceTemplate": self.template_of(rec) if rec else self.current_template()},
             }
             if rec is not None:
                 entry["id"] = rec.instance_id
@@ -695,7 +818,8 @@ class DockerCompute(ComputeBackend):
         for member in names:
             self._forget_guest(member)
         error = self._attempt(
-            f"create {', '.join(names)}", lambda: self.fleet.add_instances([i for _, i in targets])
+            f"create {', '.join(names)}",
+            lambda: self.fleet.add_instances([i for _, i in targets], template=self.current_template()),
         )
         with self._lock:
             for member in names:
@@ -792,7 +916,10 @@ class DockerCompute(ComputeBackend):
     def _recreate(self, member: str) -> None:
         self._forget_guest(member)
         self._attempt(f"drain {member}", lambda: self._drain_out(member))
-        error = self._attempt(f"recreate {member}", lambda: self.fleet.recreate_instance(member))
+        error = self._attempt(
+            f"recreate {member}",
+            lambda: self.fleet.recreate_instance(member, template=self.current_template()),
+        )
         with self._lock:
             if error:
                 self._actions.pop(member, None)
@@ -838,26 +965,83 @@ class DockerCompute(ComputeBackend):
 
     # --- autohealing --------------------------------------------------------------------------------
 
-    def start_autohealing(self) -> None:
-        """Apply the MIG's autohealing policy in a thread of its own until close()."""
-        if self.healer is None:
+    def set_healing(self, policy: HealingPolicy | None) -> None:
+        """Apply this autohealing policy from now on (None: none); a changed one starts judging afresh."""
+        with self._lock:
+            if (self.healer.policy if self.healer else None) == policy:
+                return
+            self.healer = Autohealer(policy) if policy is not None else None
+        if policy is None:
+            self._log("autohealing: the MIG has no autohealing policy")
             return
-        check, delay = self.healer.policy.health_check, self.healer.policy.initial_delay
+        check = policy.health_check
         self._log(
             f"autohealing: {check.path} on port {check.port} every {check.check_interval:g} s, "
-            f"unhealthy after {check.unhealthy_threshold}, initial delay {delay:g} s"
+            f"unhealthy after {check.unhealthy_threshold}, initial delay {policy.initial_delay:g} s"
         )
-        threading.Thread(target=self._heal_loop, name="autohealing", daemon=True).start()
+        self.start_autohealing()
+
+    def start_autohealing(self) -> None:
+        """Apply the MIG's autohealing policy (whichever it is at each round) in a thread until close()."""
+        with self._lock:
+            if self.healer is None or self._healing_thread is not None:
+                return
+            self._healing_thread = threading.Thread(target=self._heal_loop, name="autohealing", daemon=True)
+        self._healing_thread.start()
 
     def _heal_loop(self) -> None:
-        assert self.healer is not None
-        tick = self.healer.policy.health_check.check_interval  # one round (docker ps + inspect) each
         with ThreadPoolExecutor(4, thread_name_prefix="health-check") as probes:
-            while not self._stop.wait(tick):
+            while True:
+                healer = self.healer
+                tick = healer.policy.health_check.check_interval if healer else 1.0  # one round each
+                if self._stop.wait(tick):
+                    return
                 try:
                     self.heal_once(probes)
                 except Exception:  # the loop must outlive one bad round (docker busy, a race)
                     self._log(f"autohealing: round failed: {traceback.format_exc()}")
+
+    # --- what infra.apply created, read back -------------------------------------------------------
+
+    def sync_resources(self) -> bool:
+        """Save the resources when they changed, and act on them as Compute does: the MIG's
+        autohealing policy, the backend service's settings on the fleet's haproxy. True on a change."""
+        snap = self.resources.snapshot()
+        if snap == self._seen:
+            return False
+        tmp = self._resources_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(snap, indent=1, sort_keys=True))
+        tmp.replace(self._resources_path)
+        self._seen = snap
+        with self._lock:
+            self._specs.clear()
+        if self._regional():
+            self.set_healing(fromapi.healing_policy(self._infra_fields(), self.resources.get))
+        service = self.resources.get(
+            f"projects/{self.project_id}/global/backendServices/{self.config.backend}"
+        )
+        if service is not None and self.fleet.lb.configure(
+            fromapi.backend_config(service, self.resources.get)
+        ):
+            self._log(f"load balancer: configured from backend service {self.config.backend}")
+        return True
+
+    def watch_resources(self, interval: float = 0.5) -> None:
+        """`sync_resources` in a thread of its own until close() (a patch lands when its operation is
+        DONE, on the stand-in's scheduler: it is seen within `interval`)."""
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.sync_resources()
+                except (FleetError, OSError) as exc:
+                    self._log(f"resources: {exc}")
+                except Exception:  # the loop must outlive one bad round
+                    self._log(f"resources: {traceback.format_exc()}")
+                if self._stop.wait(interval):
+                    return
+
+        threading.Thread(target=loop, name="resources", daemon=True).start()
 
     def heal_once(self, probes: ThreadPoolExecutor | None = None) -> list[str]:
         """One round: probe the members that are due, recreate those found unhealthy; their names."""
@@ -953,7 +1137,7 @@ def serve(directory: Path, port: int) -> int:
         log,
         guest=guest,
         metadata=services.metadata_items,
-        healing=healing_policy(config),
+        overrides=services.endpoint_items,
     )
     try:
         api = ComputeApi(backend, port=port).start()
@@ -963,7 +1147,7 @@ def serve(directory: Path, port: int) -> int:
         log(f"port {port} is taken ({exc}); using a free one")
         api = ComputeApi(backend, port=0).start()
     services.start(backend)
-    backend.start_autohealing()
+    backend.watch_resources()  # the autohealing policy and the LB's settings: what infra.apply made
     tmp = endpoint_file(config).with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "port": api.port, "url": api.url}))
     tmp.replace(endpoint_file(config))

@@ -133,25 +133,17 @@ def preferred_port(config: LocalConfig) -> int:
     return DEFAULT_PORT if config.name == "local" else 0
 
 
-def _policy(doc: dict[str, Any]) -> tuple[bool, Any]:
-    """What the endpoint's MIG applies: autohealing on/off and the LB settings its policy comes from."""
-    return bool(doc.get("autohealing", False)), doc.get("lb") or {}
-
-
 def ensure_endpoint(config: LocalConfig, timeout: float = 15.0) -> str:
-    """Start this fleet's Compute endpoint process unless it runs; returns its URL. One that runs with
-    another autohealing policy (`autohealing`, `lb`) is restarted with this one (same port, its
-    labels, metadata and store kept): `FLEET_LOCAL_AUTOHEALING=1 fab local.up` attaches the policy."""
+    """Start this fleet's Compute endpoint process unless it runs; returns its URL. A running one is
+    kept whatever the fleet's settings now: its MIG's autohealing policy and its LB's settings come
+    from the resources `infra.apply` patches (fleet/local/infrasetup.py), which it picks up as they
+    change, so `FLEET_LOCAL_AUTOHEALING=1 fab local.up` needs no restart."""
     found = running_endpoint(config)
     if found is not None:
-        try:
-            saved = json.loads(_config_file(config).read_text())
-        except (OSError, ValueError):
-            saved = {}
-        if _policy(saved) == _policy(asdict(config)):
-            return str(found["url"])
+        save_config(config)
+        return str(found["url"])
     port = preferred_port(config) or (endpoint_port(config) or 0)  # keep the URL the inventory names
-    stop_endpoint(config, forget=False)  # one that runs but does not answer, or with another policy
+    stop_endpoint(config, forget=False)  # one that runs but does not answer
     directory = state_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
     save_config(config)
@@ -198,6 +190,6 @@ def stop_endpoint(config: LocalConfig, *, forget: bool = True) -> None:
     if forget:  # else the record stays: a restart takes the same port, the inventory stays right
         # like deleting the project: its labels, metadata, release store, secrets and guest attributes
         endpoint_file(config).unlink(missing_ok=True)
-        for name in ("state.json", "secretmanager.json", "guest-attributes.json"):
+        for name in ("state.json", "resources.json", "secretmanager.json", "guest-attributes.json"):
             (state_dir(config) / name).unlink(missing_ok=True)
         shutil.rmtree(state_dir(config) / "storage", ignore_errors=True)

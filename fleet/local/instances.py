@@ -27,6 +27,7 @@ from fleet.local.vmservices import LOGGING_HOST
 from fleet.waits import Deadline, polling
 
 INDEX_LABEL = "fleet.local.instance"
+TEMPLATE_LABEL = "fleet.local.template"  # the instance template the MIG made the instance from
 READY_SCRIPT = "test -e /run/fleet/ready && cat /etc/ssh/ssh_host_ed25519_key.pub"
 TARBALL_IN_INSTANCE = "/var/lib/fleet/images"
 
@@ -48,6 +49,7 @@ class Instance:
     created: str = ""
     started: str = ""  # docker's State.StartedAt: the last boot (a reset reboots: same instance, new boot)
     roles: list[str] = field(default_factory=list)
+    template: str = ""  # URL of the instance template it was created from ("" = the built-in one)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +182,7 @@ class LocalFleet:
             ip=(networks.get(self.config.network) or {}).get("IPAddress", ""),
             created=info.get("Created", ""),
             started=(info.get("State") or {}).get("StartedAt", ""),
+            template=((info.get("Config") or {}).get("Labels") or {}).get(TEMPLATE_LABEL, ""),
         )
 
     def instances(self) -> list[Instance]:
@@ -216,7 +219,9 @@ class LocalFleet:
             hint="set FLEET_LOCAL_SSH_BASE / FLEET_LOCAL_HTTP_BASE to a free range",
         )
 
-    def _spec(self, index: int, pubkey: str, ports: tuple[int, int] | None = None) -> dockercmd.InstanceSpec:
+    def _spec(
+        self, index: int, pubkey: str, ports: tuple[int, int] | None = None, template: str = ""
+    ) -> dockercmd.InstanceSpec:
         from fleet.local.images import fleet_vm_ref
 
         ssh, http = self._ports(index, ports)
@@ -240,11 +245,14 @@ class LocalFleet:
                 INDEX_LABEL: str(index),
                 "fleet.local.prefix": self.config.container_prefix,
                 "fleet.local.host": self.config.host_name(index),
+                **({TEMPLATE_LABEL: template} if template else {}),
             },
         )
 
-    def _create(self, index: int, pubkey: str, ports: tuple[int, int] | None = None) -> None:
-        spec = self._spec(index, pubkey, ports)
+    def _create(
+        self, index: int, pubkey: str, ports: tuple[int, int] | None = None, template: str = ""
+    ) -> None:
+        spec = self._spec(index, pubkey, ports, template)
         self.config.tarball_dir.mkdir(parents=True, exist_ok=True)
         proc = execute.run(dockercmd.run_instance(spec), check=False, timeout=120)
         if proc.returncode != 0:
@@ -347,6 +355,9 @@ class LocalFleet:
             raise FleetError(f"instances must be 1..200, got {n!r}", where="local.up")
         with self._locked():
             pubkey = self._prepare(build)
+            # the fleet's Compute side first, made by infra.apply: new members come from its template
+            self.start_compute(size=n)
+            template = self._mig_template()
             existing = self._inspect()
             extra = sorted(existing)[n:] if shrink else []
             keep = sorted(existing)[:n]
@@ -362,10 +373,9 @@ class LocalFleet:
                     execute.run(dockercmd.start(self.config.container_name(index)), timeout=60)
                 if free:
                     with ThreadPoolExecutor(min(4, len(free))) as pool:
-                        list(pool.map(lambda i: self._create(i, pubkey), free))
+                        list(pool.map(lambda i: self._create(i, pubkey, template=template), free))
             with self.progress.step(f"wait for sshd and dockerd in {n} instance(s)"):
                 keys = self._wait_ready([*keep, *free])
-            self.start_compute()
             records = self._publish(keys)
             booted = [self.config.host_name(i) for i in (*stopped, *free)]
             if booted:
@@ -395,15 +405,25 @@ class LocalFleet:
                 hint="the instances exist; `fab status --no-ssh` shows what their agents report",
             )
 
-    def start_compute(self) -> str:
-        """The fleet's Compute endpoint (fleet/local/compute_docker.py), started unless it runs; its URL."""
-        from fleet.local import compute_endpoint, storesetup
+    def start_compute(self, size: int | None = None) -> str:
+        """The fleet's Compute endpoint (fleet/local/compute_docker.py), started unless it runs, and its
+        Compute side applied with `infra.apply` (fleet/local/infrasetup.py); its URL. The LB takes the
+        backend service's settings as read back from the endpoint."""
+        from fleet.local import compute_endpoint, infrasetup, storesetup
 
         with self.progress.step("compute endpoint"):
             url = compute_endpoint.ensure_endpoint(self.config)
+        with self.progress.step("infra.apply (instance template, health checks, MIG, backend service)"):
+            infrasetup.apply(self.config, size if size is not None else max(1, len(self._inspect())))
+            self.lb.configure(infrasetup.backend_config(self.config))
         with self.progress.step("agent in the release store"):
             storesetup.publish_agent(self.config)
         return url
+
+    def _mig_template(self) -> str:
+        from fleet.local import infrasetup
+
+        return infrasetup.mig_template(self.config)
 
     def add_instance(self) -> Instance:
         """One more instance at the lowest free index; the others are not touched."""
@@ -411,11 +431,11 @@ class LocalFleet:
             pubkey = self._prepare(build=False)
             existing = self._inspect()
             index = next(i for i in range(1, 10000) if i not in existing)
-            self._create(index, pubkey)
+            self._create(index, pubkey, template=self._mig_template())
             keys = self._wait_ready([index])
             return self._by_index(self._publish(keys), index)
 
-    def add_instances(self, indices: Sequence[int]) -> list[Instance]:
+    def add_instances(self, indices: Sequence[int], template: str = "") -> list[Instance]:
         """Instances at exactly these free numbers, created in parallel (the local MIG's resize)."""
         wanted = sorted(set(indices))
         if not wanted or any(not isinstance(i, int) or i < 1 for i in wanted):
@@ -426,7 +446,7 @@ class LocalFleet:
             if taken:
                 raise FleetError(f"instance(s) {', '.join(taken)} already exist", where="local fleet")
             with ThreadPoolExecutor(min(4, len(wanted))) as pool:
-                list(pool.map(lambda i: self._create(i, pubkey), wanted))
+                list(pool.map(lambda i: self._create(i, pubkey, template=template), wanted))
             records = self._publish(self._wait_ready(wanted))
             return [self._by_index(records, i) for i in wanted]
 
@@ -440,14 +460,17 @@ class LocalFleet:
             self._destroy(index)
             self._publish()
 
-    def recreate_instance(self, name: str) -> Instance:
-        """A new container (new disk, NEW host key) with the same name and ports, like a MIG recreate."""
+    def recreate_instance(self, name: str, template: str | None = None) -> Instance:
+        """A new container (new disk, NEW host key) with the same name and ports, like a MIG recreate,
+        from `template` (the MIG's current one; default: the one the old instance was made from)."""
         index = self.config.index_of(name)
         with self._locked():
             old = self.instance(name)
             pubkey = inventory_writer.ensure_client_key(self.config)
             self._destroy(index)
-            self._create(index, pubkey, (old.ssh_port, old.http_port))
+            self._create(
+                index, pubkey, (old.ssh_port, old.http_port), old.template if template is None else template
+            )
             keys = self._wait_ready([index])
             return self._by_index(self._publish(keys), index)
 
@@ -496,6 +519,7 @@ class LocalFleet:
                 execute.run(dockercmd.rm_force(names), check=False, timeout=180)
                 execute.run(dockercmd.volume_rm([f"{n}-docker" for n in names]), check=False)
             self.lb.stop()
+            self.lb.backend_path.unlink(missing_ok=True)  # the backend service went with the endpoint
             others = [n for n in execute.run(dockercmd.list_containers(INDEX_LABEL)).stdout.split() if n]
             if others:  # another fleet (e.g. the benchmark's) still pulls from the registry
                 registry.detach(self.config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -246,6 +247,67 @@ def mig_defaults_doc(
     return {"port": 22, "username": "deploy", "data": data}
 
 
+INFRA_DIR = "infra"
+SERVICE_ACCOUNT = "fleet-vm@{project}.iam.gserviceaccount.com"
+
+
+def infra_defaults_doc(config: LocalConfig, compute_endpoint: str, size: int) -> dict[str, Any]:
+    """`inventory/local/infra/`: the fleet's Compute side as `fab infra.plan/apply` reads it, with the
+    local fleet's names and settings. The MIG is regional (infra makes regional MIGs); its members all
+    live in the fleet's one zone, the second zone of its distribution policy is never used."""
+    from fleet.local import template
+    from fleet.local.compute_endpoint import mig_name
+
+    region = config.zone.rsplit("-", 1)[0]
+    other = next(f"{region}-{c}" for c in "bcd" if f"{region}-{c}" != config.zone)
+    mig = mig_name(config)
+    # resource names: Compute's rules (a fleet may be named `a_b` or `1x`; its resources may not)
+    base = re.sub(r"[^a-z0-9-]", "-", config.name.lower())
+    base = base if base[:1].isalpha() else f"f{base}"
+    return {
+        "username": "deploy",
+        "data": {
+            "app": {"dir": APP_DIR, "project": "dify", "http_port": 80},
+            "roles": ["app"],
+            # the backend service and health checks infra creates; the fleet's haproxy and MIG read
+            # them back from the endpoint (fleet/local/fromapi.py)
+            "lb": {"kind": "gcp", "backend": config.backend, **merge_lb(config.lb)},
+            "gce": {
+                "project": config.project,
+                "api_endpoint": compute_endpoint,
+                "migs": [{"project": config.project, "region": region, "name": mig}],
+                "beat": "first",
+            },
+            "store": {"url": config.store_url, "endpoint": config.storage_endpoint},
+            "infra": {
+                "region": region,
+                "zones": [config.zone, other],
+                "mig": mig,
+                "base_instance_name": config.host_prefix,
+                "size": size,
+                "subnet": {"cidr": config.subnet},
+                "service_account": SERVICE_ACCOUNT.format(project=config.project),
+                "autohealing": config.autohealing,
+                "metadata": template.infra_metadata(),
+                "names": {
+                    "template_prefix": f"{base}-template",
+                    "readiness_check": f"{base}-readiness",
+                    "liveness_check": f"{base}-liveness",
+                },
+            },
+        },
+    }
+
+
+def write_infra(config: LocalConfig, compute_endpoint: str, size: int) -> Path:
+    """Rewrite `infra/` of the fleet's inventory; returns its directory."""
+    directory = config.inventory_dir / INFRA_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    _write(directory / "defaults.yaml", _yaml(infra_defaults_doc(config, compute_endpoint, size)))
+    _write(directory / "hosts.yaml", _yaml({}))
+    return directory
+
+
 def known_hosts_text(hosts: Sequence[HostEntry]) -> str:
     lines = []
     for host in sorted(hosts, key=lambda h: h.ssh_port):
@@ -317,6 +379,8 @@ def remove(config: LocalConfig) -> None:
     """Forget the fleet's hosts (the client key stays, so the next `up` reuses it)."""
     for name in ("hosts.yaml", "groups.yaml", "defaults.yaml", "known_hosts"):
         (config.inventory_dir / name).unlink(missing_ok=True)
-        (config.inventory_dir / MIG_DIR / name).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        (config.inventory_dir / MIG_DIR).rmdir()
+        for sub in (MIG_DIR, INFRA_DIR):
+            (config.inventory_dir / sub / name).unlink(missing_ok=True)
+    for sub in (MIG_DIR, INFRA_DIR):
+        with contextlib.suppress(OSError):
+            (config.inventory_dir / sub).rmdir()

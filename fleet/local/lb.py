@@ -9,11 +9,20 @@ pass; a member leaving is drained (no new requests) for at most the draining tim
 changes go through haproxy's runtime API (add/del server), so adding or removing one instance never
 disturbs the others' state. The same socket tells a rollout what the LB really thinks of each server
 (UP, DOWN, MAINT, DRAIN).
+
+Once the fleet's backend service exists on its Compute endpoint (made by `fab infra.apply` at bring-up),
+its settings are read back from there and kept in `backend.json` beside haproxy.cfg, so every process
+that drives this LB (the operator's, the endpoint's) uses the same; `configure` applies a changed one
+with a reload that keeps each member and its health (fleet/local/fromapi.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import hashlib
+import json
 import os
 import re
 import signal
@@ -224,7 +233,59 @@ class LoadBalancer:
         self.cfg_path = self.dir / "haproxy.cfg"
         self.pid_path = self.dir / "haproxy.pid"
         self.socket_path = config.stats_socket
-        self.settings = BackendConfig.from_settings(config.lb_settings)
+        self.backend_path = self.dir / "backend.json"
+
+    @property
+    def settings(self) -> BackendConfig:
+        """The backend service's settings as last configured (backend.json), else the inventory's."""
+        try:
+            return BackendConfig(**json.loads(self.backend_path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return BackendConfig.from_settings(self.config.lb_settings)
+
+    @contextlib.contextmanager
+    def _config_lock(self) -> Any:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "configure.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def configure(self, backend: BackendConfig) -> bool:
+        """Take a backend service's settings; a running haproxy is reloaded with them, its members
+        re-added with the state and health they had (no member starts over from DOWN). True when
+        something changed."""
+        with self._config_lock():
+            changed = self.settings != backend  # what haproxy runs with now
+            if changed or not self.backend_path.exists():
+                tmp = self.backend_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(dataclasses.asdict(backend), sort_keys=True))
+                tmp.replace(self.backend_path)
+            if changed and self.running():
+                self._reload(backend)
+            return changed
+
+    def _reload(self, backend: BackendConfig) -> None:
+        members = self.servers()
+        old = self.pid()
+        self.cfg_path.write_text(render_config(self.config, backend))
+        execute.run([HAPROXY, "-c", "-q", "-f", str(self.cfg_path)], hint="haproxy rejected its config")
+        self.socket_path.unlink(missing_ok=True)
+        execute.run(
+            [HAPROXY, "-D", "-f", str(self.cfg_path), "-p", str(self.pid_path), "-sf", str(old)],
+            hint="haproxy did not reload",
+        )
+        for _ in polling(5, 0.05):
+            if self.pid() not in (None, old) and self.socket_path.exists():
+                with contextlib.suppress(FleetError):
+                    self.command("show info")
+                    break
+        for name, state in members.items():
+            host, _, port = state.address.rpartition(":")
+            self.add(LbServer(name, int(port), host or "127.0.0.1"))
+            srv = f"{self.config.backend}/{name}"
+            health = "up" if state.status in ("UP", "DRAIN", "NOLB") else "down"
+            admin = {"DRAIN": "drain", "MAINT": "maint"}.get(state.status, "ready")
+            self.command(f"set server {srv} health {health}; set server {srv} state {admin}")
 
     @property
     def frontend(self) -> str:

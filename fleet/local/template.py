@@ -52,8 +52,30 @@ def labels(config: LocalConfig) -> dict[str, str]:
     return {contract.INSTANCE_MIG_LABEL: contract.validate_label_value(mig_name(config))}
 
 
+def endpoint_overrides(config: LocalConfig, compute_url: str) -> dict[str, str]:
+    """Where the local VMs reach Google's APIs: the stand-ins on the fleet network's gateway. Laid over
+    the metadata of the instance template `infra.apply` made (the one thing a GCE VM does not need)."""
+    return {
+        "fleet-storage-endpoint": config.storage_endpoint,
+        "fleet-secretmanager-endpoint": config.secretmanager_endpoint,
+        "fleet-compute-endpoint": f"{compute_url}/compute/v1",
+        "fleet-monitoring-endpoint": config.monitoring_endpoint,
+    }
+
+
+def infra_metadata() -> dict[str, str]:
+    """Template metadata the local inventory adds through `infra.metadata` (the agent's local pace)."""
+    return {
+        "fleet-health-timeout": str(HEALTH_TIMEOUT),
+        "fleet-report-interval": str(REPORT_INTERVAL),
+        # the heartbeat writes custom.googleapis.com/fleet/app_health (docs/selfheal.md)
+        "fleet-health-metric": "true",
+    }
+
+
 def metadata(config: LocalConfig, compute_url: str) -> dict[str, str]:
-    """The template's metadata items. `compute_url` is the Compute stand-in as the VMs reach it."""
+    """The built-in template's metadata items (used until infra.apply made the fleet's template).
+    `compute_url` is the Compute stand-in as the VMs reach it."""
     from fleet.commands.agent import startup_script
 
     return {

@@ -87,7 +87,12 @@ class VmServices:
         self.logging: Any = None  # standins.logging_api.LocalLogging once started
 
     def metadata_items(self) -> dict[str, str]:
+        """The built-in template's metadata (a fleet whose infra was not applied)."""
         return template.metadata(self.config, self.compute_url)
+
+    def endpoint_items(self) -> dict[str, str]:
+        """What is laid over an instance template's metadata: the stand-ins' endpoints."""
+        return template.endpoint_overrides(self.config, self.compute_url)
 
     def identify(self, address: str) -> Identity | None:
         """The instance whose container has `address` on the fleet network (GCE knows the caller)."""
@@ -110,14 +115,18 @@ class VmServices:
         if rec is not None:
             project = backend.project(self.config.project)
             items = {i["key"]: i.get("value", "") for i in project["commonInstanceMetadata"].get("items", [])}
+            # the instance template the VM was created from: its metadata, service account and scopes
+            attributes, account, scopes = backend.instance_metadata(rec)
             return Identity(
                 project_id=self.config.project,
                 numeric_project_id=str(project["id"]),
                 zone=self.config.zone,
                 name=rec.name,
                 id=rec.instance_id,
-                attributes=self.metadata_items(),
+                attributes=attributes,
                 project_attributes=items,
+                service_account_email=account,
+                **({"scopes": scopes} if scopes else {}),
             )
         return None
 

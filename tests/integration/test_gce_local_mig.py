@@ -11,6 +11,9 @@ resize up and a recreate (at once, to keep the test short) come back deployed to
 release, and the recreated VM's new host key is followed through guest attributes while a stale pin
 is refused; resize down deletes the newest. With autohealing on (after the first deploy), the MIG
 applies its policy on the liveness check: a drain never triggers a recreate, a dead nginx does.
+The fleet runs from what `infra.apply` created at bring-up (issue 14): the MIG's and each member's
+template is the one apply made, a second apply changes nothing, and a patched backend service reaches
+haproxy (reloaded, members kept) until apply puts the inventory's settings back.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from google.cloud.logging_v2.services.logging_service_v2.transports import Loggi
 
 from fleet.errors import FleetError
 from fleet.gcp.compute import Compute, ComputeError, ManagedInstance, PreconditionFailed, natural_key
-from fleet.local import compute_docker, compute_endpoint, vmservices
+from fleet.local import compute_docker, compute_endpoint, infrasetup, vmservices
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
@@ -84,8 +87,8 @@ def fleet() -> Iterator[LocalFleet]:
         r = fab("deploy", "--inventory", mig_inv, "--version", VERSION, "--json")
         assert r.returncode == 0, r.stdout + r.stderr
         url = compute_endpoint.endpoint_url(CFG)
-        compute_endpoint.stop_endpoint(CFG, forget=False)
-        assert compute_endpoint.ensure_endpoint(CFG) == url  # same port, now with the policy
+        # infra.apply again, now with the policy: the MIG is patched (same endpoint URL)
+        assert fleet.start_compute() == url
         yield fleet
     finally:
         if os.environ.get("FLEET_LOCAL_KEEP") != "1":
@@ -239,8 +242,12 @@ def test_container_logs_reach_cloud_logging_by_instance_service_and_release(
 
 def test_labels_and_metadata_survive_an_endpoint_restart(fleet: LocalFleet, compute: Compute) -> None:
     name = compute.mig_members(REF)[0].name
-    # every member starts with the template's label: the MIG's name (what CPU policies select by)
-    assert dict(compute.instance(CFG.project, CFG.zone, name).labels) == {"fleet-mig": REF.name}
+    # every member starts with the template's labels (infra's): the fleet, and the MIG's name (what
+    # CPU policies select by)
+    assert dict(compute.instance(CFG.project, CFG.zone, name).labels) == {
+        "fleet": CFG.name,
+        "fleet-mig": REF.name,
+    }
     compute.set_label(CFG.project, CFG.zone, name, "team", "ops")
     before = compute.instance(CFG.project, CFG.zone, name)
     compute.set_label(CFG.project, CFG.zone, name, "fleet-rollout", "r1")
@@ -259,6 +266,7 @@ def test_labels_and_metadata_survive_an_endpoint_restart(fleet: LocalFleet, comp
     compute_endpoint.stop_endpoint(fleet.config, forget=False)
     assert compute_endpoint.ensure_endpoint(fleet.config) == compute.endpoint  # same port, same URL
     assert dict(compute.instance(CFG.project, CFG.zone, name).labels) == {
+        "fleet": CFG.name,
         "fleet-mig": REF.name,
         "team": "ops",
         "fleet-rollout": "r1",
@@ -686,6 +694,70 @@ def test_the_mig_carries_its_autohealing_policy_on_the_liveness_check(compute: C
     assert live.path == "/nginx-health"  # nginx's own location, not the drain-aware /health
     members = health_of(compute)
     assert members and all(state in ("HEALTHY", "UNKNOWN") for state, _, _ in members.values()), members
+
+
+def test_the_fleet_runs_from_what_infra_apply_created(fleet: LocalFleet, compute: Compute) -> None:
+    template = infrasetup.mig_template(CFG)
+    assert "/global/instanceTemplates/gcemig-template-" in template
+    assert compute.mig(REF).instance_template == template
+    t = compute.types()
+    members = compute.client("InstanceGroupManagersClient").list_managed_instances(
+        request=t.ListManagedInstancesInstanceGroupManagersRequest(
+            project=REF.project, zone=REF.location, instance_group_manager=REF.name
+        )
+    )
+    versions = {m.name: m.version.instance_template for m in members}
+    assert versions and set(versions.values()) == {template}, versions
+    assert {r.name: r.template for r in fleet.instances()} == versions  # stamped on each container
+    name = next(iter(versions))
+    inst = compute.instance(CFG.project, CFG.zone, name)
+    assert inst.service_accounts[0].email == f"fleet-vm@{CFG.project}.iam.gserviceaccount.com"
+    # the VM itself reads its template's metadata from its metadata server: infra's regional MIG path
+    served = fleet.exec(
+        name,
+        [
+            "curl",
+            "-sf",
+            "-H",
+            "Metadata-Flavor: Google",
+            "http://metadata.google.internal/computeMetadata/v1/instance/attributes/fleet-mig",
+        ],
+    ).stdout
+    assert served == f"projects/{CFG.project}/regions/europe-west1/instanceGroupManagers/{REF.name}"
+    assert not infrasetup.apply(CFG, 2).changed  # the second apply (the first two ran at bring-up)
+
+
+def test_a_patched_backend_service_reaches_haproxy(fleet: LocalFleet, compute: Compute) -> None:
+    """As on GCP, the LB follows its backend service: a patch (here: connection draining) reloads
+    haproxy with it, every member keeping its health; infra.apply then puts the inventory's back."""
+    before = {n: s.status for n, s in fleet.lb.servers().items()}
+    client = compute.client("BackendServicesClient")
+    service = client.get(project=CFG.project, backend_service=CFG.backend)
+    t = compute.types()
+    patch = t.BackendService(
+        connection_draining=t.ConnectionDraining(draining_timeout_sec=37), fingerprint=service.fingerprint
+    )
+    compute.wait(
+        client.patch_unary(project=CFG.project, backend_service=CFG.backend, backend_service_resource=patch),
+        project=CFG.project,
+    )
+    for _ in range(100):
+        if "connection draining 37 s" in fleet.lb.cfg_path.read_text():
+            break
+        time.sleep(0.1)
+    assert fleet.lb.settings.draining_timeout == 37
+    assert "connection draining 37 s" in fleet.lb.cfg_path.read_text()
+    assert {n: s.status for n, s in fleet.lb.servers().items()} == before
+    report = infrasetup.apply(CFG, 2)
+    assert [(c.kind, c.action) for c in report.changes if c.action != "unchanged"] == [
+        ("backendServices", "update")
+    ]
+    for _ in range(100):
+        if fleet.lb.settings.draining_timeout == CFG.lb_settings.draining_timeout:
+            break
+        time.sleep(0.1)
+    assert fleet.lb.settings.draining_timeout == CFG.lb_settings.draining_timeout
+    assert {n: s.status for n, s in fleet.lb.servers().items()} == before
 
 
 def test_a_drain_never_triggers_a_recreate_a_dead_nginx_does(fleet: LocalFleet, compute: Compute) -> None:

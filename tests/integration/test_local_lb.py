@@ -127,3 +127,31 @@ def test_generated_cookie_keeps_a_client_that_returns_it(lb_factory: object) -> 
     cookie = set_cookie.split(";")[0]
     assert {get(lb, cookie=cookie)[0] for _ in range(8)} == {first}
     assert len({get(lb)[0] for _ in range(8)}) > 1  # without the cookie: round robin
+
+
+def test_a_changed_backend_service_reloads_haproxy_and_members_keep_their_state(
+    lb_factory: object, backends: list[LbServer]
+) -> None:
+    """What the local fleet does when its backend service changes (fleet/local/fromapi.py): the new
+    affinity and checks take effect at once (a reload), every member keeps its state and health (none
+    restarts from DOWN), and the settings are kept for every process that drives this LB."""
+    from dataclasses import replace
+
+    from fleet.local.lb import BackendConfig
+
+    lb = lb_factory("NONE")  # type: ignore[operator]
+    assert len({get(lb)[0] for _ in range(8)}) > 1  # round robin spreads one client
+    lb.set_state("lbt-2", "drain")
+    old_pid = lb.pid()
+    same = lb.settings
+    assert not lb.configure(same) and lb.pid() == old_pid  # nothing changed: no reload
+    changed = replace(same, session_affinity="CLIENT_IP", check_interval=0.5, draining_timeout=33.0)
+    assert lb.configure(changed)
+    assert lb.pid() not in (None, old_pid)
+    text = lb.cfg_path.read_text()
+    assert "balance source" in text and "connection draining 33 s" in text
+    states = {name: s.status for name, s in lb.servers().items()}
+    assert states == {"lbt-1": "UP", "lbt-2": "DRAIN", "lbt-3": "UP", "lbt-4": "UP"}
+    assert len({get(lb)[0] for _ in range(8)}) == 1  # CLIENT_IP now: one client, one instance
+    assert LoadBalancer(lb.config).settings == changed  # another process reads the same
+    assert BackendConfig.from_settings(lb.config.lb_settings) != changed

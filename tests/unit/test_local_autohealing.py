@@ -186,11 +186,13 @@ class FakeFleet:
     def instances(self) -> list[Instance]:
         return list(self.records.values())
 
-    def recreate_instance(self, name: str) -> Instance:
+    def recreate_instance(self, name: str, template: str | None = None) -> Instance:
         self.recreated.append(name)
         old = self.records[name]
         started = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
-        self.records[name] = replace(old, container_id="f" * 64, instance_id="99", started=started)
+        self.records[name] = replace(
+            old, container_id="f" * 64, instance_id="99", started=started, template=template or ""
+        )
         return self.records[name]
 
 
@@ -311,25 +313,23 @@ def test_a_member_under_an_action_is_left_alone(local: Any) -> None:
     assert fleet.recreated == [] and backend.healer.health("t-2") == UNKNOWN
 
 
-def test_local_up_restarts_an_endpoint_whose_policy_differs(tmp_path: Path, monkeypatch: Any) -> None:
-    """`FLEET_LOCAL_AUTOHEALING=1 fab local.up` on a running fleet attaches the policy: the endpoint
-    restarts (same port, state kept); with the same policy it is left alone."""
+def test_local_up_keeps_a_running_endpoint_whatever_the_policy(tmp_path: Path, monkeypatch: Any) -> None:
+    """`FLEET_LOCAL_AUTOHEALING=1 fab local.up` on a running fleet: the endpoint keeps running (the
+    policy reaches it as a patch of the MIG by infra.apply, tests/integration/test_infra_local_mig.py);
+    the config it was started with is rewritten."""
+    import json
+
     from fleet.local import compute_endpoint
 
     running = LocalConfig(root=tmp_path, name="t", autohealing=False)
     compute_endpoint.save_config(running)
     monkeypatch.setattr(compute_endpoint, "running_endpoint", lambda _c: {"url": "http://127.0.0.1:1"})
 
-    class Restarted(Exception):
-        pass
-
     def stop(config: LocalConfig, *, forget: bool = True) -> None:
-        assert forget is False  # labels, metadata and the store stay
-        raise Restarted
+        raise AssertionError("a running endpoint was stopped")
 
     monkeypatch.setattr(compute_endpoint, "stop_endpoint", stop)
     assert compute_endpoint.ensure_endpoint(running) == "http://127.0.0.1:1"
-    with pytest.raises(Restarted):
-        compute_endpoint.ensure_endpoint(replace(running, autohealing=True))
-    with pytest.raises(Restarted):
-        compute_endpoint.ensure_endpoint(replace(running, lb={"liveness": {"initial_delay": 30}}))
+    assert compute_endpoint.ensure_endpoint(replace(running, autohealing=True)) == "http://127.0.0.1:1"
+    saved = compute_endpoint.state_dir(running) / "config.json"
+    assert json.loads(saved.read_text())["autohealing"] is True
