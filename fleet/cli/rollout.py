@@ -79,6 +79,8 @@ def rollout(
     that fails goes back to its previous release; past --max-failures the rollout stops and, with
     --on-failure rollback, puts every updated host back, newest batch first. Ctrl-C finishes the
     current host step, undrains, releases the lock and prints the --resume command.
+    The plan (and --dry-run) shows the database connections the release opens at the fleet's largest
+    size against dify.db_max_connections, and warns near or over it (docs/compose.md).
     Exit: 0 succeeded, 1 failed, 2 bad input, 3 rolled back, 4 paused/interrupted.
     """
     code = _main(
@@ -231,7 +233,7 @@ def _main(action: str, **o: Any) -> int:
             print(f"nothing to do: every selected host already runs {plan.label}")
         return 0
     if result.dry_run or report is None:
-        _dry_run(plan, result.diffs, o["json_"])
+        _dry_run(plan, result.diffs, o["json_"], result.budgets)
         return 0
     if o["json_"]:
         ui.print_json(report.as_dict())
@@ -242,20 +244,22 @@ def _main(action: str, **o: Any) -> int:
     return report.exit_code
 
 
-def _dry_run(plan: Any, diffs: dict[str, Any], json_: bool) -> None:
+def _dry_run(plan: Any, diffs: dict[str, Any], json_: bool, budgets: Any = ()) -> None:
     from fleet.view import console as ui
-    from fleet.view.rollout import print_plan
+    from fleet.view.rollout import print_budgets, print_plan
 
     if json_:
         payload = plan.as_dict()
         payload["dry_run"] = True
         payload["diffs"] = {h: (d.as_dict() if d is not None else None) for h, d in diffs.items()}
+        payload["connections"] = [b.as_dict() for b in budgets]
         ui.print_json(payload)
         return
     print_plan(plan)
     for host, d in diffs.items():
         print(f"== {host}")
         print(ui.safe(d.render()) if d is not None else "   (could not read the current release)")
+    print_budgets(budgets)
     print("dry run: nothing was changed")
 
 

@@ -38,7 +38,12 @@ _NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
 _KINDS: dict[str, tuple[re.Pattern[str], str]] = {
     "text": (re.compile(r".*", re.S), "text"),
     "url": (re.compile(r"^(?:[a-z][a-z0-9+.-]*://\S+)?$"), "a URL (scheme://...), or empty"),
-    "port": (re.compile(r"^(?:[1-9][0-9]{0,4})?$"), "a TCP port, or empty"),
+    "port": (
+        re.compile(
+            r"^(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])?$"
+        ),
+        "a TCP port (1-65535), or empty",
+    ),
     "bool": (re.compile(r"^(?:true|false|True|False|TRUE|FALSE)?$"), "true or false"),
     "number": (re.compile(r"^(?:-?[0-9]+(?:\.[0-9]+)?)?$"), "a number"),
 }

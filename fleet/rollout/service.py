@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import FleetError
+from fleet.release import budget
 from fleet.rollout.engine import Observer
 from fleet.rollout.model import Plan, Report
 
@@ -68,6 +69,7 @@ class Outcome:
     report: Report | None = None
     dry_run: bool = False
     diffs: dict[str, Any] = field(default_factory=dict)  # host -> fleet.diff result, None = unreadable
+    budgets: tuple[Any, ...] = ()  # fleet.release.budget.Budget: database connections at the largest size
     interrupted: bool = False  # the stop event was set
 
     @property
@@ -146,8 +148,11 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             bundles = _rerender(inv, chosen, plan, warn)
         if not plan.jobs:
             return Outcome(plan, dry_run=req.dry_run)
+        budgets = budget.for_inventory(inv, bundles) if bundles else ()
         if req.dry_run:
-            return Outcome(plan, dry_run=True, diffs=_diffs(selected, bundles))
+            return Outcome(plan, dry_run=True, diffs=_diffs(selected, bundles), budgets=budgets)
+        for note in filter(None, (b.warning() for b in budgets)):
+            warn(note)
         if hooks.planned is not None:
             hooks.planned(plan, replay is not None)
         if preload is not None:
