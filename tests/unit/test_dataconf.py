@@ -384,3 +384,34 @@ def test_the_example_production_inventory_still_renders(source: bundle.Source) -
         "SANDBOX_VERSION": "0.2.10",
         "PLUGIN_DAEMON_VERSION": "0.0.5-local",
     }
+
+
+def test_the_dry_run_prints_the_budget_and_its_warning(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from fleet.cli import rollout as cli
+    from fleet.view import rollout as view
+
+    class Plan:
+        def as_dict(self) -> dict[str, Any]:
+            return {"rollout_id": "ro-1"}
+
+    monkeypatch.setattr(view, "print_plan", lambda plan: print("PLAN"))
+    env = {"SQLALCHEMY_POOL_SIZE": "30", "SQLALCHEMY_MAX_OVERFLOW": "10"}
+    budgets = budget.compute([env], 10, db_limit=1000, pgvector_limit=800)
+    cli._dry_run(Plan(), {}, False, budgets)
+    out = capsys.readouterr().out
+    assert out.index("PLAN") < out.index("database connections at the fleet's largest size:")
+    assert "  main database: 1140 connections / max_connections 1000 (OVER)" in out
+    assert "    api: 1 process(es) x 40 x 10 instance(s) = 400" in out
+    assert "  pgvector database: 100 connections / max_connections 800 (ok)" in out
+    assert "WARNING: the main database: 1140 connections at the fleet's largest size exceeds" in out
+    assert out.rstrip().endswith("dry run: nothing was changed")
+    cli._dry_run(Plan(), {}, True, budgets)
+    payload = json.loads(capsys.readouterr().out)
+    assert [(c["database"], c["total"], c["status"]) for c in payload["connections"]] == [
+        ("main", 1140, "OVER"),
+        ("pgvector", 100, "ok"),
+    ]
