@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -389,8 +390,6 @@ def test_the_example_production_inventory_still_renders(source: bundle.Source) -
 def test_the_dry_run_prints_the_budget_and_its_warning(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
     from fleet.cli import rollout as cli
     from fleet.view import rollout as view
 
@@ -415,3 +414,39 @@ def test_the_dry_run_prints_the_budget_and_its_warning(
         ("main", 1140, "OVER"),
         ("pgvector", 100, "ok"),
     ]
+
+
+def test_no_catalog_name_is_one_the_compose_file_fixes(source: bundle.Source) -> None:
+    """Every listed name can really pass through: none lands on a name the service's `environment` sets."""
+    assert source.catalog is not None
+    fixed = passthrough.fixed_by_compose(source.compose)
+    assert fixed["app"] >= {"CODE_EXECUTION_ENDPOINT", "PLUGIN_DAEMON_URL"}  # the check sees them
+    clashes = [
+        (name, group, container)
+        for name in source.catalog.known()
+        for group, container in source.catalog.targets(name).items()
+        if container in fixed[group]
+    ]
+    assert clashes == []
+
+
+def test_a_pass_through_secret_round_trips_through_the_store(source: bundle.Source, tmp_path: Path) -> None:
+    """What a VM's agent does: the sealed release names the secret's version; unsealed with the value it
+    reads, the files are byte for byte the operator's (checksums verified by unseal)."""
+    data = {"secrets": {"SMTP_PASSWORD": {"env": "T_SMTP"}}, "dify": {"env_extra": {"MAIL_TYPE": "smtp"}}}
+    b = render(source, inventory(tmp_path, data), env={"T_SMTP": "smtp-pw-8"})
+    values = {k: v for k, v in b.env.items() if k in b.secret_keys and v and k != "CELERY_BROKER_URL"}
+    refs = {k: f"projects/p/secrets/{k.lower().replace('_', '-')}/versions/1" for k in values}
+    s = sealed.seal(
+        {p: (f.data, f.mode) for p, f in b.files.items()},
+        b.env,
+        b.secret_keys,
+        refs,
+        release_id=b.release_id,
+        version=b.version,
+    )
+    assert b"smtp-pw-8" not in s.archive and "smtp-pw-8" not in json.dumps(s.manifest)
+    assert sealed.secret_refs(s.manifest)["SMTP_PASSWORD"].endswith("smtp-password/versions/1")
+    files = sealed.unseal(s.manifest, s.archive, values)
+    assert files[".env"][0] == b.files[".env"].data
+    assert files["extra/app.env"][0] == b.files["extra/app.env"].data
