@@ -3,9 +3,11 @@
 compose/env.schema.yaml declares the variables the fleet manages (kinds, defaults, secrets); upstream Dify
 reads some three hundred more (mail, CORS, Sentry, upload limits, storage vendors...). Rather than
 declaring each, the inventory may set any name compose/upstream-env.yaml lists or matches, under
-`data.dify.env_extra` (plain values) or `data.secrets` (secret references). Each goes into the env file
-of the services that read it (`extra/<group>.env`, loaded by compose's `env_file`), so a name meant for
-the api never reaches web. Refused, each with a FleetError naming it: a name the catalog does not know
+`data.dify.env_extra` (plain values) or `data.secrets` (secret references). Each goes to the services
+that read it (`NAME: ${NAME}` entries the bundle writes at the compose file's `# fleet: pass-through
+GROUP` comment, the value in .env), so a name meant for the api never reaches web. (Not env_file:
+`docker compose config --hash` does not resolve env_file the way `up` does, so status would report
+every such service as drifted.) Refused, each with a FleetError naming it: a name the catalog does not know
 (typos), one the schema declares (use vars), one the compose file fixes for that service (compose would
 silently override it), a secret-looking name outside data.secrets, and a malformed value.
 """
@@ -25,8 +27,7 @@ from fleet.paths import COMPOSE_DIR
 from fleet.release import envfile
 
 CATALOG_FILE = "upstream-env.yaml"
-EXTRA_DIR = "extra"
-# the env file of each group and the compose services that load it
+# each group, its marker in the compose file, and the compose services that get its variables
 GROUPS: dict[str, tuple[str, ...]] = {
     "app": ("api", "worker", "worker_beat"),
     "web": ("web",),
@@ -49,9 +50,7 @@ _KINDS: dict[str, tuple[re.Pattern[str], str]] = {
 }
 
 
-def path_of(group: str) -> str:
-    """The release file of a group's pass-through variables."""
-    return f"{EXTRA_DIR}/{group}.env"
+_MARKER_RE = re.compile(r"^(?P<indent>[ ]*)# fleet: pass-through (?P<group>[a-z_]+)[ ]*$", re.M)
 
 
 @dataclass(frozen=True)
@@ -137,9 +136,8 @@ def load_catalog(compose_dir: Path = COMPOSE_DIR) -> Catalog | None:
 @dataclass(frozen=True)
 class Extra:
     """What passes through. The values go into the release's `.env` (sealed and masked like every
-    secret there); `extra/<group>.env` only maps each service's name to it
-    (`AWS_REGION="${PLUGIN_AWS_REGION}"`,
-    interpolated by compose), so the files stored with a release never hold a value."""
+    secret there); the compose file only refers to them (`AWS_REGION: ${PLUGIN_AWS_REGION}`), so no
+    other file of a release ever holds a value."""
 
     values: Mapping[str, str] = field(default_factory=dict)  # upstream name -> value, sorted
     secret_names: frozenset[str] = frozenset()  # came from data.secrets
@@ -239,16 +237,23 @@ def build(
     return Extra(dict(sorted(chosen.items())), frozenset(secret_names), ordered)
 
 
-def render_files(extra: Extra) -> dict[str, bytes]:
-    """One env file per group, always (compose's env_file requires it): `NAME="${UPSTREAM_NAME}"` lines,
-    which compose interpolates from the release's .env."""
-    out = {}
-    for group, services in GROUPS.items():
-        lines = [
-            f"# Pass-through variables of {', '.join(services)} (data.dify.env_extra, data.secrets):",
-            "# values are in ../.env. Rendered by compose-fleet (fleet/release/passthrough.py); do not edit.",
-        ]
-        for container, name in extra.files.get(group, {}).items():
-            lines.append(f'{container}="${{{name}}}"')
-        out[path_of(group)] = ("\n".join(lines) + "\n").encode()
+def render_compose(text: str, extra: Extra, where: str | None = None) -> str:
+    """The compose file with each group's `NAME: ${UPSTREAM_NAME}` entries at its marker comment."""
+    seen: set[str] = set()
+
+    def entries(match: re.Match[str]) -> str:
+        group, indent = match.group("group"), match.group("indent")
+        seen.add(group)
+        lines = [match.group(0)]
+        lines.extend(f"{indent}{c}: ${{{n}}}" for c, n in extra.files.get(group, {}).items())
+        return "\n".join(lines)
+
+    out = _MARKER_RE.sub(entries, text)
+    missing = sorted(g for g in extra.files if extra.files[g] and g not in seen)
+    if missing:
+        raise FleetError(
+            f"the compose file has no `# fleet: pass-through {missing[0]}` line for pass-through variables",
+            where=where,
+            hint="put it at the end of that group's environment mapping, indented like its keys",
+        )
     return out

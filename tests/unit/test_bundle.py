@@ -330,10 +330,6 @@ def test_bundle_files_and_modes(source: bundle.Source) -> None:
         "nginx/conf.d/proxy.inc",
         "ssrf_proxy/squid.conf",
         "certs/README.md",
-        "extra/app.env",
-        "extra/web.env",
-        "extra/plugin_daemon.env",
-        "extra/sandbox.env",
         ".env",
         "release.json",
     }
