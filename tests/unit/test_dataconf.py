@@ -16,14 +16,16 @@ from fleet.release import budget, bundle, derived, envfile, pairing, passthrough
 from fleet.release import hoststeps as ht
 
 META = bundle.ReleaseMeta(operator="ci", source_commit="c0ffee", created="2026-11-26T07:00:00Z")
+# resolved secrets are remembered process-wide (fleet.release.secrets.remember) and masked in every later
+# error text of the worker: long values that no other test's text contains
 SECRET_ENV = {
-    "T_SECRET_KEY": "sk-1",
-    "T_DB_PASSWORD": "db-pw-2",
-    "T_REDIS_PASSWORD": "redis-pw-3",
-    "T_PGVECTOR_PASSWORD": "pgv-pw-4",
-    "T_SANDBOX_API_KEY": "sandbox-5",
-    "T_PLUGIN_DAEMON_KEY": "plugin-6",
-    "T_PLUGIN_DIFY_INNER_API_KEY": "inner-7",
+    "T_SECRET_KEY": "dataconf-sk-1a",
+    "T_DB_PASSWORD": "dataconf-db-pw-2b",
+    "T_REDIS_PASSWORD": "dataconf-redis-pw-3c",
+    "T_PGVECTOR_PASSWORD": "dataconf-pgv-pw-4d",
+    "T_SANDBOX_API_KEY": "dataconf-sandbox-5e",
+    "T_PLUGIN_DAEMON_KEY": "dataconf-plugin-6f",
+    "T_PLUGIN_DIFY_INNER_API_KEY": "dataconf-inner-7g",
 }
 VARS = {
     "DIFY_VERSION": "1.1.0",
@@ -136,10 +138,12 @@ def test_pass_through_values_reach_their_services_only(source: bundle.Source, tm
         },
         "secrets": {"SMTP_PASSWORD": {"env": "T_SMTP"}, "PLUGIN_AWS_SECRET_KEY": {"env": "T_AWS"}},
     }
-    b = render(source, inventory(tmp_path, data), env={"T_SMTP": "smtp-$ecret'", "T_AWS": "aws-secret-9"})
+    b = render(
+        source, inventory(tmp_path, data), env={"T_SMTP": "smtp-$ecret'", "T_AWS": "dataconf-aws-secret-9i"}
+    )
     env = envfile.parse(b.files[".env"].data)
     assert env["MAIL_TYPE"] == "smtp" and env["SMTP_PORT"] == "465" and env["SMTP_USE_TLS"] == "true"
-    assert env["SMTP_PASSWORD"] == "smtp-$ecret'" and env["PLUGIN_AWS_SECRET_KEY"] == "aws-secret-9"
+    assert env["SMTP_PASSWORD"] == "smtp-$ecret'" and env["PLUGIN_AWS_SECRET_KEY"] == "dataconf-aws-secret-9i"
     doc = yaml.safe_load(b.files["docker-compose.yaml"].data)
     for svc in ("api", "worker", "worker_beat"):
         app = doc["services"][svc]["environment"]
@@ -159,7 +163,7 @@ def test_pass_through_values_reach_their_services_only(source: bundle.Source, tm
     assert b.masked_env()["SMTP_PASSWORD"] == bundle.MASK and b.masked_env()["MAIL_TYPE"] == "smtp"
     for path, f in b.files.items():
         if path != ".env":
-            assert b"smtp-$ecret" not in f.data and b"aws-secret-9" not in f.data, path
+            assert b"smtp-$ecret" not in f.data and b"dataconf-aws-secret-9i" not in f.data, path
     with pytest.raises(FleetError, match="SMTP_PASSWORD"):
         sealed.seal(
             {p: (f.data, f.mode) for p, f in b.files.items()},
@@ -208,7 +212,7 @@ def test_bad_pass_through_is_refused_by_name(
     if secrets:
         data["secrets"] = secrets
     with pytest.raises(FleetError) as err:
-        render(source, inventory(tmp_path, data), env={"T_X": "v"})
+        render(source, inventory(tmp_path, data), env={"T_X": "dataconf-t-x-value"})
     assert message in str(err.value)
     assert "h1: pass-through variables refused" in str(err.value)
 
@@ -276,7 +280,7 @@ def test_memorystore_tls_with_its_ca(source: bundle.Source, tmp_path: Path) -> N
         }
     }
     b = render(with_ca(source), inventory(tmp_path, data))
-    assert b.env["CELERY_BROKER_URL"].startswith("rediss://:redis-pw-3@10.20.0.5:6378/")
+    assert b.env["CELERY_BROKER_URL"].startswith("rediss://:dataconf-redis-pw-3c@10.20.0.5:6378/")
     assert b.env["DB_PLUGIN_SSL_MODE"] == "require"
     assert b.files["certs/memorystore-ca.pem"].data == CA
 
@@ -445,7 +449,7 @@ def test_a_pass_through_secret_round_trips_through_the_store(source: bundle.Sour
     """What a VM's agent does: the sealed release names the secret's version; unsealed with the value it
     reads, the files are byte for byte the operator's (checksums verified by unseal)."""
     data = {"secrets": {"SMTP_PASSWORD": {"env": "T_SMTP"}}, "dify": {"env_extra": {"MAIL_TYPE": "smtp"}}}
-    b = render(source, inventory(tmp_path, data), env={"T_SMTP": "smtp-pw-8"})
+    b = render(source, inventory(tmp_path, data), env={"T_SMTP": "dataconf-smtp-pw-8h"})
     values = {k: v for k, v in b.env.items() if k in b.secret_keys and v and k != "CELERY_BROKER_URL"}
     refs = {k: f"projects/p/secrets/{k.lower().replace('_', '-')}/versions/1" for k in values}
     s = sealed.seal(
@@ -456,7 +460,7 @@ def test_a_pass_through_secret_round_trips_through_the_store(source: bundle.Sour
         release_id=b.release_id,
         version=b.version,
     )
-    assert b"smtp-pw-8" not in s.archive and "smtp-pw-8" not in json.dumps(s.manifest)
+    assert b"dataconf-smtp-pw-8h" not in s.archive and "dataconf-smtp-pw-8h" not in json.dumps(s.manifest)
     assert sealed.secret_refs(s.manifest)["SMTP_PASSWORD"].endswith("smtp-password/versions/1")
     files = sealed.unseal(s.manifest, s.archive, values)
     assert files[".env"][0] == b.files[".env"].data
