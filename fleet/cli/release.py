@@ -267,14 +267,18 @@ def _rel(rid: str | None, version: str | None) -> str:
 
 
 def _print_diff(inv: Any, chosen: list[Any], bundles: dict[str, Any], json_: bool) -> None:
+    from fleet.release import budget
     from fleet.rollout import deploy as dp
     from fleet.ssh.runner import run_on
     from fleet.view import console as ui
+    from fleet.view.rollout import print_budgets
 
     results = run_on(inv, chosen, dp.diff_step(bundles))
+    budgets = budget.for_inventory(inv, bundles)
     if json_:
         ui.print_json(
             {
+                "connections": [b.as_dict() for b in budgets],
                 "hosts": [
                     {
                         "host": r.host,
@@ -286,7 +290,7 @@ def _print_diff(inv: Any, chosen: list[Any], bundles: dict[str, Any], json_: boo
                         "diff": r.data["diff"].as_dict() if r.ok else None,
                     }
                     for r in results
-                ]
+                ],
             }
         )
     else:
@@ -294,6 +298,7 @@ def _print_diff(inv: Any, chosen: list[Any], bundles: dict[str, Any], json_: boo
             b = bundles[r.host]
             print(f"== {r.host}: -> {b.version} ({b.release_id})")
             print(ui.safe(r.data["diff"].render() if r.ok else f"   {r.status}: {dp.mask_known(r.error)}"))
+        print_budgets(budgets)
     if not all(r.ok for r in results):
         raise Exit(code=EXIT_FAILED)
 
@@ -315,8 +320,9 @@ def diff(
 ) -> None:
     """Per host, what a deploy of VERSION would change: compose and .env diff, secrets masked.
 
-    Compares each host's current release with the one `fab deploy --version VERSION` would install.
-    Changes nothing.
+    Compares each host's current release with the one `fab deploy --version VERSION` would install,
+    then shows the database connections that release opens at the fleet's largest size against the
+    inventory's dify.db_max_connections (a warning near or over it). Changes nothing.
     """
     from fleet.rollout import deploy as dp
 

@@ -76,16 +76,21 @@ def rollout(
 ) -> None:
     """Roll a release across the fleet in batches, zero downtime behind the load balancer.
 
-    Plan, take the fleet lock, stage on every host (upload + pull, nothing switches), then batch by
-    batch (canary first), per host: mark, drain, wait until the LB stops sending it traffic, switch,
-    up, verify, undrain, wait until the LB sends it traffic, min-ready soak, record, unmark. A host
-    that fails goes back to its previous release; past --max-failures the rollout stops and, with
-    --on-failure rollback, puts every updated host back, newest batch first. Ctrl-C finishes the
-    current host step, undrains, releases the lock and prints the --resume command.
-    --strategy replace: instead of switching in place, the MIG recreates each batch from the
-    release's instance template (made from the base template); gates: the agent's guest attributes
-    report the release and the LB's backend service says HEALTHY, then min-ready.
-    Exit: 0 succeeded, 1 failed, 2 bad input, 3 rolled back, 4 paused/interrupted.
+        Plan, take the fleet lock, stage on every host (upload + pull, nothing switches), then batch by
+        batch (canary first), per host: mark, drain, wait until the LB stops sending it traffic, switch,
+        up, verify, undrain, wait until the LB sends it traffic, min-ready soak, record, unmark. A host
+        that fails goes back to its previous release; past --max-failures the rollout stops and, with
+        --on-failure rollback, puts every updated host back, newest batch first. Ctrl-C finishes the
+        current host step, undrains, releases the lock and prints the --resume command.
+    <<<<<<< HEAD
+        --strategy replace: instead of switching in place, the MIG recreates each batch from the
+        release's instance template (made from the base template); gates: the agent's guest attributes
+        report the release and the LB's backend service says HEALTHY, then min-ready.
+    =======
+        The plan (and --dry-run) shows the database connections the release opens at the fleet's largest
+        size against dify.db_max_connections, and warns near or over it (docs/compose.md).
+    >>>>>>> wt-dataconf
+        Exit: 0 succeeded, 1 failed, 2 bad input, 3 rolled back, 4 paused/interrupted.
     """
     code = _main(
         "rollout",
@@ -241,7 +246,7 @@ def _main(action: str, **o: Any) -> int:
             print(f"nothing to do: every selected host already runs {plan.label}")
         return 0
     if result.dry_run or report is None:
-        _dry_run(plan, result.diffs, o["json_"], result.replace)
+        _dry_run(plan, result.diffs, o["json_"], result.replace, result.budgets)
         return 0
     if o["json_"]:
         ui.print_json(report.as_dict())
@@ -252,9 +257,15 @@ def _main(action: str, **o: Any) -> int:
     return report.exit_code
 
 
-def _dry_run(plan: Any, diffs: dict[str, Any], json_: bool, replace: dict[str, Any] | None = None) -> None:
+def _dry_run(
+    plan: Any,
+    diffs: dict[str, Any],
+    json_: bool,
+    replace: dict[str, Any] | None = None,
+    budgets: Any = (),
+) -> None:
     from fleet.view import console as ui
-    from fleet.view.rollout import print_plan
+    from fleet.view.rollout import print_budgets, print_plan
 
     if json_:
         payload = plan.as_dict()
@@ -262,6 +273,7 @@ def _dry_run(plan: Any, diffs: dict[str, Any], json_: bool, replace: dict[str, A
         payload["diffs"] = {h: (d.as_dict() if d is not None else None) for h, d in diffs.items()}
         if replace is not None:
             payload["replace"] = replace
+        payload["connections"] = [b.as_dict() for b in budgets]
         ui.print_json(payload)
         return
     print_plan(plan)
@@ -274,6 +286,7 @@ def _dry_run(plan: Any, diffs: dict[str, Any], json_: bool, replace: dict[str, A
     for host, d in diffs.items():
         print(f"== {host}")
         print(ui.safe(d.render()) if d is not None else "   (could not read the current release)")
+    print_budgets(budgets)
     print("dry run: nothing was changed")
 
 

@@ -412,6 +412,34 @@ class InfraSettings(_Strict):
         return self
 
 
+# data.dify: the application's configuration beyond compose/env.schema.yaml (fleet/release/passthrough.py,
+# fleet/release/pairing.py, fleet/release/budget.py; docs/compose.md). Kept in its own section.
+ENV_NAME_PATTERN = r"^[A-Z][A-Z0-9_]{0,127}$"
+
+
+class DifySettings(_Strict):
+    """Upstream Dify variables passed through, the image pairing override, the connection budget's inputs."""
+
+    # NAME: value for upstream variables that compose/env.schema.yaml does not declare; names are checked
+    # against compose/upstream-env.yaml (secrets go under data.secrets, never here)
+    env_extra: dict[StrictStr, StrictStr | StrictInt | float | bool] = Field(default_factory=dict)
+    # true: render sandbox / plugin-daemon tags that compose/releases.yaml does not pair with DIFY_VERSION
+    allow_unpaired_images: bool = False
+    # the Cloud SQL instances' max_connections flag (unset: the budget is shown without a limit)
+    db_max_connections: StrictInt | None = Field(default=None, ge=1, le=262143)
+    pgvector_max_connections: StrictInt | None = Field(default=None, ge=1, le=262143)
+    # instances the fleet may grow to (unset: monitoring.scale.max, else the inventory's host count)
+    max_instances: StrictInt | None = Field(default=None, ge=1, le=10000)
+
+    @field_validator("env_extra")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not re.fullmatch(ENV_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not an upper-case environment variable name")
+        return value
+
+
 class Data(_Strict):
     """A host's `data`: one layer of it as written, or (as `FleetHost.settings`) the merged whole."""
 
@@ -428,6 +456,7 @@ class Data(_Strict):
     store: StoreSettings | None = None  # None: the fleet has no release store
     data_layer: DataLayerSettings | None = None  # None: no managed data services to check
     infra: InfraSettings | None = None  # None: infra.plan/apply have nothing to do (docs/infra.md)
+    dify: DifySettings = Field(default_factory=DifySettings)  # pass-through, pairing, connection budget
 
 
 class Defaults(_Strict):

@@ -22,7 +22,7 @@ import json
 import re
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path, PurePosixPath
@@ -34,7 +34,7 @@ from fleet.commands import base
 from fleet.commands.release import COMPOSE_FILE, ENV_FILE, RELEASE_FILE
 from fleet.errors import FleetError
 from fleet.paths import COMPOSE_DIR, PROJECT_ROOT
-from fleet.release import derived, envfile, sealed
+from fleet.release import derived, envfile, pairing, passthrough, sealed, tls
 from fleet.release import secrets as secret_store
 
 SCHEMA_FILE = "env.schema.yaml"
@@ -47,7 +47,8 @@ ENV_MODE = 0o600
 # names that are masked in diffs even when no schema says they are secret (old releases, typos)
 _SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|PRIVATE|_KEY$|_KEY_|BROKER_URL|JSON_BASE64")
 _REF_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)|\$([A-Za-z_][A-Za-z0-9_]*)")
-_SOURCE_SKIP = (SCHEMA_FILE,)
+# configuration of the tool itself, next to the compose file but never copied into a release
+_SOURCE_SKIP = (SCHEMA_FILE, pairing.MANIFEST_FILE, passthrough.CATALOG_FILE)
 
 
 # --------------------------------------------------------------------------- schema
@@ -94,6 +95,14 @@ KINDS: dict[str, Callable[[str], str | None]] = {
         r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*(?:,[A-Za-z0-9][A-Za-z0-9_.-]*)*)?$", "profile names, comma separated"
     ),
     "url": _pattern(r"^(?:https?://[^\s'\"]+)?$", "an http(s) URL, or empty"),
+    "sslmode": _pattern(
+        r"^(disable|allow|prefer|require|verify-ca|verify-full)$",
+        "a libpq sslmode: disable, allow, prefer, require, verify-ca or verify-full",
+    ),
+    "cert_reqs": _pattern(
+        r"^(CERT_NONE|CERT_OPTIONAL|CERT_REQUIRED)$", "CERT_NONE, CERT_OPTIONAL or CERT_REQUIRED"
+    ),
+    "path_or_empty": lambda value: None if value == "" else _path(value),
 }
 
 
@@ -189,6 +198,8 @@ class Source:
     files: Mapping[str, SourceFile]
     schema: tuple[Variable, ...]
     compose: Mapping[str, object]
+    manifest: pairing.Manifest | None = None  # releases.yaml: DIFY_VERSION -> sandbox/plugin-daemon tags
+    catalog: passthrough.Catalog | None = None  # upstream-env.yaml: what may pass through
 
     @cached_property
     def variables(self) -> dict[str, Variable]:
@@ -272,7 +283,12 @@ def load_source(compose_dir: Path = COMPOSE_DIR) -> Source:
     schema_path = compose_dir / SCHEMA_FILE
     if not schema_path.is_file():
         raise FleetError(f"{SCHEMA_FILE} is missing", where=str(compose_dir))
-    return make_source(files, schema_path.read_text(), str(compose_dir))
+    source = make_source(files, schema_path.read_text(), str(compose_dir))
+    return replace(
+        source,
+        manifest=pairing.load_manifest(compose_dir),
+        catalog=passthrough.load_catalog(compose_dir),
+    )
 
 
 def _check_relpath(rel: str, where: str) -> None:
@@ -463,9 +479,13 @@ def render(
     meta: ReleaseMeta,
     *,
     where: str | None = None,
+    extra: passthrough.Extra | None = None,
 ) -> Bundle:
-    """Render one host's release. Refuses unknown, misplaced, missing or malformed values, naming them all."""
+    """Render one host's release. Refuses unknown, misplaced, missing or malformed values, naming them all.
+    `extra`: upstream variables passed through (passthrough.build checked them): values appended to .env,
+    references written into the compose file."""
     _check_inputs(source, variables, secrets, where)
+    extra = extra or passthrough.Extra()
     values: dict[str, str] = {}
     missing_vars: list[str] = []
     missing_secrets: list[str] = []
@@ -496,8 +516,13 @@ def render(
         if var.derived and var.name not in values:
             values[var.name] = envfile.check_value(var.name, DERIVED[var.name](values), where)
     ordered = {var.name: values[var.name] for var in source.schema}
+    tls.check(ordered, source.files, where)
+    clash = sorted(set(extra.values) & set(ordered))
+    if clash:
+        raise FleetError(f"pass-through variables {', '.join(clash)} are declared in the schema", where=where)
+    ordered.update(extra.values)
 
-    secret_keys = frozenset(v.name for v in source.schema if v.secret)
+    secret_keys = frozenset(v.name for v in source.schema if v.secret) | extra.secret_names
     secret_store.remember(ordered[k] for k in secret_keys)
     header = (
         "Rendered by compose-fleet (fleet/release/bundle.py) from compose/env.schema.yaml and the "
@@ -506,6 +531,9 @@ def render(
     )
     files: dict[str, SourceFile] = dict(source.files)
     files[ENV_FILE] = SourceFile(envfile.render(ordered, header, where), ENV_MODE)
+    if extra.files:
+        compose_text = passthrough.render_compose(files[COMPOSE_FILE].data.decode(), extra, where)
+        files[COMPOSE_FILE] = SourceFile(compose_text.encode(), files[COMPOSE_FILE].mode)
     rid = release_id_of(files)
     version = base.version(ordered["DIFY_VERSION"])
     profiles = {p for p in ordered.get("COMPOSE_PROFILES", "").split(",") if p}

@@ -17,4 +17,12 @@ def celery_broker_url(values: Mapping[str, str]) -> str:
     return f"{scheme}://{user}:{password}@{host}:{values['REDIS_PORT']}/{values['CELERY_BROKER_DB']}"
 
 
-DERIVED: dict[str, Callable[[Mapping[str, str]], str]] = {"CELERY_BROKER_URL": celery_broker_url}
+def plugin_ssl_mode(values: Mapping[str, str]) -> str:
+    """The plugin daemon accepts only disable and require: require for every mode that insists on TLS."""
+    return "require" if values.get("DB_SSL_MODE") in ("require", "verify-ca", "verify-full") else "disable"
+
+
+DERIVED: dict[str, Callable[[Mapping[str, str]], str]] = {
+    "CELERY_BROKER_URL": celery_broker_url,
+    "DB_PLUGIN_SSL_MODE": plugin_ssl_mode,
+}

@@ -103,7 +103,7 @@ def bundle_for(
 ) -> Bundle:
     """One host's release: inventory vars (defaults -> groups -> host) + overrides + per-host layout
     variables + resolved secrets. Raises before anything touches a host when something is missing."""
-    from fleet.release import bundle
+    from fleet.release import bundle, pairing, passthrough
 
     layout = layout_of(host)
     variables: dict[str, Any] = dict(host.settings.vars)
@@ -121,7 +121,31 @@ def bundle_for(
         project=gce.project,
         endpoint=gce.secretmanager_endpoint,
     )
-    return bundle.render(source, variables, values, meta, where=host.name)
+    dify = host.settings.dify
+    if source.manifest is not None:
+        variables.update(
+            pairing.resolve(source.manifest, variables, allow=dify.allow_unpaired_images, where=host.name)
+        )
+    schema_secrets = {k: v for k, v in values.items() if k in source.variables}
+    extra_secrets = {k: v for k, v in values.items() if k not in source.variables}
+    extra = None
+    if dify.env_extra or extra_secrets:
+        if source.catalog is None:
+            raise FleetError(
+                f"{passthrough.CATALOG_FILE} is missing next to the compose file",
+                where=host.name,
+                hint="pass-through variables (dify.env_extra, secrets outside the schema) are checked "
+                "against it",
+            )
+        extra = passthrough.build(
+            source.catalog,
+            source.compose,
+            source.variables,
+            dify.env_extra,
+            extra_secrets,
+            where=host.name,
+        )
+    return bundle.render(source, variables, schema_secrets, meta, where=host.name, extra=extra)
 
 
 # --------------------------------------------------------------------------- running

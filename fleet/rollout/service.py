@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import FleetError
+from fleet.release import budget
 from fleet.rollout.engine import Observer
 from fleet.rollout.model import Plan, Report
 
@@ -69,6 +70,7 @@ class Outcome:
     report: Report | None = None
     dry_run: bool = False
     diffs: dict[str, Any] = field(default_factory=dict)  # host -> fleet.diff result, None = unreadable
+    budgets: tuple[Any, ...] = ()  # fleet.release.budget.Budget: database connections at the largest size
     interrupted: bool = False  # the stop event was set
     replace: dict[str, Any] | None = None  # --strategy replace dry run: template, its diff, update policy
 
@@ -158,9 +160,14 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             )
         strategy = plan.strategy if replay is not None else strategy
         plan.strategy = strategy
+        budgets = budget.for_inventory(inv, bundles) if bundles else ()
         if req.dry_run:
             preview = _replace_preview(inv, chosen, plan, warn) if strategy == "replace" else None
-            return Outcome(plan, dry_run=True, diffs=_diffs(selected, bundles), replace=preview)
+            return Outcome(
+                plan, dry_run=True, diffs=_diffs(selected, bundles), budgets=budgets, replace=preview
+            )
+        for note in filter(None, (b.warning() for b in budgets)):
+            warn(note)
         if hooks.planned is not None:
             hooks.planned(plan, replay is not None)
         if preload is not None:

@@ -176,6 +176,20 @@ def print_plan(plan: Plan) -> None:
     sys.stdout.flush()
 
 
+def print_budgets(budgets: Any) -> None:
+    """The database connections the release opens at the fleet's largest size (fleet.release.budget)."""
+    if not budgets:
+        return
+    print("database connections at the fleet's largest size:")
+    for b in budgets:
+        for line in b.render():
+            print(line)
+    for b in budgets:
+        if b.warning():
+            print(f"WARNING: {b.warning()}")
+    sys.stdout.flush()
+
+
 def print_summary(report: Report) -> None:
     def rel(rid: str | None, version: str | None) -> str:
         return f"{version or '?'} ({rid})" if rid else "none"

@@ -354,7 +354,7 @@ def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> No
         body, _, code = out.rpartition("\n")
         return int(code), body.rstrip("\n")
 
-    def deploy(version: str, roles: list[str]) -> bundle.Bundle:
+    def deploy(version: str, roles: list[str], extra: object = None) -> bundle.Bundle:
         values = {
             **COMMON,
             **LOCAL,
@@ -362,7 +362,7 @@ def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> No
             **bundle.host_variables(layout.root, roles, port),
         }
         values["EXPOSE_NGINX_ADDRESS"] = "127.0.0.1"
-        b = bundle.render(source, values, SECRETS, META, where=where)
+        b = bundle.render(source, values, SECRETS, META, where=where, extra=extra)  # type: ignore[arg-type]
         data = base64.b64encode(b.tar_bytes()).decode()
         archive = f"/tmp/stackcheck-{b.release_id}.tar"
         sh(f"printf '%s' {data} | base64 -d > {archive}")
@@ -421,8 +421,22 @@ def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> No
         direct = f"{project} api curl -s -o /dev/null -w '%{{http_code}}' -m 5 http://sandbox:8194/health"
         assert sh(direct, check=False).stdout == "000"  # no shared network with the sandbox
 
-        two = deploy("1.1.0", ["app"])
+        # with upstream variables passed through: still no drift (config --hash matches what up stamps)
+        from fleet.release import passthrough
+
+        assert source.catalog is not None
+        extra = passthrough.build(
+            source.catalog,
+            source.compose,
+            source.variables,
+            {"MAIL_TYPE": "smtp"},
+            {"SMTP_PASSWORD": "pw $x'"},
+        )
+        two = deploy("1.1.0", ["app"], extra)
         running = states(two)
+        printenv = f"{project} api printenv"
+        assert sh(f"{printenv} MAIL_TYPE").stdout == "smtp\n"
+        assert sh(f"{printenv} SMTP_PASSWORD").stdout == "pw $x'\n"
         assert {s.service for s in running} == EIGHT_SERVICES - {"worker_beat"}
         made_by = {s.service: s.release for s in running}
         assert made_by["api"] == made_by["nginx"] == two.release_id  # new image / new mount paths
@@ -437,3 +451,61 @@ def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> No
 
 
 EIGHT_SERVICES = {"nginx", "web", "api", "worker", "worker_beat", "sandbox", "plugin_daemon", "ssrf_proxy"}
+
+
+def test_pass_through_and_tls_settings_reach_their_services(
+    compose: list[str], source: bundle.Source, tmp_path: Path
+) -> None:
+    """Pass-through values (one a secret full of shell and Compose syntax) land in exactly the services
+    upstream gives them to, under the daemon's own names; the TLS settings and the CA mount follow.
+    (That `config --hash` matches what `up` stamps is checked on a real instance below.)"""
+    from dataclasses import replace
+
+    from fleet.release import passthrough
+
+    assert source.catalog is not None
+    ca = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    src = replace(source, files={**source.files, "certs/ca.pem": bundle.SourceFile(ca, 0o644)})
+    smtp = "smtp-'pw' $HOME ${X} $$ `id` \\ # x"
+    extra = passthrough.build(
+        source.catalog,
+        source.compose,
+        source.variables,
+        {"MAIL_TYPE": "smtp", "NEXT_PUBLIC_COOKIE_DOMAIN": "example.com", "PLUGIN_AWS_REGION": "eu-west-1"},
+        {"SMTP_PASSWORD": smtp},
+    )
+    layout = r.Layout(root=str(tmp_path / "app"))
+    values = {
+        **COMMON,
+        **LOCAL,
+        "DIFY_VERSION": "1.1.0",
+        "REDIS_PORT": "6378",
+        "REDIS_USE_SSL": "true",
+        "REDIS_SSL_CERT_REQS": "CERT_REQUIRED",
+        "REDIS_SSL_CA_CERTS": "/fleet/certs/ca.pem",
+        "DB_SSL_MODE": "verify-full",
+        "DB_SSL_ROOT_CERT": "/fleet/certs/ca.pem",
+        **bundle.host_variables(layout.root, ["app", "beat"]),
+    }
+    b = bundle.render(src, values, SECRETS, META, extra=extra)
+    rel = stage(b, layout)
+    assert (rel / "certs" / "ca.pem").read_bytes() == ca
+    services = resolved(compose, rel)["services"]
+    for name in ("api", "worker", "worker_beat"):
+        env = services[name]["environment"]
+        assert env["MAIL_TYPE"] == "smtp" and unescape(env["SMTP_PASSWORD"]) == smtp, name
+        assert (env["PGSSLMODE"], env["PGSSLROOTCERT"]) == ("verify-full", "/fleet/certs/ca.pem")
+        assert (env["REDIS_SSL_CERT_REQS"], env["REDIS_SSL_CA_CERTS"]) == (
+            "CERT_REQUIRED",
+            "/fleet/certs/ca.pem",
+        )
+        assert env["CELERY_BROKER_URL"].startswith("rediss://") and env["BROKER_USE_SSL"] == "true"
+        assert "NEXT_PUBLIC_COOKIE_DOMAIN" not in env and "AWS_REGION" not in env
+        mounts = {(v["source"], v["target"], v.get("read_only")) for v in services[name]["volumes"]}
+        assert (str(rel / "certs"), "/fleet/certs", True) in mounts, name
+    web = services["web"]["environment"]
+    assert web["NEXT_PUBLIC_COOKIE_DOMAIN"] == "example.com" and "MAIL_TYPE" not in web
+    daemon = services["plugin_daemon"]["environment"]
+    assert daemon["AWS_REGION"] == "eu-west-1" and "PLUGIN_AWS_REGION" not in daemon
+    assert (daemon["DB_SSL_MODE"], daemon["DB_MAX_OPEN_CONNS"]) == ("require", "30")
+    assert "SMTP_PASSWORD" not in services["sandbox"]["environment"]

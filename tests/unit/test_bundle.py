@@ -141,7 +141,7 @@ def test_persistent_data_is_outside_the_release_and_the_drain_dir_is_mounted_rea
         for volume in svc.get("volumes", []):
             src = volume.split(":")[0]
             assert src.startswith(
-                ("${FLEET_VOLUMES_DIR", "${FLEET_STATE_DIR", "./nginx/", "./ssrf_proxy/")
+                ("${FLEET_VOLUMES_DIR", "${FLEET_STATE_DIR", "./nginx/", "./ssrf_proxy/", "./certs")
             ), (
                 svc_name,
                 volume,
@@ -329,6 +329,7 @@ def test_bundle_files_and_modes(source: bundle.Source) -> None:
         "nginx/conf.d/default.conf",
         "nginx/conf.d/proxy.inc",
         "ssrf_proxy/squid.conf",
+        "certs/README.md",
         ".env",
         "release.json",
     }
