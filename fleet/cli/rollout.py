@@ -82,14 +82,11 @@ def rollout(
         that fails goes back to its previous release; past --max-failures the rollout stops and, with
         --on-failure rollback, puts every updated host back, newest batch first. Ctrl-C finishes the
         current host step, undrains, releases the lock and prints the --resume command.
-    <<<<<<< HEAD
         --strategy replace: instead of switching in place, the MIG recreates each batch from the
         release's instance template (made from the base template); gates: the agent's guest attributes
         report the release and the LB's backend service says HEALTHY, then min-ready.
-    =======
         The plan (and --dry-run) shows the database connections the release opens at the fleet's largest
         size against dify.db_max_connections, and warns near or over it (docs/compose.md).
-    >>>>>>> wt-dataconf
         Exit: 0 succeeded, 1 failed, 2 bad input, 3 rolled back, 4 paused/interrupted.
     """
     code = _main(
