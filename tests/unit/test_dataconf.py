@@ -415,7 +415,7 @@ def test_the_dry_run_prints_the_budget_and_its_warning(
     monkeypatch.setattr(view, "print_plan", lambda plan: print("PLAN"))
     env = {"SQLALCHEMY_POOL_SIZE": "30", "SQLALCHEMY_MAX_OVERFLOW": "10"}
     budgets = budget.compute([env], 10, db_limit=1000, pgvector_limit=800)
-    cli._dry_run(Plan(), {}, False, budgets)
+    cli._dry_run(Plan(), {}, False, budgets=budgets)
     out = capsys.readouterr().out
     assert out.index("PLAN") < out.index("database connections at the fleet's largest size:")
     assert "  main database: 1140 connections / max_connections 1000 (OVER)" in out
@@ -423,7 +423,7 @@ def test_the_dry_run_prints_the_budget_and_its_warning(
     assert "  pgvector database: 100 connections / max_connections 800 (ok)" in out
     assert "WARNING: the main database: 1140 connections at the fleet's largest size exceeds" in out
     assert out.rstrip().endswith("dry run: nothing was changed")
-    cli._dry_run(Plan(), {}, True, budgets)
+    cli._dry_run(Plan(), {}, True, budgets=budgets)
     payload = json.loads(capsys.readouterr().out)
     assert [(c["database"], c["total"], c["status"]) for c in payload["connections"]] == [
         ("main", 1140, "OVER"),
