@@ -89,7 +89,7 @@ def start_server(target: str, env: dict[str, str], logdir: Path) -> Server:
     return Server(target, port, proc, log)
 
 
-def wait_listening(server: Server, timeout: float = 30.0) -> None:
+def wait_listening(server: Server, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
