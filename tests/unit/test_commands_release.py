@@ -530,9 +530,9 @@ def test_upload_slot_is_private_and_stage_removes_it_on_every_exit(layout: r.Lay
 
 def _group_runs(pgid: int, comm: str) -> bool:
     """Whether a process named `comm` runs in process group `pgid` (read from /proc, Linux)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
         try:
-            text = stat.read_text()
+            text = stat_path.read_text()
         except OSError:
             continue
         name = text[text.index("(") + 1 : text.rindex(")")]
