@@ -227,9 +227,10 @@ def prune_superseded() -> None:
 
 @contextlib.contextmanager
 def build_lock(config: LocalConfig) -> Iterator[None]:
-    """One builder at a time across processes: a second one then finds everything cached."""
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(config.state_dir / "build.lock", "w") as handle:
+    """One builder at a time across processes, whichever fleet they build for (the images, the
+    engine and the stand-in tarball are shared): a second one then finds everything cached."""
+    config.fleet_dir.mkdir(parents=True, exist_ok=True)
+    with open(config.fleet_dir / "build.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 

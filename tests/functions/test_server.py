@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -173,8 +174,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         else:
             os.environ["PUBSUB_EMULATOR_HOST"] = old
         for server in (autoheal, notify):
-            server.proc.terminate()
-            server.proc.wait(timeout=10)
+            # gunicorn's quick shutdown (SIGTERM is its graceful one, which waited out 10 s under load
+            # and failed the teardown); killed if even that does not end it
+            server.proc.send_signal(signal.SIGINT)
+            try:
+                server.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+                server.proc.wait(timeout=10)
         pubsub.stop()
         sink.stop()
         api.stop()

@@ -60,9 +60,11 @@ CFG = LocalConfig(
     lb_port=18380,
     log_driver="gcplogs",  # the stack logs to the fleet's local Cloud Logging, as on GCE
     # the production default affinity, and the MIG's autohealing with the local liveness settings
-    # (nginx's own /nginx-health every 5 s, recreated after 6 failures) and an initial delay of 180 s:
-    # a VM created by a test (a failing boot included) is judged only 3 minutes after it booted
-    lb={"session_affinity": "CLIENT_IP", "liveness": {"initial_delay": 180}},
+    # (nginx's own /nginx-health every 5 s, recreated after 6 failures) and an initial delay of 120 s:
+    # a VM created by a test is judged only 2 minutes after it booted. The longest a test leaves a VM
+    # failing on purpose (the failed boot of the secret test, until its reset) is under a minute; a
+    # longer delay only made the last test wait for the VM the resize test recreated (`judged`)
+    lb={"session_affinity": "CLIENT_IP", "liveness": {"initial_delay": 120}},
     autohealing=True,
 )
 REF = contract.MigRef.make(CFG.project, CFG.zone, compute_endpoint.mig_name(CFG))

@@ -1,10 +1,13 @@
 """`fab rollout` / `fab rollback` on a local fleet of 4 instances behind haproxy, under load.
 
 A load generator sends requests through the LB during every operation and counts each non-2xx and
-each connection error; the rollouts must not fail a single one. The fleet is this module's own
-(named `rollout-test`: its own instances, LB, Compute endpoint and inventory), so these rollouts
-never race a deploy that another test session runs on the shared fleet. Tests run in file order,
-each starting from the versions the previous one left:
+each connection error; the rollouts must not fail a single one. The fleet is the session's shared
+one (tests/fixtures/localfleet.py: 4 instances, its LB, Compute endpoint and inventory), so the suite
+brings up, bootstraps and deploys no fleet of its own for these tests: they run after the other users
+of the shared fleet (this module sorts last among them), starting from 1.0.0 everywhere (deployed
+here when the fleet runs another version), and leave the fleet to be taken down (worker_beat moved
+to the third host). Do not run them while another session deploys to the shared fleet: the rollouts
+hold its lock. Tests run in file order, each starting from the versions the previous one left:
 
   1.0.0 -> rollout 1.1.0 -> broken canary rolled back -> rollback to 1.0.0 (SIGINT + resume)
   -> rollout 1.1.0 (SIGKILL + resume) -> rollout 1.0.0 with an instance stopped (pause + resume)
@@ -31,26 +34,17 @@ import yaml
 from fleet.gcp.compute import Compute
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
-from fleet.local.progress import Progress
 from fleet.rollout.lock import FleetLock
 from fleet.scenarios.loadgen import LoadGen, LoadReport
 from functions.fleet_contract import ROLLOUT_LABEL, Lock, lock_to_json
 
 pytestmark = pytest.mark.localfleet
 
-FLEET = LocalConfig(
-    name="rollout-test",
-    container_prefix="fleet-rt",
-    host_prefix="rt",
-    network="fleet-rt",
-    subnet="10.215.0.0/24",
-    ssh_base=2700,
-    http_base=8700,
-    lb_port=18180,
-)
+FLEET = LocalConfig.from_env()  # the shared fleet's (tests/fixtures/localfleet.py)
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).with_name("fab"))
-HOSTS = ["rt-1", "rt-2", "rt-3", "rt-4"]
+HOSTS = [FLEET.host_name(i) for i in range(1, 5)]
+H1, H2, H3, H4 = HOSTS  # H1 is the beat host (the inventory writer gives it the beat role)
 STEPS = ["state", "mark", "drain", "lb-out", "switch", "up", "verify", "undrain", "serve", "lb-in", "soak"]
 STEPS += ["record", "unmark"]
 
@@ -103,7 +97,7 @@ class Ctx:
         return {h: dict(self.compute.instance(FLEET.project, FLEET.zone, h).labels) for h in HOSTS}
 
     def lock_store(self) -> FleetLock:
-        return FleetLock(self.compute, "local-project", "inventory")
+        return FleetLock(self.compute, FLEET.project, Path(self.inv).name)  # the lock `fab` takes
 
     def newest_journal(self) -> list[dict[str, Any]]:
         paths = sorted(self.journal_dir.rglob("*.jsonl"), key=lambda p: p.stat().st_mtime)
@@ -185,18 +179,14 @@ class Events:
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
-    fleet = LocalFleet(FLEET, progress=Progress(rich=False))
-    fleet.up(len(HOSTS))
-    c = Ctx(fleet, tmp_path_factory.mktemp("journal"))
-    try:
-        for args in (("bootstrap",), ("deploy", "--version", "1.0.0")):
-            code, _payload, out = c.json(*args)
-            assert code == 0, out
-        yield c
-    finally:
-        if os.environ.get("FLEET_LOCAL_KEEP") != "1":
-            fleet.down()
+def ctx(local_fleet: LocalFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
+    names = [r.name for r in local_fleet.instances()]
+    assert names == HOSTS, f"these tests need the shared fleet at exactly {HOSTS}, found {names}"
+    c = Ctx(local_fleet, tmp_path_factory.mktemp("journal"))
+    code, _payload, out = c.json("bootstrap")  # idempotent: a no-op after test_deploy.py
+    assert code == 0, out
+    c.ensure("1.0.0")
+    yield c
 
 
 def assert_no_failed_requests(report: LoadReport, at_least: int = 200) -> None:
@@ -224,7 +214,7 @@ def assert_settled(c: Ctx) -> None:
 
 def test_rollout_under_load_with_zero_failed_requests(ctx: Ctx) -> None:
     beats_before = ctx.beat_running_now()
-    assert beats_before == {"rt-1"}
+    assert beats_before == {H1}
     events = ctx.watch()
     with ctx.load() as load:
         code, report, out = ctx.json(
@@ -252,16 +242,14 @@ def test_rollout_under_load_with_zero_failed_requests(ctx: Ctx) -> None:
             steps.setdefault(e["host"], []).append(e["step"])
     assert steps == dict.fromkeys(HOSTS, STEPS)
     order = [(e["host"], e["step"]) for e in journal if e["event"] == "step" and e["status"] == "start"]
-    assert order.index(("rt-1", "record")) < order.index(("rt-2", "mark"))
-    assert max(order.index(("rt-2", "record")), order.index(("rt-3", "record"))) < order.index(
-        ("rt-4", "mark")
-    )
-    assert max(order.index((h, "pull")) for h in HOSTS) < order.index(("rt-1", "drain"))  # staged first
+    assert order.index((H1, "record")) < order.index((H2, "mark"))
+    assert max(order.index((H2, "record")), order.index((H3, "record"))) < order.index((H4, "mark"))
+    assert max(order.index((h, "pull")) for h in HOSTS) < order.index((H1, "drain"))  # staged first
 
     # worker_beat never ran on two hosts at once; workers stopped gracefully (exit 0, not killed)
-    assert [(h, a) for _t, h, a, _c in events.of("worker_beat")] == [("rt-1", "die"), ("rt-1", "start")]
+    assert [(h, a) for _t, h, a, _c in events.of("worker_beat")] == [(H1, "die"), (H1, "start")]
     assert events.most_at_once("worker_beat", beats_before) == 1
-    assert ctx.beat_running_now() == {"rt-1"}
+    assert ctx.beat_running_now() == {H1}
     died = [(h, code) for _t, h, a, code in events.of("worker") if a == "die"]
     assert sorted(died) == [(h, "0") for h in HOSTS], events.of("worker")
 
@@ -279,13 +267,11 @@ def test_broken_canary_is_rolled_back_and_the_rollout_stops(ctx: Ctx) -> None:
     assert set(load.report().versions) == {"1.1.0"}
     assert report["outcome"] == "rolled-back"
     results = {h["host"]: h for h in report["hosts"]}
-    assert (
-        results["rt-1"]["result"] == "rolled-back" and "1.2.0-broken not healthy" in results["rt-1"]["error"]
-    )
+    assert results[H1]["result"] == "rolled-back" and "1.2.0-broken not healthy" in results[H1]["error"]
     assert [results[h]["result"] for h in HOSTS[1:]] == ["not-started"] * 3
     st = assert_fleet_on(ctx, "1.1.0")
     assert {h: st[h]["release"] for h in HOSTS} == {h: before[h]["release"] for h in HOSTS}
-    assert st["rt-1"]["last"]["action"] == "rollback" and st["rt-1"]["last"]["result"] == "ok"
+    assert st[H1]["last"]["action"] == "rollback" and st[H1]["last"]["result"] == "ok"
     # the canary is left exactly as before: even its `previous` link (a later rollback goes to 1.0.0)
     assert {
         h: ctx.fleet.exec(h, ["readlink", "/opt/fleet/dify/previous"]).stdout.strip() for h in HOSTS
@@ -300,8 +286,8 @@ def test_sigint_mid_batch_then_resume(ctx: Ctx) -> None:
         proc = ctx.start(
             "rollback", "--inventory", ctx.inv, "--yes", "--json", "--canary", "0", "--batch", "2"
         )
-        ctx.wait_for_step(proc, "rt-1", "up")
-        ctx.wait_for_step(proc, "rt-2", "up")
+        ctx.wait_for_step(proc, H1, "up")
+        ctx.wait_for_step(proc, H2, "up")
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 4, stdout + stderr
@@ -309,7 +295,7 @@ def test_sigint_mid_batch_then_resume(ctx: Ctx) -> None:
         assert report["outcome"] == "interrupted"
         results = {h["host"]: h["result"] for h in report["hosts"]}
         # the batch in flight finished its hosts (they had switched); the next batch never started
-        assert results == {"rt-1": "updated", "rt-2": "updated", "rt-3": "not-started", "rt-4": "not-started"}
+        assert results == {H1: "updated", H2: "updated", H3: "not-started", H4: "not-started"}
         assert "fab rollback --inventory" in stderr and "--resume" in stderr
         st = ctx.status()
         assert not any(st[h]["drained"] for h in HOSTS)
@@ -331,16 +317,16 @@ def test_sigkill_mid_step_then_resume(ctx: Ctx) -> None:
         proc = ctx.start(
             "rollout", "--inventory", ctx.inv, "--version", "1.1.0", "--yes", "--canary", "0", "--batch", "2"
         )
-        ctx.wait_for_step(proc, "rt-2", "up")
+        ctx.wait_for_step(proc, H2, "up")
         proc.kill()
         proc.communicate(timeout=30)
         # killed with a host drained: the fleet still says so, and the lock still holds the fleet
         st = ctx.status()
-        assert st["rt-2"]["drained"] is True
+        assert st[H2]["drained"] is True
         code, lock, _ = ctx.json("lock.status")
         assert lock["held"] is True and lock["lock"]["owner"] == "tester@ci"
         killed_id = lock["lock"]["rollout_id"]
-        assert ctx.labels()["rt-2"].get(ROLLOUT_LABEL) == killed_id  # autoheal keeps away meanwhile
+        assert ctx.labels()[H2].get(ROLLOUT_LABEL) == killed_id  # autoheal keeps away meanwhile
 
         code, resumed, out = ctx.json("rollout", "--resume")
     assert code == 0, out
@@ -370,8 +356,8 @@ def test_instance_stopped_mid_batch_pauses_then_resume(ctx: Ctx) -> None:
             "--on-failure",
             "pause",
         )
-        ctx.wait_for_step(proc, "rt-2", "up")
-        ctx.fleet.stop_instance("rt-2")
+        ctx.wait_for_step(proc, H2, "up")
+        ctx.fleet.stop_instance(H2)
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 4, stdout + stderr
         report = json.loads(stdout)
@@ -379,18 +365,18 @@ def test_instance_stopped_mid_batch_pauses_then_resume(ctx: Ctx) -> None:
         hosts = {h["host"]: h for h in report["hosts"]}
         # --batch 4 asked for the whole fleet at once: one host stays in the LB (the next batch)
         assert [hosts[h]["batch"] for h in HOSTS] == [0, 0, 0, 1]
-        assert hosts["rt-4"]["result"] == "not-started"
+        assert hosts[H4]["result"] == "not-started"
         # whatever the stop hit first (sshd or the host's dockerd), the host is reported as failed
-        assert hosts["rt-2"]["result"] in ("unreachable", "failed") and hosts["rt-2"]["error"]
-        assert [hosts[h]["result"] for h in ("rt-1", "rt-3")] == ["updated"] * 2
+        assert hosts[H2]["result"] in ("unreachable", "failed") and hosts[H2]["error"]
+        assert [hosts[h]["result"] for h in (H1, H3)] == ["updated"] * 2
         code, lock, _ = ctx.json("lock.status")
         assert lock["held"] is False  # paused: the lock is released, the operator decides
 
-        ctx.fleet.start_instance("rt-2")
+        ctx.fleet.start_instance(H2)
         code, resumed, out = ctx.json("rollout", "--resume")
     assert code == 0, out
     results = {h["host"]: h["result"] for h in resumed["hosts"]}
-    assert results["rt-2"] == "updated" and results["rt-4"] == "updated"
+    assert results[H2] == "updated" and results[H4] == "updated"
     assert_no_failed_requests(load.report())
     assert_fleet_on(ctx, "1.0.0")
     assert_settled(ctx)
@@ -401,8 +387,8 @@ def test_beat_role_moves_without_two_beats_and_takes_over_an_expired_lock(ctx: C
     moved = tmp_path / "inventory"
     shutil.copytree(ctx.fleet.inventory_dir, moved, symlinks=True)
     hosts = yaml.safe_load((moved / "hosts.yaml").read_text())
-    hosts["rt-1"]["data"]["roles"] = ["app"]
-    hosts["rt-3"]["data"]["roles"] = ["app", "beat"]
+    hosts[H1]["data"]["roles"] = ["app"]
+    hosts[H3]["data"]["roles"] = ["app", "beat"]
     (moved / "hosts.yaml").write_text(yaml.safe_dump(hosts))
     # a rollout that died an hour ago left its lock behind: it has expired, so it is taken over
     old = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -411,27 +397,27 @@ def test_beat_role_moves_without_two_beats_and_takes_over_an_expired_lock(ctx: C
     ctx.compute.set_project_metadata("local-project", {**items, "compose-fleet-lock": lock_to_json(dead)}, fp)
 
     before = ctx.beat_running_now()
-    assert before == {"rt-1"}
+    assert before == {H1}
     events = ctx.watch()
     with ctx.load() as load:
         # the new beat host goes first, while the old one still runs its release with beat enabled
         code, report, out = ctx.json(
-            "rollout", "--hosts", "rt-3", "--yes", "--version", "1.0.0", inventory=str(moved)
+            "rollout", "--hosts", H3, "--yes", "--version", "1.0.0", inventory=str(moved)
         )
         assert code == 0, out
         assert "taking over an expired lock" in out and "ghost@gone" in out
-        assert [(h["host"], h["result"]) for h in report["hosts"]] == [("rt-3", "updated")]
-        assert ctx.beat_running_now() == {"rt-3"}
+        assert [(h["host"], h["result"]) for h in report["hosts"]] == [(H3, "updated")]
+        assert ctx.beat_running_now() == {H3}
         code, _report, out = ctx.json(
-            "rollout", "--hosts", "rt-1", "--yes", "--version", "1.0.0", inventory=str(moved)
+            "rollout", "--hosts", H1, "--yes", "--version", "1.0.0", inventory=str(moved)
         )
         assert code == 0, out
     events.stop()
     assert_no_failed_requests(load.report(), at_least=100)
     # stopped on the old host before the new host started it
-    assert [(h, a) for _t, h, a, _c in events.of("worker_beat")] == [("rt-1", "die"), ("rt-3", "start")]
+    assert [(h, a) for _t, h, a, _c in events.of("worker_beat")] == [(H1, "die"), (H3, "start")]
     assert events.most_at_once("worker_beat", before) == 1
-    assert ctx.beat_running_now() == {"rt-3"}
+    assert ctx.beat_running_now() == {H3}
     assert_settled(ctx)
 
 

@@ -56,6 +56,12 @@ VERSION = "1.0.0"
 LOAD_HIGH, LOAD_LOW = 3.0, 1.5
 HIGH_RATE = 20.0
 LOW_RATE = 2.0  # 0.7/s each on 3 instances: the scale-in condition holds while requests still flow
+# The heal ladder in agent-metric points (one every ~6 s: the agents' 3 s heartbeat, at most one point
+# per 5 s). Three failing points open the first incident (the monitor's default: one bad sample is
+# not an incident); the second opens at five. The reset comes ~1 s after the first incident, and a
+# member under a MIG action has no data, so the points that escalate are written after the reset's
+# reboot: "still failing" is proven after the reset without the default eight points (~18 s more).
+FAIL_AFTER, ESCALATE_AFTER = 3, 5
 
 
 def fab(*args: str) -> None:
@@ -89,7 +95,10 @@ def path(fleet: LocalFleet) -> Iterator[AlertPath]:
     # instance health from the agents' metric, as in production without public IPs (the probe path,
     # `health_source="probe"`, is covered against a real HTTP /health in tests/unit/test_local_monitor.py)
     settings = AlertPathSettings(
-        monitor=MonitorSettings(load_high=LOAD_HIGH, load_low=LOAD_LOW), health_source="metric"
+        monitor=MonitorSettings(
+            load_high=LOAD_HIGH, load_low=LOAD_LOW, fail_after=FAIL_AFTER, escalate_after=ESCALATE_AFTER
+        ),
+        health_source="metric",
     )
     with AlertPath(CONFIG, settings) as alert_path:
         wait_stable(alert_path)
