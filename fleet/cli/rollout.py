@@ -76,18 +76,18 @@ def rollout(
 ) -> None:
     """Roll a release across the fleet in batches, zero downtime behind the load balancer.
 
-        Plan, take the fleet lock, stage on every host (upload + pull, nothing switches), then batch by
-        batch (canary first), per host: mark, drain, wait until the LB stops sending it traffic, switch,
-        up, verify, undrain, wait until the LB sends it traffic, min-ready soak, record, unmark. A host
-        that fails goes back to its previous release; past --max-failures the rollout stops and, with
-        --on-failure rollback, puts every updated host back, newest batch first. Ctrl-C finishes the
-        current host step, undrains, releases the lock and prints the --resume command.
-        --strategy replace: instead of switching in place, the MIG recreates each batch from the
-        release's instance template (made from the base template); gates: the agent's guest attributes
-        report the release and the LB's backend service says HEALTHY, then min-ready.
-        The plan (and --dry-run) shows the database connections the release opens at the fleet's largest
-        size against dify.db_max_connections, and warns near or over it (docs/compose.md).
-        Exit: 0 succeeded, 1 failed, 2 bad input, 3 rolled back, 4 paused/interrupted.
+    Plan, take the fleet lock, stage on every host (upload + pull, nothing switches), then batch by
+    batch (canary first), per host: mark, drain, wait until the LB stops sending it traffic, switch,
+    up, verify, undrain, wait until the LB sends it traffic, min-ready soak, record, unmark. A host
+    that fails goes back to its previous release; past --max-failures the rollout stops and, with
+    --on-failure rollback, puts every updated host back, newest batch first. Ctrl-C finishes the
+    current host step, undrains, releases the lock and prints the --resume command.
+    --strategy replace: instead of switching in place, the MIG recreates each batch from the
+    release's instance template (made from the base template); gates: the agent's guest attributes
+    report the release and the LB's backend service says HEALTHY, then min-ready.
+    The plan (and --dry-run) shows the database connections the release opens at the fleet's largest
+    size against dify.db_max_connections, and warns near or over it (docs/compose.md).
+    Exit: 0 succeeded, 1 failed, 2 bad input, 3 rolled back, 4 paused/interrupted.
     """
     code = _main(
         "rollout",
