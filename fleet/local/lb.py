@@ -256,12 +256,14 @@ class LoadBalancer:
         something changed."""
         with self._config_lock():
             changed = self.settings != backend  # what haproxy runs with now
+            if changed and self.running():
+                # backend.json follows the reload: `settings` never names what haproxy does not run
+                # yet, and a failed reload is tried again by the next configure
+                self._reload(backend)
             if changed or not self.backend_path.exists():
                 tmp = self.backend_path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(dataclasses.asdict(backend), sort_keys=True))
                 tmp.replace(self.backend_path)
-            if changed and self.running():
-                self._reload(backend)
             return changed
 
     def _reload(self, backend: BackendConfig) -> None:
@@ -281,7 +283,7 @@ class LoadBalancer:
                     break
         for name, state in members.items():
             host, _, port = state.address.rpartition(":")
-            self.add(LbServer(name, int(port), host or "127.0.0.1"))
+            self.add(LbServer(name, int(port), host or "127.0.0.1"), backend)
             srv = f"{self.config.backend}/{name}"
             health = "up" if state.status in ("UP", "DRAIN", "NOLB") else "down"
             admin = {"DRAIN": "drain", "MAINT": "maint"}.get(state.status, "ready")
@@ -371,8 +373,8 @@ class LoadBalancer:
         if bad:
             raise FleetError(f"haproxy refused to {what}: {' / '.join(bad)}", where=str(self.socket_path))
 
-    def add(self, member: LbServer) -> None:
-        command = add_server_commands(self.config.backend, member, self.settings)
+    def add(self, member: LbServer, settings: BackendConfig | None = None) -> None:
+        command = add_server_commands(self.config.backend, member, settings or self.settings)
         self._expect(self.command(command), f"add {member.name}")
 
     def remove(self, name: str) -> None:

@@ -743,9 +743,8 @@ def test_a_patched_backend_service_reaches_haproxy(fleet: LocalFleet, compute: C
         client.patch_unary(project=CFG.project, backend_service=CFG.backend, backend_service_resource=patch),
         project=CFG.project,
     )
-    for _ in range(100):
-        if "connection draining 37 s" in fleet.lb.cfg_path.read_text():
-            break
+    deadline = time.monotonic() + 60  # settings change once haproxy reloaded and took its members back
+    while fleet.lb.settings.draining_timeout != 37 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert fleet.lb.settings.draining_timeout == 37
     assert "connection draining 37 s" in fleet.lb.cfg_path.read_text()
@@ -754,8 +753,9 @@ def test_a_patched_backend_service_reaches_haproxy(fleet: LocalFleet, compute: C
     assert [(c.kind, c.action) for c in report.changes if c.action != "unchanged"] == [
         ("backendServices", "update")
     ]
-    for _ in range(100):
-        if fleet.lb.settings.draining_timeout == CFG.lb_settings.draining_timeout:
+    deadline = time.monotonic() + 60
+    while fleet.lb.settings.draining_timeout != CFG.lb_settings.draining_timeout:
+        if time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert fleet.lb.settings.draining_timeout == CFG.lb_settings.draining_timeout
