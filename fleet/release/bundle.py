@@ -34,7 +34,7 @@ from fleet.commands import base
 from fleet.commands.release import COMPOSE_FILE, ENV_FILE, RELEASE_FILE
 from fleet.errors import FleetError
 from fleet.paths import COMPOSE_DIR, PROJECT_ROOT
-from fleet.release import derived, envfile, pairing, passthrough, sealed, tls
+from fleet.release import derived, envfile, pairing, passthrough, sealed, tls, yamlfile
 from fleet.release import secrets as secret_store
 
 SCHEMA_FILE = "env.schema.yaml"
@@ -128,12 +128,7 @@ _SCHEMA_KEYS = {"description", "default", "secret", "kind", "derived", "host"}
 
 def parse_schema(text: str, where: str = SCHEMA_FILE) -> tuple[Variable, ...]:
     """Read the schema, refusing anything the bundle would silently misread."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise FleetError(f"not valid YAML: {exc}", where=where) from None
-    if not isinstance(data, dict) or not isinstance(data.get("variables"), dict):
-        raise FleetError("expected a mapping `variables: {NAME: {...}}`", where=where)
+    data = yamlfile.document(text, "variables", "a mapping `variables: {NAME: {...}}`", where)
     out: list[Variable] = []
     for name, spec in data["variables"].items():
         at = f"{where}: {name}"

@@ -15,11 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from fleet.commands import base
 from fleet.errors import FleetError
 from fleet.paths import COMPOSE_DIR
+from fleet.release import yamlfile
 
 MANIFEST_FILE = "releases.yaml"
 TAGS = {"sandbox": "SANDBOX_VERSION", "plugin_daemon": "PLUGIN_DAEMON_VERSION"}
@@ -43,14 +42,9 @@ class Manifest:
 
 def parse_manifest(text: str, where: str = MANIFEST_FILE) -> Manifest:
     """compose/releases.yaml, every tag checked as a Docker tag."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise FleetError(f"not valid YAML: {exc}", where=where) from None
-    if not isinstance(data, dict) or not isinstance(data.get("releases"), dict):
-        raise FleetError(
-            "expected `releases: {DIFY_VERSION: {sandbox: TAG, plugin_daemon: TAG}}`", where=where
-        )
+    data = yamlfile.document(
+        text, "releases", "`releases: {DIFY_VERSION: {sandbox: TAG, plugin_daemon: TAG}}`", where
+    )
     unknown = set(data) - {"releases", "any_version"}
     if unknown:
         raise FleetError(f"unknown keys {sorted(unknown)}", where=where, hint="releases, any_version")

@@ -20,11 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from fleet.errors import FleetError
 from fleet.paths import COMPOSE_DIR
-from fleet.release import envfile
+from fleet.release import envfile, yamlfile
 
 CATALOG_FILE = "upstream-env.yaml"
 # each group, its marker in the compose file, and the compose services that get its variables
@@ -84,12 +82,7 @@ class Catalog:
 
 
 def parse_catalog(text: str, where: str = CATALOG_FILE) -> Catalog:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise FleetError(f"not valid YAML: {exc}", where=where) from None
-    if not isinstance(data, dict) or not isinstance(data.get("groups"), dict):
-        raise FleetError("expected `groups: {GROUP: {names: [...], patterns: [...]}}`", where=where)
+    data = yamlfile.document(text, "groups", "`groups: {GROUP: {names: [...], patterns: [...]}}`", where)
     names: dict[str, dict[str, str]] = {}
     patterns: dict[str, tuple[re.Pattern[str], ...]] = {}
     for group, spec in data["groups"].items():
