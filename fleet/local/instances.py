@@ -28,6 +28,8 @@ from fleet.waits import Deadline, polling
 
 INDEX_LABEL = "fleet.local.instance"
 TEMPLATE_LABEL = "fleet.local.template"  # the instance template the MIG made the instance from
+OWNER_LABEL = "fleet.local.owner"  # the state directory of the checkout whose fleet made the instance
+KEYS_ENV = "FLEET_SSH_AUTHORIZED_KEYS"  # the deploy key the instance authorizes (set at creation)
 READY_SCRIPT = "test -e /run/fleet/ready && cat /etc/ssh/ssh_host_ed25519_key.pub"
 TARBALL_IN_INSTANCE = "/var/lib/fleet/images"
 
@@ -235,7 +237,7 @@ class LocalFleet:
             http_port=http,
             docker_volume=f"{name}-docker",
             tarball_dir=self.config.tarball_dir,
-            env={"FLEET_SSH_AUTHORIZED_KEYS": pubkey},
+            env={KEYS_ENV: pubkey},
             # as on GCE: the metadata server and Cloud Logging (gcplogs) by their names, here the
             # fleet network's gateway where fleet/local/vmservices.py serves them
             extra_hosts={"metadata.google.internal": self.config.gateway, LOGGING_HOST: self.config.gateway},
@@ -245,6 +247,7 @@ class LocalFleet:
                 INDEX_LABEL: str(index),
                 "fleet.local.prefix": self.config.container_prefix,
                 "fleet.local.host": self.config.host_name(index),
+                OWNER_LABEL: str(self.config.state_dir),
                 **({TEMPLATE_LABEL: template} if template else {}),
             },
         )
@@ -263,6 +266,18 @@ class LocalFleet:
                 proc.stderr,
                 hint="a port may have been taken meanwhile; retry, or move the port ranges",
             )
+
+    def _foreign(self, info: dict[str, Any], pubkey: str) -> str:
+        """Why an instance container with this fleet's name is not this checkout's to adopt ("" when
+        it is): made by another checkout, or authorizing another deploy key than the inventory's."""
+        config = info.get("Config") or {}
+        owner = (config.get("Labels") or {}).get(OWNER_LABEL)
+        if owner is not None and owner != str(self.config.state_dir):
+            return f"made by the fleet in {owner}"
+        keys = next((e.split("=", 1)[1] for e in config.get("Env") or [] if e.startswith(KEYS_ENV + "=")), "")
+        if keys.strip() != pubkey.strip():
+            return f"authorizes another deploy key than {self.key_file}"
+        return ""
 
     def _destroy(self, index: int) -> None:
         name = self.config.container_name(index)
@@ -359,6 +374,17 @@ class LocalFleet:
             self.start_compute(size=n)
             template = self._mig_template()
             existing = self._inspect()
+            foreign = {i: why for i, info in existing.items() if (why := self._foreign(info, pubkey))}
+            if foreign:
+                # same container names, another owner: adopting them would give an inventory whose key
+                # they refuse (CI: "authentication failed" on every host of a fleet left by an earlier run)
+                with self.progress.step(
+                    f"replace {len(foreign)} instance(s) this checkout did not make: "
+                    + "; ".join(f"{self.config.host_name(i)}: {why}" for i, why in sorted(foreign.items()))
+                ):
+                    for index in foreign:
+                        self._destroy(index)
+                        del existing[index]
             extra = sorted(existing)[n:] if shrink else []
             keep = sorted(existing)[:n]
             for index in extra:
