@@ -186,6 +186,15 @@ def volume_rm(names: Sequence[str]) -> list[str]:
     return [DOCKER, "volume", "rm", "--force", *(check_container(n) for n in names)]
 
 
+def volume_create(name: str, labels: Mapping[str, str]) -> list[str]:
+    return [DOCKER, "volume", "create", *_labels(labels), check_container(name)]
+
+
+def dangling_volumes(label: str) -> list[str]:
+    """Names of the volumes carrying `label` (key=value) that no container uses."""
+    return [DOCKER, "volume", "ls", "--quiet", "--filter", "dangling=true", "--filter", f"label={label}"]
+
+
 def rm_force(names: Sequence[str], volumes: bool = True) -> list[str]:
     flags = ["--force", "--volumes"] if volumes else ["--force"]
     return [DOCKER, "rm", *flags, *(check_container(n) for n in names)]

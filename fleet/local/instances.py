@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import secrets
 import socket
 import subprocess
 import threading
@@ -29,6 +30,8 @@ from fleet.waits import Deadline, polling
 INDEX_LABEL = "fleet.local.instance"
 TEMPLATE_LABEL = "fleet.local.template"  # the instance template the MIG made the instance from
 OWNER_LABEL = "fleet.local.owner"  # the state directory of the checkout whose fleet made the instance
+DISK_LABEL = "fleet.local.disk"  # on an instance's Docker disk (volume): the fleet's container prefix
+DISK_MOUNT = "/var/lib/docker"
 KEYS_ENV = "FLEET_SSH_AUTHORIZED_KEYS"  # the deploy key the instance authorizes (set at creation)
 READY_SCRIPT = "test -e /run/fleet/ready && cat /etc/ssh/ssh_host_ed25519_key.pub"
 TARBALL_IN_INSTANCE = "/var/lib/fleet/images"
@@ -235,7 +238,9 @@ class LocalFleet:
             network=self.config.network,
             ssh_port=ssh,
             http_port=http,
-            docker_volume=f"{name}-docker",
+            # a new name for every disk: a removed instance's disk is deleted in the background
+            # (several seconds of files), and the next instance of that name need not wait for it
+            docker_volume=f"{name}-docker-{secrets.token_hex(4)}",
             tarball_dir=self.config.tarball_dir,
             env={KEYS_ENV: pubkey},
             # as on GCE: the metadata server and Cloud Logging (gcplogs) by their names, here the
@@ -257,9 +262,11 @@ class LocalFleet:
     ) -> None:
         spec = self._spec(index, pubkey, ports, template)
         self.config.tarball_dir.mkdir(parents=True, exist_ok=True)
+        execute.run(dockercmd.volume_create(spec.docker_volume, self._disk_labels), timeout=60)
         proc = execute.run(dockercmd.run_instance(spec), check=False, timeout=120)
         if proc.returncode != 0:
             execute.run(dockercmd.rm_force([spec.name]), check=False)
+            self._discard_disks([spec.docker_volume])
             raise execute.CommandError(
                 dockercmd.run_instance(spec),
                 proc.returncode,
@@ -280,9 +287,39 @@ class LocalFleet:
         return ""
 
     def _destroy(self, index: int) -> None:
-        name = self.config.container_name(index)
-        execute.run(dockercmd.rm_force([name]), check=False, timeout=120)
-        execute.run(dockercmd.volume_rm([f"{name}-docker"]), check=False)
+        self._destroy_many([index])
+
+    def _destroy_many(self, indices: Sequence[int]) -> None:
+        """Remove these instance containers now; their disks go in the background."""
+        names = [self.config.container_name(i) for i in indices]
+        if not names:
+            return
+        proc = execute.run(dockercmd.inspect_containers(names), check=False)
+        disks = [f"{n}-docker" for n in names]  # the fixed name instances had before
+        for info in json.loads(proc.stdout or "[]"):
+            mounts = info.get("Mounts") or []
+            disks += [m["Name"] for m in mounts if m.get("Destination") == DISK_MOUNT and m.get("Name")]
+        execute.run(dockercmd.rm_force(names), check=False, timeout=180)
+        self._discard_disks(disks)
+
+    @property
+    def _disk_labels(self) -> dict[str, str]:
+        return {**self.config.labels, DISK_LABEL: self.config.container_prefix}
+
+    def _discard_disks(self, names: Sequence[str]) -> None:
+        """Delete these disks (volumes no container uses any more) in a process of their own: deleting
+        an instance's Docker disk takes ~6 s of file removal, which no caller needs to wait for. Disks
+        a killed deletion left behind are found again by `_leftover_disks`."""
+        if not names:
+            return
+        self.config.fleet_dir.mkdir(parents=True, exist_ok=True)
+        log = str(self.config.fleet_dir / "disks.log")
+        execute.spawn_detached(dockercmd.volume_rm(sorted(set(names))), log)
+
+    def _leftover_disks(self) -> list[str]:
+        """This fleet's disks that no instance uses (a deletion that was killed, a crash)."""
+        label = f"{DISK_LABEL}={self.config.container_prefix}"
+        return [n for n in execute.run(dockercmd.dangling_volumes(label), check=False).stdout.split() if n]
 
     def _wait_ready(self, indices: Sequence[int], timeout: float = 90.0) -> dict[int, str]:
         """Wait until each instance's sshd and inner dockerd answer; returns their host keys."""
@@ -373,13 +410,14 @@ class LocalFleet:
             # the fleet's Compute side first, made by infra.apply: new members come from its template
             self.start_compute(size=n)
             template = self._mig_template()
+            self._discard_disks(self._leftover_disks())
             existing = self._inspect()
             foreign = {i: why for i, info in existing.items() if (why := self._foreign(info, pubkey))}
             if foreign:
                 # same container names, another owner: adopting them would give an inventory whose key
                 # they refuse (CI: "authentication failed" on every host of a fleet left by an earlier run)
                 with self.progress.step(
-                    f"replace {len(foreign)} instance(s) this checkout did not make: "
+                    f"replace {len(foreign)} instance(s) this fleet cannot adopt: "
                     + "; ".join(f"{self.config.host_name(i)}: {why}" for i, why in sorted(foreign.items()))
                 ):
                     for index in foreign:
@@ -539,11 +577,8 @@ class LocalFleet:
 
         compute_endpoint.stop_endpoint(self.config)
         with self._locked():
-            indices = sorted(self._inspect())
-            names = [self.config.container_name(i) for i in indices]
-            if names:
-                execute.run(dockercmd.rm_force(names), check=False, timeout=180)
-                execute.run(dockercmd.volume_rm([f"{n}-docker" for n in names]), check=False)
+            self._destroy_many(sorted(self._inspect()))
+            self._discard_disks(self._leftover_disks())
             self.lb.stop()
             self.lb.backend_path.unlink(missing_ok=True)  # the backend service went with the endpoint
             others = [n for n in execute.run(dockercmd.list_containers(INDEX_LABEL)).stdout.split() if n]

@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -163,6 +164,18 @@ def run(client: paramiko.SSHClient, command: str, timeout: float = 120) -> tuple
     _in, out, err = client.exec_command(command, timeout=timeout)
     code = out.channel.recv_exit_status()
     return code, out.read().decode(), err.read().decode()
+
+
+def disk_of(container: str) -> str:
+    """The Docker volume an instance container runs its inner Docker engine on (its "disk")."""
+    proc = subprocess.run(["docker", "container", "inspect", container], capture_output=True, check=True)
+    info = json.loads(proc.stdout)
+    [disk] = [m["Name"] for m in info[0]["Mounts"] if m["Destination"] == "/var/lib/docker"]
+    return str(disk)
+
+
+def volume_exists(name: str) -> bool:
+    return subprocess.run(["docker", "volume", "inspect", name], capture_output=True).returncode == 0
 
 
 def ok(client: paramiko.SSHClient, command: str, timeout: float = 120) -> str:
@@ -511,9 +524,16 @@ def test_recreate_gives_a_new_disk_and_host_key(
     old_known = tmp_path / "known_hosts_old"
     shutil.copy(local_fleet.known_hosts, old_known)
     others = {r.name: r.container_id for r in local_fleet.instances() if r.name != name}
+    old_disk = disk_of(before.container)
 
     after = local_fleet.recreate_instance(name)
     assert after.name == name and (after.ssh_port, after.http_port) == (before.ssh_port, before.http_port)
+    assert disk_of(after.container) != old_disk
+    # the old disk is deleted in the background, not left behind
+    deadline = time.monotonic() + 60
+    while volume_exists(old_disk) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not volume_exists(old_disk), f"{old_disk} outlived its instance"
     assert after.container_id != before.container_id and after.instance_id != before.instance_id
     assert after.host_key != before.host_key
     assert {r.name: r.container_id for r in local_fleet.instances() if r.name != name} == others
