@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -265,6 +266,41 @@ def test_every_instance_answers_strict_ssh_with_compose_v2(local_fleet: LocalFle
             assert ok(client, "docker info --format '{{.Driver}}'").strip() == "overlay2"
         finally:
             client.close()
+
+
+@pytest.mark.localfleet
+def test_abandoned_and_refused_logins_never_lock_the_other_clients_out(
+    local_fleet: LocalFleet, tmp_path: Path
+) -> None:
+    """All clients reach an instance's sshd from one address (the fleet network's gateway): OpenSSH's
+    per-source penalties (15 s of abandoned logins at 1 s each and the source is refused) would turn
+    one client's failures into everybody's "Error reading SSH protocol banner"."""
+    inst = local_fleet.instances()[0]
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    for _ in range(25):  # 25 s of `noauth` penalties: a banner read, then the connection dropped
+        with socket.create_connection(("127.0.0.1", inst.ssh_port), timeout=10) as sock:
+            assert sock.recv(64).startswith(b"SSH-2.0-")
+    for _ in range(5):  # and 25 s of `authfail` ones: a key the instance does not authorize
+        stranger = paramiko.SSHClient()
+        stranger.load_host_keys(str(local_fleet.known_hosts))
+        stranger.set_missing_host_key_policy(paramiko.RejectPolicy())
+        with pytest.raises(paramiko.AuthenticationException):
+            stranger.connect(
+                "127.0.0.1",
+                port=inst.ssh_port,
+                username="deploy",
+                key_filename=str(key),
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=10,
+            )
+        stranger.close()
+    client = ssh(local_fleet, inst)
+    try:
+        assert ok(client, "hostname").strip() == inst.name
+    finally:
+        client.close()
 
 
 @pytest.mark.localfleet
