@@ -132,7 +132,8 @@ def check_plugin_storage(values: Mapping[str, str], where: str | None = None) ->
         raise FleetError(
             f"PLUGIN_STORAGE_OSS_BUCKET={bucket!r} is not a Cloud Storage bucket name",
             where=where,
-            hint="3-63 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            hint="3-63 lowercase letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit",
         )
 
 

@@ -495,7 +495,9 @@ def test_plugins_go_to_the_fleets_bucket_by_default(source: bundle.Source, tmp_p
     assert daemon["GCS_CREDENTIALS"] == ""
 
 
-def test_plugin_storage_shares_the_file_storage_key_and_masks_it(source: bundle.Source, tmp_path: Path) -> None:
+def test_plugin_storage_shares_the_file_storage_key_and_masks_it(
+    source: bundle.Source, tmp_path: Path
+) -> None:
     key = "ZGF0YWNvbmYtZ2NzLWtleS05aQ=="
     data = {"secrets": {"GOOGLE_STORAGE_SERVICE_ACCOUNT_JSON_BASE64": {"env": "T_GCS_KEY"}}}
     b = render(source, inventory(tmp_path, data), env={"T_GCS_KEY": key})
@@ -530,13 +532,19 @@ def test_plugin_storage_shares_the_file_storage_key_and_masks_it(source: bundle.
 
 def test_another_bucket_can_be_named(source: bundle.Source, tmp_path: Path) -> None:
     b = render(source, inventory(tmp_path, {"vars": {"PLUGIN_STORAGE_OSS_BUCKET": "dify-plugins"}}))
-    assert (b.env["PLUGIN_STORAGE_OSS_BUCKET"], b.env["GOOGLE_STORAGE_BUCKET_NAME"]) == ("dify-plugins", "files")
+    assert (b.env["PLUGIN_STORAGE_OSS_BUCKET"], b.env["GOOGLE_STORAGE_BUCKET_NAME"]) == (
+        "dify-plugins",
+        "files",
+    )
 
 
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"PLUGIN_STORAGE_OSS_BUCKET": ""}, "PLUGIN_STORAGE_TYPE is gcs but PLUGIN_STORAGE_OSS_BUCKET is empty"),
+        (
+            {"PLUGIN_STORAGE_OSS_BUCKET": ""},
+            "PLUGIN_STORAGE_TYPE is gcs but PLUGIN_STORAGE_OSS_BUCKET is empty",
+        ),
         ({"PLUGIN_STORAGE_OSS_BUCKET": "Bad_Bucket"}, "is not a Cloud Storage bucket name"),
         ({"PLUGIN_STORAGE_OSS_BUCKET": "ab"}, "is not a Cloud Storage bucket name"),
         ({"PLUGIN_STORAGE_TYPE": "google-storage"}, "is not a plugin storage type"),
