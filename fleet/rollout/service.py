@@ -328,12 +328,15 @@ def _schema(
     req: Request, inv: Any, chosen: list[Any], plan: Any, points: Any, journal_dir: Any, warn: Any
 ) -> None:
     """The database schema: a rollout that changes its revision gets a migration phase; a rollback
-    across a change is refused unless allowed (fleet/rollout/restore.py)."""
+    across a change is refused unless allowed (fleet/rollout/restore.py). Neither with
+    `dify.migrations: off`."""
     from fleet.release import pairing
     from fleet.rollout import restore
 
     manifest = pairing.load_manifest()
     dify = chosen[0].settings.dify
+    if dify.migrations != "phase":
+        return  # the operator migrates (and knows what a rollback across a schema change means)
     if plan.action == "rollout":
         plan.migration = restore.plan_migration(
             plan,
