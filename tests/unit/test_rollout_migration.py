@@ -22,6 +22,7 @@ from fleet.rollout import journal as jr
 from fleet.rollout.journal import Journal, read
 from fleet.rollout.restore import Migration, RestorePoint
 from fleet.rollout.service import Request, _schema
+from tests.unit.test_rollout_lock import endpoint  # noqa: F401  (the fixture)
 from tests.unit.test_rollout_engine import (
     KNOWN,
     NEW,
@@ -410,3 +411,48 @@ def test_fab_deploy_says_it_does_not_migrate_a_schema_change() -> None:
     hosts[0].settings.dify.migrations = "off"
     _schema_note(hosts, DeployReport("1.1.0", [moved]), notes.append)
     assert notes == []
+
+
+def test_the_plan_and_dry_run_show_the_pending_migration_and_its_restore_point(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fleet.view.rollout import print_plan
+
+    print_plan(migrating_plan(fleet(2)))
+    out = capsys.readouterr().out
+    assert "migration: database schema rev-b -> rev-c, once, before batch 1" in out
+    assert "restore point first: a test backup" in out
+    assert "then on h1: docker compose run --rm --no-deps -T --entrypoint flask api upgrade-db" in out
+    print_plan(plan_for(fleet(2)))
+    assert "migration" not in capsys.readouterr().out
+
+
+def test_a_failing_migration_through_execute_releases_the_fleet_lock(
+    endpoint: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """The whole run (lock, journal, engine, unlock) with the engine on fake hosts: the lock the run
+    took is gone afterwards, the journal ends `failed`, nothing was switched."""
+    from fleet import rollout as ro
+    from functions.fleet_contract import parse_lock
+    from tests.unit.test_rollout_lock import _run, stored
+
+    api, _ = endpoint
+    sims = fleet(2)
+    ops = MigOps(sims)
+    ops.migrate_error = "migrate the database failed (exit 1): boom"
+    plan = migrating_plan(sims)
+    points = Points()
+
+    def strategy(_ssh: Any, the_plan: Plan, **kw: Any) -> InPlace:
+        return InPlace(ops, the_plan, **kw)
+
+    run = _run(api, tmp_path, strategy=strategy, restore_points=points)
+    run.bundles = {h: FakeBundle(j.target.id) for h, j in plan.jobs.items()}  # type: ignore[misc]
+    report = ro.execute(run, plan)
+    assert report.outcome == "failed" and "boom" in report.problems[-1]
+    assert parse_lock(stored(api)) is None  # released
+    assert "switch" not in [op for _, op in ops.calls]
+    events = jr.read(jr.find(tmp_path, plan.rollout_id))
+    assert [e["status"] for e in events if e["event"] == "migration"] == ["start", "restore-point", "failed"]
+    assert events[0]["event"] == "plan" and events[0]["lock"] == plan.operator  # it was held
+    assert events[-1]["event"] == "end" and events[-1]["outcome"] == "failed"
