@@ -7,7 +7,7 @@ restore command. The Cloud SQL side runs against its stand-in in tests/integrati
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,7 +22,6 @@ from fleet.rollout import journal as jr
 from fleet.rollout.journal import Journal, read
 from fleet.rollout.restore import Migration, RestorePoint
 from fleet.rollout.service import Request, _schema
-from tests.unit.test_rollout_lock import endpoint  # noqa: F401  (the fixture)
 from tests.unit.test_rollout_engine import (
     KNOWN,
     NEW,
@@ -427,8 +426,22 @@ def test_the_plan_and_dry_run_show_the_pending_migration_and_its_restore_point(
     assert "migration" not in capsys.readouterr().out
 
 
+@pytest.fixture
+def compute_api() -> Iterator[Any]:
+    """The Compute stand-in the fleet lock lives in (project metadata), as in test_rollout_lock.py."""
+    from standins.compute_api import ComputeApi
+    from standins.compute_state import InMemoryCompute
+
+    backend = InMemoryCompute(action_seconds=0.05, op_seconds=0.01)
+    backend.add_project("p", {})
+    api = ComputeApi(backend).start()
+    yield api
+    api.stop()
+    backend.close()
+
+
 def test_a_failing_migration_through_execute_releases_the_fleet_lock(
-    endpoint: tuple[Any, Any], tmp_path: Path
+    compute_api: Any, tmp_path: Path
 ) -> None:
     """The whole run (lock, journal, engine, unlock) with the engine on fake hosts: the lock the run
     took is gone afterwards, the journal ends `failed`, nothing was switched."""
@@ -436,7 +449,7 @@ def test_a_failing_migration_through_execute_releases_the_fleet_lock(
     from functions.fleet_contract import parse_lock
     from tests.unit.test_rollout_lock import _run, stored
 
-    api, _ = endpoint
+    api = compute_api
     sims = fleet(2)
     ops = MigOps(sims)
     ops.migrate_error = "migrate the database failed (exit 1): boom"
