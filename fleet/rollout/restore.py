@@ -186,12 +186,14 @@ def plan_migration(
 
 
 def schema_change(plan: Plan, manifest: Manifest | None) -> tuple[list[str], list[str]] | None:
-    """For a rollback: (revisions the hosts run now, revisions they would go back to) when they differ
-    (a release whose revision is unknown counts as differing from a known one); None when the same."""
+    """For a rollback: (revisions the hosts run now, revisions they would go back to) when they differ;
+    None when they are the same, or when a release's revision is not recorded (nothing to tell)."""
     if manifest is None or not plan.jobs:
         return None
     now = _revisions(manifest, [j.source for j in plan.jobs.values()])
     back = _revisions(manifest, [j.target for j in plan.jobs.values()])
+    if any(r == NO_RELEASE or r.startswith("unknown(") for r in now + back):
+        return None
     return None if set(now) == set(back) else (now, back)
 
 

@@ -315,6 +315,10 @@ def test_a_rollback_within_one_schema_is_not_a_schema_change() -> None:
     sims = {f"h{i}": Sim(current=PATCH.id, previous=NEW.id) for i in (1, 2)}
     assert restore.schema_change(rollback_plan(sims), MANIFEST) is None
     assert restore.schema_change(rollback_plan(fleet(2)), MANIFEST) == (["rev-b"], ["rev-a"])
+    unrecorded = Release("9" * 16, "1.2.0", NOBEAT)  # no schema in the manifest: nothing to tell
+    KNOWN[unrecorded.id] = unrecorded
+    sims = {"h1": Sim(current=unrecorded.id, previous=NEW.id)}
+    assert restore.schema_change(rollback_plan(sims), MANIFEST) is None
 
 
 def journal_with_restore_point(directory: Path, to: str = "rev-c") -> RestorePoint:
