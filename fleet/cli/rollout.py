@@ -122,7 +122,7 @@ def rollout(
         *SELECTION,
         "workers",
         to="go to this staged release instead of each host's previous one: id, id prefix or version",
-        allow_schema_rollback="roll the code back across a database schema change (the schema stays; "
+        force_schema_rollback="roll the code back across a database schema change (the schema stays; "
         "refused without it, naming the restore point and its restore command)",
         **RUN_HELP,
     ),
@@ -151,14 +151,14 @@ def rollback(
     rollout_id: str = "",
     workers: int = 0,
     strategy: str = "",
-    allow_schema_rollback: bool = False,
+    force_schema_rollback: bool = False,
 ) -> None:
     """Put every selected host back on its previous release, batch by batch behind the LB.
 
     Or `--to` a staged release. The same batches, drain and health gates as `fab rollout`; the same
     exit codes. A rollback to a release of another database schema revision (compose/releases.yaml)
     is refused, naming the restore point taken before the migration and the command that restores
-    it; --allow-schema-rollback rolls the code back anyway (the schema stays).
+    it; --force-schema-rollback rolls the code back anyway (the schema stays).
     """
     code = _main(
         "rollback",
@@ -183,7 +183,7 @@ def rollback(
         rollout_id=rollout_id,
         workers=workers,
         strategy=strategy or None,
-        allow_schema_rollback=allow_schema_rollback,
+        allow_schema_rollback=force_schema_rollback,
     )
     if code:
         raise Exit(code=code)

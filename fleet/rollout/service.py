@@ -353,12 +353,12 @@ def _schema(
         return
     now, back = change
     refusal = restore.refuse_schema_rollback(
-        now, back, restore.recorded_restore_points(journal_dir), "--allow-schema-rollback"
+        now, back, restore.recorded_restore_points(journal_dir), "--force-schema-rollback"
     )
     if not req.allow_schema_rollback:
         raise refusal
     warn(
-        f"{refusal.what} (allowed by --allow-schema-rollback). "
+        f"{refusal.what} (allowed by --force-schema-rollback). "
         f"{(refusal.hint or '').split('. To roll back')[0]}"
     )
 

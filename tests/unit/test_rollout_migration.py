@@ -333,12 +333,12 @@ def test_the_refusal_names_the_restore_point_and_its_exact_command(tmp_path: Pat
     point = journal_with_restore_point(tmp_path)
     recorded = restore.recorded_restore_points(tmp_path)
     assert [r.point for r in recorded] == [point]
-    err = restore.refuse_schema_rollback(["rev-c"], ["rev-b"], recorded, "--allow-schema-rollback")
+    err = restore.refuse_schema_rollback(["rev-c"], ["rev-b"], recorded, "--force-schema-rollback")
     assert "rev-c" in err.what and "rev-b" in err.what
     assert err.hint is not None
     assert "backup 170001 of cloudsql/p/dify-main" in err.hint
-    assert point.restore_command in err.hint and "--allow-schema-rollback" in err.hint
-    none = restore.refuse_schema_rollback(["rev-c"], ["rev-b"], [], "--allow-schema-rollback")
+    assert point.restore_command in err.hint and "--force-schema-rollback" in err.hint
+    none = restore.refuse_schema_rollback(["rev-c"], ["rev-b"], [], "--force-schema-rollback")
     assert none.hint is not None and "no restore point of that migration is journaled" in none.hint
 
 
@@ -366,7 +366,7 @@ def test_fab_rollback_across_the_shipped_releases_is_refused_unless_allowed(tmp_
         tmp_path,
         warned.append,
     )
-    assert warned and "allowed by --allow-schema-rollback" in warned[0] and point.restore_command in warned[0]
+    assert warned and "allowed by --force-schema-rollback" in warned[0] and point.restore_command in warned[0]
     off = [SimpleNamespace(settings=SimpleNamespace(dify=SimpleNamespace(migrations="off")))]
     _schema(Request("rollback"), None, off, rollback_plan(sims), Points(), tmp_path, warned.append)
 
