@@ -1,7 +1,11 @@
-"""A local HTTP endpoint speaking the read side of the data layer's Google APIs, on one port:
+"""A local HTTP endpoint speaking the read side of the data layer's Google APIs, on one port (and
+Cloud SQL's on-demand backups, the one thing a rollout asks of the data layer):
 
   Cloud SQL Admin v1      GET /v1/projects/P/instances/I              instances.get
                           GET /v1/projects/P/instances                instances.list ({"items": [...]})
+                          POST /v1/projects/P/instances/I/backupRuns  backupRuns.insert -> an Operation
+                          GET /v1/projects/P/instances/I/backupRuns[/ID]  backupRuns.list / get
+                          GET /v1/projects/P/operations/OP            operations.get
   Memorystore for Redis   GET /v1/projects/P/locations/L/instances/I  projects.locations.instances.get
                           GET /v1/projects/P/locations/L/instances    ...list (L = "-": every location)
   Cloud Storage JSON      GET /storage/v1/b/B                         buckets.get
@@ -23,8 +27,13 @@ Resources are JSON as the APIs spell them (camelCase), put in with `put_*` (or a
 same shape as `dump()`); the server adds what the API adds (kind, name, selfLink). Errors use each
 API's body: Google's {"error": {"code", "message", "status"}} for Redis, {"error": {"code", "message",
 "errors": [{"reason", "domain", "message"}]}} for Cloud SQL, Storage and Compute. Read-only: nothing
-here creates or patches; it stands in for what the user created. No IAM: every caller may read, unless
-`deny(prefix)` makes the paths under a prefix answer 403 (a caller without the role).
+here creates or patches, except an on-demand backup run; it stands in for what the user created.
+A backup is a long-running operation as the real API makes it: the insert answers an Operation
+(`status` PENDING, `operationType` BACKUP_VOLUME, `backupContext.backupId`); each operations.get moves
+it on (RUNNING, then DONE after `backup_polls` reads) and the backup run with it (ENQUEUED, RUNNING,
+SUCCESSFUL). `fail_backups(message)` makes the next ones end DONE with an `error` and the run FAILED.
+No IAM: every caller may read, unless `deny(prefix)` makes the paths under a prefix answer 403 (a
+caller without the role).
 
 CLI:  python -m standins.datalayer_api [--host H] [--port N] [--state FILE]
 """
@@ -37,6 +46,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -52,8 +62,18 @@ _REDIS = re.compile(
 _BUCKET = re.compile(r"/storage/v1/b/(?P<name>[^/]+)")
 _NETWORK = re.compile(r"/compute/v1/projects/(?P<project>[^/]+)/global/networks/(?P<name>[^/]+)")
 _ADDRESSES = re.compile(r"/compute/v1/projects/(?P<project>[^/]+)/global/addresses")
+_BACKUP_RUNS = re.compile(
+    r"/v1/projects/(?P<project>[^/]+)/instances/(?P<name>[^/]+)/backupRuns(?:/(?P<id>[^/]+))?"
+)
+_OPERATION = re.compile(r"/v1/projects/(?P<project>[^/]+)/operations/(?P<name>[^/]+)")
 _FILTER = re.compile(r'\s*(?P<field>[A-Za-z][A-Za-z0-9_.]*)\s*=\s*"?(?P<value>[^"]*)"?\s*')
-_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "ALREADY_EXISTS",
+}
 _KINDS = ("sql", "redis", "buckets", "networks", "addresses")
 
 
@@ -103,6 +123,12 @@ class LocalDataLayerApi(HttpStandin):
         self._state: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in _KINDS}
         self._calls: list[Call] = []
         self._denied: list[str] = []
+        self._backups: dict[str, list[dict[str, Any]]] = {}  # "P/I" -> backup runs, oldest first
+        self._operations: dict[str, dict[str, Any]] = {}  # "P/OP" -> operation (with "_failure")
+        self._op_reads: dict[str, int] = {}
+        self._next_backup = 1_700_000_000_000
+        self.backup_polls = 2  # operations.get reads until a backup operation is DONE
+        self._backup_failure: str | None = None
         if state is not None:
             self.load(state)
 
@@ -205,6 +231,15 @@ class LocalDataLayerApi(HttpStandin):
         with self._lock:
             self._denied = [path_prefix] if path_prefix else []
 
+    def fail_backups(self, message: str | None) -> None:
+        """Backups inserted from now on fail with `message` (None: they succeed again)."""
+        with self._lock:
+            self._backup_failure = message
+
+    def backup_runs(self, project: str, instance: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return json.loads(json.dumps(self._backups.get(f"{project}/{instance}", [])))
+
     def calls(self) -> list[Call]:
         with self._lock:
             return list(self._calls)
@@ -216,12 +251,19 @@ class LocalDataLayerApi(HttpStandin):
 
     # --- HTTP ----------------------------------------------------------------------------------------
 
-    def dispatch(self, method: str, path: str, query: dict[str, str]) -> Any:
+    def dispatch(
+        self, method: str, path: str, query: dict[str, str], body: dict[str, Any] | None = None
+    ) -> Any:
         with self._lock:
             denied = any(path.startswith(prefix) for prefix in self._denied)
         if denied:
             style = "google" if "/locations/" in path else "legacy"
             raise ApiError(403, "The caller does not have permission", "forbidden", style)
+        if m := _BACKUP_RUNS.fullmatch(path):
+            return self._backup_runs(method, m["project"], m["name"], m["id"], body or {})
+        if m := _OPERATION.fullmatch(path):
+            self._only_get(method, "legacy")
+            return self._operation(m["project"], m["name"])
         if m := _BUCKET.fullmatch(path):
             self._only_get(method, "legacy")
             return self._get("buckets", m["name"], "The specified bucket does not exist.", "legacy")
@@ -235,11 +277,11 @@ class LocalDataLayerApi(HttpStandin):
             self._only_get(method, "legacy")
             items = self._list("addresses", f"{m['project']}/")
             items = _filtered(items, query.get("filter", ""))
-            body: dict[str, Any] = {
+            listing: dict[str, Any] = {
                 "kind": "compute#addressList",
                 "id": f"projects/{m['project']}/global/addresses",
             }
-            return {**body, "items": items} if items else body
+            return {**listing, "items": items} if items else listing
         if m := _REDIS.fullmatch(path):
             self._only_get(method, "google")
             if m["name"] is None:
@@ -260,6 +302,104 @@ class LocalDataLayerApi(HttpStandin):
                 raise ApiError(404, "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
             return found
         raise ApiError(404, f"Not Found: {path}", "notFound", "google")
+
+    # --- Cloud SQL on-demand backups (long-running operations) -------------------------------------
+
+    def _backup_runs(
+        self, method: str, project: str, instance: str, run_id: str | None, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        key = f"{project}/{instance}"
+        with self._lock:
+            if key not in self._state["sql"]:
+                raise ApiError(404, "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
+            runs = self._backups.setdefault(key, [])
+            if method == "GET" and run_id is None:
+                items = [dict(r) for r in reversed(runs)]  # newest first, as the API lists them
+                return {"kind": "sql#backupRunsList", **({"items": items} if items else {})}
+            if method == "GET":
+                for run in runs:
+                    if run["id"] == run_id:
+                        return dict(run)
+                raise ApiError(404, "The backup run does not exist.", "backupRunDoesNotExist")
+            if method != "POST" or run_id is not None:
+                raise ApiError(405, f"{method} is not implemented by this stand-in", "methodNotAllowed")
+            if any(r["status"] in ("ENQUEUED", "RUNNING") for r in runs):
+                raise ApiError(
+                    409,
+                    "Operation failed because another operation was already in progress.",
+                    "operationInProgress",
+                )
+            self._next_backup += 1
+            backup_id = str(self._next_backup)
+            now = _now()
+            link = f"{self.url}/v1/projects/{project}/instances/{instance}"
+            op_name = hashlib.sha256(f"{key}/{backup_id}".encode()).hexdigest()[:36]
+            run = {
+                "kind": "sql#backupRun",
+                "id": backup_id,
+                "instance": instance,
+                "status": "ENQUEUED",
+                "type": "ON_DEMAND",
+                "backupKind": "SNAPSHOT",
+                "description": str(body.get("description") or ""),
+                "enqueuedTime": now,
+                "windowStartTime": now,
+                "location": "us",
+                "selfLink": f"{link}/backupRuns/{backup_id}",
+            }
+            runs.append(run)
+            op: dict[str, Any] = {
+                "kind": "sql#operation",
+                "name": op_name,
+                "status": "PENDING",
+                "operationType": "BACKUP_VOLUME",
+                "user": "operator@local",
+                "insertTime": now,
+                "targetId": instance,
+                "targetProject": project,
+                "targetLink": link,
+                "selfLink": f"{self.url}/v1/projects/{project}/operations/{op_name}",
+                "backupContext": {"kind": "sql#backupContext", "backupId": backup_id},
+            }
+            self._operations[f"{project}/{op_name}"] = op
+            self._op_reads[f"{project}/{op_name}"] = 0
+            op["_failure"] = self._backup_failure
+            return _public(op)
+
+    def _operation(self, project: str, name: str) -> dict[str, Any]:
+        key = f"{project}/{name}"
+        with self._lock:
+            op = self._operations.get(key)
+            if op is None:
+                raise ApiError(404, "The Cloud SQL operation does not exist.", "operationDoesNotExist")
+            if op["status"] != "DONE":
+                self._op_reads[key] += 1
+                reads = self._op_reads[key]
+                run = next(
+                    r
+                    for r in self._backups[f"{project}/{op['targetId']}"]
+                    if r["id"] == op["backupContext"]["backupId"]
+                )
+                if reads >= self.backup_polls:
+                    op["status"] = "DONE"
+                    op["endTime"] = run["endTime"] = _now()
+                    if op["_failure"]:
+                        error = {
+                            "kind": "sql#operationError",
+                            "code": "BACKUP_FAILED",
+                            "message": op["_failure"],
+                        }
+                        op["error"] = {"kind": "sql#operationErrors", "errors": [error]}
+                        run["status"] = "FAILED"
+                        run["error"] = error
+                    else:
+                        run["status"] = "SUCCESSFUL"
+                else:
+                    op["status"] = "RUNNING"
+                    op.setdefault("startTime", _now())
+                    run["status"] = "RUNNING"
+                    run.setdefault("startTime", op["startTime"])
+            return _public(op)
 
     @staticmethod
     def _only_get(method: str, style: str) -> None:
@@ -284,10 +424,18 @@ class LocalDataLayerApi(HttpStandin):
         path = unquote(url.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         length = int(req.headers.get("Content-Length") or 0)
+        body: dict[str, Any] | None = None
         if length:
-            req.rfile.read(min(length, 1 << 20))
+            raw = req.rfile.read(min(length, 1 << 20))
+            try:
+                parsed = json.loads(raw or b"{}")
+            except ValueError:
+                parsed = None
+            body = parsed if isinstance(parsed, dict) else None
         try:
-            answer, status = self.dispatch(method, path, query), 200
+            if method == "POST" and length and body is None:
+                raise ApiError(400, "Invalid JSON payload received.", "invalid")
+            answer, status = self.dispatch(method, path, query, body), 200
         except ApiError as exc:
             answer, status = exc.body(), exc.code
         data = json.dumps(answer).encode()
@@ -298,6 +446,15 @@ class LocalDataLayerApi(HttpStandin):
         req.send_header("Content-Length", str(len(data)))
         req.end_headers()
         req.wfile.write(data)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def _public(op: dict[str, Any]) -> dict[str, Any]:
+    """The operation as the API shows it (without the stand-in's own bookkeeping)."""
+    return {k: json.loads(json.dumps(v)) for k, v in op.items() if not k.startswith("_")}
 
 
 def _numeric_id(*parts: str) -> str:

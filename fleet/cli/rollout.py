@@ -122,6 +122,8 @@ def rollout(
         *SELECTION,
         "workers",
         to="go to this staged release instead of each host's previous one: id, id prefix or version",
+        force_schema_rollback="roll the code back across a database schema change (the schema stays; "
+        "refused without it, naming the restore point and its restore command)",
         **RUN_HELP,
     ),
     iterable=["where"],
@@ -149,11 +151,14 @@ def rollback(
     rollout_id: str = "",
     workers: int = 0,
     strategy: str = "",
+    force_schema_rollback: bool = False,
 ) -> None:
     """Put every selected host back on its previous release, batch by batch behind the LB.
 
     Or `--to` a staged release. The same batches, drain and health gates as `fab rollout`; the same
-    exit codes.
+    exit codes. A rollback to a release of another database schema revision (compose/releases.yaml)
+    is refused, naming the restore point taken before the migration and the command that restores
+    it; --force-schema-rollback rolls the code back anyway (the schema stays).
     """
     code = _main(
         "rollback",
@@ -178,6 +183,7 @@ def rollback(
         rollout_id=rollout_id,
         workers=workers,
         strategy=strategy or None,
+        allow_schema_rollback=force_schema_rollback,
     )
     if code:
         raise Exit(code=code)
@@ -233,6 +239,7 @@ def _main(action: str, **o: Any) -> int:
         rollout_id=o["rollout_id"],
         workers=o["workers"],
         strategy=o["strategy"],
+        allow_schema_rollback=o.get("allow_schema_rollback", False),
     )
     result = service.perform(request, service.Hooks(warn=warn, planned=planned, watch=watch, stop=stop))
     plan, report = result.plan, result.report

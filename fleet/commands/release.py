@@ -424,6 +424,35 @@ def compose_up(
     return Command(_script(*lines), f"start release {rid}")
 
 
+MIGRATE_SERVICE = "api"
+MIGRATE_COMMAND = ("flask", "upgrade-db")
+
+
+def compose_migrate(
+    layout: Layout, rid: str, command: Sequence[str] = MIGRATE_COMMAND, service: str = MIGRATE_SERVICE
+) -> Command:
+    """The database migration as a one-off container of release <id>: `docker compose run --rm
+    --no-deps -T --entrypoint <command[0]> api <command[1:]...>`, under the host's compose lock. The
+    entrypoint is replaced because Dify's api entrypoint ignores its arguments (it starts gunicorn);
+    `--no-deps` leaves the running services alone, whatever release they run."""
+    words = [str(w) for w in command]
+    if not words or any(not w or "\0" in w or "\n" in w for w in words):
+        raise FleetError(f"invalid migration command {list(command)!r}", hint="a list of non-empty words")
+    argv = compose_argv(
+        layout,
+        rid,
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "--entrypoint",
+        words[0],
+        name(service, "service name"),
+        *words[1:],
+    )
+    return Command(_script(*compose_lock(layout), sh(*argv)), f"migrate the database with release {rid}")
+
+
 COMPOSE_LOCK_WAIT = 300
 
 

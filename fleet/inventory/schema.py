@@ -430,6 +430,13 @@ class DifySettings(_Strict):
     pgvector_max_connections: StrictInt | None = Field(default=None, ge=1, le=262143)
     # instances the fleet may grow to (unset: monitoring.scale.max, else the inventory's host count)
     max_instances: StrictInt | None = Field(default=None, ge=1, le=10000)
+    # phase: a rollout whose release changes the schema revision (compose/releases.yaml) migrates once,
+    # before the canary, after a restore point (docs/rollout.md); off: the operator migrates
+    migrations: Literal["phase", "off"] = "phase"
+    # the one-off container's command (in the api service, entrypoint replaced): Dify's own by default
+    migration_command: list[StrictStr] = Field(default_factory=lambda: ["flask", "upgrade-db"], min_length=1)
+    # seconds the migration may take before the rollout gives up on it
+    migration_timeout: StrictInt = Field(default=1800, ge=10, le=86400)
 
     @field_validator("env_extra")
     @classmethod

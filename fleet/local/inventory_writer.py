@@ -69,6 +69,9 @@ LOCAL_ROLLOUT = {
     "health_timeout": 45,
 }
 LOCAL_RUN = {"workers": 20, "command_timeout": 300}
+# the stand-in images have no database and no migration command yet (issue 16, item 1): the local
+# fleet's rollouts plan no migration phase and do not guard rollbacks across schema revisions
+LOCAL_DIFY = {"migrations": "off"}
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,7 @@ def defaults_doc(
             "vars": dict(LOCAL_VARS if variables is None else variables),
             "rollout": dict(LOCAL_ROLLOUT),
             "run": dict(LOCAL_RUN),
+            "dify": dict(LOCAL_DIFY),
         }
     }
     if secret_refs:

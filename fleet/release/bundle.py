@@ -103,7 +103,38 @@ KINDS: dict[str, Callable[[str], str | None]] = {
         r"^(CERT_NONE|CERT_OPTIONAL|CERT_REQUIRED)$", "CERT_NONE, CERT_OPTIONAL or CERT_REQUIRED"
     ),
     "path_or_empty": lambda value: None if value == "" else _path(value),
+    # what upstream's plugin daemon accepts (dify-cloud-kit's storage types)
+    "plugin_storage": _pattern(
+        r"^(local|gcs|aws_s3|azure_blob|tencent_cos|aliyun_oss|huawei_obs|volcengine_tos)$",
+        "a plugin storage type: gcs, local, aws_s3, azure_blob, tencent_cos, aliyun_oss, huawei_obs "
+        "or volcengine_tos",
+    ),
 }
+# Cloud Storage bucket names: 3-63 characters (222 with dots), lowercase letters, digits, '-', '_', '.'
+_BUCKET_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{1,220})[a-z0-9]$")
+
+
+def check_plugin_storage(values: Mapping[str, str], where: str | None = None) -> None:
+    """A gcs plugin storage needs a bucket (the fleet's file bucket by default)."""
+    if values.get("PLUGIN_STORAGE_TYPE") != "gcs":
+        return
+    bucket = values.get("PLUGIN_STORAGE_OSS_BUCKET", "")
+    if not bucket:
+        raise FleetError(
+            "PLUGIN_STORAGE_TYPE is gcs but PLUGIN_STORAGE_OSS_BUCKET is empty: the plugin daemon would "
+            "have nowhere to keep plugins",
+            where=where,
+            hint="leave PLUGIN_STORAGE_OSS_BUCKET unset (it is GOOGLE_STORAGE_BUCKET_NAME, the fleet's "
+            "bucket) or name a bucket under data.vars",
+        )
+    longest = 222 if "." in bucket else 63
+    if not _BUCKET_RE.fullmatch(bucket) or len(bucket) > longest or ".." in bucket:
+        raise FleetError(
+            f"PLUGIN_STORAGE_OSS_BUCKET={bucket!r} is not a Cloud Storage bucket name",
+            where=where,
+            hint="3-63 lowercase letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit",
+        )
 
 
 @dataclass(frozen=True)
@@ -512,6 +543,7 @@ def render(
             values[var.name] = envfile.check_value(var.name, DERIVED[var.name](values), where)
     ordered = {var.name: values[var.name] for var in source.schema}
     tls.check(ordered, source.files, where)
+    check_plugin_storage(ordered, where)
     clash = sorted(set(extra.values) & set(ordered))
     if clash:
         raise FleetError(f"pass-through variables {', '.join(clash)} are declared in the schema", where=where)

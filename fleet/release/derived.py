@@ -22,7 +22,19 @@ def plugin_ssl_mode(values: Mapping[str, str]) -> str:
     return "require" if values.get("DB_SSL_MODE") in ("require", "verify-ca", "verify-full") else "disable"
 
 
+def plugin_storage_bucket(values: Mapping[str, str]) -> str:
+    """Plugins live in the fleet's file bucket unless another one is named."""
+    return values.get("GOOGLE_STORAGE_BUCKET_NAME", "")
+
+
+def plugin_gcs_credentials(values: Mapping[str, str]) -> str:
+    """The plugin daemon reaches the bucket as Dify's file storage does (empty = the VM's account)."""
+    return values.get("GOOGLE_STORAGE_SERVICE_ACCOUNT_JSON_BASE64", "")
+
+
 DERIVED: dict[str, Callable[[Mapping[str, str]], str]] = {
     "CELERY_BROKER_URL": celery_broker_url,
     "DB_PLUGIN_SSL_MODE": plugin_ssl_mode,
+    "PLUGIN_STORAGE_OSS_BUCKET": plugin_storage_bucket,
+    "PLUGIN_GCS_CREDENTIALS": plugin_gcs_credentials,
 }

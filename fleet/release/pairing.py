@@ -11,6 +11,7 @@ anything is rendered, unless the inventory overrides it (`dify.allow_unpaired_im
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,17 @@ from fleet.release import yamlfile
 MANIFEST_FILE = "releases.yaml"
 TAGS = {"sandbox": "SANDBOX_VERSION", "plugin_daemon": "PLUGIN_DAEMON_VERSION"}
 OVERRIDE = "data.dify.allow_unpaired_images: true"
+# a release's database schema revision (Dify's alembic head at that tag): an opaque label compared for
+# equality only; two releases with the same one need no migration between them
+SCHEMA_KEY = "schema"
+_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
 class Pair:
     sandbox: str
     plugin_daemon: str
+    schema: str | None = None  # the schema revision; None = not recorded (no migration phase)
 
     def tag(self, component: str) -> str:
         return self.sandbox if component == "sandbox" else self.plugin_daemon
@@ -38,6 +44,11 @@ class Pair:
 class Manifest:
     releases: Mapping[str, Pair]
     any_version: frozenset[str]  # tags that pair with every release (the local stand-ins)
+
+    def revision(self, version: str | None) -> str | None:
+        """The schema revision of DIFY_VERSION `version`; None when the manifest does not record it."""
+        pair = self.releases.get(version or "")
+        return pair.schema if pair is not None else None
 
 
 def parse_manifest(text: str, where: str = MANIFEST_FILE) -> Manifest:
@@ -51,10 +62,19 @@ def parse_manifest(text: str, where: str = MANIFEST_FILE) -> Manifest:
     releases: dict[str, Pair] = {}
     for version, spec in data["releases"].items():
         at = f"{where}: {version}"
-        if not isinstance(spec, dict) or set(spec) != set(TAGS):
-            raise FleetError("each release needs exactly `sandbox` and `plugin_daemon` tags", where=at)
-        tags = {k: _tag(v, at) for k, v in spec.items()}
-        releases[_tag(version, where)] = Pair(tags["sandbox"], tags["plugin_daemon"])
+        if not isinstance(spec, dict) or set(spec) - {SCHEMA_KEY} != set(TAGS):
+            raise FleetError(
+                "each release needs exactly `sandbox` and `plugin_daemon` tags (and may give `schema`)",
+                where=at,
+            )
+        tags = {k: _tag(v, at) for k, v in spec.items() if k in TAGS}
+        schema = spec.get(SCHEMA_KEY)
+        if schema is not None and (not isinstance(schema, str) or not _REVISION_RE.fullmatch(schema)):
+            raise FleetError(
+                f"schema revision {schema!r} must be a quoted string of letters, digits, '.', '_', '-'",
+                where=at,
+            )
+        releases[_tag(version, where)] = Pair(tags["sandbox"], tags["plugin_daemon"], schema)
     any_version = data.get("any_version") or []
     if not isinstance(any_version, list):
         raise FleetError("any_version must be a list of tags", where=where)

@@ -306,6 +306,29 @@ def diff_step(bundles: Mapping[str, Bundle]) -> Callable[[HostContext], HostResu
     return compare
 
 
+def _schema_note(hosts: Sequence[FleetHost], report: DeployReport, warn: Callable[[str], None]) -> None:
+    """`fab deploy` switches every host at once and runs no migration phase (MIGRATION_ENABLED=false):
+    say so when the deployed release changed the schema revision (compose/releases.yaml)."""
+    from fleet.release import pairing
+
+    if not hosts or hosts[0].settings.dify.migrations != "phase":
+        return
+    manifest = pairing.load_manifest()
+    if manifest is None:
+        return
+    changed = sorted(
+        o.host
+        for o in report.outcomes
+        if o.result == "deployed" and manifest.revision(o.from_version) != manifest.revision(o.to_version)
+    )
+    if changed:
+        warn(
+            f"{', '.join(changed)}: the deployed release has another database schema revision, and "
+            "`fab deploy` does not migrate (MIGRATION_ENABLED=false): run the migration yourself, or "
+            "use `fab rollout`, which migrates once after a restore point (docs/rollout.md)"
+        )
+
+
 def deploy_release(
     inv: Inventory | str | None,
     hosts: Sequence[FleetHost] | None = None,
@@ -355,6 +378,7 @@ def deploy_release(
             processors=processors,
             guard=guard,
         )
+        _schema_note(chosen, report, _warn)
         actor = local_meta().operator
         if report.ok:
             try:

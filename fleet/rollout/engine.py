@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from fleet.rollout.hostops import HostOps
     from fleet.rollout.journal import Journal
     from fleet.rollout.lbview import LBView
+    from fleet.rollout.restore import RestorePoints
 
 POLL = 0.5
 SERVE_TIMEOUT = 15.0  # after undrain, nginx -> api must answer at once: the api is already healthy
@@ -62,6 +63,8 @@ class Engine:
         touched: Sequence[str] = (),
         inventory_arg: str | None = None,
         resumed: bool = False,
+        restore_points: RestorePoints | None = None,
+        migrated: Mapping[str, Any] | None = None,
     ) -> None:
         self.ops = ops  # every host of the inventory: worker_beat is fleet-wide
         # where worker_beat may run: the hosts of the plan, the beat host, and wherever a scan finds it
@@ -77,6 +80,10 @@ class Engine:
         self.touched = set(touched)  # hosts an earlier run of this rollout (resumed) worked on
         self.resumed = resumed
         self.inventory_arg = inventory_arg or plan.inventory
+        self.restore_points = restore_points
+        # the journal's record of a migration an earlier run of this rollout finished (resume)
+        self.migrated = dict(migrated) if migrated else None
+        self.migration_report: dict[str, Any] | None = None
         self.outcomes: dict[str, HostOutcome] = {}
         self.problems: list[str] = []
         self.beat_seen: list[list[str]] = []
@@ -163,6 +170,8 @@ class Engine:
                 )
             stage_seconds = time.monotonic() - t0
         self._beat_scan()
+        if phase == "forward" and self.plan.migration is not None and not self._migrate():
+            return self._report("failed", 0, started, stage_seconds)
         if phase == "rollback":
             outcome = self._fleet_rollback(list(revert_hosts))
             self._beat_settle()
@@ -220,6 +229,7 @@ class Engine:
             if resumable
             else None,
             beat_seen=self.beat_seen,
+            migration=self.migration_report,
         )
 
     def _on(self, names: Sequence[str], step: Callable[[str], HostResult]) -> list[HostResult]:
@@ -235,6 +245,98 @@ class Engine:
                 out.error = r.error
                 out.drained = None
             self.emit("host", host=r.host, result=out.result, error=out.error, drained=out.drained)
+
+    # ------------------------------------------------------------------ the migration phase
+
+    def _migrate(self) -> bool:
+        """Under the lock, after staging, before the canary: a restore point, then the migration once,
+        both journaled. False (nothing switched, `problems` says why) when either fails."""
+        mig = self.plan.migration
+        assert mig is not None
+        base = {"from": list(mig.from_revisions), "to": mig.to_revision, "host": mig.host}
+        if self.migrated is not None:
+            point = self.migrated.get("restore_point")
+            self.migration_report = {**base, "status": "skipped", "restore_point": point}
+            self.emit("migration", status="skipped", why="an earlier run of this rollout migrated", **base)
+            return True
+        reason = self.stopping()
+        if reason:
+            self.problems.append(f"{reason}: before the migration; nothing was migrated or switched")
+            self.migration_report = {**base, "status": "not-started"}
+            return False
+        command = mig.shell(self.ops.layout(mig.host))
+        base["command"] = command
+        self.emit("migration", status="start", **base)
+        points = self.restore_points
+        if points is None:
+            from fleet.rollout.restore import LocalRestorePoints
+
+            points = LocalRestorePoints()
+        try:
+            point = points.take(f"compose-fleet {self.plan.rollout_id}: before schema {mig.to_revision}")
+        except Exception as exc:
+            error = _text(exc)
+            self.emit("migration", status="failed", stage="restore-point", error=error, **base)
+            self.migration_report = {**base, "status": "failed", "error": error}
+            self.problems.append(
+                f"no restore point could be taken ({error}): nothing was migrated, nothing was switched"
+            )
+            return False
+        self.emit("migration", status="restore-point", restore_point=point.as_dict(), **base)
+        started = time.monotonic()
+
+        def run(name: str) -> HostResult:
+            job = self.plan.jobs[name]
+            if self.plan.strategy != "ssh" or not self.ops.release_present(name, mig.release):
+                bundle = self.bundles.get(name)
+                if bundle is None:
+                    raise FleetError(f"release {mig.release} is not staged here", where=name)
+                self.ops.stage(name, bundle)
+                self.ops.pull(name, job.target.id)
+            output = self.ops.migrate(name, mig.release, mig.command, float(mig.timeout))
+            return HostResult(name, "ok", data={"output": output})
+
+        result = self._on([mig.host], run)[0]
+        seconds = round(time.monotonic() - started, 3)
+        if not result.ok:
+            error = result.error or result.status
+            self.emit(
+                "migration",
+                status="failed",
+                stage="migrate",
+                error=error,
+                seconds=seconds,
+                restore_point=point.as_dict(),
+                **base,
+            )
+            self.migration_report = {
+                **base,
+                "status": "failed",
+                "error": error,
+                "restore_point": point.as_dict(),
+            }
+            self.problems.append(
+                f"the migration {mig.label()} failed on {mig.host}: {error}; command: {command}; nothing "
+                f"was switched on any host; restore point: {point.text()} (if the migration left the "
+                f"schema half-way: {point.restore_command})"
+            )
+            return False
+        output = str(result.data.get("output") or "")
+        self.emit(
+            "migration",
+            status="done",
+            seconds=seconds,
+            restore_point=point.as_dict(),
+            output=output[-500:],
+            **base,
+        )
+        self.migration_report = {
+            **base,
+            "status": "done",
+            "seconds": seconds,
+            "restore_point": point.as_dict(),
+        }
+        return True
 
     # ------------------------------------------------------------------ stage
 
@@ -311,6 +413,13 @@ class Engine:
         """Undo `hosts` (newest batch first), batch by batch, through the same gates."""
         order = [h for h in hosts if h in self.plan.jobs]
         self.emit("fleet-rollback", status="start", hosts=order)
+        done = self.migration_report or self.migrated
+        if done and done.get("status") in ("done", "skipped", "restore-point") and self.plan.migration:
+            point = done.get("restore_point") or {}
+            self.problems.append(
+                f"the code goes back, the database schema stays at {self.plan.migration.to_revision} (the "
+                f"migration is not undone); restore point {point.get('id')}: {point.get('restore_command')}"
+            )
         by_batch: dict[int, list[str]] = {}
         for h in order:
             by_batch.setdefault(self.plan.jobs[h].batch, []).append(h)

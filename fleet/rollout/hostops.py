@@ -89,6 +89,9 @@ class HostOps(Protocol):
     def beat_running(self, name: str) -> bool: ...
     def beat_stop(self, name: str) -> None: ...
     def beat_start(self, name: str, rid: str) -> None: ...
+    def migrate(self, name: str, rid: str, command: Sequence[str], timeout: float) -> str:
+        """Run the database migration once, as a one-off container of release `rid`; its output."""
+        ...
 
 
 class SshHostOps:
@@ -221,3 +224,17 @@ class SshHostOps:
 
     def beat_start(self, name: str, rid: str) -> None:
         ht.run(self.ctx(name), cr.beat_start(self.layout(name), rid), "beat", timeout=300)
+
+    def migrate(self, name: str, rid: str, command: Sequence[str], timeout: float) -> str:
+        cmd = rc.compose_migrate(self.layout(name), rid, command)
+        r = ht.run(
+            self.ctx(name),
+            cmd,
+            "migrate",
+            timeout=timeout,
+            hint="nothing was switched; the error above is the migration's own output",
+        )
+        from fleet.commands.base import mask
+        from fleet.release import secrets
+
+        return mask(r.stdout or "", secrets.known())[-2000:]

@@ -215,6 +215,7 @@ class Replay:
     pid: int | None = None
     events: int = 0
     reverting: list[str] | None = None  # hosts a started fleet rollback is undoing
+    migrated: dict[str, Any] | None = None  # the `migration` event that says the migration finished
 
     @property
     def touched(self) -> list[str]:
@@ -246,6 +247,8 @@ def replay(rollout_id: str, events: Sequence[Mapping[str, Any]]) -> Replay:
         elif kind == "fleet-rollback" and e.get("status") == "start" and isinstance(e.get("hosts"), list):
             seen = out.reverting or []
             out.reverting = seen + [str(h) for h in e["hosts"] if str(h) not in seen]
+        elif kind == "migration" and e.get("status") == "done":
+            out.migrated = dict(e)
         elif kind == "end":
             out.outcome = str(e.get("outcome"))
     return out

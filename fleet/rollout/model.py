@@ -12,6 +12,7 @@ from fleet.commands.rollout import BEAT
 from fleet.errors import FleetError
 from fleet.release import hoststeps as ht
 from fleet.rollout.pacing import Timings
+from fleet.rollout.restore import Migration
 
 if TYPE_CHECKING:
     from fleet.release.bundle import Bundle
@@ -96,6 +97,7 @@ class Plan:
     message: str = ""
     beat_host: str | None = None
     strategy: str = "ssh"  # ssh (in place) | replace (the MIG): a resume goes on the same way
+    migration: Migration | None = None  # the schema migration phase before the canary (restore.py)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +115,7 @@ class Plan:
             "message": self.message,
             "beat_host": self.beat_host,
             "strategy": self.strategy,
+            "migration": self.migration.as_dict() if self.migration else None,
         }
 
     @classmethod
@@ -143,6 +146,7 @@ class Plan:
                 message=str(raw.get("message") or ""),
                 beat_host=raw.get("beat_host"),
                 strategy=str(raw.get("strategy") or "ssh"),
+                migration=Migration.from_dict(raw.get("migration")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FleetError(
@@ -184,6 +188,8 @@ class Report:
     stage_seconds: float = 0.0
     resume_command: str | None = None
     beat_seen: list[list[str]] = field(default_factory=list)  # hosts running worker_beat at each check
+    # the migration phase: from/to, host, command, restore_point, status (done | failed | skipped)
+    migration: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -203,6 +209,7 @@ class Report:
             "problems": self.problems,
             "resume_command": self.resume_command,
             "beat_seen": self.beat_seen,
+            "migration": self.migration,
             "hosts": [h.as_dict() for h in self.hosts],
         }
 

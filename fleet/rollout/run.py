@@ -107,6 +107,7 @@ class Run:
     # builds the engine: InPlace (over SSH), or fleet.rollout.replace.engine_for(...) (the MIG)
     strategy: Callable[..., Engine] = InPlace
     events: Any = None  # fleet.gcp.events.EventPublisher: lock events on the fleet's topic
+    restore_points: Any = None  # fleet.rollout.restore.RestorePoints: before a migration phase
 
 
 def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
@@ -178,6 +179,8 @@ def execute(run: Run, plan: Plan, resume: Any = None) -> Report:
                     touched=resume.touched if resume is not None else (),
                     inventory_arg=run.inventory_arg,
                     resumed=resume is not None,
+                    restore_points=run.restore_points,
+                    migrated=resume.migrated if resume is not None else None,
                 )
                 if resume is not None and resume.reverting is not None:
                     report = engine.run(stage=False, phase="rollback", revert_hosts=resume.reverting)

@@ -45,6 +45,7 @@ class Request:
     rollout_id: str = ""
     workers: int = 0
     strategy: str | None = None  # ssh | replace (default: the inventory's rollout.strategy, else ssh)
+    allow_schema_rollback: bool = False  # rollback: go back across a schema change (the code only)
 
 
 def _no_warning(text: str) -> None: ...
@@ -146,8 +147,12 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
     selected = nr.filter(filter_func=lambda h: h.name in names)
     try:
         bundles = None
+        from fleet.rollout import restore
+
+        points = restore.restore_points_for(inv)
         if replay is None:
             plan, bundles = _plan(req, inv, chosen, selected)
+            _schema(req, inv, chosen, plan, points, journal_dir, warn)
         elif plan.action == "rollout":
             bundles = _rerender(inv, chosen, plan, warn)
         if not plan.jobs:
@@ -198,6 +203,7 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             inventory_arg=inventory_arg,
             ttl=lk.ttl_of(chosen),
             warn=warn,
+            restore_points=points,
         )
         if strategy == "replace":
             from fleet.rollout import replace
@@ -316,6 +322,45 @@ def _plan(req: Request, inv: Any, chosen: list[Any], nr: Any) -> tuple[Any, Any]
         beat_host=next(iter(ro.beat_hosts(inv)), None),
     )
     return plan, bundles
+
+
+def _schema(
+    req: Request, inv: Any, chosen: list[Any], plan: Any, points: Any, journal_dir: Any, warn: Any
+) -> None:
+    """The database schema: a rollout that changes its revision gets a migration phase; a rollback
+    across a change is refused unless allowed (fleet/rollout/restore.py). Neither with
+    `dify.migrations: off`."""
+    from fleet.release import pairing
+    from fleet.rollout import restore
+
+    manifest = pairing.load_manifest()
+    dify = chosen[0].settings.dify
+    if dify.migrations != "phase":
+        return  # the operator migrates (and knows what a rollback across a schema change means)
+    if plan.action == "rollout":
+        plan.migration = restore.plan_migration(
+            plan,
+            manifest,
+            enabled=dify.migrations == "phase",
+            command=dify.migration_command,
+            timeout=dify.migration_timeout,
+            restore=points.describe(),
+            warn=warn,
+        )
+        return
+    change = restore.schema_change(plan, manifest)
+    if change is None:
+        return
+    now, back = change
+    refusal = restore.refuse_schema_rollback(
+        now, back, restore.recorded_restore_points(journal_dir), "--force-schema-rollback"
+    )
+    if not req.allow_schema_rollback:
+        raise refusal
+    warn(
+        f"{refusal.what} (allowed by --force-schema-rollback). "
+        f"{(refusal.hint or '').split('. To roll back')[0]}"
+    )
 
 
 def _replace_preview(inv: Any, chosen: list[Any], plan: Any, warn: Any) -> dict[str, Any]:

@@ -173,6 +173,14 @@ def print_plan(plan: Plan) -> None:
         print(f"  batch {i + 1}: " + "; ".join(parts))
     if plan.unchanged:
         print(f"  already on target: {', '.join(plan.unchanged)}")
+    mig = plan.migration
+    if mig is not None:
+        print(f"  migration: database schema {mig.label()}, once, before batch 1, under the fleet lock")
+        print(f"    restore point first: {mig.restore}")
+        print(
+            f"    then on {mig.host}: docker compose run --rm --no-deps -T --entrypoint {mig.command[0]} "
+            f"api {' '.join(mig.command[1:])}  (release {mig.release}, timeout {mig.timeout}s)"
+        )
     sys.stdout.flush()
 
 
@@ -217,6 +225,16 @@ def print_summary(report: Report) -> None:
         ["host", "from", "to", "result", "duration", "notes"],
         rows,
     )
+    mig = report.migration
+    if mig is not None:
+        point = mig.get("restore_point") or {}
+        print(
+            f"migration {' + '.join(mig.get('from') or [])} -> {mig.get('to')} on {mig.get('host')}: "
+            f"{mig.get('status')}"
+            + (f"; restore point {point.get('id')} ({point.get('kind')})" if point else "")
+        )
+        if point.get("restore_command"):
+            print(f"  restore with: {ui.safe(point['restore_command'])}")
     for problem in report.problems:
         print(f"note: {ui.safe(problem)}")
     if report.resume_command:

@@ -465,3 +465,101 @@ def test_a_pass_through_secret_round_trips_through_the_store(source: bundle.Sour
     files = sealed.unseal(s.manifest, s.archive, values)
     assert files[".env"][0] == b.files[".env"].data
     assert files["docker-compose.yaml"][0] == b.files["docker-compose.yaml"].data
+
+
+# --------------------------------------------------------------------------- plugin storage in the bucket
+
+
+def daemon_env(b: Any) -> dict[str, str]:
+    """The plugin daemon's environment as Compose would resolve it from the release's .env."""
+    doc = yaml.safe_load(b.files["docker-compose.yaml"].data)
+    env = envfile.parse(b.files[".env"].data.decode())
+    out = {}
+    for key, value in doc["services"]["plugin_daemon"]["environment"].items():
+        text = str(value)
+        if text.startswith("${"):
+            name = text[2:].split(":", 1)[0].rstrip("}")
+            text = env[name]
+        out[key] = text
+    return out
+
+
+def test_plugins_go_to_the_fleets_bucket_by_default(source: bundle.Source, tmp_path: Path) -> None:
+    b = render(source, inventory(tmp_path))
+    assert (b.env["PLUGIN_STORAGE_TYPE"], b.env["PLUGIN_STORAGE_OSS_BUCKET"]) == ("gcs", "files")
+    assert b.env["PLUGIN_GCS_CREDENTIALS"] == ""  # the VM's own service account
+    daemon = daemon_env(b)
+    # the names upstream's plugin daemon reads
+    assert daemon["PLUGIN_STORAGE_TYPE"] == "gcs"
+    assert daemon["PLUGIN_STORAGE_OSS_BUCKET"] == "files"
+    assert daemon["GCS_CREDENTIALS"] == ""
+
+
+def test_plugin_storage_shares_the_file_storage_key_and_masks_it(
+    source: bundle.Source, tmp_path: Path
+) -> None:
+    key = "ZGF0YWNvbmYtZ2NzLWtleS05aQ=="
+    data = {"secrets": {"GOOGLE_STORAGE_SERVICE_ACCOUNT_JSON_BASE64": {"env": "T_GCS_KEY"}}}
+    b = render(source, inventory(tmp_path, data), env={"T_GCS_KEY": key})
+    assert b.env["PLUGIN_GCS_CREDENTIALS"] == key
+    assert "PLUGIN_GCS_CREDENTIALS" in b.secret_keys
+    assert b.masked_env()["PLUGIN_GCS_CREDENTIALS"] == bundle.MASK
+    assert daemon_env(b)["GCS_CREDENTIALS"] == key
+    # a VM's agent derives it from the file storage key's Secret Manager version: no second secret
+    ref = "projects/p/secrets/gcs-key/versions/3"
+    s = sealed.seal(
+        {p: (f.data, f.mode) for p, f in b.files.items()},
+        b.env,
+        b.secret_keys,
+        {k: ref.replace("gcs-key", k.lower()) for k in b.secret_keys if b.env.get(k)},
+        release_id=b.release_id,
+        version=b.version,
+    )
+    assert {"derived": "PLUGIN_GCS_CREDENTIALS"} not in s.manifest["env"]["lines"]  # it has its own ref here
+    s2 = sealed.seal(
+        {p: (f.data, f.mode) for p, f in b.files.items()},
+        b.env,
+        b.secret_keys,
+        {k: ref for k in b.secret_keys if b.env.get(k) and k not in derived.DERIVED},
+        release_id=b.release_id,
+        version=b.version,
+    )
+    assert {"derived": "PLUGIN_GCS_CREDENTIALS"} in s2.manifest["env"]["lines"]
+    values = {k: b.env[k] for k in sealed.secret_refs(s2.manifest)}
+    files = sealed.unseal(s2.manifest, s2.archive, values)
+    assert files[".env"][0] == b.files[".env"].data
+
+
+def test_another_bucket_can_be_named(source: bundle.Source, tmp_path: Path) -> None:
+    b = render(source, inventory(tmp_path, {"vars": {"PLUGIN_STORAGE_OSS_BUCKET": "dify-plugins"}}))
+    assert (b.env["PLUGIN_STORAGE_OSS_BUCKET"], b.env["GOOGLE_STORAGE_BUCKET_NAME"]) == (
+        "dify-plugins",
+        "files",
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"PLUGIN_STORAGE_OSS_BUCKET": ""},
+            "PLUGIN_STORAGE_TYPE is gcs but PLUGIN_STORAGE_OSS_BUCKET is empty",
+        ),
+        ({"PLUGIN_STORAGE_OSS_BUCKET": "Bad_Bucket"}, "is not a Cloud Storage bucket name"),
+        ({"PLUGIN_STORAGE_OSS_BUCKET": "ab"}, "is not a Cloud Storage bucket name"),
+        ({"PLUGIN_STORAGE_TYPE": "google-storage"}, "is not a plugin storage type"),
+    ],
+)
+def test_plugin_storage_that_cannot_work_is_refused(
+    source: bundle.Source, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(FleetError, match=message) as info:
+        render(source, inventory(tmp_path, {"vars": values}))
+    assert info.value.where == "h1"
+
+
+def test_local_plugin_storage_needs_no_bucket(source: bundle.Source, tmp_path: Path) -> None:
+    values = {"PLUGIN_STORAGE_TYPE": "local", "PLUGIN_STORAGE_OSS_BUCKET": ""}
+    b = render(source, inventory(tmp_path, {"vars": values}))
+    assert daemon_env(b)["PLUGIN_STORAGE_TYPE"] == "local"
+    assert daemon_env(b)["PLUGIN_STORAGE_LOCAL_ROOT"] == "/app/storage"
