@@ -409,6 +409,8 @@ def config_from_data(
         "fleet-app-dir": app.dir,
         "fleet-app-project": app.project,
         "fleet-http-port": str(app.http_port),
+        # the agent prunes to this many releases after serving one, as `fab deploy` does (app.keep_releases)
+        "fleet-keep-releases": str(app.keep_releases),
     }
     if username:
         metadata["fleet-deploy-user"] = username

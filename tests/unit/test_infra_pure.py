@@ -306,3 +306,40 @@ def test_iam_lines_are_quoted_and_complete() -> None:
     assert "'--display-name=fleet VMs'" in lines[0]
     no_number = dataclasses.replace(config(), project_number=None)
     assert not any("pubsub" in line.render() for line in infra.iam_lines(no_number))
+
+
+def test_template_tells_the_agent_how_many_releases_to_keep() -> None:
+    """The agent prunes after serving a release, as `fab deploy` does; it keeps app.keep_releases."""
+    from fleet.agent import flow
+
+    for keep in (5, 3):
+        raw = example_data()
+        raw["app"] = {**raw.get("app", {}), "keep_releases": keep}
+        tpl = by_kind(config(raw))["instanceTemplates"][0]
+        items = {i["key"]: i["value"] for i in tpl.body["properties"]["metadata"]["items"]}
+        assert items["fleet-keep-releases"] == str(keep)
+        # what the agent on a VM made from this template reads back
+        cfg = flow.read_config(FakeMetadata(items))  # type: ignore[arg-type]
+        assert cfg.keep_releases == keep
+
+
+class FakeMetadata:
+    """The template's metadata as the metadata server serves it to the VM's agent."""
+
+    def __init__(self, items: dict[str, str]) -> None:
+        self.items = items
+
+    def attribute(self, key: str) -> str | None:
+        return self.items.get(key)
+
+    def project_attribute(self, key: str) -> str | None:
+        return None
+
+    def instance_name(self) -> str:
+        return "dify-mig-x1z2"
+
+    def zone(self) -> str:
+        return "europe-west1-b"
+
+    def project_id(self) -> str:
+        return "my-dify-project"
