@@ -313,6 +313,15 @@ def main() -> None:
         " `fab` from the bench session's environment; both have their bytecode compiled (this machine sets"
         " PYTHONDONTWRITEBYTECODE, so an uncompiled tool would re-parse its sources on every start)."
         f" Load average when the run started: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores.",
+        *(
+            [
+                "",
+                "The machine was shared during this run (load average above its core count): every tool's"
+                " wall is inflated and the ratios move from run to run; compare tools within one table only.",
+            ]
+            if os.getloadavg()[0] > (os.cpu_count() or 1)
+            else []
+        ),
         "",
         versions(),
         "",
