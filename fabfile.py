@@ -1,5 +1,11 @@
 """`fab` entry point: tasks live in fleet/cli; `fab --list` shows them, `fab --help TASK` explains one."""
 
-from fleet.cli import namespace
+import gc
+
+# off while `fab` starts (imports and parsing make objects that all live on); each task turns it back
+# on as it begins (fleet.cli.common.end_startup)
+gc.disable()
+
+from fleet.cli import namespace  # noqa: E402
 
 ns = namespace()

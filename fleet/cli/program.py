@@ -7,12 +7,18 @@ package was installed from (see fleet/paths.py).
 
 from __future__ import annotations
 
-from importlib import metadata
+import gc
 
-from fabric import Config, Executor
-from fabric.main import Fab
+# off while the program starts (imports and parsing make objects that all live on); each task turns it
+# back on as it begins (fleet.cli.common.end_startup)
+gc.disable()
 
-from fleet.cli import namespace
+from importlib import metadata  # noqa: E402
+
+from fabric import Config, Executor  # noqa: E402
+from fabric.main import Fab  # noqa: E402
+
+from fleet.cli import namespace  # noqa: E402
 
 
 def _version() -> str:
