@@ -888,7 +888,11 @@ class DockerCompute(ComputeBackend):
             if seen is not None:
                 return seen
             return self._schedule_recreate(
-                members, targets, "compute.instanceGroupManagers.recreateInstances", request_id
+                members,
+                targets,
+                "compute.instanceGroupManagers.recreateInstances",
+                request_id,
+                location=location,
             )
 
     def _schedule_recreate(
@@ -898,6 +902,7 @@ class DockerCompute(ComputeBackend):
         op_type: str,
         request_id: str = "",
         templates: Mapping[str, str] | None = None,
+        location: str = "",
     ) -> Operation:
         """RECREATING for each target, then (in workers) drain, a new VM from the member's target
         version (`templates`, else what the MIG's versions say), its startup script: what
@@ -913,15 +918,8 @@ class DockerCompute(ComputeBackend):
             busy = [m for m in targets if m in self._actions]
             if busy:
                 raise self._busy(busy[0])
-            op, _ = self.ops.begin(
-                self.project_id,
-                "zones",
-                self.zone,
-                op_type,
-                self._zonal_link(),
-                _stable_id("mig", self.project_id, self.zone, self.mig),
-                request_id,
-            )
+            # the operation is where the request was made: the zonal MIG's, or the regional one's
+            op, _ = self._mig_op(self.project_id, location or self.zone, op_type, request_id)
             for member in targets:
                 self._actions[member] = Action("RECREATING", members[member].container_id, templates[member])
 
@@ -1238,6 +1236,7 @@ class DockerCompute(ComputeBackend):
                     "compute.instanceGroupManagers.applyUpdatesToInstances",
                     request_id,
                     templates=todo,
+                    location=location,
                 )
             else:
                 op, _ = self._mig_op(
