@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleet.errors import FleetError
@@ -34,10 +34,21 @@ BAD_RESULTS = ("failed",)
 class Replace(Engine):
     """The batch loop of `Engine`; each batch recreated by the MIG from the release's template."""
 
-    def __init__(self, ops: Any, plan: Any, *, move: mu.MigMove, base_template: str, **kw: Any) -> None:
+    def __init__(
+        self,
+        ops: Any,
+        plan: Any,
+        *,
+        move: mu.MigMove,
+        base_template: str,
+        prepare: Callable[[], Sequence[str]] | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(ops, plan, **kw)
         self.move = move
         self.base_template = base_template
+        # before any template is made: what the VMs will boot is in the release store (the ids uploaded)
+        self.prepare = prepare
         self.view = mu.GroupView(move)
         self._templates: dict[str, str] = {}
         self._tlock = threading.Lock()
@@ -61,6 +72,19 @@ class Replace(Engine):
             return self._templates[release.id]
 
     # ------------------------------------------------------------------ stage
+
+    def _stage(self, names: Sequence[str]) -> bool:
+        if self.prepare is not None:
+            try:
+                uploaded = self.prepare()
+            except FleetError as exc:
+                for n in names:
+                    self.outcomes[n].result, self.outcomes[n].error = "failed", _text(exc)
+                self.emit("stage", status="failed", failed=list(names), error=_text(exc))
+                self.problems.append(f"staging failed: nothing was replaced: {_text(exc)}")
+                return False
+            self.emit("store", uploaded=list(uploaded))
+        return super()._stage(names)
 
     def stage_host(self, name: str) -> HostResult:
         """The target's template exists (and the source's: the way back), and the host is a member."""
@@ -286,10 +310,16 @@ def for_hosts(hosts: Sequence[Any], compute: Any) -> mu.MigMove:
     return mu.MigMove(compute, next(iter(refs.values())), backend, poll=max(0.5, float(lb.check_interval)))
 
 
-def engine_for(move: mu.MigMove, base_template: str | None = None) -> Any:
-    """What `fleet.rollout.run.Run.strategy` takes: builds a Replace engine for this MIG."""
+def engine_for(
+    move: mu.MigMove,
+    base_template: str | None = None,
+    prepare: Callable[[], Sequence[str]] | None = None,
+) -> Any:
+    """What `fleet.rollout.run.Run.strategy` takes: builds a Replace engine for this MIG (`prepare`:
+    see `Replace`)."""
 
     def build(ops: Any, plan: Any, **kw: Any) -> Replace:
-        return Replace(ops, plan, move=move, base_template=base_template or move.base_template(), **kw)
+        base = base_template or move.base_template()
+        return Replace(ops, plan, move=move, base_template=base, prepare=prepare, **kw)
 
     return build
