@@ -71,6 +71,20 @@ class Replace(Engine):
                 )
             return self._templates[release.id]
 
+    def lb_state(self, name: str) -> str:
+        """HEALTHY when the load balancer sends the host's instance traffic: the backend service's
+        getHealth (lb.kind gcp), else the inventory's own LB (haproxy: UP, no transition under way),
+        else HEALTHY (lb.kind none: the agent's report decides alone)."""
+        if self.move.backend_service:
+            return self.view.lb_state(self.instance(name))
+        lb = self._lb(name)
+        if getattr(lb, "kind", "none") != "haproxy":
+            return "HEALTHY"
+        seen = lb.look(self._host(name))
+        if seen is None:
+            return "UNKNOWN (not a server of the LB)"
+        return "HEALTHY" if seen.serving and seen.steady else f"UNHEALTHY ({seen.raw})"
+
     # ------------------------------------------------------------------ stage
 
     def _stage(self, names: Sequence[str]) -> bool:
@@ -211,7 +225,7 @@ class Replace(Engine):
             out = self.outcomes[name]
             try:
                 with self.step(out, "soak"):
-                    state = self.view.lb_state(self.instance(name))
+                    state = self.lb_state(name)
                     if state != "HEALTHY":
                         raise HostFailed(name, "soak", f"the load balancer says {state} after min-ready")
                 out.result = result
@@ -252,14 +266,20 @@ class Replace(Engine):
                 if reported.get("release") == release.id:
                     if reported.get("health") == "failed" and reported.get("result") in BAD_RESULTS:
                         raise HostFailed(name, "replace", f"the agent reports release {release.id} unhealthy")
-                    if self.view.lb_state(instance) == "HEALTHY":
+                    if self.lb_state(name) == "HEALTHY":
                         return
             if self.move.clock() >= deadline:
-                raise HostFailed(name, "replace", self._why(instance, m, template, release, reported))
+                raise HostFailed(name, "replace", self._why(name, instance, m, template, release, reported))
             self.move.sleep(self.move.poll)
 
     def _why(
-        self, instance: str, m: mu.Member | None, template: str, release: Release, reported: dict[str, str]
+        self,
+        name: str,
+        instance: str,
+        m: mu.Member | None,
+        template: str,
+        release: Release,
+        reported: dict[str, str],
     ) -> str:
         limit = f"after {self.plan.timings.health_timeout:.0f}s"
         if m is None:
@@ -270,7 +290,7 @@ class Replace(Engine):
             return (
                 f"the agent reports release {reported.get('release') or 'none'}, not {release.id} ({limit})"
             )
-        return f"the load balancer says {self.view.lb_state(instance)}, not HEALTHY ({limit})"
+        return f"the load balancer says {self.lb_state(name)}, not HEALTHY ({limit})"
 
 
 def preview(move: mu.MigMove, base: str, target: Release, batch: int) -> dict[str, Any]:
