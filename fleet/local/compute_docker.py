@@ -14,6 +14,10 @@ Actions go through `LocalFleet` and come back the way a MIG brings them back:
   resize up          new instances at the lowest free numbers                  CREATING, VERIFYING
   resize down        non-running members first, then the newest; drained out of   DELETING
                      the LB (DRAIN until in-flight requests end, then MAINT) before deletion
+  setInstanceTemplate / patch   the MIG's versions and updatePolicy (standins/mig_updater.py's
+                     rules, kept in state.json); PROACTIVE recreates outdated members by itself
+  applyUpdatesToInstances  the named members not on their target version: recreated in place from
+                     its template (as recreateInstances), their version the new template at once
 VERIFYING is the instance template's startup script, run INSIDE the instance as GCE's guest
 environment runs it at every boot (a reset's reboot too): fetched from the metadata server, it
 installs the on-VM agent from the release store and runs `fleet-agent boot`, which brings up the
