@@ -255,12 +255,16 @@ class _Store:
             self.save()
 
     def forget(self, live_ids: set[str]) -> None:
-        """Drop labels of instances that no longer exist (deleted or recreated with a new id)."""
+        """Drop what is kept of instances that no longer exist (deleted or recreated with a new id)."""
         with self.lock:
             gone = [i for i in self.labels if i not in live_ids]
             for instance_id in gone:
                 del self.labels[instance_id]
-            if gone:
+            origins = self.mig.get("origins") or {}
+            left = [i for i in origins if i not in live_ids]  # the template an unstamped member came from
+            for instance_id in left:
+                del origins[instance_id]
+            if gone or left:
                 self.save()
 
 
