@@ -1079,7 +1079,9 @@ class DockerCompute(ComputeBackend):
                 if not isinstance(change, Mapping):
                     raise mig_updater.UpdateError("Invalid value for field 'resource.updatePolicy'")
                 given = {**mig_updater.policy_input(self._policy()), **change}
-                policy = mig_updater.check_policy(given, self._zones(), self._regional())
+                # the rules of the MIG the request names: the zonal one's, or the regional one's
+                regional = location == self.region
+                policy = mig_updater.check_policy(given, self._zones() if regional else 1, regional)
                 if policy["type"] == "PROACTIVE" and policy["replacementMethod"] != "RECREATE":
                     raise mig_updater.UpdateError(
                         "Invalid value for field 'resource.updatePolicy.replacementMethod': the local "

@@ -213,6 +213,13 @@ def test_set_template_moves_nothing_until_apply_recreates_the_named_member(rig: 
     substitute["maxSurge"] = {"fixed": 2}
     with pytest.raises(FleetError, match="needs RECREATE"):
         rig.move().set_policy(substitute)
+    # the zonal view of the MIG (the inventory's gce.migs) has a zonal MIG's rules, the regional one
+    # (infra's) a regional one's
+    zonal = mu.MigMove(rig.compute, contract.MigRef.make(rig.config.project, rig.config.zone, "t-mig"))
+    zonal.set_policy(mu.replace_policy(1, zonal.zones()))
+    assert rig.compute.mig(zonal.mig).update_policy.max_unavailable.fixed == 1
+    with pytest.raises(FleetError, match="at least its number of zones"):
+        rig.move().set_policy(mu.replace_policy(1, 1))
 
 
 def test_a_proactive_policy_recreates_the_outdated_members_by_itself(rig: Rig) -> None:
