@@ -109,10 +109,16 @@ def upload_releases(
     uploaded: list[str] = []
     ready: set[str] = set()
     for name, bundle in (bundles or {}).items():
-        if name in targets and bundle.release_id == targets[name] and bundle.release_id not in ready:
-            if releases.publish(store, _seal(inv, inv.hosts[name], bundle)):
-                uploaded.append(bundle.release_id)
-            ready.add(bundle.release_id)
+        rid = bundle.release_id
+        if name not in targets or rid != targets[name] or rid in ready:
+            continue
+        # the id hashes the release's content: one already stored is this release (a render made at
+        # another time differs only in release.json's time and operator, so it is not sealed again)
+        if releases.read_manifest(store, rid) is None and releases.publish(
+            store, _seal(inv, inv.hosts[name], bundle)
+        ):
+            uploaded.append(rid)
+        ready.add(rid)
     missing = sorted(
         {rid for rid in targets.values() if rid not in ready and releases.read_manifest(store, rid) is None}
     )

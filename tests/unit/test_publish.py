@@ -4,6 +4,7 @@ Secret Manager clients against their stand-ins; the SSH part is stubbed, as in t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,17 @@ def test_a_replace_rollout_uploads_its_releases_first_and_leaves_desired(inv: st
     assert desired.read(store) == (None, 0)  # not the fleet's release yet
     # a resume (or a rollout by id) finds them there: nothing uploaded twice
     assert publish.upload_releases(loaded, None, targets, {}, warnings.append) == []
+
+    # the same releases rendered at another time (release.json says when and by whom, not the id):
+    # what is stored is kept, nothing sealed again (publishing it would be refused as different)
+    def rerendered(b: Any) -> Any:
+        when = b.files["release.json"]
+        files = {**b.files, "release.json": dataclasses.replace(when, data=when.data + b" ")}
+        return dataclasses.replace(b, files=files)
+
+    later = {h: rerendered(b) for h, b in bundles.items()}
+    assert {h: b.release_id for h, b in later.items()} == targets
+    assert publish.upload_releases(loaded, later, targets, {}, warnings.append) == []
     # a source release that is not in the store: said (no way back through the store)
     publish.upload_releases(loaded, bundles, targets, {"w2": "e" * 16}, warnings.append)
     assert any("cannot boot its way back" in w and "e" * 16 in w for w in warnings), warnings
