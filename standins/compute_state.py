@@ -843,8 +843,8 @@ class InMemoryCompute(ComputeBackend):
             "fingerprint": mig.fingerprint,
             "currentActions": counts,
             "targetSize": mig.target_size,
-            "versions": [_version_json(v, mig.target_size) for v in mig.versions],
-            "updatePolicy": _policy_json(mig.update_policy, mig.target_size),
+            "versions": [mig_updater.version_json(v, mig.target_size) for v in mig.versions],
+            "updatePolicy": mig_updater.policy_json(mig.update_policy, mig.target_size),
             "status": status,
             "selfLink": mig.self_link(),
         }
@@ -1270,7 +1270,7 @@ class InMemoryCompute(ComputeBackend):
                     change = fields["updatePolicy"] or {}
                     if not isinstance(change, Mapping):
                         raise mig_updater.UpdateError("Invalid value for field 'resource.updatePolicy'")
-                    given = {**_policy_input(mig.update_policy), **change}
+                    given = {**mig_updater.policy_input(mig.update_policy), **change}
                     policy = mig_updater.check_policy(given, len(mig.zones), mig.scope == "regions")
             except mig_updater.UpdateError as exc:
                 raise invalid(str(exc)) from None
@@ -1409,32 +1409,6 @@ class InMemoryCompute(ComputeBackend):
 
     def close(self) -> None:
         self._scheduler.close()
-
-
-def _version_json(version: Mapping[str, Any], target_size: int) -> dict[str, Any]:
-    out = dict(version)
-    if "targetSize" in version:
-        spec = dict(version["targetSize"])
-        spec["calculated"] = min(target_size, mig_updater.calculated(spec, target_size, round_up=True))
-        out["targetSize"] = spec
-    return out
-
-
-def _policy_json(policy: Mapping[str, Any], target_size: int) -> dict[str, Any]:
-    out = dict(policy)
-    for key, up in (("maxSurge", True), ("maxUnavailable", False)):
-        spec = dict(policy[key])
-        spec["calculated"] = mig_updater.calculated(spec, target_size, round_up=up)
-        out[key] = spec
-    return out
-
-
-def _policy_input(policy: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored policy as a client would send it (without the server's `calculated`)."""
-    return {
-        k: ({kk: vv for kk, vv in v.items() if kk != "calculated"} if isinstance(v, Mapping) else v)
-        for k, v in policy.items()
-    }
 
 
 def proj_link(project: str) -> str:

@@ -326,3 +326,34 @@ def version_target_reached(
         and len(live) == target_size
         and all(target[m.name] == m.template and m.action != "RECREATING" for m in live)
     )
+
+
+# --- as the API shows them -------------------------------------------------------------------------
+
+
+def version_json(version: Mapping[str, Any], target_size: int) -> dict[str, Any]:
+    """A version as Compute answers it (its targetSize with `calculated`)."""
+    out = dict(version)
+    if "targetSize" in version:
+        spec = dict(version["targetSize"])
+        spec["calculated"] = min(target_size, calculated(spec, target_size, round_up=True))
+        out["targetSize"] = spec
+    return out
+
+
+def policy_json(policy: Mapping[str, Any], target_size: int) -> dict[str, Any]:
+    """An updatePolicy as Compute answers it (maxSurge/maxUnavailable with `calculated`)."""
+    out = dict(policy)
+    for key, up in (("maxSurge", True), ("maxUnavailable", False)):
+        spec = dict(policy[key])
+        spec["calculated"] = calculated(spec, target_size, round_up=up)
+        out[key] = spec
+    return out
+
+
+def policy_input(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored policy as a client would send it (without the server's `calculated`)."""
+    return {
+        k: ({kk: vv for kk, vv in v.items() if kk != "calculated"} if isinstance(v, Mapping) else v)
+        for k, v in policy.items()
+    }

@@ -14,6 +14,10 @@ Actions go through `LocalFleet` and come back the way a MIG brings them back:
   resize up          new instances at the lowest free numbers                  CREATING, VERIFYING
   resize down        non-running members first, then the newest; drained out of   DELETING
                      the LB (DRAIN until in-flight requests end, then MAINT) before deletion
+  setInstanceTemplate / patch   the MIG's versions and updatePolicy (standins/mig_updater.py's
+                     rules, kept in state.json); PROACTIVE recreates outdated members by itself
+  applyUpdatesToInstances  the named members not on their target version: recreated in place from
+                     its template (as recreateInstances), their version the new template at once
 VERIFYING is the instance template's startup script, run INSIDE the instance as GCE's guest
 environment runs it at every boot (a reset's reboot too): fetched from the metadata server, it
 installs the on-VM agent from the release store and runs `fleet-agent boot`, which brings up the
@@ -66,7 +70,7 @@ from fleet.local import fromapi, template
 from fleet.local.compute_endpoint import endpoint_file, load_config, mig_name
 from fleet.local.config import LocalConfig
 from fleet.local.fromapi import full_url
-from standins import compute_resources
+from standins import compute_resources, mig_updater
 from standins.autohealing import HEALTHY, TIMEOUT, UNHEALTHY, Autohealer, HealingPolicy, HealthCheck, Member
 from standins.compute_state import (
     ACTION_COUNTERS,
@@ -191,6 +195,7 @@ class Action:
 
     kind: str  # CREATING | RECREATING | VERIFYING | RESTARTING | DELETING
     replaces: str = ""  # RECREATING: the container id of the instance being replaced
+    template: str = ""  # CREATING/RECREATING/VERIFYING: the template of the VM it becomes (full URL)
     started: float = field(default_factory=time.time)
 
 
@@ -250,12 +255,16 @@ class _Store:
             self.save()
 
     def forget(self, live_ids: set[str]) -> None:
-        """Drop labels of instances that no longer exist (deleted or recreated with a new id)."""
+        """Drop what is kept of instances that no longer exist (deleted or recreated with a new id)."""
         with self.lock:
             gone = [i for i in self.labels if i not in live_ids]
             for instance_id in gone:
                 del self.labels[instance_id]
-            if gone:
+            origins = self.mig.get("origins") or {}
+            left = [i for i in origins if i not in live_ids]  # the template an unstamped member came from
+            for instance_id in left:
+                del origins[instance_id]
+            if gone or left:
                 self.save()
 
 
@@ -333,13 +342,24 @@ class DockerCompute(ComputeBackend):
         return self.resources.igm_fields(self.project_id, self.region, self.mig) if self._regional() else {}
 
     def current_template(self) -> str:
-        """The MIG's instance template (full URL): what a member created now is made from."""
+        """The MIG's instance template (full URL): what a member created now is made from. The
+        updater's (setInstanceTemplate, patch), else the one infra.apply's insert named, else the
+        built-in one."""
+        with self._store.lock:
+            versions = self._store.mig.get("versions")
+        if versions:
+            return full_url(next(v["instanceTemplate"] for v in versions if "targetSize" not in v))
         ref = self._infra_fields().get("instanceTemplate")
         return full_url(ref) if isinstance(ref, str) else template_url(self.config)
 
     def template_of(self, rec: Instance) -> str:
-        """The template a member was created from (its stamp), else the MIG's current one."""
-        return full_url(rec.template) if rec.template else self.current_template()
+        """The template a member was created from (its stamp), else the MIG's template when the
+        updater first changed it, else the MIG's current one."""
+        if rec.template:
+            return full_url(rec.template)
+        with self._store.lock:
+            origin = (self._store.mig.get("origins") or {}).get(rec.instance_id)
+        return str(origin) if origin else self.current_template()
 
     def spec_of(self, url: str) -> fromapi.TemplateSpec | None:
         """An instance template created on this endpoint, as a member's spec; None: no such template
@@ -406,6 +426,10 @@ class DockerCompute(ComputeBackend):
         records = self.fleet.instances()
         self._store.forget({r.instance_id for r in records})
         return {r.name: r for r in records}
+
+    def _zonal_link(self) -> str:
+        """The MIG's zonal selfLink (what its operations target), without reading its state."""
+        return f"{BASE_URL}/projects/{self.project_id}/zones/{self.zone}/instanceGroupManagers/{self.mig}"
 
     def _mig_path(self) -> str:
         where = f"regions/{self.region}" if self._regional() else f"zones/{self.zone}"
@@ -557,7 +581,6 @@ class DockerCompute(ComputeBackend):
             "fingerprint": self._store.mig["fingerprint"],
             "currentActions": counts,
             "targetSize": target,
-            "status": {"isStable": stable, "versionTarget": {"isReached": True}},
             "selfLink": link,
             **({"autoHealingPolicies": [self.healer.policy.to_json()]} if self.healer else {}),
         }
@@ -570,8 +593,11 @@ class DockerCompute(ComputeBackend):
         out.update({k: v for k, v in fields.items() if k != "fingerprint"})
         for policy in out.get("autoHealingPolicies") or []:
             policy["healthCheck"] = full_url(str(policy.get("healthCheck", "")))
-        if "instanceTemplate" in fields:
-            out["instanceTemplate"] = self.current_template()
+        out["instanceTemplate"] = self.current_template()
+        out["versions"] = [mig_updater.version_json(v, target) for v in self._versions()]
+        out["updatePolicy"] = mig_updater.policy_json(self._policy(), target)
+        reached = mig_updater.version_target_reached(self._views(members), self._versions(), target)
+        out["status"] = {"isStable": stable, "versionTarget": {"isReached": reached}}
         return out
 
     def igm(self, project: str, location: str, name: str) -> dict[str, Any]:
@@ -603,7 +629,7 @@ class DockerCompute(ComputeBackend):
                     rec.state if rec else None, action, rec.container_id if rec else ""
                 ),
                 "currentAction": action.kind if action else "NONE",
-                "version": {"instanceTemplate": self.template_of(rec) if rec else self.current_template()},
+                "version": {"instanceTemplate": self._template_now(member, rec, action)},
             }
             if rec is not None:
                 entry["id"] = rec.instance_id
@@ -773,7 +799,7 @@ class DockerCompute(ComputeBackend):
                 "zones",
                 location,
                 "compute.instanceGroupManagers.resize",
-                self._igm_json(members)["selfLink"],
+                self._zonal_link(),
                 _stable_id("mig", self.project_id, self.zone, self.mig),
                 request_id,
             )
@@ -789,7 +815,7 @@ class DockerCompute(ComputeBackend):
                 for _ in range(size - len(live)):
                     index = next(free)
                     member = self.config.host_name(index)
-                    self._actions[member] = Action("CREATING")
+                    self._actions[member] = Action("CREATING", template=self.current_template())
                     create.append((member, index))
             elif size < len(live):
                 # Like a MIG: members that are not running go first, then the newest.
@@ -817,16 +843,19 @@ class DockerCompute(ComputeBackend):
         names = [n for n, _ in targets]
         for member in names:
             self._forget_guest(member)
+        with self._lock:
+            template = next((a.template for n in names if (a := self._actions.get(n)) and a.template), "")
+        template = template or self.current_template()
         error = self._attempt(
             f"create {', '.join(names)}",
-            lambda: self.fleet.add_instances([i for _, i in targets], template=self.current_template()),
+            lambda: self.fleet.add_instances([i for _, i in targets], template=template),
         )
         with self._lock:
             for member in names:
                 if error:
                     self._actions.pop(member, None)
                 else:
-                    self._actions[member] = Action("VERIFYING")
+                    self._actions[member] = Action("VERIFYING", template=template)
         if error:
             self._record_attempt(names, error)
             return
@@ -867,29 +896,40 @@ class DockerCompute(ComputeBackend):
             if seen is not None:
                 return seen
             return self._schedule_recreate(
-                members, targets, "compute.instanceGroupManagers.recreateInstances", request_id
+                members,
+                targets,
+                "compute.instanceGroupManagers.recreateInstances",
+                request_id,
+                location=location,
             )
 
     def _schedule_recreate(
-        self, members: Mapping[str, Instance], targets: list[str], op_type: str, request_id: str = ""
+        self,
+        members: Mapping[str, Instance],
+        targets: list[str],
+        op_type: str,
+        request_id: str = "",
+        templates: Mapping[str, str] | None = None,
+        location: str = "",
     ) -> Operation:
-        """RECREATING for each target, then (in workers) drain, a new VM, its startup script: what
-        recreateInstances does, and what autohealing does to an unhealthy member."""
+        """RECREATING for each target, then (in workers) drain, a new VM from the member's target
+        version (`templates`, else what the MIG's versions say), its startup script: what
+        recreateInstances and applyUpdatesToInstances do, and what autohealing does to an unhealthy
+        member."""
+        if templates is None:  # read before this backend's lock (the resource store's comes first)
+            wanted, _ = mig_updater.targets(
+                self._views(members), self._versions(), self._target_size(members)
+            )
+            current = self.current_template()
+            templates = {m: wanted.get(m) or current for m in targets}
         with self._lock:
             busy = [m for m in targets if m in self._actions]
             if busy:
                 raise self._busy(busy[0])
-            op, _ = self.ops.begin(
-                self.project_id,
-                "zones",
-                self.zone,
-                op_type,
-                self._igm_json(members)["selfLink"],
-                _stable_id("mig", self.project_id, self.zone, self.mig),
-                request_id,
-            )
+            # the operation is where the request was made: the zonal MIG's, or the regional one's
+            op, _ = self._mig_op(self.project_id, location or self.zone, op_type, request_id)
             for member in targets:
-                self._actions[member] = Action("RECREATING", members[member].container_id)
+                self._actions[member] = Action("RECREATING", members[member].container_id, templates[member])
 
         def run() -> None:
             self.ops.running(op)
@@ -914,17 +954,20 @@ class DockerCompute(ComputeBackend):
             lb.remove(member)
 
     def _recreate(self, member: str) -> None:
+        with self._lock:
+            action = self._actions.get(member)
+        template = (action.template if action else "") or self.current_template()
         self._forget_guest(member)
         self._attempt(f"drain {member}", lambda: self._drain_out(member))
         error = self._attempt(
-            f"recreate {member}",
-            lambda: self.fleet.recreate_instance(member, template=self.current_template()),
+            f"recreate {member} from {template.rsplit('/', 1)[-1]}",
+            lambda: self.fleet.recreate_instance(member, template=template),
         )
         with self._lock:
             if error:
                 self._actions.pop(member, None)
             else:
-                self._actions[member] = Action("VERIFYING")
+                self._actions[member] = Action("VERIFYING", template=template)
         if error:
             self._record_attempt([member], error)
             return
@@ -939,6 +982,7 @@ class DockerCompute(ComputeBackend):
         with self._lock:
             self._actions.pop(member, None)
         self._record_attempt([member], error)
+        self._attempt("MIG updater", self._reconcile)  # a PROACTIVE update moves on
 
     def _record_attempt(self, members: list[str], error: str | None) -> None:
         with self._store.lock:
@@ -962,6 +1006,266 @@ class DockerCompute(ComputeBackend):
             return f"{type(exc).__name__}: {exc}"
         self._log(f"{what}: done in {time.monotonic() - started:.1f} s")
         return None
+
+    # --- the MIG updater: versions, updatePolicy, setInstanceTemplate, applyUpdatesToInstances ---------
+    # The arithmetic is standins/mig_updater.py's (as the in-memory backend's); the moves are this
+    # backend's own actions on the fleet's containers: a recreate in place (same name, ports and LB
+    # server) from the member's target template, its startup script booting what that template says.
+    # Members keep their names, so a PROACTIVE update must recreate (replacementMethod RECREATE).
+
+    def _versions(self) -> list[dict[str, Any]]:
+        with self._store.lock:
+            versions = self._store.mig.get("versions")
+        if versions:
+            return [dict(v) for v in versions]
+        return [{"instanceTemplate": self.current_template()}]
+
+    def _zones(self) -> int:
+        with self._store.lock:
+            zones = self._store.mig.get("zones") or [self.zone]
+        return len(zones) if self._regional() else 1
+
+    def _policy(self) -> dict[str, Any]:
+        with self._store.lock:
+            policy = self._store.mig.get("updatePolicy")
+        if policy:
+            return dict(policy)
+        return mig_updater.check_policy(None, self._zones(), self._regional())
+
+    def _template_now(self, name: str, rec: Instance | None, action: Action | None) -> str:
+        """A member's version: the template of the VM an action is making, else the one it runs."""
+        if action is not None and action.template:
+            return action.template
+        return self.template_of(rec) if rec is not None else self.current_template()
+
+    def _views(self, members: Mapping[str, Instance]) -> list[mig_updater.Member]:
+        """The members as the updater's arithmetic sees them (oldest first)."""
+        with self._lock:
+            actions = dict(self._actions)
+            absent = self._absent(members)
+        rows: list[tuple[int, str, Instance | None]] = [(r.index, n, r) for n, r in members.items()]
+        rows += [(i, n, None) for n, i in absent.items()]
+        out = []
+        for _, name, rec in sorted(rows):
+            action = actions.get(name)
+            ready = rec is not None and rec.state == "running" and action is None
+            kind = action.kind if action is not None else "NONE"
+            out.append(mig_updater.Member(name, self._template_now(name, rec, action), kind, ready))
+        return out
+
+    def _template_exists(self, url: str) -> bool:
+        return self.resources.get(full_url(url)) is not None
+
+    def update_igm(
+        self, project: str, location: str, name: str, fields: Mapping[str, Any], *, check_only: bool = False
+    ) -> None:
+        """instanceTemplate / versions / updatePolicy: checked as Compute does (400), then kept (in
+        state.json) and acted on (a PROACTIVE policy starts recreating outdated members)."""
+        self._check_mig(project, location, name)
+        versions: list[dict[str, Any]] | None = None
+        policy: dict[str, Any] | None = None
+        try:
+            if "versions" in fields:
+                versions = mig_updater.check_versions(fields["versions"], self._template_exists)
+            elif fields.get("instanceTemplate") is not None:
+                template = fields["instanceTemplate"]
+                if not isinstance(template, str) or not self._template_exists(template):
+                    raise mig_updater.UpdateError(
+                        f"Invalid value for field 'resource.instanceTemplate': '{template}' does not exist"
+                    )
+                versions = [{"instanceTemplate": template}]
+            if "updatePolicy" in fields:
+                change = fields["updatePolicy"] or {}
+                if not isinstance(change, Mapping):
+                    raise mig_updater.UpdateError("Invalid value for field 'resource.updatePolicy'")
+                given = {**mig_updater.policy_input(self._policy()), **change}
+                # the rules of the MIG the request names: the zonal one's, or the regional one's
+                regional = location == self.region
+                policy = mig_updater.check_policy(given, self._zones() if regional else 1, regional)
+                if policy["type"] == "PROACTIVE" and policy["replacementMethod"] != "RECREATE":
+                    raise mig_updater.UpdateError(
+                        "Invalid value for field 'resource.updatePolicy.replacementMethod': the local "
+                        "MIG keeps its members' names and ports: a PROACTIVE update needs RECREATE"
+                    )
+        except mig_updater.UpdateError as exc:
+            raise invalid(str(exc)) from None
+        if check_only:
+            return
+        members = self._members()
+        before = self.current_template()
+        with self._store.lock:
+            origins = self._store.mig.setdefault("origins", {})
+            for rec in members.values():  # a member without a stamp keeps the template it came from
+                if not rec.template:
+                    origins.setdefault(rec.instance_id, before)
+            if versions is not None:
+                self._store.mig["versions"] = [
+                    {**v, "instanceTemplate": full_url(v["instanceTemplate"])} for v in versions
+                ]
+            if policy is not None:
+                self._store.mig["updatePolicy"] = policy
+            self._store.mig["fingerprint"] = fingerprint()
+            self._store.save()
+        if versions is not None:
+            self._log(f"MIG {self.mig}: template {self.current_template().rsplit('/', 1)[-1]}")
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Start what the updater starts now: with PROACTIVE, recreations of outdated members within
+        maxUnavailable. OPPORTUNISTIC starts nothing: applyUpdatesToInstances, recreateInstances,
+        autohealing and a resize use the versions."""
+        if self._policy()["type"] != "PROACTIVE":
+            return
+        members = self._members()
+        moves = mig_updater.plan(
+            self._views(members), self._versions(), self._target_size(members), self._policy()
+        )
+        with self._lock:
+            todo = {m: t for m, t in moves.recreate if m in members and m not in self._actions}
+        if todo:
+            with contextlib.suppress(ComputeApiError):  # an action started meanwhile: the next round
+                self._schedule_recreate(
+                    members, list(todo), "compute.instanceGroupManagers.proactiveUpdate", templates=todo
+                )
+
+    def _mig_op(self, project: str, location: str, op_type: str, request_id: str) -> tuple[Operation, bool]:
+        scope = scope_of(location)
+        return self.ops.begin(
+            project,
+            scope,
+            location,
+            op_type,
+            f"{BASE_URL}/projects/{project}/{scope}/{location}/instanceGroupManagers/{self.mig}",
+            _stable_id("mig", self.project_id, self.zone, self.mig),
+            request_id,
+        )
+
+    def _change(
+        self, project: str, location: str, fields: Mapping[str, Any], op_type: str, request_id: str
+    ) -> Operation:
+        """An operation that lays `fields` over the MIG (checked first: a bad one is a 400, no operation)."""
+        self.update_igm(project, location, self.mig, fields, check_only=True)
+        with self._lock:
+            op, new = self._mig_op(project, location, op_type, request_id)
+        if not new:
+            return op
+
+        def run() -> None:
+            self.ops.running(op)
+            error = None
+            try:
+                self.update_igm(project, location, self.mig, fields)
+            except ComputeApiError as exc:  # changed meanwhile (a template deleted)
+                error = exc.message
+            self.ops.finish(op, error)
+
+        self._pool.submit(run)
+        return op
+
+    def patch_igm(
+        self, project: str, location: str, name: str, body: Mapping[str, Any], request_id: str
+    ) -> Operation:
+        """instanceGroupManagers.patch of the zonal MIG (the regional one's goes through the resource
+        store, which hands these fields here)."""
+        self._check_mig(project, location, name)
+        owned = {"instanceTemplate", "versions", "updatePolicy"}
+        unknown = sorted(set(body) - owned - {"fingerprint", "name"})
+        if unknown:
+            raise invalid(
+                f"Invalid value for field 'resource.{unknown[0]}': this stand-in patches {sorted(owned)}"
+            )
+        seen = self.ops.find(project, request_id)
+        if seen is not None:
+            return seen
+        with self._store.lock:
+            current = self._store.mig["fingerprint"]
+        if "fingerprint" in body and body["fingerprint"] != current:
+            raise ComputeApiError(
+                412, "conditionNotMet", "Invalid fingerprint. The resource was modified; get it again."
+            )
+        fields = {k: v for k, v in body.items() if k in owned}
+        return self._change(project, location, fields, "patch", request_id)
+
+    def set_instance_template(
+        self, project: str, location: str, name: str, template: str, request_id: str
+    ) -> Operation:
+        self._check_mig(project, location, name)
+        if not isinstance(template, str) or not template:
+            raise invalid("Required field 'instanceTemplate' not specified")
+        seen = self.ops.find(project, request_id)
+        if seen is not None:
+            return seen
+        return self._change(
+            project,
+            location,
+            {"instanceTemplate": template},
+            "compute.instanceGroupManagers.setInstanceTemplate",
+            request_id,
+        )
+
+    def apply_updates(
+        self, project: str, location: str, name: str, body: Mapping[str, Any], request_id: str
+    ) -> Operation:
+        """applyUpdatesToInstances: each listed (or every) member not on its target version is
+        recreated in place from it now, whatever maxUnavailable says (with REPLACE allowed: a template
+        change needs it). DONE once scheduled; the members' currentAction shows the rest."""
+        self._check_mig(project, location, name)
+        for key in ("minimalAction", "mostDisruptiveAllowedAction"):
+            if body.get(key, "REPLACE") not in mig_updater.ACTIONS:
+                raise invalid(f"Invalid value for field '{key}': '{body.get(key)}'")
+        everyone = bool(body.get("allInstances"))
+        urls = body.get("instances") or []
+        if not isinstance(urls, list) or everyone == bool(urls):
+            raise invalid("Exactly one of 'instances' or 'allInstances' must be specified")
+        members = self._members()
+        names = []
+        for url in urls:
+            p, zone, member = parse_instance_url(str(url), project)
+            if p != project or zone != self.zone or member not in members:
+                raise invalid(f"Instance '{url}' is not a member of the managed instance group '{name}'")
+            names.append(member)
+        seen = self.ops.find(project, request_id)
+        if seen is not None:
+            return seen
+        wanted: dict[str, str] = {}
+        if body.get("mostDisruptiveAllowedAction", "REPLACE") == "REPLACE":  # a template change needs it
+            wanted, _ = mig_updater.targets(
+                self._views(members), self._versions(), self._target_size(members)
+            )
+        runs = {m: self.template_of(members[m]) for m in (list(members) if everyone else names)}
+        with self._lock:
+            todo = {
+                m: wanted[m]
+                for m, now in runs.items()
+                if wanted.get(m) and wanted[m] != now and m not in self._actions  # busy ones: skipped
+            }
+            if todo:
+                op = self._schedule_recreate(
+                    members,
+                    list(todo),
+                    "compute.instanceGroupManagers.applyUpdatesToInstances",
+                    request_id,
+                    templates=todo,
+                    location=location,
+                )
+            else:
+                op, _ = self._mig_op(
+                    project, location, "compute.instanceGroupManagers.applyUpdatesToInstances", request_id
+                )
+                self.ops.finish(op)
+        if todo:
+            self._log(f"applyUpdatesToInstances: recreating {', '.join(todo)}")
+        return op
+
+    def instance_health(self, project: str, zone: str, name: str) -> str:
+        """backendServices.getHealth: the fleet's haproxy's verdict (its check is the backend service's
+        readiness check): HEALTHY while it sends the member traffic; UNKNOWN without a running LB."""
+        self._check_zone(project, zone)
+        lb = self.fleet.lb
+        if not lb.running():
+            return "UNKNOWN"
+        state = lb.servers().get(name)
+        return "HEALTHY" if state is not None and state.serving else "UNHEALTHY"
 
     # --- autohealing --------------------------------------------------------------------------------
 

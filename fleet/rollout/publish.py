@@ -46,11 +46,8 @@ def publish_release(
 ) -> Desired | None:
     """Seal one bundle per variant and move `desired` to them (returns it; None without a store).
     Refuses, with the reason, when the run did not cover the whole fleet."""
-    from fleet.release import sealed as sealing
-    from fleet.release import secrets
     from fleet.store import desired as ds
     from fleet.store.location import from_inventory
-    from fleet.store.releases import seal_bundle
 
     store = from_inventory(inv)
     if store is None:
@@ -64,25 +61,80 @@ def publish_release(
         )
         return None
     hosts = [inv.hosts[name] for name in bundles]
-    sealed: dict[str, sealing.Sealed] = {}
-    for key, host in _variants(hosts).items():
-        bundle = bundles[host.name]
-        refs = host.get("secrets", {}) or {}
-        values, pinned = secrets.resolve_pinned(
-            refs,
-            base_dir=inv.path,
-            where=host.name,
-            project=host.settings.gce.project,
-            endpoint=host.settings.gce.secretmanager_endpoint,
-        )
-        one = seal_bundle(bundle, pinned, host.settings.roles or ["app"])
-        # what a VM will rebuild from the pinned versions must be this very release
-        sealing.unseal(one.manifest, one.archive, {k: values[k] for k in pinned}, where=host.name)
-        sealed[key] = one
+    sealed = {key: _seal(inv, host, bundles[host.name]) for key, host in _variants(hosts).items()}
     version = next(iter(bundles.values())).version
     new = ds.publish_fleet(store, sealed, version=version, action=action, actor=actor, rollout_id=rollout_id)
     record(inv, action, "ok", actor, version=version, rollout_id=rollout_id, warn=warn)
     return new
+
+
+def _seal(inv: Inventory, host: FleetHost, bundle: Bundle) -> Any:
+    """The store's form of `host`'s bundle (fleet.release.sealed.Sealed), its secrets pinned to the
+    versions read now; checked: what a VM rebuilds from them must be this very release."""
+    from fleet.release import sealed as sealing
+    from fleet.release import secrets
+    from fleet.store.releases import seal_bundle
+
+    values, pinned = secrets.resolve_pinned(
+        host.get("secrets", {}) or {},
+        base_dir=inv.path,
+        where=host.name,
+        project=host.settings.gce.project,
+        endpoint=host.settings.gce.secretmanager_endpoint,
+    )
+    one = seal_bundle(bundle, pinned, host.settings.roles or ["app"])
+    sealing.unseal(one.manifest, one.archive, {k: values[k] for k in pinned}, where=host.name)
+    return one
+
+
+def upload_releases(
+    inv: Inventory,
+    bundles: Mapping[str, Bundle] | None,
+    targets: Mapping[str, str],
+    sources: Mapping[str, str],
+    warn: Callable[[str], None],
+) -> list[str]:
+    """Before the VMs of a `--strategy replace` rollout boot (their template pins the release, their
+    agent reads it from the store): every target release (host -> id in `targets`) sealed from its
+    rendered bundle and uploaded, `desired` left where it is (it moves when the rollout succeeded).
+    A release rolled out by id (no bundle) must be in the store already. A source release missing
+    there is warned about: a host that fails could not boot its way back. The ids uploaded now;
+    nothing without a store."""
+    from fleet.store import releases
+    from fleet.store.location import from_inventory
+
+    store = from_inventory(inv)
+    if store is None:
+        return []
+    uploaded: list[str] = []
+    ready: set[str] = set()
+    for name, bundle in (bundles or {}).items():
+        rid = bundle.release_id
+        if name not in targets or rid != targets[name] or rid in ready:
+            continue
+        # the id hashes the release's content: one already stored is this release (a render made at
+        # another time differs only in release.json's time and operator, so it is not sealed again)
+        if releases.read_manifest(store, rid) is None and releases.publish(
+            store, _seal(inv, inv.hosts[name], bundle)
+        ):
+            uploaded.append(rid)
+        ready.add(rid)
+    missing = sorted(
+        {rid for rid in targets.values() if rid not in ready and releases.read_manifest(store, rid) is None}
+    )
+    if missing:
+        raise FleetError(
+            f"not in the release store: {', '.join(missing)}: a VM the MIG recreates could not boot it",
+            where=store.url,
+            hint="roll out by --version (the release is sealed and uploaded first); nothing was changed",
+        )
+    gone = sorted({rid for rid in sources.values() if rid and releases.read_manifest(store, rid) is None})
+    if gone:
+        warn(
+            f"the hosts' current release is not in the release store ({', '.join(gone)}): a host whose "
+            "new VM fails cannot boot its way back"
+        )
+    return uploaded
 
 
 def restore_previous(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleet.errors import FleetError
@@ -34,10 +34,21 @@ BAD_RESULTS = ("failed",)
 class Replace(Engine):
     """The batch loop of `Engine`; each batch recreated by the MIG from the release's template."""
 
-    def __init__(self, ops: Any, plan: Any, *, move: mu.MigMove, base_template: str, **kw: Any) -> None:
+    def __init__(
+        self,
+        ops: Any,
+        plan: Any,
+        *,
+        move: mu.MigMove,
+        base_template: str,
+        prepare: Callable[[], Sequence[str]] | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(ops, plan, **kw)
         self.move = move
         self.base_template = base_template
+        # before any template is made: what the VMs will boot is in the release store (the ids uploaded)
+        self.prepare = prepare
         self.view = mu.GroupView(move)
         self._templates: dict[str, str] = {}
         self._tlock = threading.Lock()
@@ -60,7 +71,34 @@ class Replace(Engine):
                 )
             return self._templates[release.id]
 
+    def lb_state(self, name: str) -> str:
+        """HEALTHY when the load balancer sends the host's instance traffic: the backend service's
+        getHealth (lb.kind gcp), else the inventory's own LB (haproxy: UP, no transition under way),
+        else HEALTHY (lb.kind none: the agent's report decides alone)."""
+        if self.move.backend_service:
+            return self.view.lb_state(self.instance(name))
+        lb = self._lb(name)
+        if getattr(lb, "kind", "none") != "haproxy":
+            return "HEALTHY"
+        seen = lb.look(self._host(name))
+        if seen is None:
+            return "UNKNOWN (not a server of the LB)"
+        return "HEALTHY" if seen.serving and seen.steady else f"UNHEALTHY ({seen.raw})"
+
     # ------------------------------------------------------------------ stage
+
+    def _stage(self, names: Sequence[str]) -> bool:
+        if self.prepare is not None:
+            try:
+                uploaded = self.prepare()
+            except FleetError as exc:
+                for n in names:
+                    self.outcomes[n].result, self.outcomes[n].error = "failed", _text(exc)
+                self.emit("stage", status="failed", failed=list(names), error=_text(exc))
+                self.problems.append(f"staging failed: nothing was replaced: {_text(exc)}")
+                return False
+            self.emit("store", uploaded=list(uploaded))
+        return super()._stage(names)
 
     def stage_host(self, name: str) -> HostResult:
         """The target's template exists (and the source's: the way back), and the host is a member."""
@@ -187,7 +225,7 @@ class Replace(Engine):
             out = self.outcomes[name]
             try:
                 with self.step(out, "soak"):
-                    state = self.view.lb_state(self.instance(name))
+                    state = self.lb_state(name)
                     if state != "HEALTHY":
                         raise HostFailed(name, "soak", f"the load balancer says {state} after min-ready")
                 out.result = result
@@ -228,14 +266,20 @@ class Replace(Engine):
                 if reported.get("release") == release.id:
                     if reported.get("health") == "failed" and reported.get("result") in BAD_RESULTS:
                         raise HostFailed(name, "replace", f"the agent reports release {release.id} unhealthy")
-                    if self.view.lb_state(instance) == "HEALTHY":
+                    if self.lb_state(name) == "HEALTHY":
                         return
             if self.move.clock() >= deadline:
-                raise HostFailed(name, "replace", self._why(instance, m, template, release, reported))
+                raise HostFailed(name, "replace", self._why(name, instance, m, template, release, reported))
             self.move.sleep(self.move.poll)
 
     def _why(
-        self, instance: str, m: mu.Member | None, template: str, release: Release, reported: dict[str, str]
+        self,
+        name: str,
+        instance: str,
+        m: mu.Member | None,
+        template: str,
+        release: Release,
+        reported: dict[str, str],
     ) -> str:
         limit = f"after {self.plan.timings.health_timeout:.0f}s"
         if m is None:
@@ -246,7 +290,7 @@ class Replace(Engine):
             return (
                 f"the agent reports release {reported.get('release') or 'none'}, not {release.id} ({limit})"
             )
-        return f"the load balancer says {self.view.lb_state(instance)}, not HEALTHY ({limit})"
+        return f"the load balancer says {self.lb_state(name)}, not HEALTHY ({limit})"
 
 
 def preview(move: mu.MigMove, base: str, target: Release, batch: int) -> dict[str, Any]:
@@ -286,10 +330,16 @@ def for_hosts(hosts: Sequence[Any], compute: Any) -> mu.MigMove:
     return mu.MigMove(compute, next(iter(refs.values())), backend, poll=max(0.5, float(lb.check_interval)))
 
 
-def engine_for(move: mu.MigMove, base_template: str | None = None) -> Any:
-    """What `fleet.rollout.run.Run.strategy` takes: builds a Replace engine for this MIG."""
+def engine_for(
+    move: mu.MigMove,
+    base_template: str | None = None,
+    prepare: Callable[[], Sequence[str]] | None = None,
+) -> Any:
+    """What `fleet.rollout.run.Run.strategy` takes: builds a Replace engine for this MIG (`prepare`:
+    see `Replace`)."""
 
     def build(ops: Any, plan: Any, **kw: Any) -> Replace:
-        return Replace(ops, plan, move=move, base_template=base_template or move.base_template(), **kw)
+        base = base_template or move.base_template()
+        return Replace(ops, plan, move=move, base_template=base, prepare=prepare, **kw)
 
     return build

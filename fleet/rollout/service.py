@@ -206,9 +206,16 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             restore_points=points,
         )
         if strategy == "replace":
+            from fleet.rollout import publish as pub
             from fleet.rollout import replace
 
-            run.strategy = replace.engine_for(replace.for_hosts(chosen, compute))
+            targets = {h: j.target.id for h, j in plan.jobs.items()}
+            sources = {h: j.source.id for h, j in plan.jobs.items() if j.source is not None}
+
+            def prepare() -> list[str]:
+                return pub.upload_releases(inv, bundles, targets, sources, warn)
+
+            run.strategy = replace.engine_for(replace.for_hosts(chosen, compute), prepare=prepare)
         from fleet.rollout import announce
 
         events = announce.publisher_for(inv, chosen, warn)

@@ -311,3 +311,62 @@ def test_for_hosts_takes_the_one_mig_and_the_gcp_backend_then_builds_the_engine(
         ops, p, journal=Journal.create(tmp_path, p.rollout_id), lb=None, marks=FakeMarks()
     )
     assert isinstance(built, Replace) and built.base_template == BASE  # the MIG's template now
+
+
+def test_releases_not_in_the_store_stop_the_rollout_before_any_template(stand: Stand, tmp_path: Path) -> None:
+    """`prepare` (fleet.rollout.publish.upload_releases from the service) runs first: when it refuses,
+    no template is made and no VM is touched; when it uploads, the journal says what."""
+    from fleet.errors import FleetError
+
+    def refuse() -> list[str]:
+        raise FleetError("not in the release store: " + NEW.id)
+
+    ops, p = plan(stand, NEW)
+    e, journal = engine(stand, ops, p, tmp_path, prepare=refuse)
+    before = len(stand.api.actions())
+    report = e.run()
+    assert report.outcome == "failed" and report.exit_code == 1
+    assert {h.result for h in report.hosts} == {"failed"}
+    assert any("nothing was replaced" in problem for problem in report.problems)
+    assert len(stand.api.actions()) == before  # no template, no policy, no recreate
+    ops, p = plan(stand, NEW)
+    e, journal = engine(stand, ops, p, tmp_path / "ok", prepare=lambda: [NEW.id])
+    assert e.run().outcome == "succeeded"
+    assert [x["uploaded"] for x in read(journal.path) if x["event"] == "store"] == [[NEW.id]]
+
+
+def test_without_a_backend_service_the_inventorys_haproxy_is_the_lb_gate(
+    stand: Stand, tmp_path: Path
+) -> None:
+    """lb.kind haproxy (the local fleet): a new VM passes only once haproxy has it UP and steady."""
+    from fleet.rollout.lbview import Seen
+
+    class Haproxy:
+        kind = "haproxy"
+
+        def __init__(self) -> None:
+            self.looked: list[str] = []
+
+        def look(self, host: Any) -> Seen | None:
+            self.looked.append(host.name)
+            return Seen(False, 0, "DOWN") if host.name == victim else Seen(True, 0, "UP")
+
+    ops, p = plan(stand, NEW)
+    victim = p.batches[1][0]
+    p.timings = Timings(drain_wait=0.0, min_ready=0.1, health_timeout=2.0)
+    lb = Haproxy()
+    move = mu.MigMove(stand.compute, stand.move.mig, "", poll=0.05)  # no backend service to ask
+    e = Replace(
+        ops,
+        p,
+        move=move,
+        base_template=BASE,
+        journal=Journal.create(tmp_path, p.rollout_id),
+        lb=lambda host: lb,
+        marks=FakeMarks(),
+    )
+    report = e.run()
+    results = {h.host: h for h in report.hosts}
+    assert report.outcome == "rolled-back" and results[p.batches[0][0]].result == "reverted"
+    assert "the load balancer says UNHEALTHY (DOWN)" in (results[victim].error or "")
+    assert p.batches[0][0] in lb.looked and stand.api.calls("backendServices.getHealth") == []

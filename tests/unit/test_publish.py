@@ -4,6 +4,7 @@ Secret Manager clients against their stand-ins; the SSH part is stubbed, as in t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,39 @@ def test_a_whole_fleet_rollback_restores_the_previous_desired_release(
 
 def test_parse_is_the_inventorys_store(inv: str, gcs_server: StorageServer, gcs_bucket: str) -> None:
     assert store_of(inv).url == parse(f"gs://{gcs_bucket}/fleets/prod", gcs_server.endpoint).url
+
+
+def test_a_replace_rollout_uploads_its_releases_first_and_leaves_desired(inv: str) -> None:
+    """--strategy replace: the VMs the MIG recreates boot the release their template pins, read from
+    the store, so it is there before any of them boots; desired moves only when the rollout succeeded."""
+    from fleet import inventory
+    from fleet.store import releases
+
+    loaded = inventory.load(inv)
+    bundles = dp.render_all(loaded, list(loaded.hosts.values()), version="1.1.0")
+    targets = {h: b.release_id for h, b in bundles.items()}
+    warnings: list[str] = []
+    store = store_of(inv)
+    assert releases.read_manifest(store, targets["w2"]) is None
+    uploaded = publish.upload_releases(loaded, bundles, targets, {}, warnings.append)
+    assert sorted(uploaded) == sorted(set(targets.values())) and len(uploaded) == 2  # one per variant
+    assert all(releases.read_manifest(store, rid) is not None for rid in targets.values())
+    assert desired.read(store) == (None, 0)  # not the fleet's release yet
+    # a resume (or a rollout by id) finds them there: nothing uploaded twice
+    assert publish.upload_releases(loaded, None, targets, {}, warnings.append) == []
+
+    # the same releases rendered at another time (release.json says when and by whom, not the id):
+    # what is stored is kept, nothing sealed again (publishing it would be refused as different)
+    def rerendered(b: Any) -> Any:
+        when = b.files["release.json"]
+        files = {**b.files, "release.json": dataclasses.replace(when, data=when.data + b" ")}
+        return dataclasses.replace(b, files=files)
+
+    later = {h: rerendered(b) for h, b in bundles.items()}
+    assert {h: b.release_id for h, b in later.items()} == targets
+    assert publish.upload_releases(loaded, later, targets, {}, warnings.append) == []
+    # a source release that is not in the store: said (no way back through the store)
+    publish.upload_releases(loaded, bundles, targets, {"w2": "e" * 16}, warnings.append)
+    assert any("cannot boot its way back" in w and "e" * 16 in w for w in warnings), warnings
+    with pytest.raises(FleetError, match=r"not in the release store: f{16}"):
+        publish.upload_releases(loaded, None, {"w2": "f" * 16}, {}, warnings.append)
