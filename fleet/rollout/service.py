@@ -165,6 +165,17 @@ def perform(req: Request, hooks: Hooks | None = None) -> Outcome:
             )
         strategy = plan.strategy if replay is not None else strategy
         plan.strategy = strategy
+        migration = getattr(plan, "migration", None)
+        if strategy == "replace" and migration is not None:
+            # the MIG recreates VMs that boot the release with MIGRATION_ENABLED=false: nobody would
+            # migrate, and the new code would meet the old schema
+            raise FleetError(
+                f"--strategy replace does not run database migrations yet: release {migration.release} "
+                f"changes the schema ({migration.label()})",
+                hint="roll this release out with --strategy ssh (the migration runs once, before the "
+                "canary, after a restore point), or set dify.migrations: off and migrate first; "
+                "nothing was changed",
+            )
         budgets = budget.for_inventory(inv, bundles) if bundles else ()
         if req.dry_run:
             preview = _replace_preview(inv, chosen, plan, warn) if strategy == "replace" else None

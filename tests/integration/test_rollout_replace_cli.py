@@ -76,6 +76,9 @@ class Rig:
         }
         defaults["data"]["lb"] = {"kind": "gcp", "backend": "web-bs", "check_interval": 0.5}
         defaults["data"]["rollout"] = {"strategy": "replace", "canary": 1, "batch": 2}
+        # these releases change the schema revision (compose/releases.yaml), and the replace strategy
+        # runs no migration: the operator migrates (test_a_schema_change_is_refused_by_replace)
+        defaults["data"]["dify"] = {**(defaults["data"].get("dify") or {}), "migrations": "off"}
         (inv / "defaults.yaml").write_text(yaml.safe_dump(defaults, sort_keys=False))
         self.fleet.start()
         self.journals = root / "journals"
@@ -149,9 +152,24 @@ def test_dry_run_shows_the_template_diff_and_policy_and_changes_nothing(rig: Rig
     assert not rig.journals.exists() or not list(rig.journals.rglob("*.jsonl"))
 
 
+def test_a_schema_change_is_refused_by_replace_and_nothing_changes(rig: Rig) -> None:
+    defaults_path = rig.fleet.inventory_dir / "defaults.yaml"
+    defaults = yaml.safe_load(defaults_path.read_text())
+    defaults["data"]["dify"]["migrations"] = "phase"
+    defaults_path.write_text(yaml.safe_dump(defaults, sort_keys=False))
+    before = len(rig.stand.api.actions())
+    for extra in (("--dry-run",), ("--yes",)):
+        r = rig.fab("rollout", "--release", NEW.version, *extra)
+        assert r.returncode != 0, r.stdout
+        assert "--strategy replace does not run database migrations yet" in r.stderr, r.stderr
+        assert "--strategy ssh" in r.stderr and "nothing was changed" in r.stderr
+    assert len(rig.stand.api.actions()) == before  # no template, no policy, no recreate
+    assert "the fleet lock is free" in rig.fab("lock.status").stdout
+
+
 def test_replace_rollout_succeeds_with_lock_journal_and_json(rig: Rig) -> None:
     r = rig.fab("rollout", "--release", NEW.version, "--yes", "--json", "--min-ready", "0.2")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
     assert report["outcome"] == "succeeded" and report["exit_code"] == 0
     assert {h["result"] for h in report["hosts"]} == {"updated"}
