@@ -82,6 +82,18 @@ def invalid(message: str) -> ComputeApiError:
     return ComputeApiError(400, "invalid", message)
 
 
+IGM_PATCHED = ("instanceTemplate", "versions", "updatePolicy")  # what the stand-ins' igm patch changes
+
+
+def check_igm_patch(body: Mapping[str, Any]) -> None:
+    """instanceGroupManagers.patch: a field the stand-ins do not patch is a 400, not silently kept."""
+    unknown = sorted(set(body) - set(IGM_PATCHED) - {"fingerprint", "name"})
+    if unknown:
+        raise invalid(
+            f"Invalid value for field 'resource.{unknown[0]}': this stand-in patches {sorted(IGM_PATCHED)}"
+        )
+
+
 def rfc3339(epoch: float) -> str:
     """Compute's timestamp format (with milliseconds and an explicit offset)."""
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
@@ -1285,14 +1297,9 @@ class InMemoryCompute(ComputeBackend):
     def patch_igm(
         self, project: str, location: str, name: str, body: Mapping[str, Any], request_id: str
     ) -> Operation:
-        owned = {"instanceTemplate", "versions", "updatePolicy"}
         with self._lock:
             mig = self._get_mig(project, location, name)
-            unknown = sorted(set(body) - owned - {"fingerprint", "name"})
-            if unknown:
-                raise invalid(
-                    f"Invalid value for field 'resource.{unknown[0]}': this stand-in patches {sorted(owned)}"
-                )
+            check_igm_patch(body)
             seen = self.ops.find(project, request_id)
             if seen is not None:
                 return seen
@@ -1300,7 +1307,7 @@ class InMemoryCompute(ComputeBackend):
                 raise ComputeApiError(
                     412, "conditionNotMet", "Invalid fingerprint. The resource was modified; get it again."
                 )
-            fields = {k: v for k, v in body.items() if k in owned}
+            fields = {k: v for k, v in body.items() if k in IGM_PATCHED}
         self.update_igm(project, location, name, fields, check_only=True)
         with self._lock:
             op, _ = self._mig_op(mig, "patch", request_id)

@@ -75,10 +75,12 @@ from standins.autohealing import HEALTHY, TIMEOUT, UNHEALTHY, Autohealer, Healin
 from standins.compute_state import (
     ACTION_COUNTERS,
     BASE_URL,
+    IGM_PATCHED,
     ComputeApiError,
     ComputeBackend,
     Operation,
     Operations,
+    check_igm_patch,
     fingerprint,
     instance_url,
     invalid,
@@ -1168,12 +1170,7 @@ class DockerCompute(ComputeBackend):
         """instanceGroupManagers.patch of the zonal MIG (the regional one's goes through the resource
         store, which hands these fields here)."""
         self._check_mig(project, location, name)
-        owned = {"instanceTemplate", "versions", "updatePolicy"}
-        unknown = sorted(set(body) - owned - {"fingerprint", "name"})
-        if unknown:
-            raise invalid(
-                f"Invalid value for field 'resource.{unknown[0]}': this stand-in patches {sorted(owned)}"
-            )
+        check_igm_patch(body)
         seen = self.ops.find(project, request_id)
         if seen is not None:
             return seen
@@ -1183,7 +1180,7 @@ class DockerCompute(ComputeBackend):
             raise ComputeApiError(
                 412, "conditionNotMet", "Invalid fingerprint. The resource was modified; get it again."
             )
-        fields = {k: v for k, v in body.items() if k in owned}
+        fields = {k: v for k, v in body.items() if k in IGM_PATCHED}
         return self._change(project, location, fields, "patch", request_id)
 
     def set_instance_template(
