@@ -85,6 +85,19 @@ def invalid(message: str) -> ComputeApiError:
 IGM_PATCHED = ("instanceTemplate", "versions", "updatePolicy")  # what the stand-ins' igm patch changes
 
 
+def check_apply_updates(body: Mapping[str, Any]) -> tuple[bool, list[Any]]:
+    """applyUpdatesToInstances: its actions, and exactly one of `instances` / `allInstances`; returns
+    (all instances, the instance URLs). Membership is the backend's to check."""
+    for key in ("minimalAction", "mostDisruptiveAllowedAction"):
+        if body.get(key, "REPLACE") not in mig_updater.ACTIONS:
+            raise invalid(f"Invalid value for field '{key}': '{body.get(key)}'")
+    everyone = bool(body.get("allInstances"))
+    urls = body.get("instances") or []
+    if not isinstance(urls, list) or everyone == bool(urls):
+        raise invalid("Exactly one of 'instances' or 'allInstances' must be specified")
+    return everyone, urls
+
+
 def check_igm_patch(body: Mapping[str, Any]) -> None:
     """instanceGroupManagers.patch: a field the stand-ins do not patch is a 400, not silently kept."""
     unknown = sorted(set(body) - set(IGM_PATCHED) - {"fingerprint", "name"})
@@ -1338,13 +1351,7 @@ class InMemoryCompute(ComputeBackend):
         their target version now, whatever maxSurge/maxUnavailable say."""
         with self._lock:
             mig = self._get_mig(project, location, name)
-            for key in ("minimalAction", "mostDisruptiveAllowedAction"):
-                if body.get(key, "REPLACE") not in mig_updater.ACTIONS:
-                    raise invalid(f"Invalid value for field '{key}': '{body.get(key)}'")
-            everyone = bool(body.get("allInstances"))
-            urls = body.get("instances") or []
-            if not isinstance(urls, list) or everyone == bool(urls):
-                raise invalid("Exactly one of 'instances' or 'allInstances' must be specified")
+            everyone, urls = check_apply_updates(body)
             names = []
             for url in urls:
                 p, zone, inst_name = parse_instance_url(str(url), project)

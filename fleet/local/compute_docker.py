@@ -80,6 +80,7 @@ from standins.compute_state import (
     ComputeBackend,
     Operation,
     Operations,
+    check_apply_updates,
     check_igm_patch,
     fingerprint,
     instance_url,
@@ -1207,13 +1208,7 @@ class DockerCompute(ComputeBackend):
         recreated in place from it now, whatever maxUnavailable says (with REPLACE allowed: a template
         change needs it). DONE once scheduled; the members' currentAction shows the rest."""
         self._check_mig(project, location, name)
-        for key in ("minimalAction", "mostDisruptiveAllowedAction"):
-            if body.get(key, "REPLACE") not in mig_updater.ACTIONS:
-                raise invalid(f"Invalid value for field '{key}': '{body.get(key)}'")
-        everyone = bool(body.get("allInstances"))
-        urls = body.get("instances") or []
-        if not isinstance(urls, list) or everyone == bool(urls):
-            raise invalid("Exactly one of 'instances' or 'allInstances' must be specified")
+        everyone, urls = check_apply_updates(body)
         members = self._members()
         names = []
         for url in urls:
