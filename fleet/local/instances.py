@@ -420,8 +420,8 @@ class LocalFleet:
                     f"replace {len(foreign)} instance(s) this fleet cannot adopt: "
                     + "; ".join(f"{self.config.host_name(i)}: {why}" for i, why in sorted(foreign.items()))
                 ):
+                    self._destroy_many(sorted(foreign))
                     for index in foreign:
-                        self._destroy(index)
                         del existing[index]
             extra = sorted(existing)[n:] if shrink else []
             keep = sorted(existing)[:n]
