@@ -28,13 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleet.commands.agent import parse_store, startup_script
 from fleet.commands.iam import GcloudLine, service_account_lines
 from fleet.errors import FleetError, InventoryError
 from fleet.gcp.compute import Compute, ComputeError
+from fleet.gcp.migupdate import BASE_KEY, RELEASE_KEY, VERSION_KEY, release_properties
 from functions import fleet_contract as contract
 
 IAP_RANGE = "35.235.240.0/20"  # IAP TCP forwarding
@@ -1077,6 +1078,46 @@ class InfraClients:
         self._wait(op, spec, location)
 
 
+def _metadata(template: Mapping[str, Any]) -> dict[str, str]:
+    found = (template.get("properties") or {}).get("metadata") or {}
+    return {str(i.get("key")): str(i.get("value", "")) for i in found.get("items") or []}
+
+
+def keep_release_template(
+    ch: InfraChange, actual: Mapping[str, Any], desired: Sequence[Desired], clients: InfraClients
+) -> InfraChange:
+    """The MIG on a release template that `fab rollout --strategy replace` made from the very template
+    infra wants is not drift: it is that template plus the release its new VMs boot. Moving it back
+    would undo a replace rollout's batch while it runs (its VMs would be recreated from the base), and
+    would make every rollout look like drift to the next `infra.plan`. A release template made from
+    another base (the inventory changed the template) is still moved to the new one."""
+    want = ch.desired
+    field_name = "instanceTemplate"
+    if want is None or not any(c.startswith(f"{field_name}:") for c in ch.changes):
+        return ch
+    base = next((d for d in desired if d.kind == "instanceTemplates"), None)
+    current = str(actual.get(field_name) or "").rsplit("/", 1)[-1]
+    if base is None or not current:
+        return ch
+    found = clients.get(KINDS["instanceTemplates"], current)
+    meta = _metadata(found or {})
+    if found is None or meta.get(BASE_KEY) != base.name or not meta.get(RELEASE_KEY):
+        return ch
+    expected = release_properties(base.body, meta[RELEASE_KEY], meta.get(VERSION_KEY, ""))
+    if diff_fields(expected, found.get("properties") or {}):
+        return ch  # edited since, or made from another content under the same name: not ours to keep
+    rest = [c for c in ch.changes if not c.startswith(f"{field_name}:")]
+    kept = replace(want, body={**want.body, field_name: str(actual.get(field_name))})
+    return replace(
+        ch,
+        action="update" if rest else "unchanged",
+        changes=rest,
+        desired=kept,
+        note=f"keeps release template {current} (release {meta[RELEASE_KEY]}, made from {base.name} "
+        "by `fab rollout --strategy replace`)",
+    )
+
+
 def plan(config: InfraConfig, clients: InfraClients, prune: bool = False) -> InfraReport:
     """Read what exists and compare; changes nothing."""
     desired = desired_state(config)
@@ -1085,7 +1126,11 @@ def plan(config: InfraConfig, clients: InfraClients, prune: bool = False) -> Inf
         spec = KINDS[kind]
         wanted = [d for d in desired if d.kind == kind]
         for want in wanted:
-            changes.append(plan_one(want, clients.get(spec, want.name, want.location), config.mark))
+            actual = clients.get(spec, want.name, want.location)
+            ch = plan_one(want, actual, config.mark)
+            if kind == "instanceGroupManagers" and ch.action == "update" and actual is not None:
+                ch = keep_release_template(ch, actual, desired, clients)
+            changes.append(ch)
         if spec.kind in ("networks", "subnetworks") and not any(not d.adopt for d in wanted):
             continue  # adopted: nothing of ours to list
         changes += owned_leftovers(

@@ -20,8 +20,10 @@ from google.api_core import exceptions as gexc
 from fleet.cli.infra import load_config
 from fleet.commands.agent import startup_script
 from fleet.gcp import infra
+from fleet.gcp import migupdate as mu
 from fleet.gcp.compute import Compute, mig_ref
 from fleet.paths import INVENTORY_ROOT
+from functions import fleet_contract as contract
 from standins.compute_api import ComputeApi
 from standins.compute_state import InMemoryCompute
 
@@ -473,3 +475,64 @@ def test_the_plan_shows_the_data_layers_findings(
     assert any(c.startswith(f"gcloud sql instances create {sql} ") for c in layer["commands"])
     assert f"gcloud sql instances create {sql} " in text and "15 create" in text
     assert stand.mutations() == []
+
+
+def test_a_replace_rollouts_release_template_is_not_drift(stand: Stand) -> None:
+    """After (or during) `fab rollout --strategy replace` the MIG runs a release template made from the
+    template infra wants: infra.plan keeps it; a template made from another base is still moved."""
+    infra.apply(stand.config, stand.clients())
+    ref = contract.MigRef(PROJECT, REGION, "dify-mig")
+    move = mu.MigMove(Compute(stand.api.url), ref, "", poll=0.05)
+    base = move.current_template()
+    release, _body, created = move.release_template(base, "r-0123456789ab", "1.1.0")
+    assert created and release != base
+    move.set_template(release)
+
+    stand.api.clear_calls()
+    report = infra.apply(stand.config, stand.clients())
+    mig = next(ch for ch in report.changes if ch.kind == "instanceGroupManagers")
+    assert (mig.action, mig.changes) == ("unchanged", [])
+    assert release in mig.note and "r-0123456789ab" in mig.note and base in mig.note
+    assert report.changed is False and stand.mutations() == []
+    assert move.current_template() == release
+
+    # another setting of the MIG changes: patched, and the release template stays
+    healing = dataclasses.replace(stand.config, initial_delay=900)
+    report = infra.apply(healing, stand.clients(healing))
+    mig = next(ch for ch in report.changes if ch.kind == "instanceGroupManagers")
+    assert mig.action == "update" and [c.split(":")[0] for c in mig.changes] == [
+        "autoHealingPolicies[0].initialDelaySec"
+    ]
+    assert move.current_template() == release
+
+    # the inventory changes the template: the MIG moves to the new base (its VMs' agent reads the release)
+    bigger = dataclasses.replace(healing, machine_type="e2-standard-8")
+    report = infra.apply(bigger, stand.clients(bigger))
+    mig = next(ch for ch in report.changes if ch.kind == "instanceGroupManagers")
+    assert mig.action == "update" and mig.changes[0].startswith("instanceTemplate:")
+    assert move.current_template() not in (base, release)
+    assert infra.plan(bigger, stand.clients(bigger)).changed is False
+
+
+def test_a_template_that_only_claims_the_base_is_drift(stand: Stand) -> None:
+    infra.apply(stand.config, stand.clients())
+    ref = contract.MigRef(PROJECT, REGION, "dify-mig")
+    move = mu.MigMove(Compute(stand.api.url), ref, "", poll=0.05)
+    base = move.current_template()
+    found = move.template(base)
+    assert found is not None
+    props = mu.release_properties(found, "r-0123456789ab", "1.1.0")
+    props["machineType"] = "e2-micro"  # made by hand, naming the base: not what infra would keep
+    t = Compute(stand.api.url).types()
+    op = stand.client("InstanceTemplatesClient").insert_unary(
+        project=PROJECT,
+        instance_template_resource=t.InstanceTemplate.from_json(
+            json.dumps({"name": "by-hand", "properties": props}), ignore_unknown_fields=True
+        ),
+    )
+    Compute(stand.api.url).wait(op, project=PROJECT)
+    move.set_template("by-hand")
+    mig = next(
+        ch for ch in infra.plan(stand.config, stand.clients()).changes if ch.kind == "instanceGroupManagers"
+    )
+    assert mig.action == "update" and mig.changes[0].startswith("instanceTemplate:")
