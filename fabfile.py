@@ -7,5 +7,8 @@ import gc
 gc.disable()
 
 from fleet.cli import namespace  # noqa: E402
+from fleet.cli.pipes import quiet_broken_pipe  # noqa: E402
+
+quiet_broken_pipe()
 
 ns = namespace()

@@ -19,6 +19,9 @@ from fabric import Config, Executor  # noqa: E402
 from fabric.main import Fab  # noqa: E402
 
 from fleet.cli import namespace  # noqa: E402
+from fleet.cli.pipes import quiet_broken_pipe  # noqa: E402
+
+quiet_broken_pipe()
 
 
 def _version() -> str:
