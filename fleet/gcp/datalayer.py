@@ -668,8 +668,11 @@ class DataLayerClients:
             ) from None
         return credentials
 
-    def _call(self, api: str, endpoint: str | None, what: str, fn: Callable[[], T]) -> T:
-        """One API call; its failures become a FleetError naming the API, the resource and the endpoint."""
+    def _call(
+        self, api: str, endpoint: str | None, what: str, fn: Callable[[], T], needs: str | None = None
+    ) -> T:
+        """One API call; its failures become a FleetError naming the API, the resource and the endpoint.
+        `needs`: the permission a write needs (a denied write is not a missing viewer role)."""
         from google.api_core import exceptions as gexc
         from google.auth import exceptions as auth_exc
         from requests import exceptions as http
@@ -690,6 +693,12 @@ class DataLayerClients:
                 hint=f"check the network and the endpoint ({endpoint or 'the Google API'}); {HINT}",
             ) from None
         except gexc.Forbidden as exc:
+            if needs:
+                raise FleetError(
+                    f"cannot write {what}: permission denied ({exc.message})",
+                    where=where,
+                    hint=f"the operator needs {needs} on the project; {HINT}",
+                ) from None
             raise FleetError(
                 f"cannot read {what}: permission denied ({exc.message})",
                 where=where,

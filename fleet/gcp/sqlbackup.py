@@ -25,6 +25,8 @@ from fleet.errors import FleetError
 from fleet.gcp.datalayer import SQLADMIN, DataLayerClients, Endpoints
 
 API = "Cloud SQL Admin"
+# what taking an on-demand backup needs beyond the viewer role the data layer check asks for
+BACKUP_PERMISSION = "cloudsql.backupRuns.create (roles/cloudsql.editor, or a custom role with it)"
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,8 @@ class CloudSqlRestorePoints:
                 raise gexc.from_http_response(resp)
             return resp.json()
 
-        return self._clients._call(API, self.endpoint, what, call)
+        needs = BACKUP_PERMISSION if method == "POST" else None
+        return self._clients._call(API, self.endpoint, what, call, needs=needs)
 
     def instance_info(self) -> dict[str, Any]:
         found: dict[str, Any] = self._request("GET", f"/instances/{self.instance}", f"instance {self.where}")

@@ -89,6 +89,17 @@ def test_a_failing_backup_is_an_error(api: LocalDataLayerApi) -> None:
     assert api.backup_runs(P, "dify-main")[0]["status"] == "FAILED"
 
 
+def test_a_caller_without_backup_rights_is_told_which_permission(api: LocalDataLayerApi) -> None:
+    """A viewer can read the instance but not take a backup: the hint names the write permission."""
+    api.deny(f"/v1/projects/{P}/instances/dify-main/backupRuns")
+    with pytest.raises(FleetError) as err:
+        points(api).take("compose-fleet ro-1: before schema rev-c")
+    text = str(err.value) + (err.value.hint or "")
+    assert "cannot write" in text and "cloudsql.backupRuns.create" in text
+    assert "roles/cloudsql.viewer" not in text
+    assert api.backup_runs(P, "dify-main") == []
+
+
 def test_an_unknown_instance_is_an_error(api: LocalDataLayerApi) -> None:
     with pytest.raises(FleetError, match="cannot read instance cloudsql/my-dify-project/nope"):
         points(api, "nope").take("x")
