@@ -780,7 +780,7 @@ class DataLayerClients:
         endpoint = self.endpoints.storage
 
         def client() -> Any:
-            from google.cloud import storage
+            import google.cloud.storage as storage  # untyped: `from google.cloud import` trips mypy
 
             options = {"api_endpoint": endpoint} if endpoint else None
             return storage.Client(
