@@ -430,10 +430,6 @@ class DockerCompute(ComputeBackend):
         self._store.forget({r.instance_id for r in records})
         return {r.name: r for r in records}
 
-    def _zonal_link(self) -> str:
-        """The MIG's zonal selfLink (what its operations target), without reading its state."""
-        return f"{BASE_URL}/projects/{self.project_id}/zones/{self.zone}/instanceGroupManagers/{self.mig}"
-
     def _mig_path(self) -> str:
         where = f"regions/{self.region}" if self._regional() else f"zones/{self.zone}"
         return f"projects/{self.project_id}/{where}/instanceGroupManagers/{self.mig}"
@@ -592,8 +588,9 @@ class DockerCompute(ComputeBackend):
             out["distributionPolicy"] = {
                 "zones": [{"zone": f"{BASE_URL}/projects/{self.project_id}/zones/{z}"} for z in zones]
             }
-        # what infra.apply set on the MIG (its template, autohealing policy, named port, update policy)
-        out.update({k: v for k, v in fields.items() if k != "fingerprint"})
+        # what infra.apply set on the MIG (its template, autohealing policy, named port, update policy);
+        # its targetSize was the insert's: the size is the members' now (a resize changes it)
+        out.update({k: v for k, v in fields.items() if k not in ("fingerprint", "targetSize")})
         for policy in out.get("autoHealingPolicies") or []:
             policy["healthCheck"] = full_url(str(policy.get("healthCheck", "")))
         out["instanceTemplate"] = self.current_template()
@@ -797,15 +794,8 @@ class DockerCompute(ComputeBackend):
             )
         members = self._members()
         with self._lock:
-            op, new = self.ops.begin(
-                project,
-                "zones",
-                location,
-                "compute.instanceGroupManagers.resize",
-                self._zonal_link(),
-                _stable_id("mig", self.project_id, self.zone, self.mig),
-                request_id,
-            )
+            # the operation is where the request was made: the zonal MIG's, or the regional one's
+            op, new = self._mig_op(project, location, "compute.instanceGroupManagers.resize", request_id)
             if not new:
                 return op
             live = [n for n in members if self._actions.get(n, Action("NONE")).kind != "DELETING"]

@@ -270,3 +270,23 @@ def test_broken_release_canary_goes_back_to_the_previous_template(rig: Rig, tmp_
     assert rig.boots == [(canary, BAD.id), (canary, OLD.id)]  # the broken boot, then the way back
     steps = [(x["step"], x["status"]) for x in read(journal.path) if x["event"] == "step"]
     assert ("replace", "failed") in steps and ("bounce", "done") in steps
+
+
+def test_a_resize_through_the_regional_view_is_a_regional_operation(rig: Rig) -> None:
+    """Compute answers a regional MIG's resize with a regionOperation, and the client waits on it there
+    (the local MIG had named a zonal one: waiting at the regional path found nothing)."""
+    regional = rig.move().mig
+    rig.api.clear_calls()
+    rig.compute.resize(regional, 3)
+    waits = [c.method for c in rig.api.calls() if c.method.endswith("Operations.wait")]
+    assert waits and set(waits) == {"regionOperations.wait"}
+    assert rig.compute.mig(regional).target_size == 3
+    # the zonal view (the inventory's gce.migs) waits at the zonal path, and both views show one size
+    zonal = contract.MigRef.make(rig.config.project, rig.config.zone, "t-mig")
+    rig.api.clear_calls()
+    rig.compute.resize(zonal, 2)
+    waits = {c.method for c in rig.api.calls() if c.method.endswith("Operations.wait")}
+    assert waits <= {"zoneOperations.wait"}
+    rig.compute.wait_stable(regional, timeout=20, poll=0.05)
+    assert rig.compute.mig(regional).target_size == rig.compute.mig(zonal).target_size == 2
+    assert len(rig.fleet.records) == 2

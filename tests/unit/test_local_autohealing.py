@@ -195,6 +195,14 @@ class FakeFleet:
         )
         return self.records[name]
 
+    def add_instances(self, indices: list[int], template: str | None = None) -> list[Instance]:
+        made = [replace(instance(i), template=template or "") for i in indices]
+        self.records.update((r.name, r) for r in made)
+        return made
+
+    def remove_instance(self, name: str) -> None:
+        self.records.pop(name, None)
+
 
 def instance(index: int, started: str = "2020-01-01T00:00:00Z") -> Instance:
     return Instance(
