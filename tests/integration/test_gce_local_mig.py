@@ -39,6 +39,7 @@ from fleet.errors import FleetError
 from fleet.gcp.compute import Compute, ComputeError, ManagedInstance, PreconditionFailed, natural_key
 from fleet.local import compute_docker, compute_endpoint, infrasetup, vmservices
 from fleet.local.config import LocalConfig
+from fleet.local.engine import ensure_engine
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
 from fleet.rollout.lock import FleetLock
@@ -80,6 +81,7 @@ def fleet() -> Iterator[LocalFleet]:
     attaches the policy to a MIG whose VMs serve: before the first deploy nothing answers
     /nginx-health, and a slow first deploy would see its VMs recreated under it."""
     fleet = LocalFleet(CFG, progress=Progress(rich=False))
+    ensure_engine(CFG)  # down() needs a daemon to ask (run alone, no earlier test started one)
     fleet.down()  # leftovers of an interrupted run
     try:
         LocalFleet(dataclasses.replace(CFG, autohealing=False), progress=Progress(rich=False)).up(2)
