@@ -473,3 +473,56 @@ def test_the_plan_shows_the_data_layers_findings(
     assert any(c.startswith(f"gcloud sql instances create {sql} ") for c in layer["commands"])
     assert f"gcloud sql instances create {sql} " in text and "15 create" in text
     assert stand.mutations() == []
+
+
+def test_the_examples_cpu_policies_select_the_members_infra_apply_made(stand: Stand, tmp_path: Path) -> None:
+    """Issue 14 items 5 and 7 on the example itself: the CPU conditions `monitoring.apply` derives from
+    inventory/example-production select the MIG's members by the label the template infra.apply made
+    gives them, not by a name prefix (its base instance name `dify` is not the MIG's name). The
+    inventory is loaded as an operator would, its hosts discovered from the MIG apply created."""
+    from fleet import inventory
+    from fleet.alerting import policies as mon
+    from standins import monitoring_filter as mf
+
+    infra.apply(stand.config, stand.clients())
+    prod = tmp_path / "prod"
+    shutil.copytree(EXAMPLE, prod)
+    doc = yaml.safe_load((prod / "defaults.yaml").read_text())
+    (prod / "deploy_key").write_text("placeholder\n")
+    doc["data"]["ssh"]["key_file"] = "deploy_key"
+    doc["data"]["gce"]["api_endpoint"] = stand.api.url
+    (prod / "defaults.yaml").write_text(yaml.safe_dump(doc))
+    inv = inventory.load(str(prod))
+    members = Compute(stand.api.url).mig_members(
+        mig_ref({"project": PROJECT, "region": REGION, "name": "dify-mig"})
+    )
+    assert sorted(inv.hosts) == sorted(m.name for m in members) and len(members) == 3
+    assert stand.config.base_instance_name == "dify" and stand.config.mig == "dify-mig"
+
+    mig = plain(
+        stand.client("RegionInstanceGroupManagersClient").get(
+            project=PROJECT, region=REGION, instance_group_manager="dify-mig"
+        )
+    )
+    template = mig["instanceTemplate"].rsplit("/", 1)[-1]
+    template_labels = plain(
+        stand.client("InstanceTemplatesClient").get(project=PROJECT, instance_template=template)
+    )["properties"]["labels"]
+
+    config = mon.config_from_inventory(inv, {})
+    assert config.project_number == "123456789012"  # the Monitoring service agent's publisher binding
+    policies = {d.key: d.message for d in mon.desired_state(config, {}) if d.kind == "alert_policy"}
+    for key, comparison in (("policy-scale-out-dify-mig", "GT"), ("policy-scale-in-dify-mig", "LT")):
+        cpu = next(
+            c.condition_threshold
+            for c in policies[key].conditions
+            if mon.CPU_METRIC in c.condition_threshold.filter
+        )
+        assert cpu.comparison.name == f"COMPARISON_{comparison}"
+        found = mf.parse(cpu.filter)
+        assert not any("name" in c.selector or c.op != "=" for c in found), cpu.filter
+        (selector,) = [c for c in found if c.selector.startswith("metadata.user_labels.")]
+        key_, (value,) = mf.label_key(selector.selector), selector.args
+        # every member carries that label with that value, and it came from the template
+        assert {m.labels.get(key_) for m in members} == {value}
+        assert template_labels[key_] == value
