@@ -297,6 +297,71 @@ def test_a_name_taken_by_someone_else_is_a_conflict(stand: Stand) -> None:
     assert stand.mutations() == []
 
 
+def test_an_adopted_network_and_subnet_are_used_never_changed(stand: Stand) -> None:
+    """Requirement 1's "or adopt existing ones" against the endpoint: `create: false` resources that
+    exist and match are `adopt` (the rest is built on them, they get no mark and no call); a missing
+    one, or a subnet on another CIDR, is a conflict and apply changes nothing."""
+    compute = Compute(stand.api.url)
+    t = compute.types()
+    adopted = dataclasses.replace(
+        stand.config,
+        network="shared",
+        create_network=False,
+        subnet="shared-ew1",
+        create_subnet=False,
+        cidr="10.20.0.0/20",
+    )
+    stand.api.clear_calls()
+    with pytest.raises(infra.InfraError, match="adopted from the inventory, but it does not exist"):
+        infra.apply(adopted, stand.clients(adopted))
+    assert stand.mutations() == []
+
+    op = stand.client("NetworksClient").insert_unary(
+        project=PROJECT,
+        network_resource=t.Network(name="shared", auto_create_subnetworks=False, description="by hand"),
+    )
+    compute.wait(op, project=PROJECT)
+    op = stand.client("SubnetworksClient").insert_unary(
+        project=PROJECT,
+        region=REGION,
+        subnetwork_resource=t.Subnetwork(
+            name="shared-ew1",
+            network=f"projects/{PROJECT}/global/networks/shared",
+            ip_cidr_range="10.20.0.0/16",
+        ),
+    )
+    compute.wait(op, project=PROJECT, region=REGION)
+    stand.api.clear_calls()
+    with pytest.raises(infra.InfraError, match="differs from the inventory"):
+        infra.apply(adopted, stand.clients(adopted))
+    assert stand.mutations() == []
+    plan = infra.plan(adopted, stand.clients(adopted))
+    (subnet,) = [ch for ch in plan.changes if ch.kind == "subnetworks"]
+    assert subnet.action == "conflict" and subnet.changes == ["ipCidrRange: 10.20.0.0/16 -> 10.20.0.0/20"]
+
+    matching = dataclasses.replace(adopted, cidr="10.20.0.0/16")
+    stand.api.clear_calls()
+    report = infra.apply(matching, stand.clients(matching))
+    actions = {(ch.kind, ch.name): ch.action for ch in report.changes}
+    assert actions[("networks", "shared")] == "adopt" and actions[("subnetworks", "shared-ew1")] == "adopt"
+    assert {a for (kind, _), a in actions.items() if kind not in ("networks", "subnetworks")} == {"create"}
+    assert not [m for m in stand.mutations() if m.startswith(("networks.", "subnetworks."))]
+    network = plain(stand.client("NetworksClient").get(project=PROJECT, network="shared"))
+    assert network["description"] == "by hand"  # no mark: never ours, never pruned
+    router = plain(
+        stand.client("RoutersClient").get(project=PROJECT, region=REGION, router="dify-mig-router")
+    )
+    assert router["network"].endswith("/global/networks/shared")
+    assert router["nats"][0]["subnetworks"][0]["name"].endswith(f"/regions/{REGION}/subnetworks/shared-ew1")
+    rules = [plain(r) for r in stand.client("FirewallsClient").list(project=PROJECT)]
+    internal = next(r for r in rules if r["name"] == "dify-mig-allow-internal")
+    assert internal["network"].endswith("/global/networks/shared") and internal["sourceRanges"] == [
+        "10.20.0.0/16"
+    ]
+    pruned = infra.apply(matching, stand.clients(matching), prune=True)
+    assert not pruned.changed and stand.client("NetworksClient").get(project=PROJECT, network="shared")
+
+
 # --- the stand-in's REST semantics, with the real client -----------------------------------------
 
 
