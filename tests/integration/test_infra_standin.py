@@ -172,6 +172,26 @@ def test_apply_creates_everything_then_changes_nothing(stand: Stand) -> None:
     assert tpl["labels"] == {"fleet": "prod", "fleet-mig": "dify-mig"}
     router = get("RoutersClient", region=REGION, router="dify-mig-router")
     assert router["nats"][0]["natIpAllocateOption"] == "AUTO_ONLY"
+    assert router["nats"][0]["subnetworks"][0]["name"].endswith("/subnetworks/dify-subnet")
+    # the firewall rules, as Compute holds them, apply to the network tag the template gives every VM
+    assert tpl["tags"] == {"items": ["dify"]}
+    rules = {
+        name: get("FirewallsClient", firewall=f"dify-mig-{name}")
+        for name in ("allow-iap-ssh", "allow-health-checks", "allow-internal")
+    }
+    assert {
+        name: (
+            r["sourceRanges"],
+            [(a["IPProtocol"], a.get("ports", [])) for a in r["allowed"]],
+            r["targetTags"],
+        )
+        for name, r in rules.items()
+    } == {
+        "allow-iap-ssh": (["35.235.240.0/20"], [("tcp", ["22"])], ["dify"]),
+        "allow-health-checks": (["35.191.0.0/16", "130.211.0.0/22"], [("tcp", ["80"])], ["dify"]),
+        "allow-internal": (["10.10.0.0/24"], [("tcp", []), ("udp", []), ("icmp", [])], ["dify"]),
+    }
+    assert all(r["network"].endswith("/global/networks/dify-vpc") for r in rules.values())
     proxy = get("TargetHttpsProxiesClient", target_https_proxy="dify-mig-https-proxy")
     cert = get("SslCertificatesClient", ssl_certificate=proxy["sslCertificates"][0].rsplit("/", 1)[-1])
     assert cert["type"] == "MANAGED" and cert["managed"]["domains"] == ["dify.example.com"]
