@@ -808,7 +808,7 @@ def test_a_drain_never_triggers_a_recreate_a_dead_nginx_does(fleet: LocalFleet, 
             if not seen or seen[-1] != members[victim]:
                 seen.append(members[victim])
                 for mark in members[victim][:2]:
-                    first_seen.setdefault(mark, time.monotonic() - stopped_at)
+                    first_seen.setdefault(mark or "(no health state)", time.monotonic() - stopped_at)
             if members[victim][2] != old_id and members[victim][1] == "NONE":
                 break
             assert time.monotonic() < deadline, seen
