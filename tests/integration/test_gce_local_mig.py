@@ -39,6 +39,7 @@ from fleet.errors import FleetError
 from fleet.gcp.compute import Compute, ComputeError, ManagedInstance, PreconditionFailed, natural_key
 from fleet.local import compute_docker, compute_endpoint, infrasetup, vmservices
 from fleet.local.config import LocalConfig
+from fleet.local.engine import ensure_engine
 from fleet.local.instances import LocalFleet
 from fleet.local.progress import Progress
 from fleet.rollout.lock import FleetLock
@@ -80,6 +81,7 @@ def fleet() -> Iterator[LocalFleet]:
     attaches the policy to a MIG whose VMs serve: before the first deploy nothing answers
     /nginx-health, and a slow first deploy would see its VMs recreated under it."""
     fleet = LocalFleet(CFG, progress=Progress(rich=False))
+    ensure_engine(CFG)  # down() needs a daemon to ask (run alone, no earlier test started one)
     fleet.down()  # leftovers of an interrupted run
     try:
         LocalFleet(dataclasses.replace(CFG, autohealing=False), progress=Progress(rich=False)).up(2)
@@ -795,7 +797,9 @@ def test_a_drain_never_triggers_a_recreate_a_dead_nginx_does(fleet: LocalFleet, 
         drained_at = time.monotonic()
         stop = "docker ps -q --filter label=com.docker.compose.service=nginx | xargs -r docker stop -t 2"
         fleet.exec(victim, ["sh", "-c", stop], timeout=60)  # the console: no SSH needed for this
+        stopped_at = time.monotonic()
         seen: list[tuple[str, str, str]] = []
+        first_seen: dict[str, float] = {}  # seconds after nginx stopped that each state/action showed
         kept: set[tuple[str, str, str]] = set()
         deadline = time.monotonic() + 300
         while True:
@@ -803,6 +807,8 @@ def test_a_drain_never_triggers_a_recreate_a_dead_nginx_does(fleet: LocalFleet, 
             kept.add(members[drained])
             if not seen or seen[-1] != members[victim]:
                 seen.append(members[victim])
+                for mark in members[victim][:2]:
+                    first_seen.setdefault(mark or "(no health state)", time.monotonic() - stopped_at)
             if members[victim][2] != old_id and members[victim][1] == "NONE":
                 break
             assert time.monotonic() < deadline, seen
@@ -827,10 +833,17 @@ def test_a_drain_never_triggers_a_recreate_a_dead_nginx_does(fleet: LocalFleet, 
     # the new VM booted through the template's startup script: the agent brought the fleet's release
     # up, so it serves, the LB takes it back and the MIG's liveness check finds it HEALTHY
     assert fleet.lb.wait_for(victim, ("UP",), timeout=150)
+    up_at = time.monotonic() - stopped_at
     deadline = time.monotonic() + 60
     while health_of(compute)[victim][0] != "HEALTHY":
         assert time.monotonic() < deadline, health_of(compute)
         time.sleep(0.5)
+    healthy_at = time.monotonic() - stopped_at
+    # the figures docs/local-fleet.md quotes ("MIG autohealing"); shown with `pytest -rP` or `-s`
+    print(f"\ndrain held {held:.1f} s: {drained} HEALTHY with no action throughout")
+    marks = ", ".join(f"{k} {v:.1f}" for k, v in first_seen.items())
+    print(f"{victim} after its nginx stopped (s): {marks}")
+    print(f"{victim}: UP in the LB {up_at:.1f}, HEALTHY for the MIG {healthy_at:.1f}")
     report = reported(compute, victim)
     assert (report["action"], report["result"], report["version"]) == ("boot", "ok", version), report
 

@@ -174,6 +174,26 @@ def test_apply_creates_everything_then_changes_nothing(stand: Stand) -> None:
     assert tpl["labels"] == {"fleet": "prod", "fleet-mig": "dify-mig"}
     router = get("RoutersClient", region=REGION, router="dify-mig-router")
     assert router["nats"][0]["natIpAllocateOption"] == "AUTO_ONLY"
+    assert router["nats"][0]["subnetworks"][0]["name"].endswith("/subnetworks/dify-subnet")
+    # the firewall rules, as Compute holds them, apply to the network tag the template gives every VM
+    assert tpl["tags"] == {"items": ["dify"]}
+    rules = {
+        name: get("FirewallsClient", firewall=f"dify-mig-{name}")
+        for name in ("allow-iap-ssh", "allow-health-checks", "allow-internal")
+    }
+    assert {
+        name: (
+            r["sourceRanges"],
+            [(a["IPProtocol"], a.get("ports", [])) for a in r["allowed"]],
+            r["targetTags"],
+        )
+        for name, r in rules.items()
+    } == {
+        "allow-iap-ssh": (["35.235.240.0/20"], [("tcp", ["22"])], ["dify"]),
+        "allow-health-checks": (["35.191.0.0/16", "130.211.0.0/22"], [("tcp", ["80"])], ["dify"]),
+        "allow-internal": (["10.10.0.0/24"], [("tcp", []), ("udp", []), ("icmp", [])], ["dify"]),
+    }
+    assert all(r["network"].endswith("/global/networks/dify-vpc") for r in rules.values())
     proxy = get("TargetHttpsProxiesClient", target_https_proxy="dify-mig-https-proxy")
     cert = get("SslCertificatesClient", ssl_certificate=proxy["sslCertificates"][0].rsplit("/", 1)[-1])
     assert cert["type"] == "MANAGED" and cert["managed"]["domains"] == ["dify.example.com"]
@@ -297,6 +317,71 @@ def test_a_name_taken_by_someone_else_is_a_conflict(stand: Stand) -> None:
     with pytest.raises(infra.InfraError, match="health check dify-mig-live: a resource of this name exists"):
         infra.apply(stand.config, stand.clients())
     assert stand.mutations() == []
+
+
+def test_an_adopted_network_and_subnet_are_used_never_changed(stand: Stand) -> None:
+    """Requirement 1's "or adopt existing ones" against the endpoint: `create: false` resources that
+    exist and match are `adopt` (the rest is built on them, they get no mark and no call); a missing
+    one, or a subnet on another CIDR, is a conflict and apply changes nothing."""
+    compute = Compute(stand.api.url)
+    t = compute.types()
+    adopted = dataclasses.replace(
+        stand.config,
+        network="shared",
+        create_network=False,
+        subnet="shared-ew1",
+        create_subnet=False,
+        cidr="10.20.0.0/20",
+    )
+    stand.api.clear_calls()
+    with pytest.raises(infra.InfraError, match="adopted from the inventory, but it does not exist"):
+        infra.apply(adopted, stand.clients(adopted))
+    assert stand.mutations() == []
+
+    op = stand.client("NetworksClient").insert_unary(
+        project=PROJECT,
+        network_resource=t.Network(name="shared", auto_create_subnetworks=False, description="by hand"),
+    )
+    compute.wait(op, project=PROJECT)
+    op = stand.client("SubnetworksClient").insert_unary(
+        project=PROJECT,
+        region=REGION,
+        subnetwork_resource=t.Subnetwork(
+            name="shared-ew1",
+            network=f"projects/{PROJECT}/global/networks/shared",
+            ip_cidr_range="10.20.0.0/16",
+        ),
+    )
+    compute.wait(op, project=PROJECT, region=REGION)
+    stand.api.clear_calls()
+    with pytest.raises(infra.InfraError, match="differs from the inventory"):
+        infra.apply(adopted, stand.clients(adopted))
+    assert stand.mutations() == []
+    plan = infra.plan(adopted, stand.clients(adopted))
+    (subnet,) = [ch for ch in plan.changes if ch.kind == "subnetworks"]
+    assert subnet.action == "conflict" and subnet.changes == ["ipCidrRange: 10.20.0.0/16 -> 10.20.0.0/20"]
+
+    matching = dataclasses.replace(adopted, cidr="10.20.0.0/16")
+    stand.api.clear_calls()
+    report = infra.apply(matching, stand.clients(matching))
+    actions = {(ch.kind, ch.name): ch.action for ch in report.changes}
+    assert actions[("networks", "shared")] == "adopt" and actions[("subnetworks", "shared-ew1")] == "adopt"
+    assert {a for (kind, _), a in actions.items() if kind not in ("networks", "subnetworks")} == {"create"}
+    assert not [m for m in stand.mutations() if m.startswith(("networks.", "subnetworks."))]
+    network = plain(stand.client("NetworksClient").get(project=PROJECT, network="shared"))
+    assert network["description"] == "by hand"  # no mark: never ours, never pruned
+    router = plain(
+        stand.client("RoutersClient").get(project=PROJECT, region=REGION, router="dify-mig-router")
+    )
+    assert router["network"].endswith("/global/networks/shared")
+    assert router["nats"][0]["subnetworks"][0]["name"].endswith(f"/regions/{REGION}/subnetworks/shared-ew1")
+    rules = [plain(r) for r in stand.client("FirewallsClient").list(project=PROJECT)]
+    internal = next(r for r in rules if r["name"] == "dify-mig-allow-internal")
+    assert internal["network"].endswith("/global/networks/shared") and internal["sourceRanges"] == [
+        "10.20.0.0/16"
+    ]
+    pruned = infra.apply(matching, stand.clients(matching), prune=True)
+    assert not pruned.changed and stand.client("NetworksClient").get(project=PROJECT, network="shared")
 
 
 # --- the stand-in's REST semantics, with the real client -----------------------------------------
@@ -536,3 +621,56 @@ def test_a_template_that_only_claims_the_base_is_drift(stand: Stand) -> None:
         ch for ch in infra.plan(stand.config, stand.clients()).changes if ch.kind == "instanceGroupManagers"
     )
     assert mig.action == "update" and mig.changes[0].startswith("instanceTemplate:")
+
+
+def test_the_examples_cpu_policies_select_the_members_infra_apply_made(stand: Stand, tmp_path: Path) -> None:
+    """Issue 14 items 5 and 7 on the example itself: the CPU conditions `monitoring.apply` derives from
+    inventory/example-production select the MIG's members by the label the template infra.apply made
+    gives them, not by a name prefix (its base instance name `dify` is not the MIG's name). The
+    inventory is loaded as an operator would, its hosts discovered from the MIG apply created."""
+    from fleet import inventory
+    from fleet.alerting import policies as mon
+    from standins import monitoring_filter as mf
+
+    infra.apply(stand.config, stand.clients())
+    prod = tmp_path / "prod"
+    shutil.copytree(EXAMPLE, prod)
+    doc = yaml.safe_load((prod / "defaults.yaml").read_text())
+    (prod / "deploy_key").write_text("placeholder\n")
+    doc["data"]["ssh"]["key_file"] = "deploy_key"
+    doc["data"]["gce"]["api_endpoint"] = stand.api.url
+    (prod / "defaults.yaml").write_text(yaml.safe_dump(doc))
+    inv = inventory.load(str(prod))
+    members = Compute(stand.api.url).mig_members(
+        mig_ref({"project": PROJECT, "region": REGION, "name": "dify-mig"})
+    )
+    assert sorted(inv.hosts) == sorted(m.name for m in members) and len(members) == 3
+    assert stand.config.base_instance_name == "dify" and stand.config.mig == "dify-mig"
+
+    mig = plain(
+        stand.client("RegionInstanceGroupManagersClient").get(
+            project=PROJECT, region=REGION, instance_group_manager="dify-mig"
+        )
+    )
+    template = mig["instanceTemplate"].rsplit("/", 1)[-1]
+    template_labels = plain(
+        stand.client("InstanceTemplatesClient").get(project=PROJECT, instance_template=template)
+    )["properties"]["labels"]
+
+    config = mon.config_from_inventory(inv, {})
+    assert config.project_number == "123456789012"  # the Monitoring service agent's publisher binding
+    policies = {d.key: d.message for d in mon.desired_state(config, {}) if d.kind == "alert_policy"}
+    for key, comparison in (("policy-scale-out-dify-mig", "GT"), ("policy-scale-in-dify-mig", "LT")):
+        cpu = next(
+            c.condition_threshold
+            for c in policies[key].conditions
+            if mon.CPU_METRIC in c.condition_threshold.filter
+        )
+        assert cpu.comparison.name == f"COMPARISON_{comparison}"
+        found = mf.parse(cpu.filter)
+        assert not any("name" in c.selector or c.op != "=" for c in found), cpu.filter
+        (selector,) = [c for c in found if c.selector.startswith("metadata.user_labels.")]
+        key_, (value,) = mf.label_key(selector.selector), selector.args
+        # every member carries that label with that value, and it came from the template
+        assert {m.labels.get(key_) for m in members} == {value}
+        assert template_labels[key_] == value
