@@ -572,10 +572,20 @@ class LocalFleet:
         """Remove every instance, the LB, the Compute endpoint (its labels and metadata go too), the
         registry container (its data stays) and the network.
 
-        The registry container stays while another fleet's instances exist (it is shared)."""
+        The registry container stays while another fleet's instances exist (it is shared). A stopped
+        Docker engine is started first: the fleet's containers, disks and network outlive it, and a
+        later `up` would otherwise find them."""
+        import shutil
+
         from fleet.local import compute_endpoint
+        from fleet.local.engine import ensure_engine
 
         compute_endpoint.stop_endpoint(self.config)
+        if shutil.which("docker") is None:  # no engine was ever here: nothing of the fleet in Docker
+            inventory_writer.remove(self.config)
+            self._state_path.unlink(missing_ok=True)
+            return
+        ensure_engine(self.config)
         with self._locked():
             self._destroy_many(sorted(self._inspect()))
             self._discard_disks(self._leftover_disks())
