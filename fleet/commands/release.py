@@ -2,6 +2,7 @@
 
     /opt/fleet/dify/
       releases/<id>/     one rendered bundle per release (docker-compose.yaml, .env 0600, release.json ...)
+      config/<dir>-<hash>/  content-addressed copies of the releases' mounted config dirs (nginx/ ...)
       current  -> releases/<id>    switched atomically (symlink renamed over the old one)
       previous -> releases/<id>    what `current` pointed at before the last switch (rollback target)
       volumes/           persistent data, never inside a release
@@ -10,8 +11,11 @@
 
 Every builder is pure: it validates its inputs (ids, names, paths), quotes every value and returns a
 `Command` (or a parser result). Compose always runs with the release's own directory as project
-directory, so bind-mount paths name the release: a switch recreates exactly the services whose
-config or mounted files changed. See docs/compose.md for how deploy/status/rollback use these.
+directory. The config directories a release mounts (nginx/, ssrf_proxy/, certs/) are mounted from
+config/<dir>-<content hash>, not from the release (the bundle rewrites those mounts and lists them in
+releases/<id>/config-dirs; `compose_up` copies each one there once): the same content has the same
+path in every release, so a switch recreates exactly the services whose config or mounted files
+changed. See docs/compose.md for how deploy/status/rollback use these.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ DEFAULT_ROOT = "/opt/fleet/dify"
 COMPOSE_FILE = "docker-compose.yaml"
 ENV_FILE = ".env"
 RELEASE_FILE = "release.json"
+CONFIG_DIRS_FILE = "config-dirs"  # lines `<dir in the release> <name under config/>`
+CONFIG_DIR_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")  # one path component, never . or ..
 DEFAULT_PROJECT = "dify"
 _SHA256_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
 _WORKING_DIR_RE = re.compile(r"com\.docker\.compose\.project\.working_dir=([^,]*)")
@@ -80,6 +86,11 @@ class Layout:
     @property
     def state(self) -> str:
         return f"{self.root}/state"
+
+    @property
+    def config(self) -> str:
+        """Content-addressed config dirs shared by the releases (see `ensure_config_dirs`)."""
+        return f"{self.root}/config"
 
     @property
     def drain_flag(self) -> str:
@@ -417,11 +428,52 @@ def compose_up(
         args += ["--wait", "--wait-timeout", str(wait_timeout)]
     lines = [
         *compose_lock(layout),
+        *ensure_config_dirs(layout, rid),
         *remove_interrupted(layout),
         *remove_services(layout, disabled),
         sh(*compose_argv(layout, rid, *args)),
     ]
     return Command(_script(*lines), f"start release {rid}")
+
+
+def ensure_config_dirs(layout: Layout, rid: str) -> list[str]:
+    """Shell lines (under the compose lock) making every config dir that release <id> lists in its
+    `config-dirs` exist under config/: copied from the release (a verified upload) into a `.tmp` and
+    renamed, so a name under config/ always holds that content whole. A release without the file
+    (staged by an older compose-fleet) mounts its own dirs and needs nothing here."""
+    rel = layout.release(rid)
+    manifest = q(f"{rel}/{CONFIG_DIRS_FILE}")
+    cfg = q(layout.config)
+    return [
+        f"if [ -f {manifest} ]; then",
+        f"  [ -d {cfg} ] || mkdir -m 0750 {cfg}",
+        "  while read -r src dst; do",
+        '    for part in "$src" "$dst"; do case "$part" in ""|.|..|*/*) '
+        f"echo {q(f'bad line in {CONFIG_DIRS_FILE} of release {rid}')} >&2; exit 7;; esac; done",
+        f'    [ -d {cfg}/"$dst" ] && continue',
+        f'    rm -rf {cfg}/"$dst.tmp"',
+        f'    cp -a {q(rel)}/"$src" {cfg}/"$dst.tmp"',
+        f'    mv -T {cfg}/"$dst.tmp" {cfg}/"$dst"',
+        f"  done < {manifest}",
+        "fi",
+    ]
+
+
+def sweep_config_lines(layout: Layout) -> list[str]:
+    """Shell lines (under the compose lock: no `up` is copying meanwhile) deleting config dirs that no
+    release left in releases/ lists, and `.tmp` copies an interrupted `up` left."""
+    cfg = q(layout.config)
+    listed = f"cat {q(layout.releases)}/*/{CONFIG_DIRS_FILE} 2>/dev/null | awk '{{print $2}}'"
+    return [
+        f"if [ -d {cfg} ]; then",
+        f"  listed=$({listed})",
+        f"  for d in {cfg}/*; do",
+        '    [ -e "$d" ] || continue',
+        "    n=${d##*/}",
+        '    if ! printf "%s\\n" "$listed" | grep -qxF -- "$n"; then rm -rf -- "$d"; fi',
+        "  done",
+        "fi",
+    ]
 
 
 MIGRATE_SERVICE = "api"
@@ -450,7 +502,8 @@ def compose_migrate(
         name(service, "service name"),
         *words[1:],
     )
-    return Command(_script(*compose_lock(layout), sh(*argv)), f"migrate the database with release {rid}")
+    lines = [*compose_lock(layout), *ensure_config_dirs(layout, rid), sh(*argv)]
+    return Command(_script(*lines), f"migrate the database with release {rid}")
 
 
 COMPOSE_LOCK_WAIT = 300
@@ -827,6 +880,11 @@ def prune(
             f'if [ "$cur" = {q(rel)} ] || [ "$prev" = {q(rel)} ]; then echo "kept {rid}: in use" >&2; '
             f"else rm -rf {q(rel)} {q(rel + '.tmp')}; fi"
         )
+    # config dirs only the pruned releases listed: under the compose lock, in a subshell (the lock is
+    # let go before the images are removed)
+    lines.append("(")
+    lines += [*compose_lock(layout), *sweep_config_lines(layout)]
+    lines.append(")")
     for image in images:
         if not _IMAGE_REF_RE.fullmatch(image):
             raise FleetError(f"invalid image reference {image!r}")

@@ -30,8 +30,9 @@ LOCAL_LB: dict[str, Any] = {
     "draining_timeout": 10,
     "session_affinity": "NONE",
     # liveness (/nginx-health): the MIG's autohealing. 6 x 5 s: a dead nginx is recreated ~30 s after it
-    # died. Not shorter: a rollout's switch recreates nginx with the release's other containers, and
-    # on this (loaded, 2-core) machine nginx was seen down for more than 10 s during one (docs/local-fleet.md)
+    # died. Not shorter: a switch that changes nginx's config recreates it with the release's other
+    # containers, and on this (loaded, 2-core) machine nginx was seen down for more than 10 s during
+    # one (docs/local-fleet.md)
     "liveness": {
         "path": "/nginx-health",
         "check_interval": 5,

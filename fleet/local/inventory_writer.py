@@ -43,14 +43,16 @@ LOCAL_VARS = {
     "NGINX_VERSION": "local",
     "SSRF_PROXY_IMAGE": f"{REGISTRY}/squid",
     "SSRF_PROXY_VERSION": "local",
-    # fast while a container starts (every second for up to a minute, so a switch is judged at once),
-    # slow once it is healthy: 6 checks x 4 instances every 2 s kept ~12 container execs a second
-    # running on an idle fleet; the LB and the monitor probe /health on their own cadence anyway
+    # fast while a container starts (every 0.5 s until its first passing check, within the first
+    # minute, so a switch or a boot is judged at once: Docker uses start_interval only while the
+    # container is `starting`), slow once it is healthy: 6 checks x 4 instances every 2 s kept ~12
+    # container execs a second running on an idle fleet; the LB and the monitor probe /health on their
+    # own cadence anyway
     "HEALTHCHECK_INTERVAL": "15s",
     "HEALTHCHECK_TIMEOUT": "2s",
     "HEALTHCHECK_RETRIES": "3",
     "HEALTHCHECK_START_PERIOD": "60s",
-    "HEALTHCHECK_START_INTERVAL": "1s",
+    "HEALTHCHECK_START_INTERVAL": "500ms",
     "WORKER_STOP_GRACE_PERIOD": "5s",
     "DEPLOY_ENV": "DEVELOPMENT",
     "DB_HOST": "db.local.invalid",

@@ -350,7 +350,7 @@ def wait_healthy(
     rid: str,
     *,
     timeout: float,
-    poll: float = 1.0,
+    poll: float = 0.5,  # as the rollout engine's verify: a new container turns healthy within ~0.5 s
     expect_drained: bool = False,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,

@@ -143,7 +143,20 @@ def test_local_stand_ins_beat_host(compose: list[str], source: bundle.Source, tm
 
     mounts = {m["target"]: m for m in svc["nginx"]["volumes"]}
     assert mounts["/fleet/state"]["source"] == f"{layout.root}/state" and mounts["/fleet/state"]["read_only"]
-    assert mounts["/etc/nginx/conf.d"]["source"] == f"{rel}/nginx/conf.d"
+    # config dirs are mounted from their content address, not from the release (bundle.content_addressed)
+    nginx_dir = bundle.config_dir_name("nginx", b.files)
+    assert mounts["/etc/nginx/conf.d"]["source"] == f"{layout.root}/config/{nginx_dir}/conf.d"
+    assert mounts["/etc/nginx/nginx.conf"]["source"] == f"{layout.root}/config/{nginx_dir}/nginx.conf"
+    squid_dir = bundle.config_dir_name("ssrf_proxy", b.files)
+    assert svc["ssrf_proxy"]["volumes"][0]["source"] == f"{layout.root}/config/{squid_dir}/squid.conf"
+    assert (rel / "config-dirs").read_text().split() == [
+        "certs",
+        bundle.config_dir_name("certs", b.files),
+        "nginx",
+        nginx_dir,
+        "ssrf_proxy",
+        squid_dir,
+    ]
     assert svc["api"]["volumes"][0]["source"] == f"{layout.root}/volumes/app/storage"
     assert svc["plugin_daemon"]["volumes"][0]["source"] == f"{layout.root}/volumes/plugin_daemon"
     assert doc["networks"]["ssrf_proxy_network"]["internal"] is True
@@ -448,8 +461,14 @@ def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> No
         assert sh(f"{printenv} SMTP_PASSWORD").stdout == "pw $x'\n"
         assert {s.service for s in running} == EIGHT_SERVICES - {"worker_beat"}
         made_by = {s.service: s.release for s in running}
-        assert made_by["api"] == made_by["nginx"] == two.release_id  # new image / new mount paths
-        assert made_by["sandbox"] == one.release_id  # unchanged config: not recreated, and not drift
+        assert made_by["api"] == made_by["worker"] == made_by["web"] == two.release_id  # new image
+        # unchanged config: not recreated, and not drift. nginx, ssrf_proxy and plugin_daemon mount
+        # config dirs: content-addressed, so the new release mounts the same paths
+        unchanged = {made_by[svc] for svc in ("sandbox", "nginx", "ssrf_proxy", "plugin_daemon")}
+        assert unchanged == {one.release_id}, made_by
+        assert sh(f"ls {layout.config}").stdout.split() == sorted(
+            line.split()[1] for line in two.files["config-dirs"].data.decode().splitlines()
+        )  # one copy each, shared by both releases
         hashes_one = r.parse_hashes(sh(r.compose_hashes(layout, one.release_id).shell()).stdout)
         assert r.drift(running, hashes_one)  # against the old release, the new containers are drift
         assert json.loads(curl("/health")[1])["version"] == "1.1.0"
@@ -511,7 +530,8 @@ def test_pass_through_and_tls_settings_reach_their_services(
         assert env["CELERY_BROKER_URL"].startswith("rediss://") and env["BROKER_USE_SSL"] == "true"
         assert "NEXT_PUBLIC_COOKIE_DOMAIN" not in env and "AWS_REGION" not in env
         mounts = {(v["source"], v["target"], v.get("read_only")) for v in services[name]["volumes"]}
-        assert (str(rel / "certs"), "/fleet/certs", True) in mounts, name
+        certs = f"{layout.config}/{bundle.config_dir_name('certs', b.files)}"  # content-addressed
+        assert (certs, "/fleet/certs", True) in mounts, name
     web = services["web"]["environment"]
     assert web["NEXT_PUBLIC_COOKIE_DOMAIN"] == "example.com" and "MAIL_TYPE" not in web
     daemon = services["plugin_daemon"]["environment"]

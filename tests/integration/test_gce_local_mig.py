@@ -596,8 +596,11 @@ def test_a_vm_created_during_a_rollout_boots_the_fleets_release_then_is_brought_
     size = len(compute.mig_members(REF))
     fab_bin = Path(sys.executable).with_name("fab")
     args = [str(fab_bin), "rollout", "--inventory", mig_inv(fleet), "--version", "1.1.0", "--yes"]
+    # the rollout must outlast the newcomer's boot (its image pull is most of it, ~35 s here, over a
+    # minute on a loaded machine): two batches of the backend service's 10 s connection draining plus
+    # 10 s min-ready each (a switch no longer recreates nginx, which had made each batch ~2 s longer)
     rollout = subprocess.Popen(
-        [*args, "--canary", "1", "--drain-wait", "15"],
+        [*args, "--canary", "1", "--drain-wait", "15", "--min-ready", "10"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -614,7 +617,7 @@ def test_a_vm_created_during_a_rollout_boots_the_fleets_release_then_is_brought_
         before = {m.name for m in compute.mig_members(REF)}
         compute.resize(REF, size + 1)
         watch(compute, lambda ms: len(ms) == size + 1 and all(m.current_action == "NONE" for m in ms))
-        assert rollout.poll() is None, "the rollout should still run (drain waits of 15 s per batch)"
+        assert rollout.poll() is None, "the rollout should still run (draining and min-ready per batch)"
         (newcomer,) = [m for m in compute.mig_members(REF) if m.name not in before]
         report = {
             k: v for ns, k, v in compute.guest_attributes(CFG.project, CFG.zone, newcomer.name, "fleet/")

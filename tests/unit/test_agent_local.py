@@ -253,3 +253,31 @@ def test_as_root_the_steps_run_as_the_deploy_user_and_bootstrap_as_root() -> Non
 
     assert c.run_privileged(Command("id -un", "who", sudo=True)).stdout.strip() == "root"
     assert LocalContext(LocalHost("vm-1"), user="root").user is None
+
+
+def test_wait_healthy_polls_every_half_second_until_the_verdict_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deploy's and the agent's health wait: as often as the rollout engine's verify (0.5 s), the
+    config hashes read once, the last verdict returned when time is up."""
+    now = [0.0]
+    slept: list[float] = []
+    verdicts = iter([ht.Verdict(False, ["api: starting"]), ht.Verdict(False, ["api: starting"])])
+    calls: list[dict[str, str]] = []
+    monkeypatch.setattr(ht, "config_hashes", lambda _ctx, rid: {"api": rid})
+
+    def check(_ctx: object, version: str, rid: str, **kw: object) -> ht.Verdict:
+        calls.append(kw["hashes"])  # type: ignore[arg-type]
+        return next(verdicts, ht.Verdict(True))
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(ht, "check", check)
+    verdict = ht.wait_healthy(object(), "1.0.0", "r1", timeout=10, clock=lambda: now[0], sleep=sleep)  # type: ignore[arg-type]
+    assert verdict.ok and slept == [0.5, 0.5] and calls == [{"api": "r1"}] * 3
+    monkeypatch.setattr(ht, "check", lambda *_a, **_k: ht.Verdict(False, ["web: unhealthy"]))
+    now[0], slept[:] = 0.0, []
+    verdict = ht.wait_healthy(object(), "1.0.0", "r1", timeout=2, clock=lambda: now[0], sleep=sleep)  # type: ignore[arg-type]
+    assert not verdict.ok and verdict.problems == ["web: unhealthy"] and slept == [0.5] * 4

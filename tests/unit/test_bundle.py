@@ -334,12 +334,20 @@ def test_bundle_files_and_modes(source: bundle.Source) -> None:
         "nginx/conf.d/proxy.inc",
         "ssrf_proxy/squid.conf",
         "certs/README.md",
+        "config-dirs",
         ".env",
         "release.json",
     }
     assert b.files[".env"].mode == 0o600
     assert {f.mode for p, f in b.files.items() if p != ".env"} == {0o644}
-    assert b.files["docker-compose.yaml"].data == (COMPOSE / "docker-compose.yaml").read_bytes()
+    # the compose file as written, but its config dirs mounted from content-addressed paths
+    source_text = (COMPOSE / "docker-compose.yaml").read_text()
+    names = dict(line.split() for line in b.files["config-dirs"].data.decode().splitlines())
+    assert sorted(names) == ["certs", "nginx", "ssrf_proxy"]
+    expected = source_text
+    for d, n in names.items():
+        expected = expected.replace(f"- ./{d}", f"- ../../config/{n}")
+    assert b.files["docker-compose.yaml"].data.decode() == expected
 
 
 def test_env_lists_every_schema_variable_in_order_with_secrets(source: bundle.Source) -> None:
@@ -545,10 +553,18 @@ def test_diff_against_a_fresh_host_and_a_changed_compose_file(source: bundle.Sou
     conf.write_text(conf.read_text().replace("proxy_read_timeout 3600s;", "proxy_read_timeout 600s;"))
     changed = bundle.render(bundle.load_source(copy), host_vars(), SECRETS, META)
     d = bundle.diff(new, changed)
-    assert [path for path, _ in d.files] == ["nginx/conf.d/default.conf"]
-    assert (
-        "-    proxy_read_timeout 3600s;" in d.files[0][1] and "+    proxy_read_timeout 600s;" in d.files[0][1]
-    )
+    # the nginx file, and the new content address of nginx/ (in the mounts and in config-dirs)
+    paths = [path for path, _ in d.files]
+    assert paths == ["config-dirs", "docker-compose.yaml", "nginx/conf.d/default.conf"]
+    shown = dict(d.files)
+    conf_diff = shown["nginx/conf.d/default.conf"]
+    assert "-    proxy_read_timeout 3600s;" in conf_diff and "+    proxy_read_timeout 600s;" in conf_diff
+    old_nginx = bundle.config_dir_name("nginx", new.files)
+    new_nginx = bundle.config_dir_name("nginx", changed.files)
+    assert old_nginx != new_nginx
+    assert f"-      - ../../config/{old_nginx}/conf.d:/etc/nginx/conf.d:ro" in shown["docker-compose.yaml"]
+    assert f"+      - ../../config/{new_nginx}/conf.d:/etc/nginx/conf.d:ro" in shown["docker-compose.yaml"]
+    assert "certs" not in shown["docker-compose.yaml"] and "ssrf_proxy" not in shown["docker-compose.yaml"]
     assert d.env == ()
 
 
@@ -679,3 +695,81 @@ def test_secret_sources_missing_are_named(tmp_path: Path, ref: object, message: 
         secrets.resolve({"DB_PASSWORD": ref}, base_dir=tmp_path, environ={}, where="app-2")
     assert message.format(tmp=tmp_path) in err.value.render()
     assert err.value.where == "app-2"
+
+
+# --------------------------------------------------------------------------- content-addressed config dirs
+
+
+def _files(compose: str, **extra: str) -> dict[str, bundle.SourceFile]:
+    files = {"docker-compose.yaml": bundle.SourceFile(compose.encode(), 0o644)}
+    files.update({path: bundle.SourceFile(text.encode(), 0o644) for path, text in extra.items()})
+    return files
+
+
+def test_config_mounts_get_the_same_path_for_the_same_content_in_every_release(source: bundle.Source) -> None:
+    one, two = render(source), render(source, DIFY_VERSION="1.1.0")
+    assert one.release_id != two.release_id
+    mounts = {
+        name: svc.get("volumes", [])
+        for name, svc in yaml.safe_load(two.files["docker-compose.yaml"].data)["services"].items()
+    }
+    nginx = bundle.config_dir_name("nginx", one.files)
+    assert nginx == bundle.config_dir_name("nginx", two.files) and re.fullmatch(r"nginx-[0-9a-f]{16}", nginx)
+    assert f"../../config/{nginx}/nginx.conf:/etc/nginx/nginx.conf:ro" in mounts["nginx"]
+    # a relative source stays a relative source (resolved against the release dir by Compose), and none
+    # is left pointing into the release: a switch no longer changes their paths
+    relative = [v for vols in mounts.values() for v in vols if isinstance(v, str) and v.startswith(".")]
+    assert relative and all(v.startswith("../../config/") for v in relative), relative
+    assert one.files["docker-compose.yaml"] == two.files["docker-compose.yaml"]
+    assert one.files["config-dirs"] == two.files["config-dirs"]
+    # a byte or a mode of a file in the dir is a new address; another dir's file is not
+    changed = dict(one.files)
+    changed["nginx/nginx.conf"] = bundle.SourceFile(one.files["nginx/nginx.conf"].data + b"#", 0o644)
+    assert bundle.config_dir_name("nginx", changed) != nginx
+    changed["nginx/nginx.conf"] = bundle.SourceFile(one.files["nginx/nginx.conf"].data, 0o755)
+    assert bundle.config_dir_name("nginx", changed) != nginx
+    changed = dict(one.files)
+    changed["ssrf_proxy/squid.conf"] = bundle.SourceFile(b"other", 0o644)
+    assert bundle.config_dir_name("nginx", changed) == nginx
+
+
+def test_only_carried_dirs_mounted_relative_are_rewritten_long_syntax_too() -> None:
+    compose = (
+        "services:\n"
+        "  a:\n"
+        "    image: x\n"
+        "    volumes:\n"
+        "      - ./conf/a.conf:/a.conf:ro\n"
+        '      - "./conf:/all:ro"\n'
+        "      - ./missing:/m\n"  # not in the bundle: left alone
+        "      - /abs/conf:/abs\n"
+        "      - type: bind\n"
+        "        source: ./other\n"
+        "        target: /o\n"
+        "    env_file: ./conf/env\n"  # not a mount: left alone
+    )
+    out = bundle.content_addressed(_files(compose, **{"conf/a.conf": "1", "conf/env": "E=1", "other/x": "2"}))
+    conf = bundle.config_dir_name("conf", out)
+    other = bundle.config_dir_name("other", out)
+    text = out["docker-compose.yaml"].data.decode()
+    assert f"      - ../../config/{conf}/a.conf:/a.conf:ro\n" in text
+    assert f'      - "../../config/{conf}:/all:ro"\n' in text
+    assert f"        source: ../../config/{other}\n" in text
+    assert "      - ./missing:/m\n" in text and "    env_file: ./conf/env\n" in text
+    assert out["config-dirs"].data.decode() == f"conf {conf}\nother {other}\n"
+
+
+def test_a_stack_without_relative_mounts_is_left_as_is_and_an_unrewritable_one_is_refused() -> None:
+    plain = _files("services:\n  a:\n    image: x\n    volumes: [/abs:/abs]\n", **{"conf/a": "1"})
+    assert bundle.content_addressed(plain) == plain
+    flow = _files("services:\n  a:\n    image: x\n    volumes: [./conf:/c]\n", **{"conf/a": "1"})
+    with pytest.raises(FleetError, match="cannot rewrite the bind mounts of conf"):
+        bundle.content_addressed(flow)
+
+
+def test_the_manifest_name_is_reserved_in_the_source(tmp_path: Path) -> None:
+    copy = tmp_path / "compose"
+    shutil.copytree(COMPOSE, copy)
+    (copy / "config-dirs").write_text("nginx /etc\n")
+    with pytest.raises(FleetError, match="config-dirs is generated by the bundle"):
+        bundle.load_source(copy)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -36,7 +37,9 @@ PREFIX = (
 )
 
 
-def make_bundle(root: str, version: str = "1.0.0", beat: bool = False) -> bundle.Bundle:
+def make_bundle(
+    root: str, version: str = "1.0.0", beat: bool = False, source: bundle.Source | None = None
+) -> bundle.Bundle:
     variables = {
         "DIFY_VERSION": version,
         "DB_HOST": "10.0.0.3",
@@ -45,7 +48,7 @@ def make_bundle(root: str, version: str = "1.0.0", beat: bool = False) -> bundle
         "GOOGLE_STORAGE_BUCKET_NAME": "files",
         **bundle.host_variables(root, ["beat"] if beat else []),
     }
-    return bundle.render(bundle.load_source(), variables, SECRETS, META)
+    return bundle.render(source or bundle.load_source(), variables, SECRETS, META)
 
 
 def run(cmd: Command, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -81,11 +84,24 @@ def test_compose_commands_exact() -> None:
     assert r.compose_argv(L, RID, "ps")[:4] == ["docker", "compose", "-p", "dify"]
     assert r.compose_pull(L, RID).script == f"{PREFIX} pull --quiet"
     assert r.compose_check(L, RID).script == f"{PREFIX} config --quiet"
+    rel = "/opt/fleet/dify/releases/0123456789abcdef"
     lock_and_cleanup = (
         "mkdir -p /opt/fleet/dify/state\n"
         "exec 9>>/opt/fleet/dify/state/compose.lock\n"
         "flock -w 300 9 || { echo 'another compose operation on this host holds "
         "/opt/fleet/dify/state/compose.lock' >&2; exit 5; }\n"
+        # the release's content-addressed config dirs, copied once under the lock
+        f"if [ -f {rel}/config-dirs ]; then\n"
+        "  [ -d /opt/fleet/dify/config ] || mkdir -m 0750 /opt/fleet/dify/config\n"
+        "  while read -r src dst; do\n"
+        '    for part in "$src" "$dst"; do case "$part" in ""|.|..|*/*) '
+        "echo 'bad line in config-dirs of release 0123456789abcdef' >&2; exit 7;; esac; done\n"
+        '    [ -d /opt/fleet/dify/config/"$dst" ] && continue\n'
+        '    rm -rf /opt/fleet/dify/config/"$dst.tmp"\n'
+        f'    cp -a {rel}/"$src" /opt/fleet/dify/config/"$dst.tmp"\n'
+        '    mv -T /opt/fleet/dify/config/"$dst.tmp" /opt/fleet/dify/config/"$dst"\n'
+        f"  done < {rel}/config-dirs\n"
+        "fi\n"
         "ids=$(docker ps -a --filter label=com.docker.compose.project=dify --format '{{.ID}} {{.Names}}' "
         "| awk '$2 ~ /^" + "[0-9a-f]" * 12 + "_/ {print $1}'); "
         'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; fi\n'
@@ -237,10 +253,14 @@ def test_hostile_but_valid_paths_are_quoted() -> None:
         r.stage(layout, RID, {".env": "a" * 64}),
         r.host_state(layout),
         r.compose_pull(layout, RID),
+        r.compose_up(layout, RID),
         r.history_append(layout, {"a": 1}),
         r.prune(layout, [RID], ["nginx:1"]),
     ):
         tokens = [t for line in cmd.script.splitlines() for t in shlex.split(line)]
+        # the compose lock's redirection (`9>>PATH`) and its message ("... holds PATH") carry it too
+        busy = "another compose operation on this host holds "
+        tokens = [t.removeprefix("9>>").removeprefix(busy) for t in tokens]
         hostile = [t for t in tokens if "reboot" in t]
         assert hostile, cmd.script
         # every word that carries the path is the whole path (one quoted word), never split or expanded
@@ -397,6 +417,63 @@ def test_list_and_prune_keep_current_and_previous(layout: r.Layout) -> None:
     proc = run(r.prune(layout, [bundles[0].release_id]))
     assert proc.returncode == 0 and b"in use" in proc.stderr
     assert Path(layout.release(bundles[0].release_id)).is_dir()
+
+
+def _changed_nginx_source(tmp_path: Path) -> bundle.Source:
+    copy = tmp_path / "compose-copy"
+    shutil.copytree(bundle.COMPOSE_DIR, copy)
+    conf = copy / "nginx/conf.d/default.conf"
+    conf.write_text(conf.read_text().replace("proxy_read_timeout 3600s;", "proxy_read_timeout 600s;"))
+    return bundle.load_source(copy)
+
+
+def test_config_dirs_are_content_addressed_shared_and_pruned_for_real(
+    layout: r.Layout, tmp_path: Path
+) -> None:
+    ok(r.prepare_layout(layout))
+    one, two = make_bundle(layout.root, "1.0.0"), make_bundle(layout.root, "1.1.0")
+    three = make_bundle(layout.root, "1.1.0", source=_changed_nginx_source(tmp_path))
+    for b in (one, two, three):
+        ok(r.stage(layout, b.release_id, b.checksums()), b.tar_bytes())
+    lines = {b.release_id: b.files["config-dirs"].data.decode().split("\n") for b in (one, two, three)}
+    assert lines[one.release_id] == lines[two.release_id]  # a new version, the same config: same paths
+    names = dict(line.split() for line in lines[one.release_id] if line)
+    changed = dict(line.split() for line in lines[three.release_id] if line)
+    assert changed["nginx"] != names["nginx"] and changed["ssrf_proxy"] == names["ssrf_proxy"]
+
+    def ensure(b: bundle.Bundle) -> None:
+        ok(Command(r._script(*r.ensure_config_dirs(layout, b.release_id)), "ensure"))
+
+    config = Path(layout.config)
+    ensure(one)
+    assert sorted(p.name for p in config.iterdir()) == sorted(names.values())
+    for src, dst in names.items():
+        files = [p for p in (config / dst).rglob("*") if p.is_file()]
+        assert {p.relative_to(config / dst).as_posix(): p.read_bytes() for p in files} == {
+            p.removeprefix(src + "/"): f.data for p, f in one.files.items() if p.startswith(src + "/")
+        }
+    assert stat.S_IMODE(config.stat().st_mode) == 0o750
+    before = {p.name: p.stat().st_mtime_ns for p in config.iterdir()}
+    ensure(two)  # the same content: nothing copied again
+    assert {p.name: p.stat().st_mtime_ns for p in config.iterdir()} == before
+    ensure(three)
+    assert sorted(p.name for p in config.iterdir()) == sorted({*names.values(), changed["nginx"]})
+
+    # a manifest line naming a path outside its dir is refused before anything is copied
+    bad = Path(layout.release(one.release_id)) / "config-dirs"
+    bad.write_text("../../.. stolen\n")
+    proc = run(Command(r._script(*r.ensure_config_dirs(layout, one.release_id)), "ensure"))
+    assert proc.returncode == 7 and b"bad line in config-dirs" in proc.stderr
+    assert not (config / "stolen").exists()
+    bad.write_text(one.files["config-dirs"].data.decode())
+
+    # prune: a dir no remaining release lists goes (and a copy an interrupted `up` left), the rest stay
+    (config / "nginx-0000000000000000.tmp").mkdir()
+    ok(r.switch(layout, one.release_id))
+    ok(r.switch(layout, two.release_id))
+    ok(r.prune(layout, [three.release_id]))
+    assert sorted(p.name for p in config.iterdir()) == sorted(names.values())
+    assert not list(tmp_path.rglob("pwned"))
 
 
 def test_prune_plan_and_unused_images() -> None:

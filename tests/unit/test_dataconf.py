@@ -155,9 +155,12 @@ def test_pass_through_values_reach_their_services_only(source: bundle.Source, tm
     daemon = doc["services"]["plugin_daemon"]["environment"]
     assert daemon["AWS_REGION"] == "${PLUGIN_AWS_REGION}"
     assert daemon["AWS_SECRET_KEY"] == "${PLUGIN_AWS_SECRET_KEY}"
-    # without pass-through the compose file is the source's, byte for byte
+    # without pass-through the compose file is the source's, byte for byte, but for its config mounts
+    # (content-addressed: bundle.content_addressed)
     plain = render(source, inventory(tmp_path))
-    assert plain.files["docker-compose.yaml"].data == source.files["docker-compose.yaml"].data
+    as_is = bundle.content_addressed(source.files)["docker-compose.yaml"].data
+    assert plain.files["docker-compose.yaml"].data == as_is
+    assert b"- ./nginx/" in source.files["docker-compose.yaml"].data and b"- ./nginx/" not in as_is
     # secrets: masked, sealed by reference, and in no file but .env
     assert {"SMTP_PASSWORD", "PLUGIN_AWS_SECRET_KEY"} <= b.secret_keys
     assert b.masked_env()["SMTP_PASSWORD"] == bundle.MASK and b.masked_env()["MAIL_TYPE"] == "smtp"
