@@ -115,7 +115,7 @@ def exec_(
     from fleet.ssh.runner import command_step, run_on
     from fleet.view import console as ui
 
-    inv, chosen = select(inventory, hosts, group, where)
+    inv, chosen = select(inventory, hosts, group, where, memo=True)
     with ui.host_progress("exec", len(chosen), enabled=not json_) as progress:
         results = run_on(
             inv, chosen, command_step(cmd, timeout=timeout), workers=workers, processors=[progress]
