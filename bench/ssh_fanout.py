@@ -4,7 +4,9 @@ Every tool opens N new connections to N real sshd servers on 127.0.0.1 (each wit
 pinned in one known_hosts), runs `uname -r` on every host, and exits. Tools (each its own process):
 
 - raw:     N parallel `ssh -o KexAlgorithms=curve25519-sha256 -o StrictHostKeyChecking=yes ...` (OpenSSH)
-- fab:     `fab exec --inventory DIR --cmd 'uname -r' --json` (this project)
+- fab:     `fab exec --inventory DIR --cmd 'uname -r' --json` (this project); the warm-up writes its
+           inventory memo (fleet/inventory/memo.py), the rounds read it
+- fab-nomemo: the same with FLEET_INVENTORY_CACHE=off (a run right after the inventory changed)
 - fabric:  Fabric ThreadingGroup (bench/peers/fabric_group.py), paramiko RejectPolicy
 - nornir:  Nornir threaded runner + a Fabric task (bench/peers/nornir_fabric.py), RejectPolicy
 - pyinfra: `pyinfra INVENTORY exec -- uname -r`, ssh_strict_host_key_checking=yes
@@ -39,7 +41,7 @@ from fleet.paths import CHECKOUT
 
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_SSH_SIZES", "50,100").split(","))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-TOOLS = tuple(os.environ.get("BENCH_SSH_TOOLS", "raw,fab,fabric,nornir,pyinfra").split(","))
+TOOLS = tuple(os.environ.get("BENCH_SSH_TOOLS", "raw,fab,fab-nomemo,fabric,nornir,pyinfra").split(","))
 COMMAND = "uname -r"
 REPO = CHECKOUT
 PEERS_DIR = REPO / "bench" / "peers"
@@ -155,9 +157,15 @@ def tool_runners(fleet: SshdFleet, spec: Path) -> dict[str, Callable[[], Run]]:
     peer_env = {**os.environ, "BENCH_PEER_SPEC": str(spec), "PYTHONDONTWRITEBYTECODE": "1"}
     pyinfra = str(Path(peers).with_name("pyinfra"))
     inv = str(fleet.inventory_dir)
+    fab_argv = [fab, "exec", "--inventory", inv, "--cmd", COMMAND, "--json"]
+    # the inventory memo (fleet/inventory/memo.py) beside the fleet, removed with it; written by the
+    # warm-up run, so the rounds measure an unchanged inventory; fab-nomemo: the first run after a change
+    memo_env = {**os.environ, "FLEET_INVENTORY_CACHE": str(fleet.root / "inventory-memo")}
+    nomemo_env = {**os.environ, "FLEET_INVENTORY_CACHE": "off"}
     return {
         "raw": lambda: timed([raw_argv(fleet, h.port) for h in fleet.hosts], expect=n),
-        "fab": lambda: timed([[fab, "exec", "--inventory", inv, "--cmd", COMMAND, "--json"]], expect=n),
+        "fab": lambda: timed([fab_argv], memo_env, n),
+        "fab-nomemo": lambda: timed([fab_argv], nomemo_env, n),
         "fabric": lambda: timed([[peers, str(PEERS_DIR / "fabric_group.py"), str(spec)]], peer_env, n),
         "nornir": lambda: timed([[peers, str(PEERS_DIR / "nornir_fabric.py"), str(spec)]], peer_env, n),
         "pyinfra": lambda: timed(
@@ -276,6 +284,7 @@ PROFILE = (
 LABELS = {
     "raw": "raw OpenSSH, one `ssh` per host (curve25519)",
     "fab": "`fab exec` (this project)",
+    "fab-nomemo": "`fab exec`, inventory memo off (a run after an inventory change)",
     "fabric": "Fabric ThreadingGroup",
     "nornir": "Nornir threaded + Fabric task",
     "pyinfra": "pyinfra `exec`",

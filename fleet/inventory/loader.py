@@ -63,7 +63,7 @@ class FleetHost:
     def __getattr__(self, name: str) -> Any:
         # reached only for an attribute the instance lacks: `settings` of a host from the memo
         if name != "settings":
-            raise AttributeError(name)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         typed = settings_of(self.data, where=f"host {self.name!r}")
         object.__setattr__(self, "settings", typed)
         return typed

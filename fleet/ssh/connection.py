@@ -111,7 +111,7 @@ def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
     """Pure mapping from an inventory host to connection parameters (for an inventory from the memo:
     the ones this function gave when the memo was written, see memo_connections)."""
     memo = inv.connections.get(host.name)
-    if memo is not None:
+    if memo is not None and inv.hosts.get(host.name) is host:  # the memo's own host, not a changed copy
         return SSHParams(**memo)
     from fleet.inventory.schema import CommandProxy, JumpProxy
 

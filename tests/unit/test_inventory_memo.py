@@ -103,6 +103,12 @@ def test_hit_is_the_full_load(inv_dir: Path, cache: Path, full_loads: list[str |
             assert got.hosts[name].settings == host.settings  # built on first use from the same data
             assert ssh_params(got.hosts[name], got) == ssh_params(host, full)
     assert again.connections and not full.connections
+    # a host changed after the load is not given the memo's parameters
+    from dataclasses import replace
+
+    moved = replace(again.hosts["a1"], hostname="10.9.9.9")
+    assert ssh_params(moved, again).address == "10.9.9.9"
+    assert ssh_params(again.hosts["a1"], again).address == "10.0.0.1"
     assert ssh_params(again.hosts["a2"], again).proxy_command is not None
     assert ssh_params(again.hosts["a3"], again).proxy_command == "nc a3 22"
 
