@@ -4,7 +4,9 @@ Every tool opens N new connections to N real sshd servers on 127.0.0.1 (each wit
 pinned in one known_hosts), runs `uname -r` on every host, and exits. Tools (each its own process):
 
 - raw:     N parallel `ssh -o KexAlgorithms=curve25519-sha256 -o StrictHostKeyChecking=yes ...` (OpenSSH)
-- fab:     `fab exec --inventory DIR --cmd 'uname -r' --json` (this project)
+- fab:     `fab exec --inventory DIR --cmd 'uname -r' --json` (this project); the warm-up writes its
+           inventory memo (fleet/inventory/memo.py), the rounds read it
+- fab-nomemo: the same with FLEET_INVENTORY_CACHE=off (a run right after the inventory changed)
 - fabric:  Fabric ThreadingGroup (bench/peers/fabric_group.py), paramiko RejectPolicy
 - nornir:  Nornir threaded runner + a Fabric task (bench/peers/nornir_fabric.py), RejectPolicy
 - pyinfra: `pyinfra INVENTORY exec -- uname -r`, ssh_strict_host_key_checking=yes
@@ -39,7 +41,7 @@ from fleet.paths import CHECKOUT
 
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_SSH_SIZES", "50,100").split(","))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-TOOLS = tuple(os.environ.get("BENCH_SSH_TOOLS", "raw,fab,fabric,nornir,pyinfra").split(","))
+TOOLS = tuple(os.environ.get("BENCH_SSH_TOOLS", "raw,fab,fab-nomemo,fabric,nornir,pyinfra").split(","))
 COMMAND = "uname -r"
 REPO = CHECKOUT
 PEERS_DIR = REPO / "bench" / "peers"
@@ -155,9 +157,15 @@ def tool_runners(fleet: SshdFleet, spec: Path) -> dict[str, Callable[[], Run]]:
     peer_env = {**os.environ, "BENCH_PEER_SPEC": str(spec), "PYTHONDONTWRITEBYTECODE": "1"}
     pyinfra = str(Path(peers).with_name("pyinfra"))
     inv = str(fleet.inventory_dir)
+    fab_argv = [fab, "exec", "--inventory", inv, "--cmd", COMMAND, "--json"]
+    # the inventory memo (fleet/inventory/memo.py) beside the fleet, removed with it; written by the
+    # warm-up run, so the rounds measure an unchanged inventory; fab-nomemo: the first run after a change
+    memo_env = {**os.environ, "FLEET_INVENTORY_CACHE": str(fleet.root / "inventory-memo")}
+    nomemo_env = {**os.environ, "FLEET_INVENTORY_CACHE": "off"}
     return {
         "raw": lambda: timed([raw_argv(fleet, h.port) for h in fleet.hosts], expect=n),
-        "fab": lambda: timed([[fab, "exec", "--inventory", inv, "--cmd", COMMAND, "--json"]], expect=n),
+        "fab": lambda: timed([fab_argv], memo_env, n),
+        "fab-nomemo": lambda: timed([fab_argv], nomemo_env, n),
         "fabric": lambda: timed([[peers, str(PEERS_DIR / "fabric_group.py"), str(spec)]], peer_env, n),
         "nornir": lambda: timed([[peers, str(PEERS_DIR / "nornir_fabric.py"), str(spec)]], peer_env, n),
         "pyinfra": lambda: timed(
@@ -253,29 +261,36 @@ def table(n: int, runs: dict[str, list[Run]], load: tuple[float, float]) -> list
 # what the profile of `fab exec` on 50 hosts found (CPU clocks: process_time laps, thread_time
 # cProfile over all threads, gc callbacks), and what became of it
 PROFILE = (
-    "Where `fab exec`'s CPU goes (50 hosts, issue 17 item 2): (1) start-up, about 0.45 s of CPU on one"
-    " core before the first connection while the other core idles (raw OpenSSH has none): Fabric's"
-    " command line with invoke and paramiko ~0.2 s, invoke's task parse and the task modules ~0.04 s,"
-    " then the inventory: importing pydantic ~0.11 s, its schema machinery and the 32 section models"
-    " ~0.09 s, Nornir with ruamel.yaml ~0.03 s, loading and validating 50 hosts ~0.01 s; (2) the fan-out,"
-    " ~9 ms of client CPU per host in threads (7 ms one host at a time: connect 4.3 ms, command 2.5 ms),"
-    " less than a raw `ssh` process. The fan-out is CPU-bound on the 2 cores (client and 50 sshd), so its"
-    " wall follows total CPU, not scheduling. Cut here: the cyclic garbage collector walked every object"
-    " start-up made, ~80 ms of CPU per run; it is now off during start-up and inventory loading and"
-    " those objects are frozen before the task runs (~22 ms left). Measured and not kept: starting every"
+    "Where `fab exec`'s CPU goes (50 hosts, issue 17 item 2): (1) start-up, CPU on one core before the"
+    " first connection while the other core idles (raw OpenSSH has none): Fabric's command line with"
+    " invoke and paramiko ~0.2 s, invoke's task parse and the task modules ~0.04 s (two deep copies of"
+    " every task's parser context, ~20 ms), Nornir with ruamel.yaml ~0.03 s, and, when the inventory is"
+    " validated, pydantic: importing it ~0.11 s, its schema machinery and the 32 section models ~0.09 s,"
+    " loading and validating 50 hosts ~0.01 s; (2) the fan-out, ~9 ms of client CPU per host in threads"
+    " (7 ms one host at a time: connect 4.3 ms, command 2.5 ms), less than a raw `ssh` process. The"
+    " fan-out is CPU-bound on the 2 cores (client and 50 sshd), so its wall follows total CPU, not"
+    " scheduling. Cut here: pydantic, for an unchanged inventory: `fab exec` keeps a memo of the"
+    " validated inventory (each host's merged data and connection parameters, keyed by the inventory"
+    " files' bytes, the environment and the source of the modules that made it; docs/inventory.md) and"
+    " on a hit neither imports pydantic nor builds the models; start-up CPU before the first connection"
+    " 0.39 s with the memo against 0.58 s without (medians of 7, load 17; `fab-nomemo` above is the run"
+    " right after an inventory change). Earlier: the cyclic garbage collector walked every object"
+    " start-up made, ~80 ms of CPU per run; it is off during start-up and inventory loading and those"
+    " objects are frozen before the task runs (~22 ms left). Measured and not kept: starting every"
     " worker thread before the first host (the last connection began 0.5 s after the first; with all"
     " started at once wall and CPU did not improve), other GIL switch intervals (more CPU), a known_hosts"
-    " index (the lookups cost 2 ms for 50 hosts). What is left is pydantic (~0.2 s), only avoidable with"
-    " a validated-inventory cache or a second validation path. Removed earlier: re-parsing the project's"
-    " sources on every start (PYTHONDONTWRITEBYTECODE; `nox` compiles them), a Fabric Config, an invoke"
-    " Runner with two output threads and a timer per command (fleet/ssh/session.py), three parses of the"
-    " private key per host, paramiko's byte-by-byte MAC comparison (AES-GCM preferred), the pure-Python"
-    " YAML parser, and InitNornir's entry-point scans."
+    " index (the lookups cost 2 ms for 50 hosts). Removed earlier: re-parsing the project's sources on"
+    " every start (PYTHONDONTWRITEBYTECODE; `nox` compiles them), a Fabric Config, an invoke Runner with"
+    " two output threads and a timer per command (fleet/ssh/session.py), three parses of the private key"
+    " per host, paramiko's byte-by-byte MAC comparison (AES-GCM preferred), the pure-Python YAML parser,"
+    " and InitNornir's entry-point scans. What is left before the first connection is the imports of"
+    " Fabric, invoke, paramiko and Nornir, which every peer but pyinfra pays too."
 )
 
 LABELS = {
     "raw": "raw OpenSSH, one `ssh` per host (curve25519)",
     "fab": "`fab exec` (this project)",
+    "fab-nomemo": "`fab exec`, inventory memo off (a run after an inventory change)",
     "fabric": "Fabric ThreadingGroup",
     "nornir": "Nornir threaded + Fabric task",
     "pyinfra": "pyinfra `exec`",

@@ -36,6 +36,7 @@ PUBSUB_ENDPOINT_ENV = "FLEET_PUBSUB_ENDPOINT"
 SECRETMANAGER_ENDPOINT_ENV = "FLEET_SECRETMANAGER_ENDPOINT"
 STORAGE_ENDPOINT_ENV = "FLEET_STORAGE_ENDPOINT"
 METADATA_HOST_ENV = "GCE_METADATA_HOST"  # the on-VM agent's metadata server (Google's own variable)
+INVENTORY_CACHE_ENV = "FLEET_INVENTORY_CACHE"  # the inventory memo's directory, or "off"
 VARIABLES = (
     PROJECT_ENV,
     INVENTORY_ENV,
@@ -47,6 +48,7 @@ VARIABLES = (
     SECRETMANAGER_ENDPOINT_ENV,
     STORAGE_ENDPOINT_ENV,
     METADATA_HOST_ENV,
+    INVENTORY_CACHE_ENV,
 )
 
 DEFAULT_LOCK_TTL = 300.0  # seconds a rollout lock lives without renewal (inventory: rollout.lock_ttl)
@@ -86,6 +88,7 @@ class Settings:
     secretmanager_endpoint: str | None = None
     storage_endpoint: str | None = None
     metadata_host: str | None = None  # GCE_METADATA_HOST; unset = metadata.google.internal
+    inventory_cache: str | None = None  # FLEET_INVENTORY_CACHE: a directory, or "off"
     # the whole environment, for `env:` secret references in the inventory (values, not settings)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -115,6 +118,20 @@ class Settings:
         """FLEET_STORAGE_ENDPOINT, else store.endpoint; unset = storage.googleapis.com."""
         return layered(None, inventory=inventory, env=self.storage_endpoint)
 
+    def inventory_cache_dir(self) -> Path | None:
+        """Where the inventory memo lives (fleet/inventory/memo.py): FLEET_INVENTORY_CACHE, else
+        $XDG_CACHE_HOME/compose-fleet/inventory, else ~/.cache/compose-fleet/inventory; None when the
+        variable is `off`. A per-user cache, outside the project (never in git)."""
+        if self.inventory_cache == "off":
+            return None
+        if self.inventory_cache:
+            return Path(self.inventory_cache).expanduser()
+        xdg = self.environ.get("XDG_CACHE_HOME", "")
+        home = self.environ.get("HOME")
+        # a relative XDG_CACHE_HOME is ignored (the XDG base directory rule)
+        base = Path(xdg) if os.path.isabs(xdg) else (Path(home) if home else Path.home()) / ".cache"
+        return base / "compose-fleet" / "inventory"
+
     def workers_for(self, hosts: int, inventory: int | None = None, flag: int | None = None) -> int:
         """--workers, else run.workers, else one per host up to MAX_WORKERS."""
         return layered(max(1, min(hosts, MAX_WORKERS)), inventory=inventory, flag=flag or None)
@@ -139,5 +156,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         secretmanager_endpoint=env.get(SECRETMANAGER_ENDPOINT_ENV) or None,
         storage_endpoint=env.get(STORAGE_ENDPOINT_ENV) or None,
         metadata_host=env.get(METADATA_HOST_ENV) or None,
+        inventory_cache=env.get(INVENTORY_CACHE_ENV) or None,
         environ=env,
     )

@@ -92,10 +92,29 @@ def fleet_errors(fn: F) -> F:
 
 
 def select(
-    inventory: str | None, hosts: str | None, group: str | None, where: Sequence[str] | None
+    inventory: str | None,
+    hosts: str | None,
+    group: str | None,
+    where: Sequence[str] | None,
+    *,
+    memo: bool = False,
 ) -> tuple[Inventory, list[FleetHost]]:
-    """The task's inventory and hosts: fleet.inventory.choose, the one selection the services use too."""
+    """The task's inventory and hosts: fleet.inventory.choose, the one selection the services use too.
+
+    `memo`: the inventory from its memo when unchanged (fleet/inventory/memo.py), for a task that only
+    connects and runs commands (its hosts' typed settings are then built only if read)."""
     with startup_gc():
         from fleet.inventory import choose
 
-        return choose(inventory, hosts, group, where)
+        if not memo:
+            return choose(inventory, hosts, group, where)
+        from fleet.inventory import memo as inventory_memo
+        from fleet.ssh.connection import memo_connections
+
+        return choose(
+            inventory,
+            hosts,
+            group,
+            where,
+            load_with=functools.partial(inventory_memo.load, derive=memo_connections),
+        )

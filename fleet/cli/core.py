@@ -111,11 +111,14 @@ def exec_(
     other value is validated and quoted. Output: a summary table (control characters in host output
     shown as \\xNN, never interpreted by your terminal), or --json with each host's exit code,
     stdout/stderr tail (raw, JSON-escaped) and duration.
+
+    A validated inventory is memoized and reused while its files, the environment and the tool are
+    unchanged (FLEET_INVENTORY_CACHE: a directory, or off; docs/inventory.md "The inventory memo").
     """
     from fleet.ssh.runner import command_step, run_on
     from fleet.view import console as ui
 
-    inv, chosen = select(inventory, hosts, group, where)
+    inv, chosen = select(inventory, hosts, group, where, memo=True)
     with ui.host_progress("exec", len(chosen), enabled=not json_) as progress:
         results = run_on(
             inv, chosen, command_step(cmd, timeout=timeout), workers=workers, processors=[progress]

@@ -12,23 +12,24 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from fleet import settings
 from fleet.errors import InventoryError
-from fleet.inventory.schema import (
-    Data,
-    Defaults,
-    GCESettings,
-    GroupSpec,
-    HostSpec,
-)
 from fleet.paths import INVENTORY_ROOT
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from fleet.inventory.schema import Data
+
+# pydantic and the schema are imported by the functions that use them: a `fab exec` whose inventory
+# comes from the memo (fleet/inventory/memo.py) needs neither (~0.2 s of its start-up)
+
 ENV_VAR = settings.INVENTORY_ENV
+DEFERRED: Any = object()  # FleetHost(settings=DEFERRED): the typed view is built when first read
 HOST_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 
 
@@ -41,6 +42,8 @@ class FleetHost:
 
     `settings` is the typed view of `data` (defaults from fleet/inventory/schema.py); `data`/`get()` also
     hold what is not a setting: the runtime facts MIG discovery merges under `gce` (status, mig...).
+    A host rebuilt from the inventory memo (`settings=DEFERRED`, data validated when the memo was made)
+    builds its view on first use, so a task that never reads it never imports pydantic.
     """
 
     name: str
@@ -54,6 +57,16 @@ class FleetHost:
     def __post_init__(self) -> None:
         if self.settings is None:  # built outside load() (tests): the view of `data`, facts left out
             object.__setattr__(self, "settings", settings_of(self.data, where=f"host {self.name!r}"))
+        elif self.settings is DEFERRED:  # from the memo: built by __getattr__ on first use
+            object.__delattr__(self, "settings")
+
+    def __getattr__(self, name: str) -> Any:
+        # reached only for an attribute the instance lacks: `settings` of a host from the memo
+        if name != "settings":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        typed = settings_of(self.data, where=f"host {self.name!r}")
+        object.__setattr__(self, "settings", typed)
+        return typed
 
     def get(self, dotted: str, default: Any = None) -> Any:
         """A value by dotted path into the merged data, e.g. `ssh.proxy`."""
@@ -65,6 +78,11 @@ class FleetHost:
         return node
 
 
+# the dataclass left its default (None) as a class attribute, which would hide a deferred view from
+# __getattr__; the generated __init__ keeps the default on its own
+del FleetHost.settings
+
+
 @dataclass(frozen=True)
 class Inventory:
     name: str
@@ -72,6 +90,9 @@ class Inventory:
     hosts: dict[str, FleetHost]
     groups: dict[str, dict[str, Any]]
     defaults: dict[str, Any]
+    # per-host connection parameters as the SSH layer derived them, when the inventory came from the memo
+    # (fleet/inventory/memo.py; fleet.ssh.connection.ssh_params reads them); empty after a plain load()
+    connections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def known_hosts(self) -> Path:
@@ -188,6 +209,8 @@ def _read_yaml(path: Path, required: bool) -> dict[str, Any]:
 def settings_of(data: Mapping[str, Any], where: str) -> Data:
     """The typed view of a host's merged data; keys under `gce` that are not settings (the runtime facts
     of MIG discovery) are left out of it."""
+    from fleet.inventory.schema import Data, GCESettings
+
     gce = data.get("gce")
     if isinstance(gce, Mapping):
         data = {**data, "gce": {k: v for k, v in gce.items() if k in GCESettings.model_fields}}
@@ -202,6 +225,8 @@ def _validate(model: type[BaseModel], raw: Any, where: str) -> dict[str, Any]:
 
 
 def _model(model: type[BaseModel], raw: Any, where: str) -> BaseModel:
+    from pydantic import ValidationError
+
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -253,6 +278,8 @@ def load_defaults(name: str | None) -> tuple[Path, dict[str, Any], Data]:
     """An inventory's defaults.yaml alone, validated and typed: (directory, the layer as written, its
     settings). No hosts and no MIG discovery: for fleet-wide tasks that must work before the MIG
     exists (`fab infra.plan`)."""
+    from fleet.inventory.schema import Defaults
+
     path = inventory_path(name)
     where = f"{path / 'defaults.yaml'}"
     defaults = _validate(Defaults, _read_yaml(path / "defaults.yaml", required=False), where)
@@ -262,6 +289,7 @@ def load_defaults(name: str | None) -> tuple[Path, dict[str, Any], Data]:
 def load(name: str | None) -> Inventory:
     """Read, validate and resolve an inventory directory."""
     from fleet.inventory import mig as gce_inventory
+    from fleet.inventory.schema import Defaults, GroupSpec, HostSpec
 
     path = inventory_path(name)
     defaults_raw = _read_yaml(path / "defaults.yaml", required=False)

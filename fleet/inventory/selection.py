@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import operator
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from nornir.core.filter import F_BASE, F
@@ -117,9 +117,11 @@ def choose(
     *,
     include_unready: bool = False,
     hint: str = NO_MATCH_HINT,
+    load_with: Callable[[str | None], Inventory] = load,
 ) -> tuple[Inventory, list[FleetHost]]:
-    """Load inventory and select from the task options (`hosts` comma-separated); no match is an error."""
-    inv = load(inventory)
+    """Load inventory and select from the task options (`hosts` comma-separated); no match is an error.
+    `load_with`: the loader (fleet.inventory.memo's for `fab exec`)."""
+    inv = load_with(inventory)
     chosen = select(
         inv,
         hosts=split_csv(hosts) or None,

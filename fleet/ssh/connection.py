@@ -58,6 +58,8 @@ class SSHParams:
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
 
+# what the inventory memo keeps of SSHParams (guest_keys: never memoized)
+MEMO_FIELDS = tuple(f for f in SSHParams.__dataclass_fields__ if f != "guest_keys")
 IAP_COMMAND = ("gcloud", "compute", "start-iap-tunnel")
 
 
@@ -106,7 +108,11 @@ def jump_proxy_command(jump: str, target: str, port: int) -> str:
 
 
 def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
-    """Pure mapping from an inventory host to connection parameters."""
+    """Pure mapping from an inventory host to connection parameters (for an inventory from the memo:
+    the ones this function gave when the memo was written, see memo_connections)."""
+    memo = inv.connections.get(host.name)
+    if memo is not None and inv.hosts.get(host.name) is host:  # the memo's own host, not a changed copy
+        return SSHParams(**memo)
     from fleet.inventory.schema import CommandProxy, JumpProxy
 
     ssh, gce = host.settings.ssh, host.settings.gce
@@ -151,6 +157,18 @@ def ssh_params(host: FleetHost, inv: Inventory) -> SSHParams:
         retries=ssh.connect_retries,
         guest_keys=guest_keys,
     )
+
+
+def memo_connections(inv: Inventory) -> dict[str, dict[str, Any]] | None:
+    """Every host's ssh_params as JSON-able mappings, for the inventory memo (fleet/inventory/memo.py);
+    None when one depends on more than the inventory's files (host keys from guest attributes)."""
+    out: dict[str, dict[str, Any]] = {}
+    for host in inv.hosts.values():
+        params = ssh_params(host, inv)
+        if params.guest_keys is not None:
+            return None
+        out[host.name] = {f: getattr(params, f) for f in MEMO_FIELDS}
+    return out
 
 
 def host_keys_mode(host: FleetHost) -> str:
