@@ -193,7 +193,8 @@ def wait_ready(config: LocalConfig, timeout: float = 120.0) -> None:
             return
         info = inspect(config)
         state = (info or {}).get("State") or {}
-        if info is None or state.get("Status") in ("exited", "dead"):
+        # restarted (PID 1 exited: the restart policy runs it again) or stopped: its log says why
+        if info is None or state.get("Status") in ("exited", "dead") or int(info.get("RestartCount") or 0):
             break
     logs = execute.run([dockercmd.DOCKER, "logs", "--tail", "30", name], check=False)
     raise FleetError(
