@@ -50,15 +50,14 @@ def test_the_inventory_points_the_stack_at_them(tmp_path: Path) -> None:
     assert set(dataservices.SECRETS) <= set(inventory_writer.required_secrets(schema))
 
 
-def test_the_inventory_says_whether_migrations_are_a_phase(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert inventory_writer.defaults_doc(config(tmp_path))["data"]["dify"] == {"migrations": "off"}
+def test_the_inventory_says_whether_migrations_are_a_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    short = Path("/srv/ck")  # only named (the LB socket's path must stay short), never written
+    assert inventory_writer.defaults_doc(config(short))["data"]["dify"] == {"migrations": "off"}
     monkeypatch.setenv("FLEET_LOCAL_MIGRATIONS", "phase")
-    phase = LocalConfig.from_env(root=tmp_path)
+    phase = LocalConfig.from_env(root=short)
     assert inventory_writer.defaults_doc(phase)["data"]["dify"] == {"migrations": "phase"}
     with pytest.raises(FleetError, match="invalid migrations setting 'always'"):
-        config(tmp_path, migrations="always")
+        config(short, migrations="always")
 
 
 def secret_files(tmp_path: Path, **values: str) -> dict[str, Path]:
