@@ -394,8 +394,36 @@ DISK_FAULT = "/app/api/storage/.standin-disk-fault"  # the VM's volumes/app/stor
 
 
 DB_CHECK_TTL = 1.0  # seconds one answer of the database serves /health (the LB and Docker both ask)
+# a database that answered before must fail for this long before /health says so: one slow connect on
+# a loaded machine is no outage (one that never answered, e.g. a wrong password, fails at once)
+DB_FAIL_GRACE = 3.0
 _db_lock = threading.Lock()
-_db_state: dict[str, object] = {"at": None, "problem": None}
+_db_state: dict[str, object] = {
+    "at": None,
+    "problem": None,
+    "conn": None,
+    "ok_at": None,
+    "failing_since": None,
+}
+
+
+def _db_check() -> None:
+    """`SELECT 1` on the kept connection, or on a new one (raises DataError)."""
+    conn = _db_state["conn"]
+    if isinstance(conn, Postgres):
+        try:
+            conn.query("SELECT 1")
+            return
+        except DataError:
+            conn.close()
+            _db_state["conn"] = None
+    conn = main_database(timeout=5.0)
+    try:
+        conn.query("SELECT 1")
+    except DataError:
+        conn.close()
+        raise
+    _db_state["conn"] = conn
 
 
 def database_problem() -> str | None:
@@ -404,15 +432,21 @@ def database_problem() -> str | None:
     if ROLE != "api" or not os.environ.get("DB_HOST"):
         return None
     with _db_lock:
+        now = time.monotonic()
         at = _db_state["at"]
-        if isinstance(at, float) and time.monotonic() - at < DB_CHECK_TTL:
+        if isinstance(at, float) and now - at < DB_CHECK_TTL:
             return _db_state["problem"]  # type: ignore[return-value]
         try:
-            with main_database(timeout=2.0) as db:
-                db.query("SELECT 1")
-            problem = None
+            _db_check()
+            problem, _db_state["ok_at"], _db_state["failing_since"] = None, now, None
         except DataError as exc:
+            since = _db_state["failing_since"]
+            if not isinstance(since, float):
+                since = _db_state["failing_since"] = now
             problem = f"database unavailable: {exc}"
+            if _db_state["ok_at"] is not None and now - since < DB_FAIL_GRACE:
+                log(f"{problem} (not yet reported: failing for {now - since:.1f} s)")
+                problem = None
         if problem != _db_state["problem"]:
             log(problem or "database reachable")
         _db_state.update(at=time.monotonic(), problem=problem)

@@ -9,17 +9,16 @@ here when the fleet runs another version), and leave the fleet to be taken down 
 to the third host). Do not run them while another session deploys to the shared fleet: the rollouts
 hold its lock. Tests run in file order, each starting from the versions the previous one left:
 
-  1.0.0 -> rollout 1.1.0 -> a failing migration -> a wrong database login's canary rolled back
-  -> broken canary rolled back -> rollback to 1.0.0 refused, then forced (SIGINT + resume)
+  1.0.0 -> rollout 1.1.0 -> a failing migration -> broken canary rolled back
+  -> rollback to 1.0.0 refused, then forced (SIGINT + resume)
   -> rollout 1.1.0 (SIGKILL + resume) -> rollout 1.0.0 with an instance stopped (pause + resume)
   -> the worker_beat role moves -> the lock refuses a second operator
 
 The chain runs with migrations as a phase (`dify.migrations: phase` in a copy of the fleet's inventory):
 the stand-ins migrate the fleet's real PostgreSQL (fleet/local/dataservices.py), and every run of their
 `flask upgrade-db` is a row of `standin_migration_runs`, read here. So 1.0.0 -> 1.1.0 migrates exactly
-once, a release whose migration fails switches nothing, a rollback across the migration is refused
-naming the restore point before it is forced, and a release with a wrong database login fails its
-canary's health gate.
+once, a release whose migration fails switches nothing, and a rollback across the migration is refused
+naming the restore point before it is forced.
 """
 
 from __future__ import annotations
@@ -309,30 +308,6 @@ def test_a_failing_migration_switches_nothing_and_releases_the_lock(ctx: Ctx) ->
     assert migration_runs(ctx)[len(runs_before) :] == [
         ("1.3.0-migration-fails", "standin-1.3.0-fails", "failed")
     ]
-    st = assert_fleet_on(ctx, "1.1.0")
-    assert {h: st[h]["release"] for h in HOSTS} == {h: before[h]["release"] for h in HOSTS}
-    assert_settled(ctx)
-
-
-def test_a_wrong_database_login_fails_the_canary(ctx: Ctx, tmp_path: Path) -> None:
-    """Same version, a release whose DB_USERNAME is a role DB_PASSWORD is not the password of: the api's
-    /health says the database refused it, the canary fails its gate and is rolled back."""
-    ctx.ensure("1.1.0")
-    before = ctx.status()
-    wrong = tmp_path / Path(ctx.inv).name
-    shutil.copytree(ctx.inv, wrong, symlinks=True)
-    defaults = yaml.safe_load((wrong / "defaults.yaml").read_text())
-    defaults["data"]["vars"]["DB_USERNAME"] = dataservices.NAMES["PGVECTOR_USER"]
-    (wrong / "defaults.yaml").write_text(yaml.safe_dump(defaults, sort_keys=False))
-    with ctx.load() as load:
-        code, report, out = ctx.json(
-            "rollout", "--version", "1.1.0", "--yes", "--health-timeout", "10", inventory=str(wrong)
-        )
-    assert code == 3, out
-    assert_no_failed_requests(load.report(), at_least=50)
-    results = {h["host"]: h for h in report["hosts"]}
-    assert results[H1]["result"] == "rolled-back" and "not healthy" in results[H1]["error"]
-    assert [results[h]["result"] for h in HOSTS[1:]] == ["not-started"] * 3
     st = assert_fleet_on(ctx, "1.1.0")
     assert {h: st[h]["release"] for h in HOSTS} == {h: before[h]["release"] for h in HOSTS}
     assert_settled(ctx)

@@ -438,3 +438,38 @@ def test_an_unreachable_broker_is_retried_not_fatal(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=10)[0]
     assert proc.returncode == 0 and out.count("broker unavailable") == 1 and "cannot connect" in out
+
+
+def test_health_keeps_its_connection_and_reports_an_outage_after_a_grace(pg: Pg, tmp_path: Path) -> None:
+    port = free_port()
+    env = run_env(
+        {"STANDIN_ROLE": "api", "STANDIN_VERSION": "1.1.0", "STANDIN_PORT": str(port), **db_env(pg)}
+    )
+    proc = subprocess.Popen(
+        standin(tmp_path, env), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}/health"
+    try:
+        for _ in range(100):
+            try:
+                assert get(url)[0] == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.05)
+        time.sleep(1.1)
+        assert get(url)[0] == 200  # the second check reuses the connection: one backend, not one per check
+        assert pg.admin("SELECT count(*) FROM pg_stat_activity WHERE usename = 'dify'") == "1"
+        # an outage: the connection is cut and new logins are refused
+        pg.admin("ALTER ROLE dify PASSWORD 'changed-meanwhile'")
+        pg.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'dify'")
+        time.sleep(1.1)
+        assert get(url)[0] == 200  # within the grace: not yet reported
+        deadline = time.monotonic() + 10
+        while (answer := get(url))[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert answer[0] == 503 and "password authentication failed" in answer[1]["status"]
+    finally:
+        pg.admin(f"ALTER ROLE dify PASSWORD '{PW}'")
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=10)[0]
+    assert "not yet reported" in out
