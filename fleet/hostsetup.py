@@ -24,9 +24,12 @@ PACKAGES: dict[str, dict[str, str]] = {
         "/usr/sbin/sshd": "openssh-server",
         "ssh-keygen": "openssh-client",
     },
+    # the stand-ins' data-layer tests (tests/integration/test_standin_data.py): a PostgreSQL server
+    # (Debian's default version) and redis-server, run as plain processes
+    "data": {"/usr/bin/pg_ctlcluster": "postgresql", "/usr/bin/redis-server": "redis-server"},
 }
 PROFILES: dict[str, tuple[str, ...]] = {
-    "tests": ("ssh", "localfleet"),
+    "tests": ("ssh", "localfleet", "data"),
     "bench": ("ssh", "localfleet"),
     "demo": ("ssh", "localfleet"),
     "ssh": ("ssh",),

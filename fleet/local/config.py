@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from fleet.inventory.schema import LBSettings
 
 LOG_DRIVERS = ("json-file", "gcplogs")
+MIGRATIONS = ("off", "phase")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 # The local fleet's backend service and health checks, written into its inventory (`lb`) and handed to
@@ -113,6 +114,9 @@ class LocalConfig:
     # the MIG applies its autohealing policy (liveness check, recreate). Off unless asked for: a fleet
     # whose instances serve nothing yet (before the first deploy) would be recreated over and over
     autohealing: bool = False
+    # dify.migrations in the fleet's inventory: "phase" (a rollout across a schema revision migrates the
+    # fleet's database once, rollbacks across it are guarded) or "off" (docs/local-fleet.md)
+    migrations: str = "off"
 
     def __post_init__(self) -> None:
         for value, what in (
@@ -140,6 +144,12 @@ class LocalConfig:
                 where="local fleet",
                 hint="json-file or gcplogs (FLEET_LOCAL_LOG_DRIVER)",
             )
+        if self.migrations not in MIGRATIONS:
+            raise FleetError(
+                f"invalid migrations setting {self.migrations!r}",
+                where="local fleet",
+                hint="phase or off (FLEET_LOCAL_MIGRATIONS)",
+            )
         if self.lb:  # refuse bad overrides at once (no overrides: no pydantic needed, see lb_settings)
             self.lb_settings  # noqa: B018
 
@@ -166,7 +176,7 @@ class LocalConfig:
         """Ports can be moved with FLEET_LOCAL_{SSH_BASE,HTTP_BASE,LB_PORT,REGISTRY_PORT} when taken;
         FLEET_LOCAL_LOG_DRIVER=gcplogs sends the stack's logs to the fleet's local Cloud Logging.
         FLEET_LOCAL_AUTOHEALING=1 turns the MIG's autohealing on, FLEET_LOCAL_SESSION_AFFINITY sets the
-        LB's (NONE, CLIENT_IP, GENERATED_COOKIE)."""
+        LB's (NONE, CLIENT_IP, GENERATED_COOKIE), FLEET_LOCAL_MIGRATIONS=phase the migration phase."""
         lb: dict[str, Any] = {}
         affinity = os.environ.get("FLEET_LOCAL_SESSION_AFFINITY", "")
         if affinity:
@@ -178,6 +188,7 @@ class LocalConfig:
             log_driver=os.environ.get("FLEET_LOCAL_LOG_DRIVER") or "json-file",
             lb=lb,
             autohealing=healing == "1",
+            migrations=os.environ.get("FLEET_LOCAL_MIGRATIONS") or "off",
             root=root or PROJECT_ROOT,
             ssh_base=_env_int("FLEET_LOCAL_SSH_BASE", 2200),
             http_base=_env_int("FLEET_LOCAL_HTTP_BASE", 8100),

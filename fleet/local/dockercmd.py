@@ -316,3 +316,46 @@ def run_registry(
         *_labels(labels),
         check_ref(image),
     ]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The fleet's data-services container (fleet/local/dataservices.py): a fixed address on the fleet
+    network, its configuration (names, secrets, TLS) mounted read-only, no published port."""
+
+    name: str
+    image: str
+    network: str
+    address: str
+    alias: str
+    conf_dir: Path
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+DATA_CONF_MOUNT = "/fleet/data"
+
+
+def run_data(spec: DataSpec) -> list[str]:
+    return [
+        DOCKER,
+        "run",
+        "--detach",
+        "--name",
+        check_container(spec.name),
+        "--hostname",
+        check_container(spec.alias),
+        "--network",
+        check_container(spec.network),
+        "--ip",
+        str(ipaddress.ip_address(spec.address)),
+        "--network-alias",
+        check_container(spec.alias),
+        "--volume",
+        f"{spec.conf_dir}:{DATA_CONF_MOUNT}:ro",
+        "--restart",
+        "unless-stopped",
+        "--stop-timeout",
+        "20",
+        *_labels(spec.labels),
+        check_ref(spec.image),
+    ]

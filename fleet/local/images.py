@@ -20,9 +20,12 @@ from pathlib import Path
 from fleet.local import dockercmd, execute, registry, rootfs
 from fleet.local.config import LocalConfig
 from fleet.local.progress import Progress
+from fleet.release.pairing import load_manifest
 
 LABEL = "fleet.inputs"
-VERSIONS = ("1.0.0", "1.1.0", "1.2.0-broken")
+# 1.2.0-broken: /health 503 forever; 1.3.0-migration-fails: its `flask upgrade-db` fails on purpose
+VERSIONS = ("1.0.0", "1.1.0", "1.2.0-broken", "1.3.0-migration-fails")
+DATA_IMAGE = "fleet-local/data:latest"  # PostgreSQL + pgvector and Redis (fleet/local/dataservices.py)
 VM_IMAGE = "fleet-local/vm:latest"
 REGISTRY_IMAGE = "fleet-local/registry:latest"
 TARBALL = "standins.tar"
@@ -54,20 +57,20 @@ def specs(config: LocalConfig) -> list[ImageSpec]:
     out = [
         ImageSpec(VM_IMAGE, "vm", "Dockerfile", ("sshd.conf", "daemon.json", "fleet-init"), standin=False),
         ImageSpec(REGISTRY_IMAGE, "registry", "Dockerfile", ("config.yml",), standin=False),
+        ImageSpec(DATA_IMAGE, "data", "Dockerfile", ("fleet-data-init",), standin=False),
         ImageSpec(f"{reg}/nginx:local", "standin", "nginx.Dockerfile", ("nginx.conf", "standin.py")),
         ImageSpec(f"{reg}/squid:local", "standin", "squid.Dockerfile", ("squid.conf", "standin.py")),
     ]
+    manifest = load_manifest()
     for version in VERSIONS:
         broken = "1" if version.endswith("-broken") else "0"
+        # the schema revision its `flask upgrade-db` applies: compose/releases.yaml's, as the rollout sees it
+        schema = (manifest.revision(version) if manifest is not None else None) or ""
+        migration = "fail" if version.endswith("-migration-fails") else ""
+        args = [("ROLE", "api"), ("VERSION", version), ("BROKEN", broken)]
+        args += [(k, v) for k, v in (("SCHEMA", schema), ("MIGRATION", migration)) if v]
         out.append(
-            ImageSpec(
-                f"{reg}/dify-api:{version}",
-                "standin",
-                "Dockerfile",
-                py,
-                (("ROLE", "api"), ("VERSION", version), ("BROKEN", broken)),
-                group="py",
-            )
+            ImageSpec(f"{reg}/dify-api:{version}", "standin", "Dockerfile", py, tuple(args), group="py")
         )
         out.append(
             ImageSpec(

@@ -407,6 +407,7 @@ class LocalFleet:
             raise FleetError(f"instances must be 1..200, got {n!r}", where="local.up")
         with self._locked():
             pubkey = self._prepare(build)
+            self._data_services()
             # the fleet's Compute side first, made by infra.apply: new members come from its template
             self.start_compute(size=n)
             template = self._mig_template()
@@ -448,6 +449,18 @@ class LocalFleet:
                 with self.progress.step(f"startup script in {len(booted)} instance(s)"):
                     self._startup(booted)
             return records
+
+    def _data_services(self) -> str:
+        """The fleet's PostgreSQL + pgvector and Redis (fleet/local/dataservices.py), once per fleet:
+        created, or adopted when this fleet made it with the same passwords, certificate and image."""
+        from fleet.local import dataservices, images
+
+        refs = inventory_writer.ensure_secrets(self.config, dataservices.SECRETS)
+        files = {name: self.config.inventory_dir / ref["file"] for name, ref in refs.items()}
+        with self.progress.step("data services (PostgreSQL 17 + pgvector, Redis)"):
+            done = dataservices.ensure(self.config, files, images.DATA_IMAGE)
+            self.progress.note(f"{dataservices.container_name(self.config)}: {done}")
+        return done
 
     def _startup(self, names: Sequence[str]) -> None:
         from fleet.local import template
@@ -577,7 +590,7 @@ class LocalFleet:
         later `up` would otherwise find them."""
         import shutil
 
-        from fleet.local import compute_endpoint
+        from fleet.local import compute_endpoint, dataservices
         from fleet.local.engine import ensure_engine
 
         compute_endpoint.stop_endpoint(self.config)
@@ -589,6 +602,7 @@ class LocalFleet:
         with self._locked():
             self._destroy_many(sorted(self._inspect()))
             self._discard_disks(self._leftover_disks())
+            dataservices.remove(self.config)
             self.lb.stop()
             self.lb.backend_path.unlink(missing_ok=True)  # the backend service went with the endpoint
             others = [n for n in execute.run(dockercmd.list_containers(INDEX_LABEL)).stdout.split() if n]
@@ -639,7 +653,9 @@ class LocalFleet:
             )
 
     def status(self) -> dict[str, Any]:
-        """Instances with the LB's view of each, plus LB and registry state (for `local.status`)."""
+        """Instances with the LB's view of each, plus LB, registry and data services (for `local.status`)."""
+        from fleet.local import dataservices
+
         records = self.instances()
         servers = self.lb.servers() if self.lb.running() else {}
         reg = registry.container_state(self.config)
@@ -658,6 +674,7 @@ class LocalFleet:
                 "ref": self.config.registry_ref,
             },
             "compute": self.compute_status(),
+            "data": dataservices.status(self.config),
             "inventory": str(self.config.inventory_dir),
         }
 

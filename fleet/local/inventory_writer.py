@@ -30,7 +30,8 @@ APP_DIR = "/opt/fleet/dify"
 SCHEMA = COMPOSE_DIR / "env.schema.yaml"
 REGISTRY = "fleet-registry:5000"
 # compose variables for the local fleet: the stand-in images of the local registry, short health
-# checks, and placeholder addresses for the managed data layer (the stand-ins never connect to it)
+# checks, and placeholder addresses for the managed data layer, which `write` replaces with the fleet's
+# data services (fleet/local/dataservices.py: PostgreSQL + pgvector, Redis)
 LOCAL_VARS = {
     "DIFY_VERSION": "1.0.0",
     "API_IMAGE": f"{REGISTRY}/dify-api",
@@ -71,8 +72,10 @@ LOCAL_ROLLOUT = {
     "health_timeout": 45,
 }
 LOCAL_RUN = {"workers": 20, "command_timeout": 300}
-# the stand-in images have no database and no migration command yet (issue 16, item 1): the local
-# fleet's rollouts plan no migration phase and do not guard rollbacks across schema revisions
+# dify.migrations: the stand-ins migrate the fleet's real database (`flask upgrade-db`), so the phase works
+# here (FLEET_LOCAL_MIGRATIONS=phase, LocalConfig.migrations). Off by default: with the phase, a rollback
+# across 1.0.0/1.1.0 is refused without --force-schema-rollback and --strategy replace refuses a schema
+# change, which the local fleet's scenarios and tests do not expect yet
 LOCAL_DIFY = {"migrations": "off"}
 
 
@@ -118,6 +121,16 @@ def local_vars(schema: dict[str, dict[str, Any]] | None) -> dict[str, str]:
     if schema is None:
         return dict(LOCAL_VARS)
     return {k: v for k, v in LOCAL_VARS.items() if k in schema and not schema[k].get("secret")}
+
+
+def data_vars(config: LocalConfig, schema: dict[str, dict[str, Any]] | None) -> dict[str, str]:
+    """Where the stack finds the fleet's data services (hosts, ports, roles, databases)."""
+    from fleet.local import dataservices
+
+    wanted = dataservices.inventory_vars(config)
+    return {
+        k: v for k, v in wanted.items() if schema is None or (k in schema and not schema[k].get("secret"))
+    }
 
 
 def required_secrets(schema: dict[str, dict[str, Any]] | None) -> list[str]:
@@ -211,7 +224,7 @@ def defaults_doc(
             "vars": dict(LOCAL_VARS if variables is None else variables),
             "rollout": dict(LOCAL_ROLLOUT),
             "run": dict(LOCAL_RUN),
-            "dify": dict(LOCAL_DIFY),
+            "dify": {**LOCAL_DIFY, "migrations": config.migrations},
         }
     }
     if secret_refs:
@@ -365,6 +378,7 @@ def write(config: LocalConfig, hosts: Sequence[HostEntry], compute_endpoint: str
 
         refs = storesetup.push_secrets(config, {k: directory / v["file"] for k, v in refs.items()})
     variables = local_vars(schema)
+    variables.update(data_vars(config, schema))
     if config.log_driver != "json-file":  # json-file is the stack's default
         variables["LOG_DRIVER"] = config.log_driver
     defaults = defaults_doc(config, variables, refs, compute_endpoint)

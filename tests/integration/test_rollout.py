@@ -9,13 +9,21 @@ here when the fleet runs another version), and leave the fleet to be taken down 
 to the third host). Do not run them while another session deploys to the shared fleet: the rollouts
 hold its lock. Tests run in file order, each starting from the versions the previous one left:
 
-  1.0.0 -> rollout 1.1.0 -> broken canary rolled back -> rollback to 1.0.0 (SIGINT + resume)
+  1.0.0 -> rollout 1.1.0 -> a failing migration -> broken canary rolled back
+  -> rollback to 1.0.0 refused, then forced (SIGINT + resume)
   -> rollout 1.1.0 (SIGKILL + resume) -> rollout 1.0.0 with an instance stopped (pause + resume)
   -> the worker_beat role moves -> the lock refuses a second operator
+
+The chain runs with migrations as a phase (`dify.migrations: phase` in a copy of the fleet's inventory):
+the stand-ins migrate the fleet's real PostgreSQL (fleet/local/dataservices.py), and every run of their
+`flask upgrade-db` is a row of `standin_migration_runs`, read here. So 1.0.0 -> 1.1.0 migrates exactly
+once, a release whose migration fails switches nothing, and a rollback across the migration is refused
+naming the restore point before it is forced.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -32,6 +40,7 @@ import pytest
 import yaml
 
 from fleet.gcp.compute import Compute
+from fleet.local import dataservices
 from fleet.local.config import LocalConfig
 from fleet.local.instances import LocalFleet
 from fleet.rollout.lock import FleetLock
@@ -183,6 +192,13 @@ def ctx(local_fleet: LocalFleet, tmp_path_factory: pytest.TempPathFactory) -> It
     names = [r.name for r in local_fleet.instances()]
     assert names == HOSTS, f"these tests need the shared fleet at exactly {HOSTS}, found {names}"
     c = Ctx(local_fleet, tmp_path_factory.mktemp("journal"))
+    # the fleet's inventory with migrations as a phase (same name: the same fleet lock)
+    inv = tmp_path_factory.mktemp("inventory") / local_fleet.inventory_dir.name
+    shutil.copytree(local_fleet.inventory_dir, inv, symlinks=True)
+    defaults = yaml.safe_load((inv / "defaults.yaml").read_text())
+    defaults["data"]["dify"] = {**defaults["data"].get("dify", {}), "migrations": "phase"}
+    (inv / "defaults.yaml").write_text(yaml.safe_dump(defaults, sort_keys=False))
+    c.inv = str(inv)
     code, _payload, out = c.json("bootstrap")  # idempotent: a no-op after test_deploy.py
     assert code == 0, out
     c.ensure("1.0.0")
@@ -202,6 +218,30 @@ def assert_fleet_on(c: Ctx, version: str) -> dict[str, dict[str, Any]]:
     return st
 
 
+def _standin() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "standin_client", REPO / "images" / "standin" / "standin.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STANDIN = _standin()  # its PostgreSQL client reads the fleet's database
+
+
+def migration_runs(c: Ctx) -> list[tuple[str, str, str]]:
+    """(version, to_revision, result) of every `flask upgrade-db` run against the fleet's database."""
+    password = (c.fleet.inventory_dir / "secrets" / "DB_PASSWORD").read_text().strip()
+    address = dataservices.address(c.fleet.config)
+    with STANDIN.Postgres(address, dataservices.PG_PORT, "dify", password, "dify", sslmode="require") as db:
+        if db.query("SELECT to_regclass('standin_migration_runs')") == [(None,)]:
+            return []
+        rows = db.query("SELECT version, to_revision, result FROM standin_migration_runs ORDER BY id")
+    return [(str(v), str(t), str(r)) for v, t, r in rows]
+
+
 def assert_settled(c: Ctx) -> None:
     """Nothing drained (status), no rollout label left, the lock free."""
     code, lock, out = c.json("lock.status")
@@ -215,6 +255,7 @@ def assert_settled(c: Ctx) -> None:
 def test_rollout_under_load_with_zero_failed_requests(ctx: Ctx) -> None:
     beats_before = ctx.beat_running_now()
     assert beats_before == {H1}
+    runs_before = migration_runs(ctx)
     events = ctx.watch()
     with ctx.load() as load:
         code, report, out = ctx.json(
@@ -222,6 +263,8 @@ def test_rollout_under_load_with_zero_failed_requests(ctx: Ctx) -> None:
         )
     events.stop()
     assert code == 0, out
+    # the schema revision changed (dify-1.0.0 -> dify-1.1.0): migrated once, before the canary
+    assert migration_runs(ctx)[len(runs_before) :] == [("1.1.0", "dify-1.1.0", "applied")]
     assert_no_failed_requests(load.report())
     assert set(load.report().versions) == {"1.0.0", "1.1.0"}
 
@@ -254,6 +297,22 @@ def test_rollout_under_load_with_zero_failed_requests(ctx: Ctx) -> None:
     assert sorted(died) == [(h, "0") for h in HOSTS], events.of("worker")
 
 
+def test_a_failing_migration_switches_nothing_and_releases_the_lock(ctx: Ctx) -> None:
+    ctx.ensure("1.1.0")
+    before, runs_before = ctx.status(), migration_runs(ctx)
+    r = ctx.fab("rollout", "--inventory", ctx.inv, "--version", "1.3.0-migration-fails", "--yes")
+    text = r.stdout + r.stderr
+    assert r.returncode == 1, text
+    assert "failed on purpose" in text and "nothing was switched on any host" in text
+    assert "restore point: timestamp" in text
+    assert migration_runs(ctx)[len(runs_before) :] == [
+        ("1.3.0-migration-fails", "standin-1.3.0-fails", "failed")
+    ]
+    st = assert_fleet_on(ctx, "1.1.0")
+    assert {h: st[h]["release"] for h in HOSTS} == {h: before[h]["release"] for h in HOSTS}
+    assert_settled(ctx)
+
+
 def test_broken_canary_is_rolled_back_and_the_rollout_stops(ctx: Ctx) -> None:
     ctx.ensure("1.1.0")
     before = ctx.status()
@@ -281,10 +340,26 @@ def test_broken_canary_is_rolled_back_and_the_rollout_stops(ctx: Ctx) -> None:
 
 def test_sigint_mid_batch_then_resume(ctx: Ctx) -> None:
     ctx.ensure("1.1.0")
+    # back to 1.0.0 crosses the migration of the first test: refused, naming its restore point
+    r = ctx.fab("rollback", "--inventory", ctx.inv, "--yes")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "rollback across a database schema change" in r.stderr
+    assert "the restore point taken before migrating to dify-1.1.0" in r.stderr
+    assert "--force-schema-rollback" in r.stderr
+    assert_fleet_on(ctx, "1.1.0")
     with ctx.load() as load:
         ctx.started = time.time() - 1
         proc = ctx.start(
-            "rollback", "--inventory", ctx.inv, "--yes", "--json", "--canary", "0", "--batch", "2"
+            "rollback",
+            "--inventory",
+            ctx.inv,
+            "--yes",
+            "--json",
+            "--canary",
+            "0",
+            "--batch",
+            "2",
+            "--force-schema-rollback",
         )
         ctx.wait_for_step(proc, H1, "up")
         ctx.wait_for_step(proc, H2, "up")
@@ -312,6 +387,7 @@ def test_sigint_mid_batch_then_resume(ctx: Ctx) -> None:
 
 def test_sigkill_mid_step_then_resume(ctx: Ctx) -> None:
     ctx.ensure("1.0.0")
+    runs_before = migration_runs(ctx)
     with ctx.load() as load:
         ctx.started = time.time() - 1
         proc = ctx.start(
@@ -332,6 +408,8 @@ def test_sigkill_mid_step_then_resume(ctx: Ctx) -> None:
     assert code == 0, out
     assert resumed["rollout_id"] == killed_id and resumed["outcome"] == "succeeded"
     assert_no_failed_requests(load.report())
+    # the migration phase ran once (the database already was at dify-1.1.0), not again on resume
+    assert migration_runs(ctx)[len(runs_before) :] == [("1.1.0", "dify-1.1.0", "current")]
     st = assert_fleet_on(ctx, "1.1.0")
     assert all(st[h]["last"]["rollout"] == killed_id for h in HOSTS)
     assert_settled(ctx)

@@ -74,7 +74,7 @@ def test_an_unknown_release_is_refused_naming_it_and_the_override(
         render(source, inventory(tmp_path, {"vars": {"DIFY_VERSION": "1.2.0"}}))
     text = err.value.render()
     assert "DIFY_VERSION 1.2.0 has no sandbox / plugin-daemon pairing" in text
-    assert "1.0.0, 1.1.0, 1.3.1" in text and "allow_unpaired_images: true" in text
+    assert "1.0.0, 1.1.0, 1.3.0-migration-fails, 1.3.1" in text and "allow_unpaired_images: true" in text
     assert text.startswith("h1: ")
 
 
