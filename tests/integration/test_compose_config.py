@@ -18,7 +18,7 @@ import pytest
 
 from fleet.commands import release as r
 from fleet.errors import FleetError
-from fleet.local import hostcompose
+from fleet.local import dataservices, hostcompose
 from fleet.release import bundle
 
 META = bundle.ReleaseMeta(operator="ci", source_commit="f" * 40, created="2026-11-26T07:00:00Z")
@@ -368,15 +368,23 @@ def test_the_stack_runs_on_an_instance(source: bundle.Source, local_fleet) -> No
         body, _, code = out.rpartition("\n")
         return int(code), body.rstrip("\n")
 
+    # the stand-in api's /health logs in to the fleet's database: its data services and their passwords
+    data_layer = {
+        k: v for k, v in dataservices.inventory_vars(local_fleet.config).items() if k in source.variables
+    }
+    secrets_dir = local_fleet.inventory_dir / "secrets"
+    logins = {k: (secrets_dir / k).read_text().strip() for k in dataservices.SECRETS}
+
     def deploy(version: str, roles: list[str], extra: object = None) -> bundle.Bundle:
         values = {
             **COMMON,
             **LOCAL,
+            **data_layer,
             "DIFY_VERSION": version,
             **bundle.host_variables(layout.root, roles, port),
         }
         values["EXPOSE_NGINX_ADDRESS"] = "127.0.0.1"
-        b = bundle.render(source, values, SECRETS, META, where=where, extra=extra)  # type: ignore[arg-type]
+        b = bundle.render(source, values, {**SECRETS, **logins}, META, where=where, extra=extra)  # type: ignore[arg-type]
         data = base64.b64encode(b.tar_bytes()).decode()
         archive = f"/tmp/stackcheck-{b.release_id}.tar"
         sh(f"printf '%s' {data} | base64 -d > {archive}")
