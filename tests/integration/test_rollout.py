@@ -23,7 +23,6 @@ naming the restore point before it is forced.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ from fleet.local.instances import LocalFleet
 from fleet.rollout.lock import FleetLock
 from fleet.scenarios.loadgen import LoadGen, LoadReport
 from functions.fleet_contract import ROLLOUT_LABEL, Lock, lock_to_json
+from tests.fixtures.standin import load_standin
 
 pytestmark = pytest.mark.localfleet
 
@@ -218,17 +218,7 @@ def assert_fleet_on(c: Ctx, version: str) -> dict[str, dict[str, Any]]:
     return st
 
 
-def _standin() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "standin_client", REPO / "images" / "standin" / "standin.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-STANDIN = _standin()  # its PostgreSQL client reads the fleet's database
+STANDIN = load_standin("standin_client")  # its PostgreSQL client reads the fleet's database
 
 
 def migration_runs(c: Ctx) -> list[tuple[str, str, str]]:

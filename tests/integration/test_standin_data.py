@@ -7,7 +7,6 @@ Redis and a worker consumes; and the wire protocols themselves (SCRAM, sslmode, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pwd
@@ -23,26 +22,17 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from standins.logging_api import make_tls
+from tests.fixtures.standin import STANDIN, load_standin
 
-STANDIN = Path(__file__).resolve().parents[2] / "images" / "standin" / "standin.py"
 PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 PW = "standin-db-pw-7q"
 REDIS_PW = "standin-redis-pw-8r"
-
-
-def load_standin() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("standin_under_test", STANDIN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 S = load_standin()

@@ -4,7 +4,6 @@ container is adopted; the stand-in images' schema revisions; the migration steps
 
 from __future__ import annotations
 
-import importlib.util
 import stat
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import pytest
 from fleet.errors import FleetError
 from fleet.local import dataservices, dockercmd, images, inventory_writer
 from fleet.local.config import LocalConfig
-
-STANDIN = Path(__file__).resolve().parents[2] / "images" / "standin" / "standin.py"
+from tests.fixtures.standin import load_standin
 
 
 def config(tmp_path: Path, **kw: object) -> LocalConfig:
@@ -141,16 +139,8 @@ def test_stand_in_images_carry_their_schema_revision_from_the_manifest(tmp_path:
     assert data.standin is False and data.inputs == ("fleet-data-init",)
 
 
-def load_standin() -> object:
-    spec = importlib.util.spec_from_file_location("standin_steps", STANDIN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_stand_in_migration_steps() -> None:
-    s = load_standin()
+    s = load_standin("standin_steps")
     steps = s.steps_to  # type: ignore[attr-defined]
     assert [n for n, _ in steps(None, "dify-1.0.0")] == ["dify-1.0.0"]
     assert [n for n, _ in steps(None, "dify-1.1.0")] == ["dify-1.0.0", "dify-1.1.0"]
