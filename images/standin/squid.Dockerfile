@@ -1,9 +1,12 @@
 # The real squid (Debian's) as ssrf_proxy; the deploy mounts its config at /etc/squid/squid.conf.
 ARG BASE
 FROM ${BASE}
+# Perl comes only through libdbi-perl, for the database auth helper this proxy never runs: purged,
+# it halves the layer (~100 -> ~47 MB) that every new VM pulls.
 RUN apt-get update -q \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q squid \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+ && dpkg --purge --force-depends libdbi-perl perl libperl5.40 perl-modules-5.40 \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/*.log
 COPY squid.conf /etc/squid/squid.conf
 COPY standin.py /usr/local/bin/standin
 RUN chmod 0755 /usr/local/bin/standin && squid -k parse -f /etc/squid/squid.conf
