@@ -793,6 +793,10 @@ class DockerCompute(ComputeBackend):
                 403, "quotaExceeded", f"Quota 'INSTANCES' exceeded. Limit: {MAX_SIZE}.0 in zone {self.zone}."
             )
         members = self._members()
+        # what the versions lack at the new size, in the updater's order: a version with a fixed or
+        # percent targetSize (a canary) gets its members before the rest, as on Compute (read before
+        # this backend's lock: the resource store's comes first)
+        planned = mig_updater.plan(self._views(members), self._versions(), size, {}).create
         with self._lock:
             # the operation is where the request was made: the zonal MIG's, or the regional one's
             op, new = self._mig_op(project, location, "compute.instanceGroupManagers.resize", request_id)
@@ -805,10 +809,11 @@ class DockerCompute(ComputeBackend):
             if size > len(live):
                 used = {r.index for r in members.values()} | {self.config.index_of(n) for n in self._actions}
                 free = (i for i in range(1, 10000) if i not in used)
-                for _ in range(size - len(live)):
+                for k in range(size - len(live)):
                     index = next(free)
                     member = self.config.host_name(index)
-                    self._actions[member] = Action("CREATING", template=self.current_template())
+                    template = planned[k] if k < len(planned) else self.current_template()
+                    self._actions[member] = Action("CREATING", template=full_url(template))
                     create.append((member, index))
             elif size < len(live):
                 # Like a MIG: members that are not running go first, then the newest.
@@ -833,26 +838,33 @@ class DockerCompute(ComputeBackend):
         return op
 
     def _create(self, targets: list[tuple[str, int]]) -> None:
-        names = [n for n, _ in targets]
-        for member in names:
+        """New VMs, each from the template its CREATING action names (one fleet call per template)."""
+        for member, _ in targets:
             self._forget_guest(member)
+        groups: dict[str, list[tuple[str, int]]] = {}
         with self._lock:
-            template = next((a.template for n in names if (a := self._actions.get(n)) and a.template), "")
-        template = template or self.current_template()
-        error = self._attempt(
-            f"create {', '.join(names)}",
-            lambda: self.fleet.add_instances([i for _, i in targets], template=template),
-        )
-        with self._lock:
-            for member in names:
-                if error:
-                    self._actions.pop(member, None)
-                else:
-                    self._actions[member] = Action("VERIFYING", template=template)
-        if error:
-            self._record_attempt(names, error)
-            return
-        list(self._pool.map(self._startup, names))
+            for member, index in targets:
+                action = self._actions.get(member)
+                groups.setdefault((action.template if action else "") or "", []).append((member, index))
+        for wanted, group in groups.items():
+            template = wanted or self.current_template()
+            names = [n for n, _ in group]
+            error = self._attempt(
+                f"create {', '.join(names)}",
+                lambda group=group, template=template: self.fleet.add_instances(
+                    [i for _, i in group], template=template
+                ),
+            )
+            with self._lock:
+                for member in names:
+                    if error:
+                        self._actions.pop(member, None)
+                    else:
+                        self._actions[member] = Action("VERIFYING", template=template)
+            if error:
+                self._record_attempt(names, error)
+                continue
+            list(self._pool.map(self._startup, names))
 
     def _delete(self, member: str) -> None:
         # As a backend service does with connection draining: no new requests, the ones in flight

@@ -290,3 +290,35 @@ def test_a_resize_through_the_regional_view_is_a_regional_operation(rig: Rig) ->
     rig.compute.wait_stable(regional, timeout=20, poll=0.05)
     assert rig.compute.mig(regional).target_size == rig.compute.mig(zonal).target_size == 2
     assert len(rig.fleet.records) == 2
+
+
+def test_a_resize_gives_a_sized_canary_version_its_members_first(rig: Rig) -> None:
+    """Two versions, the canary with targetSize fixed 1 (an operator's `gcloud ... rolling-action
+    start-update --canary-version`): a resize creates the member the canary lacks from the canary's
+    template and the rest from the main version's, as Compute's updater does. The local MIG had made
+    every new member from the main version."""
+    move = rig.move()
+    canary, _, _ = move.release_template(rig.base, NEW.id, NEW.version)
+    client, where, wait = move._igm()
+    t = rig.compute.types()
+    versions = {
+        "versions": [
+            {"name": "main", "instanceTemplate": move.url(rig.base)},
+            {"name": "canary", "instanceTemplate": move.url(canary), "targetSize": {"fixed": 1}},
+        ]
+    }
+    resource = t.InstanceGroupManager.from_json(json.dumps(versions))
+    rig.compute.wait(
+        client.patch(**where, instance_group_manager_resource=resource), project=rig.config.project, **wait
+    )
+    assert rig.members() == dict.fromkeys(MEMBERS, (rig.base, "NONE"))  # OPPORTUNISTIC: nothing moved
+    rig.compute.resize(move.mig, 4)
+    rig.compute.wait_stable(move.mig, timeout=20, poll=0.05)
+    members = rig.settled()
+    new = {name: tmpl for name, (tmpl, _) in members.items() if name not in MEMBERS}
+    assert sorted(new.values()) == sorted([canary, rig.base]), members
+    (on_canary,) = [name for name, tmpl in new.items() if tmpl == canary]
+    assert rig.fleet.records[on_canary].template.endswith(f"/{canary}")  # made FROM the canary's template
+    assert (on_canary, NEW.id) in rig.boots  # and its startup script booted the canary's release
+    listed = {v.name: v.target_size.calculated for v in rig.compute.mig(move.mig).versions}
+    assert listed["canary"] == 1, listed
