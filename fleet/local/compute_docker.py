@@ -849,12 +849,12 @@ class DockerCompute(ComputeBackend):
         for wanted, group in groups.items():
             template = wanted or self.current_template()
             names = [n for n, _ in group]
-            error = self._attempt(
-                f"create {', '.join(names)}",
-                lambda group=group, template=template: self.fleet.add_instances(
-                    [i for _, i in group], template=template
-                ),
-            )
+            indices = [i for _, i in group]
+
+            def make(indices: list[int] = indices, template: str = template) -> object:
+                return self.fleet.add_instances(indices, template=template)
+
+            error = self._attempt(f"create {', '.join(names)}", make)
             with self._lock:
                 for member in names:
                     if error:
