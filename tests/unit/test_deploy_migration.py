@@ -303,3 +303,19 @@ def test_fab_help_deploy_documents_migrations() -> None:
         [fab, "--help", "deploy"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
     assert "--force-schema-rollback" in out and "migrat" in out
+
+
+def test_resume_without_an_id_never_picks_a_deploys_journal(tmp_path: Path) -> None:
+    import os as _os
+
+    from fleet.rollout import journal as jr
+
+    rollout = jr.Journal.create(tmp_path, "ro-20261130-090000-aaaa")
+    rollout.append("plan", jobs={})
+    rollout.close()
+    deploy_journal = jr.Journal.create(tmp_path, "dp-20261130-090100-bbbb")
+    deploy_journal.append("deploy", label="1.1.0")
+    deploy_journal.close()
+    _os.utime(deploy_journal.path, (2_000_000_000, 2_000_000_000))  # the newest
+    assert jr.find(tmp_path) == rollout.path
+    assert jr.find(tmp_path, "dp-20261130-090100-bbbb") == deploy_journal.path  # by id: still found
