@@ -8,7 +8,8 @@ from typing import Any
 from fabric import task
 from invoke.exceptions import Exit
 
-from fleet.cli.common import EXIT_FAILED, EXIT_WOULD_CHANGE, fleet_errors, select, task_help
+from fleet.cli.common import EXIT_FAILED, EXIT_USAGE, EXIT_WOULD_CHANGE, fleet_errors, select, task_help
+from fleet.errors import FleetError
 
 SELECTION = ("inventory", "hosts", "group", "where", "json")
 
@@ -181,9 +182,11 @@ def _bootstrap_dry_run(
         *SELECTION,
         "workers",
         version="release version (DIFY_VERSION); default: the inventory's",
-        dry_run="show the per-host diff and stop; changes nothing",
+        dry_run="show the per-host diff (and a pending database migration) and stop; changes nothing",
         health_timeout="seconds a host has to become healthy (default: from the inventory)",
         keep="releases to keep per host (default: app.keep_releases, else 5)",
+        force_schema_rollback="deploy an older release across a database schema change anyway (the "
+        "schema stays; refused without it, naming the restore point and its restore command)",
     ),
     iterable=["where"],
 )
@@ -200,6 +203,7 @@ def deploy(
     health_timeout: float = 0.0,
     keep: int = 0,
     workers: int = 0,
+    force_schema_rollback: bool = False,
 ) -> None:
     """Deploy a release to every selected host at once (no batches, no draining: see `fab rollout`).
 
@@ -209,14 +213,24 @@ def deploy(
     new version, or goes back to its previous release. Exit 1 if any host did not end on the release.
     With a Compute project (gce.project) it holds the fleet lock and marks each host while it
     switches, as `fab rollout` does: refused (exit 2, naming the holder) while a rollout runs.
+
+    With dify.migrations: phase (the default), a release of another database schema revision
+    (compose/releases.yaml; a host without a release counts) is migrated as `fab rollout` does it:
+    after every host is prepared and before any switches, a restore point, then the migration once on
+    the first host, journaled; a failing migration switches nothing (exit 1, naming the restore
+    point). --dry-run shows the pending migration. Deploying an OLDER release of another revision
+    (back across a migration) is refused (exit 2) naming the restore point and its restore command,
+    unless --force-schema-rollback.
     """
     from fleet.rollout import deploy as dp
     from fleet.view import console as ui
+    from fleet.view.rollout import print_migration_result
 
     inv, chosen = select(inventory, hosts, group, where)
     bundles = dp.render_all(inv, chosen, version=version or None)
     if dry_run:
-        _print_diff(inv, chosen, bundles, json_)
+        schema = dp.SchemaPhase.for_hosts(inv, chosen, allow_back=force_schema_rollback, warn=_warn)
+        _print_diff(inv, chosen, bundles, json_, schema=schema)
         return
     with ui.host_progress("deploy", 2 * len(chosen), enabled=not json_) as progress:
         report = dp.deploy_release(
@@ -228,6 +242,7 @@ def deploy(
             workers=workers or None,
             processors=[progress],
             warn=_warn,
+            allow_schema_rollback=force_schema_rollback,
         )
     if json_:
         ui.print_json(report.as_dict())
@@ -251,6 +266,9 @@ def deploy(
                 for o in report.outcomes
             ],
         )
+        print_migration_result(report.migration)
+        for problem in report.problems:
+            print(f"note: {ui.safe(problem)}")
         if report.stopped_at:
             print("nothing was switched on any host: fix the errors above and deploy again")
     if not report.ok:
@@ -266,19 +284,35 @@ def _rel(rid: str | None, version: str | None) -> str:
     return f"{version or '?'} ({rid})" if rid else "none"
 
 
-def _print_diff(inv: Any, chosen: list[Any], bundles: dict[str, Any], json_: bool) -> None:
+def _print_diff(
+    inv: Any, chosen: list[Any], bundles: dict[str, Any], json_: bool, schema: Any = None
+) -> None:
+    """Per host, what the release would change; with `schema` (fleet.rollout.deploy.SchemaPhase, a
+    deploy's dry run) also the migration it would run, or why it would be refused."""
     from fleet.release import budget
     from fleet.rollout import deploy as dp
     from fleet.ssh.runner import run_on
     from fleet.view import console as ui
-    from fleet.view.rollout import print_budgets
+    from fleet.view.rollout import print_budgets, print_migration
 
-    results = run_on(inv, chosen, dp.diff_step(bundles))
+    results = run_on(inv, chosen, dp.diff_step(bundles, with_state=schema is not None))
     budgets = budget.for_inventory(inv, bundles)
+    migration, refusal = None, None
+    if schema is not None and all(r.ok for r in results):
+        states = {r.host: r.data["state"] for r in results}
+        try:
+            migration = schema.pending([h.name for h in chosen], states, bundles)
+        except FleetError as exc:
+            refusal = exc.render()
     if json_:
         ui.print_json(
             {
                 "connections": [b.as_dict() for b in budgets],
+                **(
+                    {"migration": migration.as_dict() if migration else None, "refused": refusal}
+                    if schema is not None
+                    else {}
+                ),
                 "hosts": [
                     {
                         "host": r.host,
@@ -299,8 +333,14 @@ def _print_diff(inv: Any, chosen: list[Any], bundles: dict[str, Any], json_: boo
             print(f"== {r.host}: -> {b.version} ({b.release_id})")
             print(ui.safe(r.data["diff"].render() if r.ok else f"   {r.status}: {dp.mask_known(r.error)}"))
         print_budgets(budgets)
+        if migration is not None:
+            print_migration(migration, "after every host is prepared, before any switches")
+        if refusal is not None:
+            print(f"refused: {ui.safe(refusal)}")
     if not all(r.ok for r in results):
         raise Exit(code=EXIT_FAILED)
+    if refusal is not None:
+        raise Exit(code=EXIT_USAGE)
 
 
 @task(

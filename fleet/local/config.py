@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 LOG_DRIVERS = ("json-file", "gcplogs")
 MIGRATIONS = ("off", "phase")
+# the fleet's file bucket (GOOGLE_STORAGE_BUCKET_NAME; plugins under it too), in the Cloud Storage
+# stand-in next to the release store's bucket (fleet/local/vmservices.py makes both)
+FILES_BUCKET = "fleet-local-files"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 # The local fleet's backend service and health checks, written into its inventory (`lb`) and handed to

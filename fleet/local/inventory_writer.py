@@ -20,7 +20,7 @@ import yaml
 
 from fleet.errors import FleetError
 from fleet.local import execute
-from fleet.local.config import LocalConfig, merge_lb
+from fleet.local.config import FILES_BUCKET, LocalConfig, merge_lb
 from fleet.paths import COMPOSE_DIR
 
 KEY_FILE = "id_ed25519"
@@ -59,7 +59,7 @@ LOCAL_VARS = {
     "DB_HOST": "db.local.invalid",
     "REDIS_HOST": "redis.local.invalid",
     "PGVECTOR_HOST": "pgvector.local.invalid",
-    "GOOGLE_STORAGE_BUCKET_NAME": "fleet-local-files",
+    "GOOGLE_STORAGE_BUCKET_NAME": FILES_BUCKET,
 }
 SECRETS_DIR = "secrets"
 # short waits: the local fleet answers in milliseconds and tests must stay quick
@@ -131,6 +131,13 @@ def data_vars(config: LocalConfig, schema: dict[str, dict[str, Any]] | None) -> 
     return {
         k: v for k, v in wanted.items() if schema is None or (k in schema and not schema[k].get("secret"))
     }
+
+
+def storage_vars(config: LocalConfig, schema: dict[str, dict[str, Any]] | None) -> dict[str, str]:
+    """Where the stack's Google storage clients find the fleet's Cloud Storage stand-in (a fleet with
+    its Google services: fleet/local/vmservices.py serves it on the gateway, the file bucket made)."""
+    wanted = {"STORAGE_EMULATOR_HOST": config.storage_endpoint, "GOOGLE_STORAGE_BUCKET_NAME": FILES_BUCKET}
+    return {k: v for k, v in wanted.items() if schema is None or k in schema}
 
 
 def required_secrets(schema: dict[str, dict[str, Any]] | None) -> list[str]:
@@ -379,6 +386,8 @@ def write(config: LocalConfig, hosts: Sequence[HostEntry], compute_endpoint: str
         refs = storesetup.push_secrets(config, {k: directory / v["file"] for k, v in refs.items()})
     variables = local_vars(schema)
     variables.update(data_vars(config, schema))
+    if compute_endpoint:
+        variables.update(storage_vars(config, schema))
     if config.log_driver != "json-file":  # json-file is the stack's default
         variables["LOG_DRIVER"] = config.log_driver
     defaults = defaults_doc(config, variables, refs, compute_endpoint)

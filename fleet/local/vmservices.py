@@ -4,7 +4,8 @@ A GCE VM reaches the metadata server at metadata.google.internal and Google's AP
 a local instance container reaches the same wire formats here, each from a stand-in:
 
     metadata.google.internal:80   standins/metadata_server.py  (who calls = which container, by address)
-    <gateway>:storage_port        standins/storage.py          (fake-gcs-server: the release store)
+    <gateway>:storage_port        standins/storage.py          (fake-gcs-server: the release store, and
+                                  the stack's file bucket: STORAGE_EMULATOR_HOST on the VMs)
     <gateway>:secretmanager_port  standins/secretmanager_api.py
     <gateway>:<port>              standins/compute_api.py      (a second front of the fleet's Compute)
     <gateway>:monitoring_port     standins/metrics_api.py      (timeSeries.create: the health metric;
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet.local import template
-from fleet.local.config import LocalConfig
+from fleet.local.config import FILES_BUCKET, LocalConfig
 
 if TYPE_CHECKING:
     from standins.compute_state import ComputeBackend
@@ -197,6 +198,7 @@ class VmServices:
             ).start()
             self._started.append(storage)
             storage.create_bucket(self.config.bucket)
+            storage.create_bucket(FILES_BUCKET)  # the stack's files and plugin packages
             metrics = LocalMetrics(rest_host=gateway, rest_port=self.config.monitoring_port).start()
             self._started.append(metrics)
             record = self.state_dir / METRICS_FILE

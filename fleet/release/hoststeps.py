@@ -165,6 +165,20 @@ def run(
     return r
 
 
+def migrate(ctx: HostContext, rid: str, command: Sequence[str], timeout: float) -> str:
+    """Run the database migration once, as a one-off container of staged release `rid` (the
+    rollout's and the deploy's migration phase, fleet/rollout/restore.py); its masked output tail."""
+    cmd = rc.compose_migrate(layout_of(ctx.host), rid, command)
+    r = run(
+        ctx,
+        cmd,
+        "migrate",
+        timeout=timeout,
+        hint="nothing was switched; the error above is the migration's own output",
+    )
+    return mask(r.stdout or "", secrets.known())[-2000:]
+
+
 def read_state(ctx: HostContext) -> rc.HostState:
     r = run(ctx, rc.host_state(layout_of(ctx.host)), "state")
     try:

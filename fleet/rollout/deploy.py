@@ -9,6 +9,13 @@ A deploy changes the fleet as a rollout does, so it runs under the same fleet lo
 deploy during a rollout, or a rollout during a deploy, is refused naming the holder) and marks each
 host with the rollout label while it switches, so autoheal leaves it alone. An inventory without a
 Compute project (plain SSH hosts) has no lock backend: it deploys without a lock, as before.
+
+The database schema (`dify.migrations: phase`, `SchemaPhase`): between the two phases, a deploy whose
+release changes the schema revision of some host (a host without a release counts) runs the same
+migration phase as `fab rollout` (fleet/rollout/restore.py run_phase: a restore point, then the
+migration once on the first host, under the lock, journaled as `<dp- id>.jsonl`); a failure switches
+nothing. A deploy to an older DIFY_VERSION of another revision (going back across a migration) is
+refused exactly as `fab rollback` is, unless allowed (`--force-schema-rollback`).
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet.commands import release as rc
@@ -34,6 +42,9 @@ if TYPE_CHECKING:
 
     from fleet.inventory import FleetHost, Inventory
     from fleet.release.bundle import Bundle, ReleaseMeta, Source
+    from fleet.release.pairing import Manifest
+    from fleet.rollout.journal import Journal
+    from fleet.rollout.restore import Migration, RestorePoints
 
 
 # --------------------------------------------------------------------------- rendering for many hosts
@@ -117,7 +128,10 @@ def under_lock(
 class DeployReport:
     release_version: str
     outcomes: list[DeployOutcome]
-    stopped_at: str | None = None  # "preflight" when nothing was switched
+    stopped_at: str | None = None  # "preflight" | "migration" when nothing was switched
+    # the migration phase's summary (fleet.rollout.restore.PhaseResult.report); None = none ran
+    migration: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -128,8 +142,108 @@ class DeployReport:
             "version": self.release_version,
             "ok": self.ok,
             "stopped_at": self.stopped_at,
+            "migration": self.migration,
+            "problems": self.problems,
             "hosts": [o.as_dict() for o in self.outcomes],
         }
+
+
+# --------------------------------------------------------------------------- the database schema
+
+
+def _no_warning(_text: str) -> None: ...
+
+
+@dataclass
+class SchemaPhase:
+    """What `fab deploy` does about the database schema with `dify.migrations: phase`: the same
+    decisions and the same phase as `fab rollout` (fleet/rollout/restore.py), asked with the hosts'
+    states that the deploy's preflight read."""
+
+    manifest: Manifest
+    command: tuple[str, ...]
+    timeout: int
+    points: RestorePoints
+    journal_dir: Path
+    allow_back: bool = False  # --force-schema-rollback
+    warn: Callable[[str], None] = _no_warning
+
+    @classmethod
+    def for_hosts(
+        cls,
+        inv: Inventory,
+        hosts: Sequence[FleetHost],
+        *,
+        allow_back: bool = False,
+        warn: Callable[[str], None] | None = None,
+    ) -> SchemaPhase | None:
+        """None with `dify.migrations: off` (the operator migrates) or without compose/releases.yaml."""
+        from fleet.release import pairing
+        from fleet.rollout import journal as jr
+        from fleet.rollout import restore
+
+        if not hosts or hosts[0].settings.dify.migrations != "phase":
+            return None
+        manifest = pairing.load_manifest()
+        if manifest is None:
+            return None
+        dify = hosts[0].settings.dify
+        return cls(
+            manifest,
+            tuple(dify.migration_command),
+            dify.migration_timeout,
+            restore.restore_points_for(inv),
+            jr.fleet_dir(inv),
+            allow_back,
+            warn or _no_warning,
+        )
+
+    def pending(
+        self, order: Sequence[str], states: Mapping[str, rc.HostState], bundles: Mapping[str, Bundle]
+    ) -> Migration | None:
+        """The migration deploying `bundles` over `states` needs (run on the first host of `order`),
+        or None. Going back across a schema change raises the refusal `fab rollback` gives (unless
+        allowed: then it warns, and nothing migrates)."""
+        from fleet.rollout import restore
+        from fleet.rollout.model import Release
+
+        if not order or len({bundles[h].version for h in order}) != 1:
+            return None
+        sources = [Release.from_state(states[h]) for h in order]
+        target = Release.from_bundle(bundles[order[0]])
+        back = restore.schema_going_back(self.manifest, sources, target)
+        if back is not None:
+            restore.guard_schema_rollback(
+                *back, self.journal_dir, allowed=self.allow_back, warn=self.warn, what="deploy back"
+            )
+            return None
+        return restore.pending_migration(
+            self.manifest,
+            sources,
+            target,
+            order[0],
+            command=self.command,
+            timeout=self.timeout,
+            restore=self.points.describe(),
+            warn=self.warn,
+        )
+
+    def run(self, inv: Inventory, host: FleetHost, mig: Migration, journal: Journal) -> Any:
+        """The phase (restore.run_phase), the migration on `host` over SSH; a restore.PhaseResult."""
+        from fleet.rollout import restore
+
+        def migrate_step(ctx: HostContext) -> HostResult:
+            output = ht.migrate(ctx, mig.release, mig.command, float(mig.timeout))
+            return HostResult(ctx.host.name, "ok", data={"output": output})
+
+        return restore.run_phase(
+            mig,
+            rollout_id=journal.rollout_id,
+            command=mig.shell(ht.layout_of(host)),
+            points=self.points,
+            emit=journal.append,
+            migrate=lambda: run_on(inv, [host], migrate_step)[0],
+        )
 
 
 def _outcome_from_failure(res: HostResult, bundle: Bundle | None, result: str) -> DeployOutcome:
@@ -161,8 +275,12 @@ def deploy(
     workers: int | None = None,
     processors: Sequence[Processor] = (),
     guard: Guard | None = None,
+    schema: SchemaPhase | None = None,
 ) -> DeployReport:
-    """`guard` (under_lock): no host switches once the lock is lost; each is marked while it switches."""
+    """`guard` (under_lock): no host switches once the lock is lost; each is marked while it switches.
+    `schema`: after every host is prepared and before any switches, the migration phase when the
+    release changes the schema revision (journaled under the guard's id), or the refusal of going
+    back across one."""
     version = next(iter(bundles.values())).version if bundles else ""
     guard = guard or Guard("")
     started = time.monotonic()
@@ -196,6 +314,117 @@ def deploy(
         return DeployReport(version, outcomes, stopped_at="preflight")
     states = {r.host: r.data["state"] for r in pre}
     sent = {r.host: r.data["bytes_sent"] for r in pre}
+    journal: Journal | None = None
+    migration: dict[str, Any] | None = None
+    if schema is not None:
+        mig = schema.pending([h.name for h in hosts], states, bundles)
+        if mig is not None:
+            lost = guard.lost() if guard.lost is not None else None
+            if lost:
+                problem = f"fleet lock lost before the migration: {lost}; nothing was migrated or switched"
+                return _stopped(version, hosts, bundles, states, sent, "migration", problem)
+            journal = _deploy_journal(schema, guard, version, hosts, mig)
+            try:
+                phase = schema.run(inv, next(h for h in hosts if h.name == mig.host), mig, journal)
+            except BaseException as exc:
+                journal.append("end", outcome="failed", error=str(exc))
+                journal.close()
+                raise
+            migration = phase.report
+            if not phase.ok:
+                journal.append("end", outcome="failed", error=phase.problem)
+                journal.close()
+                report = _stopped(version, hosts, bundles, states, sent, "migration", phase.problem or "")
+                report.migration = migration
+                return report
+    try:
+        report = _switch_all(
+            inv,
+            hosts,
+            bundles,
+            states,
+            sent,
+            operator,
+            health_timeout,
+            keep,
+            workers,
+            processors,
+            guard,
+            started,
+        )
+    except BaseException as exc:
+        if journal is not None:
+            journal.append("end", outcome="failed", error=str(exc))
+            journal.close()
+        raise
+    report.migration = migration
+    if journal is not None:
+        rows = {o.host: o.result for o in report.outcomes}
+        journal.append("end", outcome="succeeded" if report.ok else "failed", hosts=rows)
+        journal.close()
+    return report
+
+
+def _deploy_journal(
+    schema: SchemaPhase, guard: Guard, version: str, hosts: Sequence[FleetHost], mig: Migration
+) -> Journal:
+    """The deploy's journal (only when it migrates): the restore point `fab rollback` and a later
+    deploy back name is found there. It has no `plan`: a deploy is not resumed (deploy again)."""
+    import os
+
+    from fleet.rollout import journal as jr
+    from fleet.rollout import lock as lk
+    from fleet.rollout import new_rollout_id
+
+    journal = jr.Journal.create(schema.journal_dir, guard.rollout_id or new_rollout_id("deploy"))
+    journal.append(
+        "deploy",
+        pid=os.getpid(),
+        operator=lk.operator(),
+        label=version,
+        hosts=[h.name for h in hosts],
+        migration=mig.as_dict(),
+    )
+    return journal
+
+
+def _stopped(
+    version: str,
+    hosts: Sequence[FleetHost],
+    bundles: Mapping[str, Bundle],
+    states: Mapping[str, rc.HostState],
+    sent: Mapping[str, int],
+    where: str,
+    problem: str,
+) -> DeployReport:
+    """Every host prepared, none switched: the report of a deploy that stopped before the switch."""
+    outcomes = []
+    for h in hosts:
+        st, b = states[h.name], bundles[h.name]
+        out = DeployOutcome(
+            h.name, "not-started", st.current, st.version, b.release_id, b.version, sent[h.name]
+        )
+        out.error = f"not switched: {where} failed"
+        outcomes.append(out)
+    return DeployReport(version, outcomes, stopped_at=where, problems=[mask_known(problem) or ""])
+
+
+def _switch_all(
+    inv: Inventory,
+    hosts: Sequence[FleetHost],
+    bundles: Mapping[str, Bundle],
+    states: Mapping[str, rc.HostState],
+    sent: Mapping[str, int],
+    operator: str,
+    health_timeout: float,
+    keep: int | None,
+    workers: int | None,
+    processors: Sequence[Processor],
+    guard: Guard,
+    started: float,
+) -> DeployReport:
+    """The second phase: every host switches, verifies, and goes back when it does not pass."""
+    version = next(iter(bundles.values())).version if bundles else ""
 
     def activate_step(ctx: HostContext) -> HostResult:
         lost = guard.lost() if guard.lost is not None else None
@@ -295,38 +524,22 @@ def history_step(limit: int | None) -> Callable[[HostContext], HostResult]:
     return read
 
 
-def diff_step(bundles: Mapping[str, Bundle]) -> Callable[[HostContext], HostResult]:
+def diff_step(
+    bundles: Mapping[str, Bundle], *, with_state: bool = False
+) -> Callable[[HostContext], HostResult]:
+    """What `bundles` would change on each host; `with_state`: its release state too (data["state"])."""
+
     def compare(ctx: HostContext) -> HostResult:
         from fleet.release import bundle as bundle_mod
 
         files = ht.current_files(ctx)
         d = bundle_mod.diff(files or None, bundles[ctx.host.name])
-        return HostResult(ctx.host.name, "ok", data={"diff": d})
+        data: dict[str, Any] = {"diff": d}
+        if with_state:
+            data["state"] = ht.read_state(ctx)
+        return HostResult(ctx.host.name, "ok", data=data)
 
     return compare
-
-
-def _schema_note(hosts: Sequence[FleetHost], report: DeployReport, warn: Callable[[str], None]) -> None:
-    """`fab deploy` switches every host at once and runs no migration phase (MIGRATION_ENABLED=false):
-    say so when the deployed release changed the schema revision (compose/releases.yaml)."""
-    from fleet.release import pairing
-
-    if not hosts or hosts[0].settings.dify.migrations != "phase":
-        return
-    manifest = pairing.load_manifest()
-    if manifest is None:
-        return
-    changed = sorted(
-        o.host
-        for o in report.outcomes
-        if o.result == "deployed" and manifest.revision(o.from_version) != manifest.revision(o.to_version)
-    )
-    if changed:
-        warn(
-            f"{', '.join(changed)}: the deployed release has another database schema revision, and "
-            "`fab deploy` does not migrate (MIGRATION_ENABLED=false): run the migration yourself, or "
-            "use `fab rollout`, which migrates once after a restore point (docs/rollout.md)"
-        )
 
 
 def deploy_release(
@@ -340,11 +553,13 @@ def deploy_release(
     workers: int | None = None,
     processors: Sequence[Processor] = (),
     warn: Callable[[str], None] | None = None,
+    allow_schema_rollback: bool = False,
 ) -> DeployReport:
     """`fab deploy` as a library call: render `version` (default: the inventory's; or pass the
     `bundles` already rendered) for `hosts` (default: every host of the inventory) and deploy it,
     under the fleet lock with the rollout marks (`under_lock`). Health timeout: the inventory's
-    rollout timings."""
+    rollout timings. With `dify.migrations: phase` the schema is migrated (or going back across a
+    migration refused unless `allow_schema_rollback`) as `fab rollout` does (`SchemaPhase`)."""
     from fleet import inventory as inv_mod
     from fleet.release.bundle import local_meta
     from fleet.rollout.pacing import default_timings
@@ -362,6 +577,7 @@ def deploy_release(
     publish.check_publishable(inventory, chosen)
 
     _warn = warn or (lambda _text: None)
+    schema = SchemaPhase.for_hosts(inventory, chosen, allow_back=allow_schema_rollback, warn=_warn)
     events = announce.publisher_for(inventory, chosen, warn)
     with under_lock(inventory, chosen, f"deploy {label}", warn=warn, events=events) as guard:
         what = f"deploy {label} on {len(chosen)} host(s)"
@@ -377,8 +593,8 @@ def deploy_release(
             workers=workers,
             processors=processors,
             guard=guard,
+            schema=schema,
         )
-        _schema_note(chosen, report, _warn)
         actor = local_meta().operator
         if report.ok:
             try:

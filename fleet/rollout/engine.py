@@ -264,26 +264,7 @@ class Engine:
             self.problems.append(f"{reason}: before the migration; nothing was migrated or switched")
             self.migration_report = {**base, "status": "not-started"}
             return False
-        command = mig.shell(self.ops.layout(mig.host))
-        base["command"] = command
-        self.emit("migration", status="start", **base)
-        points = self.restore_points
-        if points is None:
-            from fleet.rollout.restore import LocalRestorePoints
-
-            points = LocalRestorePoints()
-        try:
-            point = points.take(f"compose-fleet {self.plan.rollout_id}: before schema {mig.to_revision}")
-        except Exception as exc:
-            error = _text(exc)
-            self.emit("migration", status="failed", stage="restore-point", error=error, **base)
-            self.migration_report = {**base, "status": "failed", "error": error}
-            self.problems.append(
-                f"no restore point could be taken ({error}): nothing was migrated, nothing was switched"
-            )
-            return False
-        self.emit("migration", status="restore-point", restore_point=point.as_dict(), **base)
-        started = time.monotonic()
+        from fleet.rollout import restore
 
         def run(name: str) -> HostResult:
             job = self.plan.jobs[name]
@@ -296,47 +277,18 @@ class Engine:
             output = self.ops.migrate(name, mig.release, mig.command, float(mig.timeout))
             return HostResult(name, "ok", data={"output": output})
 
-        result = self._on([mig.host], run)[0]
-        seconds = round(time.monotonic() - started, 3)
-        if not result.ok:
-            error = result.error or result.status
-            self.emit(
-                "migration",
-                status="failed",
-                stage="migrate",
-                error=error,
-                seconds=seconds,
-                restore_point=point.as_dict(),
-                **base,
-            )
-            self.migration_report = {
-                **base,
-                "status": "failed",
-                "error": error,
-                "restore_point": point.as_dict(),
-            }
-            self.problems.append(
-                f"the migration {mig.label()} failed on {mig.host}: {error}; command: {command}; nothing "
-                f"was switched on any host; restore point: {point.text()} (if the migration left the "
-                f"schema half-way: {point.restore_command})"
-            )
-            return False
-        output = str(result.data.get("output") or "")
-        self.emit(
-            "migration",
-            status="done",
-            seconds=seconds,
-            restore_point=point.as_dict(),
-            output=output[-500:],
-            **base,
+        phase = restore.run_phase(
+            mig,
+            rollout_id=self.plan.rollout_id,
+            command=mig.shell(self.ops.layout(mig.host)),
+            points=self.restore_points,
+            emit=self.emit,
+            migrate=lambda: self._on([mig.host], run)[0],
         )
-        self.migration_report = {
-            **base,
-            "status": "done",
-            "seconds": seconds,
-            "restore_point": point.as_dict(),
-        }
-        return True
+        self.migration_report = phase.report
+        if phase.problem:
+            self.problems.append(phase.problem)
+        return phase.ok
 
     # ------------------------------------------------------------------ stage
 

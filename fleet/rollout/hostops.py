@@ -226,15 +226,4 @@ class SshHostOps:
         ht.run(self.ctx(name), cr.beat_start(self.layout(name), rid), "beat", timeout=300)
 
     def migrate(self, name: str, rid: str, command: Sequence[str], timeout: float) -> str:
-        cmd = rc.compose_migrate(self.layout(name), rid, command)
-        r = ht.run(
-            self.ctx(name),
-            cmd,
-            "migrate",
-            timeout=timeout,
-            hint="nothing was switched; the error above is the migration's own output",
-        )
-        from fleet.commands.base import mask
-        from fleet.release import secrets
-
-        return mask(r.stdout or "", secrets.known())[-2000:]
+        return ht.migrate(self.ctx(name), rid, command, timeout)

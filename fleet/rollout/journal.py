@@ -262,8 +262,11 @@ def journals(directory: Path) -> list[Path]:
     return sorted(paths, key=lambda p: (p.stat().st_mtime, p.name))
 
 
+DEPLOY_PREFIX = "dp-"  # a `fab deploy` that migrated journals too; it is never resumed
+
+
 def find(directory: Path, rollout_id: str | None = None) -> Path:
-    """The journal of `rollout_id`, or the newest one of the inventory."""
+    """The journal of `rollout_id`, or the newest rollout (or rollback) journal of the inventory."""
     if rollout_id:
         path = directory / f"{check_id(rollout_id)}{SUFFIX}"
         if not path.exists():
@@ -274,7 +277,7 @@ def find(directory: Path, rollout_id: str | None = None) -> Path:
                 + (", ".join(p.stem for p in journals(directory)) or "none"),
             )
         return path
-    found = journals(directory)
+    found = [p for p in journals(directory) if not p.name.startswith(DEPLOY_PREFIX)]
     if not found:
         raise FleetError(
             "no rollout to resume: this inventory has no journal",

@@ -19,7 +19,9 @@ migration finished does not migrate again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,29 +162,83 @@ def plan_migration(
     if plan.action != "rollout" or not plan.jobs or manifest is None or not enabled:
         return None
     targets = {j.target.version for j in plan.jobs.values()}
-    target = next(iter(plan.jobs.values())).target
+    if len(targets) != 1:
+        return None
+    host = plan.batches[0][0]
+    sources = [j.source for j in plan.jobs.values()] + list(plan.unchanged.values())
+    return pending_migration(
+        manifest,
+        sources,
+        plan.jobs[host].target,
+        host,
+        command=command,
+        timeout=timeout,
+        restore=restore,
+        warn=warn,
+    )
+
+
+def pending_migration(
+    manifest: Manifest,
+    sources: Iterable[Release | None],
+    target: Release,
+    host: str,
+    *,
+    command: Sequence[str] = rc.MIGRATE_COMMAND,
+    timeout: int = 1800,
+    restore: str = "",
+    warn: Any = None,
+) -> Migration | None:
+    """The migration that bringing hosts running `sources` (None: no release) to `target` needs, run
+    on `host`: None when no revision changes, or when the target's is not recorded (`warn` says so).
+    `fab rollout` (plan_migration) and `fab deploy` both ask here."""
     to_rev = manifest.revision(target.version)
-    if len(targets) != 1 or to_rev is None:
-        if warn is not None and len(targets) == 1:
+    if to_rev is None:
+        if warn is not None:
             warn(
                 f"DIFY_VERSION {target.version} has no schema revision in compose/releases.yaml: no "
                 "migration phase; migrate the database yourself if this release needs it"
             )
         return None
-    sources = [j.source for j in plan.jobs.values()] + list(plan.unchanged.values())
     from_revs = _revisions(manifest, sources)
     if from_revs == [to_rev]:
         return None
-    host = plan.batches[0][0]
     return Migration(
         tuple(r for r in from_revs if r != to_rev) or (to_rev,),
         to_rev,
         host,
-        plan.jobs[host].target.id,
+        target.id,
         tuple(command),
         timeout,
         restore,
     )
+
+
+def _version_key(version: str) -> tuple[int, ...] | None:
+    match = re.match(r"v?(\d+(?:\.\d+)*)", version or "")
+    return tuple(int(n) for n in match.group(1).split(".")) if match else None
+
+
+def schema_going_back(
+    manifest: Manifest | None, sources: Iterable[Release | None], target: Release
+) -> tuple[list[str], list[str]] | None:
+    """For a deploy (which goes either way): (the revisions of the hosts that run a NEWER DIFY_VERSION
+    than `target` with another schema revision, [the target's revision]); None when no host would go
+    back across a schema change, or when a revision is not recorded (nothing to tell)."""
+    if manifest is None:
+        return None
+    back = manifest.revision(target.version)
+    to_key = _version_key(target.version)
+    if back is None or to_key is None:
+        return None
+    now: list[str] = []
+    for rel in sources:
+        if rel is None:
+            continue
+        rev, key = manifest.revision(rel.version), _version_key(rel.version)
+        if rev is not None and rev != back and key is not None and key > to_key and rev not in now:
+            now.append(rev)
+    return (now, [back]) if now else None
 
 
 def schema_change(plan: Plan, manifest: Manifest | None) -> tuple[list[str], list[str]] | None:
@@ -221,9 +277,10 @@ def recorded_restore_points(journal_dir: Path) -> list[Recorded]:
 
 
 def refuse_schema_rollback(
-    now: Sequence[str], back: Sequence[str], recorded: Sequence[Recorded], flag: str
+    now: Sequence[str], back: Sequence[str], recorded: Sequence[Recorded], flag: str, what: str = "rollback"
 ) -> FleetError:
-    """The error of a rollback across a schema change: the restore point and its exact command."""
+    """The error of a rollback (or a deploy back) across a schema change: the restore point and its
+    exact command."""
     match = [r for r in recorded if r.to_revision in now]
     if match:
         last = match[-1]
@@ -238,8 +295,102 @@ def refuse_schema_rollback(
             "(`gcloud sql backups list --instance=INSTANCE`)"
         )
     return FleetError(
-        f"rollback across a database schema change: the hosts run schema {' + '.join(now)}, the release "
+        f"{what} across a database schema change: the hosts run schema {' + '.join(now)}, the release "
         f"to go back to expects {' + '.join(back)}; the code would go back, the schema would not",
         hint=f"{point}. To roll back the code anyway (the old code on the newer schema, which works only "
         f"if the migration was backward compatible), pass {flag}",
     )
+
+
+def guard_schema_rollback(
+    now: Sequence[str],
+    back: Sequence[str],
+    journal_dir: Path,
+    *,
+    allowed: bool,
+    warn: Callable[[str], None],
+    what: str = "rollback",
+    flag: str = "--force-schema-rollback",
+) -> None:
+    """Refuse going back across a schema change (FleetError naming the restore point this machine's
+    journals recorded and its restore command), or, `allowed`, say what that means and go on.
+    `fab rollback` and `fab deploy` both guard here."""
+    refusal = refuse_schema_rollback(now, back, recorded_restore_points(journal_dir), flag, what)
+    if not allowed:
+        raise refusal
+    warn(f"{refusal.what} (allowed by {flag}). {(refusal.hint or '').split('. To roll back')[0]}")
+
+
+# --------------------------------------------------------------------------- the phase itself
+
+
+@dataclass
+class PhaseResult:
+    """How the migration phase ended: `report` is the run's summary (Report.migration, DeployReport
+    .migration); `problem` says why it failed (nothing was switched)."""
+
+    ok: bool
+    report: dict[str, Any]
+    problem: str | None = None
+
+
+def run_phase(
+    mig: Migration,
+    *,
+    rollout_id: str,
+    command: str,
+    points: RestorePoints | None,
+    emit: Callable[..., Any],
+    migrate: Callable[[], Any],
+) -> PhaseResult:
+    """A restore point, then the migration once (`migrate()`: a HostResult of running `mig` on
+    `mig.host`), each journaled through `emit(event, **fields)`. The caller holds the fleet lock and
+    switches nothing before this returns ok. `fab rollout` (the engine) and `fab deploy` run this."""
+    base: dict[str, Any] = {"from": list(mig.from_revisions), "to": mig.to_revision, "host": mig.host}
+    base["command"] = command
+    emit("migration", status="start", **base)
+    points = points or LocalRestorePoints()
+    try:
+        point = points.take(f"compose-fleet {rollout_id}: before schema {mig.to_revision}")
+    except Exception as exc:
+        error = (
+            exc.render().replace("\n", " ") if isinstance(exc, FleetError) else f"{type(exc).__name__}: {exc}"
+        )
+        emit("migration", status="failed", stage="restore-point", error=error, **base)
+        return PhaseResult(
+            False,
+            {**base, "status": "failed", "error": error},
+            f"no restore point could be taken ({error}): nothing was migrated, nothing was switched",
+        )
+    emit("migration", status="restore-point", restore_point=point.as_dict(), **base)
+    started = time.monotonic()
+    result = migrate()
+    seconds = round(time.monotonic() - started, 3)
+    if not result.ok:
+        error = result.error or result.status
+        emit(
+            "migration",
+            status="failed",
+            stage="migrate",
+            error=error,
+            seconds=seconds,
+            restore_point=point.as_dict(),
+            **base,
+        )
+        return PhaseResult(
+            False,
+            {**base, "status": "failed", "error": error, "restore_point": point.as_dict()},
+            f"the migration {mig.label()} failed on {mig.host}: {error}; command: {command}; nothing "
+            f"was switched on any host; restore point: {point.text()} (if the migration left the "
+            f"schema half-way: {point.restore_command})",
+        )
+    output = str(result.data.get("output") or "")
+    emit(
+        "migration",
+        status="done",
+        seconds=seconds,
+        restore_point=point.as_dict(),
+        output=output[-500:],
+        **base,
+    )
+    return PhaseResult(True, {**base, "status": "done", "seconds": seconds, "restore_point": point.as_dict()})

@@ -370,15 +370,7 @@ def _schema(
     if change is None:
         return
     now, back = change
-    refusal = restore.refuse_schema_rollback(
-        now, back, restore.recorded_restore_points(journal_dir), "--force-schema-rollback"
-    )
-    if not req.allow_schema_rollback:
-        raise refusal
-    warn(
-        f"{refusal.what} (allowed by --force-schema-rollback). "
-        f"{(refusal.hint or '').split('. To roll back')[0]}"
-    )
+    restore.guard_schema_rollback(now, back, journal_dir, allowed=req.allow_schema_rollback, warn=warn)
 
 
 def _replace_preview(inv: Any, chosen: list[Any], plan: Any, warn: Any) -> dict[str, Any]:

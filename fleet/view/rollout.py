@@ -173,15 +173,32 @@ def print_plan(plan: Plan) -> None:
         print(f"  batch {i + 1}: " + "; ".join(parts))
     if plan.unchanged:
         print(f"  already on target: {', '.join(plan.unchanged)}")
-    mig = plan.migration
-    if mig is not None:
-        print(f"  migration: database schema {mig.label()}, once, before batch 1, under the fleet lock")
-        print(f"    restore point first: {mig.restore}")
-        print(
-            f"    then on {mig.host}: docker compose run --rm --no-deps -T --entrypoint {mig.command[0]} "
-            f"api {' '.join(mig.command[1:])}  (release {mig.release}, timeout {mig.timeout}s)"
-        )
+    if plan.migration is not None:
+        print_migration(plan.migration, "before batch 1")
     sys.stdout.flush()
+
+
+def print_migration(mig: Any, when: str) -> None:
+    """A pending migration (fleet.rollout.restore.Migration): what runs where, after which restore point."""
+    print(f"  migration: database schema {mig.label()}, once, {when}, under the fleet lock")
+    print(f"    restore point first: {mig.restore}")
+    print(
+        f"    then on {mig.host}: docker compose run --rm --no-deps -T --entrypoint {mig.command[0]} "
+        f"api {' '.join(mig.command[1:])}  (release {mig.release}, timeout {mig.timeout}s)"
+    )
+
+
+def print_migration_result(mig: Any) -> None:
+    """How a migration phase ended (Report.migration, DeployReport.migration: a dict)."""
+    if mig is None:
+        return
+    point = mig.get("restore_point") or {}
+    print(
+        f"migration {' + '.join(mig.get('from') or [])} -> {mig.get('to')} on {mig.get('host')}: "
+        f"{mig.get('status')}" + (f"; restore point {point.get('id')} ({point.get('kind')})" if point else "")
+    )
+    if point.get("restore_command"):
+        print(f"  restore with: {ui.safe(point['restore_command'])}")
 
 
 def print_budgets(budgets: Any) -> None:
@@ -225,16 +242,7 @@ def print_summary(report: Report) -> None:
         ["host", "from", "to", "result", "duration", "notes"],
         rows,
     )
-    mig = report.migration
-    if mig is not None:
-        point = mig.get("restore_point") or {}
-        print(
-            f"migration {' + '.join(mig.get('from') or [])} -> {mig.get('to')} on {mig.get('host')}: "
-            f"{mig.get('status')}"
-            + (f"; restore point {point.get('id')} ({point.get('kind')})" if point else "")
-        )
-        if point.get("restore_command"):
-            print(f"  restore with: {ui.safe(point['restore_command'])}")
+    print_migration_result(report.migration)
     for problem in report.problems:
         print(f"note: {ui.safe(problem)}")
     if report.resume_command:

@@ -480,6 +480,215 @@ def arm_crash() -> None:
         timer.start()
 
 
+# --------------------------------------------------------------------------- Cloud Storage (JSON API)
+# Dify keeps uploaded files in GOOGLE_STORAGE_BUCKET_NAME (STORAGE_TYPE=google-storage); the plugin daemon
+# keeps plugin packages in PLUGIN_STORAGE_OSS_BUCKET (PLUGIN_STORAGE_TYPE=gcs). Google's client libraries
+# (Python's google-cloud-storage in the api, Go's cloud.google.com/go/storage in the daemon) send their
+# requests to STORAGE_EMULATOR_HOST when it is set, as these stand-ins do: the local fleet sets it to its
+# Cloud Storage stand-in. Without it there are no Google credentials here: the stand-ins say so (503).
+
+
+class StorageError(Exception):
+    """A bucket could not be written or read: the text says which and why."""
+
+
+MAX_BODY = 16 << 20  # an upload larger than this is refused (413)
+TENANT = "standin-tenant"  # the one workspace the stand-ins know
+
+
+def storage_endpoint() -> str:
+    host = os.environ.get("STORAGE_EMULATOR_HOST", "").strip().rstrip("/")
+    if not host:
+        raise StorageError(
+            "no STORAGE_EMULATOR_HOST: the stand-in has no Google credentials to reach Cloud Storage"
+        )
+    if "://" not in host:
+        return f"http://{host}"  # host:port, as Google's libraries also accept it
+    if not host.startswith(("http://", "https://")):
+        raise StorageError(f"STORAGE_EMULATOR_HOST={host!r}: an http(s) endpoint, or host:port")
+    return host
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def put_object(
+    bucket: str, name: str, data: bytes, content_type: str = "application/octet-stream"
+) -> dict[str, object]:
+    """Upload `data` as gs://bucket/name (the JSON API's media upload); the object's metadata."""
+    import urllib.error
+    import urllib.request
+
+    if not bucket:
+        raise StorageError(f"no bucket to write {name} to")
+    url = f"{storage_endpoint()}/upload/storage/v1/b/{_quote(bucket)}/o?uploadType=media&name={_quote(name)}"
+    headers = {"Content-Type": content_type}
+    req = urllib.request.Request(url, data=data, method="POST", headers=headers)  # noqa: S310 - http(s) only
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310 - the configured endpoint
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raise StorageError(f"gs://{bucket}/{name}: HTTP {exc.code} {exc.read()[:200]!r}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise StorageError(f"gs://{bucket}/{name}: {exc}") from None
+
+
+def get_object(bucket: str, name: str) -> bytes | None:
+    """The bytes of gs://bucket/name; None when there is no such object."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{storage_endpoint()}/storage/v1/b/{_quote(bucket)}/o/{_quote(name)}?alt=media"
+    try:
+        with urllib.request.urlopen(url, timeout=15) as resp:  # noqa: S310 - the configured endpoint
+            return resp.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise StorageError(f"gs://{bucket}/{name}: HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise StorageError(f"gs://{bucket}/{name}: {exc}") from None
+
+
+def _object_id(value: str) -> str | None:
+    """A file or package id as the stand-ins hand them out (hex), or None."""
+    return value if value and len(value) <= 64 and all(c in "0123456789abcdef" for c in value) else None
+
+
+# the api: files go to the fleet's bucket; plugin packages go through the plugin daemon (as Dify's
+# console does), which keeps them in its storage
+FILES_PREFIX = "/console/api/files"
+PLUGIN_PKG_UPLOAD = "/console/api/workspaces/current/plugin/upload/pkg"
+PLUGIN_PKG_PREFIX = "/console/api/workspaces/current/plugin/pkg"
+
+
+def api_files(method: str, path: str, body: bytes) -> tuple[int, dict[str, object] | bytes]:
+    """POST /console/api/files/upload (the body is the file) -> its id; GET /console/api/files/<id>."""
+    bucket = os.environ.get("GOOGLE_STORAGE_BUCKET_NAME", "")
+    if method == "POST" and path == FILES_PREFIX + "/upload":
+        digest = hashlib.sha256(body).hexdigest()
+        file_id = os.urandom(16).hex()
+        key = f"upload_files/{TENANT}/{file_id}"
+        put_object(bucket, key, body)
+        log(f"file {file_id} ({len(body)} bytes) stored as gs://{bucket}/{key}")
+        return 201, {
+            "id": file_id,
+            "size": len(body),
+            "sha256": digest,
+            "key": key,
+            "host": socket.gethostname(),
+        }
+    file_id = _object_id(path[len(FILES_PREFIX) + 1 :]) if method == "GET" else None
+    if file_id is None:
+        return 404, {"code": "not_found", "path": path}
+    data = get_object(bucket, f"upload_files/{TENANT}/{file_id}")
+    return (404, {"code": "file_not_found", "id": file_id}) if data is None else (200, data)
+
+
+def plugin_daemon_call(method: str, path: str, body: bytes | None) -> tuple[int, dict[str, object] | bytes]:
+    """The plugin daemon's API, authenticated with PLUGIN_DAEMON_KEY (as the api calls it)."""
+    import urllib.error
+    import urllib.request
+
+    base = os.environ.get("PLUGIN_DAEMON_URL", "http://plugin_daemon:5002").rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        return 502, {"code": "plugin_daemon_unreachable", "message": f"PLUGIN_DAEMON_URL={base!r}"}
+    headers = {
+        "X-Api-Key": os.environ.get("PLUGIN_DAEMON_KEY", ""),
+        "Content-Type": "application/octet-stream",
+    }
+    req = urllib.request.Request(base + path, data=body, method=method, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:  # noqa: S310 - the stack's own daemon
+            raw, ctype = resp.read(), resp.headers.get("Content-Type", "")
+            return resp.status, json.loads(raw) if ctype.startswith("application/json") else raw
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, {"code": "plugin_daemon_error", "message": raw[:300].decode(errors="replace")}
+    except (urllib.error.URLError, OSError) as exc:
+        return 502, {"code": "plugin_daemon_unreachable", "message": str(exc)}
+
+
+def api_plugins(method: str, path: str, body: bytes) -> tuple[int, dict[str, object] | bytes]:
+    if method == "POST" and path == PLUGIN_PKG_UPLOAD:
+        return plugin_daemon_call("POST", f"/plugin/{TENANT}/management/install/upload/package", body)
+    package = _object_id(path[len(PLUGIN_PKG_PREFIX) + 1 :]) if method == "GET" else None
+    if package is None:
+        return 404, {"code": "not_found", "path": path}
+    return plugin_daemon_call("GET", f"/plugin/{TENANT}/management/package/{package}", None)
+
+
+# the plugin daemon: packages in PLUGIN_STORAGE_OSS_BUCKET (gcs) or under PLUGIN_STORAGE_LOCAL_ROOT (local)
+DAEMON_UPLOAD = f"/plugin/{TENANT}/management/install/upload/package"
+DAEMON_PACKAGE = f"/plugin/{TENANT}/management/package/"
+
+
+def _package_store() -> tuple[str, str]:
+    kind = os.environ.get("PLUGIN_STORAGE_TYPE", "local").strip() or "local"
+    if kind == "gcs":
+        return kind, os.environ.get("PLUGIN_STORAGE_OSS_BUCKET", "")
+    if kind == "local":
+        return kind, os.environ.get("PLUGIN_STORAGE_LOCAL_ROOT", "/app/storage")
+    raise StorageError(f"PLUGIN_STORAGE_TYPE={kind!r}: the stand-in knows gcs and local")
+
+
+def store_package(data: bytes) -> dict[str, object]:
+    kind, where = _package_store()
+    digest = hashlib.sha256(data).hexdigest()
+    key = f"plugin_packages/{digest}"
+    if kind == "gcs":
+        put_object(where, key, data)
+        location = f"gs://{where}/{key}"
+    else:
+        os.makedirs(os.path.join(where, "plugin_packages"), exist_ok=True)
+        with open(os.path.join(where, key), "wb") as out:
+            out.write(data)
+        location = os.path.join(where, key)
+    log(f"plugin package {digest} ({len(data)} bytes) stored at {location}")
+    return {
+        "unique_identifier": f"standin/plugin:0.0.1@{digest}",
+        "id": digest,
+        "storage": kind,
+        "location": location,
+    }
+
+
+def load_package(digest: str) -> bytes | None:
+    kind, where = _package_store()
+    key = f"plugin_packages/{digest}"
+    if kind == "gcs":
+        return get_object(where, key)
+    try:
+        with open(os.path.join(where, key), "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def daemon_packages(
+    method: str, path: str, body: bytes, api_key: str
+) -> tuple[int, dict[str, object] | bytes]:
+    if not hmac.compare_digest(api_key, os.environ.get("SERVER_KEY", "")) or not api_key:
+        return 401, {"code": -401, "message": "unauthorized: X-Api-Key is not the daemon's SERVER_KEY"}
+    if method == "POST" and path == DAEMON_UPLOAD:
+        return 200, {"code": 0, "message": "success", "data": store_package(body)}
+    digest = (
+        _object_id(path[len(DAEMON_PACKAGE) :])
+        if method == "GET" and path.startswith(DAEMON_PACKAGE)
+        else None
+    )
+    if digest is None:
+        return 404, {"code": -404, "message": f"not found: {path}"}
+    data = load_package(digest)
+    return (404, {"code": -404, "message": f"no package {digest}"}) if data is None else (200, data)
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = f"standin-{ROLE}/{VERSION}"
     protocol_version = "HTTP/1.1"
@@ -504,9 +713,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(min(length, 1 << 20))
+        if length > MAX_BODY:
+            self.close_connection = True  # the body stays unread
+            self.json(413, {"code": "too_large", "limit": MAX_BODY})
+            return
+        body = self.rfile.read(length) if length else b""
         path = self.path.split("?")[0]
+        if self.stored(path, body):
+            return
         code, status = health()
         if ROLE == "web":
             body = (
@@ -523,6 +737,27 @@ class Handler(BaseHTTPRequestHandler):
             self.json(404, {"code": "not_found", "version": VERSION, "path": path})
         else:
             self.json(200, {"service": ROLE, "version": VERSION, "path": path, "method": self.command})
+
+    def stored(self, path: str, body: bytes) -> bool:
+        """The routes that keep data in the buckets (files, plugin packages); False for any other."""
+        method = self.command
+        try:
+            if ROLE == "api" and (path == FILES_PREFIX + "/upload" or path.startswith(FILES_PREFIX + "/")):
+                code, payload = api_files(method, path, body)
+            elif ROLE == "api" and (path == PLUGIN_PKG_UPLOAD or path.startswith(PLUGIN_PKG_PREFIX + "/")):
+                code, payload = api_plugins(method, path, body)
+            elif ROLE == "plugin_daemon" and path.startswith(f"/plugin/{TENANT}/management/"):
+                code, payload = daemon_packages(method, path, body, self.headers.get("X-Api-Key", ""))
+            else:
+                return False
+        except StorageError as exc:
+            log(f"storage: {exc}")
+            code, payload = 503, {"code": "storage_unavailable", "message": str(exc)}
+        if isinstance(payload, bytes):
+            self.send(code, payload, "application/octet-stream")
+        else:
+            self.json(code, payload)
+        return True
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = route
 

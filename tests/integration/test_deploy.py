@@ -194,6 +194,47 @@ def test_deploy_1_1_0_switches(local_fleet: Any) -> None:
     assert all(h["previous"] and h["drift"] == [] for h in status["hosts"])
 
 
+def test_a_plugin_stored_through_one_instance_is_read_through_another(local_fleet: Any) -> None:
+    """Nothing stateful on the VMs' disks: a plugin package and a file uploaded through one instance's
+    nginx land in the fleet's bucket (the Cloud Storage stand-in) and are read through another's."""
+    import hashlib
+    import os
+    import urllib.parse
+    import urllib.request
+
+    from fleet.local.config import FILES_BUCKET
+
+    first, second = local_fleet.instances()[:2]
+
+    def call(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, resp.read()
+
+    def in_bucket(name: str) -> bytes:
+        quoted = urllib.parse.quote(name, safe="")
+        url = f"{local_fleet.config.storage_endpoint}/storage/v1/b/{FILES_BUCKET}/o/{quoted}?alt=media"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return bytes(resp.read())
+
+    package = b"PK\x03\x04 plugin " + os.urandom(4096)
+    digest = hashlib.sha256(package).hexdigest()
+    code, raw = call(first.http_port, "POST", "/console/api/workspaces/current/plugin/upload/pkg", package)
+    reply = json.loads(raw)
+    assert code == 200 and reply["data"]["location"] == f"gs://{FILES_BUCKET}/plugin_packages/{digest}", reply
+    assert in_bucket(f"plugin_packages/{digest}") == package
+    assert call(second.http_port, "GET", f"/console/api/workspaces/current/plugin/pkg/{digest}") == (
+        200,
+        package,
+    )
+
+    data = os.urandom(2048)
+    code, raw = call(second.http_port, "POST", "/console/api/files/upload", data)
+    meta = json.loads(raw)
+    assert code == 201 and in_bucket(meta["key"]) == data, meta
+    assert call(first.http_port, "GET", f"/console/api/files/{meta['id']}") == (200, data)
+
+
 def test_history_newest_first(local_fleet: Any) -> None:
     # the fleet's central history in the release store: each whole-fleet deploy, newest first
     code, payload, out = fab_logged("history", *inv_args(local_fleet))

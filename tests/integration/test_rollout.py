@@ -94,10 +94,21 @@ class Ctx:
         return {h["host"]: h for h in payload["hosts"]}
 
     def ensure(self, version: str) -> None:
-        """Start from `version` everywhere (a no-op in file order; lets a single test run alone)."""
+        """Start from `version` everywhere (a no-op in file order; lets a single test run alone). The
+        deploy migrates as `fab rollout` does (dify.migrations: phase): forward across a schema change
+        (a fresh fleet's first deploy included) exactly once, back (forced) not at all."""
         if {s["version"] for s in self.status().values()} != {version}:
-            code, _payload, out = self.json("deploy", "--version", version)
+            runs_before = migration_runs(self)
+            code, payload, out = self.json("deploy", "--version", version, "--force-schema-rollback")
             assert code == 0, out
+            runs = migration_runs(self)[len(runs_before) :]
+            if payload["migration"] is None:
+                assert runs == [], out
+            else:
+                assert payload["migration"]["status"] == "done", out
+                assert [(v, r) for v, _rev, r in runs] in ([(version, "applied")], [(version, "current")]), (
+                    runs
+                )
 
     def load(self) -> LoadGen:
         return LoadGen(f"http://127.0.0.1:{FLEET.lb_port}", threads=4, rate=20, max_seconds=900)

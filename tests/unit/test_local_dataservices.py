@@ -152,3 +152,18 @@ def test_the_stand_in_migration_steps() -> None:
     assert literal("it's") == "'it''s'"
     with pytest.raises(s.DataError):  # type: ignore[attr-defined]
         literal("a\0b")
+
+
+def test_a_fleet_with_its_google_services_points_the_storage_clients_at_its_bucket(tmp_path: Path) -> None:
+    from fleet.local.config import FILES_BUCKET
+
+    cfg = config(tmp_path, subnet="10.50.0.0/24")
+    got = inventory_writer.storage_vars(cfg, inventory_writer.schema_variables())
+    assert got == {
+        "STORAGE_EMULATOR_HOST": "http://10.50.0.1:4443",
+        "GOOGLE_STORAGE_BUCKET_NAME": FILES_BUCKET,
+    }
+    assert cfg.storage_endpoint == got["STORAGE_EMULATOR_HOST"]  # the stand-in vmservices serves there
+    assert inventory_writer.storage_vars(cfg, {"GOOGLE_STORAGE_BUCKET_NAME": {}}) == {
+        "GOOGLE_STORAGE_BUCKET_NAME": FILES_BUCKET
+    }

@@ -399,23 +399,6 @@ def test_local_restore_points_are_timestamps() -> None:
     assert RestorePoint.from_dict(point.as_dict()) == point
 
 
-def test_fab_deploy_says_it_does_not_migrate_a_schema_change() -> None:
-    from fleet.release.activation import DeployOutcome
-    from fleet.rollout.deploy import DeployReport, _schema_note
-
-    hosts: Any = [SimpleNamespace(settings=SimpleNamespace(dify=SimpleNamespace(migrations="phase")))]
-    moved = DeployOutcome("h1", "deployed", "a" * 16, "1.0.0", "b" * 16, "1.1.0")
-    same = DeployOutcome("h2", "unchanged", "b" * 16, "1.1.0", "b" * 16, "1.1.0")
-    notes: list[str] = []
-    _schema_note(hosts, DeployReport("1.1.0", [moved, same]), notes.append)
-    assert len(notes) == 1 and notes[0].startswith("h1: ") and "does not migrate" in notes[0]
-    notes.clear()
-    _schema_note(hosts, DeployReport("1.1.0", [same]), notes.append)
-    hosts[0].settings.dify.migrations = "off"
-    _schema_note(hosts, DeployReport("1.1.0", [moved]), notes.append)
-    assert notes == []
-
-
 def test_the_plan_and_dry_run_show_the_pending_migration_and_its_restore_point(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
