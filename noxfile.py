@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import nox
@@ -36,15 +38,43 @@ def tests(session: nox.Session) -> None:
     if session.posargs:
         session.run("pytest", *session.posargs)
         return
-    # Two runs. The tests without a local fleet (real sshd, stand-ins, functions servers: mostly waiting
-    # on sockets) in parallel worker processes; then the local-fleet tests in one process, one fleet at
-    # a time, with the machine to themselves (their load-sensitive proofs must not share the 2 cores).
-    # The slowest tests of each are printed: the suite's time budget (docs/PERFORMANCE.md) is watched.
+    # The tests without a local fleet (real sshd, stand-ins, functions servers) run in 3 worker
+    # processes; the local-fleet tests in one process, one fleet at a time. The fleet tests marked
+    # `loadproof` (zero failed requests under load, heal and scale timings, CPU shares) have the machine
+    # to themselves; the shared fleet's functional tests (deploy, lifecycle, the stack) run beside the
+    # workers, which would otherwise leave the fleet idle for ~3 minutes. The shared fleet stays up
+    # between those two fleet runs (FLEET_LOCAL_KEEP), for the rollout proofs that use it too.
     # Test modules' assertion rewrites are cached as .pyc, which a PYTHONDONTWRITEBYTECODE environment
-    # forbids: every pytest process re-rewrote all of them (~9 s of CPU); the fleet run reuses them.
+    # forbids: every pytest process re-rewrote all of them (~9 s of CPU).
+    # The slowest tests of each run are printed: the suite's time budget (docs/PERFORMANCE.md) is watched.
     cache = {"PYTHONDONTWRITEBYTECODE": ""}
-    session.run("pytest", "-n", "3", "-m", "not localfleet", "--durations=10", "tests", env=cache)
-    session.run("pytest", "-m", "localfleet", "--durations=25", *_fleet_modules(), env=cache)
+    modules = _fleet_modules()
+    # the engine first: a test without a fleet that looks at this machine's Docker must not see it start
+    session.run("python", "-c", "from fleet.local.engine import ensure_engine; ensure_engine()")
+    unit_log = Path(session.create_tmp()) / "tests-without-a-fleet.log"
+    with unit_log.open("w") as out:
+        unit = subprocess.Popen(
+            [str(Path(session.bin) / "pytest"), "-n", "3", "-m", "not localfleet", "--durations=10", "tests"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **cache, "PATH": session.bin + os.pathsep + os.environ.get("PATH", "")},
+        )
+    shared_ok = False
+    try:
+        session.run(
+            "pytest", "-m", "localfleet and not loadproof", "--durations=10", *modules,
+            env={**cache, "FLEET_LOCAL_KEEP": "1"}, success_codes=[0, 5],
+        )  # fmt: skip
+        shared_ok = True
+    finally:
+        code = unit.wait()
+        session.log(f"tests without a fleet (ran beside the fleet's functional tests), exit {code}:")
+        print(unit_log.read_text(), flush=True)
+        if not shared_ok:  # nothing will use the kept shared fleet: take it down
+            session.run("fab", "local.down", success_codes=[0, 1, 2])
+    if code != 0:
+        session.error(f"the tests without a fleet failed (exit {code}): their output is above")
+    session.run("pytest", "-m", "localfleet and loadproof", "--durations=25", *modules, env=cache)
 
 
 def _fleet_modules() -> list[str]:

@@ -48,7 +48,7 @@ from functions import fleet_contract as contract
 from functions.fleet_contract import ROLLOUT_LABEL
 from tests.fixtures.sshd import fab
 
-pytestmark = pytest.mark.localfleet
+pytestmark = [pytest.mark.localfleet, pytest.mark.loadproof]
 
 CFG = LocalConfig(
     name="gcemig",

@@ -17,7 +17,7 @@ from fleet.local.progress import Progress
 from fleet.local.rootfs import ensure_base
 from fleet.scenarios.monitor import CpuSignal
 
-pytestmark = [pytest.mark.localfleet]
+pytestmark = [pytest.mark.localfleet, pytest.mark.loadproof]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ A load generator sends requests through the LB during every operation and counts
 each connection error; the rollouts must not fail a single one. The fleet is the session's shared
 one (tests/fixtures/localfleet.py: 4 instances, its LB, Compute endpoint and inventory), so the suite
 brings up, bootstraps and deploys no fleet of its own for these tests: they run after the other users
-of the shared fleet (this module sorts last among them), starting from 1.0.0 everywhere (deployed
+of the shared fleet (`nox -s tests` runs them in its `loadproof` run, after the others; in one pytest
+run this module sorts last among them), starting from 1.0.0 everywhere (deployed
 here when the fleet runs another version), and leave the fleet to be taken down (worker_beat moved
 to the third host). Do not run them while another session deploys to the shared fleet: the rollouts
 hold its lock. Tests run in file order, each starting from the versions the previous one left:
@@ -47,7 +48,7 @@ from fleet.scenarios.loadgen import LoadGen, LoadReport
 from functions.fleet_contract import ROLLOUT_LABEL, Lock, lock_to_json
 from tests.fixtures.standin import load_standin
 
-pytestmark = pytest.mark.localfleet
+pytestmark = [pytest.mark.localfleet, pytest.mark.loadproof]
 
 FLEET = LocalConfig.from_env()  # the shared fleet's (tests/fixtures/localfleet.py)
 REPO = Path(__file__).resolve().parents[2]

@@ -36,7 +36,7 @@ from fleet.scenarios.monitor import FAILING, STILL_FAILING, MonitorSettings
 from fleet.scenarios.selfheal import health, run_heal, run_scale, wait_stable
 from functions import fleet_contract as contract
 
-pytestmark = [pytest.mark.localfleet, pytest.mark.functions]
+pytestmark = [pytest.mark.localfleet, pytest.mark.loadproof, pytest.mark.functions]
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = LocalConfig(
