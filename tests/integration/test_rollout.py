@@ -316,19 +316,33 @@ def test_a_failing_migration_switches_nothing_and_releases_the_lock(ctx: Ctx) ->
 
 
 def test_broken_canary_is_rolled_back_and_the_rollout_stops(ctx: Ctx) -> None:
+    """The breakage is a wrong database password (issue 16): the same version 1.1.0 with DB_PASSWORD
+    from another source is a new release; its api's /health fails on the refused login to the fleet's
+    real PostgreSQL, so the canary fails its health gate and is rolled back, and nothing else moves."""
     ctx.ensure("1.1.0")
     before = ctx.status()
     previous = {h: ctx.fleet.exec(h, ["readlink", "/opt/fleet/dify/previous"]).stdout.strip() for h in HOSTS}
-    with ctx.load() as load:
-        code, report, out = ctx.json(
-            "rollout", "--version", "1.2.0-broken", "--yes", "--health-timeout", "10"
-        )
+    defaults = Path(ctx.inv) / "defaults.yaml"
+    saved = defaults.read_text()
+    doc = yaml.safe_load(saved)
+    doc["data"]["secrets"]["DB_PASSWORD"] = {"env": "FLEET_TEST_WRONG_DB_PASSWORD"}
+    defaults.write_text(yaml.safe_dump(doc, sort_keys=False))
+    wrong = "wrong-" + os.urandom(6).hex()
+    ctx.env["FLEET_TEST_WRONG_DB_PASSWORD"] = wrong
+    try:
+        with ctx.load() as load:
+            code, report, out = ctx.json("rollout", "--version", "1.1.0", "--yes", "--health-timeout", "10")
+    finally:
+        defaults.write_text(saved)
+        del ctx.env["FLEET_TEST_WRONG_DB_PASSWORD"]
     assert code == 3, out
     assert_no_failed_requests(load.report(), at_least=100)
     assert set(load.report().versions) == {"1.1.0"}
-    assert report["outcome"] == "rolled-back"
+    assert report["outcome"] == "rolled-back" and report["migration"] is None, out
     results = {h["host"]: h for h in report["hosts"]}
-    assert results[H1]["result"] == "rolled-back" and "1.2.0-broken not healthy" in results[H1]["error"]
+    assert results[H1]["result"] == "rolled-back" and "1.1.0 not healthy" in results[H1]["error"]
+    journal = "\n".join(p.read_text() for p in ctx.journal_dir.rglob("*.jsonl"))
+    assert wrong not in out and wrong not in journal  # the secret is masked everywhere
     assert [results[h]["result"] for h in HOSTS[1:]] == ["not-started"] * 3
     st = assert_fleet_on(ctx, "1.1.0")
     assert {h: st[h]["release"] for h in HOSTS} == {h: before[h]["release"] for h in HOSTS}
