@@ -253,11 +253,12 @@ def test_heartbeat_gives_up_before_the_lock_expires(endpoint: tuple[ComputeApi, 
     """Compute refuses every renewal: the rollout is told while the lock is still ours, not after."""
     api, _ = endpoint
     s = FleetLock(Compute(api.url), "p", "prod")
-    lock = s.acquire("alice@box", "", "ro-a", ttl=3)
+    # a TTL of 8 s gives up 1.6 s before expiry (ttl / 5): a loaded machine's stalls stay well inside it
+    lock = s.acquire("alice@box", "", "ro-a", ttl=8)
     api.inject("projects.setCommonInstanceMetadata", status=503, times=1000)
-    hb = Heartbeat(s, lock, ttl=3, interval=0.2).start()
+    hb = Heartbeat(s, lock, ttl=8, interval=0.2).start()
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while hb.problem() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert hb.problem() is not None and "renew" in str(hb.problem())
@@ -271,11 +272,11 @@ def test_a_hanging_compute_call_is_cut_short_of_the_ttl(endpoint: tuple[ComputeA
     cannot keep the heartbeat stuck past the lock's expiry."""
     api, _ = endpoint
     s = FleetLock(Compute(api.url), "p", "prod")
-    lock = s.acquire("alice@box", "", "ro-a", ttl=3)
+    lock = s.acquire("alice@box", "", "ro-a", ttl=8)  # calls bounded at ttl / 8, gives up at ttl / 5 left
     api.inject("projects.get", status=200, times=1000, delay=20)
-    hb = Heartbeat(s, lock, ttl=3, interval=0.2).start()
+    hb = Heartbeat(s, lock, ttl=8, interval=0.2).start()
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while hb.problem() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert hb.problem() is not None and datetime.now(UTC) < lock.expires
