@@ -1,0 +1,124 @@
+"""The checks the replace proof (bench/replace_fleet.py) runs on a rollout's journal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.replace_fleet import (
+    batch_times,
+    forward_mig_calls,
+    host_results,
+    journal_problems,
+    killed_problems,
+    step_seconds,
+    template_of,
+)
+
+HOSTS = ["p-1", "p-2", "p-3", "p-4"]
+
+
+def ev(event: str, second: float = 0.0, **fields: Any) -> dict[str, Any]:
+    whole, frac = divmod(second, 1)
+    return {"t": f"2026-11-30T10:00:{int(whole):02d}.{int(frac * 1e6):06d}Z", "event": event, **fields}
+
+
+def succeeded() -> list[dict[str, Any]]:
+    """A replace rollout of 4 hosts in batches [1, 2, 1] that succeeded."""
+    events = [
+        ev("plan", 0, strategy="replace", rollout_id="r1"),
+        ev("template", 0.5, release="b" * 16, version="1.1.0", template="base-1b", created=True),
+        ev("template", 0.6, release="a" * 16, version="1.0.0", template="base-1a", created=False),
+    ]
+    t = 1.0
+    for index, hosts in enumerate([HOSTS[:1], HOSTS[1:3], HOSTS[3:]]):
+        events.append(ev("batch", t, index=index, hosts=hosts, status="start"))
+        events.append(ev("mig", t + 0.1, step="forward", template="base-1b", hosts=hosts))
+        for h in hosts:
+            events.append(ev("step", t + 10, host=h, step="replace", status="done", seconds=9.5))
+            events.append(ev("step", t + 12, host=h, step="soak", status="done", seconds=0.25))
+            events.append(ev("host", t + 12.5, host=h, result="updated"))
+        events.append(ev("batch", t + 12.75, index=index, hosts=hosts, status="done", failures=0))
+        t += 13
+    events.append(ev("end", t, outcome="succeeded", failures=0, problems=[]))
+    return events
+
+
+def test_a_good_journal_has_no_problem() -> None:
+    events = succeeded()
+    assert (
+        journal_problems(
+            events, outcome="succeeded", results=dict.fromkeys(HOSTS, "updated"), forward_batches=3
+        )
+        == []
+    )
+
+
+def test_each_condition_is_named_when_it_fails() -> None:
+    events = succeeded()
+    events[0]["strategy"] = "ssh"
+    events[-1]["outcome"] = "failed"
+    events.insert(5, ev("resume", 2))
+    problems = journal_problems(
+        events,
+        outcome="succeeded",
+        results={**dict.fromkeys(HOSTS, "updated"), "p-2": "rolled-back"},
+        forward_batches=1,
+    )
+    assert problems == [
+        "the plan's strategy is 'ssh', not replace",
+        "the journal's outcome is 'failed', not 'succeeded'",
+        "the journal shows 1 resume(s), not 0",
+        "p-2: the journal's result is 'updated', not 'rolled-back'",
+        "3 forward batch(es) started, not 1",
+    ]
+
+
+def test_a_journal_without_plan_or_end() -> None:
+    assert journal_problems([], outcome="succeeded") == ["the journal is empty"]
+    events = succeeded()[1:-1]
+    assert journal_problems(events, outcome="succeeded") == [
+        "the journal starts with 'template', not the plan",
+        "the journal ends with 'batch', not `end`",
+    ]
+
+
+def test_hosts_never_journaled_count_as_not_started() -> None:
+    events = succeeded()[:12]  # the canary batch only
+    assert host_results(events) == {"p-1": "updated"}
+    want = {"p-1": "updated", "p-2": "not-started", "p-3": "not-started", "p-4": "not-started"}
+    assert [p for p in journal_problems(events, outcome="rolled-back", results=want) if "p-" in p] == []
+    assert journal_problems(events, outcome="x", results={"p-2": "updated"})[-1] == (
+        "p-2: the journal's result is 'none', not 'updated'"
+    )
+
+
+def test_batch_times_and_steps() -> None:
+    events = succeeded()
+    rows = batch_times(events)
+    assert [(label, len(hosts)) for label, hosts, _ in rows] == [
+        ("forward 0", 1),
+        ("forward 1", 2),
+        ("forward 2", 1),
+    ]
+    assert [s for _, _, s in rows] == [pytest.approx(12.75)] * 3
+    steps = step_seconds(events)
+    assert steps["replace"] == [9.5] * 4 and steps["soak"] == [0.25] * 4
+    assert template_of(events, "1.0.0") == "base-1a" and template_of(events, "9.9.9") is None
+
+
+def test_a_killed_run() -> None:
+    events = succeeded()
+    killed = events[
+        : events.index(next(e for e in events if e["event"] == "mig" and "p-2" in e["hosts"])) + 1
+    ]
+    assert forward_mig_calls(killed) == 2
+    assert killed_problems(killed) == []
+    assert batch_times(killed)[-1][2] is None  # the batch it died in
+    assert killed_problems(events) == ["the killed run's journal has an `end`: it was not killed mid-rollout"]
+    assert killed_problems(killed[:5]) == ["the killed run had not finished the canary batch"]
+    assert killed_problems(killed[1:]) == ["the killed run's journal has no plan"]
+    # resumed: the batch started again and finished, then the end
+    resumed = [*killed, ev("resume", 30), *events[len(killed) :]]
+    assert journal_problems(resumed, outcome="succeeded", resumed=1, forward_batches=3) == []
