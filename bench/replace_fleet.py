@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -153,12 +154,27 @@ def forward_mig_calls(events: Sequence[Mapping[str, Any]]) -> int:
     return sum(1 for e in events if e.get("event") == "mig" and e.get("step") == "forward")
 
 
-def template_of(events: Sequence[Mapping[str, Any]], version: str) -> str | None:
-    """The instance template the rollout made (or found) for release `version`."""
-    for e in events:
-        if e.get("event") == "template" and e.get("version") == version:
-            return str(e["template"])
-    return None
+def expected_templates(events: Sequence[Mapping[str, Any]], side: str) -> dict[str, str]:
+    """{host: the instance template of its `side` (target or source) release}, from the plan and the
+    `template` events. Hosts can differ: the worker_beat host's release (beat enabled) is its own."""
+    plan = events[0] if events and events[0].get("event") == "plan" else {}
+    made = {str(e["release"]): str(e["template"]) for e in events if e.get("event") == "template"}
+    return {
+        str(j["host"]): made.get(str(j[side]["id"]), f"(no template for {j[side]['id']})")
+        for j in plan.get("jobs", [])
+        if j.get(side)
+    }
+
+
+def fleet_template(events: Sequence[Mapping[str, Any]], side: str) -> str | None:
+    """The template the MIG itself should be left on: that of the release most hosts other than the
+    worker_beat host have on `side` (a VM the MIG creates must not run a second beat)."""
+    if not events or events[0].get("event") != "plan":
+        return None
+    beat = events[0].get("beat_host")
+    by_host = expected_templates(events, side)
+    pool = [t for h, t in by_host.items() if h != beat] or list(by_host.values())
+    return Counter(pool).most_common(1)[0][0] if pool else None
 
 
 # --------------------------------------------------------------------------- the run
@@ -265,17 +281,16 @@ class Proof:
                 return members
             time.sleep(1)
 
-    def on_template(self, s: Scenario, template: str | None, what: str) -> None:
-        """The MIG and every one of its N members on `template`, RUNNING, nothing left to do."""
-        members = self.settle()
-        s.check(template is not None, f"no template for {what} in the journal")
-        s.check(len(members) == N, f"the MIG has {len(members)} members, not {N}: {members}")
-        s.check(
-            self.mig_template() == template,
-            f"the MIG's template is {self.mig_template()}, not {what} {template}",
-        )
-        for name, (tpl, status, action) in sorted(members.items()):
-            s.check(tpl == template, f"{name} is on {tpl}, not {what} {template}")
+    def on_templates(self, s: Scenario, mig: str | None, members: Mapping[str, str], what: str) -> None:
+        """The MIG on `mig`, each of its N members on its own template in `members`, RUNNING, with
+        nothing left to do."""
+        found = self.settle()
+        s.check(mig is not None, f"no {what} template for the MIG in the journal")
+        s.check(len(found) == N, f"the MIG has {len(found)} members, not {N}: {found}")
+        s.check(self.mig_template() == mig, f"the MIG's template is {self.mig_template()}, not {what} {mig}")
+        for name, (tpl, status, action) in sorted(found.items()):
+            want = members.get(name)
+            s.check(tpl == want, f"{name} is on {tpl}, not its {what} {want}")
             s.check((status, action) == ("RUNNING", "NONE"), f"{name} is {status} with action {action}")
 
     def traffic(self, s: Scenario, report: Any, versions: set[str]) -> None:
@@ -328,7 +343,9 @@ class Proof:
         s.problems += journal_problems(
             s.events, outcome="succeeded", results=dict.fromkeys(hosts, "updated"), forward_batches=3
         )
-        self.on_template(s, template_of(s.events, "1.1.0"), "1.1.0's")
+        self.on_templates(
+            s, fleet_template(s.events, "target"), expected_templates(s.events, "target"), "1.1.0"
+        )
         return s
 
     def scenario_b(self) -> Scenario:
@@ -357,8 +374,11 @@ class Proof:
         s.events = self.journal(journal)
         want = {n: h["result"] for n, h in hosts.items()}
         s.problems += journal_problems(s.events, outcome="rolled-back", results=want, forward_batches=1)
-        s.check(template_of(s.events, "1.1.0") == previous, f"1.1.0's template is not {previous}")
-        self.on_template(s, previous, "the previous (1.1.0's)")
+        s.check(
+            fleet_template(s.events, "source") == previous,
+            f"the fleet's 1.1.0 template is {fleet_template(s.events, 'source')}, the MIG was on {previous}",
+        )
+        self.on_templates(s, previous, expected_templates(s.events, "source"), "previous (1.1.0)")
         return s
 
     def scenario_c(self) -> Scenario:
@@ -425,7 +445,9 @@ class Proof:
             lock.returncode == 0 and not json.loads(lock.stdout or "{}").get("held"),
             "the fleet lock is still held",
         )
-        self.on_template(s, template_of(s.events, "1.0.0"), "1.0.0's")
+        self.on_templates(
+            s, fleet_template(s.events, "target"), expected_templates(s.events, "target"), "1.0.0"
+        )
         return s
 
     # ----------------------------------------------------------------- main

@@ -8,12 +8,13 @@ import pytest
 
 from bench.replace_fleet import (
     batch_times,
+    expected_templates,
+    fleet_template,
     forward_mig_calls,
     host_results,
     journal_problems,
     killed_problems,
     step_seconds,
-    template_of,
 )
 
 HOSTS = ["p-1", "p-2", "p-3", "p-4"]
@@ -26,10 +27,22 @@ def ev(event: str, second: float = 0.0, **fields: Any) -> dict[str, Any]:
 
 def succeeded() -> list[dict[str, Any]]:
     """A replace rollout of 4 hosts in batches [1, 2, 1] that succeeded."""
+
+    def job(host: str, beat: bool) -> dict[str, Any]:
+        suffix = "" if beat else "-nobeat"
+        return {
+            "host": host,
+            "source": {"id": f"a{suffix}", "version": "1.0.0"},
+            "target": {"id": f"b{suffix}", "version": "1.1.0"},
+        }
+
+    jobs = [job(h, h == "p-1") for h in HOSTS]
     events = [
-        ev("plan", 0, strategy="replace", rollout_id="r1"),
-        ev("template", 0.5, release="b" * 16, version="1.1.0", template="base-1b", created=True),
-        ev("template", 0.6, release="a" * 16, version="1.0.0", template="base-1a", created=False),
+        ev("plan", 0, strategy="replace", rollout_id="r1", jobs=jobs, beat_host="p-1"),
+        ev("template", 0.5, release="b", version="1.1.0", template="base-1b-beat", created=True),
+        ev("template", 0.5, release="b-nobeat", version="1.1.0", template="base-1b", created=True),
+        ev("template", 0.6, release="a", version="1.0.0", template="base-1a-beat", created=False),
+        ev("template", 0.6, release="a-nobeat", version="1.0.0", template="base-1a", created=False),
     ]
     t = 1.0
     for index, hosts in enumerate([HOSTS[:1], HOSTS[1:3], HOSTS[3:]]):
@@ -105,7 +118,26 @@ def test_batch_times_and_steps() -> None:
     assert [s for _, _, s in rows] == [pytest.approx(12.75)] * 3
     steps = step_seconds(events)
     assert steps["replace"] == [9.5] * 4 and steps["soak"] == [0.25] * 4
-    assert template_of(events, "1.0.0") == "base-1a" and template_of(events, "9.9.9") is None
+
+
+def test_each_host_has_its_releases_template_and_the_mig_the_fleets() -> None:
+    events = succeeded()
+    assert expected_templates(events, "target") == {
+        "p-1": "base-1b-beat",
+        "p-2": "base-1b",
+        "p-3": "base-1b",
+        "p-4": "base-1b",
+    }
+    assert expected_templates(events, "source")["p-1"] == "base-1a-beat"
+    # the MIG's own template: the release of the hosts without the beat, even were they fewer
+    assert fleet_template(events, "target") == "base-1b" and fleet_template(events, "source") == "base-1a"
+    events[0]["beat_host"] = "p-2"
+    assert fleet_template(events, "target") == "base-1b"  # p-1, p-3, p-4: two of three
+    events[0]["jobs"] = events[0]["jobs"][:2]
+    assert fleet_template(events, "target") == "base-1b-beat"  # only p-1 besides the beat host
+    events[0]["jobs"][0]["target"]["id"] = "unknown"
+    assert expected_templates(events, "target")["p-1"] == "(no template for unknown)"
+    assert fleet_template(events[1:], "target") is None and expected_templates([], "target") == {}
 
 
 def test_a_killed_run() -> None:
