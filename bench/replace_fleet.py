@@ -67,6 +67,9 @@ def batch_times(events: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str
         key = (int(e["index"]), str(e.get("phase", "forward")))
         label = f"{key[1]} {key[0]}"
         if e.get("status") == "start":
+            if key in open_at:  # started again (a resume): the earlier one never finished
+                i = open_at.pop(key)
+                rows[i] = (rows[i][0], rows[i][1], None)
             open_at[key] = len(rows)
             rows.append((label, list(e.get("hosts") or []), _epoch(e["t"])))
         elif e.get("status") == "done" and key in open_at:
@@ -79,10 +82,10 @@ def batch_times(events: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str
 
 
 def step_seconds(events: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
-    """Every finished step's seconds, by step name (all hosts)."""
+    """Every ended step's seconds (done or failed), by step name (all hosts)."""
     found: dict[str, list[float]] = {}
     for e in events:
-        if e.get("event") == "step" and e.get("status") == "done":
+        if e.get("event") == "step" and e.get("status") in ("done", "failed") and "seconds" in e:
             found.setdefault(str(e["step"]), []).append(float(e["seconds"]))
     return found
 
@@ -536,7 +539,7 @@ def section(scenarios: Sequence[Scenario], setup_seconds: float) -> str:
         for label, hosts, seconds in batch_times(s.events):
             shown = "killed in it" if seconds is None else f"{seconds:.1f}"
             body.append(f"| ({s.name}) | {label} | {len(hosts)} | {shown} |")
-    body += ["", "Steps per host from the journal (mean / max seconds, count):", ""]
+    body += ["", "Steps per host from the journal, done or failed (mean / max seconds, count):", ""]
     body += ["| scenario | " + " | ".join(STEPS) + " |", "|---|" + "---:|" * len(STEPS)]
     for s in scenarios:
         found = step_seconds(s.events)

@@ -118,6 +118,9 @@ def test_batch_times_and_steps() -> None:
     assert [s for _, _, s in rows] == [pytest.approx(12.75)] * 3
     steps = step_seconds(events)
     assert steps["replace"] == [9.5] * 4 and steps["soak"] == [0.25] * 4
+    events.append(ev("step", 50, host="p-1", step="bounce", status="failed", seconds=120.5, error="x"))
+    events.append(ev("step", 50, host="p-1", step="bounce", status="start"))
+    assert step_seconds(events)["bounce"] == [120.5]
 
 
 def test_each_host_has_its_releases_template_and_the_mig_the_fleets() -> None:
@@ -153,4 +156,7 @@ def test_a_killed_run() -> None:
     assert killed_problems(killed[1:]) == ["the killed run's journal has no plan"]
     # resumed: the batch started again and finished, then the end
     resumed = [*killed, ev("resume", 30), *events[len(killed) :]]
+    assert [s for _, _, s in batch_times(resumed)][:2] == [pytest.approx(12.75)] * 2  # not started again
+    resumed.insert(len(killed) + 1, ev("batch", 31, index=1, hosts=HOSTS[1:3], status="start"))
+    assert [s is None for _, _, s in batch_times(resumed)] == [False, True, False, False]
     assert journal_problems(resumed, outcome="succeeded", resumed=1, forward_batches=3) == []
