@@ -21,6 +21,7 @@ OPTIONAL = {
     "step_latency": "bench.step_latency",
     "engine_scale": "bench.engine_scale",
     "replace": "bench.replace",
+    "replace_fleet": "bench.replace_fleet",
 }
 for _name, _module in OPTIONAL.items():
     if importlib.util.find_spec(_module) is not None:

@@ -928,7 +928,7 @@ class DockerCompute(ComputeBackend):
             current = self.current_template()
             templates = {m: wanted.get(m) or current for m in targets}
         with self._lock:
-            busy = [m for m in targets if m in self._actions]
+            busy = [m for m in targets if self._busy_with(m)]
             if busy:
                 raise self._busy(busy[0])
             # the operation is where the request was made: the zonal MIG's, or the regional one's
@@ -978,13 +978,26 @@ class DockerCompute(ComputeBackend):
             return
         self._startup(member)
 
+    def _busy_with(self, member: str) -> bool:
+        """An action that a recreate must wait for. VERIFYING (the startup script) is not one: on GCE
+        the guest's startup script is no MIG action, and a VM still booting (e.g. a broken release
+        whose agent waits for its health) is recreated at once when asked. Under self._lock."""
+        action = self._actions.get(member)
+        return action is not None and action.kind != "VERIFYING"
+
     def _startup(self, member: str) -> None:
         """The instance template's startup script; a failure shows in the member's lastAttempt."""
+        with self._lock:
+            mine = self._actions.get(member)
         error = None
         if self.startup is not None:
             startup = self.startup
             error = self._attempt(f"startup {member}", lambda: startup(member))
         with self._lock:
+            if self._actions.get(member) is not mine:
+                # the VM was recreated while its startup script ran: the new VM's own startup reports
+                self._log(f"startup {member}: the VM was recreated meanwhile; its result is dropped")
+                return
             self._actions.pop(member, None)
         self._record_attempt([member], error)
         self._attempt("MIG updater", self._reconcile)  # a PROACTIVE update moves on
@@ -1231,7 +1244,7 @@ class DockerCompute(ComputeBackend):
             todo = {
                 m: wanted[m]
                 for m, now in runs.items()
-                if wanted.get(m) and wanted[m] != now and m not in self._actions  # busy ones: skipped
+                if wanted.get(m) and wanted[m] != now and not self._busy_with(m)  # busy ones: skipped
             }
             if todo:
                 op = self._schedule_recreate(

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleet.errors import FleetError
 from fleet.gcp import migupdate as mu
 from fleet.rollout.engine import Engine, _text
-from fleet.rollout.model import HostFailed, HostOutcome, Interrupted, Release
+from fleet.rollout.model import HostFailed, HostOutcome, Interrupted, Release, Report
 from fleet.ssh.runner import HostResult
 
 BAD_RESULTS = ("failed",)
@@ -53,6 +54,7 @@ class Replace(Engine):
         self._templates: dict[str, str] = {}
         self._tlock = threading.Lock()
         self._policy_set = False
+        self._mig_template: str | None = None  # what this run last set the MIG's template to
 
     # ------------------------------------------------------------------ templates
 
@@ -84,6 +86,42 @@ class Replace(Engine):
         if seen is None:
             return "UNKNOWN (not a server of the LB)"
         return "HEALTHY" if seen.serving and seen.steady else f"UNHEALTHY ({seen.raw})"
+
+    # ------------------------------------------------------------------ the MIG's own template
+
+    def run(self, *, stage: bool = True, phase: str = "forward", revert_hosts: Sequence[str] = ()) -> Report:
+        """The engine's run; then the MIG's template is the one a VM it creates should boot: the
+        target's when the rollout succeeded, the source's when it was rolled back."""
+        report = super().run(stage=stage, phase=phase, revert_hosts=revert_hosts)
+        if report.outcome in ("succeeded", "rolled-back"):
+            self._settle_template("target" if report.outcome == "succeeded" else "source")
+        return report
+
+    def fleet_release(self, side: str) -> Release | None:
+        """The release the MIG's new VMs should boot on `side` (target or source) of the plan: the
+        one most hosts have among the releases without worker_beat (the beat host's release runs the
+        singleton, and the MIG's template is what autohealing and resizes create VMs from)."""
+        releases = [r for j in self.plan.jobs.values() if (r := getattr(j, side)) is not None]
+        pool = [r for r in releases if not r.runs_beat] or releases
+        if not pool:
+            return None
+        top = Counter(r.id for r in pool).most_common(1)[0][0]
+        return next(r for r in pool if r.id == top)
+
+    def _settle_template(self, side: str) -> None:
+        """A batch sets the MIG's template to its hosts' release (the beat host's own, when it is the
+        last one recreated, e.g. a canary put back): put the fleet's release back on the MIG."""
+        release = self.fleet_release(side)
+        if release is None:
+            return
+        try:
+            template = self.template_for(release)
+            if (self._mig_template or self.move.current_template()) != template:
+                self.move.set_template(template)
+                self._mig_template = template
+                self.emit("mig", step="settle", template=template, hosts=[])
+        except FleetError as exc:
+            self.problems.append(f"the MIG's template was left as it was: {_text(exc)}")
 
     # ------------------------------------------------------------------ stage
 
@@ -132,6 +170,7 @@ class Replace(Engine):
         for template, hosts in groups.items():
             try:
                 self.move.set_template(template)
+                self._mig_template = template
                 self.view.refresh(force=True)
                 members = [m for h in hosts if (m := self.view.member(self.instance(h))) is not None]
                 self.move.apply([m for m in members if m.template != template])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,3 +323,43 @@ def test_a_resize_gives_a_sized_canary_version_its_members_first(rig: Rig) -> No
     assert (on_canary, NEW.id) in rig.boots  # and its startup script booted the canary's release
     listed = {v.name: v.target_size.calculated for v in rig.compute.mig(move.mig).versions}
     assert listed["canary"] == 1, listed
+
+
+def test_a_member_still_booting_is_recreated_when_asked_and_its_old_boot_is_dropped(rig: Rig) -> None:
+    """VERIFYING here is the startup script (the agent's boot), which on GCE is no MIG action: a VM
+    still booting (a broken release whose agent waits for its health) is recreated at once by
+    applyUpdatesToInstances; the old boot's end neither clears the new VM's action nor its report."""
+    move = rig.move()
+    new, _, _ = move.release_template(rig.base, NEW.id, NEW.version)
+    bad, _, _ = move.release_template(rig.base, BAD.id, BAD.version)
+    move.set_policy(mu.replace_policy(1, move.zones()))
+    boot, release = rig.backend.startup, threading.Event()
+    assert boot is not None
+    first = threading.Event()
+
+    def slow_first(member: str) -> None:
+        if not first.is_set():
+            first.set()
+            release.wait(20)  # the broken boot, still waiting for its health
+        boot(member)
+
+    rig.backend.startup = slow_first
+    move.set_template(bad)
+    view = mu.GroupView(move)
+    move.apply([m for m in view.members().values() if m.name == "t-1"])
+    assert first.wait(10)
+    assert rig.members()["t-1"] == (bad, "VERIFYING")
+    move.set_template(new)
+    view.refresh(force=True)
+    move.apply([m for m in view.members().values() if m.name == "t-1"])  # not skipped as busy
+    deadline = time.monotonic() + 20
+    while rig.boots != [("t-1", NEW.id)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rig.boots == [("t-1", NEW.id)]  # the new VM booted while the old boot still waited
+    assert rig.settled()["t-1"] == (new, "NONE")
+    release.set()  # the old boot ends (its VM is gone): nothing of it is kept
+    deadline = time.monotonic() + 20
+    while len(rig.boots) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rig.members()["t-1"] == (new, "NONE")
+    assert rig.fleet.recreated == ["t-1", "t-1"]

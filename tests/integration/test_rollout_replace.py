@@ -17,6 +17,7 @@ from fleet.gcp import migupdate as mu
 from fleet.gcp.compute import Compute
 from fleet.rollout import make_plan, new_rollout_id
 from fleet.rollout.journal import Journal, read
+from fleet.rollout.model import Release
 from fleet.rollout.pacing import Timings
 from fleet.rollout.replace import Replace, preview
 from functions import fleet_contract as contract
@@ -370,3 +371,62 @@ def test_without_a_backend_service_the_inventorys_haproxy_is_the_lb_gate(
     assert report.outcome == "rolled-back" and results[p.batches[0][0]].result == "reverted"
     assert "the load balancer says UNHEALTHY (DOWN)" in (results[victim].error or "")
     assert p.batches[0][0] in lb.looked and stand.api.calls("backendServices.getHealth") == []
+
+
+def beat_plan(stand: Stand, target: Any, target_beat: Any) -> Any:
+    """The first member is the worker_beat host: its releases are their own (beat enabled)."""
+    sims = {m: Sim(current=OLD.id, previous=OLDER.id) for m in stand.members}
+    beat = stand.members[0]
+    old_beat = Release("e" * 16, OLD.version, ())
+    return (
+        old_beat,
+        FakeOps(sims),
+        make_plan(
+            rollout_id=new_rollout_id("rollout"),
+            action="rollout",
+            inventory="test",
+            label=target.version,
+            order=list(sims),
+            sources={h: old_beat if h == beat else OLD for h in sims},
+            targets={h: target_beat if h == beat else target for h in sims},
+            drained={h: False for h in sims},
+            previous={h: OLDER.id for h in sims},
+            canary=1,
+            batch="2",
+            max_failures="0",
+            on_failure="rollback",
+            timings=TIMINGS,
+            operator="tester",
+            beat_host=beat,
+        ),
+    )
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["succeeded", "rolled-back"])
+def test_the_mig_ends_on_the_fleets_template_not_the_beat_hosts(
+    stand: Stand, tmp_path: Path, broken: bool
+) -> None:
+    """The beat host (the canary here) has a release of its own, so a template of its own. Whatever
+    batch came last, the MIG's template (what autohealing and resizes create VMs from) ends on the
+    fleet's release: the target's when the rollout succeeded, the source's when it was rolled back;
+    never the beat host's (a VM created from it would run a second worker_beat)."""
+    target = BAD if broken else NEW
+    target_beat = Release("f" * 16, target.version, ())
+    assert target_beat.runs_beat and not target.runs_beat
+    old_beat, ops, p = beat_plan(stand, target, target_beat)
+    # the last batch is the beat host's: the one the MIG's template would be left on
+    p.batches = [[stand.members[1]], [stand.members[2], stand.members[3]], [stand.members[0]]]
+    if broken:  # the canary (the beat host) fails and is put back on its own source template
+        p.batches = [[stand.members[0]], *p.batches[:2]]
+    e, journal = engine(stand, ops, p, tmp_path)
+    report = e.run()
+    assert report.outcome == ("rolled-back" if broken else "succeeded"), report.problems
+    igm = stand.compute.mig(stand.move.mig)
+    fleet = e.template_for(OLD if broken else NEW)
+    assert igm.instance_template.endswith(f"/{fleet}")
+    states = stand.state()
+    beat = stand.members[0]
+    assert states[beat][0] == e.template_for(old_beat if broken else target_beat)  # its own variant
+    assert e.fleet_release("target") == target and e.fleet_release("source") == OLD
+    settled = [x for x in read(journal.path) if x["event"] == "mig" and x["step"] == "settle"]
+    assert [x["template"] for x in settled] == [fleet]
