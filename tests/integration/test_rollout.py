@@ -317,7 +317,7 @@ def test_a_failing_migration_switches_nothing_and_releases_the_lock(ctx: Ctx) ->
 
 def test_broken_canary_is_rolled_back_and_the_rollout_stops(ctx: Ctx) -> None:
     """The breakage is a wrong database password (issue 16): the same version 1.1.0 with DB_PASSWORD
-    from another source is a new release; its api's /health fails on the refused login to the fleet's
+    from another secret is a new release; its api's /health fails on the refused login to the fleet's
     real PostgreSQL, so the canary fails its health gate and is rolled back, and nothing else moves."""
     ctx.ensure("1.1.0")
     before = ctx.status()
@@ -325,11 +325,16 @@ def test_broken_canary_is_rolled_back_and_the_rollout_stops(ctx: Ctx) -> None:
     defaults = Path(ctx.inv) / "defaults.yaml"
     saved = defaults.read_text()
     doc = yaml.safe_load(saved)
-    doc["data"]["secrets"]["DB_PASSWORD"] = {"env": "FLEET_TEST_WRONG_DB_PASSWORD"}
+    # a fleet with a release store reads its secrets from Secret Manager (VMs the MIG creates must
+    # read them too): the wrong password is pushed there as a secret of its own
+    doc["data"]["secrets"]["DB_PASSWORD"] = {"secret_manager": "test-wrong-db-password"}
     defaults.write_text(yaml.safe_dump(doc, sort_keys=False))
     wrong = "wrong-" + os.urandom(6).hex()
     ctx.env["FLEET_TEST_WRONG_DB_PASSWORD"] = wrong
     try:
+        r = ctx.fab("secrets.push", "--inventory", ctx.inv, "--name", "DB_PASSWORD", "--from-env",
+                    "FLEET_TEST_WRONG_DB_PASSWORD")  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
         with ctx.load() as load:
             code, report, out = ctx.json("rollout", "--version", "1.1.0", "--yes", "--health-timeout", "10")
     finally:
@@ -342,7 +347,7 @@ def test_broken_canary_is_rolled_back_and_the_rollout_stops(ctx: Ctx) -> None:
     results = {h["host"]: h for h in report["hosts"]}
     assert results[H1]["result"] == "rolled-back" and "1.1.0 not healthy" in results[H1]["error"]
     journal = "\n".join(p.read_text() for p in ctx.journal_dir.rglob("*.jsonl"))
-    assert wrong not in out and wrong not in journal  # the secret is masked everywhere
+    assert wrong not in out + r.stdout + r.stderr and wrong not in journal  # masked everywhere
     assert [results[h]["result"] for h in HOSTS[1:]] == ["not-started"] * 3
     st = assert_fleet_on(ctx, "1.1.0")
     assert {h: st[h]["release"] for h in HOSTS} == {h: before[h]["release"] for h in HOSTS}
