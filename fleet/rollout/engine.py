@@ -87,6 +87,7 @@ class Engine:
         self.outcomes: dict[str, HostOutcome] = {}
         self.problems: list[str] = []
         self.beat_seen: list[list[str]] = []
+        self._beat_unchecked: dict[str, str] = {}  # host -> why the last worker_beat look failed there
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="labels")
         self._staged_state: dict[str, rc.HostState] = {}
@@ -415,6 +416,7 @@ class Engine:
             return HostResult(name, "ok", data={"running": self.ops.beat_running(name)})
 
         results = self._on(self.beat_scope, probe)
+        self._beat_unchecked = {r.host: _first_line(r.error or r.status) for r in results if not r.ok}
         running = [r.host for r in results if r.ok and r.data.get("running")]
         self.beat_seen.append(running)
         return running
@@ -459,7 +461,10 @@ class Engine:
             if len(running) == 1:  # the usual end: one, started by a release that enables it
                 self.emit("beat", settled=running[0])
                 return
-            states = {r.host: r.data["state"] for r in self._on(self.beat_scope, self._state_step) if r.ok}
+            looked = self._on(self.beat_scope, self._state_step)
+            states = {r.host: r.data["state"] for r in looked if r.ok}
+            unchecked = {**self._beat_unchecked}
+            unchecked.update({r.host: _first_line(r.error or r.status) for r in looked if not r.ok})
             enabled = [h for h, st in states.items() if (rel := Release.from_state(st)) and rel.runs_beat]
             preferred = sorted(enabled, key=lambda h: (h != self.plan.beat_host, h))
             keep = next((h for h in preferred if h in running), running[0] if running else None)
@@ -483,7 +488,14 @@ class Engine:
                     if not r.ok:
                         self.problems.append(f"could not start worker_beat on {r.host}: {r.error}")
             settled = keep or (preferred[0] if preferred else None)
-            if settled is None and self.plan.beat_host:
+            if settled is None and self.plan.beat_host in unchecked:
+                # not known to be missing: not looked at (a VM recreated during this rollout, for one,
+                # has a new host key this run does not know)
+                self.problems.append(
+                    f"worker_beat could not be checked on {self.plan.beat_host} (the beat host): "
+                    f"{unchecked[self.plan.beat_host]}; `fab status` shows where it runs"
+                )
+            elif settled is None and self.plan.beat_host:
                 self.problems.append(
                     f"worker_beat runs on no host: the current release of {self.plan.beat_host} (the beat "
                     "host) does not enable it; roll out that host"
@@ -491,6 +503,10 @@ class Engine:
             self.emit("beat", settled=settled)
         except FleetError as exc:
             self.problems.append(f"worker_beat check: {exc.what}")
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:300]
 
 
 def _text(exc: BaseException) -> str:

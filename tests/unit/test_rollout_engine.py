@@ -574,6 +574,32 @@ def test_worker_beat_started_again_when_a_guard_stopped_it_and_the_rollout_faile
     assert ops.beat_max == 1
 
 
+def test_a_beat_host_that_cannot_be_reached_at_the_end_is_reported_as_unchecked(tmp_path: Path) -> None:
+    """The end-of-rollout look at worker_beat fails on the beat host (as on a VM the MIG recreated
+    during a replace rollout: a new host key this run does not know): the report says it could not
+    look, not that the release does not run worker_beat."""
+    beat_new = Release("e" * 16, "1.1.0", ())
+    beat_old = Release("f" * 16, "1.0.0", ())
+    KNOWN.update({beat_new.id: beat_new, beat_old.id: beat_old})
+    sims = {"h1": Sim(current=beat_old.id, beat=True), "h2": Sim(current=OLD.id)}
+    ops = FakeOps(sims)
+
+    looks = []
+
+    def gone() -> None:  # the guard's look before h1's batch works; from the end's look on, h1 is gone
+        looks.append(1)
+        if len(looks) > 1:
+            ops.sims["h1"].reachable = False
+
+    ops.hooks[("h1", "beat_running")] = gone
+    plan = plan_for(ops.sims, {"h1": beat_new, "h2": NEW}, beat_host="h1")
+    ran = run(tmp_path, ops, plan)
+    assert ran.report.outcome == "succeeded"
+    (problem,) = [p for p in ran.report.problems if "worker_beat" in p]
+    assert problem.startswith("worker_beat could not be checked on h1 (the beat host): ") and "h1" in problem
+    assert "does not enable it" not in problem
+
+
 # --------------------------------------------------------------------------- --release, rollback --to
 
 
