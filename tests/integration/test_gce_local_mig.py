@@ -899,3 +899,9 @@ def test_replace_rollout_under_load_through_the_lb_fails_no_request(
     assert all(now[n] != containers[n] for n in before)  # every member is a new VM, same name
     found = wait_reports(fleet, lambda rs: all(x.get("version") == "1.1.0" for x in rs.values()))
     assert {(x.get("version"), x.get("health")) for x in found.values()} == {("1.1.0", "ok")}, found
+    # worker_beat: exactly one member runs it (looked at through the console). The rollout's own look
+    # cannot reach a recreated VM (new host key) and must say so, not blame the release
+    beat = "docker ps -q --filter label=com.docker.compose.service=worker_beat --filter status=running"
+    running = [n for n in before if fleet.exec(n, ["sh", "-c", beat], timeout=60).stdout.strip()]
+    assert len(running) == 1, running
+    assert not any("runs on no host" in p for p in outcome["problems"]), outcome["problems"]
