@@ -87,7 +87,6 @@ class Engine:
         self.outcomes: dict[str, HostOutcome] = {}
         self.problems: list[str] = []
         self.beat_seen: list[list[str]] = []
-        self._beat_unchecked: dict[str, str] = {}  # host -> why the last worker_beat look failed there
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="labels")
         self._staged_state: dict[str, rc.HostState] = {}
@@ -412,14 +411,18 @@ class Engine:
                 )
 
     def _beat_running(self) -> list[str]:
+        return self._beat_look()[0]
+
+    def _beat_look(self) -> tuple[list[str], dict[str, str]]:
+        """The hosts running worker_beat, and the hosts that could not be looked at (why)."""
+
         def probe(name: str) -> HostResult:
             return HostResult(name, "ok", data={"running": self.ops.beat_running(name)})
 
         results = self._on(self.beat_scope, probe)
-        self._beat_unchecked = {r.host: _first_line(r.error or r.status) for r in results if not r.ok}
         running = [r.host for r in results if r.ok and r.data.get("running")]
         self.beat_seen.append(running)
-        return running
+        return running, _failures(results)
 
     def _beat_guard(self, names: Sequence[str], *, revert: bool = False) -> None:
         """Before a batch that starts worker_beat somewhere, stop it everywhere else, so that it never
@@ -457,14 +460,13 @@ class Engine:
         """At the end: worker_beat on exactly one host, the one whose current release enables it
         (preferring the inventory's beat host); started again if a guard stopped it."""
         try:
-            running = self._beat_running()
+            running, unchecked = self._beat_look()
             if len(running) == 1:  # the usual end: one, started by a release that enables it
                 self.emit("beat", settled=running[0])
                 return
             looked = self._on(self.beat_scope, self._state_step)
             states = {r.host: r.data["state"] for r in looked if r.ok}
-            unchecked = {**self._beat_unchecked}
-            unchecked.update({r.host: _first_line(r.error or r.status) for r in looked if not r.ok})
+            unchecked.update(_failures(looked))
             enabled = [h for h, st in states.items() if (rel := Release.from_state(st)) and rel.runs_beat]
             preferred = sorted(enabled, key=lambda h: (h != self.plan.beat_host, h))
             keep = next((h for h in preferred if h in running), running[0] if running else None)
@@ -505,8 +507,10 @@ class Engine:
             self.problems.append(f"worker_beat check: {exc.what}")
 
 
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0][:300]
+def _failures(results: Sequence[HostResult]) -> dict[str, str]:
+    """host -> the first line of why its step failed."""
+    failed = [r for r in results if not r.ok]
+    return {r.host: ((r.error or r.status).strip().splitlines() or [""])[0][:300] for r in failed}
 
 
 def _text(exc: BaseException) -> str:
