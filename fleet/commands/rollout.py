@@ -53,13 +53,17 @@ def beat_start(layout: rc.Layout, rid: str) -> Command:
 
 def compose_idle(layout: rc.Layout, seconds: int = 60) -> Command:
     """Wait until no other `docker compose` runs for the project: an operator killed mid-`up` may have
-    left one running on the host, and two at once fight over the same containers. ([c] keeps pgrep
-    from matching this very script.)"""
+    left one running on the host, and two at once fight over the same containers.
+
+    One `grep` over every process's command line (/proc/PID/cmdline: the arguments NUL-separated,
+    which `.` matches with -a), the same match as `pgrep -f 'compose -p PROJECT '` at a fifth of
+    its cost: pgrep reads several /proc files of every process, ~36 ms of CPU per call with 1,500
+    processes (issue 17's engine benchmark). ([c] keeps the match off this very script and grep.)"""
     if not isinstance(seconds, int) or seconds <= 0:
         raise FleetError(f"invalid wait {seconds!r}")
-    pattern = q(f"[c]ompose -p {layout.project} ")
+    pattern = q(f"[c]ompose.-p.{layout.project}.")
     script = (
-        f"i=0; while pgrep -f -- {pattern} >/dev/null 2>&1; do i=$((i+1)); "
+        f"i=0; while grep -qsaE -- {pattern} /proc/[0-9]*/cmdline; do i=$((i+1)); "
         f"if [ $i -gt {seconds * 2} ]; then echo 'another docker compose for this project still runs' >&2; "
         "exit 1; fi; sleep 0.5; done"
     )

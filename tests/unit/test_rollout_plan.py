@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -215,8 +218,8 @@ def test_previous_link_and_compose_wait_commands() -> None:
     )
     assert set_previous(layout, None).script == "rm -f /opt/fleet/dify/previous"
     wait = compose_idle(layout, 5).script
-    # the bracket keeps pgrep from matching the shell that runs this very script
-    assert "pgrep -f -- '[c]ompose -p dify '" in wait and "-gt 10" in wait
+    # the bracket keeps grep from matching the shell that runs this very script
+    assert "grep -qsaE -- '[c]ompose.-p.dify.' /proc/[0-9]*/cmdline" in wait and "-gt 10" in wait
     with pytest.raises(FleetError):
         set_previous(layout, "../../etc")
     with pytest.raises(FleetError):
@@ -226,7 +229,7 @@ def test_previous_link_and_compose_wait_commands() -> None:
         probe.startswith("rm -f /opt/fleet/dify/state/drain || exit 97\n") and "127.0.0.1:80/health" in probe
     )
     both = switch_when_idle(layout, "f" * 16).script
-    assert both.index("pgrep") < both.index("mv -T .current.new current")
+    assert both.index("/proc/[0-9]*/cmdline") < both.index("mv -T .current.new current")
 
 
 def test_pick_release_by_id_prefix_or_version() -> None:
@@ -265,3 +268,26 @@ def test_an_unknown_strategy_is_refused_before_anything_is_read() -> None:
 
     with pytest.raises(FleetError, match="invalid --strategy 'blue'"):
         service.perform(service.Request("rollout", "no-such-inventory", strategy="blue"))
+
+
+def test_compose_idle_waits_for_a_compose_of_the_project_and_only_of_it(tmp_path: Path) -> None:
+    """For real: a process whose arguments read `... compose -p PROJECT ...` (as `docker compose -p
+    PROJECT up` does) keeps the wait going; one of another project, or the waiting script, does not."""
+    layout = rc.Layout(str(tmp_path / "app"), "proj-a")
+    other = rc.Layout(str(tmp_path / "app"), "proj-b")
+    fake = [sys.executable, "-c", "import time; time.sleep(30)", "compose", "-p", "proj-a", "up", "-d"]
+    with subprocess.Popen(fake) as compose:
+        try:
+            time.sleep(0.2)
+            started = time.monotonic()
+            waited = subprocess.run(
+                ["sh", "-c", compose_idle(layout, 1).script], capture_output=True, text=True
+            )
+            assert waited.returncode == 1 and "still runs" in waited.stderr
+            assert time.monotonic() - started >= 1.0
+            # another project's compose does not hold this one up
+            assert subprocess.run(["sh", "-c", compose_idle(other, 1).script]).returncode == 0
+        finally:
+            compose.kill()
+    # it ended: the wait passes at once
+    assert subprocess.run(["sh", "-c", compose_idle(layout, 1).script]).returncode == 0
