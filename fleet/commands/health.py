@@ -8,15 +8,16 @@ import json
 from fleet.commands.base import Command
 from fleet.errors import FleetError
 
-DOCKER_PROBE = Command(
+# exits 10 (no docker), 11 (no engine), 12 (no Compose v2) with the reason on stderr
+DOCKER_CHECKS = (
     "if ! command -v docker >/dev/null 2>&1; then echo 'docker: not installed' >&2; exit 10; fi; "
     "if ! docker info --format '{{.ServerVersion}}' >/dev/null 2>&1; then "
     "echo 'docker engine: not running or not accessible to this user' >&2; exit 11; fi; "
     "if ! docker compose version --short >/dev/null 2>&1; then "
-    "echo 'docker compose v2: missing' >&2; exit 12; fi; "
-    "echo ok",
-    "check Docker and Compose",
+    "echo 'docker compose v2: missing' >&2; exit 12; fi"
 )
+DOCKER_FAILED = (10, 11, 12)
+DOCKER_PROBE = Command(f"{DOCKER_CHECKS}; echo ok", "check Docker and Compose")
 
 
 # the body goes to a file mktemp creates (never a predictable /tmp name another user could pre-create)

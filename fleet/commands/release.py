@@ -33,6 +33,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from fleet.commands.base import Command, abs_path, name, q, release_id, secret_forms, sh
+from fleet.commands.health import DOCKER_CHECKS, health_command
 from fleet.errors import FleetError
 
 DEFAULT_ROOT = "/opt/fleet/dify"
@@ -133,6 +134,17 @@ def release_present(layout: Layout, rid: str) -> Command:
     path = layout.release(rid)
     script = f"if [ -f {q(path + '/' + RELEASE_FILE)} ]; then echo present; else echo absent; fi"
     return Command(script, f"is release {rid} staged")
+
+
+def present_or_slot(layout: Layout, rid: str) -> Command:
+    """`release_present`, and when the release is absent `upload_slot` in the same round trip:
+    prints `present` (nothing else done) or, once the slot is ready, `absent`."""
+    path = layout.release(rid)
+    script = (
+        f"if [ -f {q(path + '/' + RELEASE_FILE)} ]; then echo present; exit 0; fi\n"
+        f"( {upload_slot(layout, rid).script}\n) || exit $?\necho absent"
+    )
+    return Command(script, f"prepare the upload of release {rid}")
 
 
 def parse_present(stdout: str) -> bool:
@@ -393,6 +405,15 @@ def compose_check(layout: Layout, rid: str) -> Command:
     return Command(sh(*compose_argv(layout, rid, "config", "--quiet")), f"validate release {rid}")
 
 
+def compose_check_hashes(layout: Layout, rid: str) -> Command:
+    """`compose_check`, then `compose_hashes` of the valid release: one round trip while staging
+    (the hashes of a staged release never change: its directory is never rewritten)."""
+    return Command(
+        f"{compose_check(layout, rid).script} && {compose_hashes(layout, rid).script}",
+        f"validate release {rid}",
+    )
+
+
 def compose_pull(layout: Layout, rid: str) -> Command:
     """Pull every enabled service's image; an unknown version fails here, before anything changes."""
     return Command(sh(*compose_argv(layout, rid, "pull", "--quiet")), f"pull images of release {rid}")
@@ -564,6 +585,28 @@ def compose_ps(layout: Layout) -> Command:
     return Command(
         sh("docker", "compose", "-p", layout.project, "ps", "--all", "--format", "json"), "list containers"
     )
+
+
+LOOK_SECTION = f"{_SECTION}fleet-health"
+LOOK_PS_FAILED = 96
+
+
+def look(layout: Layout, port: int) -> Command:
+    """`compose_ps` then the /health probe through nginx, in one round trip (a verify poll): the ps
+    JSON, a section line, the probe's output. Exit LOOK_PS_FAILED (stderr says why) when ps fails."""
+    return Command(
+        f"{compose_ps(layout).script} || exit {LOOK_PS_FAILED}\necho {LOOK_SECTION}\n"
+        f"{health_command(port).script}",
+        "list containers and probe /health",
+    )
+
+
+def split_look(stdout: str) -> tuple[str, str]:
+    """(ps output, probe output) of `look`; FleetError when the section line is missing."""
+    head, sep, tail = stdout.partition(f"{LOOK_SECTION}\n")
+    if not sep:
+        raise FleetError("the container list and /health probe printed no section line")
+    return head, tail
 
 
 def compose_down(layout: Layout) -> Command:
@@ -786,6 +829,23 @@ def require_free(layout: Layout, need_mb: int) -> Command:
         "done"
     )
     return Command(check, f"check {need_mb} MB free")
+
+
+DISK_SHORT = 4
+
+
+def ready_state(layout: Layout, need_mb: int) -> Command:
+    """A preflight in one round trip: Docker and Compose usable (exit 10-12, health.DOCKER_FAILED),
+    then `host_state`, then, when the layout exists, `require_free` (exit DISK_SHORT). Read-only."""
+    script = "\n".join(
+        (
+            DOCKER_CHECKS,
+            f"( {host_state(layout).script}\n)",  # a subshell: it ends early when the layout is missing
+            f"if [ -d {q(layout.root)} ]; then {require_free(layout, need_mb).script} || exit {DISK_SHORT}; "
+            "fi",
+        )
+    )
+    return Command(script, "check Docker, Compose, the layout and free disk")
 
 
 # --------------------------------------------------------------------------- prune

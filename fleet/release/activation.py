@@ -33,22 +33,40 @@ class Activatable(ht.StagedRelease, Protocol):
 
 
 def check_ready(ctx: HostContext) -> rc.HostState:
-    """Read-only: Docker and Compose v2 usable, the layout exists, enough free disk. The host's state."""
-    ht.run(
-        ctx,
-        health.DOCKER_PROBE,
-        "docker",
-        hint="run `fab bootstrap` to install and start Docker with Compose v2",
-    )
-    state = ht.read_state(ctx)
+    """Read-only: Docker and Compose v2 usable, the layout exists, enough free disk. The host's state.
+    One round trip (rc.ready_state): every host of a rollout or deploy runs it before the lock."""
+    layout = ht.layout_of(ctx.host)
+    need = ctx.host.settings.app.min_free_mb
+    r = ctx.run(rc.ready_state(layout, need).shell())
+    if r.exited in health.DOCKER_FAILED:
+        ht.run_failed(
+            ctx,
+            health.DOCKER_PROBE,
+            "docker",
+            r,
+            hint="run `fab bootstrap` to install and start Docker with Compose v2",
+        )
+    if r.exited == rc.DISK_SHORT:
+        ht.run_failed(
+            ctx,
+            rc.require_free(layout, need),
+            "disk",
+            r,
+            hint="free space on the host (old images: `docker image prune`), or lower the requirement",
+        )
+    if r.exited != 0:
+        ht.run_failed(ctx, rc.host_state(layout), "state", r)
+    try:
+        state = rc.parse_host_state(r.stdout)
+    except FleetError as exc:
+        raise ht.StepError(ctx.host.name, "state", exc.what) from None
     if not state.exists:
         raise ht.StepError(
             ctx.host.name,
             "layout",
-            f"{ht.layout_of(ctx.host).root} does not exist",
+            f"{layout.root} does not exist",
             hint="run `fab bootstrap` on this host first",
         )
-    ht.check_free_disk(ctx)
     return state
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from fleet.commands import release as rc
 from fleet.commands.base import Command, mask
-from fleet.commands.health import health_command, parse_health
+from fleet.commands.health import health_command as health_command  # hostops, deploy use ht.
+from fleet.commands.health import parse_health
 from fleet.errors import FleetError
 from fleet.release import secrets
 from fleet.release.secrets import known as known_secrets
@@ -157,12 +158,17 @@ def run(
     """Run one command; a non-zero exit becomes a StepError with the (masked) stderr tail."""
     r = ctx.run(cmd.shell(), timeout=timeout)
     if r.exited != 0:
-        # any secret this process has seen, not only the command's own: compose and the host's tools
-        # echo .env values (and URLs derived from them) in their errors. Masked before it is cut to
-        # its tail, so the cut cannot leave part of a secret that no longer matches.
-        detail = mask(r.stderr.strip() or r.stdout.strip(), (*cmd.secrets, *secrets.known()))[-600:]
-        raise StepError(ctx.host.name, step, f"{cmd.purpose} failed (exit {r.exited}): {detail}", hint)
+        run_failed(ctx, cmd, step, r, hint)
     return r
+
+
+def run_failed(ctx: HostContext, cmd: Command, step: str, r: Any, hint: str | None = None) -> NoReturn:
+    """The StepError of `cmd` having exited non-zero with result `r`."""
+    # any secret this process has seen, not only the command's own: compose and the host's tools
+    # echo .env values (and URLs derived from them) in their errors. Masked before it is cut to
+    # its tail, so the cut cannot leave part of a secret that no longer matches.
+    detail = mask(r.stderr.strip() or r.stdout.strip(), (*cmd.secrets, *secrets.known()))[-600:]
+    raise StepError(ctx.host.name, step, f"{cmd.purpose} failed (exit {r.exited}): {detail}", hint)
 
 
 def migrate(ctx: HostContext, rid: str, command: Sequence[str], timeout: float) -> str:
@@ -193,32 +199,22 @@ def services(ctx: HostContext) -> list[rc.ServiceState]:
     return rc.parse_ps(r.stdout, layout, where=ctx.host.name)
 
 
-def check_free_disk(ctx: HostContext) -> None:
-    """At least the host's `app.min_free_mb` free before anything is uploaded."""
-    run(
-        ctx,
-        rc.require_free(layout_of(ctx.host), ctx.host.settings.app.min_free_mb),
-        "disk",
-        hint="free space on the host (old images: `docker image prune`), or lower the requirement",
-    )
-
-
 def stage(ctx: HostContext, bundle: StagedRelease) -> int:
     """Upload the bundle unless the host already has it; returns the bundle bytes sent (0 = skipped).
     The archive holds the .env: it is written into a 0600 file in a 0700 directory under the 0750
     releases/ (see `rc.upload_slot`) and removed by the stage script on every exit."""
     layout = layout_of(ctx.host)
     rid = bundle.release_id
-    r = run(ctx, rc.release_present(layout, rid), "stage")
-    if rc.parse_present(r.stdout):
-        return 0
-    data = bundle.tar_bytes()
-    run(
+    # is it there already, else a private slot for the upload: one round trip
+    r = run(
         ctx,
-        rc.upload_slot(layout, rid),
+        rc.present_or_slot(layout, rid),
         "stage",
         hint="does the deploy user own the app dir? `fab bootstrap`",
     )
+    if rc.parse_present(r.stdout):
+        return 0
+    data = bundle.tar_bytes()
     remote = rc.upload_path(layout, rid)
     try:
         ctx.put(data, remote)
@@ -341,13 +337,22 @@ def check(
     drained)."""
     if hashes is None:
         hashes = config_hashes(ctx, rid)
-    states = services(ctx)
+    layout = layout_of(ctx.host)
+    # the containers and /health in one round trip: this is the poll of every verify
+    look = rc.look(layout, http_port_of(ctx.host))
+    r = ctx.run(look.shell())
+    if r.exited != 0:
+        run_failed(ctx, look, "status", r)
+    try:
+        ps_out, probe_out = rc.split_look(r.stdout)
+    except FleetError as exc:
+        raise StepError(ctx.host.name, "status", exc.what) from None
+    states = rc.parse_ps(ps_out, layout, where=ctx.host.name)
     problems = rc.drift(states, hashes)
     problems += [
         f"{s.service}: {s.health}" for s in states if s.state == "running" and s.health not in ("", "healthy")
     ]
-    r = ctx.run(health_command(http_port_of(ctx.host)).shell(), timeout=10)
-    code, seen = parse_health(r.stdout)
+    code, seen = parse_health(probe_out)
     if expect_drained:
         if code != 503:
             problems.append(f"/health answered {code or 'nothing'} while drained (want 503)")

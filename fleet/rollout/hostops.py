@@ -100,6 +100,8 @@ class SshHostOps:
     def __init__(self, nr: Nornir) -> None:
         self.nr = nr  # every host of the inventory (connections open lazily)
         self._ctx: dict[str, HostContext] = {}
+        # (host, release id) -> config hashes, read while validating: a staged release never changes
+        self._hashes: dict[tuple[str, str], dict[str, str]] = {}
 
     def names(self) -> list[str]:
         return list(self.nr.inventory.hosts)
@@ -147,7 +149,8 @@ class SshHostOps:
         return rc.parse_present(ht.run(ctx, rc.release_present(self.layout(name), rid), "stage").stdout)
 
     def compose_check(self, name: str, rid: str) -> None:
-        ht.run(self.ctx(name), rc.compose_check(self.layout(name), rid), "validate")
+        r = ht.run(self.ctx(name), rc.compose_check_hashes(self.layout(name), rid), "validate")
+        self._hashes[(name, rid)] = rc.parse_hashes(r.stdout)
 
     def pull(self, name: str, rid: str) -> None:
         ht.run(
@@ -174,7 +177,12 @@ class SshHostOps:
         ht.undrain(self.ctx(name))
 
     def config_hashes(self, name: str, rid: str) -> dict[str, str]:
-        return ht.config_hashes(self.ctx(name), rid)
+        known = self._hashes.get((name, rid))
+        if known:
+            return dict(known)
+        hashes = ht.config_hashes(self.ctx(name), rid)
+        self._hashes[(name, rid)] = hashes
+        return dict(hashes)
 
     def check(
         self,

@@ -605,6 +605,30 @@ def test_upload_slot_is_private_and_stage_removes_it_on_every_exit(layout: r.Lay
     assert sorted(p.name for p in releases.iterdir()) == [b.release_id]
 
 
+def test_present_or_slot_prepares_the_slot_only_for_an_absent_release(layout: r.Layout) -> None:
+    b = make_bundle(layout.root)
+    ok(r.prepare_layout(layout))
+    upload = Path(r.upload_path(layout, b.release_id))
+    assert r.parse_present(ok(r.present_or_slot(layout, b.release_id))) is False
+    assert stat.S_IMODE(upload.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(upload.stat().st_mode) == 0o600 and upload.stat().st_size == 0
+    upload.write_bytes(b.tar_bytes())
+    ok(r.stage(layout, b.release_id, b.checksums(), archive=str(upload)))
+    # staged: nothing more is prepared (no new slot next to the release)
+    assert r.parse_present(ok(r.present_or_slot(layout, b.release_id))) is True
+    assert sorted(p.name for p in Path(layout.releases).iterdir()) == [b.release_id]
+
+
+def test_present_or_slot_fails_when_the_slot_cannot_be_made(layout: r.Layout) -> None:
+    b = make_bundle(layout.root)
+    ok(r.prepare_layout(layout))
+    releases = Path(layout.releases)
+    releases.rmdir()
+    releases.write_text("not a directory\n")  # no slot can be made in there
+    proc = run(r.present_or_slot(layout, b.release_id))
+    assert proc.returncode != 0 and proc.stderr and b"absent" not in proc.stdout
+
+
 def _group_runs(pgid: int, comm: str) -> bool:
     """Whether a process named `comm` runs in process group `pgid` (read from /proc, Linux)."""
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
