@@ -571,6 +571,11 @@ class Monitor:
 
     # --- reading back --------------------------------------------------------------------------
 
+    @property
+    def health(self) -> HealthSource | None:
+        """Where member health comes from (None: the monitor probes each member itself)."""
+        return self._health
+
     def timeline(self, kind: str | None = None) -> list[Event]:
         with self._lock:
             return [e for e in self._events if kind is None or e.kind == kind]

@@ -100,12 +100,31 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, path: AlertPath,
             emit(line)
         if check():
             return time.time()
-    tail = "\n".join(f"  {e.kind} {e.subject}: {e.text}" for e in _monitor(path).timeline()[-15:])
     raise ScenarioError(
-        f"{what}: not reached within {timeout:.0f} s\nlast monitor events:\n{tail}",
+        f"{what}: not reached within {timeout:.0f} s\n{_diagnosis(path)}",
         where=f"local fleet {path.config.name}",
         hint=f"function logs: {path.workdir}",
     )
+
+
+def _diagnosis(path: AlertPath) -> str:
+    """What a timed-out wait shows: the last monitor events that are not re-notifications (an open
+    incident is re-sent every few seconds and would fill the tail), each member's last health
+    judgement, and the LB's view of every member."""
+    monitor = _monitor(path)
+    events = [e for e in monitor.timeline() if e.state != "renotify"][-15:]
+    lines = ["last monitor events (re-sent notifications left out):"]
+    lines += [f"  {e.kind} {e.subject}: {e.text}" for e in events]
+    why = getattr(monitor.health, "why", None) or {}
+    lines += [f"health of {name}: {text}" for name, text in sorted(why.items())]
+    try:
+        from fleet.local.lb import LoadBalancer
+
+        lb = LoadBalancer(path.config).servers()
+        lines += [f"LB {name}: {state.status}" for name, state in sorted(lb.items())]
+    except Exception as exc:  # a diagnosis must not hide the timeout it explains
+        lines.append(f"LB: not read ({exc})")
+    return "\n".join(lines)
 
 
 Emit = Callable[["Line"], None]
