@@ -87,6 +87,15 @@ def test_preflight_probes_and_facts_parse(host: Host) -> None:
     host.run(rc.require_free(host.layout, 1))
     facts = fc.parse_facts(host.run(fc.facts_command(host.layout.root)).stdout)
     assert facts["docker"] == "27.0.0-instant" and facts["compose"] == "2.29.7-instant"
+    # the rollout's one-round-trip preflight
+    assert rc.parse_host_state(host.run(rc.ready_state(host.layout, 1)).stdout).exists
+
+
+def test_validation_hashes_and_the_migration_phase(host: Host) -> None:
+    b = host.stage("1.0.0")
+    hashes = rc.parse_hashes(host.run(rc.compose_check_hashes(host.layout, b.release_id)).stdout)
+    assert set(hashes) == set(b.services)
+    assert "instant migration" in host.run(rc.compose_migrate(host.layout, b.release_id)).stdout
 
 
 def test_a_switch_and_up_verify_through_the_products_parsers(host: Host) -> None:
@@ -105,6 +114,9 @@ def test_a_switch_and_up_verify_through_the_products_parsers(host: Host) -> None
         assert all(s.ok and s.release == b.release_id for s in states)
         assert rc.drift(states, hashes) == []
         assert health.parse_health(host.run(health.health_command(port)).stdout) == (200, b.version)
+        ps_out, probe_out = rc.split_look(host.run(rc.look(host.layout, port)).stdout)
+        assert rc.parse_ps(ps_out, host.layout) == states
+        assert health.parse_health(probe_out) == (200, b.version)
         state = rc.parse_host_state(host.run(rc.host_state(host.layout)).stdout)
         assert (state.current, state.version) == (b.release_id, b.version)
     # the old release's hashes no longer match what runs: drift, as with Compose
