@@ -56,14 +56,19 @@ def compose_idle(layout: rc.Layout, seconds: int = 60) -> Command:
     left one running on the host, and two at once fight over the same containers.
 
     One `grep` over every process's command line (/proc/PID/cmdline: the arguments NUL-separated,
-    which `.` matches with -a), the same match as `pgrep -f 'compose -p PROJECT '` at a fifth of
-    its cost: pgrep reads several /proc files of every process, ~36 ms of CPU per call with 1,500
-    processes (issue 17's engine benchmark). ([c] keeps the match off this very script and grep.)"""
+    which `.` matches in GNU grep's -a mode), the same match as `pgrep -f 'compose -p PROJECT '` at a
+    fifth of its cost: pgrep reads several /proc files of every process, ~36 ms of CPU per call with
+    1,500 processes (issue 17's engine benchmark). A grep whose `.` does not match NUL (checked first)
+    falls back to pgrep. ([c] keeps the match off this very script and the search itself.)"""
     if not isinstance(seconds, int) or seconds <= 0:
         raise FleetError(f"invalid wait {seconds!r}")
     pattern = q(f"[c]ompose.-p.{layout.project}.")
+    fallback = q(f"[c]ompose -p {layout.project} ")
     script = (
-        f"i=0; while grep -qsaE -- {pattern} /proc/[0-9]*/cmdline; do i=$((i+1)); "
+        "if printf 'a\\000b' | grep -qaE 'a.b' 2>/dev/null; then "
+        f"running() {{ grep -qsaE -- {pattern} /proc/[0-9]*/cmdline; }}; "
+        f"else running() {{ pgrep -f -- {fallback} >/dev/null 2>&1; }}; fi; "
+        "i=0; while running; do i=$((i+1)); "
         f"if [ $i -gt {seconds * 2} ]; then echo 'another docker compose for this project still runs' >&2; "
         "exit 1; fi; sleep 0.5; done"
     )

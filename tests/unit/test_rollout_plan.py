@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -220,6 +221,7 @@ def test_previous_link_and_compose_wait_commands() -> None:
     wait = compose_idle(layout, 5).script
     # the bracket keeps grep from matching the shell that runs this very script
     assert "grep -qsaE -- '[c]ompose.-p.dify.' /proc/[0-9]*/cmdline" in wait and "-gt 10" in wait
+    assert "pgrep -f -- '[c]ompose -p dify '" in wait  # where grep's . does not match NUL
     with pytest.raises(FleetError):
         set_previous(layout, "../../etc")
     with pytest.raises(FleetError):
@@ -272,22 +274,34 @@ def test_an_unknown_strategy_is_refused_before_anything_is_read() -> None:
 
 def test_compose_idle_waits_for_a_compose_of_the_project_and_only_of_it(tmp_path: Path) -> None:
     """For real: a process whose arguments read `... compose -p PROJECT ...` (as `docker compose -p
-    PROJECT up` does) keeps the wait going; one of another project, or the waiting script, does not."""
+    PROJECT up` does) keeps the wait going; one of another project, or the waiting script, does not.
+    Also with a grep whose `.` does not match NUL: the script falls back to pgrep."""
     layout = rc.Layout(str(tmp_path / "app"), "proj-a")
     other = rc.Layout(str(tmp_path / "app"), "proj-b")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "grep").write_text("#!/bin/sh\nexit 1\n")  # matches nothing, so never NUL either
+    (bin_dir / "grep").chmod(0o755)
+    plain = dict(os.environ)
+    no_nul = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def wait(lay: rc.Layout, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", "-c", compose_idle(lay, 1).script], capture_output=True, text=True, env=env, timeout=30
+        )
+
     fake = [sys.executable, "-c", "import time; time.sleep(30)", "compose", "-p", "proj-a", "up", "-d"]
     with subprocess.Popen(fake) as compose:
         try:
             time.sleep(0.2)
-            started = time.monotonic()
-            waited = subprocess.run(
-                ["sh", "-c", compose_idle(layout, 1).script], capture_output=True, text=True
-            )
-            assert waited.returncode == 1 and "still runs" in waited.stderr
-            assert time.monotonic() - started >= 1.0
-            # another project's compose does not hold this one up
-            assert subprocess.run(["sh", "-c", compose_idle(other, 1).script]).returncode == 0
+            for env in (plain, no_nul):
+                started = time.monotonic()
+                waited = wait(layout, env)
+                assert waited.returncode == 1 and "still runs" in waited.stderr
+                assert time.monotonic() - started >= 1.0
+                # another project's compose does not hold this one up
+                assert wait(other, env).returncode == 0
         finally:
             compose.kill()
     # it ended: the wait passes at once
-    assert subprocess.run(["sh", "-c", compose_idle(layout, 1).script]).returncode == 0
+    assert wait(layout, plain).returncode == 0 and wait(layout, no_nul).returncode == 0
