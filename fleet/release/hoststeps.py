@@ -193,12 +193,6 @@ def read_state(ctx: HostContext) -> rc.HostState:
         raise StepError(ctx.host.name, "state", exc.what) from None
 
 
-def services(ctx: HostContext) -> list[rc.ServiceState]:
-    layout = layout_of(ctx.host)
-    r = run(ctx, rc.compose_ps(layout), "status")
-    return rc.parse_ps(r.stdout, layout, where=ctx.host.name)
-
-
 def stage(ctx: HostContext, bundle: StagedRelease) -> int:
     """Upload the bundle unless the host already has it; returns the bundle bytes sent (0 = skipped).
     The archive holds the .env: it is written into a 0600 file in a 0700 directory under the 0750
@@ -324,6 +318,21 @@ def config_hashes(ctx: HostContext, rid: str) -> dict[str, str]:
     return rc.parse_hashes(r.stdout)
 
 
+def look(ctx: HostContext) -> tuple[list[rc.ServiceState], tuple[int, str | None]]:
+    """The project's containers and /health through nginx, in one round trip (`rc.look`): every
+    verify poll and `fab status` read both."""
+    layout = layout_of(ctx.host)
+    cmd = rc.look(layout, http_port_of(ctx.host))
+    r = ctx.run(cmd.shell())
+    if r.exited != 0:
+        run_failed(ctx, cmd, "status", r)
+    try:
+        ps_out, probe_out = rc.split_look(r.stdout)
+    except FleetError as exc:
+        raise StepError(ctx.host.name, "status", exc.what) from None
+    return rc.parse_ps(ps_out, layout, where=ctx.host.name), parse_health(probe_out)
+
+
 def check(
     ctx: HostContext,
     version: str,
@@ -337,22 +346,11 @@ def check(
     drained)."""
     if hashes is None:
         hashes = config_hashes(ctx, rid)
-    layout = layout_of(ctx.host)
-    # the containers and /health in one round trip: this is the poll of every verify
-    look = rc.look(layout, http_port_of(ctx.host))
-    r = ctx.run(look.shell())
-    if r.exited != 0:
-        run_failed(ctx, look, "status", r)
-    try:
-        ps_out, probe_out = rc.split_look(r.stdout)
-    except FleetError as exc:
-        raise StepError(ctx.host.name, "status", exc.what) from None
-    states = rc.parse_ps(ps_out, layout, where=ctx.host.name)
+    states, (code, seen) = look(ctx)
     problems = rc.drift(states, hashes)
     problems += [
         f"{s.service}: {s.health}" for s in states if s.state == "running" and s.health not in ("", "healthy")
     ]
-    code, seen = parse_health(probe_out)
     if expect_drained:
         if code != 503:
             problems.append(f"/health answered {code or 'nothing'} while drained (want 503)")

@@ -486,13 +486,11 @@ def status_step(ctx: HostContext) -> HostResult:
     data: dict[str, Any] = {"state": state, "services": [], "drift": [], "health": None}
     if state.exists:
         try:
-            states = ht.services(ctx)
+            states, data["health"] = ht.look(ctx)  # the containers and /health: one round trip
         except FleetError as exc:
             return HostResult(ctx.host.name, "failed", error=exc.render(), data=data)
         data["services"] = states
         data["drift"] = rc.drift(states, ht.config_hashes(ctx, state.current)) if state.current else []
-        r = ctx.run(ht.health_command(ht.http_port_of(ctx.host)).shell(), timeout=10)
-        data["health"] = ht.parse_health(r.stdout)
     return HostResult(ctx.host.name, "ok", data=data)
 
 
