@@ -58,7 +58,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -322,10 +322,37 @@ class DockerCompute(ComputeBackend):
         self._resources_path = state_path.with_name("resources.json")
         self._specs: dict[str, fromapi.TemplateSpec | None] = {}
         self._seen: dict[str, Any] | None = None
+        # member name -> when (time.monotonic) its container was last being created, replaced or
+        # removed: the metadata server must not answer for it from a member list older than that
+        self._member_changes: dict[str, float] = {}
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # none yet: a new endpoint
             self.resources.restore(json.loads(self._resources_path.read_text()))
 
     # --- helpers -----------------------------------------------------------------------------------
+
+    def changed_since(self, name: str, since: float) -> bool:
+        """Was member `name`'s container created, replaced or removed at or after `since`
+        (time.monotonic)? A recreated VM keeps its name and, often, its address, not its id."""
+        with self._lock:
+            return self._member_changes.get(name, float("-inf")) >= since
+
+    def _changing(self, names: Sequence[str], fn: Callable[[], object]) -> Callable[[], object]:
+        """`fn`, marking `names` as changed when it starts and again when it ends."""
+
+        def run() -> object:
+            self._mark_changed(names)
+            try:
+                return fn()
+            finally:
+                self._mark_changed(names)
+
+        return run
+
+    def _mark_changed(self, names: Sequence[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for name in names:
+                self._member_changes[name] = now
 
     def _check_project(self, project: str) -> None:
         if project != self.project_id:
@@ -854,7 +881,7 @@ class DockerCompute(ComputeBackend):
             def make(indices: list[int] = indices, template: str = template) -> object:
                 return self.fleet.add_instances(indices, template=template)
 
-            error = self._attempt(f"create {', '.join(names)}", make)
+            error = self._attempt(f"create {', '.join(names)}", self._changing(names, make))
             with self._lock:
                 for member in names:
                     if error:
@@ -870,7 +897,8 @@ class DockerCompute(ComputeBackend):
         # As a backend service does with connection draining: no new requests, the ones in flight
         # finish, and only then does the VM go away (a scale-in must not fail a single request).
         self._attempt(f"drain {member}", lambda: self._drain(member))
-        self._attempt(f"delete {member}", lambda: self.fleet.remove_instance(member))
+        remove = self._changing([member], lambda: self.fleet.remove_instance(member))
+        self._attempt(f"delete {member}", remove)
         self._forget_guest(member)
         with self._lock:
             self._actions.pop(member, None)
@@ -966,7 +994,7 @@ class DockerCompute(ComputeBackend):
         self._attempt(f"drain {member}", lambda: self._drain_out(member))
         error = self._attempt(
             f"recreate {member} from {template.rsplit('/', 1)[-1]}",
-            lambda: self.fleet.recreate_instance(member, template=template),
+            self._changing([member], lambda: self.fleet.recreate_instance(member, template=template)),
         )
         with self._lock:
             if error:

@@ -103,9 +103,13 @@ class VmServices:
         if backend is None:
             return None
         with self._lock:
-            fresh = time.monotonic() - self._seen_at < MEMBERS_TTL
+            seen_at = self._seen_at
+            fresh = time.monotonic() - seen_at < MEMBERS_TTL
             members = self._members
-        if address not in members:  # a new VM: ask Docker now
+        known = members.get(address)
+        if known is None or backend.changed_since(known.name, seen_at):
+            # a new VM, or one recreated since the list was read (same name and often the same
+            # address, but a new instance id that it must be told from its first request): ask Docker
             members = self._refresh(backend)
         elif not fresh:
             # a known VM is answered from the last list while Docker is asked again in the background:
