@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from fleet.commands import release as rc
 from fleet.commands.base import Command, mask
-from fleet.commands.health import health_command as health_command  # hostops, deploy use ht.
 from fleet.commands.health import parse_health
 from fleet.errors import FleetError
 from fleet.release import secrets

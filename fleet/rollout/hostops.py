@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fleet.commands import release as rc
 from fleet.commands import rollout as cr
+from fleet.commands.health import health_command
 from fleet.release import hoststeps as ht
 from fleet.ssh.runner import HostContext, HostResult, run_step
 
@@ -197,7 +198,7 @@ class SshHostOps:
 
     def probe(self, name: str) -> tuple[int, str | None]:
         ctx = self.ctx(name)
-        r = ctx.run(ht.health_command(ht.http_port_of(ctx.host)).shell(), timeout=10)
+        r = ctx.run(health_command(ht.http_port_of(ctx.host)).shell(), timeout=10)
         return ht.parse_health(r.stdout)
 
     def undrain_and_probe(self, name: str) -> tuple[int, str | None]:
