@@ -113,8 +113,8 @@ def test_health_probe_on_a_real_host_uses_a_private_temp_file(fresh_sshd: SshdFl
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
+    from fleet.commands.health import health_command, parse_health
     from fleet.inventory import load, select
-    from fleet.release import hoststeps as hosttasks
     from fleet.ssh.runner import command_step, run_on
 
     class Health(BaseHTTPRequestHandler):
@@ -138,14 +138,13 @@ def test_health_probe_on_a_real_host_uses_a_private_temp_file(fresh_sshd: SshdFl
         (shim / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {shim}/args\nexec /usr/bin/curl "$@"\n')
         (shim / "curl").chmod(0o755)
         script = (
-            f"export TMPDIR={tmpdir} PATH={shim}:$PATH\n"
-            + hosttasks.health_command(server.server_address[1]).script
+            f"export TMPDIR={tmpdir} PATH={shim}:$PATH\n" + health_command(server.server_address[1]).script
         )
         (res,) = run_on(inv, select(inv, hosts=["h01"]), command_step(script))
     finally:
         server.shutdown()
     assert res.ok, res
-    assert hosttasks.parse_health(res.stdout) == (200, "9.9.9")
+    assert parse_health(res.stdout) == (200, "9.9.9")
     args = (shim / "args").read_text().splitlines()
     body_file = args[args.index("-o") + 1]
     assert body_file.startswith(f"{tmpdir}/")  # mktemp's name (in TMPDIR), not a fixed /tmp one

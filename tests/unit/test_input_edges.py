@@ -12,11 +12,10 @@ import pytest
 import yaml
 
 from fleet import rollout
-from fleet.commands import base, bootstrap, facts
+from fleet.commands import base, bootstrap, facts, health
 from fleet.commands import release as rc
 from fleet.errors import FleetError, InventoryError
 from fleet.inventory import load
-from fleet.release import hoststeps as hosttasks
 from fleet.rollout import planning
 from fleet.ssh.connection import iap_proxy_command, jump_proxy_command, ssh_params
 
@@ -146,6 +145,6 @@ def test_facts_paths_quoted_whole() -> None:
 
 
 def test_health_probe_uses_no_predictable_tmp_name() -> None:
-    script = hosttasks.health_command(8080).script
+    script = health.health_command(8080).script
     assert "/tmp/" not in script and "$$" not in script and "mktemp" in script
     assert 'rm -f "$f"' in script
