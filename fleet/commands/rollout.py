@@ -57,8 +57,8 @@ def compose_idle(layout: rc.Layout, seconds: int = 60) -> Command:
 
     One `grep` over every process's command line (/proc/PID/cmdline: the arguments NUL-separated,
     which `.` matches in GNU grep's -a mode), the same match as `pgrep -f 'compose -p PROJECT '` at a
-    fifth of its cost: pgrep reads several /proc files of every process, ~36 ms of CPU per call with
-    1,500 processes (issue 17's engine benchmark). A grep whose `.` does not match NUL (checked first)
+    fifth of its cost: pgrep reads several /proc files of every process, ~36 ms of system CPU per call
+    beside issue 17's 200-host benchmark. A grep whose `.` does not match NUL (checked first)
     falls back to pgrep. ([c] keeps the match off this very script and the search itself.)"""
     if not isinstance(seconds, int) or seconds <= 0:
         raise FleetError(f"invalid wait {seconds!r}")
