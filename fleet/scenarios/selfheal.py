@@ -37,6 +37,7 @@ from fleet.scenarios.monitor import (
 from fleet.waits import Deadline, polling
 
 if TYPE_CHECKING:
+    from fleet.commands.haproxy import ServerState
     from fleet.local.instances import LocalFleet
     from fleet.scenarios.alertpath import AlertPath, Line
 
@@ -118,10 +119,7 @@ def _diagnosis(path: AlertPath) -> str:
     why = getattr(monitor.health, "why", None) or {}
     lines += [f"health of {name}: {text}" for name, text in sorted(why.items())]
     try:
-        from fleet.local.lb import LoadBalancer
-
-        lb = LoadBalancer(path.config).servers()
-        lines += [f"LB {name}: {state.status}" for name, state in sorted(lb.items())]
+        lines += [f"LB {name}: {state.status}" for name, state in sorted(_lb_servers(path).items())]
     except Exception as exc:  # a diagnosis must not hide the timeout it explains
         lines.append(f"LB: not read ({exc})")
     return "\n".join(lines)
@@ -156,17 +154,20 @@ def _notified(path: AlertPath, incident_id: str, state: str) -> bool:
     return False
 
 
-def _lb_status(path: AlertPath, name: str) -> str:
+def _lb_servers(path: AlertPath) -> dict[str, ServerState]:
+    """The local LB's members: name -> its state (status, address)."""
     from fleet.local.lb import LoadBalancer
 
-    state = LoadBalancer(path.config).servers().get(name)
+    return LoadBalancer(path.config).servers()
+
+
+def _lb_status(path: AlertPath, name: str) -> str:
+    state = _lb_servers(path).get(name)
     return state.status if state else ""
 
 
 def _address(path: AlertPath, name: str) -> str:
-    from fleet.local.lb import LoadBalancer
-
-    state = LoadBalancer(path.config).servers().get(name)
+    state = _lb_servers(path).get(name)
     return state.address if state else ""
 
 
